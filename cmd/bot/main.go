@@ -1,0 +1,188 @@
+// Command bot is the CircleCI Services box disaster-recovery ChatOps bot.
+//
+//	bot [--config FILE] serve|console|check-config|version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/circlebot/circlebot/internal/app"
+	"github.com/circlebot/circlebot/internal/config"
+	"github.com/circlebot/circlebot/internal/console"
+)
+
+// version is set at build time with -ldflags "-X main.version=…"; otherwise
+// the module version or VCS revision recorded by the Go toolchain is used.
+var version = ""
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "bot:", err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+const usage = `usage: bot [--config FILE] <command>
+
+commands:
+  serve         answer Slack (HTTP on "listen"; Socket Mode when SLACK_APP_TOKEN is set)
+  console       a local chat shell: type /circleci commands as any Slack user
+  check-config  validate the config file and environment, then exit
+  version       print the version
+
+flags:
+  --config FILE  the YAML config (default bot.yaml)
+  --user ID      console: the Slack user ID to act as (default: the first operator)
+  --channel ID   console: the channel ID to act in (default: the first allowed channel)
+`
+
+func run(ctx context.Context, args []string, env func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bot", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	cfgPath := fs.String("config", "bot.yaml", "")
+	user := fs.String("user", "", "")
+	channel := fs.String("channel", "", "")
+	// Flags may come before or after the subcommand ("bot serve --config x").
+	var rest []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fmt.Fprint(stdout, usage)
+				return nil
+			}
+			return usageError{err.Error() + "\n" + usage}
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		rest = append(rest, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if len(rest) != 1 {
+		return usageError{"expected exactly one command\n" + usage}
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: logLevel(env("LOG_LEVEL"))}))
+
+	switch rest[0] {
+	case "version":
+		fmt.Fprintln(stdout, "circlebot", Version())
+		return nil
+	case "check-config":
+		return checkConfig(*cfgPath, env, stdout)
+	case "serve":
+		cfg, err := config.Load(*cfgPath, env)
+		if err != nil {
+			return err
+		}
+		if err := cfg.ValidateServe(); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+		a, err := app.New(ctx, app.Options{Config: cfg, Version: Version(), Log: log})
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		ln, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		}
+		return a.Serve(ctx, ln)
+	case "console":
+		cfg, err := config.Load(*cfgPath, env)
+		if err != nil {
+			return err
+		}
+		// The console is interactive: keep log lines out of the chat unless
+		// asked for, they go to stderr at warning level.
+		if env("LOG_LEVEL") == "" {
+			log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		}
+		a, err := app.New(ctx, app.Options{Config: cfg, Version: Version(), Log: log})
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		c := &console.Console{Bot: a.Bot, Roles: cfg.Roles, In: stdin, Out: stdout,
+			User: first(*user, cfg.Roles.Operators, "U0CONSOLE"), Channel: first(*channel, cfg.Slack.AllowedChannels, "C0CONSOLE")}
+		return c.Run(ctx)
+	default:
+		return usageError{fmt.Sprintf("unknown command %q\n%s", rest[0], usage)}
+	}
+}
+
+func checkConfig(path string, env func(string) string, out io.Writer) error {
+	cfg, err := config.Load(path, env)
+	if err != nil {
+		return err
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(out, "warning: %s: %s\n", w.Key, w.Why)
+	}
+	mode := "HTTP (/slack/commands, /slack/interactions)"
+	if !cfg.Secrets.AppToken.Empty() {
+		mode = "Socket Mode"
+	}
+	if err := cfg.ValidateServe(); err != nil {
+		fmt.Fprintf(out, "%s: settings are valid; `bot serve` would refuse to start: %v\n", path, err)
+		fmt.Fprintln(out, "(`bot console` needs no Slack secrets)")
+		return errors.New("not ready to serve")
+	}
+	fmt.Fprintf(out, "%s: ok; serve would answer Slack over %s at %s, Web API %s\n", path, mode, cfg.Listen, cfg.Secrets.APIURL)
+	return nil
+}
+
+func first(flagVal string, list []string, fallback string) string {
+	if flagVal != "" {
+		return strings.ToUpper(flagVal)
+	}
+	if len(list) > 0 {
+		return list[0]
+	}
+	return fallback
+}
+
+func logLevel(s string) slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return slog.LevelInfo
+	}
+	return l
+}
+
+func Version() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			return bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return "dev-" + s.Value[:12]
+			}
+		}
+	}
+	return "dev"
+}

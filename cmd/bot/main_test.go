@@ -1,0 +1,106 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/circlebot/circlebot/internal/sandbox"
+	"github.com/circlebot/circlebot/internal/testenv/motoserver"
+)
+
+func TestMain(m *testing.M) { motoserver.Main(m) }
+
+func noEnv(string) string { return "" }
+
+func TestVersionAndUsage(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"version"}, noEnv, nil, &out, &errOut); err != nil || !strings.HasPrefix(out.String(), "circlebot ") {
+		t.Fatalf("version: %q %v", out.String(), err)
+	}
+	err := run(context.Background(), []string{"frobnicate"}, noEnv, nil, &out, &errOut)
+	if _, ok := err.(usageError); !ok || !strings.Contains(err.Error(), `unknown command "frobnicate"`) {
+		t.Fatalf("unknown subcommand: %v", err)
+	}
+}
+
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("roles:\n  aprovers: [U0BOB]\napprovals:\n  ttl: 90h\n"), 0o600)
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"check-config", "--config", bad}, noEnv, nil, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "roles.aprovers") || !strings.Contains(err.Error(), `did you mean "approvers"`) {
+		t.Fatalf("bad config: %v", err)
+	}
+
+	env := func(k string) string {
+		return map[string]string{"SLACK_BOT_TOKEN": "xoxb-secret-value", "SLACK_SIGNING_SECRET": "signing-secret-value"}[k]
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"--config", "../../bot.example.yaml", "check-config"}, env, nil, &out, &out); err != nil {
+		t.Fatalf("example config: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "ok;") || strings.Contains(out.String(), "secret-value") {
+		t.Fatalf("check-config output: %s", out.String())
+	}
+	out.Reset()
+	err = run(context.Background(), []string{"check-config", "--config", "../../bot.example.yaml"}, noEnv, nil, &out, &out)
+	if err == nil || !strings.Contains(out.String(), "SLACK_BOT_TOKEN") {
+		t.Fatalf("missing secrets must be named: %v %s", err, out.String())
+	}
+}
+
+// The demo as a new user runs it: `bot console` against a seeded moto,
+// help and status answered with the seeded box, a second user switched to.
+func TestConsoleAgainstSandbox(t *testing.T) {
+	moto := motoserver.ForTest(t)
+	inst, err := sandbox.Seed(context.Background(), motoserver.AWSConfig(moto.URL), sandbox.Options{WithBackups: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_ENDPOINT_URL", moto.URL)
+	t.Setenv("AWS_ACCESS_KEY_ID", "test")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+	t.Setenv("AWS_REGION", "us-east-1")
+	t.Setenv("AWS_CONFIG_FILE", "/dev/null")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+	cfg := filepath.Join(t.TempDir(), "bot.yaml")
+	os.WriteFile(cfg, []byte(`data_dir: `+filepath.Join(t.TempDir(), "data")+`
+slack:
+  allowed_channels: [C0INCIDENT]
+roles:
+  operators: [U0ALICE]
+  approvers: [U0BOB]
+replica:
+  name_tag: circleci_services_replica
+builders:
+  asg_name: `+inst.BuilderASG+"\n"), 0o600)
+
+	in := strings.NewReader("/circleci help\n/circleci status\n/circleci restore snap-xyz\n/as U0BOB\n/circleci failover\n/circleci history\n/quit\n")
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"console", "--config", cfg}, os.Getenv, in, &out, &errOut); err != nil {
+		t.Fatalf("console: %v\n%s", err, errOut.String())
+	}
+	got := out.String()
+	for _, want := range []string{
+		"You are U0ALICE (viewer, operator)",
+		"/circleci backup now",            // help lists operator commands
+		inst.ServicesBox.ID,               // status found the seeded box
+		inst.ServicesBox.PrivateIP,        //
+		`"snap-xyz" is not a snapshot ID`, // usage error
+		"you are now U0BOB (viewer, approver)",
+		"`failover` needs the operator role", // bob may approve, not request
+		"→ *refused*",                        // history shows the refusal
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("console output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("console output:\n%s\nstderr:\n%s", got, errOut.String())
+	}
+}

@@ -1,0 +1,201 @@
+// Package app wires the bot together from a config: store, AWS clients,
+// policy, dispatch table, Slack transports and the HTTP endpoints. The
+// binary, the console and the end-to-end tests all build the bot here, so
+// what is tested is what runs.
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+
+	"github.com/circlebot/circlebot/internal/authz"
+	"github.com/circlebot/circlebot/internal/awsclient"
+	"github.com/circlebot/circlebot/internal/bot"
+	"github.com/circlebot/circlebot/internal/chat"
+	"github.com/circlebot/circlebot/internal/config"
+	"github.com/circlebot/circlebot/internal/metrics"
+	"github.com/circlebot/circlebot/internal/ops"
+	"github.com/circlebot/circlebot/internal/slackio"
+	"github.com/circlebot/circlebot/internal/store"
+)
+
+type Options struct {
+	Config  config.Config
+	Version string
+	Log     *slog.Logger
+	// AWS overrides the SDK's default chain (tests point it at moto).
+	AWS *aws.Config
+}
+
+type App struct {
+	Config  config.Config
+	Version string
+	Log     *slog.Logger
+	Bot     *bot.Bot
+	Store   *store.Store
+	Metrics *metrics.Metrics
+}
+
+// New builds the bot. The caller must Close it.
+func New(ctx context.Context, o Options) (*App, error) {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	m := metrics.New()
+	count := func(service, op, code string) { m.AWSErrors.WithLabelValues(service, op, code).Inc() }
+	var awsCfg aws.Config
+	if o.AWS != nil {
+		awsCfg = o.AWS.Copy()
+		awsclient.Instrument(&awsCfg, count)
+	} else {
+		var err error
+		if awsCfg, err = awsclient.Load(ctx, o.Config.AWS.Region, count); err != nil {
+			return nil, err
+		}
+	}
+	st, err := store.Open(o.Config.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg := o.Config
+	policy := authz.New(cfg.Roles, cfg.Slack.AllowedChannels)
+	status := &ops.Status{
+		EC2: ec2.NewFromConfig(awsCfg),
+		ASG: autoscaling.NewFromConfig(awsCfg),
+		Target: ops.Target{
+			Region:     awsCfg.Region,
+			NameTag:    cfg.ServicesBox.NameTag,
+			ReplicaTag: cfg.Replica.NameTag,
+			BuilderASG: cfg.Builders.ASGName,
+			RPO:        cfg.Backup.RPO.D(),
+		},
+	}
+	b, err := bot.New(bot.Options{
+		SlashCommand: cfg.Slack.Command,
+		Policy:       policy,
+		Audit:        st,
+		Count:        func(cmd, outcome string) { m.Commands.WithLabelValues(cmd, outcome).Inc() },
+		Log:          o.Log,
+		Handlers: bot.Handlers(bot.Deps{
+			SlashCommand: cfg.Slack.Command,
+			Version:      o.Version,
+			Policy:       policy,
+			Audit:        st,
+			Status:       status,
+		}),
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m}, nil
+}
+
+func (a *App) Close() error { return a.Store.Close() }
+
+// Server is the Slack-facing part of a running bot.
+type Server struct {
+	app    *App
+	web    *slackio.Web
+	pool   *slackio.Pool
+	handle http.Handler
+}
+
+// NewServer makes the Slack transports. ctx bounds the background work of
+// acknowledged requests.
+func (a *App) NewServer(ctx context.Context) *Server {
+	sec := a.Config.Secrets
+	web := slackio.NewWeb(sec.BotToken.Reveal(), sec.APIURL, a.Log)
+	s := &Server{app: a, web: web}
+	s.pool = slackio.NewPool(ctx, 32, func(ctx context.Context, req chat.Request) {
+		a.Bot.Handle(ctx, req, web.For(req))
+	})
+	mux := http.NewServeMux()
+	h := &slackio.HTTP{
+		Secret:  sec.SigningSecret,
+		Submit:  s.pool.Submit,
+		Dedupe:  slackio.NewDedupe(10*time.Minute, 100_000),
+		Metrics: a.Metrics,
+		Log:     a.Log,
+	}
+	h.Register(mux)
+	mux.HandleFunc("GET /healthz", a.healthz)
+	mux.Handle("GET /metrics", a.Metrics.Handler())
+	s.handle = mux
+	return s
+}
+
+func (s *Server) Handler() http.Handler { return s.handle }
+
+// Wait blocks until every acknowledged request has been answered.
+func (s *Server) Wait() { s.pool.Wait() }
+
+func (a *App) healthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	// The store is the one local dependency whose loss breaks the bot.
+	if err := a.Store.Ping(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_ = json.NewEncoder(w).Encode(map[string]string{"status": "store unavailable"})
+		return
+	}
+	_ = json.NewEncoder(w).Encode(map[string]string{"status": "ok", "version": a.Version})
+}
+
+// Serve runs the HTTP endpoints (always: health and metrics) and Socket
+// Mode when an app token is set, until ctx ends; then it stops taking
+// requests and waits for the ones already acknowledged.
+func (a *App) Serve(ctx context.Context, ln net.Listener) error {
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	s := a.NewServer(workCtx)
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(a.Log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 2)
+	go func() {
+		a.Log.Info("listening", "addr", ln.Addr().String())
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+	}()
+	sec := a.Config.Secrets
+	if !sec.AppToken.Empty() {
+		sock := &slackio.Socket{
+			Client:  slackio.NewSocketClient(sec.BotToken.Reveal(), sec.AppToken.Reveal(), sec.APIURL),
+			Submit:  s.pool.Submit,
+			Dedupe:  slackio.NewDedupe(10*time.Minute, 100_000),
+			Metrics: a.Metrics,
+			Log:     a.Log,
+		}
+		go func() {
+			if err := sock.Run(ctx); err != nil {
+				errc <- fmt.Errorf("socket mode: %w", err)
+			}
+		}()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutCtx)
+	a.Log.Info("waiting for requests in progress")
+	s.Wait()
+	return err
+}

@@ -1,0 +1,161 @@
+package bot
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/slack-go/slack"
+
+	"github.com/circlebot/circlebot/internal/chat"
+	"github.com/circlebot/circlebot/internal/ops"
+)
+
+// RenderStatus lays a status report out for Slack. Problems come first, in
+// words, because that is what the reader at 3 a.m. needs.
+func RenderStatus(r *ops.StatusReport) chat.Message {
+	var blocks []slack.Block
+	var warn []string
+	summary := ""
+
+	blocks = append(blocks, chat.Header("CircleCI Services box status"))
+	switch {
+	case r.Box.Err != nil && len(r.Box.Instances) == 0:
+		warn = append(warn, fmt.Sprintf(":x: Services box: %s", ops.Explain(r.Box.Err)))
+		summary = "Services box: unknown (AWS error)"
+	case len(r.Box.Instances) == 0:
+		warn = append(warn, fmt.Sprintf(":x: No instance tagged `Name=%s` exists in %s (terminated ones do not count). If the box is gone, restore from the newest restore point below.", r.Box.Tag, r.Target.Region))
+		summary = "Services box: not found"
+	case len(r.Box.Instances) > 1:
+		warn = append(warn, fmt.Sprintf(":warning: %d instances are tagged `Name=%s`: %s. Builders follow one private IP, so only one may serve. Restore and failover will refuse until the extra one is stopped and retagged.", len(r.Box.Instances), r.Box.Tag, instanceList(r.Box.Instances)))
+		summary = fmt.Sprintf("Services box: %d instances tagged %s", len(r.Box.Instances), r.Box.Tag)
+	}
+	if r.Box.Err != nil && len(r.Box.Instances) > 0 {
+		warn = append(warn, ":warning: Partial read: "+ops.Explain(r.Box.Err))
+	}
+	for _, in := range r.Box.Instances {
+		warn = append(warn, healthWarnings("Services box", in)...)
+	}
+	rpo := r.Target.RPO
+	switch {
+	case r.PointErr != nil:
+		warn = append(warn, ":warning: Restore points: "+ops.Explain(r.PointErr))
+	case r.Newest == nil:
+		warn = append(warn, ":x: No completed restore point exists. Run `backup now` as soon as the box is healthy.")
+	case rpo > 0 && r.At.Sub(r.Newest.Started) > rpo:
+		warn = append(warn, fmt.Sprintf(":warning: The newest restore point is %s old, over the %s RPO target.", Age(r.At.Sub(r.Newest.Started)), Age(rpo)))
+	}
+	if r.Replica != nil {
+		switch {
+		case r.Replica.Err != nil && len(r.Replica.Instances) == 0:
+			warn = append(warn, ":warning: Replica: "+ops.Explain(r.Replica.Err))
+		case len(r.Replica.Instances) == 0:
+			warn = append(warn, fmt.Sprintf(":warning: No replica tagged `Name=%s`: failover has nowhere to go.", r.Replica.Tag))
+		case len(r.Replica.Instances) > 1:
+			warn = append(warn, fmt.Sprintf(":warning: %d instances are tagged `Name=%s`: %s.", len(r.Replica.Instances), r.Replica.Tag, instanceList(r.Replica.Instances)))
+		}
+	}
+	if r.FleetErr != nil {
+		warn = append(warn, ":warning: Builders: "+ops.Explain(r.FleetErr))
+	}
+
+	if len(warn) > 0 {
+		blocks = append(blocks, chat.Section(strings.Join(warn, "\n"))...)
+	} else {
+		blocks = append(blocks, chat.Section(":white_check_mark: Services box running, status checks ok, restore point within RPO.")...)
+	}
+	for i, in := range r.Box.Instances {
+		label := "Services box"
+		if len(r.Box.Instances) > 1 {
+			label = fmt.Sprintf("Services box candidate %d", i+1)
+		}
+		if summary == "" {
+			summary = fmt.Sprintf("Services box %s %s, %s", in.ID, in.State, in.PrivateIP)
+		}
+		blocks = append(blocks, instanceBlocks(label, in)...)
+	}
+	if r.Replica != nil {
+		for _, in := range r.Replica.Instances {
+			blocks = append(blocks, instanceBlocks("Replica", in)...)
+		}
+	}
+	blocks = append(blocks, chat.Divider())
+	var facts []string
+	if r.Newest != nil {
+		facts = append(facts, fmt.Sprintf("*Newest restore point*\n`%s` (EBS, %d GiB), %s ago", r.Newest.ID, r.Newest.SizeGiB, Age(r.At.Sub(r.Newest.Started))))
+		facts = append(facts, fmt.Sprintf("*Backup snapshots*\n%d completed, %d in progress; RPO %s", r.Points, r.Pending, Age(rpo)))
+	} else if r.PointErr == nil {
+		facts = append(facts, fmt.Sprintf("*Backup snapshots*\nnone completed, %d in progress", r.Pending))
+	}
+	if f := r.Fleet; f != nil {
+		facts = append(facts, fmt.Sprintf("*Builders* (`%s`)\n%d in service of %d desired (min %d, max %d)%s", f.Name, f.InService, f.Desired, f.Min, f.Max, fleetExtra(f)))
+	}
+	if len(facts) > 0 {
+		blocks = append(blocks, chat.Fields(facts...))
+	}
+	blocks = append(blocks, chat.Context(fmt.Sprintf("Read from AWS %s at %s UTC", r.Target.Region, r.At.UTC().Format("2006-01-02 15:04:05"))))
+	return chat.Message{Text: summary, Blocks: blocks}
+}
+
+func instanceBlocks(label string, in ops.Instance) []slack.Block {
+	ips := "`" + in.PrivateIP + "`"
+	if len(in.SecondaryIPs) > 0 {
+		ips += " (secondary: `" + strings.Join(in.SecondaryIPs, "`, `") + "`)"
+	}
+	checks := "unknown"
+	if in.SystemStatus != "" || in.InstanceStatus != "" {
+		checks = fmt.Sprintf("system %s, instance %s", orDash(in.SystemStatus), orDash(in.InstanceStatus))
+	}
+	var vols []string
+	for _, v := range in.Volumes {
+		vols = append(vols, fmt.Sprintf("`%s` %s %d GiB %s", v.ID, v.Device, v.SizeGiB, v.Type))
+	}
+	return []slack.Block{
+		chat.Section(fmt.Sprintf("*%s* `%s` — *%s*", label, in.ID, in.State))[0],
+		chat.Fields(
+			"*Private IP*\n"+ips,
+			"*Zone / type*\n"+in.AZ+" / "+in.Type,
+			"*Status checks*\n"+checks,
+			fmt.Sprintf("*Volumes* (%d)\n%s", len(in.Volumes), strings.Join(vols, "\n")),
+		),
+	}
+}
+
+func healthWarnings(label string, in ops.Instance) []string {
+	var w []string
+	if in.State != "running" {
+		w = append(w, fmt.Sprintf(":x: %s `%s` is *%s*.", label, in.ID, in.State))
+	}
+	if in.SystemStatus == "impaired" || in.InstanceStatus == "impaired" {
+		w = append(w, fmt.Sprintf(":x: %s `%s` fails its status checks (system %s, instance %s).", label, in.ID, orDash(in.SystemStatus), orDash(in.InstanceStatus)))
+	}
+	return w
+}
+
+func instanceList(ins []ops.Instance) string {
+	var parts []string
+	for _, in := range ins {
+		parts = append(parts, fmt.Sprintf("`%s` (%s, %s, %s)", in.ID, in.State, in.AZ, in.PrivateIP))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func fleetExtra(f *ops.Fleet) string {
+	var s []string
+	if f.Pending > 0 {
+		s = append(s, fmt.Sprintf("%d starting", f.Pending))
+	}
+	if f.Unhealthy > 0 {
+		s = append(s, fmt.Sprintf("%d unhealthy", f.Unhealthy))
+	}
+	if len(s) == 0 {
+		return ""
+	}
+	return "; " + strings.Join(s, ", ")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "—"
+	}
+	return s
+}

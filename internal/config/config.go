@@ -1,0 +1,161 @@
+// Package config owns the bot's configuration: the YAML file (settings) and
+// the environment (secrets), their defaults, and their validation.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the YAML file. Field tags are the external contract (design.md);
+// rename nothing, add freely.
+type Config struct {
+	Listen      string      `yaml:"listen"`
+	DataDir     string      `yaml:"data_dir"`
+	AWS         AWS         `yaml:"aws"`
+	Slack       Slack       `yaml:"slack"`
+	Roles       Roles       `yaml:"roles"`
+	Approvals   Approvals   `yaml:"approvals"`
+	ServicesBox ServicesBox `yaml:"services_box"`
+	Replica     Replica     `yaml:"replica"`
+	Builders    Builders    `yaml:"builders"`
+	Backup      Backup      `yaml:"backup"`
+	Report      Report      `yaml:"report"`
+
+	// Secrets come from the environment only, never from the file, so a
+	// config file can be committed and shared.
+	Secrets Secrets `yaml:"-"`
+}
+
+type AWS struct {
+	// Region overrides the SDK's default chain (AWS_REGION, profile, IMDS).
+	Region string `yaml:"region"`
+}
+
+type Slack struct {
+	Command         string   `yaml:"command"`
+	AllowedChannels []string `yaml:"allowed_channels"`
+	ReportChannel   string   `yaml:"report_channel"`
+}
+
+type Roles struct {
+	Viewers   []string `yaml:"viewers"`
+	Operators []string `yaml:"operators"`
+	Approvers []string `yaml:"approvers"`
+}
+
+type Approvals struct {
+	TTL Duration `yaml:"ttl"`
+}
+
+type ServicesBox struct {
+	NameTag string `yaml:"name_tag"`
+}
+
+type Replica struct {
+	NameTag string `yaml:"name_tag"`
+}
+
+type Builders struct {
+	// ASGName is the Auto Scaling group of the builder fleet; empty means
+	// the bot does not manage builders.
+	ASGName string `yaml:"asg_name"`
+}
+
+type Backup struct {
+	Method    string    `yaml:"method"`
+	Bucket    string    `yaml:"bucket"`
+	Schedule  string    `yaml:"schedule"`
+	Retention Retention `yaml:"retention"`
+	RPO       Duration  `yaml:"rpo"`
+}
+
+type Retention struct {
+	KeepLast   int `yaml:"keep_last"`
+	KeepDaily  int `yaml:"keep_daily"`
+	KeepWeekly int `yaml:"keep_weekly"`
+}
+
+type Report struct {
+	Schedule string `yaml:"schedule"`
+}
+
+// Defaults are what an empty file means. They are safe: no schedule runs and
+// nothing destructive is pre-approved until the file says so.
+func Defaults() Config {
+	return Config{
+		Listen:      ":8080",
+		DataDir:     "data",
+		Slack:       Slack{Command: "/circleci"},
+		Approvals:   Approvals{TTL: Duration(30 * time.Minute)},
+		ServicesBox: ServicesBox{NameTag: "circleci_services"},
+		Backup:      Backup{Method: "ebs", RPO: Duration(24 * time.Hour)},
+	}
+}
+
+// Load reads path, applies defaults under it, reads secrets from env, and
+// validates. A *ValidationError lists every problem, each naming its key.
+func Load(path string, env func(string) string) (Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: read %s: %w", path, err)
+	}
+	cfg, err := Parse(raw)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %s: %w", path, err)
+	}
+	cfg.Secrets = SecretsFromEnv(env)
+	if err := cfg.Validate(); err != nil {
+		return Config{}, fmt.Errorf("config: %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes YAML over Defaults. Unknown keys are errors: a typo such as
+// `aprovers:` must not silently leave a safety setting at its default.
+func Parse(raw []byte) (Config, error) {
+	cfg := Defaults()
+	var root yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&root); err != nil {
+		if errors.Is(err, io.EOF) {
+			return cfg, nil
+		}
+		return Config{}, fmt.Errorf("not valid YAML: %w", err)
+	}
+	if probs := unknownKeys(&root, &cfg); len(probs) > 0 {
+		return Config{}, &ValidationError{Problems: probs}
+	}
+	if err := root.Decode(&cfg); err != nil {
+		return Config{}, fmt.Errorf("not valid config: %w", err)
+	}
+	return cfg, nil
+}
+
+// Duration is a time.Duration written as "30m" or "24h" in YAML.
+type Duration time.Duration
+
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration such as \"30m\"", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (use e.g. \"30m\", \"24h\")", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }

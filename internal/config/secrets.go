@@ -1,0 +1,52 @@
+package config
+
+import (
+	"log/slog"
+	"strings"
+)
+
+// Secret holds a credential. Every way of printing it prints a mask, so a
+// Secret that reaches a log line, an error or a Slack message leaks nothing.
+type Secret struct{ v string }
+
+func NewSecret(v string) Secret { return Secret{v: v} }
+
+// Reveal is the one way to read the value; grep for it to audit uses.
+func (s Secret) Reveal() string { return s.v }
+func (s Secret) Empty() bool    { return s.v == "" }
+
+func (s Secret) String() string {
+	if s.v == "" {
+		return "(unset)"
+	}
+	return "(set)"
+}
+func (s Secret) GoString() string             { return s.String() }
+func (s Secret) LogValue() slog.Value         { return slog.StringValue(s.String()) }
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Secrets are read from the environment only.
+type Secrets struct {
+	BotToken      Secret // SLACK_BOT_TOKEN
+	SigningSecret Secret // SLACK_SIGNING_SECRET
+	AppToken      Secret // SLACK_APP_TOKEN: Socket Mode when set
+	APIURL        string // SLACK_API_URL: not secret, but lives with them
+}
+
+const DefaultSlackAPIURL = "https://slack.com/api/"
+
+func SecretsFromEnv(env func(string) string) Secrets {
+	s := Secrets{
+		BotToken:      NewSecret(strings.TrimSpace(env("SLACK_BOT_TOKEN"))),
+		SigningSecret: NewSecret(strings.TrimSpace(env("SLACK_SIGNING_SECRET"))),
+		AppToken:      NewSecret(strings.TrimSpace(env("SLACK_APP_TOKEN"))),
+		APIURL:        strings.TrimSpace(env("SLACK_API_URL")),
+	}
+	if s.APIURL == "" {
+		s.APIURL = DefaultSlackAPIURL
+	}
+	if !strings.HasSuffix(s.APIURL, "/") {
+		s.APIURL += "/"
+	}
+	return s
+}

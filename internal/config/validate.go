@@ -1,0 +1,167 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
+)
+
+// Problem is one bad setting: the dotted key and why it is wrong.
+type Problem struct {
+	Key string
+	Why string
+}
+
+// ValidationError lists every problem so one check-config run shows them all.
+type ValidationError struct {
+	Problems []Problem
+}
+
+func (e *ValidationError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d problem(s):", len(e.Problems))
+	for _, p := range e.Problems {
+		fmt.Fprintf(&b, "\n  %s: %s", p.Key, p.Why)
+	}
+	return b.String()
+}
+
+var (
+	channelID = regexp.MustCompile(`^[CGD][A-Z0-9]{2,}$`)
+	userID    = regexp.MustCompile(`^[UW][A-Z0-9]{2,}$`)
+	bucketRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+)
+
+// CronParser accepts the standard five fields and descriptors such as
+// "@daily"; schedules are validated and run with the same parser.
+var CronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// Validate checks the settings. It does not need the secrets; serving does
+// (see ValidateServe).
+func (c *Config) Validate() error {
+	var p []Problem
+	bad := func(key, why string, args ...any) { p = append(p, Problem{key, fmt.Sprintf(why, args...)}) }
+
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil || port == "" {
+		bad("listen", "%q is not host:port (e.g. \":8080\")", c.Listen)
+	}
+	if strings.TrimSpace(c.DataDir) == "" {
+		bad("data_dir", "must name a directory for the bbolt store")
+	}
+	if !strings.HasPrefix(c.Slack.Command, "/") || strings.ContainsAny(c.Slack.Command, " \t") || len(c.Slack.Command) < 2 {
+		bad("slack.command", "%q must be a slash command such as \"/circleci\"", c.Slack.Command)
+	}
+	for i, ch := range c.Slack.AllowedChannels {
+		if !channelID.MatchString(ch) {
+			bad(fmt.Sprintf("slack.allowed_channels[%d]", i), "%q is not a Slack channel ID (C…, G… or D…; names change, IDs do not)", ch)
+		}
+	}
+	if c.Slack.ReportChannel != "" && !channelID.MatchString(c.Slack.ReportChannel) {
+		bad("slack.report_channel", "%q is not a Slack channel ID", c.Slack.ReportChannel)
+	}
+	for _, r := range []struct {
+		key string
+		ids []string
+	}{{"roles.viewers", c.Roles.Viewers}, {"roles.operators", c.Roles.Operators}, {"roles.approvers", c.Roles.Approvers}} {
+		for i, id := range r.ids {
+			if !userID.MatchString(id) {
+				bad(fmt.Sprintf("%s[%d]", r.key, i), "%q is not a Slack user ID (U… or W…)", id)
+			}
+			if slices.Index(r.ids, id) != i {
+				bad(fmt.Sprintf("%s[%d]", r.key, i), "%q is listed twice", id)
+			}
+		}
+	}
+	if ttl := c.Approvals.TTL.D(); ttl < time.Minute || ttl > 24*time.Hour {
+		bad("approvals.ttl", "%s is outside 1m..24h: an approval must not outlive the state it was given for", ttl)
+	}
+	if strings.TrimSpace(c.ServicesBox.NameTag) == "" {
+		bad("services_box.name_tag", "must be the Name tag of the Services box (default circleci_services)")
+	}
+	if c.Replica.NameTag != "" && c.Replica.NameTag == c.ServicesBox.NameTag {
+		bad("replica.name_tag", "must differ from services_box.name_tag, or the replica and the primary are indistinguishable")
+	}
+	switch c.Backup.Method {
+	case "ebs", "tarball":
+	default:
+		bad("backup.method", "%q must be \"ebs\" or \"tarball\"", c.Backup.Method)
+	}
+	if c.Backup.Bucket != "" && !bucketRE.MatchString(c.Backup.Bucket) {
+		bad("backup.bucket", "%q is not a valid S3 bucket name", c.Backup.Bucket)
+	}
+	if c.Backup.Method == "tarball" && c.Backup.Bucket == "" {
+		bad("backup.bucket", "is required when backup.method is tarball")
+	}
+	checkCron := func(key, spec string) {
+		if spec == "" {
+			return
+		}
+		if _, err := CronParser.Parse(spec); err != nil {
+			bad(key, "%q is not a cron schedule: %v", spec, err)
+		}
+	}
+	checkCron("backup.schedule", c.Backup.Schedule)
+	checkCron("report.schedule", c.Report.Schedule)
+	r := c.Backup.Retention
+	for _, kv := range []struct {
+		key string
+		n   int
+	}{{"backup.retention.keep_last", r.KeepLast}, {"backup.retention.keep_daily", r.KeepDaily}, {"backup.retention.keep_weekly", r.KeepWeekly}} {
+		if kv.n < 0 {
+			bad(kv.key, "%d must not be negative", kv.n)
+		}
+	}
+	if c.Backup.RPO.D() <= 0 {
+		bad("backup.rpo", "must be positive (e.g. \"24h\")")
+	}
+	if c.Report.Schedule != "" && c.Slack.ReportChannel == "" {
+		bad("slack.report_channel", "is required when report.schedule is set")
+	}
+	if len(p) > 0 {
+		return &ValidationError{Problems: p}
+	}
+	return nil
+}
+
+// ValidateServe checks what serving Slack needs on top of Validate.
+func (c *Config) ValidateServe() error {
+	var p []Problem
+	if c.Secrets.BotToken.Empty() {
+		p = append(p, Problem{"SLACK_BOT_TOKEN", "is not set: the bot cannot post replies"})
+	}
+	if c.Secrets.AppToken.Empty() && c.Secrets.SigningSecret.Empty() {
+		p = append(p, Problem{"SLACK_SIGNING_SECRET", "is not set: HTTP requests from Slack cannot be verified (or set SLACK_APP_TOKEN for Socket Mode)"})
+	}
+	if !c.Secrets.AppToken.Empty() && !strings.HasPrefix(c.Secrets.AppToken.Reveal(), "xapp-") {
+		p = append(p, Problem{"SLACK_APP_TOKEN", "must be an app-level token (xapp-…) with connections:write"})
+	}
+	if len(p) > 0 {
+		return &ValidationError{Problems: p}
+	}
+	return nil
+}
+
+// Warnings are legal but probably unintended settings; check-config prints them.
+func (c *Config) Warnings() []Problem {
+	var w []Problem
+	if len(c.Slack.AllowedChannels) == 0 {
+		w = append(w, Problem{"slack.allowed_channels", "is empty: the bot answers in every channel it is in"})
+	}
+	if len(c.Roles.Approvers) == 0 {
+		w = append(w, Problem{"roles.approvers", "is empty: no destructive command (restore, failover, rotate, secret) can ever be approved"})
+	} else if len(c.Roles.Approvers) == 1 && len(c.Roles.Operators) == 1 && c.Roles.Approvers[0] == c.Roles.Operators[0] {
+		w = append(w, Problem{"roles.approvers", "the only approver is the only operator: nobody can approve their requests"})
+	}
+	if len(c.Roles.Operators) == 0 {
+		w = append(w, Problem{"roles.operators", "is empty: nobody can back up, restore or fail over"})
+	}
+	if c.Replica.NameTag == "" {
+		w = append(w, Problem{"replica.name_tag", "is empty: failover needs --to <instance-id>"})
+	}
+	return w
+}

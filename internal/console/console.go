@@ -1,0 +1,198 @@
+// Package console is a local chat shell, in the spirit of Hubot's shell
+// adapter: type slash commands as a chosen Slack user in a chosen channel,
+// switch users to play the second person, and read the bot's replies. It
+// drives the same bot.Handle as Slack does.
+package console
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/circlebot/circlebot/internal/bot"
+	"github.com/circlebot/circlebot/internal/chat"
+	"github.com/circlebot/circlebot/internal/config"
+)
+
+type Console struct {
+	Bot     *bot.Bot
+	Roles   config.Roles
+	In      io.Reader
+	Out     io.Writer
+	User    string
+	Channel string
+
+	mu  sync.Mutex // serialises output from background progress
+	seq atomic.Int64
+}
+
+// Run reads lines until EOF, /quit, or ctx ends.
+func (c *Console) Run(ctx context.Context) error {
+	c.printf("%s", c.banner())
+	sc := bufio.NewScanner(c.In)
+	sc.Buffer(make([]byte, 64<<10), 64<<10)
+	for {
+		c.printf("\n%s in #%s> ", c.User, c.Channel)
+		lines := make(chan bool, 1)
+		go func() { lines <- sc.Scan() }()
+		select {
+		case <-ctx.Done():
+			c.printf("\n")
+			return nil
+		case ok := <-lines:
+			if !ok {
+				c.printf("\n")
+				return sc.Err()
+			}
+		}
+		if quit := c.line(ctx, strings.TrimSpace(sc.Text())); quit {
+			return nil
+		}
+	}
+}
+
+func (c *Console) line(ctx context.Context, line string) (quit bool) {
+	slash := c.Bot.SlashCommand()
+	fields := strings.Fields(line)
+	switch {
+	case line == "":
+		return false
+	case fields[0] == "/quit" || fields[0] == "/exit":
+		return true
+	case fields[0] == "/as":
+		if len(fields) != 2 {
+			c.printf("usage: /as <slack-user-id>   e.g. /as %s\n", c.someone())
+			return false
+		}
+		c.User = strings.ToUpper(fields[1])
+		c.printf("you are now %s (%s)\n", c.User, c.rolesOf(c.User))
+		return false
+	case fields[0] == "/in":
+		if len(fields) != 2 {
+			c.printf("usage: /in <slack-channel-id>\n")
+			return false
+		}
+		c.Channel = strings.ToUpper(fields[1])
+		c.printf("you are now in #%s\n", c.Channel)
+		return false
+	case fields[0] == "/whoami":
+		c.printf("%s (%s) in #%s\n", c.User, c.rolesOf(c.User), c.Channel)
+		return false
+	case fields[0] == "/users":
+		c.printf("%s", c.userList())
+		return false
+	case fields[0] == "/help":
+		c.printf("%s", c.banner())
+		return false
+	case strings.HasPrefix(fields[0], "/") && fields[0] != slash:
+		c.printf("unknown console command %s; bot commands start with %s (try %s help), console commands are /as /in /whoami /users /help /quit\n", fields[0], slash, slash)
+		return false
+	}
+	text := strings.TrimSpace(strings.TrimPrefix(line, slash))
+	n := c.seq.Add(1)
+	req := chat.Request{
+		ID:         "console-" + strconv.FormatInt(n, 10),
+		Source:     "console",
+		UserID:     c.User,
+		ChannelID:  c.Channel,
+		Command:    slash,
+		Text:       text,
+		ReceivedAt: time.Now(),
+	}
+	c.Bot.Handle(ctx, req, &replier{c: c, user: c.User, channel: c.Channel})
+	return false
+}
+
+func (c *Console) banner() string {
+	slash := c.Bot.SlashCommand()
+	return fmt.Sprintf(`circlebot console — the bot as Slack would run it, without Slack.
+Type bot commands as in Slack, e.g. "%[1]s help" or "%[1]s status".
+Console commands:
+  /as <user-id>     act as another Slack user (e.g. the second person who approves)
+  /in <channel-id>  move to another channel
+  /whoami, /users   who you are; which users have which roles
+  /quit             leave (Ctrl-D works too)
+You are %[2]s (%[3]s) in #%[4]s.
+%[5]s`, slash, c.User, c.rolesOf(c.User), c.Channel, c.userList())
+}
+
+func (c *Console) rolesOf(user string) string {
+	var r []string
+	if slices.Contains(c.Roles.Viewers, user) || len(c.Roles.Viewers) == 0 {
+		r = append(r, "viewer")
+	}
+	if slices.Contains(c.Roles.Operators, user) {
+		r = append(r, "operator")
+	}
+	if slices.Contains(c.Roles.Approvers, user) {
+		r = append(r, "approver")
+	}
+	if len(r) == 0 {
+		return "no role"
+	}
+	return strings.Join(r, ", ")
+}
+
+func (c *Console) userList() string {
+	seen := map[string]bool{}
+	var b strings.Builder
+	b.WriteString("Users in the config:\n")
+	for _, u := range slices.Concat(c.Roles.Operators, c.Roles.Approvers, c.Roles.Viewers) {
+		if !seen[u] {
+			seen[u] = true
+			fmt.Fprintf(&b, "  %-12s %s\n", u, c.rolesOf(u))
+		}
+	}
+	if len(seen) == 0 {
+		b.WriteString("  (none: add Slack user IDs under roles: in the config)\n")
+	}
+	return b.String()
+}
+
+func (c *Console) someone() string {
+	for _, u := range slices.Concat(c.Roles.Approvers, c.Roles.Operators) {
+		if u != c.User {
+			return u
+		}
+	}
+	return "U0123456"
+}
+
+func (c *Console) printf(format string, args ...any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fmt.Fprintf(c.Out, format, args...)
+}
+
+// replier prints what Slack would show, marked by who would see it.
+type replier struct {
+	c             *Console
+	user, channel string
+}
+
+func (r *replier) Ephemeral(_ context.Context, m chat.Message) error {
+	r.c.printf("\n[only visible to %s]\n%s\n", r.user, indent(chat.PlainText(m)))
+	return nil
+}
+
+func (r *replier) Post(_ context.Context, m chat.Message) (chat.Ref, error) {
+	ts := fmt.Sprintf("%d.%06d", time.Now().Unix(), r.c.seq.Add(1))
+	r.c.printf("\n[#%s, message %s]\n%s\n", r.channel, ts, indent(chat.PlainText(m)))
+	return chat.Ref{Channel: r.channel, TS: ts}, nil
+}
+
+func (r *replier) Update(_ context.Context, ref chat.Ref, m chat.Message) error {
+	r.c.printf("\n[#%s, message %s updated]\n%s\n", ref.Channel, ref.TS, indent(chat.PlainText(m)))
+	return nil
+}
+
+func indent(s string) string {
+	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
+}

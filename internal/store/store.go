@@ -1,0 +1,112 @@
+// Package store owns the bot's durable state in one bbolt file: the audit
+// trail now, and the locks, approvals and operation journal that build on it.
+package store
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var bucketAudit = []byte("audit")
+
+// Store is safe for concurrent use; bbolt serialises writers.
+type Store struct {
+	db  *bolt.DB
+	seq atomic.Uint64
+}
+
+// Open opens (creating if needed) dir/circlebot.db. A second bot on the same
+// file waits up to a few seconds and then fails with a clear error, instead
+// of hanging forever on bbolt's file lock.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("store: create data_dir %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, "circlebot.db")
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 3 * time.Second})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("store: %s is locked by another process (is another bot running with the same data_dir?)", path)
+		}
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketAudit)
+		return err
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: init %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+func (s *Store) Close() error { return s.db.Close() }
+
+// Ping reports whether the file is open and readable (for /healthz).
+func (s *Store) Ping() error { return s.db.View(func(*bolt.Tx) error { return nil }) }
+
+// DB exposes the handle to packages that keep their own buckets in the same
+// file (approvals, journal), so one fsync'd file holds all state.
+func (s *Store) DB() *bolt.DB { return s.db }
+
+// AuditRecord is one command, or one refusal, as it happened.
+type AuditRecord struct {
+	At      time.Time `json:"at"`
+	UserID  string    `json:"user_id"`
+	Channel string    `json:"channel"`
+	Source  string    `json:"source"`  // slash, button, console, scheduler
+	Command string    `json:"command"` // canonical text, or the raw text when it did not parse
+	Outcome string    `json:"outcome"` // ok, refused, usage, failed, unavailable
+	Detail  string    `json:"detail,omitempty"`
+}
+
+// Audit appends a record. Keys sort by time, then by a per-process sequence
+// so records within one nanosecond keep their order.
+func (s *Store) Audit(r AuditRecord) error {
+	if r.At.IsZero() {
+		r.At = time.Now()
+	}
+	val, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("store: encode audit record: %w", err)
+	}
+	key := make([]byte, 16)
+	binary.BigEndian.PutUint64(key, uint64(r.At.UnixNano()))
+	binary.BigEndian.PutUint64(key[8:], s.seq.Add(1))
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAudit).Put(key, val)
+	})
+	if err != nil {
+		return fmt.Errorf("store: write audit record: %w", err)
+	}
+	return nil
+}
+
+// History returns up to n audit records, newest first.
+func (s *Store) History(n int) ([]AuditRecord, error) {
+	var out []AuditRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketAudit).Cursor()
+		for k, v := c.Last(); k != nil && len(out) < n; k, v = c.Prev() {
+			var r AuditRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("decode audit record %x: %w", k, err)
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: read history: %w", err)
+	}
+	return out, nil
+}
