@@ -178,6 +178,7 @@ func TestSignedStatusPostsTheBoxFromMoto(t *testing.T) {
 	if n := e.proxy.Count("DescribeInstances"); n == 0 {
 		t.Error("status did not read EC2 through the SDK")
 	}
+	e.server.Wait()
 	hist, err := e.app.Store.History(5)
 	if err != nil || len(hist) != 1 || hist[0].Command != "status" || hist[0].Outcome != "ok" || hist[0].UserID != alice {
 		t.Fatalf("audit: %+v %v", hist, err)
@@ -330,7 +331,7 @@ func TestStatusExplainsMissingDuplicateAndBrokenAWS(t *testing.T) {
 }
 
 func TestButtonsRunAsTheClickerAndRetriesRunOnce(t *testing.T) {
-	e := newEnv(t, nil)
+	e := newEnv(t, func(c *config.Config) { c.Roles.Viewers = []string{vera} })
 	payload, _ := json.Marshal(map[string]any{
 		"type":         "block_actions",
 		"trigger_id":   "trig.button.1",
@@ -339,7 +340,7 @@ func TestButtonsRunAsTheClickerAndRetriesRunOnce(t *testing.T) {
 		"team":         map[string]string{"id": "T0001"},
 		"response_url": e.slack.ResponseURL("btn"),
 		"container":    map[string]string{"type": "message", "message_ts": "1.0001"},
-		"actions":      []map[string]string{{"action_id": slackio.ButtonActionID, "value": "status", "type": "button", "action_ts": "1.1"}},
+		"actions":      []map[string]string{{"action_id": slackio.ButtonActionID, "block_id": "actions", "value": "status", "type": "button", "action_ts": "1.1"}},
 	})
 	body := url.Values{"payload": {string(payload)}}.Encode()
 	for range 2 { // Slack's retry of the same click

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -71,8 +72,8 @@ var errAddrInUse = errors.New("address already in use")
 // Start launches moto_server on a free 127.0.0.1 port and returns once it
 // answers HTTP. ctx bounds only the start-up (at most ~30 s); the process
 // lives until Close. The binary is $MOTO_SERVER if set, else moto_server on
-// PATH. The process runs in its own process group so Close also stops the
-// Python child behind a pyenv shim.
+// PATH. The process runs in its own process group so Close also stops any
+// children (a wrapper or shim may fork Python rather than exec it).
 func Start(ctx context.Context, opts ...Option) (*Server, error) {
 	var o options
 	for _, opt := range opts {
@@ -91,7 +92,7 @@ func Start(ctx context.Context, opts ...Option) (*Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("motoserver: pick a free port: %w", err)
 		}
-		s, err := launch(ctx, name, append(args, "-H", "127.0.0.1", "-p", strconv.Itoa(port)), port)
+		s, err := launch(ctx, name, slices.Concat(args, []string{"-H", "127.0.0.1", "-p", strconv.Itoa(port)}), port)
 		if err == nil {
 			return s, nil
 		}

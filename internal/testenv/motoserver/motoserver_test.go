@@ -169,6 +169,25 @@ exec '`+real+`' "$@"
 	createVPC(t, s.URL, "10.44.0.0/16")
 }
 
+func TestCloseStopsForkedChildren(t *testing.T) {
+	real, err := exec.LookPath("moto_server")
+	if err != nil {
+		t.Fatalf("moto_server not on PATH: %v", err)
+	}
+	// A wrapper that forks moto instead of exec-ing it: only a group kill
+	// reaches the Python child.
+	t.Setenv("MOTO_SERVER", writeScript(t, "'"+real+"' \"$@\" &\nwait\n"))
+	s := startT(t)
+	createVPC(t, s.URL, "10.47.0.0/16")
+	pgid := s.cmd.Process.Pid
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	waitFor(t, 10*time.Second, "forked moto to exit", func() bool {
+		return syscall.Kill(-pgid, 0) == syscall.ESRCH
+	})
+}
+
 func TestWithLauncher(t *testing.T) {
 	script := filepath.Join(t.TempDir(), "launcher.py")
 	marker := filepath.Join(t.TempDir(), "launched")
