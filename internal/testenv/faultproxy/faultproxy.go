@@ -33,6 +33,14 @@ const (
 // 500, the next DelayRate delays it and then forwards it; the rest pass
 // untouched. The rates are shares of candidate calls as long as they sum to
 // at most 1.
+//
+// Faulted calls are answered by the proxy and never reach moto, in the shape
+// of the protocol (throttle / server error):
+//
+//	EC2 query:              503 RequestLimitExceeded / 500 InternalError, <Response><Errors><Error>
+//	awsJson (X-Amz-Target): 400 ThrottlingException / 500 InternalServerError, {"__type":...}
+//	other query services:   400 Throttling (Sender) / 500 InternalError (Receiver), <ErrorResponse>
+//	S3:                     503 SlowDown / 500 InternalError, <Error>
 type Faults struct {
 	ThrottleRate    float64
 	ServerErrorRate float64

@@ -15,7 +15,7 @@ func terminate(p *os.Process) error { return signalGroup(p, syscall.SIGTERM) }
 func kill(p *os.Process) error      { return signalGroup(p, syscall.SIGKILL) }
 
 func signalGroup(p *os.Process, sig syscall.Signal) error {
-	err := syscall.Kill(p.Pid, sig)
+	err := syscall.Kill(-p.Pid, sig)
 	if err == syscall.ESRCH {
 		return nil
 	}

@@ -1,0 +1,267 @@
+"""moto_server whose EBS snapshots stay pending until a test moves them.
+
+moto 5.2.1 marks every EBS snapshot "completed" (progress 100%) the moment it
+is created. Real snapshots stay "pending" for minutes to hours and can end in
+"error". This launcher patches moto in-process and then runs moto_server's
+own main(), so it takes exactly the same CLI flags (-H host -p port ...).
+
+Patched behaviour:
+  * CreateSnapshot and CreateSnapshots (and the EBS direct StartSnapshot)
+    create snapshots in State "pending", Progress "0%". Snapshots that moto
+    makes behind an AMI (from_ami) and CopySnapshot are unchanged.
+  * CreateSnapshots' answer carries each snapshot's State (plain moto leaves
+    it out).
+
+Control API on the same HTTP server (paths moto does not use):
+  POST /_circlebot/snapshots
+       {"snapshot_id": "snap-...", "state": "completed|pending|error",
+        "progress": "45%"}              progress optional: completed -> 100%,
+                                         otherwise the current value is kept
+  POST /_circlebot/snapshots/auto
+       {"complete_after_describes": N}  every pending snapshot becomes
+                                         completed/100% once N DescribeSnapshots
+                                         calls have returned it while auto mode
+                                         is on; N=0 turns auto mode off.
+                                         Setting N restarts every count.
+  GET  /_circlebot/snapshots            {"complete_after_describes": N,
+                                         "snapshots": [{snapshot_id, state,
+                                         progress, volume_id, account_id,
+                                         region, describes}]}
+  POST /moto-api/reset                  moto's reset, and auto mode off.
+
+Every /_circlebot/ answer carries the header X-Circlebot-Launcher:
+moto_patched so a client can tell it is not talking to plain moto.
+"""
+
+import json
+import sys
+import threading
+
+from werkzeug.wrappers import Request, Response
+
+import moto.server as moto_server_module
+from moto.ec2.models import ec2_backends
+from moto.ec2.models import elastic_block_store as ebs_models
+from moto.ec2.responses import elastic_block_store as ebs_responses
+
+LAUNCHER_HEADER = ("X-Circlebot-Launcher", "moto_patched")
+STATES = ("pending", "completed", "error")
+
+_lock = threading.RLock()
+_auto = {"after": 0}
+
+
+# --- model patches -----------------------------------------------------------
+
+_orig_create_snapshot = ebs_models.EBSBackend.create_snapshot
+
+
+def _create_snapshot(self, *args, **kwargs):
+    snapshot = _orig_create_snapshot(self, *args, **kwargs)
+    from_ami = kwargs.get("from_ami", args[3] if len(args) > 3 else None)
+    if from_ami is None:
+        with _lock:
+            snapshot.status = "pending"
+            snapshot._circlebot_progress = "0%"
+            snapshot._circlebot_describes = 0
+    return snapshot
+
+
+ebs_models.EBSBackend.create_snapshot = _create_snapshot
+
+
+def _progress(self):
+    return getattr(self, "_circlebot_progress", "100%")
+
+
+ebs_models.Snapshot.progress = property(_progress)
+
+
+# CreateSnapshots answers SnapshotInfo, whose State is serialized as "state"
+# (Snapshot's is "status"); plain moto finds no such attribute and leaves State
+# out of the answer.
+def _get_state(self):
+    return self.status
+
+
+def _put_state(self, value):
+    self.status = value
+
+
+ebs_models.Snapshot.state = property(_get_state, _put_state)
+
+
+def _set_state(snapshot, state, progress=None):
+    snapshot.status = state
+    if progress is None and state == "completed":
+        progress = "100%"
+    if progress is not None:
+        snapshot._circlebot_progress = progress
+    if state == "error":
+        snapshot.state_message = "snapshot set to error by the circlebot test launcher"
+    elif hasattr(snapshot, "state_message"):
+        del snapshot.state_message
+    snapshot._circlebot_describes = 0
+
+
+_orig_describe_snapshots = ebs_responses.ElasticBlockStore.describe_snapshots
+
+
+def _describe_snapshots(self):
+    with _lock:
+        after = _auto["after"]
+        if after > 0:
+            # Those already returned N times by earlier calls complete now.
+            for snapshot in list(self.ec2_backend.snapshots.values()):
+                if (
+                    snapshot.status == "pending"
+                    and getattr(snapshot, "_circlebot_describes", 0) >= after
+                ):
+                    _set_state(snapshot, "completed")
+    result = _orig_describe_snapshots(self)
+    if after > 0:
+        with _lock:
+            for snapshot in result.result.get("Snapshots", []):
+                if snapshot.status == "pending":
+                    snapshot._circlebot_describes = (
+                        getattr(snapshot, "_circlebot_describes", 0) + 1
+                    )
+    return result
+
+
+ebs_responses.ElasticBlockStore.describe_snapshots = _describe_snapshots
+
+
+# --- control API -------------------------------------------------------------
+
+
+def _all_snapshots():
+    # dict.items avoids BackendDict's lazy creation of every account/region.
+    for account_id, regions in list(dict.items(ec2_backends)):
+        for region, backend in list(dict.items(regions)):
+            for snapshot in list(backend.snapshots.values()):
+                yield account_id, region, snapshot
+
+
+def _json(status, body):
+    resp = Response(
+        json.dumps(body, sort_keys=True) + "\n",
+        status=status,
+        mimetype="application/json",
+    )
+    resp.headers[LAUNCHER_HEADER[0]] = LAUNCHER_HEADER[1]
+    return resp
+
+
+def _read_json(request):
+    try:
+        body = json.loads(request.get_data(as_text=True) or "{}")
+    except ValueError as exc:
+        raise _BadRequest(f"body is not JSON: {exc}")
+    if not isinstance(body, dict):
+        raise _BadRequest("body must be a JSON object")
+    return body
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _list_snapshots():
+    with _lock:
+        out = [
+            {
+                "snapshot_id": s.id,
+                "state": s.status,
+                "progress": s.progress,
+                "volume_id": s.volume.id if s.volume is not None else "",
+                "account_id": account_id,
+                "region": region,
+                "describes": getattr(s, "_circlebot_describes", 0),
+            }
+            for account_id, region, s in _all_snapshots()
+        ]
+        return {"complete_after_describes": _auto["after"], "snapshots": out}
+
+
+def _control(request):
+    path = request.path.rstrip("/")
+    method = request.method
+    if path == "/_circlebot/snapshots" and method == "GET":
+        return _json(200, _list_snapshots())
+    if path == "/_circlebot/snapshots" and method == "POST":
+        body = _read_json(request)
+        snapshot_id = body.get("snapshot_id")
+        state = body.get("state")
+        progress = body.get("progress") or None
+        if not isinstance(snapshot_id, str) or not snapshot_id:
+            raise _BadRequest("snapshot_id is required")
+        if state not in STATES:
+            raise _BadRequest(f"state must be one of {', '.join(STATES)}, got {state!r}")
+        if progress is not None and not isinstance(progress, str):
+            raise _BadRequest("progress must be a string such as '45%'")
+        with _lock:
+            found = [s for _, _, s in _all_snapshots() if s.id == snapshot_id]
+            if not found:
+                return _json(404, {"error": f"snapshot {snapshot_id} not found"})
+            for s in found:
+                _set_state(s, state, progress)
+            return _json(
+                200,
+                {"snapshot_id": snapshot_id, "state": found[0].status, "progress": found[0].progress},
+            )
+    if path == "/_circlebot/snapshots/auto" and method == "POST":
+        body = _read_json(request)
+        after = body.get("complete_after_describes")
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise _BadRequest("complete_after_describes must be an integer >= 0")
+        with _lock:
+            _auto["after"] = after
+            for _, _, s in _all_snapshots():
+                s._circlebot_describes = 0
+        return _json(200, {"complete_after_describes": after})
+    return _json(404, {"error": f"no control route {method} {request.path}"})
+
+
+class CirclebotApp:
+    """WSGI middleware in front of moto's DomainDispatcherApplication."""
+
+    def __init__(self, app):
+        self.app = app
+
+    @property
+    def debug(self):
+        return getattr(self.app, "debug", False)
+
+    @debug.setter
+    def debug(self, value):
+        self.app.debug = value
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/_circlebot" or path.startswith("/_circlebot/"):
+            request = Request(environ)
+            try:
+                response = _control(request)
+            except _BadRequest as exc:
+                response = _json(400, {"error": str(exc)})
+            except Exception as exc:  # keep the server up; show the cause
+                response = _json(500, {"error": f"{type(exc).__name__}: {exc}"})
+            return response(environ, start_response)
+        if path.rstrip("/") == "/moto-api/reset" and environ.get("REQUEST_METHOD") == "POST":
+            with _lock:
+                _auto["after"] = 0
+        return self.app(environ, start_response)
+
+
+_OrigDispatcher = moto_server_module.DomainDispatcherApplication
+
+
+def _dispatcher(create_app):
+    return CirclebotApp(_OrigDispatcher(create_app))
+
+
+moto_server_module.DomainDispatcherApplication = _dispatcher
+
+if __name__ == "__main__":
+    moto_server_module.main(sys.argv[1:])

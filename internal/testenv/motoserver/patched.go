@@ -1,0 +1,179 @@
+package motoserver
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+)
+
+// patchedLauncher is moto_server with EBS snapshots that stay pending and a
+// control API under /_circlebot/ (see the script's docstring).
+//
+//go:embed launcher/moto_patched.py
+var patchedLauncher []byte
+
+// launcherHeader is set on every /_circlebot/ answer of the patched launcher.
+const launcherHeader = "X-Circlebot-Launcher"
+
+// WithPatchedSnapshots runs the embedded launcher/moto_patched.py instead of
+// plain moto_server. It accepts the same flags and serves the same APIs,
+// except that snapshots made by CreateSnapshot and CreateSnapshots start in
+// State "pending", Progress "0%", and stay there until a test moves them with
+// SetSnapshotState or AutoCompleteSnapshots. Snapshots moto makes behind an
+// AMI, and CopySnapshot copies, stay "completed" as in plain moto.
+//
+// The script is written once per content hash to its own directory under
+// os.TempDir() (its own directory, because Python puts the script's
+// directory first on sys.path) and left there for later runs.
+func WithPatchedSnapshots() Option {
+	return func(o *options) {
+		path, err := writePatchedLauncher()
+		if err != nil {
+			// Start's os.Stat of the launcher then fails and reports the path;
+			// keep the real cause in the name so it is not lost.
+			path = filepath.Join(os.TempDir(), "circlebot-moto-launcher-unwritable", fmt.Sprintf("(%v)", err))
+		}
+		o.launcher = path
+	}
+}
+
+func writePatchedLauncher() (string, error) {
+	sum := sha256.Sum256(patchedLauncher)
+	dir := filepath.Join(os.TempDir(), "circlebot-moto-launcher-"+hex.EncodeToString(sum[:8]))
+	path := filepath.Join(dir, "moto_patched.py")
+	if b, err := os.ReadFile(path); err == nil && bytes.Equal(b, patchedLauncher) {
+		return path, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	// Test binaries of several packages may race here: write a private file
+	// and rename it into place, which is atomic.
+	f, err := os.CreateTemp(dir, "moto_patched-*.tmp")
+	if err != nil {
+		return "", err
+	}
+	if _, err := f.Write(patchedLauncher); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return path, nil
+}
+
+// Snapshot states accepted by SetSnapshotState (the EC2 SnapshotState values).
+const (
+	SnapshotPending   = "pending"
+	SnapshotCompleted = "completed"
+	SnapshotError     = "error"
+)
+
+// SnapshotStatus is one snapshot as the patched launcher's
+// GET /_circlebot/snapshots reports it.
+type SnapshotStatus struct {
+	SnapshotID string `json:"snapshot_id"`
+	State      string `json:"state"`
+	Progress   string `json:"progress"`
+	VolumeID   string `json:"volume_id"`
+	AccountID  string `json:"account_id"`
+	Region     string `json:"region"`
+	// Describes counts the DescribeSnapshots calls that returned the
+	// snapshot while auto-complete was on.
+	Describes int `json:"describes"`
+}
+
+// SetSnapshotState moves an EBS snapshot to state (SnapshotPending,
+// SnapshotCompleted or SnapshotError) with the given progress such as "45%".
+// An empty progress means "100%" for completed and "unchanged" otherwise.
+// It needs a server started WithPatchedSnapshots.
+func (s *Server) SetSnapshotState(ctx context.Context, snapshotID, state, progress string) error {
+	body := map[string]string{"snapshot_id": snapshotID, "state": state}
+	if progress != "" {
+		body["progress"] = progress
+	}
+	return s.control(ctx, http.MethodPost, "/_circlebot/snapshots", body, nil)
+}
+
+// AutoCompleteSnapshots makes every pending snapshot completed (100%) once
+// afterDescribes DescribeSnapshots calls have returned it: with 2, the first
+// two calls show it pending and the third completed. Counting restarts at
+// each call of AutoCompleteSnapshots; 0 turns the mode off. Reset turns it
+// off too. It needs a server started WithPatchedSnapshots.
+func (s *Server) AutoCompleteSnapshots(ctx context.Context, afterDescribes int) error {
+	if afterDescribes < 0 {
+		return fmt.Errorf("motoserver: AutoCompleteSnapshots(%d): must be >= 0", afterDescribes)
+	}
+	return s.control(ctx, http.MethodPost, "/_circlebot/snapshots/auto",
+		map[string]int{"complete_after_describes": afterDescribes}, nil)
+}
+
+// SnapshotStates lists every EBS snapshot in every account and region with
+// its state and progress, for debugging. It needs a server started
+// WithPatchedSnapshots.
+func (s *Server) SnapshotStates(ctx context.Context) ([]SnapshotStatus, error) {
+	var out struct {
+		Snapshots []SnapshotStatus `json:"snapshots"`
+	}
+	if err := s.control(ctx, http.MethodGet, "/_circlebot/snapshots", nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Snapshots, nil
+}
+
+func (s *Server) control(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("motoserver: %s %s: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, s.URL+path, body)
+	if err != nil {
+		return fmt.Errorf("motoserver: %s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("motoserver: %s %s%s: %w", method, s.URL, path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.Header.Get(launcherHeader) == "" {
+		return fmt.Errorf("motoserver: %s %s: not the patched launcher (start the server with WithPatchedSnapshots): HTTP %d", method, path, resp.StatusCode)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			return fmt.Errorf("motoserver: %s %s: HTTP %d: %s", method, path, resp.StatusCode, e.Error)
+		}
+		return fmt.Errorf("motoserver: %s %s: HTTP %d: %s", method, path, resp.StatusCode, bytes.TrimSpace(data))
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("motoserver: %s %s: decode answer: %w", method, path, err)
+		}
+	}
+	return nil
+}
