@@ -25,6 +25,8 @@ import (
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/metrics"
 	"github.com/circlebot/circlebot/internal/ops"
+	"github.com/circlebot/circlebot/internal/progress"
+	"github.com/circlebot/circlebot/internal/schedule"
 	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/store"
 )
@@ -44,6 +46,7 @@ type App struct {
 	Bot     *bot.Bot
 	Store   *store.Store
 	Metrics *metrics.Metrics
+	Backups *bot.Backups
 }
 
 // New builds the bot. The caller must Close it.
@@ -80,6 +83,21 @@ func New(ctx context.Context, o Options) (*App, error) {
 			RPO:        cfg.Backup.RPO.D(),
 		},
 	}
+	ec2c := ec2.NewFromConfig(awsCfg)
+	backups := &bot.Backups{
+		EBS: &ops.EBSBackup{
+			EC2: ec2c, Records: ops.Records{Store: st}, NameTag: cfg.ServicesBox.NameTag, Version: o.Version,
+			Retry: 2 * time.Second, Attempts: 6,
+		},
+		Records:       ops.Records{Store: st},
+		Store:         st,
+		EC2:           ec2c,
+		Prune:         ec2c,
+		Policy:        ops.Policy{KeepLast: cfg.Backup.Retention.KeepLast, KeepDaily: cfg.Backup.Retention.KeepDaily, KeepWeekly: cfg.Backup.Retention.KeepWeekly},
+		NameTag:       cfg.ServicesBox.NameTag,
+		DefaultMethod: cfg.Backup.Method,
+		Log:           o.Log,
+	}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
 		Policy:       policy,
@@ -92,13 +110,15 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Policy:       policy,
 			Audit:        st,
 			Status:       status,
+			Backups:      backups,
+			RPO:          cfg.Backup.RPO.D(),
 		}),
 	})
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m}, nil
+	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups}, nil
 }
 
 func (a *App) Close() error { return a.Store.Close() }
@@ -172,6 +192,14 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 			errc <- fmt.Errorf("http: %w", err)
 		}
 	}()
+	postTo := func(channel string) progress.Poster { return s.web.For(chat.Request{ChannelID: channel}) }
+	a.Backups.Resume(workCtx, postTo)
+	sched, err := a.Scheduler(workCtx, postTo)
+	if err != nil {
+		return err
+	}
+	sched.Start(workCtx)
+	defer sched.Stop()
 	sec := a.Config.Secrets
 	if !sec.AppToken.Empty() {
 		sock := &slackio.Socket{
@@ -187,7 +215,6 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 			}
 		}()
 	}
-	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
@@ -198,4 +225,49 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	a.Log.Info("waiting for requests in progress")
 	s.Wait()
 	return err
+}
+
+// Scheduler makes the recurring jobs the config asks for. Scheduled work
+// reports to slack.report_channel; retention after a scheduled backup is
+// pre-approved by having a policy in the config.
+func (a *App) Scheduler(ctx context.Context, postTo func(string) progress.Poster) (*schedule.Scheduler, error) {
+	report := a.Config.Slack.ReportChannel
+	sched := schedule.New(a.Store, func(ctx context.Context, text string) {
+		a.Log.Warn("schedule report", "text", text)
+		if report == "" {
+			return
+		}
+		if _, err := postTo(report).Post(ctx, chat.Text(text)); err != nil {
+			a.Log.Error("post schedule report", "err", err)
+		}
+	}, a.Log)
+	if spec := a.Config.Backup.Schedule; spec != "" {
+		err := sched.Add(schedule.Job{Name: "backup", Spec: spec, Run: func(ctx context.Context) error {
+			return a.ScheduledBackup(ctx, postTo(report))
+		}})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return sched, nil
+}
+
+// ScheduledBackup is one run of the backup schedule: a backup as the
+// scheduler, then retention when a policy is configured.
+func (a *App) ScheduledBackup(ctx context.Context, poster progress.Poster) error {
+	b, err := a.Backups.Run(ctx, poster, bot.BackupRequest{Trigger: "scheduled", Requester: "scheduler", Channel: a.Config.Slack.ReportChannel})
+	var held *store.HeldError
+	if errors.As(err, &held) {
+		return fmt.Errorf("skipped: %w", err)
+	}
+	if err != nil {
+		if b != nil {
+			return schedule.Reported{Err: err}
+		}
+		return err
+	}
+	if !a.Backups.Policy.Enabled() {
+		return nil
+	}
+	return a.Backups.PruneNow(ctx, poster)
 }

@@ -43,6 +43,7 @@ const (
 
 type env struct {
 	t       *testing.T
+	moto    *motoserver.Server
 	inst    *sandbox.Install
 	aws     aws.Config // straight to moto, for the test's own setup
 	proxy   *faultproxy.Proxy
@@ -55,8 +56,24 @@ type env struct {
 
 func newEnv(t *testing.T, edit func(*config.Config)) *env {
 	t.Helper()
+	return newEnvOn(t, motoserver.ForTest(t), edit)
+}
+
+// patchedMoto is a private moto whose snapshots stay pending until the
+// test moves them.
+func patchedMoto(t *testing.T) *motoserver.Server {
+	t.Helper()
+	srv, err := motoserver.Start(context.Background(), motoserver.WithPatchedSnapshots())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv
+}
+
+func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config)) *env {
+	t.Helper()
 	ctx := context.Background()
-	moto := motoserver.ForTest(t)
 	direct := motoserver.AWSConfig(moto.URL)
 	inst, err := sandbox.Seed(ctx, direct, sandbox.Options{WithBackups: true})
 	if err != nil {
@@ -88,6 +105,10 @@ func newEnv(t *testing.T, edit func(*config.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Progress updates at test speed; Slack's pacing is tested in progress.
+	a.Backups.MinInterval = 20 * time.Millisecond
+	a.Backups.EBS.PollMin, a.Backups.EBS.PollMax = 20*time.Millisecond, 100*time.Millisecond
+	a.Backups.EBS.Retry = 10 * time.Millisecond
 	ctx, cancel := context.WithCancel(ctx)
 	srv := a.NewServer(ctx)
 	hs := httptest.NewServer(srv.Handler())
@@ -98,7 +119,7 @@ func newEnv(t *testing.T, edit func(*config.Config)) *env {
 		a.Close()
 	})
 	proxy.Reset()
-	return &env{t: t, inst: inst, aws: direct, proxy: proxy, slack: fake, app: a, server: srv, http: hs}
+	return &env{t: t, moto: moto, inst: inst, aws: direct, proxy: proxy, slack: fake, app: a, server: srv, http: hs}
 }
 
 // post sends a request signed as Slack would, at the given time.

@@ -23,6 +23,8 @@ type Replier interface {
 	// Post is seen by the whole channel and can be updated in place.
 	Post(ctx context.Context, m chat.Message) (chat.Ref, error)
 	Update(ctx context.Context, ref chat.Ref, m chat.Message) error
+	// PostThread answers in the thread under parent (progress detail lines).
+	PostThread(ctx context.Context, parent chat.Ref, m chat.Message) (chat.Ref, error)
 }
 
 // Auditor keeps the trail of who ran what.

@@ -19,6 +19,8 @@ type Deps struct {
 	Policy       *authz.Policy
 	Audit        Auditor
 	Status       *ops.Status
+	Backups      *Backups
+	RPO          time.Duration
 }
 
 // Handlers is the one dispatch table. New checks it covers the grammar.
@@ -27,6 +29,12 @@ func Handlers(d Deps) map[commands.Name]Handler {
 		commands.Help:    d.help,
 		commands.Status:  d.status,
 		commands.History: d.history,
+	}
+	if d.Backups != nil {
+		h[commands.BackupNow] = d.backupNow
+		h[commands.BackupList] = d.backupList
+		h[commands.BackupStatus] = d.backupStatus
+		h[commands.BackupPrune] = d.backupPrune
 	}
 	// The rest of the grammar is parsed, validated and authorised today;
 	// the operations behind it land issue by issue. Until then the answer

@@ -85,7 +85,7 @@ var specs = []Spec{
 	{Help, "help [command]", "List the commands you may run, or explain one.", ClassRead},
 	{Status, "status", "Health of the Services box, the replica, the builders and the newest backup.", ClassRead},
 	{BackupList, "backup list", "Restore points (EBS snapshots and S3 tarballs), newest first.", ClassRead},
-	{BackupStatus, "backup status <snapshot-id|s3://bucket/key>", "State and progress of one backup.", ClassRead},
+	{BackupStatus, "backup status <backup-id|snapshot-id|s3://bucket/key>", "State and progress of one backup.", ClassRead},
 	{BuildersStatus, "builders status", "The builder fleet: instances, health, and the Services box address they use.", ClassRead},
 	{History, "history [N]", "The last N commands and operations (default 20): who, what, and how it ended.", ClassRead},
 

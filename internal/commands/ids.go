@@ -3,6 +3,7 @@ package commands
 import (
 	"fmt"
 	"net/netip"
+	"regexp"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -160,4 +161,13 @@ func parseOpID(tok string) (string, bool) {
 		}
 	}
 	return id, true
+}
+
+var backupIDRE = regexp.MustCompile(`^bk-[0-9]{8}-[0-9]{6}-[0-9a-f]{4}$`)
+
+// BackupID accepts the bot's own restore point IDs, e.g. bk-20261128-031500-7f3a
+// (UTC start time and a random suffix: sortable and unique).
+func BackupID(tok string) (string, bool) {
+	id := strings.ToLower(tok)
+	return id, backupIDRE.MatchString(id)
 }

@@ -215,7 +215,7 @@ func parseBackupNow(c *Command, args []string) *UsageError {
 func parseBackupStatus(c *Command, args []string) *UsageError {
 	switch {
 	case len(args) == 0:
-		return problemf(c.Name, "backup status needs a snapshot ID or s3://bucket/key")
+		return problemf(c.Name, "backup status needs a backup ID (bk-…), a snapshot ID or s3://bucket/key")
 	case len(args) > 1:
 		return extra(c.Name, args[1])
 	}
@@ -232,7 +232,11 @@ func parseBackupStatus(c *Command, args []string) *UsageError {
 		c.ID = id
 		return nil
 	}
-	return problemf(c.Name, "%s", snapshotProblem(tok, "backup status", " or s3://bucket/key"))
+	if id, ok := BackupID(tok); ok {
+		c.ID = id
+		return nil
+	}
+	return problemf(c.Name, "%s", snapshotProblem(tok, "backup status", ", a backup ID (bk-…) or s3://bucket/key"))
 }
 
 func parseRestore(c *Command, args []string) *UsageError {

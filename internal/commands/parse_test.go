@@ -196,8 +196,8 @@ var invalidCases = []struct {
 	{"backup now tarbal", "Did you mean `tarball`?"},
 
 	// backup status
-	{"backup status", "backup status needs a snapshot ID or s3://bucket/key"},
-	{"backup status latest", `"latest" is not a snapshot ID or s3://bucket/key`},
+	{"backup status", "backup status needs a backup ID (bk-…), a snapshot ID or s3://bucket/key"},
+	{"backup status latest", `"latest" is not a snapshot ID, a backup ID (bk-…) or s3://bucket/key`},
 	{"backup status " + inst17, "is an instance ID; backup status takes a snapshot ID"},
 	{"backup status s3://bucket", "has no object key"},
 

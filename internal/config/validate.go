@@ -121,6 +121,8 @@ func (c *Config) Validate() error {
 	}
 	if c.Report.Schedule != "" && c.Slack.ReportChannel == "" {
 		bad("slack.report_channel", "is required when report.schedule is set")
+	} else if c.Backup.Schedule != "" && c.Slack.ReportChannel == "" {
+		bad("slack.report_channel", "is required when backup.schedule is set: scheduled backups report there, and so do missed ones")
 	}
 	if len(p) > 0 {
 		return &ValidationError{Problems: p}

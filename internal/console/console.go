@@ -193,6 +193,12 @@ func (r *replier) Update(_ context.Context, ref chat.Ref, m chat.Message) error 
 	return nil
 }
 
+func (r *replier) PostThread(_ context.Context, parent chat.Ref, m chat.Message) (chat.Ref, error) {
+	ts := fmt.Sprintf("%d.%06d", time.Now().Unix(), r.c.seq.Add(1))
+	r.c.printf("\n[#%s, thread of %s]\n%s\n", parent.Channel, parent.TS, indent(chat.PlainText(m)))
+	return chat.Ref{Channel: parent.Channel, TS: ts}, nil
+}
+
 func indent(s string) string {
 	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
 }

@@ -93,6 +93,23 @@ func (r *Replier) Update(ctx context.Context, ref chat.Ref, m chat.Message) erro
 	})
 }
 
+func (r *Replier) PostThread(ctx context.Context, parent chat.Ref, m chat.Message) (chat.Ref, error) {
+	m = m.Fit()
+	if parent.TS == "" {
+		return chat.Ref{}, fmt.Errorf("post thread in %s: the parent message was not posted by the Web API", parent.Channel)
+	}
+	var ts string
+	err := r.w.retry(ctx, "chat.postMessage", func() error {
+		var err error
+		_, ts, err = r.w.API.PostMessageContext(ctx, parent.Channel, slack.MsgOptionText(m.Text, false), slack.MsgOptionBlocks(m.Blocks...), slack.MsgOptionTS(parent.TS))
+		return err
+	})
+	if err != nil {
+		return chat.Ref{}, fmt.Errorf("post thread in %s: %w", parent.Channel, err)
+	}
+	return chat.Ref{Channel: parent.Channel, TS: ts}, nil
+}
+
 func notMember(err error) bool {
 	var se slack.SlackErrorResponse
 	if errors.As(err, &se) {

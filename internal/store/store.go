@@ -3,6 +3,8 @@
 package store
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -19,8 +21,9 @@ var bucketAudit = []byte("audit")
 
 // Store is safe for concurrent use; bbolt serialises writers.
 type Store struct {
-	db  *bolt.DB
-	seq atomic.Uint64
+	db   *bolt.DB
+	seq  atomic.Uint64
+	proc string
 }
 
 // Open opens (creating if needed) dir/circlebot.db. A second bot on the same
@@ -46,8 +49,14 @@ func Open(dir string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: init %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	var tok [8]byte
+	_, _ = rand.Read(tok[:])
+	return &Store{db: db, proc: hex.EncodeToString(tok[:])}, nil
 }
+
+// Process identifies this opening of the store: locks and journal entries
+// carry it, so after a crash the next start can tell what was left behind.
+func (s *Store) Process() string { return s.proc }
 
 func (s *Store) Close() error { return s.db.Close() }
 

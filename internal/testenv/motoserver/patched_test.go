@@ -221,7 +221,10 @@ func TestPatchedSnapshotsAutoCompleteAndReset(t *testing.T) {
 	if err := s.AutoCompleteSnapshots(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	w := ec2.NewSnapshotCompletedWaiter(c, func(o *ec2.SnapshotCompletedWaiterOptions) { o.MinDelay = 10 * time.Millisecond; o.MaxDelay = 50 * time.Millisecond })
+	w := ec2.NewSnapshotCompletedWaiter(c, func(o *ec2.SnapshotCompletedWaiterOptions) {
+		o.MinDelay = 10 * time.Millisecond
+		o.MaxDelay = 50 * time.Millisecond
+	})
 	if err := w.Wait(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: []string{aws.ToString(second.SnapshotId)}}, 30*time.Second); err != nil {
 		t.Fatalf("SnapshotCompleted waiter with auto mode: %v", err)
 	}

@@ -1,0 +1,241 @@
+package bot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/circlebot/circlebot/internal/chat"
+	"github.com/circlebot/circlebot/internal/ops"
+	"github.com/circlebot/circlebot/internal/progress"
+	"github.com/circlebot/circlebot/internal/store"
+)
+
+// TarballRunner takes a tarball backup; nil when backup.bucket is unset.
+type TarballRunner interface {
+	Run(ctx context.Context, b *ops.Backup, p ops.Progress) error
+	Steps() []string
+}
+
+// Backups runs backups for every entry point (slash command, schedule,
+// resume after a restart) the same way: one at a time per Services box,
+// recorded, and streamed into a channel.
+type Backups struct {
+	EBS           *ops.EBSBackup
+	Tarball       TarballRunner
+	Records       ops.Records
+	Store         *store.Store
+	EC2           ops.EC2
+	Prune         ops.PruneEC2
+	Policy        ops.Policy
+	NameTag       string
+	DefaultMethod string
+	Log           *slog.Logger
+	// Stream options for tests (delivery pacing); zero means defaults.
+	MinInterval time.Duration
+}
+
+func (s *Backups) lockKey() string { return "backup/" + s.NameTag }
+
+// Request says who wants which backup and where progress goes.
+type BackupRequest struct {
+	Method    string // "" = default
+	Trigger   string // manual | scheduled
+	Requester string // Slack user ID or "scheduler"
+	Channel   string
+}
+
+// Run takes one backup and returns its record. A backup already running
+// for the box gives a *store.HeldError naming it, and nothing is started.
+func (s *Backups) Run(ctx context.Context, poster progress.Poster, r BackupRequest) (*ops.Backup, error) {
+	method := r.Method
+	if method == "" {
+		method = s.DefaultMethod
+	}
+	if method == "tarball" && s.Tarball == nil {
+		return nil, &UserError{Msg: "tarball backups need `backup.bucket` in the config. Nothing was run."}
+	}
+	b := &ops.Backup{ID: ops.NewBackupID(time.Now()), Method: method, Trigger: r.Trigger, Requester: r.Requester, Channel: r.Channel, Started: time.Now()}
+	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: b.ID, What: method + " backup", Requester: r.Requester, Process: s.Store.Process()})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err := unlock(); err != nil {
+			s.Log.Error("release backup lock", "backup", b.ID, "err", err)
+		}
+	}()
+	steps, title := ops.EBSSteps, "EBS backup of the Services box"
+	if method == "tarball" {
+		steps, title = s.Tarball.Steps(), "Tarball backup of the Services box"
+	}
+	st := progress.Start(ctx, poster, progress.Options{OpID: b.ID, Title: title + " (`" + s.NameTag + "`)", Requester: r.Requester, Steps: steps, Log: s.Log, MinInterval: s.MinInterval})
+	if method == "tarball" {
+		err = s.Tarball.Run(ctx, b, st)
+	} else {
+		err = s.EBS.Run(ctx, b, st)
+	}
+	s.finish(ctx, st, b, err)
+	return b, err
+}
+
+// finish writes the summary and waits, briefly, for it to reach Slack; the
+// stream keeps trying on its own after that.
+func (s *Backups) finish(ctx context.Context, st *progress.Stream, b *ops.Backup, err error) {
+	switch {
+	case err == nil:
+		st.Finish(progress.Succeeded, BackupSummary(b))
+	case errors.Is(err, context.Canceled):
+		st.Finish(progress.Cancelled, "Stopped following the backup (the bot is shutting down). The snapshots go on in AWS; the bot picks the backup up again when it starts.")
+	default:
+		st.Finish(progress.Failed, fmt.Sprintf("Backup `%s` failed: %s It is not a restore point.", b.ID, ops.Explain(err)))
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+	defer cancel()
+	_ = st.Wait(wctx)
+}
+
+// BackupSummary is the closing sentence of a backup.
+func BackupSummary(b *ops.Backup) string {
+	switch b.Method {
+	case "tarball":
+		return fmt.Sprintf("Restore point `%s`: `s3://%s/%s`, %s, sha256 `%s`. Restore with `/circleci restore s3://%s/%s`.",
+			b.ID, b.Bucket, b.Key, humanBytes(b.Size), b.SHA256, b.Bucket, b.Key)
+	default:
+		var ids []string
+		for _, s := range b.Snapshots {
+			ids = append(ids, fmt.Sprintf("`%s` (%s)", s.ID, s.Device))
+		}
+		note := ""
+		if len(b.Notes) > 0 {
+			note = " Note: " + strings.Join(b.Notes, "; ") + "."
+		}
+		return fmt.Sprintf("Restore point `%s`: %d GiB of `%s` (%s) in %s.%s", b.ID, b.SizeGiB(), b.Shape.InstanceID, b.Shape.PrivateIP, strings.Join(ids, ", "), note)
+	}
+}
+
+// Resume picks up backups a previous run of the bot left behind (its locks
+// carry another process token): EBS sets whose snapshots are known are
+// followed to the end; anything else is marked interrupted and reported.
+// Nothing is started again.
+func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) progress.Poster) {
+	locks, err := s.Store.Locks()
+	if err != nil {
+		s.Log.Error("read locks at start-up", "err", err)
+		return
+	}
+	for _, l := range locks {
+		if l.Key != s.lockKey() || l.Process == s.Store.Process() {
+			continue
+		}
+		b, err := s.Records.Backup(l.OpID)
+		if err != nil {
+			s.Log.Error("stale backup lock without a record; releasing it", "backup", l.OpID, "err", err)
+			_ = s.Store.Unlock(l.Key, l.OpID)
+			continue
+		}
+		_ = s.Store.Unlock(l.Key, l.OpID)
+		if b.State != ops.StateRunning {
+			continue
+		}
+		poster := posterFor(b.Channel)
+		if b.Method == "ebs" && len(b.Snapshots) > 0 {
+			unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: b.ID, What: "EBS backup (resumed)", Requester: b.Requester, Process: s.Store.Process()})
+			if err != nil {
+				continue
+			}
+			go func() {
+				defer unlock()
+				st := progress.Start(ctx, poster, progress.Options{OpID: b.ID, Title: "EBS backup of the Services box, resumed after a bot restart", Requester: b.Requester, Steps: ops.EBSSteps, Log: s.Log, MinInterval: s.MinInterval})
+				st.Done(0, "`"+b.Shape.InstanceID+"` (before the restart)")
+				st.Done(1, fmt.Sprintf("%d snapshots (before the restart)", len(b.Snapshots)))
+				st.Log("The bot restarted while this backup was being made; following its snapshots again. Nothing was created twice.")
+				s.finish(ctx, st, b, s.EBS.Follow(ctx, b, st))
+			}()
+			continue
+		}
+		b.State, b.Error, b.Finished = ops.StateInterrupted, "the bot stopped before the backup's snapshots or upload were recorded", time.Now()
+		if err := s.Records.SaveBackup(b); err != nil {
+			s.Log.Error("mark backup interrupted", "backup", b.ID, "err", err)
+		}
+		msg := fmt.Sprintf(":warning: Backup `%s` (%s, requested by %s) was interrupted when the bot stopped, before its %s was recorded. It was not retried and is not a restore point. Run `/circleci backup now` to take a new one.",
+			b.ID, b.Method, who(b.Requester), map[string]string{"ebs": "snapshots", "tarball": "upload"}[b.Method])
+		if _, err := poster.Post(ctx, chat.Text(msg)); err != nil {
+			s.Log.Error("report interrupted backup", "backup", b.ID, "err", err, "message", msg)
+		}
+	}
+}
+
+func who(requester string) string {
+	if strings.HasPrefix(requester, "U") || strings.HasPrefix(requester, "W") {
+		return "<@" + requester + ">"
+	}
+	return requester
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// PruneNow applies the retention policy and posts what it deleted. Only
+// the scheduler calls it: the config's policy is its approval.
+func (s *Backups) PruneNow(ctx context.Context, poster progress.Poster) error {
+	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: "prune-" + time.Now().UTC().Format("20060102-150405"), What: "retention pruning", Requester: "scheduler", Process: s.Store.Process()})
+	if err != nil {
+		return fmt.Errorf("prune skipped: %w", err)
+	}
+	defer unlock()
+	recs, err := s.Records.Backups()
+	if err != nil {
+		return err
+	}
+	pts, err := ops.RestorePoints(ctx, s.EC2, recs)
+	if err != nil {
+		return err
+	}
+	inUse, err := ops.SnapshotsInUse(ctx, s.Prune)
+	if err != nil {
+		return err
+	}
+	verdicts := ops.Retain(pts, s.Policy, inUse)
+	var lines []string
+	for _, v := range verdicts {
+		if !v.Keep {
+			lines = append(lines, fmt.Sprintf("• `%s` from %s — %s", v.Point.ID, v.Point.Started.UTC().Format("2006-01-02 15:04"), v.Why))
+		}
+	}
+	if len(lines) == 0 {
+		return nil
+	}
+	deleted, perr := ops.Prune(ctx, s.Prune, verdicts, nopProgress{})
+	msg := fmt.Sprintf("Retention pruned %d restore point(s) (%d snapshots), per `backup.retention`:\n%s", len(lines), len(deleted), strings.Join(lines, "\n"))
+	if perr != nil {
+		msg = fmt.Sprintf(":x: Retention stopped part-way after deleting %d snapshots: %s\nPlanned:\n%s", len(deleted), ops.Explain(perr), strings.Join(lines, "\n"))
+	}
+	s.Log.Info("retention", "deleted", deleted, "err", perr)
+	if _, err := poster.Post(ctx, chat.Text(msg)); err != nil {
+		s.Log.Error("post retention result", "err", err)
+	}
+	return perr
+}
+
+type nopProgress struct{}
+
+func (nopProgress) Begin(int, string)             {}
+func (nopProgress) Done(int, string)              {}
+func (nopProgress) Skip(int, string)              {}
+func (nopProgress) Fail(int, error)               {}
+func (nopProgress) Progress(int, float64, string) {}
+func (nopProgress) Log(string)                    {}

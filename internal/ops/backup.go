@@ -1,0 +1,545 @@
+package ops
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/smithy-go"
+)
+
+// BackupEC2 is the part of EC2 an EBS backup uses.
+type BackupEC2 interface {
+	EC2
+	CreateSnapshots(context.Context, *ec2.CreateSnapshotsInput, ...func(*ec2.Options)) (*ec2.CreateSnapshotsOutput, error)
+	CreateSnapshot(context.Context, *ec2.CreateSnapshotInput, ...func(*ec2.Options)) (*ec2.CreateSnapshotOutput, error)
+	CreateTags(context.Context, *ec2.CreateTagsInput, ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error)
+}
+
+// Progress is how an operation reports while it runs; progress.Stream is
+// the real one. Every method must return at once.
+type Progress interface {
+	Begin(step int, detail string)
+	Done(step int, detail string)
+	Skip(step int, why string)
+	Fail(step int, err error)
+	Progress(step int, pct float64, detail string)
+	Log(line string)
+}
+
+// Tag keys the bot writes on what it makes. Retention prunes only
+// snapshots carrying TagBackupID, so a hand-made snapshot is never pruned.
+const (
+	TagBackupID  = "circlebot:backup-id"
+	TagInstance  = "circlebot:source-instance"
+	TagVolume    = "circlebot:volume"
+	TagDevice    = "circlebot:device"
+	TagPrivateIP = "circlebot:private-ip"
+	TagType      = "circlebot:instance-type"
+	TagRequester = "circlebot:requester"
+	TagTrigger   = "circlebot:trigger"
+	TagVersion   = "circlebot:version"
+)
+
+// Backup states.
+const (
+	StateRunning     = "running"
+	StateCompleted   = "completed"
+	StateFailed      = "failed"
+	StateInterrupted = "interrupted"
+)
+
+// Shape is how the Services box was launched: what a restore needs to
+// launch its replacement the same way (the seed: "saving the private IP
+// simplifies restore significantly").
+type Shape struct {
+	InstanceID     string            `json:"instance_id"`
+	Type           string            `json:"type"`
+	PrivateIP      string            `json:"private_ip"`
+	SecondaryIPs   []string          `json:"secondary_ips,omitempty"`
+	SubnetID       string            `json:"subnet_id"`
+	AZ             string            `json:"az"`
+	SecurityGroups []string          `json:"security_groups"`
+	IAMProfile     string            `json:"iam_profile,omitempty"`
+	ImageID        string            `json:"image_id"`
+	KeyName        string            `json:"key_name,omitempty"`
+	RootDevice     string            `json:"root_device"`
+	Architecture   string            `json:"architecture,omitempty"`
+	Tags           map[string]string `json:"tags,omitempty"`
+}
+
+type SnapshotRef struct {
+	ID       string `json:"id"`
+	VolumeID string `json:"volume_id"`
+	Device   string `json:"device"`
+	SizeGiB  int32  `json:"size_gib"`
+	State    string `json:"state"`
+	Progress string `json:"progress"`
+}
+
+// Backup is one restore point as the bot recorded it.
+type Backup struct {
+	ID        string        `json:"id"`
+	Method    string        `json:"method"` // ebs | tarball
+	State     string        `json:"state"`
+	Trigger   string        `json:"trigger"` // manual | scheduled
+	Requester string        `json:"requester"`
+	Channel   string        `json:"channel,omitempty"`
+	Started   time.Time     `json:"started"`
+	Finished  time.Time     `json:"finished,omitzero"`
+	Error     string        `json:"error,omitempty"`
+	Version   string        `json:"version"`
+	Shape     Shape         `json:"shape"`
+	Snapshots []SnapshotRef `json:"snapshots,omitempty"`
+	// Tarball backups.
+	Bucket string `json:"bucket,omitempty"`
+	Key    string `json:"key,omitempty"`
+	Size   int64  `json:"size,omitempty"`
+	SHA256 string `json:"sha256,omitempty"`
+	// Notes are warnings worth keeping with the record (e.g. not crash-consistent).
+	Notes []string `json:"notes,omitempty"`
+}
+
+// SizeGiB is the provisioned size of all volumes in the set.
+func (b *Backup) SizeGiB() int32 {
+	var n int32
+	for _, s := range b.Snapshots {
+		n += s.SizeGiB
+	}
+	return n
+}
+
+// NewBackupID makes a sortable, unique ID: bk-YYYYMMDD-HHMMSS-xxxx (UTC).
+func NewBackupID(t time.Time) string {
+	var r [2]byte
+	_, _ = rand.Read(r[:])
+	return "bk-" + t.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(r[:])
+}
+
+// BackupDescription is the seed runbook's description form, so the
+// runbook's own `describe-snapshots --filters Name=description,Values=CircleCI*`
+// finds the bot's backups too.
+func BackupDescription(t time.Time) string {
+	return BackupDescriptionPrefix + " taken at " + t.UTC().Format(time.RFC1123)
+}
+
+// RecordStore keeps backup records durable before and after each step.
+type RecordStore interface {
+	SaveBackup(*Backup) error
+}
+
+// EBSBackup snapshots every volume of the Services box as one
+// crash-consistent set and follows it to completion.
+type EBSBackup struct {
+	EC2     BackupEC2
+	Records RecordStore
+	NameTag string
+	Version string
+	// PollMin and PollMax bound the adaptive poll of snapshot state; the
+	// SDK waiter's 15 s minimum would notice completion late and hides
+	// permission errors as time-outs.
+	PollMin, PollMax time.Duration
+	// Retry is the backoff between attempts of a throttled create.
+	Retry    time.Duration
+	Attempts int
+	Now      func() time.Time
+}
+
+// EBS backup steps, as shown in the progress message.
+var EBSSteps = []string{"Find the Services box", "Snapshot every volume", "Wait for the snapshots to complete", "Record the restore point"}
+
+func (e *EBSBackup) now() time.Time {
+	if e.Now != nil {
+		return e.Now()
+	}
+	return time.Now()
+}
+
+// Run takes the backup described by b (ID, trigger, requester set by the
+// caller) and returns it completed or failed. The record is saved before
+// anything is created in AWS and after every change, so a crash leaves a
+// record that names the snapshots to follow.
+func (e *EBSBackup) Run(ctx context.Context, b *Backup, p Progress) error {
+	b.Method, b.State, b.Version = "ebs", StateRunning, e.Version
+	if b.Started.IsZero() {
+		b.Started = e.now()
+	}
+	fail := func(step int, err error) error {
+		p.Fail(step, errors.New(Explain(err)))
+		b.State, b.Error, b.Finished = StateFailed, Explain(err), e.now()
+		if serr := e.Records.SaveBackup(b); serr != nil {
+			return errors.Join(err, serr)
+		}
+		return err
+	}
+
+	p.Begin(0, "tag Name="+e.NameTag)
+	inst, err := FindBox(ctx, e.EC2, e.NameTag)
+	if err != nil {
+		return fail(0, err)
+	}
+	b.Shape = ShapeOf(inst)
+	p.Done(0, fmt.Sprintf("`%s` %s, %s, %d volumes", b.Shape.InstanceID, b.Shape.PrivateIP, b.Shape.Type, len(inst.BlockDeviceMappings)))
+	if err := e.Records.SaveBackup(b); err != nil {
+		return fail(0, err)
+	}
+
+	p.Begin(1, "")
+	if err := e.create(ctx, b, inst, p); err != nil {
+		return fail(1, err)
+	}
+	ids := make([]string, len(b.Snapshots))
+	for i, s := range b.Snapshots {
+		ids[i] = s.ID
+	}
+	p.Done(1, strings.Join(codes(ids), ", "))
+	if err := e.Records.SaveBackup(b); err != nil {
+		return fail(1, err)
+	}
+	return e.Follow(ctx, b, p)
+}
+
+// Follow waits for b's snapshots and records the outcome (steps 2 and 3).
+// It is also how a backup interrupted by a restart is resumed.
+func (e *EBSBackup) Follow(ctx context.Context, b *Backup, p Progress) error {
+	p.Begin(2, "")
+	if err := e.wait(ctx, b, p); err != nil {
+		p.Fail(2, errors.New(Explain(err)))
+		b.State, b.Error, b.Finished = StateFailed, Explain(err), e.now()
+		if errors.Is(err, context.Canceled) {
+			// Not a failure of the backup: the snapshots go on in AWS and
+			// the next start picks the record up again.
+			b.State, b.Error, b.Finished = StateRunning, "", time.Time{}
+		}
+		return errors.Join(err, e.Records.SaveBackup(b))
+	}
+	p.Done(2, fmt.Sprintf("%d of %d snapshots completed", len(b.Snapshots), len(b.Snapshots)))
+	p.Begin(3, "")
+	b.State, b.Finished = StateCompleted, e.now()
+	if err := e.Records.SaveBackup(b); err != nil {
+		p.Fail(3, err)
+		return err
+	}
+	p.Done(3, fmt.Sprintf("`%s`, %d GiB in %d snapshots", b.ID, b.SizeGiB(), len(b.Snapshots)))
+	return nil
+}
+
+// FindBox returns the one running-or-stopped instance with the Name tag;
+// none or several is an error that says which.
+func FindBox(ctx context.Context, api EC2, tag string) (ec2types.Instance, error) {
+	insts, err := FindByName(ctx, api, tag)
+	if err != nil {
+		return ec2types.Instance{}, err
+	}
+	switch len(insts) {
+	case 0:
+		return ec2types.Instance{}, fmt.Errorf("find the Services box: no instance tagged Name=%s: %w", tag, ErrNotFound)
+	case 1:
+		return insts[0], nil
+	}
+	var ids []string
+	for _, in := range insts {
+		ids = append(ids, aws.ToString(in.InstanceId)+" ("+string(in.State.Name)+")")
+	}
+	return ec2types.Instance{}, &AmbiguousError{Tag: tag, Instances: ids}
+}
+
+// AmbiguousError: more than one instance carries the box's tag.
+type AmbiguousError struct {
+	Tag       string
+	Instances []string
+}
+
+func (e *AmbiguousError) Error() string {
+	return fmt.Sprintf("find the Services box: %d instances are tagged Name=%s (%s); retag or stop the extra one first", len(e.Instances), e.Tag, strings.Join(e.Instances, ", "))
+}
+
+func ShapeOf(in ec2types.Instance) Shape {
+	s := Shape{
+		InstanceID:   aws.ToString(in.InstanceId),
+		Type:         string(in.InstanceType),
+		PrivateIP:    aws.ToString(in.PrivateIpAddress),
+		SubnetID:     aws.ToString(in.SubnetId),
+		ImageID:      aws.ToString(in.ImageId),
+		KeyName:      aws.ToString(in.KeyName),
+		RootDevice:   aws.ToString(in.RootDeviceName),
+		Architecture: string(in.Architecture),
+		Tags:         map[string]string{},
+	}
+	if in.Placement != nil {
+		s.AZ = aws.ToString(in.Placement.AvailabilityZone)
+	}
+	if in.IamInstanceProfile != nil {
+		s.IAMProfile = aws.ToString(in.IamInstanceProfile.Arn)
+	}
+	for _, g := range in.SecurityGroups {
+		s.SecurityGroups = append(s.SecurityGroups, aws.ToString(g.GroupId))
+	}
+	for _, t := range in.Tags {
+		s.Tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
+	}
+	for _, eni := range in.NetworkInterfaces {
+		for _, ip := range eni.PrivateIpAddresses {
+			if a := aws.ToString(ip.PrivateIpAddress); a != s.PrivateIP {
+				s.SecondaryIPs = append(s.SecondaryIPs, a)
+			}
+		}
+	}
+	return s
+}
+
+func (e *EBSBackup) tags(b *Backup) []ec2types.Tag {
+	kv := [][2]string{
+		{"Name", "circlebot " + b.ID},
+		{TagBackupID, b.ID},
+		{TagInstance, b.Shape.InstanceID},
+		{TagPrivateIP, b.Shape.PrivateIP},
+		{TagType, b.Shape.Type},
+		{TagRequester, b.Requester},
+		{TagTrigger, b.Trigger},
+		{TagVersion, b.Version},
+	}
+	out := make([]ec2types.Tag, len(kv))
+	for i, p := range kv {
+		out[i] = ec2types.Tag{Key: aws.String(p[0]), Value: aws.String(p[1])}
+	}
+	return out
+}
+
+// create makes the snapshot set. SDK retries are off for the create call:
+// a retried CreateSnapshots after an answer that was lost would make a
+// second set. Each retry first looks for snapshots already tagged with
+// this backup's ID and adopts them instead.
+func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instance, p Progress) error {
+	devices := map[string]string{}
+	for _, bd := range inst.BlockDeviceMappings {
+		if bd.Ebs != nil {
+			devices[aws.ToString(bd.Ebs.VolumeId)] = aws.ToString(bd.DeviceName)
+		}
+	}
+	if len(devices) == 0 {
+		return fmt.Errorf("snapshot volumes: instance %s has no EBS volumes", b.Shape.InstanceID)
+	}
+	attempts := max(e.Attempts, 1)
+	backoff := e.Retry
+	var lastErr error
+	for attempt := 1; attempt <= attempts; attempt++ {
+		if attempt > 1 {
+			found, err := e.existing(ctx, b.ID)
+			if err == nil && len(found) > 0 {
+				p.Log(fmt.Sprintf("found %d snapshots of this backup already made by an earlier attempt; using them", len(found)))
+				b.Snapshots = withDevices(found, devices)
+				return nil
+			}
+		}
+		out, err := e.EC2.CreateSnapshots(ctx, &ec2.CreateSnapshotsInput{
+			InstanceSpecification: &ec2types.InstanceSpecification{InstanceId: inst.InstanceId, ExcludeBootVolume: aws.Bool(false)},
+			Description:           aws.String(BackupDescription(b.Started)),
+			CopyTagsFromSource:    ec2types.CopyTagsFromSourceVolume,
+			TagSpecifications:     []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeSnapshot, Tags: e.tags(b)}},
+		}, func(o *ec2.Options) { o.RetryMaxAttempts = 1 })
+		if err == nil {
+			var refs []SnapshotRef
+			for _, s := range out.Snapshots {
+				refs = append(refs, SnapshotRef{ID: aws.ToString(s.SnapshotId), VolumeID: aws.ToString(s.VolumeId), SizeGiB: aws.ToInt32(s.VolumeSize), State: string(s.State), Progress: aws.ToString(s.Progress)})
+			}
+			b.Snapshots = withDevices(refs, devices)
+			e.tagDevices(ctx, b, p)
+			return nil
+		}
+		lastErr = err
+		code := errorCode(err)
+		switch {
+		case code == "UnsupportedOperation":
+			p.Log("CreateSnapshots is not available here; falling back to one snapshot per volume (not crash-consistent across volumes)")
+			b.Notes = append(b.Notes, "per-volume snapshots: not crash-consistent across volumes")
+			return e.perVolume(ctx, b, devices)
+		case retryable(code):
+			what := "AWS is throttling snapshot requests"
+			if code == "ConcurrentSnapshotLimitExceeded" || code == "SnapshotCreationPerVolumeRateExceeded" {
+				what = "the account is at its limit of snapshots in progress"
+			}
+			p.Log(fmt.Sprintf("%s (%s); waiting %s before attempt %d of %d", what, code, backoff, attempt+1, attempts))
+			if err := sleep(ctx, backoff); err != nil {
+				return err
+			}
+			backoff = min(backoff*2, 30*time.Second)
+		default:
+			return fmt.Errorf("snapshot volumes of %s: %w", b.Shape.InstanceID, err)
+		}
+	}
+	return fmt.Errorf("snapshot volumes of %s after %d attempts: %w", b.Shape.InstanceID, attempts, lastErr)
+}
+
+func (e *EBSBackup) perVolume(ctx context.Context, b *Backup, devices map[string]string) error {
+	vols := make([]string, 0, len(devices))
+	for v := range devices {
+		vols = append(vols, v)
+	}
+	sort.Strings(vols)
+	for _, v := range vols {
+		tags := append(e.tags(b), ec2types.Tag{Key: aws.String(TagVolume), Value: aws.String(v)}, ec2types.Tag{Key: aws.String(TagDevice), Value: aws.String(devices[v])})
+		out, err := e.EC2.CreateSnapshot(ctx, &ec2.CreateSnapshotInput{
+			VolumeId: aws.String(v), Description: aws.String(BackupDescription(b.Started)),
+			TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeSnapshot, Tags: tags}},
+		})
+		if err != nil {
+			return fmt.Errorf("snapshot volume %s: %w", v, err)
+		}
+		b.Snapshots = append(b.Snapshots, SnapshotRef{ID: aws.ToString(out.SnapshotId), VolumeID: v, Device: devices[v], SizeGiB: aws.ToInt32(out.VolumeSize), State: string(out.State)})
+	}
+	return nil
+}
+
+// tagDevices records which device each snapshot came from, which a
+// restore needs to rebuild the block device mapping. A failure here is
+// logged, not fatal: the record in bbolt holds the same mapping.
+func (e *EBSBackup) tagDevices(ctx context.Context, b *Backup, p Progress) {
+	for _, s := range b.Snapshots {
+		_, err := e.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{s.ID}, Tags: []ec2types.Tag{
+			{Key: aws.String(TagVolume), Value: aws.String(s.VolumeID)},
+			{Key: aws.String(TagDevice), Value: aws.String(s.Device)},
+		}})
+		if err != nil {
+			p.Log(fmt.Sprintf("could not tag %s with its device (%s); the bot's record keeps it", s.ID, errorCode(err)))
+		}
+	}
+}
+
+func (e *EBSBackup) existing(ctx context.Context, id string) ([]SnapshotRef, error) {
+	out, err := e.EC2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{
+		Filters: []ec2types.Filter{{Name: aws.String("tag:" + TagBackupID), Values: []string{id}}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	var refs []SnapshotRef
+	for _, s := range out.Snapshots {
+		refs = append(refs, SnapshotRef{ID: aws.ToString(s.SnapshotId), VolumeID: aws.ToString(s.VolumeId), SizeGiB: aws.ToInt32(s.VolumeSize), State: string(s.State), Progress: aws.ToString(s.Progress)})
+	}
+	return refs, nil
+}
+
+func withDevices(refs []SnapshotRef, devices map[string]string) []SnapshotRef {
+	for i := range refs {
+		refs[i].Device = devices[refs[i].VolumeID]
+	}
+	sort.Slice(refs, func(i, j int) bool { return refs[i].Device < refs[j].Device })
+	return refs
+}
+
+// wait polls the set until every snapshot is completed or one is in error.
+// The interval starts at PollMin and grows to PollMax, so a quick snapshot
+// is noticed within a second and a slow one costs few API calls.
+func (e *EBSBackup) wait(ctx context.Context, b *Backup, p Progress) error {
+	interval := cmpOr(e.PollMin, 500*time.Millisecond)
+	maxInterval := cmpOr(e.PollMax, 2*time.Second)
+	ids := make([]string, len(b.Snapshots))
+	for i, s := range b.Snapshots {
+		ids[i] = s.ID
+	}
+	lastPct := -1.0
+	for {
+		out, err := e.EC2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: ids})
+		if err != nil && !retryable(errorCode(err)) {
+			return fmt.Errorf("read snapshot state: %w", err)
+		}
+		if err == nil {
+			done, pct, failed := 0, 0.0, ""
+			byID := map[string]ec2types.Snapshot{}
+			for _, s := range out.Snapshots {
+				byID[aws.ToString(s.SnapshotId)] = s
+			}
+			for i := range b.Snapshots {
+				s, ok := byID[b.Snapshots[i].ID]
+				if !ok {
+					return fmt.Errorf("snapshot %s disappeared while it was being made: %w", b.Snapshots[i].ID, ErrNotFound)
+				}
+				b.Snapshots[i].State, b.Snapshots[i].Progress = string(s.State), aws.ToString(s.Progress)
+				switch s.State {
+				case ec2types.SnapshotStateCompleted:
+					done++
+					pct += 100
+				case ec2types.SnapshotStateError, ec2types.SnapshotStateRecoverable:
+					failed = fmt.Sprintf("snapshot %s of %s (%s) is in state %s: %s", b.Snapshots[i].ID, b.Snapshots[i].VolumeID, b.Snapshots[i].Device, s.State, aws.ToString(s.StateMessage))
+				default:
+					pct += parsePct(aws.ToString(s.Progress))
+				}
+			}
+			if failed != "" {
+				return errors.New(failed)
+			}
+			if done == len(b.Snapshots) {
+				return nil
+			}
+			pct /= float64(len(b.Snapshots))
+			if pct != lastPct {
+				p.Progress(2, pct, fmt.Sprintf("%d of %d snapshots completed", done, len(b.Snapshots)))
+				lastPct = pct
+			}
+		}
+		if err := sleep(ctx, interval); err != nil {
+			return err
+		}
+		interval = min(interval*2, maxInterval)
+	}
+}
+
+func parsePct(s string) float64 {
+	var f float64
+	if _, err := fmt.Sscanf(strings.TrimSuffix(s, "%"), "%g", &f); err != nil {
+		return 0
+	}
+	return f
+}
+
+func errorCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
+func retryable(code string) bool {
+	switch code {
+	case "RequestLimitExceeded", "Throttling", "ThrottlingException", "ConcurrentSnapshotLimitExceeded",
+		"SnapshotCreationPerVolumeRateExceeded", "InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable":
+		return true
+	}
+	return false
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func cmpOr(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+func codes(ids []string) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = "`" + id + "`"
+	}
+	return out
+}

@@ -1,0 +1,65 @@
+package ops
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/circlebot/circlebot/internal/store"
+)
+
+const bucketBackups = "backups"
+
+// Records keeps backup records in the bot's bbolt file.
+type Records struct{ Store *store.Store }
+
+func (r Records) SaveBackup(b *Backup) error { return r.Store.Put(bucketBackups, b.ID, b) }
+
+// Backup finds a record by backup ID, snapshot ID or s3:// URI.
+func (r Records) Backup(id string) (*Backup, error) {
+	if strings.HasPrefix(id, "bk-") {
+		var b Backup
+		if err := r.Store.Get(bucketBackups, id, &b); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil, fmt.Errorf("backup %s: %w", id, ErrNotFound)
+			}
+			return nil, err
+		}
+		return &b, nil
+	}
+	all, err := r.Backups()
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range all {
+		if "s3://"+b.Bucket+"/"+b.Key == id {
+			return b, nil
+		}
+		for _, s := range b.Snapshots {
+			if s.ID == id {
+				return b, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("no backup made by the bot contains %s: %w", id, ErrNotFound)
+}
+
+// Backups lists every record, newest first (IDs sort by start time).
+func (r Records) Backups() ([]*Backup, error) {
+	var out []*Backup
+	err := r.Store.Each(bucketBackups, func(_ string, v []byte) error {
+		var b Backup
+		if err := json.Unmarshal(v, &b); err != nil {
+			return err
+		}
+		out = append(out, &b)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read backup records: %w", err)
+	}
+	slices.Reverse(out)
+	return out, nil
+}
