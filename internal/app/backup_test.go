@@ -2,6 +2,8 @@ package app_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -11,8 +13,15 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/circlebot/circlebot/internal/app"
+	"github.com/circlebot/circlebot/internal/bot"
+	"github.com/circlebot/circlebot/internal/chat"
+	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/ops"
+	"github.com/circlebot/circlebot/internal/progress"
+	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
+	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 	"github.com/circlebot/circlebot/internal/testenv/slackfake"
 )
 
@@ -272,4 +281,124 @@ func TestBackupListAndStatus(t *testing.T) {
 	if st := e.slack.Text(e.waitResponse(rid, "unknown backup")); !strings.Contains(st, "no restore point") {
 		t.Errorf("unknown backup: %s", st)
 	}
+}
+
+func TestScheduledBackupPrunesPerPolicyAndKeepsOthers(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		c.Slack.ReportChannel = incident
+		c.Backup.Schedule = "0 */6 * * *"
+		c.Backup.Retention.KeepLast = 1
+	})
+	ctx := context.Background()
+	poster := slackio.NewWeb(botToken, e.slack.APIURL(), slog.New(slog.NewTextHandler(io.Discard, nil))).For(chat.Request{ChannelID: incident})
+	if err := e.app.ScheduledBackup(ctx, poster); err != nil {
+		t.Fatal(err)
+	}
+	first := e.lastBackup(ops.StateCompleted)
+	if first.Trigger != "scheduled" || first.Requester != "scheduler" {
+		t.Errorf("record: %+v", first)
+	}
+	if err := e.app.ScheduledBackup(ctx, poster); err != nil {
+		t.Fatal(err)
+	}
+	second := e.lastBackup(ops.StateCompleted)
+	if second.ID == first.ID {
+		t.Fatal("second scheduled backup not recorded")
+	}
+	if n := len(e.snapshotsOf(first.ID)); n != 0 {
+		t.Errorf("retention kept %d snapshots of the older bot backup", n)
+	}
+	if n := len(e.snapshotsOf(second.ID)); n != 3 {
+		t.Errorf("the newest backup lost snapshots: %d left", n)
+	}
+	// The runbook-made set is not the bot's to prune.
+	out, err := ec2.NewFromConfig(e.aws).DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: e.inst.Snapshots})
+	if err != nil || len(out.Snapshots) != len(e.inst.Snapshots) {
+		t.Errorf("hand-made snapshots touched: %v %v", out, err)
+	}
+	e.waitPost(incident, "retention report", func(s string) bool {
+		return strings.Contains(s, "Retention pruned 1 restore point(s) (3 snapshots)") && strings.Contains(s, first.ID)
+	})
+}
+
+func TestBackupInterruptedByRestartIsFollowedToTheEnd(t *testing.T) {
+	moto := patchedMoto(t)
+	e := newEnvOn(t, moto, nil)
+	ctx, stop := context.WithCancel(context.Background())
+	go e.app.Backups.Run(ctx, discardPoster{}, bot.BackupRequest{Trigger: "manual", Requester: alice, Channel: incident})
+	var rec *ops.Backup
+	deadline := time.Now().Add(30 * time.Second)
+	for rec == nil && time.Now().Before(deadline) {
+		if recs, _ := e.app.Backups.Records.Backups(); len(recs) > 0 && len(recs[0].Snapshots) == 3 {
+			rec = recs[0]
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if rec == nil {
+		t.Fatal("no snapshots")
+	}
+	stop() // the bot dies while the snapshots are pending
+	deadline = time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if l, _ := e.app.Store.Locks(); len(l) == 0 {
+			break // Run has returned
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, s := range e.snapshotsOf(rec.ID) {
+		moto.SetSnapshotState(context.Background(), aws.ToString(s.SnapshotId), "completed", "100%")
+	}
+
+	// A new bot process on the same data_dir (the lock's process token differs).
+	cfg := e.app.Config
+	e.app.Close()
+	a2 := reopen(t, e, cfg)
+	a2.Backups.Resume(context.Background(), func(string) progress.Poster { return e.slackPoster() })
+	deadline = time.Now().Add(30 * time.Second)
+	var got ops.Backup
+	for time.Now().Before(deadline) {
+		b, err := a2.Backups.Records.Backup(rec.ID)
+		if err == nil && b.State == ops.StateCompleted {
+			got = *b
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got.State != ops.StateCompleted {
+		t.Fatalf("resumed backup did not complete")
+	}
+	if n := len(e.snapshotsOf(rec.ID)); n != 3 {
+		t.Errorf("resume made more snapshots: %d", n)
+	}
+	e.slack.WaitFor(t, 30*time.Second, "resumed backup's message", func(c slackfake.Call) bool {
+		return strings.Contains(e.slack.Text(c), "resumed after a bot restart")
+	})
+}
+
+type discardPoster struct{}
+
+func (discardPoster) Post(context.Context, chat.Message) (chat.Ref, error) {
+	return chat.Ref{Channel: incident, TS: "1.1"}, nil
+}
+func (discardPoster) Update(context.Context, chat.Ref, chat.Message) error { return nil }
+func (discardPoster) PostThread(context.Context, chat.Ref, chat.Message) (chat.Ref, error) {
+	return chat.Ref{}, nil
+}
+
+func (e *env) slackPoster() progress.Poster {
+	return slackio.NewWeb(botToken, e.slack.APIURL(), slog.New(slog.NewTextHandler(io.Discard, nil))).For(chat.Request{ChannelID: incident})
+}
+
+// reopen starts a second bot process's App on the first one's data_dir.
+func reopen(t *testing.T, e *env, cfg config.Config) *app.App {
+	t.Helper()
+	viaProxy := motoserver.AWSConfig(e.proxy.URL)
+	a, err := app.New(context.Background(), app.Options{Config: cfg, Version: "test", AWS: &viaProxy, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Backups.MinInterval = 20 * time.Millisecond
+	a.Backups.EBS.PollMin, a.Backups.EBS.PollMax = 20*time.Millisecond, 100*time.Millisecond
+	t.Cleanup(func() { a.Close() })
+	return a
 }

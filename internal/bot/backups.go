@@ -117,27 +117,29 @@ func BackupSummary(b *ops.Backup) string {
 	}
 }
 
-// Resume picks up backups a previous run of the bot left behind (its locks
-// carry another process token): EBS sets whose snapshots are known are
-// followed to the end; anything else is marked interrupted and reported.
-// Nothing is started again.
+// Resume picks up backups that a previous run of the bot left running
+// (stopped, crashed or shut down mid-way): EBS sets whose snapshots are
+// known are followed to the end; anything else is marked interrupted and
+// reported. Nothing is started again.
 func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) progress.Poster) {
+	recs, err := s.Records.Backups()
+	if err != nil {
+		s.Log.Error("read backup records at start-up", "err", err)
+		return
+	}
 	locks, err := s.Store.Locks()
 	if err != nil {
 		s.Log.Error("read locks at start-up", "err", err)
 		return
 	}
 	for _, l := range locks {
-		if l.Key != s.lockKey() || l.Process == s.Store.Process() {
-			continue
-		}
-		b, err := s.Records.Backup(l.OpID)
-		if err != nil {
-			s.Log.Error("stale backup lock without a record; releasing it", "backup", l.OpID, "err", err)
+		// One replica owns this store: a lock of another process is stale.
+		if l.Key == s.lockKey() && l.Process != s.Store.Process() {
+			s.Log.Warn("releasing a lock left by a previous run", "op", l.OpID, "since", l.Since)
 			_ = s.Store.Unlock(l.Key, l.OpID)
-			continue
 		}
-		_ = s.Store.Unlock(l.Key, l.OpID)
+	}
+	for _, b := range recs {
 		if b.State != ops.StateRunning {
 			continue
 		}
@@ -145,6 +147,7 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		if b.Method == "ebs" && len(b.Snapshots) > 0 {
 			unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: b.ID, What: "EBS backup (resumed)", Requester: b.Requester, Process: s.Store.Process()})
 			if err != nil {
+				s.Log.Error("cannot resume backup", "backup", b.ID, "err", err)
 				continue
 			}
 			go func() {
@@ -163,8 +166,9 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		}
 		msg := fmt.Sprintf(":warning: Backup `%s` (%s, requested by %s) was interrupted when the bot stopped, before its %s was recorded. It was not retried and is not a restore point. Run `/circleci backup now` to take a new one.",
 			b.ID, b.Method, who(b.Requester), map[string]string{"ebs": "snapshots", "tarball": "upload"}[b.Method])
+		s.Log.Warn("interrupted backup", "backup", b.ID, "message", msg)
 		if _, err := poster.Post(ctx, chat.Text(msg)); err != nil {
-			s.Log.Error("report interrupted backup", "backup", b.ID, "err", err, "message", msg)
+			s.Log.Error("report interrupted backup", "backup", b.ID, "err", err)
 		}
 	}
 }

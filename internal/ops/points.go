@@ -99,6 +99,9 @@ func RestorePoints(ctx context.Context, api EC2, recs []*Backup) ([]Point, error
 		switch {
 		case ok:
 			out[i].Record = r
+			// AWS keeps start times to the second; two backups in one
+			// second must still sort in the order they were taken.
+			out[i].Started = r.Started
 			if r.State == StateFailed {
 				out[i].State, out[i].Error = StateFailed, r.Error
 			}

@@ -46,7 +46,7 @@ func (r Records) Backup(id string) (*Backup, error) {
 	return nil, fmt.Errorf("no backup made by the bot contains %s: %w", id, ErrNotFound)
 }
 
-// Backups lists every record, newest first (IDs sort by start time).
+// Backups lists every record, newest first.
 func (r Records) Backups() ([]*Backup, error) {
 	var out []*Backup
 	err := r.Store.Each(bucketBackups, func(_ string, v []byte) error {
@@ -60,6 +60,7 @@ func (r Records) Backups() ([]*Backup, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read backup records: %w", err)
 	}
-	slices.Reverse(out)
+	// Newest first by start time; IDs carry only whole seconds.
+	slices.SortStableFunc(out, func(a, b *Backup) int { return b.Started.Compare(a.Started) })
 	return out, nil
 }

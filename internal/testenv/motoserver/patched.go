@@ -61,6 +61,11 @@ func writePatchedLauncher() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return "", err
+	}
 	if _, err := f.Write(patchedLauncher); err != nil {
 		f.Close()
 		os.Remove(f.Name())
