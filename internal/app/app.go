@@ -17,6 +17,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/circlebot/circlebot/internal/authz"
 	"github.com/circlebot/circlebot/internal/awsclient"
@@ -37,6 +39,10 @@ type Options struct {
 	Log     *slog.Logger
 	// AWS overrides the SDK's default chain (tests point it at moto).
 	AWS *aws.Config
+	// SSMEndpoint sends Systems Manager calls elsewhere (tests: a stand-in
+	// that really runs the commands; the SDK's AWS_ENDPOINT_URL_SSM does
+	// the same from the environment).
+	SSMEndpoint string
 }
 
 type App struct {
@@ -97,6 +103,23 @@ func New(ctx context.Context, o Options) (*App, error) {
 		NameTag:       cfg.ServicesBox.NameTag,
 		DefaultMethod: cfg.Backup.Method,
 		Log:           o.Log,
+	}
+	if cfg.Backup.Bucket != "" {
+		s3c := s3.NewFromConfig(awsCfg, func(o *s3.Options) {
+			// A custom endpoint (moto, MinIO, a VPC endpoint by IP) cannot
+			// take the bucket as a host name.
+			o.UsePathStyle = awsCfg.BaseEndpoint != nil
+		})
+		backups.Tarball = &ops.TarballBackup{
+			EC2: ec2c, S3: s3c, Presign: s3.NewPresignClient(s3c),
+			SSM: ssm.NewFromConfig(awsCfg, func(so *ssm.Options) {
+				if o.SSMEndpoint != "" {
+					so.BaseEndpoint = aws.String(o.SSMEndpoint)
+				}
+			}),
+			Records: ops.Records{Store: st}, NameTag: cfg.ServicesBox.NameTag, Bucket: cfg.Backup.Bucket,
+			Prefix: "circleci-backups/", Version: o.Version,
+		}
 	}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,

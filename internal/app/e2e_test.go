@@ -22,6 +22,7 @@ import (
 
 	"github.com/circlebot/circlebot/internal/app"
 	"github.com/circlebot/circlebot/internal/config"
+	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/sandbox"
 	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
@@ -71,7 +72,7 @@ func patchedMoto(t *testing.T) *motoserver.Server {
 	return srv
 }
 
-func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config)) *env {
+func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config), opts ...func(*app.Options)) *env {
 	t.Helper()
 	ctx := context.Background()
 	direct := motoserver.AWSConfig(moto.URL)
@@ -101,9 +102,16 @@ func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config)) 
 		t.Fatalf("test config: %v", err)
 	}
 	viaProxy := motoserver.AWSConfig(proxy.URL)
-	a, err := app.New(ctx, app.Options{Config: cfg, Version: "test", AWS: &viaProxy, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ao := app.Options{Config: cfg, Version: "test", AWS: &viaProxy, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, o := range opts {
+		o(&ao)
+	}
+	a, err := app.New(ctx, ao)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if a.Backups.Tarball != nil {
+		a.Backups.Tarball.(*ops.TarballBackup).Poll = 20 * time.Millisecond
 	}
 	// Progress updates at test speed; Slack's pacing is tested in progress.
 	a.Backups.MinInterval = 20 * time.Millisecond

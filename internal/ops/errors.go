@@ -12,27 +12,32 @@ import (
 
 var ErrNotFound = errors.New("not found")
 
-// Explain turns an error from an AWS read into one sentence an on-call
-// engineer can act on: which call, what AWS said, and no stack of wrapping.
+// Explain turns an error into one sentence an on-call engineer can act
+// on: what the bot was doing (the context its callers wrapped), what AWS
+// said, and a hint where there is an obvious one; never the SDK's request
+// IDs and HTTP details.
 func Explain(err error) string {
 	if err == nil {
 		return ""
 	}
-	what, _, _ := strings.Cut(err.Error(), ":")
+	msg := firstLine(err)
+	doing := msg
+	if i := strings.Index(msg, "operation error "); i >= 0 {
+		doing = strings.TrimSuffix(strings.TrimSpace(msg[:i]), ":")
+	}
+	prefix := ""
+	if doing != "" && doing != msg {
+		prefix = doing + ": "
+	}
 	var ae smithy.APIError
-	var oe *smithy.OperationError
 	var se *v4.SigningError
 	switch {
 	case errors.As(err, &se):
-		return fmt.Sprintf("could not %s: no usable AWS credentials (%s). Check the bot's IAM role or AWS_* environment.", what, firstLine(se.Err))
+		return fmt.Sprintf("%sno usable AWS credentials (%s). Check the bot's IAM role or AWS_* environment.", prefix, firstLine(se.Err))
 	case errors.As(err, &ae):
-		call := ""
-		if errors.As(err, &oe) {
-			call = fmt.Sprintf(" (%s %s)", oe.Service(), oe.Operation())
-		}
-		msg := ae.ErrorMessage()
-		if msg == "" {
-			msg = "no message"
+		m := strings.TrimSuffix(ae.ErrorMessage(), ".")
+		if m == "" {
+			m = "no message"
 		}
 		hint := ""
 		switch ae.ErrorCode() {
@@ -41,16 +46,11 @@ func Explain(err error) string {
 		case "RequestLimitExceeded", "Throttling", "ThrottlingException":
 			hint = " AWS is throttling this account; try again in a minute."
 		}
-		return fmt.Sprintf("could not %s%s: AWS said %s: %s.%s", what, call, ae.ErrorCode(), strings.TrimSuffix(msg, "."), hint)
+		return fmt.Sprintf("%sAWS said %s: %s.%s", prefix, ae.ErrorCode(), m, hint)
 	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Sprintf("could not %s: AWS did not answer in time.", what)
-	case errors.Is(err, ErrNotFound):
-		return err.Error() + "."
+		return prefix + "AWS did not answer in time."
 	default:
-		if errors.As(err, &oe) {
-			return fmt.Sprintf("could not %s (%s %s): %s.", what, oe.Service(), oe.Operation(), firstLine(oe.Err))
-		}
-		return fmt.Sprintf("could not %s: %s.", what, firstLine(errors.Unwrap(err)))
+		return strings.TrimSuffix(msg, ".") + "."
 	}
 }
 
