@@ -18,8 +18,16 @@ type reports struct {
 	msgs []string
 }
 
-func (r *reports) add(_ context.Context, s string) { r.mu.Lock(); r.msgs = append(r.msgs, s); r.mu.Unlock() }
-func (r *reports) all() []string                   { r.mu.Lock(); defer r.mu.Unlock(); return append([]string(nil), r.msgs...) }
+func (r *reports) add(_ context.Context, s string) {
+	r.mu.Lock()
+	r.msgs = append(r.msgs, s)
+	r.mu.Unlock()
+}
+func (r *reports) all() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.msgs...)
+}
 
 func newSched(t *testing.T, st *store.Store, now time.Time) (*Scheduler, *reports) {
 	r := &reports{}
