@@ -3,7 +3,7 @@
 #   make test   everything CI runs: vet, and all tests with the race detector (starts moto itself)
 GO ?= go
 
-.PHONY: demo test build vet bench fuzz
+.PHONY: demo test build vet bench bench-backup fuzz
 
 build:
 	$(GO) build -o bin/bot ./cmd/bot
@@ -16,6 +16,9 @@ vet:
 
 test: vet
 	$(GO) test -race -count=1 ./...
+
+bench-backup:
+	$(GO) run ./bench/backup
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./internal/slackio/

@@ -441,7 +441,7 @@ func withDevices(refs []SnapshotRef, devices map[string]string) []SnapshotRef {
 // is noticed within a second and a slow one costs few API calls.
 func (e *EBSBackup) wait(ctx context.Context, b *Backup, p Progress) error {
 	interval := cmpOr(e.PollMin, 500*time.Millisecond)
-	maxInterval := cmpOr(e.PollMax, 2*time.Second)
+	maxInterval := cmpOr(e.PollMax, 1500*time.Millisecond)
 	ids := make([]string, len(b.Snapshots))
 	for i, s := range b.Snapshots {
 		ids[i] = s.ID
