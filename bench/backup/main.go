@@ -1,14 +1,14 @@
 // Command backup measures the EBS backup path against moto and prints a
 // table:
 //
-//	go run ./bench/backup            (make bench-backup)
+//		go run ./bench/backup            (make bench-backup)
 //
-//   - `backup now` end to end (find the box, CreateSnapshots for 3 volumes,
-//     follow to completion, record) through the real app and Slack fake;
-//   - the delay between the snapshots turning completed and the bot
-//     noticing, beside the SDK's SnapshotCompleted waiter watching the same
-//     snapshots from the same moment;
-//   - Slack Web API calls per backup.
+//	  - `backup now` end to end (find the box, CreateSnapshots for 3 volumes,
+//	    follow to completion, record) through the real app and Slack fake;
+//	  - the delay between the snapshots turning completed and the bot
+//	    noticing, beside the SDK's SnapshotCompleted waiter watching the same
+//	    snapshots from the same moment;
+//	  - Slack Web API calls per backup.
 package main
 
 import (
