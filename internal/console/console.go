@@ -19,6 +19,7 @@ import (
 	"github.com/circlebot/circlebot/internal/bot"
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/config"
+	"github.com/circlebot/circlebot/internal/progress"
 )
 
 type Console struct {
@@ -169,6 +170,12 @@ func (c *Console) printf(format string, args ...any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	fmt.Fprintf(c.Out, format, args...)
+}
+
+// Poster posts into channel as the bot, for work that was not started by
+// a console line (backups resumed at start-up).
+func (c *Console) Poster(channel string) progress.Poster {
+	return &replier{c: c, user: "scheduler", channel: channel}
 }
 
 // replier prints what Slack would show, marked by who would see it.

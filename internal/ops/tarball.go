@@ -110,8 +110,14 @@ echo "free_kib=$(df -Pk "$d" | awk 'NR==2{print $4}')"`, dir), 2*time.Minute)
 	if err != nil {
 		return fail(1, err)
 	}
-	dataKiB, _ := strconv.ParseInt(field(r.Stdout, "data_kib"), 10, 64)
-	freeKiB, _ := strconv.ParseInt(field(r.Stdout, "free_kib"), 10, 64)
+	dataKiB, derr := strconv.ParseInt(field(r.Stdout, "data_kib"), 10, 64)
+	freeKiB, ferr := strconv.ParseInt(field(r.Stdout, "free_kib"), 10, 64)
+	if derr != nil || ferr != nil {
+		// SSM said the script succeeded but it printed nothing usable: the
+		// command did not really run (or /data is missing). Never go on
+		// blind into a 6-hour backup.
+		return fail(1, fmt.Errorf("the Services box did not report its disk space (SSM command %s printed %q); is the SSM agent running the command, and does /data exist?", r.CommandID, trimTo(r.Stdout, 200)))
+	}
 	if freeKiB < dataKiB {
 		return fail(1, fmt.Errorf("not enough scratch space on the Services box: %d MiB free in /tmp for %d MiB of /data; free space or attach a volume (the runbook's advice)", freeKiB>>10, dataKiB>>10))
 	}
