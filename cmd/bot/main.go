@@ -125,7 +125,7 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 		defer a.Close()
 		c := &console.Console{Bot: a.Bot, Roles: cfg.Roles, In: stdin, Out: stdout,
 			User: first(*user, cfg.Roles.Operators, "U0CONSOLE"), Channel: first(*channel, cfg.Slack.AllowedChannels, "C0CONSOLE")}
-		a.Backups.Resume(ctx, c.Poster)
+		a.Resume(ctx, c.Poster)
 		return c.Run(ctx)
 	default:
 		return usageError{fmt.Sprintf("unknown command %q\n%s", rest[0], usage)}

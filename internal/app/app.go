@@ -20,10 +20,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
+	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/authz"
 	"github.com/circlebot/circlebot/internal/awsclient"
 	"github.com/circlebot/circlebot/internal/bot"
 	"github.com/circlebot/circlebot/internal/chat"
+	"github.com/circlebot/circlebot/internal/commands"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/metrics"
 	"github.com/circlebot/circlebot/internal/ops"
@@ -46,13 +48,14 @@ type Options struct {
 }
 
 type App struct {
-	Config  config.Config
-	Version string
-	Log     *slog.Logger
-	Bot     *bot.Bot
-	Store   *store.Store
-	Metrics *metrics.Metrics
-	Backups *bot.Backups
+	Config    config.Config
+	Version   string
+	Log       *slog.Logger
+	Bot       *bot.Bot
+	Store     *store.Store
+	Metrics   *metrics.Metrics
+	Backups   *bot.Backups
+	Approvals *bot.Approvals
 }
 
 // New builds the bot. The caller must Close it.
@@ -121,6 +124,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Prefix: "circleci-backups/", Version: o.Version,
 		}
 	}
+	apr := &bot.Approvals{Store: approvals.Store{DB: st.DB()}, TTL: cfg.Approvals.TTL.D(), Process: st.Process()}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
 		Policy:       policy,
@@ -135,13 +139,17 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Status:       status,
 			Backups:      backups,
 			RPO:          cfg.Backup.RPO.D(),
+			Approvals:    apr,
+			Actions: map[commands.Name]bot.Action{
+				commands.BackupPrune: bot.PruneAction{B: backups},
+			},
 		}),
 	})
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups}, nil
+	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr}, nil
 }
 
 func (a *App) Close() error { return a.Store.Close() }
@@ -216,7 +224,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 		}
 	}()
 	postTo := func(channel string) progress.Poster { return s.web.For(chat.Request{ChannelID: channel}) }
-	a.Backups.Resume(workCtx, postTo)
+	a.Resume(workCtx, postTo)
 	sched, err := a.Scheduler(workCtx, postTo)
 	if err != nil {
 		return err
@@ -293,4 +301,12 @@ func (a *App) ScheduledBackup(ctx context.Context, poster progress.Poster) error
 		return nil
 	}
 	return a.Backups.PruneNow(ctx, poster)
+}
+
+// Resume deals with what a previous bot process left behind: running
+// backups are followed to the end, operations cut off mid-way are reported
+// and never started again.
+func (a *App) Resume(ctx context.Context, postTo func(string) progress.Poster) {
+	a.Backups.Resume(ctx, postTo)
+	a.Approvals.AnnounceInterrupted(ctx, postTo, a.Config.Slack.Command)
 }

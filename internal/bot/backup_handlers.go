@@ -131,36 +131,6 @@ func (d Deps) backupStatus(ctx context.Context, c Call) (Outcome, error) {
 	return Outcome{}, &UserError{Msg: fmt.Sprintf("no restore point `%s` exists (see `%s backup list`).", id, d.SlashCommand)}
 }
 
-// backupPrune shows what retention would delete. Deleting restore points
-// is destructive: until approvals land, the command only lists.
-func (d Deps) backupPrune(ctx context.Context, c Call) (Outcome, error) {
-	if !d.Backups.Policy.Enabled() {
-		return OK, c.Reply.Ephemeral(ctx, chat.Text("No retention policy is configured (`backup.retention`): nothing would be pruned."))
-	}
-	pts, err := d.points(ctx)
-	if err != nil {
-		return Outcome{}, &UserError{Msg: ops.Explain(err)}
-	}
-	inUse, err := ops.SnapshotsInUse(ctx, d.Backups.Prune)
-	if err != nil {
-		return Outcome{}, &UserError{Msg: ops.Explain(err)}
-	}
-	var b strings.Builder
-	n := 0
-	for _, v := range ops.Retain(pts, d.Backups.Policy, inUse) {
-		if !v.Keep {
-			n++
-			fmt.Fprintf(&b, "• `%s` %s ago — %s\n", v.Point.ID, Age(time.Since(v.Point.Started)), v.Why)
-		}
-	}
-	head := fmt.Sprintf("*Dry run:* retention would prune %d restore point(s); the newest completed one and anything an AMI uses are always kept.\n", n)
-	if n == 0 {
-		head = "*Dry run:* retention would prune nothing.\n"
-	}
-	tail := "\nNothing was deleted. Scheduled pruning runs after each scheduled backup; pruning by hand needs the approval flow, which is not in this version yet."
-	return OK, c.Reply.Ephemeral(ctx, chat.Text(head+b.String()+tail))
-}
-
 func contains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {

@@ -8,7 +8,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/chat"
+	"github.com/circlebot/circlebot/internal/commands"
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/store"
@@ -201,19 +203,10 @@ func (s *Backups) PruneNow(ctx context.Context, poster progress.Poster) error {
 		return fmt.Errorf("prune skipped: %w", err)
 	}
 	defer unlock()
-	recs, err := s.Records.Backups()
+	verdicts, _, err := s.prunePlan(ctx)
 	if err != nil {
 		return err
 	}
-	pts, err := ops.RestorePoints(ctx, s.EC2, recs)
-	if err != nil {
-		return err
-	}
-	inUse, err := ops.SnapshotsInUse(ctx, s.Prune)
-	if err != nil {
-		return err
-	}
-	verdicts := ops.Retain(pts, s.Policy, inUse)
 	var lines []string
 	for _, v := range verdicts {
 		if !v.Keep {
@@ -243,3 +236,81 @@ func (nopProgress) Skip(int, string)              {}
 func (nopProgress) Fail(int, error)               {}
 func (nopProgress) Progress(int, float64, string) {}
 func (nopProgress) Log(string)                    {}
+
+// prunePlan computes what retention would delete now.
+func (s *Backups) prunePlan(ctx context.Context) ([]ops.Verdict, approvals.Plan, error) {
+	recs, err := s.Records.Backups()
+	if err != nil {
+		return nil, approvals.Plan{}, err
+	}
+	pts, err := ops.RestorePoints(ctx, s.EC2, recs)
+	if err != nil {
+		return nil, approvals.Plan{}, &UserError{Msg: ops.Explain(err)}
+	}
+	inUse, err := ops.SnapshotsInUse(ctx, s.Prune)
+	if err != nil {
+		return nil, approvals.Plan{}, &UserError{Msg: ops.Explain(err)}
+	}
+	verdicts := ops.Retain(pts, s.Policy, inUse)
+	plan := approvals.Plan{Action: "backup prune", Facts: map[string]string{
+		"policy": fmt.Sprintf("keep_last=%d keep_daily=%d keep_weekly=%d", s.Policy.KeepLast, s.Policy.KeepDaily, s.Policy.KeepWeekly),
+	}}
+	var del, snaps []string
+	for _, v := range verdicts {
+		if v.Keep {
+			if v.Why == "the newest completed restore point" {
+				plan.Keeps = append(plan.Keeps, fmt.Sprintf("`%s`, the newest completed restore point", v.Point.ID))
+			}
+			continue
+		}
+		del = append(del, v.Point.ID)
+		snaps = append(snaps, v.Point.Snapshots...)
+		plan.Changes = append(plan.Changes, fmt.Sprintf("delete `%s` (%s, %d snapshots, %d GiB) — %s", v.Point.ID, v.Point.Started.UTC().Format("2006-01-02 15:04"), len(v.Point.Snapshots), v.Point.SizeGiB, v.Why))
+	}
+	plan.Facts["delete"] = strings.Join(del, ",")
+	plan.Facts["snapshots"] = strings.Join(snaps, ",")
+	plan.Keeps = append(plan.Keeps, "hand-made (runbook) snapshots, tarballs, running and failed backups, and snapshots an AMI uses")
+	plan.Undo = []string{"deleted EBS snapshots cannot be recovered"}
+	return verdicts, plan, nil
+}
+
+// PruneAction is `backup prune` through the two-person rule.
+type PruneAction struct{ B *Backups }
+
+func (a PruneAction) Plan(ctx context.Context, _ commands.Command) (approvals.Plan, error) {
+	if !a.B.Policy.Enabled() {
+		return approvals.Plan{}, &UserError{Msg: "no retention policy is configured (`backup.retention`): nothing would be pruned."}
+	}
+	_, plan, err := a.B.prunePlan(ctx)
+	if err == nil && plan.Facts["delete"] == "" {
+		return plan, &UserError{Msg: "retention would prune nothing right now. Nothing was requested."}
+	}
+	return plan, err
+}
+
+func (a PruneAction) Execute(ctx context.Context, req approvals.Request, p progress.Poster) error {
+	s := a.B
+	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: req.ID, What: "retention pruning", Requester: req.Requester, Process: s.Store.Process()})
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	verdicts, _, err := s.prunePlan(ctx)
+	if err != nil {
+		return err
+	}
+	st := progress.Start(ctx, p, progress.Options{OpID: req.ID, Title: "Prune restore points past retention", Requester: req.Requester, Steps: []string{"Delete snapshots"}, Log: s.Log, MinInterval: s.MinInterval})
+	st.Begin(0, "")
+	deleted, err := ops.Prune(ctx, s.Prune, verdicts, st)
+	if err != nil {
+		st.Fail(0, errors.New(ops.Explain(err)))
+		st.Finish(progress.Failed, fmt.Sprintf("Stopped after deleting %d snapshots: %s", len(deleted), ops.Explain(err)))
+	} else {
+		st.Done(0, fmt.Sprintf("%d snapshots deleted", len(deleted)))
+		st.Finish(progress.Succeeded, fmt.Sprintf("Pruned per `backup.retention`, approved by <@%s>: %d snapshots deleted.", req.Decider, len(deleted)))
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+	defer cancel()
+	_ = st.Wait(wctx)
+	return err
+}

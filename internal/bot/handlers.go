@@ -21,6 +21,9 @@ type Deps struct {
 	Status       *ops.Status
 	Backups      *Backups
 	RPO          time.Duration
+	Approvals    *Approvals
+	// Actions are the destructive commands that run through approvals.
+	Actions map[commands.Name]Action
 }
 
 // Handlers is the one dispatch table. New checks it covers the grammar.
@@ -34,7 +37,13 @@ func Handlers(d Deps) map[commands.Name]Handler {
 		h[commands.BackupNow] = d.backupNow
 		h[commands.BackupList] = d.backupList
 		h[commands.BackupStatus] = d.backupStatus
-		h[commands.BackupPrune] = d.backupPrune
+	}
+	if d.Approvals != nil {
+		h[commands.Approve] = d.approve
+		h[commands.Deny] = d.deny
+		for name, act := range d.Actions {
+			h[name] = d.request(act)
+		}
 	}
 	// The rest of the grammar is parsed, validated and authorised today;
 	// the operations behind it land issue by issue. Until then the answer

@@ -1,0 +1,148 @@
+package approvals
+
+import (
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/circlebot/circlebot/internal/store"
+)
+
+var t0 = time.Date(2026, 11, 28, 3, 0, 0, 0, time.UTC)
+
+func plan() Plan {
+	return Plan{Action: "backup prune", Facts: map[string]string{"region": "us-east-1", "delete": "bk-1,bk-2"}}
+}
+
+func TestPlanHashBindsFactsNotProse(t *testing.T) {
+	a, b := plan(), plan()
+	b.Changes = []string{"prose differs"}
+	if a.Hash() != b.Hash() {
+		t.Fatal("prose changed the hash")
+	}
+	b.Facts = map[string]string{"delete": "bk-1,bk-2", "region": "us-east-1"}
+	if a.Hash() != b.Hash() {
+		t.Fatal("map order changed the hash")
+	}
+	b.Facts["delete"] = "bk-1,bk-2,bk-3"
+	if a.Hash() == b.Hash() {
+		t.Fatal("a different resource kept the hash")
+	}
+}
+
+func TestCheckDecision(t *testing.T) {
+	pending := New("backup prune", plan(), "U0ALICE", "C1", t0, 30*time.Minute)
+	decided := pending
+	decided.State, decided.Decider = Approved, "U0BOB"
+	denied := pending
+	denied.State, denied.Decider = Denied, "U0BOB"
+	cases := []struct {
+		name       string
+		r          Request
+		user       string
+		isApprover bool
+		approve    bool
+		at         time.Time
+		want       string // "" = allowed
+	}{
+		{"approver approves", pending, "U0BOB", true, true, t0.Add(time.Minute), ""},
+		{"requester approves own", pending, "U0ALICE", true, true, t0.Add(time.Minute), "second person"},
+		{"viewer approves", pending, "U0VERA", false, true, t0.Add(time.Minute), "only approvers"},
+		{"after expiry", pending, "U0BOB", true, true, t0.Add(31 * time.Minute), "expired"},
+		{"exactly at expiry", pending, "U0BOB", true, true, t0.Add(30 * time.Minute), "expired"},
+		{"second decision", decided, "U0CAROL", true, true, t0.Add(time.Minute), "one decision per request"},
+		{"denied is not revived", denied, "U0CAROL", true, true, t0.Add(time.Minute), "cannot be revived"},
+		{"requester withdraws", pending, "U0ALICE", false, false, t0.Add(time.Minute), ""},
+		{"viewer denies", pending, "U0VERA", false, false, t0.Add(time.Minute), "only approvers"},
+		{"approver denies", pending, "U0BOB", true, false, t0.Add(time.Minute), ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := CheckDecision(c.r, c.user, c.isApprover, c.approve, c.at)
+			switch {
+			case c.want == "" && got != nil:
+				t.Fatalf("refused: %s", got.Reason)
+			case c.want != "" && (got == nil || !strings.Contains(got.Reason, c.want)):
+				t.Fatalf("got %v, want a refusal containing %q", got, c.want)
+			}
+		})
+	}
+}
+
+func newStore(t *testing.T) (Store, *store.Store) {
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return Store{DB: st.DB()}, st
+}
+
+func TestRacingApprovalsGiveOneExecution(t *testing.T) {
+	s, _ := newStore(t)
+	r := New("backup prune", plan(), "U0ALICE", "C1", t0, time.Hour)
+	if err := s.Create(r); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	approved, began := 0, 0
+	for i := range 20 {
+		wg.Go(func() {
+			user := []string{"U0BOB", "U0CAROL"}[i%2]
+			if _, err := s.Decide(r.ID, user, true, true, t0.Add(time.Minute)); err == nil {
+				mu.Lock()
+				approved++
+				mu.Unlock()
+			}
+			if _, err := s.Begin(r.ID, "p1"); err == nil {
+				mu.Lock()
+				began++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if approved != 1 || began != 1 {
+		t.Fatalf("approved %d times, began %d times; want 1 and 1", approved, began)
+	}
+}
+
+func TestExpiredRequestIsMarkedAndStaysDeadAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := Store{DB: st.DB()}
+	r := New("backup prune", plan(), "U0ALICE", "C1", t0, time.Minute)
+	s.Create(r)
+	_, err = s.Decide(r.ID, "U0BOB", true, true, t0.Add(2*time.Minute))
+	var ref *Refusal
+	if !errors.As(err, &ref) || !strings.Contains(ref.Reason, "expired") {
+		t.Fatalf("got %v", err)
+	}
+	got, _ := s.Get(r.ID)
+	if got.State != Expired {
+		t.Fatalf("state %s", got.State)
+	}
+	st.Close()
+	st, err = store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s = Store{DB: st.DB()}
+	if _, err := s.Decide(r.ID, "U0CAROL", true, true, t0.Add(3*time.Minute)); !errors.As(err, &ref) {
+		t.Fatalf("an expired request was revived after a restart: %v", err)
+	}
+}
+
+func TestUnknownRequest(t *testing.T) {
+	s, _ := newStore(t)
+	if _, err := s.Decide("req-00000000", "U0BOB", true, true, t0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("got %v", err)
+	}
+}
