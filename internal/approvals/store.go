@@ -38,33 +38,32 @@ func (s Store) Create(r Request) error {
 func (s Store) Get(id string) (Request, error) {
 	var r Request
 	err := s.DB.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucket)
-		if b == nil {
-			return ErrNotFound
-		}
-		v := b.Get([]byte(id))
-		if v == nil {
-			return ErrNotFound
-		}
-		return json.Unmarshal(v, &r)
+		var err error
+		r, err = load(tx, id)
+		return err
 	})
 	return r, err
+}
+
+func load(tx *bolt.Tx, id string) (Request, error) {
+	var r Request
+	b := tx.Bucket(bucket)
+	if b == nil {
+		return r, ErrNotFound
+	}
+	v := b.Get([]byte(id))
+	if v == nil {
+		return r, ErrNotFound
+	}
+	return r, json.Unmarshal(v, &r)
 }
 
 // update applies fn to the stored request atomically.
 func (s Store) update(id string, fn func(*Request) error) (Request, error) {
 	var out Request
 	err := s.DB.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucket)
-		if b == nil {
-			return ErrNotFound
-		}
-		v := b.Get([]byte(id))
-		if v == nil {
-			return ErrNotFound
-		}
-		var r Request
-		if err := json.Unmarshal(v, &r); err != nil {
+		r, err := load(tx, id)
+		if err != nil {
 			return err
 		}
 		if err := fn(&r); err != nil {
@@ -76,7 +75,7 @@ func (s Store) update(id string, fn func(*Request) error) (Request, error) {
 			return err
 		}
 		out = r
-		return b.Put([]byte(id), val)
+		return tx.Bucket(bucket).Put([]byte(id), val)
 	})
 	return out, err
 }

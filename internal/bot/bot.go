@@ -13,6 +13,7 @@ import (
 	"github.com/circlebot/circlebot/internal/authz"
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/commands"
+	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/store"
 )
 
@@ -20,11 +21,9 @@ import (
 type Replier interface {
 	// Ephemeral is seen by the requester only.
 	Ephemeral(ctx context.Context, m chat.Message) error
-	// Post is seen by the whole channel and can be updated in place.
-	Post(ctx context.Context, m chat.Message) (chat.Ref, error)
-	Update(ctx context.Context, ref chat.Ref, m chat.Message) error
-	// PostThread answers in the thread under parent (progress detail lines).
-	PostThread(ctx context.Context, parent chat.Ref, m chat.Message) (chat.Ref, error)
+	// Post, Update and PostThread: seen by the whole channel, updated in
+	// place, detail in the thread (what progress streams need).
+	progress.Poster
 }
 
 // Auditor keeps the trail of who ran what.

@@ -125,6 +125,9 @@ func splitText(s string, limit int) []string {
 	return parts
 }
 
+// Truncate cuts s to at most limit bytes at a rune boundary, marking the cut.
+func Truncate(s string, limit int) string { return truncate(s, limit) }
+
 func truncate(s string, limit int) string {
 	if len(s) <= limit {
 		return s
