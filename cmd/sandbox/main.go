@@ -130,5 +130,7 @@ backup:
   method: ebs
   bucket: %s
   rpo: 24h
+  retention:
+    keep_last: 2
 `, dataDir, inst.Region, inst.BuilderASG, inst.Bucket)
 }

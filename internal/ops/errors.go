@@ -48,6 +48,11 @@ func Explain(err error) string {
 		}
 		return fmt.Sprintf("%sAWS said %s: %s.%s", prefix, ae.ErrorCode(), m, hint)
 	case errors.Is(err, context.DeadlineExceeded):
+		if prefix == "" {
+			if d, ok := strings.CutSuffix(msg, ": "+context.DeadlineExceeded.Error()); ok {
+				prefix = d + ": "
+			}
+		}
 		return prefix + "AWS did not answer in time."
 	default:
 		return strings.TrimSuffix(msg, ".") + "."
