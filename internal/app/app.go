@@ -179,7 +179,11 @@ func (a *App) NewServer(ctx context.Context) *Server {
 		Metrics: a.Metrics,
 		Log:     a.Log,
 	}
-	h.Register(mux)
+	// Without a signing secret (Socket Mode only) the HTTP Slack endpoints
+	// are not served at all: nothing could tell Slack from a forger.
+	if !sec.SigningSecret.Empty() {
+		h.Register(mux)
+	}
 	mux.HandleFunc("GET /healthz", a.healthz)
 	mux.Handle("GET /metrics", a.Metrics.Handler())
 	s.handle = mux

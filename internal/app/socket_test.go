@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/circlebot/circlebot/internal/app"
 	"github.com/circlebot/circlebot/internal/config"
+	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/testenv/slackfake"
 )
 
@@ -111,6 +113,17 @@ func TestSocketModeAcksAndAnswers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Socket Mode without a signing secret serves no HTTP Slack endpoint:
+	// a request signed with the empty key is not a way in.
+	forged := "command=%2Fcircleci&text=status&user_id=" + alice + "&channel_id=" + incident
+	req, _ := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/slack/commands", strings.NewReader(forged))
+	ts := fmt.Sprint(time.Now().Unix())
+	req.Header.Set("X-Slack-Request-Timestamp", ts)
+	req.Header.Set("X-Slack-Signature", slackio.SignatureHeader(nil, ts, []byte(forged)))
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode == http.StatusOK {
+		t.Fatalf("forged HTTP command with no signing secret: %v %v", resp, err)
+	}
+
 	envelope("env-1", "status")
 	envelope("env-1", "status") // Slack redelivers an envelope it saw no ack for in time
 

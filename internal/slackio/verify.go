@@ -20,12 +20,18 @@ var (
 	ErrUnsigned = errors.New("missing Slack signature headers")
 	ErrStale    = errors.New("request timestamp outside the 5-minute window")
 	ErrForged   = errors.New("signature does not match")
+	ErrNoSecret = errors.New("no signing secret configured")
 )
 
 // Verify checks Slack's v0 request signature: HMAC-SHA256 over
 // "v0:<timestamp>:<body>" with the signing secret, and the timestamp within
 // MaxSkew of now (so a captured request cannot be replayed later).
 func Verify(secret []byte, h http.Header, body []byte, now time.Time) error {
+	// With no secret anyone can compute the MAC: refuse everything rather
+	// than accept everything.
+	if len(secret) == 0 {
+		return ErrNoSecret
+	}
 	tsHeader := h.Get("X-Slack-Request-Timestamp")
 	sig := h.Get("X-Slack-Signature")
 	if tsHeader == "" || sig == "" {

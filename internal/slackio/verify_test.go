@@ -48,6 +48,14 @@ func TestVerify(t *testing.T) {
 	}
 }
 
+func TestVerifyRefusesAnEmptySecret(t *testing.T) {
+	now := time.Unix(1_790_000_000, 0)
+	// A forger signing with the empty key must not get through.
+	if err := Verify(nil, signed("", "text=status", now), []byte("text=status"), now); !errors.Is(err, ErrNoSecret) {
+		t.Fatalf("got %v", err)
+	}
+}
+
 func TestDedupe(t *testing.T) {
 	d := NewDedupe(time.Minute, 3)
 	now := time.Unix(0, 0)
