@@ -304,7 +304,14 @@ func (a *App) ScheduledBackup(ctx context.Context, poster progress.Poster) error
 	if !a.Backups.Policy.Enabled() {
 		return nil
 	}
-	return a.Backups.PruneNow(ctx, poster)
+	if err := a.Backups.PruneNow(ctx, poster); err != nil {
+		if errors.As(err, &held) {
+			return fmt.Errorf("retention skipped: %w", err)
+		}
+		// PruneNow reported it in the channel; the backup itself succeeded.
+		return schedule.Reported{Err: fmt.Errorf("retention after the backup: %w", err)}
+	}
+	return nil
 }
 
 // Resume deals with what a previous bot process left behind: running

@@ -316,8 +316,9 @@ func TestScheduledBackupPrunesPerPolicyAndKeepsOthers(t *testing.T) {
 	if err != nil || len(out.Snapshots) != len(e.inst.Snapshots) {
 		t.Errorf("hand-made snapshots touched: %v %v", out, err)
 	}
-	e.waitPost(incident, "retention report", func(s string) bool {
-		return strings.Contains(s, "Retention pruned 1 restore point(s) (3 snapshots)") && strings.Contains(s, first.ID)
+	e.slack.WaitFor(t, 30*time.Second, "retention report", func(c slackfake.Call) bool {
+		s := e.slack.Text(c)
+		return c.Method == "chat.update" && strings.Contains(s, "Retention pruned "+first.ID+" (3 snapshots)") && strings.Contains(s, "approved by the retention policy")
 	})
 }
 

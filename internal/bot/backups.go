@@ -195,47 +195,58 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// PruneNow applies the retention policy and posts what it deleted. Only
-// the scheduler calls it: the config's policy is its approval.
+// PruneNow applies the retention policy after a scheduled backup; the
+// policy in the config is its approval. It reports in the channel itself.
 func (s *Backups) PruneNow(ctx context.Context, poster progress.Poster) error {
-	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: "prune-" + time.Now().UTC().Format("20060102-150405"), What: "retention pruning", Requester: "scheduler", Process: s.Store.Process()})
-	if err != nil {
-		return fmt.Errorf("prune skipped: %w", err)
-	}
-	defer unlock()
-	verdicts, _, err := s.prunePlan(ctx)
+	return s.prune(ctx, nil, "prune-"+time.Now().UTC().Format("20060102-150405"), "scheduler", poster)
+}
+
+// PlanChangedError: the plan derived under the lock is not the approved one.
+type PlanChangedError struct{ Approved, Live string }
+
+func (e *PlanChangedError) Error() string {
+	return fmt.Sprintf("the plan changed since it was approved (approved %s, now %s); nothing was deleted", approvals.Short(e.Approved), approvals.Short(e.Live))
+}
+
+// prune deletes what retention does not keep. With an approved request it
+// runs only if the plan derived now, under the lock, hashes as approved, so
+// exactly the approved snapshots go.
+func (s *Backups) prune(ctx context.Context, req *approvals.Request, opID, requester string, poster progress.Poster) error {
+	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: opID, What: "retention pruning", Requester: requester, Process: s.Store.Process()})
 	if err != nil {
 		return err
 	}
-	var lines []string
-	for _, v := range verdicts {
-		if !v.Keep {
-			lines = append(lines, fmt.Sprintf("• `%s` from %s — %s", v.Point.ID, v.Point.Started.UTC().Format("2006-01-02 15:04"), v.Why))
-		}
+	defer unlock()
+	verdicts, plan, err := s.prunePlan(ctx)
+	if err != nil {
+		return err
 	}
-	if len(lines) == 0 {
+	if req != nil && plan.Hash() != req.PlanHash {
+		return &PlanChangedError{Approved: req.PlanHash, Live: plan.Hash()}
+	}
+	if plan.Facts["delete"] == "" {
 		return nil
 	}
-	deleted, perr := ops.Prune(ctx, s.Prune, verdicts, nopProgress{})
-	msg := fmt.Sprintf("Retention pruned %d restore point(s) (%d snapshots), per `backup.retention`:\n%s", len(lines), len(deleted), strings.Join(lines, "\n"))
-	if perr != nil {
-		msg = fmt.Sprintf(":x: Retention stopped part-way after deleting %d snapshots: %s\nPlanned:\n%s", len(deleted), ops.Explain(perr), strings.Join(lines, "\n"))
+	st := progress.Start(ctx, poster, progress.Options{OpID: opID, Title: "Prune restore points past `backup.retention`", Requester: requester, Steps: []string{"Delete snapshots"}, Log: s.Log, MinInterval: s.MinInterval})
+	st.Begin(0, plan.Facts["delete"])
+	deleted, err := ops.Prune(ctx, s.Prune, verdicts, st)
+	who := "the retention policy in the config"
+	if req != nil {
+		who = "<@" + req.Decider + ">"
 	}
-	s.Log.Info("retention", "deleted", deleted, "err", perr)
-	if _, err := poster.Post(ctx, chat.Text(msg)); err != nil {
-		s.Log.Error("post retention result", "err", err)
+	if err != nil {
+		st.Fail(0, errors.New(ops.Explain(err)))
+		st.Finish(progress.Failed, fmt.Sprintf("Stopped after deleting %d snapshots: %s What was not deleted stays; the next run picks it up.", len(deleted), ops.Explain(err)))
+	} else {
+		st.Done(0, fmt.Sprintf("%d snapshots deleted", len(deleted)))
+		st.Finish(progress.Succeeded, fmt.Sprintf("Retention pruned %s (%d snapshots), approved by %s.", plan.Facts["delete"], len(deleted), who))
 	}
-	return perr
+	s.Log.Info("retention", "op", opID, "deleted", deleted, "err", err)
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+	defer cancel()
+	_ = st.Wait(wctx)
+	return err
 }
-
-type nopProgress struct{}
-
-func (nopProgress) Begin(int, string)             {}
-func (nopProgress) Done(int, string)              {}
-func (nopProgress) Skip(int, string)              {}
-func (nopProgress) Fail(int, error)               {}
-func (nopProgress) Progress(int, float64, string) {}
-func (nopProgress) Log(string)                    {}
 
 // prunePlan computes what retention would delete now.
 func (s *Backups) prunePlan(ctx context.Context) ([]ops.Verdict, approvals.Plan, error) {
@@ -258,7 +269,7 @@ func (s *Backups) prunePlan(ctx context.Context) ([]ops.Verdict, approvals.Plan,
 	var del, snaps []string
 	for _, v := range verdicts {
 		if v.Keep {
-			if v.Why == "the newest completed restore point" {
+			if v.Newest {
 				plan.Keeps = append(plan.Keeps, fmt.Sprintf("`%s`, the newest completed restore point", v.Point.ID))
 			}
 			continue
@@ -289,28 +300,5 @@ func (a PruneAction) Plan(ctx context.Context, _ commands.Command) (approvals.Pl
 }
 
 func (a PruneAction) Execute(ctx context.Context, req approvals.Request, p progress.Poster) error {
-	s := a.B
-	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: req.ID, What: "retention pruning", Requester: req.Requester, Process: s.Store.Process()})
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	verdicts, _, err := s.prunePlan(ctx)
-	if err != nil {
-		return err
-	}
-	st := progress.Start(ctx, p, progress.Options{OpID: req.ID, Title: "Prune restore points past retention", Requester: req.Requester, Steps: []string{"Delete snapshots"}, Log: s.Log, MinInterval: s.MinInterval})
-	st.Begin(0, "")
-	deleted, err := ops.Prune(ctx, s.Prune, verdicts, st)
-	if err != nil {
-		st.Fail(0, errors.New(ops.Explain(err)))
-		st.Finish(progress.Failed, fmt.Sprintf("Stopped after deleting %d snapshots: %s", len(deleted), ops.Explain(err)))
-	} else {
-		st.Done(0, fmt.Sprintf("%d snapshots deleted", len(deleted)))
-		st.Finish(progress.Succeeded, fmt.Sprintf("Pruned per `backup.retention`, approved by <@%s>: %d snapshots deleted.", req.Decider, len(deleted)))
-	}
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
-	defer cancel()
-	_ = st.Wait(wctx)
-	return err
+	return a.B.prune(ctx, &req, req.ID, req.Requester, p)
 }

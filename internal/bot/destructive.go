@@ -11,6 +11,7 @@ import (
 	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/commands"
+	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/slackio"
 )
@@ -145,11 +146,23 @@ func (d Deps) execute(ctx context.Context, c Call, r approvals.Request) (Outcome
 		_, perr := c.Reply.Post(ctx, chat.Text(msg))
 		return Outcome{Result: "refused", Detail: why}, perr
 	}
-	if err := act.Execute(ctx, r, c.Reply); err != nil {
-		_, _ = d.Approvals.Store.Finish(r.ID, approvals.Failed, err.Error())
-		return Outcome{Result: "failed", Detail: r.ID + ": " + err.Error()}, nil
+	err = act.Execute(ctx, r, c.Reply)
+	msgRef := chat.Ref{Channel: r.Channel, TS: r.MessageTS}
+	var changed *PlanChangedError
+	switch {
+	case errors.As(err, &changed):
+		_, _ = d.Approvals.Store.Finish(r.ID, approvals.Refused, changed.Error())
+		_ = c.Reply.Update(ctx, msgRef, d.requestMessage(r, false, fmt.Sprintf(":warning: Approved by <@%s>, not run: %s. Make a new request to see the current plan.", r.Decider, changed.Error())))
+		return Outcome{Result: "refused", Detail: changed.Error()}, nil
+	case err != nil:
+		_, _ = d.Approvals.Store.Finish(r.ID, approvals.Failed, ops.Explain(err))
+		// The operation's own progress message may never have been posted
+		// (it can fail before starting): say it here too.
+		_ = c.Reply.Update(ctx, msgRef, d.requestMessage(r, false, fmt.Sprintf(":x: Approved by <@%s>; failed: %s", r.Decider, ops.Explain(err))))
+		return Outcome{}, &UserError{Msg: fmt.Sprintf("request `%s` failed: %s", r.ID, ops.Explain(err))}
 	}
 	_, _ = d.Approvals.Store.Finish(r.ID, approvals.Done, "")
+	_ = c.Reply.Update(ctx, msgRef, d.requestMessage(r, false, fmt.Sprintf(":white_check_mark: Approved by <@%s> and done.", r.Decider)))
 	return Outcome{Result: "ok", Detail: "ran " + r.ID}, nil
 }
 

@@ -18,9 +18,10 @@ func (p Policy) Enabled() bool { return p.KeepLast > 0 || p.KeepDaily > 0 || p.K
 
 // Verdict is retention's decision on one restore point, with the reason.
 type Verdict struct {
-	Point Point
-	Keep  bool
-	Why   string
+	Point  Point
+	Keep   bool
+	Why    string
+	Newest bool // the newest completed restore point: never pruned
 }
 
 // Retain decides which points to keep. It is pure: the rules are
@@ -37,7 +38,7 @@ func Retain(points []Point, p Policy, inUse map[string]bool) []Verdict {
 	out := make([]Verdict, 0, len(points))
 	if !p.Enabled() {
 		for _, pt := range points {
-			out = append(out, Verdict{pt, true, "no retention policy"})
+			out = append(out, Verdict{Point: pt, Keep: true, Why: "no retention policy"})
 		}
 		return out
 	}
@@ -64,7 +65,7 @@ func Retain(points []Point, p Policy, inUse map[string]bool) []Verdict {
 		week := fmt.Sprintf("%d-W%02d", y, w)
 		switch {
 		case hasNewest && pt.ID == newest.ID:
-			v.Keep, v.Why = true, "the newest completed restore point"
+			v.Keep, v.Why, v.Newest = true, "the newest completed restore point", true
 		case anyInUse(pt, inUse):
 			v.Keep, v.Why = true, "an AMI uses its snapshot"
 		case last <= p.KeepLast:
