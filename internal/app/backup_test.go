@@ -403,3 +403,27 @@ func reopen(t *testing.T, e *env, cfg config.Config) *app.App {
 	t.Cleanup(func() { a.Close() })
 	return a
 }
+
+func TestASetMissingASnapshotIsNoRestorePoint(t *testing.T) {
+	e := newEnv(t, nil)
+	e.slash(alice, incident, "backup now")
+	b := e.lastBackup(ops.StateCompleted)
+	e.server.Wait()
+	api := ec2.NewFromConfig(e.aws)
+	if _, err := api.DeleteSnapshot(context.Background(), &ec2.DeleteSnapshotInput{SnapshotId: aws.String(b.Snapshots[1].ID)}); err != nil {
+		t.Fatal(err)
+	}
+	recs, _ := e.app.Backups.Records.Backups()
+	pts, err := ops.RestorePoints(context.Background(), api, recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pts {
+		if p.ID == b.ID && (p.Usable() || !strings.Contains(p.Error, "2 of its 3 snapshots")) {
+			t.Fatalf("a set with a deleted snapshot: %+v", p)
+		}
+	}
+	if n, ok := ops.Newest(pts); ok && n.ID == b.ID {
+		t.Fatal("an incomplete set is offered as the newest restore point")
+	}
+}

@@ -329,13 +329,28 @@ func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instanc
 		return fmt.Errorf("snapshot volumes: instance %s has no EBS volumes", b.Shape.InstanceID)
 	}
 	attempts := max(e.Attempts, 1)
-	backoff := e.Retry
+	backoff := cmpOr(e.Retry, time.Second)
 	var lastErr error
 	for attempt := 1; attempt <= attempts; attempt++ {
 		if attempt > 1 {
+			if err := sleep(ctx, backoff); err != nil {
+				return err
+			}
+			backoff = min(backoff*2, 30*time.Second)
+			// The last attempt may have created the set even though its
+			// answer was lost. Look before creating again; if we cannot
+			// look, do not create blind.
 			found, err := e.existing(ctx, b.ID)
-			if err == nil && len(found) > 0 {
-				p.Log(fmt.Sprintf("found %d snapshots of this backup already made by an earlier attempt; using them", len(found)))
+			if err != nil {
+				lastErr = err
+				p.Log(fmt.Sprintf("could not check for snapshots of an earlier attempt (%s); not creating blind, trying again", errorCode(err)))
+				continue
+			}
+			if len(found) > 0 {
+				if len(found) != len(devices) {
+					return fmt.Errorf("snapshot volumes of %s: an earlier attempt left %d of %d snapshots (%s); refusing to call that a restore point", b.Shape.InstanceID, len(found), len(devices), snapshotIDs(found))
+				}
+				p.Log(fmt.Sprintf("found the %d snapshots of an earlier attempt; using them", len(found)))
 				b.Snapshots = withDevices(found, devices)
 				return nil
 			}
@@ -368,15 +383,23 @@ func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instanc
 				what = "the account is at its limit of snapshots in progress"
 			}
 			p.Log(fmt.Sprintf("%s (%s); waiting %s before attempt %d of %d", what, code, backoff, attempt+1, attempts))
-			if err := sleep(ctx, backoff); err != nil {
-				return err
-			}
-			backoff = min(backoff*2, 30*time.Second)
+		case code == "" && ctx.Err() == nil:
+			// No answer at all (connection reset, time-out): the set may
+			// exist. The next round looks before it creates.
+			p.Log(fmt.Sprintf("no answer from EC2 (%s); checking whether the snapshots were made before trying again", firstLine(err)))
 		default:
 			return fmt.Errorf("snapshot volumes of %s: %w", b.Shape.InstanceID, err)
 		}
 	}
 	return fmt.Errorf("snapshot volumes of %s after %d attempts: %w", b.Shape.InstanceID, attempts, lastErr)
+}
+
+func snapshotIDs(refs []SnapshotRef) string {
+	ids := make([]string, len(refs))
+	for i, r := range refs {
+		ids[i] = r.ID
+	}
+	return strings.Join(ids, ", ")
 }
 
 func (e *EBSBackup) perVolume(ctx context.Context, b *Backup, devices map[string]string) error {
@@ -390,7 +413,7 @@ func (e *EBSBackup) perVolume(ctx context.Context, b *Backup, devices map[string
 		out, err := e.EC2.CreateSnapshot(ctx, &ec2.CreateSnapshotInput{
 			VolumeId: aws.String(v), Description: aws.String(BackupDescription(b.Started)),
 			TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeSnapshot, Tags: tags}},
-		})
+		}, func(o *ec2.Options) { o.RetryMaxAttempts = 1 }) // a lost answer must not become a second snapshot
 		if err != nil {
 			return fmt.Errorf("snapshot volume %s: %w", v, err)
 		}
@@ -447,9 +470,13 @@ func (e *EBSBackup) wait(ctx context.Context, b *Backup, p Progress) error {
 		ids[i] = s.ID
 	}
 	lastPct := -1.0
+	start := time.Now()
 	for {
 		out, err := e.EC2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: ids})
-		if err != nil && !retryable(errorCode(err)) {
+		// EC2 is eventually consistent: a snapshot just made can be "not
+		// found" for a little while.
+		young := errorCode(err) == "InvalidSnapshot.NotFound" && time.Since(start) < time.Minute
+		if err != nil && !retryable(errorCode(err)) && !young {
 			return fmt.Errorf("read snapshot state: %w", err)
 		}
 		if err == nil {

@@ -102,8 +102,12 @@ func RestorePoints(ctx context.Context, api EC2, recs []*Backup) ([]Point, error
 			// AWS keeps start times to the second; two backups in one
 			// second must still sort in the order they were taken.
 			out[i].Started = r.Started
-			if r.State == StateFailed {
+			switch {
+			case r.State == StateFailed:
 				out[i].State, out[i].Error = StateFailed, r.Error
+			case len(out[i].Snapshots) < len(r.Snapshots):
+				// Someone deleted part of the set: it no longer restores the box.
+				out[i].State, out[i].Error = StateFailed, fmt.Sprintf("incomplete: %d of its %d snapshots remain", len(out[i].Snapshots), len(r.Snapshots))
 			}
 		case r.Method == "tarball" || r.State != StateCompleted:
 			// Tarballs live in S3; a failed or running EBS backup may have
