@@ -105,6 +105,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		Policy:        ops.Policy{KeepLast: cfg.Backup.Retention.KeepLast, KeepDaily: cfg.Backup.Retention.KeepDaily, KeepWeekly: cfg.Backup.Retention.KeepWeekly},
 		NameTag:       cfg.ServicesBox.NameTag,
 		DefaultMethod: cfg.Backup.Method,
+		SlashCommand:  cfg.Slack.Command,
 		Log:           o.Log,
 	}
 	if cfg.Backup.Bucket != "" {

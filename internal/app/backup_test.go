@@ -173,7 +173,7 @@ func TestBackupFollowsPendingSnapshotsAndRefusesASecond(t *testing.T) {
 	e.waitResponse(rid, "role refusal")
 	rid = e.slash(alice, incident, "backup now")
 	c := e.waitResponse(rid, "lock refusal")
-	if txt := e.slack.Text(c); !strings.Contains(txt, "already running") || !strings.Contains(txt, id) {
+	if txt := e.slack.Text(c); !strings.Contains(txt, "is running") || !strings.Contains(txt, id) {
 		t.Errorf("second backup: %s", txt)
 	}
 

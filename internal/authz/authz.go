@@ -87,6 +87,11 @@ func (p *Policy) Check(user, channel string, spec commands.Spec) *Refusal {
 	if spec.Name == commands.Help || p.May(user, spec.Class) {
 		return nil
 	}
+	// An operator may withdraw their own request; the approvals rules
+	// refuse a deny of anyone else's by a non-approver.
+	if spec.Name == commands.Deny && p.operators.has(user) {
+		return nil
+	}
 	return &Refusal{
 		Code:   "role",
 		Reason: fmt.Sprintf("Sorry <@%s>, `%s` needs the %s role, which you do not have. Nothing was run. Ask whoever runs this bot to add your Slack user ID `%s` to `%s` in its config.", user, spec.Name, roleFor(spec.Class), user, keyFor(spec.Class)),

@@ -19,8 +19,12 @@ func (d Deps) backupNow(ctx context.Context, c Call) (Outcome, error) {
 	var held *store.HeldError
 	if errors.As(err, &held) {
 		h := held.Holder
-		return Outcome{}, &UserError{Msg: fmt.Sprintf("a backup is already running: `%s` (%s), requested by %s %s ago. Nothing new was started. Follow it in its message, or `%s backup status %s`.",
-			h.OpID, h.What, who(h.Requester), Age(time.Since(h.Since)), d.SlashCommand, h.OpID)}
+		follow := "Follow it in its message."
+		if strings.HasPrefix(h.OpID, "bk-") {
+			follow = fmt.Sprintf("Follow it in its message, or `%s backup status %s`.", d.SlashCommand, h.OpID)
+		}
+		return Outcome{}, &UserError{Msg: fmt.Sprintf("another operation on the Services box is running: `%s` (%s), requested by %s %s ago. Nothing new was started. %s",
+			h.OpID, h.What, who(h.Requester), Age(time.Since(h.Since)), follow)}
 	}
 	if err != nil {
 		var ue *UserError

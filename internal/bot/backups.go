@@ -35,6 +35,7 @@ type Backups struct {
 	Policy        ops.Policy
 	NameTag       string
 	DefaultMethod string
+	SlashCommand  string
 	Log           *slog.Logger
 	// Stream options for tests (delivery pacing); zero means defaults.
 	MinInterval time.Duration
@@ -61,7 +62,7 @@ func (s *Backups) Run(ctx context.Context, poster progress.Poster, r BackupReque
 		return nil, &UserError{Msg: "tarball backups need `backup.bucket` in the config. Nothing was run."}
 	}
 	b := &ops.Backup{ID: ops.NewBackupID(time.Now()), Method: method, Trigger: r.Trigger, Requester: r.Requester, Channel: r.Channel, Started: time.Now()}
-	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: b.ID, What: method + " backup", Requester: r.Requester, Process: s.Store.Process()})
+	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: b.ID, What: map[string]string{"ebs": "EBS backup", "tarball": "tarball backup"}[method], Requester: r.Requester, Process: s.Store.Process()})
 	if err != nil {
 		return nil, err
 	}
@@ -89,9 +90,13 @@ func (s *Backups) Run(ctx context.Context, poster progress.Poster, r BackupReque
 func (s *Backups) finish(ctx context.Context, st *progress.Stream, b *ops.Backup, err error) {
 	switch {
 	case err == nil:
-		st.Finish(progress.Succeeded, BackupSummary(b))
+		st.Finish(progress.Succeeded, BackupSummary(b, s.SlashCommand))
 	case errors.Is(err, context.Canceled):
-		st.Finish(progress.Cancelled, "Stopped following the backup (the bot is shutting down). The snapshots go on in AWS; the bot picks the backup up again when it starts.")
+		if b.Method == "ebs" && len(b.Snapshots) > 0 {
+			st.Finish(progress.Cancelled, "Stopped following the backup (the bot is shutting down). The snapshots go on in AWS; the bot follows them again when it starts.")
+		} else {
+			st.Finish(progress.Cancelled, "Stopped: the bot is shutting down. This backup is not a restore point and is not retried; take a new one when the bot is back.")
+		}
 	default:
 		st.Finish(progress.Failed, fmt.Sprintf("Backup `%s` failed: %s It is not a restore point.", b.ID, ops.Explain(err)))
 	}
@@ -101,11 +106,11 @@ func (s *Backups) finish(ctx context.Context, st *progress.Stream, b *ops.Backup
 }
 
 // BackupSummary is the closing sentence of a backup.
-func BackupSummary(b *ops.Backup) string {
+func BackupSummary(b *ops.Backup, slash string) string {
 	switch b.Method {
 	case "tarball":
-		return fmt.Sprintf("Restore point `%s`: `s3://%s/%s`, %s, sha256 `%s`. Restore with `/circleci restore s3://%s/%s`.",
-			b.ID, b.Bucket, b.Key, humanBytes(b.Size), b.SHA256, b.Bucket, b.Key)
+		return fmt.Sprintf("Restore point `%s`: `s3://%s/%s`, %s, sha256 `%s`. Restore with `%s restore s3://%s/%s`.",
+			b.ID, b.Bucket, b.Key, humanBytes(b.Size), b.SHA256, slash, b.Bucket, b.Key)
 	default:
 		var ids []string
 		for _, s := range b.Snapshots {
@@ -166,8 +171,8 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		if err := s.Records.SaveBackup(b); err != nil {
 			s.Log.Error("mark backup interrupted", "backup", b.ID, "err", err)
 		}
-		msg := fmt.Sprintf(":warning: Backup `%s` (%s, requested by %s) was interrupted when the bot stopped, before its %s was recorded. It was not retried and is not a restore point. Run `/circleci backup now` to take a new one.",
-			b.ID, b.Method, who(b.Requester), map[string]string{"ebs": "snapshots", "tarball": "upload"}[b.Method])
+		msg := fmt.Sprintf(":warning: Backup `%s` (%s, requested by %s) was interrupted when the bot stopped, before its %s was recorded. It was not retried and is not a restore point. Run `%s backup now` to take a new one.",
+			b.ID, b.Method, who(b.Requester), map[string]string{"ebs": "snapshots", "tarball": "upload"}[b.Method], s.SlashCommand)
 		s.Log.Warn("interrupted backup", "backup", b.ID, "message", msg)
 		if _, err := poster.Post(ctx, chat.Text(msg)); err != nil {
 			s.Log.Error("report interrupted backup", "backup", b.ID, "err", err)

@@ -13,6 +13,7 @@ import (
 	"github.com/circlebot/circlebot/internal/authz"
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/commands"
+	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/store"
 )
@@ -148,14 +149,17 @@ func (b *Bot) Handle(ctx context.Context, req chat.Request, r Replier) {
 	out, err := b.run(ctx, Call{Req: req, Cmd: cmd, Reply: r}, log)
 	if err != nil {
 		var ue *UserError
-		msg := fmt.Sprintf("`%s` failed. Nothing else was changed. The error is in the bot's log (request %s).", cmd.Text(), req.ID)
 		if errors.As(err, &ue) {
-			msg = fmt.Sprintf("`%s` failed: %s", cmd.Text(), ue.Msg)
-		} else {
-			log.Error("command failed", "command", name, "err", err)
+			// A refusal the user can act on, not a fault of the bot.
+			b.ephemeral(ctx, log, r, chat.Text(fmt.Sprintf("Not done: %s", ue.Msg)))
+			finish("refused", ue.Msg)
+			return
 		}
-		b.ephemeral(ctx, log, r, chat.Text(msg))
-		finish("failed", err.Error())
+		log.Error("command failed", "command", name, "err", err)
+		b.ephemeral(ctx, log, r, chat.Text(fmt.Sprintf("`%s` failed: %s The details are in the bot's log (request %s).", cmd.Text(), ops.Explain(err), req.ID)))
+		// The audit trail is shown by `history`: keep SDK internals (and any
+		// URL inside them) out of it.
+		finish("failed", ops.Explain(err))
 		return
 	}
 	finish(out.Result, out.Detail)

@@ -40,7 +40,7 @@ func RenderStatus(r *ops.StatusReport) chat.Message {
 	case r.PointErr != nil:
 		warn = append(warn, ":warning: Restore points: "+ops.Explain(r.PointErr))
 	case r.Newest == nil:
-		warn = append(warn, ":x: No completed restore point exists. Run `backup now` as soon as the box is healthy.")
+		warn = append(warn, ":x: No completed restore point exists. Run a backup as soon as the box is healthy.")
 	case rpo > 0 && r.At.Sub(r.Newest.Started) > rpo:
 		warn = append(warn, fmt.Sprintf(":warning: The newest restore point is %s old, over the %s RPO target.", Age(r.At.Sub(r.Newest.Started)), Age(rpo)))
 	}

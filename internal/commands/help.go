@@ -26,7 +26,7 @@ var details = map[Name]string{
 	Help: "Without a command, lists the commands you may run here. With one, explains it, e.g. `{cmd} help restore`. " +
 		"Adding --help to any command does the same.",
 	Status: "Shows the Services box and the replica (instance state, private IP, availability zone), the builder fleet, " +
-		"the newest backup and its age, and any operation in progress. Read-only and safe at any time.",
+		"the newest backup and its age, and the builder group. Read-only and safe at any time.",
 	BackupList: "Lists restore points, newest first: EBS snapshots (snap-…) and circleci-backup tarballs in S3 (s3://bucket/key). " +
 		"Use an ID from here with `{cmd} restore` or `{cmd} backup status`.",
 	BackupStatus: "Shows one backup: its state, progress, size and age. " +

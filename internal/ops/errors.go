@@ -55,7 +55,7 @@ func Explain(err error) string {
 		}
 		return prefix + "AWS did not answer in time."
 	default:
-		return strings.TrimSuffix(msg, ".") + "."
+		return sentence(msg)
 	}
 }
 
@@ -65,4 +65,13 @@ func firstLine(err error) string {
 	}
 	s, _, _ := strings.Cut(err.Error(), "\n")
 	return s
+}
+
+// sentence ends s with one full stop, unless it already ends a sentence.
+func sentence(s string) string {
+	s = strings.TrimSpace(s)
+	if strings.HasSuffix(s, ".") || strings.HasSuffix(s, "?") || strings.HasSuffix(s, "!") {
+		return s
+	}
+	return s + "."
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/slack-go/slack"
@@ -164,6 +165,12 @@ func (w *Web) respond(ctx context.Context, responseURL, kind string, m chat.Mess
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := w.HTTP.Do(req)
 	if err != nil {
+		// *url.Error carries the URL, a bearer credential for 30 minutes:
+		// keep only the cause.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return fmt.Errorf("response_url: %w", err)
 	}
 	defer resp.Body.Close()

@@ -89,6 +89,9 @@ func (s *Socket) event(evt socketmode.Event) {
 		return
 	}
 	req.ReceivedAt = start
+	if req.ID == "" && evt.Request != nil {
+		req.ID = evt.Request.EnvelopeID // Slack redelivers an envelope under its ID
+	}
 	if !s.Dedupe.First(kind + req.ID) {
 		s.Metrics.Rejected.WithLabelValues("duplicate").Inc()
 		s.ack(evt)
