@@ -35,6 +35,10 @@ import (
 	"github.com/circlebot/circlebot/internal/store"
 )
 
+// ShutdownGrace is how long a stopping bot lets operations finish before
+// cancelling them (Kubernetes and ECS give 30 s by default).
+const ShutdownGrace = 20 * time.Second
+
 type Options struct {
 	Config  config.Config
 	Version string
@@ -56,6 +60,8 @@ type App struct {
 	Metrics   *metrics.Metrics
 	Backups   *bot.Backups
 	Approvals *bot.Approvals
+	// Grace overrides ShutdownGrace (tests).
+	Grace time.Duration
 }
 
 // New builds the bot. The caller must Close it.
@@ -232,10 +238,10 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	a.Resume(workCtx, postTo)
 	sched, err := a.Scheduler(workCtx, postTo)
 	if err != nil {
+		srv.Close()
 		return err
 	}
 	sched.Start(workCtx)
-	defer sched.Stop()
 	sec := a.Config.Secrets
 	if !sec.AppToken.Empty() {
 		sock := &slackio.Socket{
@@ -258,8 +264,20 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutCtx)
-	a.Log.Info("waiting for requests in progress")
+	s.pool.Close()
+	// Operations get a grace period, then their context ends: a backup
+	// records where it is and the next start follows it again, so waiting
+	// hours for a snapshot is never what holds a restart up.
+	wait := ShutdownGrace
+	if a.Grace > 0 {
+		wait = a.Grace
+	}
+	a.Log.Info("waiting for operations in progress", "grace", wait)
+	grace := time.AfterFunc(wait, cancelWork)
+	defer grace.Stop()
 	s.Wait()
+	a.Backups.Wait()
+	sched.Stop()
 	return err
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -426,4 +427,42 @@ func TestASetMissingASnapshotIsNoRestorePoint(t *testing.T) {
 	if n, ok := ops.Newest(pts); ok && n.ID == b.ID {
 		t.Fatal("an incomplete set is offered as the newest restore point")
 	}
+}
+
+func TestShutdownDoesNotWaitForPendingSnapshots(t *testing.T) {
+	moto := patchedMoto(t)
+	e := newEnvOn(t, moto, nil)
+	a := reopenFresh(t, e)
+	a.Grace = 100 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- a.Serve(ctx, ln) }()
+	go a.Backups.Run(ctx, discardPoster{}, bot.BackupRequest{Trigger: "manual", Requester: alice, Channel: incident})
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if recs, _ := a.Backups.Records.Backups(); len(recs) > 0 && len(recs[0].Snapshots) == 3 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop() // SIGTERM while the snapshots are pending
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("shutdown waited for the pending snapshots")
+	}
+}
+
+// reopenFresh builds a second App with its own data_dir on the same AWS.
+func reopenFresh(t *testing.T, e *env) *app.App {
+	cfg := e.app.Config
+	cfg.DataDir = t.TempDir()
+	return reopen(t, e, cfg)
 }

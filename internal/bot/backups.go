@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/circlebot/circlebot/internal/approvals"
@@ -39,7 +40,12 @@ type Backups struct {
 	Log           *slog.Logger
 	// Stream options for tests (delivery pacing); zero means defaults.
 	MinInterval time.Duration
+
+	resumed sync.WaitGroup
 }
+
+// Wait returns when the backups picked up by Resume have finished.
+func (s *Backups) Wait() { s.resumed.Wait() }
 
 func (s *Backups) lockKey() string { return "backup/" + s.NameTag }
 
@@ -157,14 +163,14 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 				s.Log.Error("cannot resume backup", "backup", b.ID, "err", err)
 				continue
 			}
-			go func() {
+			s.resumed.Go(func() {
 				defer unlock()
 				st := progress.Start(ctx, poster, progress.Options{OpID: b.ID, Title: "EBS backup of the Services box, resumed after a bot restart", Requester: b.Requester, Steps: ops.EBSSteps, Log: s.Log, MinInterval: s.MinInterval})
 				st.Done(0, "`"+b.Shape.InstanceID+"` (before the restart)")
 				st.Done(1, fmt.Sprintf("%d snapshots (before the restart)", len(b.Snapshots)))
 				st.Log("The bot restarted while this backup was being made; following its snapshots again. Nothing was created twice.")
 				s.finish(ctx, st, b, s.EBS.Follow(ctx, b, st))
-			}()
+			})
 			continue
 		}
 		b.State, b.Error, b.Finished = ops.StateInterrupted, "the bot stopped before the backup's snapshots or upload were recorded", time.Now()
