@@ -97,6 +97,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 			BuilderASG: cfg.Builders.ASGName,
 			RPO:        cfg.Backup.RPO.D(),
 		},
+		Records: ops.Records{Store: st}.Backups,
 	}
 	ec2c := ec2.NewFromConfig(awsCfg)
 	backups := &bot.Backups{

@@ -6,10 +6,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -22,6 +27,11 @@ import (
 )
 
 func tarballEnv(t *testing.T) (*env, *ssmbox.Box) {
+	e, box, _ := tarballEnvSSM(t)
+	return e, box
+}
+
+func tarballEnvSSM(t *testing.T) (*env, *ssmbox.Box, *ssmbox.Server) {
 	t.Helper()
 	ssmSrv := ssmbox.New(t)
 	var bucket string
@@ -32,7 +42,7 @@ func tarballEnv(t *testing.T) (*env, *ssmbox.Box) {
 	if e.inst.Bucket != bucket {
 		t.Fatalf("sandbox bucket %s", e.inst.Bucket)
 	}
-	return e, ssmSrv.AddBox(e.inst.ServicesBox.ID)
+	return e, ssmSrv.AddBox(e.inst.ServicesBox.ID), ssmSrv
 }
 
 func TestTarballBackupRunsOnTheBoxAndLandsVerifiedInS3(t *testing.T) {
@@ -73,13 +83,7 @@ func TestTarballBackupRunsOnTheBoxAndLandsVerifiedInS3(t *testing.T) {
 	if found < len(want) {
 		t.Errorf("tarball holds %d of the %d data files", found, len(want))
 	}
-	// The bot's scratch directory is gone from the box.
-	left, _ := os.ReadDir(box.Path("/tmp"))
-	for _, d := range left {
-		if strings.HasPrefix(d.Name(), "circlebot-") {
-			t.Errorf("scratch directory %s left on the box", d.Name())
-		}
-	}
+	noScratchLeft(t, box)
 	m := e.finalMessage(b.ID, "Restore point")
 	if !strings.Contains(m.AllText(), "s3://"+b.Bucket+"/"+b.Key) {
 		t.Errorf("final message lacks the object: %s", m.AllText())
@@ -104,5 +108,184 @@ func TestTarballBackupOfAnUnreachableBoxFails(t *testing.T) {
 	b := e.lastBackup(ops.StateFailed)
 	if !strings.Contains(b.Error, "not reachable through SSM") {
 		t.Errorf("error: %s", b.Error)
+	}
+}
+
+func TestTarballBackupSurvivesAChattyCircleciBackup(t *testing.T) {
+	e, box := tarballEnv(t)
+	// SSM keeps the first 24,000 characters of stdout: this much chatter,
+	// some of it looking like results, must not hide the bot's own.
+	real, err := os.ReadFile(box.Path("/bin/circleci-backup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	box.WriteCommand("circleci-backup-real", string(real))
+	box.WriteCommand("circleci-backup", `#!/bin/bash
+for i in $(seq 1 400); do
+	echo "exporting chunk $i of the datastore: mongodb postgresql redis nomad vault"
+	echo "size=$i"
+done
+echo "sha256=0000"
+echo "chatter on stderr" >&2
+exec circleci-backup-real "$@"
+`)
+	e.slash(alice, incident, "backup now tarball")
+	b := e.lastBackup(ops.StateCompleted)
+	body := e.object(b)
+	sum := sha256.Sum256(body)
+	if int64(len(body)) != b.Size || hex.EncodeToString(sum[:]) != b.SHA256 {
+		t.Fatalf("object: %d bytes, sha %x; record %d %s", len(body), sum, b.Size, b.SHA256)
+	}
+	noScratchLeft(t, box)
+}
+
+func TestTarballBackupThatFailsToUploadCleansUp(t *testing.T) {
+	for _, tc := range []struct {
+		name, command, script, want string
+	}{
+		// The fake curl echoes its URL as a confused client might; the
+		// error must not carry it on.
+		{"curl fails", "curl", "#!/bin/sh\nfor a; do u=$a; done\necho \"curl: (22) The requested URL returned error: 403 for $u\" >&2\nexit 22\n", "<presigned URL>"},
+		{"content differs", "md5sum", "#!/bin/sh\necho \"00000000000000000000000000000000  $1\"\n", "damaged"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, box, _ := tarballEnvSSM(t)
+			box.WriteCommand(tc.command, tc.script)
+			tb, b, p := directTarball(e)
+			err := tb.Run(context.Background(), b, p)
+			if err == nil {
+				t.Fatal("backup succeeded")
+			}
+			if b.State != ops.StateFailed || !strings.Contains(b.Error, tc.want) {
+				t.Errorf("record: %s: %s", b.State, b.Error)
+			}
+			if b.UploadID == "" || b.CommandID == "" {
+				t.Errorf("record lacks the upload (%q) or the command (%q)", b.UploadID, b.CommandID)
+			}
+			for _, s := range append(p.all(), err.Error(), b.Error, ops.Explain(err)) {
+				if strings.Contains(s, "X-Amz-") {
+					t.Errorf("a presigned URL got out: %s", s)
+				}
+			}
+			noScratchLeft(t, box)
+			e.noUploadsLeft(b)
+			if _, err := e.s3().HeadObject(context.Background(), &s3.HeadObjectInput{Bucket: aws.String(b.Bucket), Key: aws.String(b.Key)}); err == nil {
+				t.Errorf("s3://%s/%s exists", b.Bucket, b.Key)
+			}
+		})
+	}
+}
+
+func TestCancelledTarballBackupCancelsTheCommandAndCleansUp(t *testing.T) {
+	e, box, srv := tarballEnvSSM(t)
+	box.WriteCommand("circleci-backup", "#!/bin/bash\ntouch \"$1/started\"\nexec sleep 300\n")
+	tb, b, p := directTarball(e)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- tb.Run(ctx, b, p) }()
+	started := box.Path("/tmp/circlebot-" + b.ID + "/started")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(started); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("circleci-backup did not start")
+		}
+	}
+	cancel()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the backup did not stop")
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("err: %v", err)
+	}
+	if n := srv.CallCount("CancelCommand"); n != 1 {
+		t.Errorf("%d CancelCommand calls", n)
+	}
+	if b.State != ops.StateInterrupted || b.CommandID == "" {
+		t.Errorf("record: %s, command %q", b.State, b.CommandID)
+	}
+	noScratchLeft(t, box)
+	for _, c := range srv.Commands() {
+		if strings.Contains(c.Comment, "clean up") {
+			return
+		}
+	}
+	t.Error("no clean-up command was sent")
+}
+
+// directTarball is the app's tarball backup, run without Slack so that a
+// test holds its context and sees its progress.
+func directTarball(e *env) (*ops.TarballBackup, *ops.Backup, *recProgress) {
+	tb := *e.app.Backups.Tarball.(*ops.TarballBackup)
+	return &tb, &ops.Backup{ID: ops.NewBackupID(time.Now()), Trigger: "manual", Requester: alice}, &recProgress{}
+}
+
+type recProgress struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (r *recProgress) add(format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lines = append(r.lines, fmt.Sprintf(format, args...))
+}
+
+func (r *recProgress) all() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.lines)
+}
+
+func (r *recProgress) Begin(step int, detail string) { r.add("begin %d %s", step, detail) }
+func (r *recProgress) Done(step int, detail string)  { r.add("done %d %s", step, detail) }
+func (r *recProgress) Skip(step int, why string)     { r.add("skip %d %s", step, why) }
+func (r *recProgress) Fail(step int, err error)      { r.add("fail %d %v", step, err) }
+func (r *recProgress) Log(line string)               { r.add("log %s", line) }
+func (r *recProgress) Progress(step int, pct float64, detail string) {
+	r.add("progress %d %.0f %s", step, pct, detail)
+}
+
+func (e *env) s3() *s3.Client {
+	return s3.NewFromConfig(e.aws, func(o *s3.Options) { o.UsePathStyle = true })
+}
+
+func (e *env) object(b *ops.Backup) []byte {
+	e.t.Helper()
+	obj, err := e.s3().GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(b.Bucket), Key: aws.String(b.Key)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer obj.Body.Close()
+	body, err := io.ReadAll(obj.Body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return body
+}
+
+func (e *env) noUploadsLeft(b *ops.Backup) {
+	e.t.Helper()
+	out, err := e.s3().ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: aws.String(b.Bucket)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, u := range out.Uploads {
+		e.t.Errorf("multipart upload %s of %s left open", aws.ToString(u.UploadId), aws.ToString(u.Key))
+	}
+}
+
+func noScratchLeft(t *testing.T, box *ssmbox.Box) {
+	t.Helper()
+	left, _ := os.ReadDir(box.Path("/tmp"))
+	for _, d := range left {
+		if strings.HasPrefix(d.Name(), "circlebot-") {
+			t.Errorf("scratch directory %s left on the box", d.Name())
+		}
 	}
 }

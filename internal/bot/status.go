@@ -81,10 +81,14 @@ func RenderStatus(r *ops.StatusReport) chat.Message {
 	blocks = append(blocks, chat.Divider())
 	var facts []string
 	if r.Newest != nil {
-		facts = append(facts, fmt.Sprintf("*Newest restore point*\n`%s` (EBS, %d GiB), %s ago", r.Newest.ID, r.Newest.SizeGiB, Age(r.At.Sub(r.Newest.Started))))
-		facts = append(facts, fmt.Sprintf("*Backup snapshots*\n%d completed, %d in progress; RPO %s", r.Points, r.Pending, Age(rpo)))
+		size := fmt.Sprintf("%d GiB", r.Newest.SizeGiB)
+		if r.Newest.Kind == "tarball" {
+			size = humanBytes(r.Newest.Bytes)
+		}
+		facts = append(facts, fmt.Sprintf("*Newest restore point*\n`%s` (%s, %s), %s ago", r.Newest.ID, r.Newest.Kind, size, Age(r.At.Sub(r.Newest.Started))))
+		facts = append(facts, fmt.Sprintf("*Restore points*\n%d completed, %d in progress; RPO %s", r.Points, r.Pending, Age(rpo)))
 	} else if r.PointErr == nil {
-		facts = append(facts, fmt.Sprintf("*Backup snapshots*\nnone completed, %d in progress", r.Pending))
+		facts = append(facts, fmt.Sprintf("*Restore points*\nnone completed, %d in progress", r.Pending))
 	}
 	if f := r.Fleet; f != nil {
 		facts = append(facts, fmt.Sprintf("*Builders* (`%s`)\n%d in service of %d desired (min %d, max %d)%s", f.Name, f.InService, f.Desired, f.Min, f.Max, fleetExtra(f)))

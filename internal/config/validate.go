@@ -162,6 +162,9 @@ func (c *Config) Warnings() []Problem {
 	if len(c.Roles.Operators) == 0 {
 		w = append(w, Problem{"roles.operators", "is empty: nobody can back up, restore or fail over"})
 	}
+	if c.Report.Schedule != "" {
+		w = append(w, Problem{"report.schedule", "is set, but this version does not send scheduled reports yet"})
+	}
 	if c.Replica.NameTag == "" {
 		w = append(w, Problem{"replica.name_tag", "is empty: failover needs --to <instance-id>"})
 	}

@@ -60,9 +60,10 @@ type Box struct {
 }
 
 type RestorePoint struct {
-	ID, Kind, State, Progress, Description string
-	Started                                time.Time
-	SizeGiB                                int32
+	ID, Kind, State string
+	Started         time.Time
+	SizeGiB         int32
+	Bytes           int64
 }
 
 type Fleet struct {
@@ -91,6 +92,8 @@ type Status struct {
 	ASG    AutoScaling
 	Target Target
 	Now    func() time.Time
+	// Records lists the bot's backup records (who made a set, tarballs).
+	Records func() ([]*Backup, error)
 }
 
 // StatusTimeout bounds the whole read: status is what people run first in
@@ -257,32 +260,29 @@ func toInstance(in ec2types.Instance, statuses map[string][2]string, vols map[st
 // own backups use it too, so manual and bot-made snapshots both count.
 const BackupDescriptionPrefix = "CircleCI Services box Backup"
 
+// restorePoints is the same view as `backup list`: sets, not snapshots, so
+// a half-made or broken set is never reported as the newest restore point.
 func (s *Status) restorePoints(ctx context.Context) (newest *RestorePoint, completed, pending int, err error) {
-	in := &ec2.DescribeSnapshotsInput{
-		OwnerIds: []string{"self"},
-		Filters:  []ec2types.Filter{{Name: aws.String("description"), Values: []string{BackupDescriptionPrefix + "*"}}},
+	var recs []*Backup
+	if s.Records != nil {
+		if recs, err = s.Records(); err != nil {
+			return nil, 0, 0, err
+		}
 	}
-	p := ec2.NewDescribeSnapshotsPaginator(s.EC2, in)
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, 0, 0, fmt.Errorf("list backup snapshots: %w", err)
+	pts, err := RestorePoints(ctx, s.EC2, recs)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	for _, p := range pts {
+		switch p.State {
+		case StateCompleted:
+			completed++
+		case StateRunning:
+			pending++
 		}
-		for _, sn := range page.Snapshots {
-			switch sn.State {
-			case ec2types.SnapshotStatePending:
-				pending++
-			case ec2types.SnapshotStateCompleted:
-				completed++
-				if newest == nil || aws.ToTime(sn.StartTime).After(newest.Started) {
-					newest = &RestorePoint{
-						ID: aws.ToString(sn.SnapshotId), Kind: "ebs", State: string(sn.State),
-						Progress: aws.ToString(sn.Progress), Description: aws.ToString(sn.Description),
-						Started: aws.ToTime(sn.StartTime), SizeGiB: aws.ToInt32(sn.VolumeSize),
-					}
-				}
-			}
-		}
+	}
+	if p, ok := Newest(pts); ok {
+		newest = &RestorePoint{ID: p.ID, Kind: p.Method, State: p.State, Started: p.Started, SizeGiB: p.SizeGiB, Bytes: p.Bytes}
 	}
 	return newest, completed, pending, nil
 }
