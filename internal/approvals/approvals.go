@@ -155,7 +155,7 @@ func Render(p Plan) string {
 	slices.Sort(keys)
 	var facts []string
 	for _, k := range keys {
-		facts = append(facts, k+": `"+p.Facts[k]+"`")
+		facts = append(facts, k+": `"+abridge(p.Facts[k])+"`")
 	}
 	if len(facts) > 0 {
 		b.WriteString("*Bound to* " + strings.Join(facts, ", ") + "\n")
@@ -164,3 +164,13 @@ func Render(p Plan) string {
 }
 
 func encode(r Request) ([]byte, error) { return json.Marshal(r) }
+
+// abridge keeps a long list readable in the request message; the hash still
+// covers every item, and the plan's changes name each restore point.
+func abridge(v string) string {
+	items := strings.Split(v, ",")
+	if len(v) <= 120 || len(items) < 3 {
+		return v
+	}
+	return fmt.Sprintf("%d items: %s, …, %s", len(items), items[0], items[len(items)-1])
+}
