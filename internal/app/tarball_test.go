@@ -289,3 +289,39 @@ func noScratchLeft(t *testing.T, box *ssmbox.Box) {
 		}
 	}
 }
+
+func TestBigTarballGoesUpInBatchesOfFreshURLs(t *testing.T) {
+	e, box, srv := tarballEnvSSM(t)
+	// 6 parts of 16 MiB: two upload commands, each with its own URLs.
+	box.WriteCommand("circleci-backup", "#!/bin/bash\nhead -c 90000000 /dev/urandom >\"$1/circleci-data-export.tar.bz2\"\n")
+	tb, b, p := directTarball(e)
+	if err := tb.Run(context.Background(), b, p); err != nil {
+		t.Fatal(err)
+	}
+	body := e.object(b)
+	sum := sha256.Sum256(body)
+	if int64(len(body)) != b.Size || hex.EncodeToString(sum[:]) != b.SHA256 {
+		t.Fatalf("object: %d bytes, sha %x; record %d %s", len(body), sum, b.Size, b.SHA256)
+	}
+	var batches []int
+	for _, c := range srv.Commands() {
+		if !strings.Contains(c.Comment, "upload parts") {
+			continue
+		}
+		urls := 0
+		for _, l := range c.Lines {
+			urls += strings.Count(l, "X-Amz-Expires=3600&")
+		}
+		batches = append(batches, urls)
+		if to := c.Parameters["executionTimeout"]; len(to) != 1 || to[0] != "3600" {
+			t.Errorf("upload command timeout %v", to)
+		}
+	}
+	if !slices.Equal(batches, []int{4, 2}) {
+		t.Errorf("part URLs per upload command: %v", batches)
+	}
+	if !slices.ContainsFunc(p.all(), func(s string) bool { return strings.HasPrefix(s, "done 4 ") && strings.Contains(s, "MD5") }) {
+		t.Errorf("the object's content was not checked: %q", p.all())
+	}
+	noScratchLeft(t, box)
+}

@@ -104,6 +104,11 @@ type Backup struct {
 	Key    string `json:"key,omitempty"`
 	Size   int64  `json:"size,omitempty"`
 	SHA256 string `json:"sha256,omitempty"`
+	// UploadID is the S3 multipart upload and CommandID the latest SSM
+	// command of a tarball backup: what to abort or cancel by hand if the
+	// bot dies mid-way.
+	UploadID  string `json:"upload_id,omitempty"`
+	CommandID string `json:"command_id,omitempty"`
 	// Notes are warnings worth keeping with the record (e.g. not crash-consistent).
 	Notes []string `json:"notes,omitempty"`
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 )
@@ -17,14 +19,30 @@ import (
 type SSM interface {
 	SendCommand(context.Context, *ssm.SendCommandInput, ...func(*ssm.Options)) (*ssm.SendCommandOutput, error)
 	GetCommandInvocation(context.Context, *ssm.GetCommandInvocationInput, ...func(*ssm.Options)) (*ssm.GetCommandInvocationOutput, error)
+	CancelCommand(context.Context, *ssm.CancelCommandInput, ...func(*ssm.Options)) (*ssm.CancelCommandOutput, error)
 }
 
 // Shell runs scripts on one instance through SSM Run Command and waits.
 type Shell struct {
-	SSM      SSM
+	SSM SSM
+	// Poll is the first wait between result polls (default 500 ms); the
+	// wait grows to MaxPoll so that a 6-hour command costs a few thousand
+	// GetCommandInvocation calls, not tens of thousands.
 	Poll     time.Duration
 	Instance string
+	// Backoff is the first wait after a throttled SendCommand (default 1 s).
+	Backoff time.Duration
+	// OnSend, when set, learns each command's ID as soon as SSM accepts
+	// it, so that the caller can record what is running on the box.
+	OnSend func(commandID string)
 }
+
+// MaxPoll caps the wait between result polls.
+const MaxPoll = 10 * time.Second
+
+// sendAttempts bounds SendCommand calls for one script, all but one of
+// them throttled.
+const sendAttempts = 6
 
 // Result of one script.
 type Result struct {
@@ -41,10 +59,16 @@ var ErrRemote = errors.New("command failed on the Services box")
 // Run sends script (bash, `set -euo pipefail` added) and polls until it
 // ends. Box paths in scripts are written ${BOX_ROOT:-}/path: empty on a
 // real box, the box's root directory in the test stand-in.
+//
+// When ctx ends while the command runs, Run cancels the command and waits
+// (briefly, on its own time) for the box to stop it, so that whatever the
+// caller does next on the box does not race the old command. A Result with
+// an empty CommandID and an AWS error means SSM refused the command: it
+// never ran.
 func (s *Shell) Run(ctx context.Context, comment, script string, timeout time.Duration) (Result, error) {
 	lines := append([]string{"#!/bin/bash", "set -euo pipefail"}, strings.Split(strings.TrimSpace(script), "\n")...)
 	secs := int(timeout.Seconds())
-	out, err := s.SSM.SendCommand(ctx, &ssm.SendCommandInput{
+	out, err := s.send(ctx, &ssm.SendCommandInput{
 		DocumentName: aws.String("AWS-RunShellScript"),
 		InstanceIds:  []string{s.Instance},
 		Comment:      aws.String(trimTo(comment, 100)),
@@ -60,32 +84,99 @@ func (s *Shell) Run(ctx context.Context, comment, script string, timeout time.Du
 		return Result{}, fmt.Errorf("run %q on %s: %w", comment, s.Instance, err)
 	}
 	id := aws.ToString(out.Command.CommandId)
+	if s.OnSend != nil {
+		s.OnSend(id)
+	}
 	poll := cmpOr(s.Poll, 500*time.Millisecond)
 	deadline := time.Now().Add(timeout + time.Minute)
 	for {
 		inv, err := s.SSM.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: aws.String(id), InstanceId: aws.String(s.Instance)})
 		switch {
+		case err != nil && ctx.Err() != nil:
+			return Result{CommandID: id}, s.stop(ctx, id, fmt.Errorf("%q (%s) was stopped: %w", comment, id, ctx.Err()))
 		case err != nil && errorCode(err) == "InvocationDoesNotExist":
 			// SSM takes a moment to register a new command.
 		case err != nil && !retryable(errorCode(err)):
 			return Result{CommandID: id}, fmt.Errorf("read result of %q (%s): %w", comment, id, err)
 		case err == nil:
 			r := Result{CommandID: id, Status: string(inv.Status), Code: inv.ResponseCode, Stdout: aws.ToString(inv.StandardOutputContent), Stderr: aws.ToString(inv.StandardErrorContent)}
-			switch inv.Status {
-			case ssmtypes.CommandInvocationStatusSuccess:
+			switch {
+			case inv.Status == ssmtypes.CommandInvocationStatusSuccess:
 				return r, nil
-			case ssmtypes.CommandInvocationStatusPending, ssmtypes.CommandInvocationStatusInProgress, ssmtypes.CommandInvocationStatusDelayed:
+			case running(inv.Status):
 			default:
 				return r, fmt.Errorf("%q (%s) ended %s with code %d: %s: %w", comment, id, r.Status, r.Code, lastLine(r.Stderr), ErrRemote)
 			}
 		}
 		if time.Now().After(deadline) {
-			return Result{CommandID: id}, fmt.Errorf("%q (%s) did not finish within %s", comment, id, timeout)
+			// SSM should have ended it at executionTimeout; make sure.
+			return Result{CommandID: id}, s.stop(ctx, id, fmt.Errorf("%q (%s) did not finish within %s", comment, id, timeout))
 		}
 		if err := sleep(ctx, poll); err != nil {
-			return Result{CommandID: id}, err
+			return Result{CommandID: id}, s.stop(ctx, id, fmt.Errorf("%q (%s) was stopped: %w", comment, id, err))
 		}
+		poll = nextPoll(poll)
 	}
+}
+
+// send calls SendCommand without the SDK's retries: an answer lost on the
+// way back would make the SDK send the script again, and a second
+// circleci-backup would start next to the first. Only throttling is
+// retried here, as a throttled call was refused, not run.
+func (s *Shell) send(ctx context.Context, in *ssm.SendCommandInput) (*ssm.SendCommandOutput, error) {
+	wait := cmpOr(s.Backoff, time.Second)
+	for attempt := 1; ; attempt++ {
+		out, err := s.SSM.SendCommand(ctx, in, func(o *ssm.Options) { o.RetryMaxAttempts = 1 })
+		if err == nil || attempt == sendAttempts || !throttled(err) {
+			return out, err
+		}
+		// Full jitter keeps several bots (or retries) from moving in step.
+		if serr := sleep(ctx, wait/2+rand.N(wait/2+1)); serr != nil {
+			return nil, errors.Join(err, serr)
+		}
+		wait = min(2*wait, 30*time.Second)
+	}
+}
+
+func throttled(err error) bool {
+	_, ok := retry.DefaultThrottleErrorCodes[errorCode(err)]
+	return ok
+}
+
+// stop cancels command id after ctx ended or the wait ran out, and waits
+// for the box to report it stopped; cause is what the caller gets, with
+// any failure to cancel added.
+func (s *Shell) stop(ctx context.Context, id string, cause error) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	_, err := s.SSM.CancelCommand(cctx, &ssm.CancelCommandInput{CommandId: aws.String(id), InstanceIds: []string{s.Instance}})
+	if err != nil {
+		return errors.Join(cause, fmt.Errorf("cancel SSM command %s: %w", id, err))
+	}
+	// CancelCommand only asks the agent to stop the command.
+	poll := cmpOr(s.Poll, 500*time.Millisecond)
+	for {
+		inv, err := s.SSM.GetCommandInvocation(cctx, &ssm.GetCommandInvocationInput{CommandId: aws.String(id), InstanceId: aws.String(s.Instance)})
+		if err == nil && !running(inv.Status) && inv.Status != ssmtypes.CommandInvocationStatusCancelling {
+			return cause
+		}
+		if serr := sleep(cctx, poll); serr != nil {
+			return errors.Join(cause, fmt.Errorf("SSM command %s was cancelled but the box did not report it stopped within 2 minutes", id))
+		}
+		poll = nextPoll(poll)
+	}
+}
+
+func running(st ssmtypes.CommandInvocationStatus) bool {
+	switch st {
+	case ssmtypes.CommandInvocationStatusPending, ssmtypes.CommandInvocationStatusInProgress, ssmtypes.CommandInvocationStatusDelayed:
+		return true
+	}
+	return false
+}
+
+func nextPoll(d time.Duration) time.Duration {
+	return max(min(d*3/2, MaxPoll), d)
 }
 
 func lastLine(s string) string {
@@ -112,12 +203,15 @@ func trimTo(s string, n int) string {
 	return s[:n]
 }
 
-// field reads "key=value" lines a script prints.
+// field reads the value of the last "key=value" line a script printed.
+// The last, because the bot's results come after anything the tools
+// printed before them.
 func field(out, key string) string {
+	v := ""
 	for _, l := range strings.Split(out, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(l), key+"="); ok {
-			return v
+		if val, ok := strings.CutPrefix(strings.TrimSpace(l), key+"="); ok {
+			v = val
 		}
 	}
-	return ""
+	return v
 }

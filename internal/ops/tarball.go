@@ -2,8 +2,11 @@ package ops
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -12,6 +15,7 @@ import (
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
 )
 
 // S3 is what the tarball backup does in S3 itself; the Services box only
@@ -32,12 +36,13 @@ type Presigner interface {
 // puts the tarball in S3.
 //
 // How the upload happens, and why: the bot starts an S3 multipart upload,
-// presigns one PUT URL per part (valid for URLExpiry), and the box sends
-// the parts with curl. The box needs no AWS CLI and no S3 permission in its
-// instance role — a compromised or rebuilt box cannot read or delete other
-// backups — and the bot, which already holds the bucket rights, completes
-// and verifies the object. Parts keep the SSM command small and allow
-// tarballs beyond S3's 5 GiB single-PUT limit.
+// presigns PUT URLs for a few parts at a time (valid for URLExpiry), and
+// the box sends those parts with curl, one SSM command per batch. The box
+// needs no AWS CLI and no S3 permission in its instance role — a
+// compromised or rebuilt box cannot read or delete other backups — and the
+// bot, which already holds the bucket rights, completes and verifies the
+// object. Parts keep each SSM command small and allow tarballs beyond S3's
+// 5 GiB single-PUT limit.
 type TarballBackup struct {
 	EC2       EC2
 	SSM       SSM
@@ -49,18 +54,27 @@ type TarballBackup struct {
 	Prefix    string // object key prefix, e.g. "circleci-backups/"
 	Version   string
 	Poll      time.Duration
-	URLExpiry time.Duration
+	URLExpiry time.Duration // default 1 h, the upload command's timeout
 	Now       func() time.Time
 }
 
-// MaxParts bounds the part URLs sent in one SSM command (SSM caps the
-// size of a command's parameters); with parts up to 5 GiB this allows
-// tarballs of up to 80 GiB.
+// MaxParts bounds the parts of one tarball; with parts up to 5 GiB this
+// allows tarballs of up to 80 GiB.
+//
+// partsPerCommand is how many parts one SSM command uploads. Their URLs
+// are presigned just before the command is sent and the command's timeout
+// is their expiry, so no URL can run out while its command still waits to
+// use it, however long the whole upload takes.
 const (
-	MaxParts    = 16
-	minPartSize = 16 << 20
-	maxPartSize = 5 << 30
+	MaxParts        = 16
+	partsPerCommand = 4
+	minPartSize     = 16 << 20
+	maxPartSize     = 5 << 30
 )
+
+// resultPrefix marks the lines the bot's scripts print for the bot to
+// read, so nothing a tool prints can be taken for a result.
+const resultPrefix = "circlebot:"
 
 var TarballSteps = []string{"Find the Services box", "Check scratch space", "Run circleci-backup", "Upload to S3", "Verify the object", "Clean up scratch space"}
 
@@ -78,9 +92,18 @@ func (t *TarballBackup) Run(ctx context.Context, b *Backup, p Progress) error {
 	if b.Started.IsZero() {
 		b.Started = t.now()
 	}
+	var sh *Shell
+	dir := `"${BOX_ROOT:-}/tmp/circlebot-` + b.ID + `"`
+	scratch := false // the scratch directory may exist on the box
 	fail := func(step int, err error) error {
 		p.Fail(step, errors.New(Explain(err)))
+		if scratch {
+			t.cleanup(ctx, sh, b, dir, p)
+		}
 		b.State, b.Error, b.Finished = StateFailed, Explain(err), t.now()
+		if ctx.Err() != nil {
+			b.State = StateInterrupted
+		}
 		return errors.Join(err, t.Records.SaveBackup(b))
 	}
 	p.Begin(0, "tag Name="+t.NameTag)
@@ -97,46 +120,60 @@ func (t *TarballBackup) Run(ctx context.Context, b *Backup, p Progress) error {
 		return fail(0, err)
 	}
 	p.Done(0, fmt.Sprintf("`%s` %s", b.Shape.InstanceID, b.Shape.PrivateIP))
-	sh := &Shell{SSM: t.SSM, Instance: b.Shape.InstanceID, Poll: t.Poll}
-	dir := `"${BOX_ROOT:-}/tmp/circlebot-` + b.ID + `"`
+	sh = &Shell{SSM: t.SSM, Instance: b.Shape.InstanceID, Poll: t.Poll, OnSend: func(id string) {
+		b.CommandID = id
+		if err := t.Records.SaveBackup(b); err != nil {
+			p.Log("could not record SSM command " + id + " in the backup record: " + Explain(err))
+		}
+	}}
 
 	// The seed warns that circleci-backup needs room for the tarball and
 	// its scratch files next to the data: ask for the data's size free.
+	// du reads every inode of a big datastore, hence the long timeout.
 	p.Begin(1, "")
+	scratch = true
 	r, err := sh.Run(ctx, "circlebot "+b.ID+": check space", fmt.Sprintf(`d=%s
 mkdir -p "$d"
-echo "data_kib=$(du -sk "${BOX_ROOT:-}/data" | cut -f1)"
-echo "free_kib=$(df -Pk "$d" | awk 'NR==2{print $4}')"`, dir), 2*time.Minute)
+echo "%sdata_kib=$(du -sk "${BOX_ROOT:-}/data" | cut -f1)"
+echo "%sfree_kib=$(df -Pk "$d" | awk 'NR==2{print $4}')"`, dir, resultPrefix, resultPrefix), 30*time.Minute)
 	if err != nil {
+		// A command SSM refused never ran and made no directory to clean
+		// up (the box is likely unreachable anyway).
+		scratch = r.CommandID != "" || errorCode(err) == ""
 		return fail(1, err)
 	}
-	dataKiB, derr := strconv.ParseInt(field(r.Stdout, "data_kib"), 10, 64)
-	freeKiB, ferr := strconv.ParseInt(field(r.Stdout, "free_kib"), 10, 64)
+	dataKiB, derr := strconv.ParseInt(field(r.Stdout, resultPrefix+"data_kib"), 10, 64)
+	freeKiB, ferr := strconv.ParseInt(field(r.Stdout, resultPrefix+"free_kib"), 10, 64)
 	if derr != nil || ferr != nil {
 		// SSM said the script succeeded but it printed nothing usable: the
 		// command did not really run (or /data is missing). Never go on
 		// blind into a 6-hour backup.
-		return fail(1, fmt.Errorf("the Services box did not report its disk space (SSM command %s printed %q); is the SSM agent running the command, and does /data exist?", r.CommandID, trimTo(r.Stdout, 200)))
+		return fail(1, fmt.Errorf("the Services box did not report its disk space (SSM command %s printed %q): check that the SSM agent runs commands and that /data exists", r.CommandID, trimTo(r.Stdout, 200)))
 	}
 	if freeKiB < dataKiB {
 		return fail(1, fmt.Errorf("not enough scratch space on the Services box: %d MiB free in /tmp for %d MiB of /data; free space or attach a volume (the runbook's advice)", freeKiB>>10, dataKiB>>10))
 	}
 	p.Done(1, fmt.Sprintf("%d MiB of data, %d MiB free", dataKiB>>10, freeKiB>>10))
 
+	// circleci-backup's own output goes to a log: SSM keeps only the first
+	// 24,000 characters of stdout, and a chatty export would push the
+	// size and checksum out of them.
 	p.Begin(2, "")
 	r, err = sh.Run(ctx, "circlebot "+b.ID+": circleci-backup", fmt.Sprintf(`d=%s
-circleci-backup "$d"
+if ! circleci-backup "$d" >"$d/backup.log" 2>&1; then
+	echo "circleci-backup failed; the end of its output:" >&2
+	tail -n 20 "$d/backup.log" >&2
+	exit 1
+fi
 f="$d/circleci-data-export.tar.bz2"
-echo "size=$(stat -c %%s "$f")"
-echo "sha256=$(sha256sum "$f" | cut -d' ' -f1)"`, dir), 6*time.Hour)
+echo "%ssize=$(stat -c %%s "$f")"
+echo "%ssha256=$(sha256sum "$f" | cut -d' ' -f1)"`, dir, resultPrefix, resultPrefix), 6*time.Hour)
 	if err != nil {
-		t.cleanup(ctx, sh, b, dir, p)
 		return fail(2, err)
 	}
-	b.Size, _ = strconv.ParseInt(field(r.Stdout, "size"), 10, 64)
-	b.SHA256 = field(r.Stdout, "sha256")
+	b.Size, _ = strconv.ParseInt(field(r.Stdout, resultPrefix+"size"), 10, 64)
+	b.SHA256 = field(r.Stdout, resultPrefix+"sha256")
 	if b.Size <= 0 || len(b.SHA256) != 64 {
-		t.cleanup(ctx, sh, b, dir, p)
 		return fail(2, fmt.Errorf("circleci-backup made no usable tarball (size %d, checksum %q)", b.Size, b.SHA256))
 	}
 	if err := t.Records.SaveBackup(b); err != nil {
@@ -145,8 +182,8 @@ echo "sha256=$(sha256sum "$f" | cut -d' ' -f1)"`, dir), 6*time.Hour)
 	p.Done(2, fmt.Sprintf("%d bytes, sha256 %s…", b.Size, b.SHA256[:12]))
 
 	p.Begin(3, fmt.Sprintf("s3://%s/%s", t.Bucket, b.Key))
-	if err := t.upload(ctx, sh, b, dir, p); err != nil {
-		t.cleanup(ctx, sh, b, dir, p)
+	wantETag, err := t.upload(ctx, sh, b, dir, p)
+	if err != nil {
 		return fail(3, err)
 	}
 	p.Done(3, fmt.Sprintf("`s3://%s/%s`", t.Bucket, b.Key))
@@ -159,10 +196,14 @@ echo "sha256=$(sha256sum "$f" | cut -d' ' -f1)"`, dir), 6*time.Hour)
 	if got := aws.ToInt64(head.ContentLength); got != b.Size {
 		return fail(4, fmt.Errorf("s3://%s/%s holds %d bytes, the box made %d", t.Bucket, b.Key, got, b.Size))
 	}
-	if got := head.Metadata["sha256"]; got != b.SHA256 {
-		return fail(4, fmt.Errorf("s3://%s/%s carries checksum %q, the box computed %q", t.Bucket, b.Key, got, b.SHA256))
+	checked := "length only"
+	if wantETag != "" {
+		if got := strings.Trim(aws.ToString(head.ETag), `"`); got != wantETag {
+			return fail(4, fmt.Errorf("s3://%s/%s has ETag %s, the MD5s of the box's parts make %s: the object is not what the box sent", t.Bucket, b.Key, got, wantETag))
+		}
+		checked = "content matches the box's MD5s"
 	}
-	p.Done(4, fmt.Sprintf("%d bytes, checksum recorded", b.Size))
+	p.Done(4, fmt.Sprintf("%d bytes, %s", b.Size, checked))
 	t.cleanup(ctx, sh, b, dir, p)
 
 	b.State, b.Finished = StateCompleted, t.now()
@@ -170,10 +211,14 @@ echo "sha256=$(sha256sum "$f" | cut -d' ' -f1)"`, dir), 6*time.Hour)
 }
 
 // cleanup removes the bot's own scratch directory; failing to is a
-// warning, never a failed backup.
+// warning, never a failed backup. It runs on its own clock: a backup
+// stopped because the bot is shutting down must still not leave a tarball
+// the size of /data behind in /tmp.
 func (t *TarballBackup) cleanup(ctx context.Context, sh *Shell, b *Backup, dir string, p Progress) {
 	p.Begin(5, "")
-	if _, err := sh.Run(ctx, "circlebot "+b.ID+": clean up", `rm -rf -- `+dir, 5*time.Minute); err != nil {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Minute)
+	defer cancel()
+	if _, err := sh.Run(cctx, "circlebot "+b.ID+": clean up", `rm -rf -- `+dir, time.Minute); err != nil {
 		p.Skip(5, "could not remove the scratch directory: "+Explain(err))
 		b.Notes = append(b.Notes, "scratch directory /tmp/circlebot-"+b.ID+" left on the box")
 		return
@@ -181,10 +226,17 @@ func (t *TarballBackup) cleanup(ctx context.Context, sh *Shell, b *Backup, dir s
 	p.Done(5, "")
 }
 
-func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir string, p Progress) error {
+// upload sends the tarball as a multipart upload and completes it. It
+// returns the ETag S3 must give the whole object if the parts arrived as
+// the box read them, or "" when S3's ETags are not MD5s and only the
+// length can be checked.
+func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir string, p Progress) (wantETag string, err error) {
+	// The part URLs are bearer credentials for the bucket: whatever SSM,
+	// curl or S3 echoes of them must not reach the record or Slack.
+	defer func() { err = redactURLs(err) }()
 	part := max(int64(minPartSize), (b.Size+MaxParts-1)/MaxParts)
 	if part > maxPartSize {
-		return fmt.Errorf("the tarball is %d GiB, over the %d GiB this upload supports; use EBS backups", b.Size>>30, (MaxParts*int64(maxPartSize))>>30)
+		return "", fmt.Errorf("the tarball is %d GiB, over the %d GiB this upload supports; use EBS backups", b.Size>>30, (MaxParts*int64(maxPartSize))>>30)
 	}
 	n := int((b.Size + part - 1) / part)
 	mp, err := t.S3.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
@@ -192,48 +244,138 @@ func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir st
 		Metadata: map[string]string{"sha256": b.SHA256, "backup-id": b.ID, "source-instance": b.Shape.InstanceID, "requester": b.Requester},
 	})
 	if err != nil {
-		return fmt.Errorf("start upload to s3://%s/%s: %w", t.Bucket, b.Key, err)
+		return "", fmt.Errorf("start upload to s3://%s/%s: %w", t.Bucket, b.Key, err)
+	}
+	b.UploadID = aws.ToString(mp.UploadId)
+	if err := t.Records.SaveBackup(b); err != nil {
+		p.Log("could not record multipart upload " + b.UploadID + " in the backup record: " + Explain(err))
 	}
 	abort := func(cause error) error {
-		_, aerr := t.S3.AbortMultipartUpload(context.WithoutCancel(ctx), &s3.AbortMultipartUploadInput{Bucket: aws.String(t.Bucket), Key: aws.String(b.Key), UploadId: mp.UploadId})
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		_, aerr := t.S3.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{Bucket: aws.String(t.Bucket), Key: aws.String(b.Key), UploadId: mp.UploadId})
+		if aerr != nil {
+			aerr = fmt.Errorf("abort multipart upload %s of s3://%s/%s: %w", b.UploadID, t.Bucket, b.Key, aerr)
+		}
 		return errors.Join(cause, aerr)
 	}
-	var script strings.Builder
-	fmt.Fprintf(&script, "f=%s/circleci-data-export.tar.bz2\n", dir)
-	fmt.Fprintf(&script, "part=%s/part\n", dir)
-	for i := range n {
-		req, err := t.Presign.PresignUploadPart(ctx, &s3.UploadPartInput{
-			Bucket: aws.String(t.Bucket), Key: aws.String(b.Key), UploadId: mp.UploadId, PartNumber: aws.Int32(int32(i + 1)),
-		}, s3.WithPresignExpires(cmpOr(t.URLExpiry, 2*time.Hour)))
+	expiry := cmpOr(t.URLExpiry, time.Hour)
+	p.Log(fmt.Sprintf("uploading %d bytes in %d part(s) of up to %d MiB, %d part(s) per SSM command", b.Size, n, part>>20, partsPerCommand))
+	var (
+		parts    []s3types.CompletedPart
+		digests  []byte // the parts' MD5s, for the whole object's ETag
+		md5ETags = true
+	)
+	for first := 0; first < n; first += partsPerCommand {
+		last := min(first+partsPerCommand, n)
+		var script strings.Builder
+		fmt.Fprintf(&script, "d=%s\n", dir)
+		script.WriteString("f=\"$d/circleci-data-export.tar.bz2\"\npart=\"$d/part\"\n")
+		for i := first; i < last; i++ {
+			req, err := t.Presign.PresignUploadPart(ctx, &s3.UploadPartInput{
+				Bucket: aws.String(t.Bucket), Key: aws.String(b.Key), UploadId: mp.UploadId, PartNumber: aws.Int32(int32(i + 1)),
+			}, s3.WithPresignExpires(expiry))
+			if err != nil {
+				return "", abort(fmt.Errorf("presign part %d: %w", i+1, err))
+			}
+			if strings.Contains(req.URL, "'") {
+				return "", abort(fmt.Errorf("presign part %d: the URL cannot be quoted for the shell", i+1))
+			}
+			// dd copies one part to a file so curl sends a Content-Length, which
+			// presigned PUTs require (no chunked uploads). The curl flags are
+			// all in curl 7.35 (Ubuntu 14.04): --retry covers timeouts and 5xx,
+			// --speed-limit/--speed-time turn a stalled transfer into a timeout.
+			fmt.Fprintf(&script, "dd if=\"$f\" of=\"$part\" bs=1M iflag=skip_bytes,count_bytes skip=%d count=%d status=none\n", int64(i)*part, part)
+			fmt.Fprintf(&script, "echo \"%spart%d.md5=$(md5sum \"$part\" | cut -d' ' -f1)\"\n", resultPrefix, i+1)
+			fmt.Fprintf(&script, "etag=$(curl --fail -sS --retry 5 --connect-timeout 30 --speed-limit 1024 --speed-time 120 -T \"$part\" -D - -o /dev/null '%s' | tr -d '\\r' | awk 'tolower($1)==\"etag:\"{e=$2} END{print e}')\n", req.URL)
+			fmt.Fprintf(&script, "echo \"%spart%d.etag=$etag\"\n", resultPrefix, i+1)
+		}
+		script.WriteString("rm -f -- \"$part\"\n")
+		r, err := sh.Run(ctx, fmt.Sprintf("circlebot %s: upload parts %d-%d of %d", b.ID, first+1, last, n), script.String(), expiry)
 		if err != nil {
-			return abort(fmt.Errorf("presign part %d: %w", i+1, err))
+			return "", abort(err)
 		}
-		// dd copies one part to a file so curl sends a Content-Length, which
-		// presigned PUTs require (no chunked uploads).
-		fmt.Fprintf(&script, "dd if=\"$f\" of=\"$part\" bs=1M iflag=skip_bytes,count_bytes skip=%d count=%d status=none\n", int64(i)*part, part)
-		fmt.Fprintf(&script, "etag=$(curl -sS --fail --retry 5 --retry-all-errors -T \"$part\" -D - -o /dev/null '%s' | tr -d '\\r' | awk 'tolower($1)==\"etag:\"{print $2}')\n", req.URL)
-		fmt.Fprintf(&script, "echo \"part%d=$etag\"\n", i+1)
-	}
-	script.WriteString("rm -f -- \"$part\"\n")
-	p.Log(fmt.Sprintf("uploading %d bytes in %d part(s) of up to %d MiB with presigned URLs", b.Size, n, part>>20))
-	r, err := sh.Run(ctx, "circlebot "+b.ID+": upload", script.String(), 6*time.Hour)
-	if err != nil {
-		return abort(err)
-	}
-	var parts []s3types.CompletedPart
-	for i := range n {
-		etag := field(r.Stdout, fmt.Sprintf("part%d", i+1))
-		if etag == "" {
-			return abort(fmt.Errorf("part %d: S3 returned no ETag to the box", i+1))
+		for i := first; i < last; i++ {
+			etag := field(r.Stdout, fmt.Sprintf("%spart%d.etag", resultPrefix, i+1))
+			sum := field(r.Stdout, fmt.Sprintf("%spart%d.md5", resultPrefix, i+1))
+			if etag == "" {
+				return "", abort(fmt.Errorf("part %d: S3 returned no ETag to the box", i+1))
+			}
+			digest, derr := hex.DecodeString(sum)
+			if derr != nil || len(digest) != md5.Size {
+				return "", abort(fmt.Errorf("part %d: the box reported no MD5 of it (%q)", i+1, sum))
+			}
+			// S3's ETag of a part is its MD5 unless the bucket encrypts with
+			// KMS (or the object with a customer key).
+			if bare := strings.Trim(etag, `"`); isMD5Hex(bare) {
+				if !strings.EqualFold(bare, sum) {
+					return "", abort(fmt.Errorf("part %d arrived in S3 damaged: its ETag is %s, the box sent data with MD5 %s", i+1, bare, sum))
+				}
+			} else if md5ETags {
+				md5ETags = false
+				p.Log("S3's part ETags are not MD5s (as with SSE-KMS): per-part content verification was not possible, so the upload is checked by length only")
+			}
+			digests = append(digests, digest...)
+			parts = append(parts, s3types.CompletedPart{ETag: aws.String(etag), PartNumber: aws.Int32(int32(i + 1))})
 		}
-		parts = append(parts, s3types.CompletedPart{ETag: aws.String(etag), PartNumber: aws.Int32(int32(i + 1))})
+		p.Progress(3, 100*float64(last)/float64(n), fmt.Sprintf("%d of %d parts", last, n))
 	}
 	_, err = t.S3.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
 		Bucket: aws.String(t.Bucket), Key: aws.String(b.Key), UploadId: mp.UploadId,
 		MultipartUpload: &s3types.CompletedMultipartUpload{Parts: parts},
 	})
 	if err != nil {
-		return abort(fmt.Errorf("complete upload: %w", err))
+		return "", abort(fmt.Errorf("complete upload: %w", err))
 	}
-	return nil
+	if !md5ETags {
+		return "", nil
+	}
+	// A multipart object's ETag is the MD5 of its parts' MD5s, then "-"
+	// and the number of parts.
+	whole := md5.Sum(digests)
+	return fmt.Sprintf("%s-%d", hex.EncodeToString(whole[:]), n), nil
+}
+
+func isMD5Hex(s string) bool {
+	if len(s) != 2*md5.Size {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
+}
+
+var presignedURL = regexp.MustCompile(`https?://\S*X-Amz-\S*`)
+
+func redact(s string) string { return presignedURL.ReplaceAllString(s, "<presigned URL>") }
+
+// redactedError is an error with presigned URLs cut out of its text. It
+// unwraps only to what callers test for (cancellation, ErrRemote, the AWS
+// error code), as the original chain would still print the URLs.
+type redactedError struct {
+	msg  string
+	errs []error
+}
+
+func (e *redactedError) Error() string   { return e.msg }
+func (e *redactedError) Unwrap() []error { return e.errs }
+
+func redactURLs(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ae smithy.APIError
+	isAPI := errors.As(err, &ae)
+	if !presignedURL.MatchString(err.Error()) && (!isAPI || !presignedURL.MatchString(ae.ErrorMessage())) {
+		return err
+	}
+	out := &redactedError{msg: redact(err.Error())}
+	for _, target := range []error{context.Canceled, context.DeadlineExceeded, ErrRemote} {
+		if errors.Is(err, target) {
+			out.errs = append(out.errs, target)
+		}
+	}
+	if isAPI {
+		out.errs = append(out.errs, &smithy.GenericAPIError{Code: ae.ErrorCode(), Message: redact(ae.ErrorMessage()), Fault: ae.ErrorFault()})
+	}
+	return out
 }
