@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -105,7 +106,7 @@ func (d Deps) backupStatus(ctx context.Context, c Call) (Outcome, error) {
 	}
 	id := c.Cmd.ID
 	for _, p := range pts {
-		if p.ID != id && p.Location != id && !contains(p.Snapshots, id) {
+		if p.ID != id && p.Location != id && !slices.Contains(p.Snapshots, id) {
 			continue
 		}
 		var b strings.Builder
@@ -133,13 +134,4 @@ func (d Deps) backupStatus(ctx context.Context, c Call) (Outcome, error) {
 		return OK, c.Reply.Ephemeral(ctx, chat.Text(b.String()))
 	}
 	return Outcome{}, &UserError{Msg: fmt.Sprintf("no restore point `%s` exists (see `%s backup list`).", id, d.SlashCommand)}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -3,6 +3,7 @@ package ops
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -70,19 +71,19 @@ func Retain(points []Point, p Policy, inUse map[string]bool) []Verdict {
 			v.Keep, v.Why = true, "an AMI uses its snapshot"
 		case last <= p.KeepLast:
 			v.Keep, v.Why = true, fmt.Sprintf("one of the last %d", p.KeepLast)
-		case !contains(days, day) && len(days) < p.KeepDaily:
+		case !slices.Contains(days, day) && len(days) < p.KeepDaily:
 			v.Keep, v.Why = true, "newest of "+day
-		case !contains(weeks, week) && len(weeks) < p.KeepWeekly:
+		case !slices.Contains(weeks, week) && len(weeks) < p.KeepWeekly:
 			v.Keep, v.Why = true, "newest of week "+week
 		default:
 			v.Why = "past the retention policy"
 		}
 		// A day or week is "used" by its newest completed set, whether that
 		// one was kept for this or another reason.
-		if !contains(days, day) {
+		if !slices.Contains(days, day) {
 			days = append(days, day)
 		}
-		if !contains(weeks, week) {
+		if !slices.Contains(weeks, week) {
 			weeks = append(weeks, week)
 		}
 		out = append(out, v)
@@ -93,15 +94,6 @@ func Retain(points []Point, p Policy, inUse map[string]bool) []Verdict {
 func anyInUse(p Point, inUse map[string]bool) bool {
 	for _, s := range p.Snapshots {
 		if inUse[s] {
-			return true
-		}
-	}
-	return false
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
 			return true
 		}
 	}
