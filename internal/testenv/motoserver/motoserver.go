@@ -203,9 +203,11 @@ func (s *Server) waitReady(ctx context.Context) error {
 			return s.exitError()
 		default:
 		}
-		if s.answers(ctx, client) {
-			// Someone else may own the port if ours lost the race to bind it;
-			// a process that is still alive after an answer has bound it.
+		// Another test binary's moto may own the port if two picked the same
+		// free port: an answer counts only once our own process has said it
+		// is serving there (moto takes a second to import before it binds,
+		// so being alive proves nothing).
+		if s.bound() && s.answers(ctx, client) {
 			select {
 			case <-s.done:
 				return s.exitError()
@@ -221,6 +223,12 @@ func (s *Server) waitReady(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// bound reports whether our process logged werkzeug's "Running on <URL>".
+func (s *Server) bound() bool {
+	out, err := os.ReadFile(s.LogPath)
+	return err == nil && bytes.Contains(out, []byte("Running on "+s.URL))
 }
 
 func (s *Server) answers(ctx context.Context, client *http.Client) bool {

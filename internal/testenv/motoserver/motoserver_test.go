@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -265,5 +266,28 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("timed out after %v waiting for %s", d, what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Two test binaries can pick the same free port. The one that loses the
+// race to bind must not take the other's moto for its own (it would reset
+// the other binary's state under its tests).
+func TestLoserOfAPortRaceDoesNotAdoptTheWinner(t *testing.T) {
+	first, err := Start(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	port, _ := strconv.Atoi(first.URL[strings.LastIndex(first.URL, ":")+1:])
+	name, args, err := command(options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	second, err := launch(ctx, name, append(args, "-H", "127.0.0.1", "-p", strconv.Itoa(port)), port)
+	if err == nil {
+		second.Close()
+		t.Fatal("a moto that could not bind its port was taken to be serving on it")
 	}
 }
