@@ -18,10 +18,13 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/circlebot/circlebot/internal/app"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/ops"
+	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 	"github.com/circlebot/circlebot/internal/testenv/ssmbox"
 )
@@ -324,4 +327,66 @@ func TestBigTarballGoesUpInBatchesOfFreshURLs(t *testing.T) {
 		t.Errorf("the object's content was not checked: %q", p.all())
 	}
 	noScratchLeft(t, box)
+}
+
+// A tarball backup whose bot died mid-way left a command running on the
+// box, an unfinished multipart upload and a scratch directory. The next
+// start cleans all three up, reports it, and does not retry the backup.
+func TestTarballLeftByACrashIsCleanedUpAtStart(t *testing.T) {
+	e, box := tarballEnv(t)
+	ctx := context.Background()
+	tb := e.app.Backups.Tarball.(*ops.TarballBackup)
+	id := ops.NewBackupID(time.Now())
+	scratch := box.Path("/tmp/circlebot-" + id)
+	if err := os.MkdirAll(scratch, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(scratch+"/circleci-data-export.tar.bz2", []byte("half a tarball"), 0o644)
+	sh := &ops.Shell{SSM: tb.SSM, Instance: e.inst.ServicesBox.ID, Poll: 20 * time.Millisecond}
+	sent := make(chan string, 1)
+	sh.OnSend = func(id string) { sent <- id }
+	go func() {
+		cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		defer cancel()
+		sh.Run(cctx, "circleci-backup stand-in", "sleep 60", 2*time.Minute) // the dead bot's command
+	}()
+	var cmdID string
+	select {
+	case cmdID = <-sent:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the stand-in command was never accepted")
+	}
+	s3c := s3.NewFromConfig(e.aws, func(o *s3.Options) { o.UsePathStyle = true })
+	key := "circleci-backups/" + id + "/circleci-data-export.tar.bz2"
+	mp, err := s3c.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: aws.String(e.inst.Bucket), Key: aws.String(key)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &ops.Backup{ID: id, Method: "tarball", State: ops.StateRunning, Trigger: "manual", Requester: alice, Channel: incident,
+		Started: time.Now(), Shape: ops.Shape{InstanceID: e.inst.ServicesBox.ID}, Bucket: e.inst.Bucket, Key: key,
+		UploadID: aws.ToString(mp.UploadId), CommandID: cmdID}
+	if err := e.app.Backups.Records.SaveBackup(rec); err != nil {
+		t.Fatal(err)
+	}
+
+	e.app.Resume(ctx, func(string) progress.Poster { return e.slackPoster() })
+
+	got, err := e.app.Backups.Records.Backup(id)
+	if err != nil || got.State != ops.StateInterrupted {
+		t.Fatalf("record after start-up: %+v %v", got, err)
+	}
+	if _, err := os.Stat(scratch); !os.IsNotExist(err) {
+		t.Errorf("scratch directory still on the box: %v", err)
+	}
+	ups, err := s3c.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: aws.String(e.inst.Bucket)})
+	if err != nil || len(ups.Uploads) != 0 {
+		t.Errorf("unfinished uploads left: %v %v", ups, err)
+	}
+	inv, err := tb.SSM.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: aws.String(cmdID), InstanceId: aws.String(e.inst.ServicesBox.ID)})
+	if err != nil || inv.Status != ssmtypes.CommandInvocationStatusCancelled {
+		t.Errorf("the dead bot's command: %v %v", inv, err)
+	}
+	e.waitPost(incident, "interrupted tarball report", func(s string) bool {
+		return strings.Contains(s, id) && strings.Contains(s, "cancelled SSM command "+cmdID) && strings.Contains(s, "removed /tmp/circlebot-"+id)
+	})
 }

@@ -21,6 +21,9 @@ import (
 type TarballRunner interface {
 	Run(ctx context.Context, b *ops.Backup, p ops.Progress) error
 	Steps() []string
+	// Abandon cleans up after a run the bot died in (command, upload,
+	// scratch space) and says what it did.
+	Abandon(ctx context.Context, b *ops.Backup) []string
 }
 
 // Backups runs backups for every entry point (slash command, schedule,
@@ -173,12 +176,20 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 			})
 			continue
 		}
+		var cleaned []string
+		if b.Method == "tarball" && s.Tarball != nil {
+			cleaned = s.Tarball.Abandon(ctx, b)
+		}
 		b.State, b.Error, b.Finished = ops.StateInterrupted, "the bot stopped before the backup's snapshots or upload were recorded", time.Now()
+		b.Notes = append(b.Notes, cleaned...)
 		if err := s.Records.SaveBackup(b); err != nil {
 			s.Log.Error("mark backup interrupted", "backup", b.ID, "err", err)
 		}
 		msg := fmt.Sprintf(":warning: Backup `%s` (%s, requested by %s) was interrupted when the bot stopped, before its %s was recorded. It was not retried and is not a restore point. Run `%s backup now` to take a new one.",
 			b.ID, b.Method, who(b.Requester), map[string]string{"ebs": "snapshots", "tarball": "upload"}[b.Method], s.SlashCommand)
+		if len(cleaned) > 0 {
+			msg += " Cleanup: " + strings.Join(cleaned, "; ") + "."
+		}
 		s.Log.Warn("interrupted backup", "backup", b.ID, "message", msg)
 		if _, err := poster.Post(ctx, chat.Text(msg)); err != nil {
 			s.Log.Error("report interrupted backup", "backup", b.ID, "err", err)

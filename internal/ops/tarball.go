@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 )
@@ -378,4 +379,43 @@ func redactURLs(err error) error {
 		out.errs = append(out.errs, &smithy.GenericAPIError{Code: ae.ErrorCode(), Message: redact(ae.ErrorMessage()), Fault: ae.ErrorFault()})
 	}
 	return out
+}
+
+// Abandon undoes what a tarball backup left running when the bot died: it
+// cancels its SSM command, aborts its multipart upload and removes its
+// scratch directory, so a copy the size of /data does not sit in /tmp on
+// the Services box. It is never retried: the backup stays a failure. It
+// returns what it did and what it could not do, in words.
+func (t *TarballBackup) Abandon(ctx context.Context, b *Backup) []string {
+	var done []string
+	if b.Shape.InstanceID == "" {
+		return []string{"nothing had reached the Services box"}
+	}
+	sh := &Shell{SSM: t.SSM, Instance: b.Shape.InstanceID, Poll: t.Poll}
+	if b.CommandID != "" {
+		inv, err := t.SSM.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: aws.String(b.CommandID), InstanceId: aws.String(b.Shape.InstanceID)})
+		if err == nil && running(inv.Status) {
+			if err := sh.stop(ctx, b.CommandID, nil); err != nil {
+				done = append(done, "could not cancel SSM command "+b.CommandID+": "+Explain(err))
+			} else {
+				done = append(done, "cancelled SSM command "+b.CommandID)
+			}
+		}
+	}
+	if b.UploadID != "" {
+		_, err := t.S3.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: aws.String(b.Bucket), Key: aws.String(b.Key), UploadId: aws.String(b.UploadID)})
+		switch {
+		case err == nil || errorCode(err) == "NoSuchUpload":
+			done = append(done, "aborted the unfinished upload to s3://"+b.Bucket+"/"+b.Key)
+		default:
+			done = append(done, "could not abort the upload "+b.UploadID+": "+Explain(err))
+		}
+	}
+	dir := `"${BOX_ROOT:-}/tmp/circlebot-` + b.ID + `"`
+	if _, err := sh.Run(ctx, "circlebot "+b.ID+": clean up after a restart", `rm -rf -- `+dir, time.Minute); err != nil {
+		done = append(done, "could not remove /tmp/circlebot-"+b.ID+" on the box: "+Explain(err))
+	} else {
+		done = append(done, "removed /tmp/circlebot-"+b.ID+" on the box")
+	}
+	return done
 }
