@@ -94,7 +94,7 @@ func (t *TarballBackup) Run(ctx context.Context, b *Backup, p Progress) error {
 		b.Started = t.now()
 	}
 	var sh *Shell
-	dir := `"${BOX_ROOT:-}/tmp/circlebot-` + b.ID + `"`
+	dir := scratchDir(b.ID)
 	scratch := false // the scratch directory may exist on the box
 	fail := func(step int, err error) error {
 		p.Fail(step, errors.New(Explain(err)))
@@ -411,7 +411,7 @@ func (t *TarballBackup) Abandon(ctx context.Context, b *Backup) []string {
 			done = append(done, "could not abort the upload "+b.UploadID+": "+Explain(err))
 		}
 	}
-	dir := `"${BOX_ROOT:-}/tmp/circlebot-` + b.ID + `"`
+	dir := scratchDir(b.ID)
 	if _, err := sh.Run(ctx, "circlebot "+b.ID+": clean up after a restart", `rm -rf -- `+dir, time.Minute); err != nil {
 		done = append(done, "could not remove /tmp/circlebot-"+b.ID+" on the box: "+Explain(err))
 	} else {
@@ -419,3 +419,8 @@ func (t *TarballBackup) Abandon(ctx context.Context, b *Backup) []string {
 	}
 	return done
 }
+
+// scratchDir is a backup's scratch directory on the box, quoted for the
+// shell and written ${BOX_ROOT:-}/… so the test stand-in maps it (empty on
+// a real box).
+func scratchDir(id string) string { return `"${BOX_ROOT:-}/tmp/circlebot-` + id + `"` }
