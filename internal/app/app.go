@@ -27,6 +27,7 @@ import (
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/commands"
 	"github.com/circlebot/circlebot/internal/config"
+	"github.com/circlebot/circlebot/internal/journal"
 	"github.com/circlebot/circlebot/internal/metrics"
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/progress"
@@ -60,6 +61,7 @@ type App struct {
 	Metrics   *metrics.Metrics
 	Backups   *bot.Backups
 	Approvals *bot.Approvals
+	Restores  *bot.Restores
 	// Grace overrides ShutdownGrace (tests).
 	Grace time.Duration
 }
@@ -100,6 +102,11 @@ func New(ctx context.Context, o Options) (*App, error) {
 		Records: ops.Records{Store: st}.Backups,
 	}
 	ec2c := ec2.NewFromConfig(awsCfg)
+	ssmc := ssm.NewFromConfig(awsCfg, func(so *ssm.Options) {
+		if o.SSMEndpoint != "" {
+			so.BaseEndpoint = aws.String(o.SSMEndpoint)
+		}
+	})
 	backups := &bot.Backups{
 		EBS: &ops.EBSBackup{
 			EC2: ec2c, Records: ops.Records{Store: st}, NameTag: cfg.ServicesBox.NameTag, Version: o.Version,
@@ -115,24 +122,39 @@ func New(ctx context.Context, o Options) (*App, error) {
 		SlashCommand:  cfg.Slack.Command,
 		Log:           o.Log,
 	}
+	var s3c *s3.Client
 	if cfg.Backup.Bucket != "" {
-		s3c := s3.NewFromConfig(awsCfg, func(o *s3.Options) {
+		s3c = s3.NewFromConfig(awsCfg, func(o *s3.Options) {
 			// A custom endpoint (moto, MinIO, a VPC endpoint by IP) cannot
 			// take the bucket as a host name.
 			o.UsePathStyle = awsCfg.BaseEndpoint != nil
 		})
 		backups.Tarball = &ops.TarballBackup{
 			EC2: ec2c, S3: s3c, Presign: s3.NewPresignClient(s3c),
-			SSM: ssm.NewFromConfig(awsCfg, func(so *ssm.Options) {
-				if o.SSMEndpoint != "" {
-					so.BaseEndpoint = aws.String(o.SSMEndpoint)
-				}
-			}),
+			SSM:     ssmc,
 			Records: ops.Records{Store: st}, NameTag: cfg.ServicesBox.NameTag, Bucket: cfg.Backup.Bucket,
 			Prefix: "circleci-backups/", Version: o.Version,
 		}
 	}
-	apr := &bot.Approvals{Store: approvals.Store{DB: st.DB()}, TTL: cfg.Approvals.TTL.D(), Process: st.Process()}
+	restores := &bot.Restores{
+		Snapshot: &ops.SnapshotRestore{
+			EC2: ec2c, SSM: ssmc, Records: ops.Records{Store: st}, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region,
+			Fallbacks: cfg.Restore.FallbackInstanceTypes, AppStart: cfg.ServicesBox.AppStartCommand,
+			ImageTimeout: cfg.Restore.ImageTimeout.D(), StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Restore.HealthTimeout.D(),
+		},
+		Journal:      journal.Store{DB: st.DB()},
+		Store:        st,
+		NameTag:      cfg.ServicesBox.NameTag,
+		SlashCommand: cfg.Slack.Command,
+		Log:          o.Log,
+	}
+	if s3c != nil {
+		restores.Tarball = &ops.TarballRestore{
+			EC2: ec2c, S3: s3c, Presign: s3.NewPresignClient(s3c), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region,
+			AppStart: cfg.ServicesBox.AppStartCommand, AppStop: cfg.ServicesBox.AppStopCommand,
+		}
+	}
+	apr := &bot.Approvals{Store: approvals.Store{DB: st.DB()}, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Journaled: restores.Journaled}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
 		Policy:       policy,
@@ -148,8 +170,10 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Backups:      backups,
 			RPO:          cfg.Backup.RPO.D(),
 			Approvals:    apr,
+			Restores:     restores,
 			Actions: map[commands.Name]bot.Action{
 				commands.BackupPrune: bot.PruneAction{B: backups},
+				commands.Restore:     bot.RestoreAction{R: restores},
 			},
 		}),
 	})
@@ -157,7 +181,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		st.Close()
 		return nil, err
 	}
-	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr}, nil
+	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr, Restores: restores}, nil
 }
 
 func (a *App) Close() error { return a.Store.Close() }
@@ -278,6 +302,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	defer grace.Stop()
 	s.Wait()
 	a.Backups.Wait()
+	a.Restores.Wait()
 	sched.Stop()
 	return err
 }
@@ -338,6 +363,7 @@ func (a *App) ScheduledBackup(ctx context.Context, poster progress.Poster) error
 // backups are followed to the end, operations cut off mid-way are reported
 // and never started again.
 func (a *App) Resume(ctx context.Context, postTo func(string) progress.Poster) {
+	a.Restores.Recover(ctx, postTo)
 	a.Backups.Resume(ctx, postTo)
 	a.Approvals.AnnounceInterrupted(ctx, postTo, a.Config.Slack.Command)
 }

@@ -19,13 +19,7 @@ func (d Deps) backupNow(ctx context.Context, c Call) (Outcome, error) {
 	b, err := d.Backups.Run(ctx, c.Reply, BackupRequest{Method: string(c.Cmd.Method), Trigger: "manual", Requester: c.Req.UserID, Channel: c.Req.ChannelID})
 	var held *store.HeldError
 	if errors.As(err, &held) {
-		h := held.Holder
-		follow := "Follow it in its message."
-		if strings.HasPrefix(h.OpID, "bk-") {
-			follow = fmt.Sprintf("Follow it in its message, or `%s backup status %s`.", d.SlashCommand, h.OpID)
-		}
-		return Outcome{}, &UserError{Msg: fmt.Sprintf("another operation on the Services box is running: `%s` (%s), requested by %s %s ago. Nothing new was started. %s",
-			h.OpID, h.What, who(h.Requester), Age(time.Since(h.Since)), follow)}
+		return Outcome{}, &UserError{Msg: heldMessage(held.Holder, d.SlashCommand)}
 	}
 	if err != nil {
 		var ue *UserError

@@ -50,7 +50,7 @@ type Backups struct {
 // Wait returns when the backups picked up by Resume have finished.
 func (s *Backups) Wait() { s.resumed.Wait() }
 
-func (s *Backups) lockKey() string { return "backup/" + s.NameTag }
+func (s *Backups) lockKey() string { return BoxLock(s.NameTag) }
 
 // Request says who wants which backup and where progress goes.
 type BackupRequest struct {
@@ -149,8 +149,10 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		return
 	}
 	for _, l := range locks {
-		// One replica owns this store: a lock of another process is stale.
-		if l.Key == s.lockKey() && l.Process != s.Store.Process() {
+		// One replica owns this store: a backup's or prune's lock of another
+		// process is stale. A journaled operation (op-…) keeps the box
+		// until it is resumed or given up.
+		if l.Key == s.lockKey() && l.Process != s.Store.Process() && !strings.HasPrefix(l.OpID, "op-") {
 			s.Log.Warn("releasing a lock left by a previous run", "op", l.OpID, "since", l.Since)
 			_ = s.Store.Unlock(l.Key, l.OpID)
 		}

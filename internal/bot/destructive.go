@@ -30,6 +30,9 @@ type Approvals struct {
 	TTL     time.Duration
 	Process string
 	Now     func() time.Time
+	// Journaled reports requests that became journaled operations: those
+	// are announced (and resumable) by the journal, not here.
+	Journaled func(reqID string) bool
 }
 
 func (a *Approvals) now() time.Time {
@@ -175,6 +178,10 @@ func (a *Approvals) AnnounceInterrupted(ctx context.Context, posterFor func(stri
 	}
 	for _, r := range all {
 		if r.State != approvals.Executing || r.Process == a.Process {
+			continue
+		}
+		if a.Journaled != nil && a.Journaled(r.ID) {
+			_, _ = a.Store.Finish(r.ID, approvals.Failed, "interrupted: the bot stopped while it ran; its operation can be resumed")
 			continue
 		}
 		_, _ = a.Store.Finish(r.ID, approvals.Failed, "interrupted: the bot stopped while it ran")

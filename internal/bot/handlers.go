@@ -22,6 +22,7 @@ type Deps struct {
 	Backups      *Backups
 	RPO          time.Duration
 	Approvals    *Approvals
+	Restores     *Restores
 	// Actions are the destructive commands that run through approvals.
 	Actions map[commands.Name]Action
 }
@@ -36,6 +37,10 @@ func Handlers(d Deps) map[commands.Name]Handler {
 		h[commands.BackupNow] = d.backupNow
 		h[commands.BackupList] = d.backupList
 		h[commands.BackupStatus] = d.backupStatus
+	}
+	if d.Restores != nil {
+		h[commands.Resume] = d.resume
+		h[commands.Cancel] = d.cancel
 	}
 	if d.Approvals != nil {
 		h[commands.Approve] = d.approve

@@ -27,6 +27,7 @@ type Config struct {
 	Builders    Builders    `yaml:"builders"`
 	Backup      Backup      `yaml:"backup"`
 	Report      Report      `yaml:"report"`
+	Restore     Restore     `yaml:"restore"`
 
 	// Secrets come from the environment only, never from the file, so a
 	// config file can be committed and shared.
@@ -56,6 +57,23 @@ type Approvals struct {
 
 type ServicesBox struct {
 	NameTag string `yaml:"name_tag"`
+	// AppStartCommand and AppStopCommand run on the box through SSM (the
+	// seed's `replicated app <id> start`); empty skips the step and says so.
+	AppStartCommand string `yaml:"app_start_command"`
+	AppStopCommand  string `yaml:"app_stop_command"`
+}
+
+// Restore tunes restores from snapshots.
+type Restore struct {
+	// FallbackInstanceTypes are tried in order when AWS has no capacity
+	// for the recorded type (InsufficientInstanceCapacity).
+	FallbackInstanceTypes []string `yaml:"fallback_instance_types"`
+	// ImageTimeout bounds the wait for the AMI to become available.
+	ImageTimeout Duration `yaml:"image_timeout"`
+	// StopTimeout is how long a normal stop may take before a forced one.
+	StopTimeout Duration `yaml:"stop_timeout"`
+	// HealthTimeout bounds the wait for running + status checks + SSM.
+	HealthTimeout Duration `yaml:"health_timeout"`
 }
 
 type Replica struct {
@@ -90,13 +108,22 @@ type Report struct {
 // nothing destructive is pre-approved until the file says so.
 func Defaults() Config {
 	return Config{
-		Listen:      ":8080",
-		DataDir:     "data",
-		Slack:       Slack{Command: "/circleci"},
-		Approvals:   Approvals{TTL: Duration(30 * time.Minute)},
-		ServicesBox: ServicesBox{NameTag: "circleci_services"},
-		Backup:      Backup{Method: "ebs", RPO: Duration(24 * time.Hour)},
+		Listen:    ":8080",
+		DataDir:   "data",
+		Slack:     Slack{Command: "/circleci"},
+		Approvals: Approvals{TTL: Duration(30 * time.Minute)},
+		ServicesBox: ServicesBox{NameTag: "circleci_services",
+			AppStartCommand: DefaultAppCommand("start"), AppStopCommand: DefaultAppCommand("stop")},
+		Restore: Restore{ImageTimeout: Duration(45 * time.Minute), StopTimeout: Duration(5 * time.Minute), HealthTimeout: Duration(20 * time.Minute)},
+		Backup:  Backup{Method: "ebs", RPO: Duration(24 * time.Hour)},
 	}
+}
+
+// DefaultAppCommand is `replicated app <id> <verb>` with the ID read from
+// `replicated apps` (first column of the first app row), so that it works
+// on any installation without configuring the app ID.
+func DefaultAppCommand(verb string) string {
+	return `replicated app "$(replicated apps | awk 'NR==2 {print $1}')" ` + verb
 }
 
 // Load reads path, applies defaults under it, reads secrets from env, and

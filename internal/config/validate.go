@@ -39,6 +39,8 @@ var (
 
 // CronParser accepts the standard five fields and descriptors such as
 // "@daily"; schedules are validated and run with the same parser.
+var instanceType = regexp.MustCompile(`^[a-z][a-z0-9-]*\.[a-z0-9]+$`)
+
 var CronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
 // Validate checks the settings. It does not need the secrets; serving does
@@ -75,6 +77,22 @@ func (c *Config) Validate() error {
 			if slices.Index(r.ids, id) != i {
 				bad(fmt.Sprintf("%s[%d]", r.key, i), "%q is listed twice", id)
 			}
+		}
+	}
+	for i, t := range c.Restore.FallbackInstanceTypes {
+		if !instanceType.MatchString(t) {
+			bad(fmt.Sprintf("restore.fallback_instance_types[%d]", i), "%q is not an EC2 instance type (e.g. m5.2xlarge)", t)
+		}
+	}
+	for _, d := range []struct {
+		key      string
+		v        time.Duration
+		min, max time.Duration
+	}{{"restore.image_timeout", c.Restore.ImageTimeout.D(), time.Minute, 12 * time.Hour},
+		{"restore.stop_timeout", c.Restore.StopTimeout.D(), 10 * time.Second, time.Hour},
+		{"restore.health_timeout", c.Restore.HealthTimeout.D(), time.Minute, 6 * time.Hour}} {
+		if d.v < d.min || d.v > d.max {
+			bad(d.key, "%s is outside %s..%s", d.v, d.min, d.max)
 		}
 	}
 	if ttl := c.Approvals.TTL.D(); ttl < time.Minute || ttl > 24*time.Hour {

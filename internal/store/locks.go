@@ -11,7 +11,7 @@ import (
 
 var bucketLocks = []byte("locks")
 
-// Lock says who holds a target (e.g. "backup/circleci_services").
+// Lock says who holds a target (e.g. "box/circleci_services").
 type Lock struct {
 	Key       string    `json:"key"`
 	OpID      string    `json:"op_id"`
@@ -149,4 +149,41 @@ func (s *Store) Each(bucket string, fn func(key string, val []byte) error) error
 		}
 		return b.ForEach(func(k, v []byte) error { return fn(string(k), v) })
 	})
+}
+
+// Adopt takes key for l.OpID whether it is free or already held by that
+// operation (under another, dead process): a stopped operation keeps its
+// target across restarts. Held by another operation is a *HeldError.
+func (s *Store) Adopt(l Lock) error {
+	if l.Since.IsZero() {
+		l.Since = time.Now()
+	}
+	val, err := json.Marshal(l)
+	if err != nil {
+		return fmt.Errorf("store: encode lock: %w", err)
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketLocks)
+		if err != nil {
+			return err
+		}
+		if cur := b.Get([]byte(l.Key)); cur != nil {
+			var h Lock
+			if err := json.Unmarshal(cur, &h); err != nil {
+				return fmt.Errorf("decode lock %s: %w", l.Key, err)
+			}
+			if h.OpID != l.OpID {
+				return &HeldError{Holder: h}
+			}
+		}
+		return b.Put([]byte(l.Key), val)
+	})
+	var he *HeldError
+	if errors.As(err, &he) {
+		return he
+	}
+	if err != nil {
+		return fmt.Errorf("store: lock %s: %w", l.Key, err)
+	}
+	return nil
 }

@@ -128,6 +128,18 @@ func (s *Server) AutoCompleteSnapshots(ctx context.Context, afterDescribes int) 
 		map[string]int{"complete_after_describes": afterDescribes}, nil)
 }
 
+// SetUnavailableTypes makes RunInstances of these instance types answer
+// InsufficientInstanceCapacity, as AWS does when a zone has run out; an
+// empty list clears it. It needs a server started WithPatchedSnapshots
+// (whose launcher also frees a terminated instance's private IP, honours
+// ClientToken and RegisterImage's block-device mappings).
+func (s *Server) SetUnavailableTypes(ctx context.Context, types ...string) error {
+	if types == nil {
+		types = []string{}
+	}
+	return s.control(ctx, http.MethodPost, "/_circlebot/capacity", map[string][]string{"unavailable": types}, nil)
+}
+
 // SnapshotStates lists every EBS snapshot in every account and region with
 // its state and progress, for debugging. It needs a server started
 // WithPatchedSnapshots.

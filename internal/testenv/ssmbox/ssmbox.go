@@ -143,6 +143,7 @@ type Server struct {
 	commands []*command // in order sent, rejected ones included
 	byID     map[string]*command
 	lag      int
+	register func(instanceID string) bool
 	calls    map[string]int
 	closed   bool
 	running  sync.WaitGroup
@@ -167,6 +168,44 @@ func WithShell(argv ...string) Option {
 			s.shell = slices.Clone(argv)
 		}
 	}
+}
+
+// RegisterNew makes an instance the server has not seen a box — as the
+// SSM agent of a freshly launched instance registers itself — the first
+// time a command is sent to it, if fn says yes (e.g. the instance exists
+// in moto). It stands in for a restored Services box coming up.
+func (s *Server) RegisterNew(fn func(instanceID string) bool) {
+	s.mu.Lock()
+	s.register = fn
+	s.mu.Unlock()
+}
+
+func (s *Server) registerNew(ids []string) {
+	s.mu.Lock()
+	fn := s.register
+	var unknown []string
+	for _, id := range ids {
+		if s.boxes[id] == nil {
+			unknown = append(unknown, id)
+		}
+	}
+	s.mu.Unlock()
+	for _, id := range unknown {
+		if fn != nil && fn(id) {
+			// A restored box's app does not start by itself (the seed's
+			// note), so its app starts stopped.
+			if b, err := s.addBox(id); err == nil {
+				_ = b.writeSetting("app_state", AppStopped)
+			}
+		}
+	}
+}
+
+// Box returns the box of an instance, or nil.
+func (s *Server) Box(instanceID string) *Box {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.boxes[instanceID]
 }
 
 // New starts a server; t.Cleanup closes it (killing any command still
@@ -370,6 +409,7 @@ func (s *Server) sendCommand(body []byte) (any, *apiError) {
 	if in.TimeoutSeconds != nil {
 		c.timeoutSeconds = *in.TimeoutSeconds
 	}
+	s.registerNew(in.InstanceIds)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {

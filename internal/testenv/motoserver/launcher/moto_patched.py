@@ -12,6 +12,19 @@ Patched behaviour:
   * CreateSnapshots' answer carries each snapshot's State (plain moto leaves
     it out).
 
+  * Restores (what the bot's restore needs and moto 5.2.1 lacks):
+    - TerminateInstances deletes the instance's primary network interface,
+      as AWS does for one made at launch, so its private IP is free again.
+    - RunInstances with a PrivateIpAddress in use answers
+      InvalidIPAddress.InUse (plain moto: HTTP 500).
+    - RunInstances honours ClientToken: the same token returns the first
+      launch's reservation instead of a second instance.
+    - RegisterImage keeps BlockDeviceMappings, RootDeviceName and
+      Architecture; DescribeImages shows them and RunInstances from that
+      image makes one volume per mapping from its snapshot.
+    - Instance types named by POST /_circlebot/capacity answer
+      InsufficientInstanceCapacity.
+
 Control API on the same HTTP server (paths moto does not use):
   POST /_circlebot/snapshots
        {"snapshot_id": "snap-...", "state": "completed|pending|error",
@@ -27,7 +40,11 @@ Control API on the same HTTP server (paths moto does not use):
                                          "snapshots": [{snapshot_id, state,
                                          progress, volume_id, account_id,
                                          region, describes}]}
-  POST /moto-api/reset                  moto's reset, and auto mode off.
+  POST /_circlebot/capacity
+       {"unavailable": ["m5.xlarge", ...]} RunInstances of these types answers
+                                         InsufficientInstanceCapacity; [] clears.
+  POST /moto-api/reset                  moto's reset, auto mode off, capacity
+                                         and client tokens cleared.
 
 Every /_circlebot/ answer carries the header X-Circlebot-Launcher:
 moto_patched so a client can tell it is not talking to plain moto.
@@ -40,6 +57,11 @@ import threading
 from werkzeug.wrappers import Request, Response
 
 import moto.server as moto_server_module
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models import amis as ami_models
+from moto.ec2.models import instances as instance_models
+from moto.ec2.models import subnets as subnet_models
+from moto.ec2.responses import amis as ami_responses
 from moto.ec2.models import ec2_backends
 from moto.ec2.models import elastic_block_store as ebs_models
 from moto.ec2.responses import elastic_block_store as ebs_responses
@@ -49,6 +71,8 @@ STATES = ("pending", "completed", "error")
 
 _lock = threading.RLock()
 _auto = {"after": 0}
+_capacity = {"unavailable": set()}
+_tokens = {}
 
 
 # --- model patches -----------------------------------------------------------
@@ -130,6 +154,117 @@ def _describe_snapshots(self):
 
 
 ebs_responses.ElasticBlockStore.describe_snapshots = _describe_snapshots
+
+
+# --- restore patches ---------------------------------------------------------
+
+_orig_request_ip = subnet_models.Subnet.request_ip
+
+
+def _request_ip(self, ip, instance):
+    if ip in self._subnet_ips:
+        raise EC2ClientError("InvalidIPAddress.InUse", f"Address {ip} is in use.")
+    return _orig_request_ip(self, ip, instance)
+
+
+subnet_models.Subnet.request_ip = _request_ip
+
+_orig_run_instances = instance_models.InstanceBackend.run_instances
+
+
+def _run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
+    itype = kwargs.get("instance_type") or "m1.small"
+    with _lock:
+        if itype in _capacity["unavailable"]:
+            raise EC2ClientError(
+                "InsufficientInstanceCapacity",
+                f"We currently do not have sufficient {itype} capacity in the Availability Zone you requested.",
+            )
+        token = kwargs.get("client_token")
+        key = (self.account_id, self.region_name, token)
+        if token and token != "ABCDE" and key in _tokens:
+            return _tokens[key]
+    ami = self.amis.get(image_id) if hasattr(self, "amis") else None
+    bdm = getattr(ami, "_circlebot_bdm", None)
+    if bdm and "block_device_mappings" not in kwargs:
+        kwargs["block_device_mappings"] = [
+            {"DeviceName": m["DeviceName"], "Ebs": dict(m["Ebs"])} for m in bdm
+        ]
+    reservation = _orig_run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+    for inst in reservation.instances:
+        for nic in inst.nics.values():
+            if nic.device_index == 0 and not kwargs.get("nics"):
+                nic.delete_on_termination = True
+    with _lock:
+        if token and token != "ABCDE":
+            _tokens[key] = reservation
+    return reservation
+
+
+instance_models.InstanceBackend.run_instances = _run_instances
+
+_orig_terminate = instance_models.Instance.terminate
+
+
+def _terminate(self):
+    was = self._state.name
+    nics = [n for n in self.nics.values() if n.delete_on_termination]
+    result = _orig_terminate(self)
+    if was != "terminated":
+        for nic in nics:
+            # moto's delete leaves the ENI attached in the instance's view;
+            # the IP is what matters: free it, as AWS does.
+            for ip in nic.private_ip_addresses:
+                nic.subnet.del_subnet_ip(ip["PrivateIpAddress"])
+    return result
+
+
+instance_models.Instance.terminate = _terminate
+
+
+def _register_image(self):
+    name = self._get_param("Name")
+    description = self._get_param("Description", "")
+    self.error_on_dryrun()
+    image = self.ec2_backend.register_image(name, description)
+    root = self._get_param("RootDeviceName")
+    arch = self._get_param("Architecture")
+    if root:
+        image.root_device_name = root
+    if arch:
+        image.architecture = arch
+    image.root_device_type = "ebs"
+    image.virtualization_type = self._get_param("VirtualizationType") or "hvm"
+    bdm = []
+    for m in self._get_param("BlockDeviceMappings", []) or []:
+        ebs = m.get("Ebs") or {}
+        snap_id = ebs.get("SnapshotId")
+        size = ebs.get("VolumeSize")
+        if snap_id and not size:
+            size = self.ec2_backend.get_snapshot(snap_id).volume.size
+        bdm.append({"DeviceName": m.get("DeviceName"), "Ebs": {
+            "SnapshotId": snap_id, "VolumeSize": size,
+            "DeleteOnTermination": str(ebs.get("DeleteOnTermination", True)).lower() == "true",
+            "VolumeType": ebs.get("VolumeType") or "gp3",
+        }})
+    if bdm:
+        image._circlebot_bdm = bdm
+    return ami_responses.ActionResult({"ImageId": image.id})
+
+
+ami_responses.AmisResponse.register_image = _register_image
+
+_orig_ami_bdm = ami_models.Ami.block_device_mappings
+
+
+def _ami_bdm(self):
+    bdm = getattr(self, "_circlebot_bdm", None)
+    if bdm:
+        return [{"DeviceName": m["DeviceName"], "Ebs": dict(m["Ebs"])} for m in bdm]
+    return _orig_ami_bdm.fget(self)
+
+
+ami_models.Ami.block_device_mappings = property(_ami_bdm)
 
 
 # --- control API -------------------------------------------------------------
@@ -220,6 +355,14 @@ def _control(request):
             for _, _, s in _all_snapshots():
                 s._circlebot_describes = 0
         return _json(200, {"complete_after_describes": after})
+    if path == "/_circlebot/capacity" and method == "POST":
+        body = _read_json(request)
+        types = body.get("unavailable")
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            raise _BadRequest("unavailable must be a list of instance types")
+        with _lock:
+            _capacity["unavailable"] = set(types)
+        return _json(200, {"unavailable": sorted(types)})
     return _json(404, {"error": f"no control route {method} {request.path}"})
 
 
@@ -251,6 +394,8 @@ class CirclebotApp:
         if path.rstrip("/") == "/moto-api/reset" and environ.get("REQUEST_METHOD") == "POST":
             with _lock:
                 _auto["after"] = 0
+                _capacity["unavailable"] = set()
+                _tokens.clear()
         return self.app(environ, start_response)
 
 

@@ -1,0 +1,489 @@
+package bot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/circlebot/circlebot/internal/approvals"
+	"github.com/circlebot/circlebot/internal/chat"
+	"github.com/circlebot/circlebot/internal/commands"
+	"github.com/circlebot/circlebot/internal/journal"
+	"github.com/circlebot/circlebot/internal/ops"
+	"github.com/circlebot/circlebot/internal/progress"
+	"github.com/circlebot/circlebot/internal/store"
+)
+
+// BoxLock is the lock key of every operation that changes or reads the
+// Services box as a whole (backups, pruning, restores): one at a time.
+func BoxLock(nameTag string) string { return "box/" + nameTag }
+
+// TarballRestorer restores a tarball onto the Services box; nil when
+// backup.bucket is unset.
+type TarballRestorer interface {
+	Plan(ctx context.Context, bucket, key string) (ops.TarballRestorePlan, error)
+	Steps(plan ops.TarballRestorePlan) []journal.Def
+}
+
+// Restores runs journaled restores: started by an approved request,
+// resumed by `resume`, stopped by `cancel`, and picked up after a crash.
+type Restores struct {
+	Snapshot     *ops.SnapshotRestore
+	Tarball      TarballRestorer
+	Journal      journal.Store
+	Store        *store.Store
+	NameTag      string
+	SlashCommand string
+	Log          *slog.Logger
+	MinInterval  time.Duration
+
+	running sync.WaitGroup
+}
+
+// Wait returns when every restore this process runs has stopped.
+func (s *Restores) Wait() { s.running.Wait() }
+
+func (s *Restores) lockKey() string { return BoxLock(s.NameTag) }
+
+// RestoreAction is `restore` through the two-person rule.
+type RestoreAction struct{ R *Restores }
+
+// Plan refuses early when the box is busy: an approver should not be asked
+// to approve what cannot start.
+func (a RestoreAction) Plan(ctx context.Context, cmd commands.Command) (approvals.Plan, error) {
+	if err := a.R.checkFree(); err != nil {
+		return approvals.Plan{}, err
+	}
+	p, _, err := a.R.plan(ctx, cmd)
+	return p, err
+}
+
+func (s *Restores) checkFree() error {
+	locks, err := s.Store.Locks()
+	if err != nil {
+		return err
+	}
+	for _, l := range locks {
+		if l.Key == s.lockKey() {
+			return &UserError{Msg: heldMessage(l, s.SlashCommand)}
+		}
+	}
+	return nil
+}
+
+// heldMessage names what holds the box and what the user can do.
+func heldMessage(h store.Lock, slash string) string {
+	verb, follow := "is running", "Follow it in its message."
+	switch {
+	case strings.HasPrefix(h.OpID, "bk-"):
+		follow = fmt.Sprintf("Follow it in its message, or `%s backup status %s`.", slash, h.OpID)
+	case strings.HasPrefix(h.OpID, "op-"):
+		// A journaled operation keeps the box while it is stopped part-way.
+		verb = "holds it (running, or stopped part-way)"
+		follow = fmt.Sprintf("If it stopped, `%s resume %s` continues it and `%s cancel %s` gives it up.", slash, h.OpID, slash, h.OpID)
+	}
+	return fmt.Sprintf("another operation on the Services box %s: `%s` (%s), requested by %s %s ago. Nothing new was started. %s",
+		verb, h.OpID, h.What, who(h.Requester), Age(time.Since(h.Since)), follow)
+}
+
+// plan derives the approval plan and the data the journal keeps.
+func (s *Restores) plan(ctx context.Context, cmd commands.Command) (approvals.Plan, map[string]string, error) {
+	src := cmd.Source
+	switch src.Kind {
+	case commands.SourceS3:
+		if s.Tarball == nil {
+			return approvals.Plan{}, nil, &UserError{Msg: "tarball restores need `backup.bucket` in the config (and SSM on the Services box). Nothing was requested."}
+		}
+		tp, err := s.Tarball.Plan(ctx, src.Bucket, src.Key)
+		if err != nil {
+			return approvals.Plan{}, nil, refusal(err)
+		}
+		return tarballApproval(tp, s.SlashCommand), map[string]string{"kind": "tarball", "plan": tp.Encode()}, nil
+	default:
+		p, err := s.Snapshot.Plan(ctx, src.SnapshotID)
+		if err != nil {
+			return approvals.Plan{}, nil, refusal(err)
+		}
+		return snapshotApproval(p), map[string]string{"kind": "snapshot", "plan": p.Encode()}, nil
+	}
+}
+
+func refusal(err error) error {
+	var r *ops.RefusalError
+	if errors.As(err, &r) {
+		return &UserError{Msg: r.Msg}
+	}
+	return &UserError{Msg: ops.Explain(err) + " Nothing was requested."}
+}
+
+func snapshotApproval(p ops.RestorePlan) approvals.Plan {
+	sh := p.Shape
+	var snaps []string
+	for _, s := range p.Snapshots {
+		snaps = append(snaps, fmt.Sprintf("%s=`%s` (%d GiB)", s.Device, s.ID, s.SizeGiB))
+	}
+	ap := approvals.Plan{Action: "restore", Facts: p.Facts()}
+	if p.Old != nil {
+		ap.Changes = append(ap.Changes,
+			fmt.Sprintf("turn off DeleteOnTermination on every volume of `%s` and tag them, then stop it (forced after `restore.stop_timeout`)", p.Old.InstanceID),
+			fmt.Sprintf("terminate `%s` (now %s) so that %s is free for the new box", p.Old.InstanceID, p.Old.State, sh.PrivateIP))
+	}
+	ap.Changes = append(ap.Changes,
+		fmt.Sprintf("register image `circleci-restore-<op>` from restore point `%s` (%s): %s", p.Source, p.SourceTime.UTC().Format("2006-01-02 15:04 UTC"), strings.Join(snaps, ", ")),
+		fmt.Sprintf("launch the new Services box: %s in `%s` (%s), private IP %s%s, security groups %s, shape from %s",
+			strings.Join(append([]string{sh.Type}, p.Fallbacks...), " or "), sh.SubnetID, sh.AZ, sh.PrivateIP, secondaries(sh.SecondaryIPs), strings.Join(sh.SecurityGroups, ", "), p.ShapeFrom))
+	if p.AppStart != "" {
+		ap.Changes = append(ap.Changes, "start the app on it through SSM: `"+p.AppStart+"`")
+	}
+	if p.Old != nil {
+		var vols []string
+		for _, v := range p.Old.Volumes {
+			vols = append(vols, fmt.Sprintf("`%s` (%s)", v.ID, v.Device))
+		}
+		ap.Keeps = append(ap.Keeps, "the old box's volumes, detached and tagged: "+strings.Join(vols, ", "))
+	}
+	ap.Keeps = append(ap.Keeps, "the restore point's snapshots and the new image")
+	if p.Old != nil {
+		ap.Undo = append(ap.Undo, fmt.Sprintf("`%s` is terminated (its volumes stay; a box can be built from them by hand)", p.Old.InstanceID))
+	}
+	ap.Undo = append(ap.Undo, fmt.Sprintf("the new box has the data of %s UTC (%s old): builds and settings since then are not in it", p.SourceTime.UTC().Format("2006-01-02 15:04"), Age(time.Since(p.SourceTime))))
+	return ap
+}
+
+func secondaries(ips []string) string {
+	if len(ips) == 0 {
+		return ""
+	}
+	return " (secondary " + strings.Join(ips, ", ") + ")"
+}
+
+func tarballApproval(p ops.TarballRestorePlan, slash string) approvals.Plan {
+	ap := approvals.Plan{Action: "restore", Facts: p.Facts()}
+	ap.Changes = []string{
+		fmt.Sprintf("download `s3://%s/%s` (%s) onto the Services box `%s` (%s) through a presigned URL", p.Bucket, p.Key, humanBytes(p.Size), p.InstanceID, p.PrivateIP),
+	}
+	if p.AppStop != "" {
+		ap.Changes = append(ap.Changes, "stop the app: `"+p.AppStop+"`")
+	}
+	ap.Changes = append(ap.Changes, "run `circleci-restore` on it")
+	if p.AppStart != "" {
+		ap.Changes = append(ap.Changes, "start the app: `"+p.AppStart+"`")
+	}
+	ap.Keeps = []string{"the box's current data: circleci-restore moves it to `/data/circleci-restore-<time>` (delete that by hand once the restore is confirmed)", "the tarball in S3"}
+	ap.Undo = []string{fmt.Sprintf("the app runs on the data of %s UTC: builds and settings since then are not in it (the moved-aside data still has them)", p.Modified.UTC().Format("2006-01-02 15:04"))}
+	return ap
+}
+
+// Execute starts a journaled restore of the approved plan: the box is
+// locked, the plan is derived again under the lock and must hash as
+// approved, and then each step runs and is recorded.
+func (a RestoreAction) Execute(ctx context.Context, req approvals.Request, p progress.Poster) error {
+	s := a.R
+	now := time.Now()
+	opID := journal.NewID(now)
+	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: opID, What: "restore", Requester: req.Requester, Process: s.Store.Process()})
+	var held *store.HeldError
+	if errors.As(err, &held) {
+		return &UserError{Msg: heldMessage(held.Holder, s.SlashCommand)}
+	}
+	if err != nil {
+		return err
+	}
+	cmd, err := commands.Parse(req.Command)
+	if err != nil {
+		_ = unlock()
+		return err
+	}
+	plan, data, err := s.plan(ctx, cmd)
+	if err != nil {
+		_ = unlock()
+		return err
+	}
+	if plan.Hash() != req.PlanHash {
+		_ = unlock()
+		return &PlanChangedError{Approved: req.PlanHash, Live: plan.Hash()}
+	}
+	names := ops.RestoreSteps
+	title := "Restore of the Services box from `" + plan.Facts["source"] + "`"
+	if data["kind"] == "tarball" {
+		names = ops.TarballRestoreSteps
+		title = "Restore of the Services box from `s3://" + plan.Facts["bucket"] + "/" + plan.Facts["key"] + "`"
+	}
+	op := &journal.Op{ID: opID, Kind: "restore", Title: title, Target: s.lockKey(), RequestID: req.ID, Command: req.Command,
+		Channel: req.Channel, Requester: req.Requester, Approver: req.Decider, Facts: plan.Facts, Data: data,
+		State: journal.Running, Process: s.Store.Process(), Created: now, Updated: now}
+	for _, n := range names {
+		op.Steps = append(op.Steps, journal.Step{Name: n, State: journal.StepPending})
+	}
+	if err := s.Journal.Create(op); err != nil {
+		_ = unlock()
+		return fmt.Errorf("journal the restore: %w", err)
+	}
+	return s.run(ctx, op.ID, p, "")
+}
+
+// defs rebuilds an operation's steps from the plan it carries.
+func (s *Restores) defs(op *journal.Op) ([]journal.Def, error) {
+	switch op.Data["kind"] {
+	case "snapshot":
+		p, err := ops.DecodeRestorePlan(op.Data["plan"])
+		if err != nil {
+			return nil, fmt.Errorf("read the plan of %s: %w", op.ID, err)
+		}
+		return s.Snapshot.Steps(p), nil
+	case "tarball":
+		if s.Tarball == nil {
+			return nil, &UserError{Msg: "this bot has no `backup.bucket` configured, so it cannot run tarball restores"}
+		}
+		p, err := ops.DecodeTarballRestorePlan(op.Data["plan"])
+		if err != nil {
+			return nil, fmt.Errorf("read the plan of %s: %w", op.ID, err)
+		}
+		return s.Tarball.Steps(p), nil
+	}
+	return nil, fmt.Errorf("operation %s has unknown kind %q", op.ID, op.Data["kind"])
+}
+
+// run executes the operation's remaining steps with a progress message
+// and the closing summary. The target stays locked unless it finished.
+func (s *Restores) run(ctx context.Context, id string, poster progress.Poster, note string) error {
+	s.running.Add(1)
+	defer s.running.Done()
+	op, err := s.Journal.Get(id)
+	if err != nil {
+		return err
+	}
+	defs, err := s.defs(op)
+	if err != nil {
+		return err
+	}
+	st := progress.Start(ctx, poster, progress.Options{OpID: op.ID, Title: op.Title, Requester: op.Requester, Steps: journalNames(op), Log: s.Log, MinInterval: s.MinInterval})
+	if note != "" {
+		st.Log(note)
+	}
+	op, err = s.Journal.Run(ctx, id, defs, st)
+	if op == nil {
+		st.Finish(progress.Failed, ops.Explain(err))
+		return err
+	}
+	switch {
+	case err == nil && op.State == journal.Done:
+		if uerr := s.Store.Unlock(op.Target, op.ID); uerr != nil {
+			s.Log.Error("release the box after a restore", "op", op.ID, "err", uerr)
+		}
+		st.Finish(progress.Succeeded, s.summary(op))
+	case errors.Is(err, journal.ErrCancelled):
+		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped by <@%s> at a step boundary: %s %s", op.CancelBy, op.Why, s.nextMoves(op)))
+	case ctx.Err() != nil:
+		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped: the bot is shutting down (%s). %s", op.Why, s.nextMoves(op)))
+	default:
+		st.Finish(progress.Failed, fmt.Sprintf("%s Nothing after it ran. %s", ops.Explain(err), s.nextMoves(op)))
+	}
+	s.Log.Info("restore", "op", op.ID, "state", op.State, "why", op.Why)
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+	defer cancel()
+	_ = st.Wait(wctx)
+	if err != nil {
+		return &UserError{Msg: fmt.Sprintf("operation `%s` stopped: %s", op.ID, op.Why)}
+	}
+	return nil
+}
+
+func journalNames(op *journal.Op) []string {
+	var out []string
+	for _, s := range op.Steps {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// nextMoves says what a stopped operation has left and how to go on.
+func (s *Restores) nextMoves(op *journal.Op) string {
+	return fmt.Sprintf("Done so far: %s. `%s resume %s` continues from step %d without repeating finished steps; `%s cancel %s` gives it up and frees the Services box.",
+		s.leftBehind(op), s.SlashCommand, op.ID, op.Next()+1, s.SlashCommand, op.ID)
+}
+
+// leftBehind lists what the operation changed, from its journal.
+func (s *Restores) leftBehind(op *journal.Op) string {
+	var done []string
+	for i, st := range op.Steps {
+		if st.State == journal.StepDone {
+			done = append(done, fmt.Sprintf("%d. %s (%s)", i+1, st.Name, st.Detail))
+		}
+	}
+	if len(done) == 0 {
+		return "nothing"
+	}
+	return strings.Join(done, "; ")
+}
+
+func (s *Restores) summary(op *journal.Op) string {
+	took := op.Elapsed(time.Now()).Round(time.Second)
+	if op.Data["kind"] == "tarball" {
+		return fmt.Sprintf("Restored `s3://%s/%s` onto `%s` in %s (approved by <@%s>). The data that was there is in `%s` on the box: delete it once you have checked the restore. Next: take a backup (`%s backup now`); webhooks sent while the app was stopped were lost.",
+			op.Facts["bucket"], op.Facts["key"], op.Facts["instance"], took, op.Approver, op.Data["moved_aside"], s.SlashCommand)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Restored `%s` onto `%s` (%s, %s) in %s (approved by <@%s>).", op.Facts["source"], op.Data["instance_id"], op.Data["instance_type"], op.Facts["private_ip"], took, op.Approver)
+	if kept := op.Data["kept_volumes"]; kept != "" {
+		fmt.Fprintf(&b, " The old instance %s was terminated; its volumes %s are kept (tag %s=%s): delete them once you are sure.", strings.Fields(op.Facts["old_instance"])[0], kept, ops.TagKeptBy, op.ID)
+	}
+	fmt.Fprintf(&b, " Image `%s` stays registered. Next: `%s builders rotate` so builders reconnect; webhooks sent while the box was down were lost; take a fresh backup with `%s backup now`.",
+		op.Data["image_id"], s.SlashCommand, s.SlashCommand)
+	return b.String()
+}
+
+// find looks an operation up by its ID or by the request that started it.
+func (s *Restores) find(id string) (*journal.Op, error) {
+	op, err := s.Journal.Get(id)
+	if errors.Is(err, journal.ErrNotFound) && strings.HasPrefix(id, "req-") {
+		op, err = s.Journal.ByRequest(id)
+	}
+	if errors.Is(err, journal.ErrNotFound) {
+		return nil, &UserError{Msg: fmt.Sprintf("there is no operation `%s`. Operation IDs (op-…) are in each restore's progress message.", id)}
+	}
+	return op, err
+}
+
+// Resume continues a stopped operation from its first unfinished step.
+func (s *Restores) Resume(ctx context.Context, id, user string, poster progress.Poster) (Outcome, error) {
+	op, err := s.find(id)
+	if err != nil {
+		return Outcome{}, err
+	}
+	op, err = s.Journal.Claim(op.ID, s.Store.Process())
+	if err != nil {
+		return Outcome{}, &UserError{Msg: err.Error() + "."}
+	}
+	if err := s.adopt(op); err != nil {
+		_, _ = s.Journal.Update(op.ID, func(o *journal.Op) error { o.State = journal.Stopped; return nil })
+		return Outcome{}, err
+	}
+	i := op.Next()
+	note := fmt.Sprintf("Resumed by <@%s> at step %d (%s); steps 1–%d are done and are not run again.", user, i+1, op.Steps[i].Name, i)
+	if err := s.run(ctx, op.ID, poster, note); err != nil {
+		return Outcome{}, err
+	}
+	return Outcome{Result: "ok", Detail: "resumed " + op.ID}, nil
+}
+
+// adopt makes this process the holder of the operation's target.
+func (s *Restores) adopt(op *journal.Op) error {
+	err := s.Store.Adopt(store.Lock{Key: op.Target, OpID: op.ID, What: "restore", Requester: op.Requester, Since: op.Created, Process: s.Store.Process()})
+	var held *store.HeldError
+	if errors.As(err, &held) {
+		return &UserError{Msg: heldMessage(held.Holder, s.SlashCommand)}
+	}
+	return err
+}
+
+// Cancel stops a running operation at its next step boundary, or gives up
+// a stopped one and frees its target.
+func (s *Restores) Cancel(ctx context.Context, id, user string, reply Replier) (Outcome, error) {
+	op, err := s.find(id)
+	if err != nil {
+		return Outcome{}, err
+	}
+	op, abandoned, err := s.Journal.RequestCancel(op.ID, user)
+	if err != nil {
+		return Outcome{}, &UserError{Msg: err.Error() + "; nothing to cancel."}
+	}
+	if !abandoned {
+		i := op.Next()
+		msg := fmt.Sprintf(":octagonal_sign: <@%s> asked `%s` to stop. Step %d (%s) finishes first (a step is never cut in half); nothing after it starts.", user, op.ID, i+1, op.Steps[min(i, len(op.Steps)-1)].Name)
+		_, err := reply.Post(ctx, chat.Text(msg))
+		return Outcome{Result: "ok", Detail: "cancel requested " + op.ID}, err
+	}
+	if err := s.Store.Unlock(op.Target, op.ID); err != nil {
+		return Outcome{}, err
+	}
+	msg := fmt.Sprintf(":wastebasket: <@%s> gave up `%s` (%s). The Services box is free for new operations. What it left: %s.%s",
+		user, op.ID, op.Title, s.leftBehind(op), s.cleanupHints(op))
+	_, err = reply.Post(ctx, chat.Text(msg))
+	return Outcome{Result: "ok", Detail: "abandoned " + op.ID}, err
+}
+
+// cleanupHints names what a given-up restore made, for a person to keep
+// or remove: the bot does not delete it.
+func (s *Restores) cleanupHints(op *journal.Op) string {
+	var h []string
+	if v := op.Data["kept_volumes"]; v != "" {
+		h = append(h, "old volumes "+v+" (tag "+ops.TagKeptBy+"="+op.ID+")")
+	}
+	if v := op.Data["image_id"]; v != "" {
+		h = append(h, "image `"+v+"`")
+	}
+	if v := op.Data["instance_id"]; v != "" {
+		h = append(h, "new instance `"+v+"`")
+	}
+	if v := op.Data["moved_aside"]; v != "" {
+		h = append(h, "moved-aside data `"+v+"` on the box")
+	}
+	if len(h) == 0 {
+		return ""
+	}
+	return " Kept, not deleted: " + strings.Join(h, ", ") + "."
+}
+
+// Recover runs at start-up: operations a dead process was running are
+// marked interrupted at their step, keep the Services box locked, and are
+// announced in their channel with how to resume or give them up. None is
+// continued on its own.
+func (s *Restores) Recover(ctx context.Context, postTo func(string) progress.Poster) {
+	stopped, err := s.Journal.MarkInterrupted(s.Store.Process())
+	if err != nil {
+		s.Log.Error("read operations at start-up", "err", err)
+		return
+	}
+	all, err := s.Journal.All()
+	if err != nil {
+		s.Log.Error("read operations at start-up", "err", err)
+		return
+	}
+	for _, op := range all {
+		if op.Open() {
+			if err := s.adopt(op); err != nil {
+				s.Log.Error("keep the box locked for a stopped operation", "op", op.ID, "err", err)
+			}
+		}
+	}
+	for _, op := range stopped {
+		var steps []string
+		for i, st := range op.Steps {
+			mark := map[journal.StepState]string{journal.StepDone: ":white_check_mark:", journal.StepFailed: ":x:", journal.StepInterrupted: ":warning:"}[st.State]
+			if mark == "" {
+				mark = ":white_circle:"
+			}
+			line := fmt.Sprintf("%s %d. %s", mark, i+1, st.Name)
+			if st.Detail != "" {
+				line += " — " + st.Detail
+			}
+			steps = append(steps, line)
+		}
+		msg := fmt.Sprintf(":warning: Operation `%s` (%s, approved by <@%s>) was %s. It was not continued on its own, and the Services box stays locked for it.\n%s\n`%s resume %s` continues from step %d (a step that was cut off is checked and completed, never done twice); `%s cancel %s` gives it up.",
+			op.ID, op.Title, op.Approver, op.Why, strings.Join(steps, "\n"), s.SlashCommand, op.ID, op.Next()+1, s.SlashCommand, op.ID)
+		s.Log.Warn("interrupted operation", "op", op.ID, "why", op.Why)
+		if _, err := postTo(op.Channel).Post(ctx, chat.Text(msg)); err != nil {
+			s.Log.Error("announce interrupted operation", "op", op.ID, "err", err)
+		}
+	}
+}
+
+// Journaled reports whether an approval request became a journaled
+// operation (which then has its own resume path).
+func (s *Restores) Journaled(reqID string) bool {
+	_, err := s.Journal.ByRequest(reqID)
+	return err == nil
+}
+
+func (d Deps) resume(ctx context.Context, c Call) (Outcome, error) {
+	return d.Restores.Resume(ctx, c.Cmd.ID, c.Req.UserID, c.Reply)
+}
+
+func (d Deps) cancel(ctx context.Context, c Call) (Outcome, error) {
+	return d.Restores.Cancel(ctx, c.Cmd.ID, c.Req.UserID, c.Reply)
+}

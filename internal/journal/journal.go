@@ -1,0 +1,420 @@
+// Package journal owns the record of a multi-step destructive operation
+// (a restore, later a failover): its approved facts, each step's state
+// written before and after the step runs, the values steps hand to later
+// steps, and who holds the target. After a crash the record says exactly
+// where the operation stopped, so it can be resumed without repeating a
+// finished step, or given up with a list of what was left behind.
+package journal
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var bucket = []byte("operations")
+
+// State of an operation.
+type State string
+
+const (
+	Running   State = "running"   // a bot process is executing it
+	Stopped   State = "stopped"   // cancelled, failed or interrupted: resumable
+	Done      State = "done"      // every step finished
+	Abandoned State = "abandoned" // given up with cancel; the target is free
+)
+
+// StepState of one step.
+type StepState string
+
+const (
+	StepPending     StepState = "pending"
+	StepRunning     StepState = "running"
+	StepDone        StepState = "done"
+	StepFailed      StepState = "failed"
+	StepInterrupted StepState = "interrupted" // the bot stopped while it ran
+)
+
+type Step struct {
+	Name     string    `json:"name"`
+	State    StepState `json:"state"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+	Detail   string    `json:"detail,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	Attempts int       `json:"attempts,omitempty"`
+}
+
+// Op is one journaled operation.
+type Op struct {
+	ID        string            `json:"id"`
+	Kind      string            `json:"kind"`   // "restore"
+	Title     string            `json:"title"`  // for the progress message
+	Target    string            `json:"target"` // the lock key it holds, e.g. box/circleci_services
+	RequestID string            `json:"request_id,omitempty"`
+	Command   string            `json:"command"`
+	Channel   string            `json:"channel"`
+	Requester string            `json:"requester"`
+	Approver  string            `json:"approver,omitempty"`
+	Facts     map[string]string `json:"facts"` // the approved plan's facts
+	// Data are values a step hands to later ones (image ID, instance ID);
+	// a step that is run again finds what it made the first time here or
+	// by its tags in AWS.
+	Data      map[string]string `json:"data"`
+	Steps     []Step            `json:"steps"`
+	State     State             `json:"state"`
+	Why       string            `json:"why,omitempty"` // why it stopped
+	CancelBy  string            `json:"cancel_by,omitempty"`
+	Process   string            `json:"process,omitempty"`
+	MessageTS string            `json:"message_ts,omitempty"`
+	Created   time.Time         `json:"created"`
+	Updated   time.Time         `json:"updated"`
+	Finished  time.Time         `json:"finished,omitzero"`
+}
+
+// NewID makes op-YYYYMMDD-HHMMSS-xxxx (UTC): sortable and short to type.
+func NewID(t time.Time) string {
+	var r [2]byte
+	_, _ = rand.Read(r[:])
+	return "op-" + t.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(r[:])
+}
+
+// Next is the index of the first step not done, or len(Steps).
+func (o *Op) Next() int {
+	for i, s := range o.Steps {
+		if s.State != StepDone {
+			return i
+		}
+	}
+	return len(o.Steps)
+}
+
+// Open reports whether the operation still holds its target.
+func (o *Op) Open() bool { return o.State == Running || o.State == Stopped }
+
+// Elapsed is the time from the first step's start to the end (or now).
+func (o *Op) Elapsed(now time.Time) time.Duration {
+	end := now
+	if !o.Finished.IsZero() {
+		end = o.Finished
+	}
+	if len(o.Steps) == 0 || o.Steps[0].Started.IsZero() {
+		return 0
+	}
+	return end.Sub(o.Steps[0].Started)
+}
+
+var (
+	ErrNotFound = errors.New("no such operation")
+	// ErrCancelled stops Run at a step boundary after a cancel.
+	ErrCancelled = errors.New("cancelled")
+)
+
+// Store keeps operations in the bot's bbolt file; each change is one
+// read-check-write transaction.
+type Store struct{ DB *bolt.DB }
+
+func (s Store) Create(o *Op) error {
+	val, err := json.Marshal(o)
+	if err != nil {
+		return err
+	}
+	return s.DB.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucket)
+		if err != nil {
+			return err
+		}
+		if b.Get([]byte(o.ID)) != nil {
+			return fmt.Errorf("operation %s exists", o.ID)
+		}
+		return b.Put([]byte(o.ID), val)
+	})
+}
+
+func (s Store) Get(id string) (*Op, error) {
+	var o *Op
+	err := s.DB.View(func(tx *bolt.Tx) error {
+		var err error
+		o, err = load(tx, id)
+		return err
+	})
+	return o, err
+}
+
+// ByRequest finds the operation an approval request started.
+func (s Store) ByRequest(reqID string) (*Op, error) {
+	all, err := s.All()
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range all {
+		if o.RequestID == reqID {
+			return o, nil
+		}
+	}
+	return nil, ErrNotFound
+}
+
+func load(tx *bolt.Tx, id string) (*Op, error) {
+	b := tx.Bucket(bucket)
+	if b == nil {
+		return nil, ErrNotFound
+	}
+	v := b.Get([]byte(id))
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	var o Op
+	if err := json.Unmarshal(v, &o); err != nil {
+		return nil, fmt.Errorf("decode operation %s: %w", id, err)
+	}
+	return &o, nil
+}
+
+// Update applies fn to the stored operation atomically and returns the
+// result; an error from fn leaves the record unchanged.
+func (s Store) Update(id string, fn func(*Op) error) (*Op, error) {
+	var out *Op
+	err := s.DB.Update(func(tx *bolt.Tx) error {
+		o, err := load(tx, id)
+		if err != nil {
+			return err
+		}
+		if err := fn(o); err != nil {
+			out = o
+			return err
+		}
+		o.Updated = time.Now()
+		val, err := json.Marshal(o)
+		if err != nil {
+			return err
+		}
+		out = o
+		return tx.Bucket(bucket).Put([]byte(id), val)
+	})
+	return out, err
+}
+
+// All lists every operation, oldest first (IDs sort by time).
+func (s Store) All() ([]*Op, error) {
+	var out []*Op
+	err := s.DB.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var o Op
+			if err := json.Unmarshal(v, &o); err != nil {
+				return fmt.Errorf("decode operation %s: %w", k, err)
+			}
+			out = append(out, &o)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Claim makes process the runner of a stopped (or new) operation, once: of
+// two `resume`s, one gets the operation and the other an error.
+func (s Store) Claim(id, process string) (*Op, error) {
+	return s.Update(id, func(o *Op) error {
+		switch o.State {
+		case Stopped:
+		case Running:
+			if o.Process == process {
+				return nil // created running by this process
+			}
+			return fmt.Errorf("operation `%s` is running (step %d of %d)", o.ID, o.Next()+1, len(o.Steps))
+		default:
+			return fmt.Errorf("operation `%s` is %s; it cannot be resumed", o.ID, o.State)
+		}
+		o.State, o.Process, o.Why, o.CancelBy = Running, process, "", ""
+		return nil
+	})
+}
+
+// RequestCancel asks a running operation to stop at its next step
+// boundary, or gives up a stopped one. It reports which happened.
+func (s Store) RequestCancel(id, user string) (op *Op, abandoned bool, err error) {
+	op, err = s.Update(id, func(o *Op) error {
+		switch o.State {
+		case Running:
+			o.CancelBy = user
+		case Stopped:
+			o.State, o.CancelBy, o.Finished = Abandoned, user, time.Now()
+			abandoned = true
+		default:
+			return fmt.Errorf("operation `%s` is already %s", o.ID, o.State)
+		}
+		return nil
+	})
+	return op, abandoned, err
+}
+
+// Progress is what Run reports to (a progress stream).
+type Progress interface {
+	Begin(i int, detail string)
+	Done(i int, detail string)
+	Fail(i int, err error)
+	Log(line string)
+}
+
+// StepFunc runs one step. It must be safe to run again after a crash part
+// way through: it looks for what it made before (op.Data, tags, client
+// tokens) instead of making it twice. It may set op.Data entries; they
+// are saved with the step's end.
+type StepFunc func(ctx context.Context, op *Op, p Progress) (detail string, err error)
+
+type Def struct {
+	Name string
+	Run  StepFunc
+}
+
+// StepError is the failure of one step, for the summary.
+type StepError struct {
+	Step string
+	Err  error
+}
+
+func (e *StepError) Error() string { return e.Step + ": " + e.Err.Error() }
+func (e *StepError) Unwrap() error { return e.Err }
+
+// Run executes the operation's steps from the first unfinished one. Each
+// step is recorded as running before it starts and as done (with the data
+// it produced) after; a cancel is honoured between steps. On any stop the
+// operation is left Stopped with the reason, ready for resume or cancel.
+func (s Store) Run(ctx context.Context, id string, defs []Def, p Progress) (*Op, error) {
+	op, err := s.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	if len(op.Steps) != len(defs) {
+		return op, fmt.Errorf("operation %s has %d steps recorded, this version runs %d", id, len(op.Steps), len(defs))
+	}
+	for i := range defs {
+		if op.Steps[i].State == StepDone {
+			p.Done(i, op.Steps[i].Detail)
+		}
+	}
+	for i := op.Next(); i < len(defs); i = op.Next() {
+		// The step boundary: a cancel and a shutdown are honoured here.
+		if ctx.Err() != nil {
+			return s.stop(op.ID, fmt.Sprintf("interrupted before step %d (%s): the bot is shutting down", i+1, defs[i].Name), ctx.Err())
+		}
+		op, err = s.Update(id, func(o *Op) error {
+			if o.CancelBy != "" {
+				return ErrCancelled
+			}
+			o.Steps[i].State, o.Steps[i].Started, o.Steps[i].Error = StepRunning, time.Now(), ""
+			o.Steps[i].Attempts++
+			return nil
+		})
+		if errors.Is(err, ErrCancelled) {
+			return s.stop(id, fmt.Sprintf("cancelled by <@%s> before step %d (%s)", op.CancelBy, i+1, defs[i].Name), ErrCancelled)
+		}
+		if err != nil {
+			return op, fmt.Errorf("journal step %s of %s: %w", defs[i].Name, id, err)
+		}
+		p.Begin(i, "")
+		data := cloneMap(op.Data)
+		work := &Op{}
+		*work = *op
+		work.Data = data
+		detail, stepErr := defs[i].Run(ctx, work, p)
+		if stepErr != nil {
+			if ctx.Err() != nil {
+				p.Fail(i, fmt.Errorf("interrupted: %w", stepErr))
+				return s.stopStep(id, i, StepInterrupted, data, stepErr, fmt.Sprintf("interrupted during step %d (%s): the bot is shutting down", i+1, defs[i].Name))
+			}
+			p.Fail(i, stepErr)
+			return s.stopStep(id, i, StepFailed, data, stepErr, fmt.Sprintf("step %d (%s) failed: %v", i+1, defs[i].Name, stepErr))
+		}
+		op, err = s.Update(id, func(o *Op) error {
+			o.Data = data
+			o.Steps[i].State, o.Steps[i].Finished, o.Steps[i].Detail = StepDone, time.Now(), detail
+			if o.Next() == len(o.Steps) {
+				o.State, o.Finished = Done, time.Now()
+			}
+			return nil
+		})
+		if err != nil {
+			return op, fmt.Errorf("journal step %s of %s: %w", defs[i].Name, id, err)
+		}
+		p.Done(i, detail)
+	}
+	return op, nil
+}
+
+func (s Store) stop(id string, why string, cause error) (*Op, error) {
+	op, err := s.Update(id, func(o *Op) error {
+		o.State, o.Why = Stopped, why
+		return nil
+	})
+	if err != nil {
+		return op, err
+	}
+	return op, cause
+}
+
+func (s Store) stopStep(id string, i int, st StepState, data map[string]string, cause error, why string) (*Op, error) {
+	op, err := s.Update(id, func(o *Op) error {
+		// What the step made before failing is kept: a resume finds it.
+		o.Data = data
+		o.Steps[i].State, o.Steps[i].Finished, o.Steps[i].Error = st, time.Now(), cause.Error()
+		o.State, o.Why = Stopped, why
+		return nil
+	})
+	if err != nil {
+		return op, err
+	}
+	return op, &StepError{Step: op.Steps[i].Name, Err: cause}
+}
+
+// MarkInterrupted turns operations left Running by another (dead) process
+// into Stopped ones, naming the step that was running. It returns them.
+func (s Store) MarkInterrupted(process string) ([]*Op, error) {
+	all, err := s.All()
+	if err != nil {
+		return nil, err
+	}
+	var out []*Op
+	for _, o := range all {
+		if o.State != Running || o.Process == process {
+			continue
+		}
+		op, err := s.Update(o.ID, func(o *Op) error {
+			if o.State != Running || o.Process == process {
+				return errors.New("changed")
+			}
+			i := o.Next()
+			o.State = Stopped
+			if i < len(o.Steps) && o.Steps[i].State == StepRunning {
+				o.Steps[i].State = StepInterrupted
+				o.Why = fmt.Sprintf("interrupted during step %d (%s): the bot stopped", i+1, o.Steps[i].Name)
+			} else {
+				o.Why = "interrupted between steps: the bot stopped"
+			}
+			return nil
+		})
+		if err != nil {
+			continue
+		}
+		out = append(out, op)
+	}
+	return out, nil
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}

@@ -1,0 +1,168 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+func open(t *testing.T) Store {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "j.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return Store{DB: db}
+}
+
+type nopProgress struct{}
+
+func (nopProgress) Begin(int, string) {}
+func (nopProgress) Done(int, string)  {}
+func (nopProgress) Fail(int, error)   {}
+func (nopProgress) Log(string)        {}
+
+func newOp(t *testing.T, s Store, process string, n int) *Op {
+	t.Helper()
+	o := &Op{ID: NewID(time.Now()), Kind: "test", State: Running, Process: process, Data: map[string]string{}, Created: time.Now()}
+	for i := 0; i < n; i++ {
+		o.Steps = append(o.Steps, Step{Name: string(rune('a' + i)), State: StepPending})
+	}
+	if err := s.Create(o); err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// A failed step stops the operation; resuming runs only the unfinished
+// steps, and data a step produced reaches later steps across the stop.
+func TestResumeSkipsFinishedSteps(t *testing.T) {
+	s := open(t)
+	o := newOp(t, s, "p1", 3)
+	runs := map[string]int{}
+	failB := true
+	defs := []Def{
+		{"a", func(_ context.Context, op *Op, _ Progress) (string, error) {
+			runs["a"]++
+			op.Data["made"] = "thing-1"
+			return "made thing-1", nil
+		}},
+		{"b", func(_ context.Context, op *Op, _ Progress) (string, error) {
+			runs["b"]++
+			if op.Data["made"] != "thing-1" {
+				t.Errorf("step b saw data %v", op.Data)
+			}
+			if failB {
+				return "", errors.New("boom")
+			}
+			return "ok", nil
+		}},
+		{"c", func(context.Context, *Op, Progress) (string, error) { runs["c"]++; return "ok", nil }},
+	}
+	got, err := s.Run(context.Background(), o.ID, defs, nopProgress{})
+	var se *StepError
+	if !errors.As(err, &se) || se.Step != "b" {
+		t.Fatalf("Run = %v, want step b's error", err)
+	}
+	if got.State != Stopped || got.Steps[0].State != StepDone || got.Steps[1].State != StepFailed || got.Steps[2].State != StepPending {
+		t.Fatalf("after failure: state %s steps %+v", got.State, got.Steps)
+	}
+	if _, err := s.Claim(o.ID, "p1"); err != nil {
+		t.Fatal(err)
+	}
+	failB = false
+	got, err = s.Run(context.Background(), o.ID, defs, nopProgress{})
+	if err != nil || got.State != Done {
+		t.Fatalf("resume: %v, state %s", err, got.State)
+	}
+	if runs["a"] != 1 || runs["b"] != 2 || runs["c"] != 1 {
+		t.Fatalf("runs = %v, want a once, b twice, c once", runs)
+	}
+	if got.Steps[1].Attempts != 2 {
+		t.Fatalf("attempts of b = %d", got.Steps[1].Attempts)
+	}
+}
+
+// A cancel asked for during a step is honoured at the next boundary: the
+// running step finishes, the next does not start, and cancelling the
+// stopped operation gives it up.
+func TestCancelAtStepBoundary(t *testing.T) {
+	s := open(t)
+	o := newOp(t, s, "p1", 3)
+	ran := 0
+	defs := make([]Def, 3)
+	for i := range defs {
+		defs[i] = Def{Name: "s", Run: func(context.Context, *Op, Progress) (string, error) {
+			ran++
+			if ran == 1 {
+				if _, abandoned, err := s.RequestCancel(o.ID, "U0BOB"); err != nil || abandoned {
+					t.Errorf("cancel while running: abandoned=%v err=%v", abandoned, err)
+				}
+			}
+			return "", nil
+		}}
+	}
+	got, err := s.Run(context.Background(), o.ID, defs, nopProgress{})
+	if !errors.Is(err, ErrCancelled) || ran != 1 || got.State != Stopped || got.Next() != 1 {
+		t.Fatalf("err=%v ran=%d state=%s next=%d", err, ran, got.State, got.Next())
+	}
+	got, abandoned, err := s.RequestCancel(o.ID, "U0BOB")
+	if err != nil || !abandoned || got.State != Abandoned || got.Open() {
+		t.Fatalf("second cancel: %v %v %s", err, abandoned, got.State)
+	}
+	if _, err := s.Claim(o.ID, "p1"); err == nil {
+		t.Fatal("an abandoned operation was resumed")
+	}
+}
+
+// A process that died mid-step leaves the operation Running under its
+// token; the next process marks it interrupted at that step.
+func TestMarkInterrupted(t *testing.T) {
+	s := open(t)
+	o := newOp(t, s, "dead", 2)
+	if _, err := s.Update(o.ID, func(o *Op) error { o.Steps[0].State = StepRunning; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	mine := newOp(t, s, "alive", 1)
+	got, err := s.MarkInterrupted("alive")
+	if err != nil || len(got) != 1 || got[0].ID != o.ID {
+		t.Fatalf("MarkInterrupted = %v, %v", got, err)
+	}
+	if got[0].State != Stopped || got[0].Steps[0].State != StepInterrupted || got[0].Why == "" {
+		t.Fatalf("interrupted op: %+v", got[0])
+	}
+	if m, _ := s.Get(mine.ID); m.State != Running {
+		t.Fatalf("this process's own op was touched: %s", m.State)
+	}
+}
+
+// Of many racing resumes, exactly one claims the operation.
+func TestClaimOnce(t *testing.T) {
+	s := open(t)
+	o := newOp(t, s, "dead", 1)
+	if _, err := s.MarkInterrupted("me"); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	for i := 0; i < 20; i++ {
+		wg.Go(func() {
+			if _, err := s.Claim(o.ID, "me"+string(rune('a'+i))); err == nil {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Fatalf("%d claims won, want 1", wins)
+	}
+}

@@ -1,0 +1,1019 @@
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/circlebot/circlebot/internal/journal"
+)
+
+// RestoreEC2 is the part of EC2 a restore from snapshots uses.
+type RestoreEC2 interface {
+	EC2
+	DescribeImages(context.Context, *ec2.DescribeImagesInput, ...func(*ec2.Options)) (*ec2.DescribeImagesOutput, error)
+	RegisterImage(context.Context, *ec2.RegisterImageInput, ...func(*ec2.Options)) (*ec2.RegisterImageOutput, error)
+	RunInstances(context.Context, *ec2.RunInstancesInput, ...func(*ec2.Options)) (*ec2.RunInstancesOutput, error)
+	StopInstances(context.Context, *ec2.StopInstancesInput, ...func(*ec2.Options)) (*ec2.StopInstancesOutput, error)
+	TerminateInstances(context.Context, *ec2.TerminateInstancesInput, ...func(*ec2.Options)) (*ec2.TerminateInstancesOutput, error)
+	ModifyInstanceAttribute(context.Context, *ec2.ModifyInstanceAttributeInput, ...func(*ec2.Options)) (*ec2.ModifyInstanceAttributeOutput, error)
+	CreateTags(context.Context, *ec2.CreateTagsInput, ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error)
+	DescribeNetworkInterfaces(context.Context, *ec2.DescribeNetworkInterfacesInput, ...func(*ec2.Options)) (*ec2.DescribeNetworkInterfacesOutput, error)
+	AssignPrivateIpAddresses(context.Context, *ec2.AssignPrivateIpAddressesInput, ...func(*ec2.Options)) (*ec2.AssignPrivateIpAddressesOutput, error)
+}
+
+// Tags a restore leaves on what it touches, so that a person (or the bot
+// after a crash) can find them.
+const (
+	TagRestoreOp = "circlebot:restore-op" // on the new instance and the image
+	TagKeptBy    = "circlebot:kept-by"    // on the old instance's volumes
+	TagKeptFrom  = "circlebot:kept-from"
+)
+
+// RestorePlan is everything a restore from snapshots will use, derived
+// from live AWS state and the bot's records. Its Facts are what the
+// approval is bound to.
+type RestorePlan struct {
+	Source     string            `json:"source"` // bk-… or the first snapshot of a hand-made set
+	SourceTime time.Time         `json:"source_time"`
+	MadeByBot  bool              `json:"made_by_bot"`
+	Snapshots  []RestoreSnapshot `json:"snapshots"`
+	Shape      Shape             `json:"shape"` // what the new instance looks like
+	ShapeFrom  string            `json:"shape_from"`
+	Old        *OldBox           `json:"old,omitempty"`
+	Fallbacks  []string          `json:"fallbacks,omitempty"`
+	AppStart   string            `json:"app_start,omitempty"`
+	Region     string            `json:"region"`
+	NameTag    string            `json:"name_tag"`
+}
+
+type RestoreSnapshot struct {
+	ID      string `json:"id"`
+	Device  string `json:"device"`
+	SizeGiB int32  `json:"size_gib"`
+}
+
+// OldBox is the Services box a restore replaces.
+type OldBox struct {
+	InstanceID string      `json:"instance_id"`
+	State      string      `json:"state"`
+	Volumes    []VolumeRef `json:"volumes"`
+}
+
+type VolumeRef struct {
+	ID                  string `json:"id"`
+	Device              string `json:"device"`
+	DeleteOnTermination bool   `json:"delete_on_termination"`
+}
+
+// Facts are the plan's bound values: a newer restore point, a changed
+// instance state or a different IP gives a different hash.
+func (p RestorePlan) Facts() map[string]string {
+	var snaps, sgs []string
+	for _, s := range p.Snapshots {
+		snaps = append(snaps, s.Device+"="+s.ID)
+	}
+	sgs = append(sgs, p.Shape.SecurityGroups...)
+	slices.Sort(sgs)
+	f := map[string]string{
+		"region":          p.Region,
+		"source":          p.Source,
+		"snapshots":       strings.Join(snaps, ","),
+		"root_device":     p.Shape.RootDevice,
+		"instance_type":   strings.Join(append([]string{p.Shape.Type}, p.Fallbacks...), ","),
+		"subnet":          p.Shape.SubnetID,
+		"security_groups": strings.Join(sgs, ","),
+		"private_ip":      p.Shape.PrivateIP,
+		"secondary_ips":   strings.Join(p.Shape.SecondaryIPs, ","),
+		"iam_profile":     p.Shape.IAMProfile,
+		"key_name":        p.Shape.KeyName,
+		"app_start":       p.AppStart,
+		"old_instance":    "none",
+	}
+	if p.Old != nil {
+		var vols []string
+		for _, v := range p.Old.Volumes {
+			vols = append(vols, v.Device+"="+v.ID)
+		}
+		f["old_instance"] = p.Old.InstanceID + " (" + p.Old.State + ")"
+		f["old_volumes_kept"] = strings.Join(vols, ",")
+	}
+	return f
+}
+
+// Encode and DecodeRestorePlan carry the approved plan into the journal.
+func (p RestorePlan) Encode() string {
+	b, _ := json.Marshal(p)
+	return string(b)
+}
+
+func DecodeRestorePlan(s string) (RestorePlan, error) {
+	var p RestorePlan
+	err := json.Unmarshal([]byte(s), &p)
+	return p, err
+}
+
+// SnapshotRestore plans and runs a restore of the Services box from an EBS
+// snapshot set: image -> new instance with the recorded shape and private
+// IP. The old instance's volumes are kept.
+type SnapshotRestore struct {
+	EC2       RestoreEC2
+	SSM       SSM // nil: the app start step is skipped
+	Records   Records
+	NameTag   string
+	Region    string
+	Fallbacks []string
+	AppStart  string
+	// Poll is the wait between state polls (default 2 s); the timeouts
+	// bound each wait.
+	Poll          time.Duration
+	ImageTimeout  time.Duration
+	StopTimeout   time.Duration
+	HealthTimeout time.Duration
+}
+
+// RefusalError is a plan that cannot be made: its text says why, what
+// holds what, and what to do. Nothing was changed.
+type RefusalError struct{ Msg string }
+
+func (e *RefusalError) Error() string { return e.Msg }
+
+func refusef(format string, a ...any) error { return &RefusalError{Msg: fmt.Sprintf(format, a...)} }
+
+// Plan resolves snapshotID ("" = the newest completed EBS restore point)
+// into a full plan, or refuses with a reason.
+func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestorePlan, error) {
+	recs, err := r.Records.Backups()
+	if err != nil {
+		return RestorePlan{}, err
+	}
+	var members []ec2types.Snapshot
+	var rec *Backup
+	if snapshotID == "" {
+		pts, err := RestorePoints(ctx, r.EC2, recs)
+		if err != nil {
+			return RestorePlan{}, err
+		}
+		var newest *Point
+		for i := range pts {
+			if pts[i].Method == "ebs" && pts[i].Usable() {
+				newest = &pts[i]
+				break
+			}
+		}
+		if newest == nil {
+			return RestorePlan{}, refusef("there is no completed EBS restore point to restore from (`backup list` shows them).")
+		}
+		snapshotID = newest.Snapshots[0]
+	}
+	out, err := r.EC2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: []string{snapshotID}})
+	if errorCode(err) == "InvalidSnapshot.NotFound" || (err == nil && len(out.Snapshots) == 0) {
+		return RestorePlan{}, refusef("snapshot `%s` does not exist in %s (or this account cannot see it). `backup list` shows the restore points.", snapshotID, r.Region)
+	}
+	if err != nil {
+		return RestorePlan{}, fmt.Errorf("look up snapshot %s: %w", snapshotID, err)
+	}
+	snap := out.Snapshots[0]
+	plan := RestorePlan{Region: r.Region, NameTag: r.NameTag, Fallbacks: r.Fallbacks, AppStart: r.AppStart}
+	if r.SSM == nil {
+		plan.AppStart = ""
+	}
+	box, boxErr := FindBox(ctx, r.EC2, r.NameTag)
+	var amb *AmbiguousError
+	switch {
+	case errors.As(boxErr, &amb):
+		return RestorePlan{}, refusef("%s. A restore would not know which one to replace.", amb.Error())
+	case boxErr != nil && !errors.Is(boxErr, ErrNotFound):
+		return RestorePlan{}, boxErr
+	}
+	haveBox := boxErr == nil
+	if id := tag(snap.Tags, TagBackupID); id != "" {
+		plan.Source, plan.MadeByBot = id, true
+		members, err = r.describeSet(ctx, ec2types.Filter{Name: aws.String("tag:" + TagBackupID), Values: []string{id}})
+		if err != nil {
+			return RestorePlan{}, err
+		}
+		rec, _ = r.Records.Backup(id)
+	} else if strings.HasPrefix(aws.ToString(snap.Description), BackupDescriptionPrefix) {
+		members, err = r.describeSet(ctx, ec2types.Filter{Name: aws.String("description"), Values: []string{aws.ToString(snap.Description)}})
+		if err != nil {
+			return RestorePlan{}, err
+		}
+		plan.Source = aws.ToString(members[0].SnapshotId)
+	} else {
+		what := fmt.Sprintf("a snapshot of `%s`", aws.ToString(snap.VolumeId))
+		if owner := r.volumeOwner(ctx, aws.ToString(snap.VolumeId)); owner != "" {
+			what += ", attached to " + owner
+		}
+		return RestorePlan{}, refusef("`%s` is not a Services box restore point: it is %s, described %q. Restore points are made by `backup now` or the runbook (description %q…); `backup list` shows them.",
+			snapshotID, what, aws.ToString(snap.Description), BackupDescriptionPrefix)
+	}
+	// Every member must be complete: an image of a partial set boots a
+	// box with missing datastores.
+	for _, m := range members {
+		if m.State != ec2types.SnapshotStateCompleted {
+			extra := ""
+			if m.State == ec2types.SnapshotStateError {
+				extra = " It cannot be restored; pick another restore point."
+			} else if m.State == ec2types.SnapshotStatePending {
+				extra = " Wait for it (`backup status " + aws.ToString(m.SnapshotId) + "`) or pick an older restore point."
+			}
+			return RestorePlan{}, refusef("restore point `%s` is not usable: snapshot `%s` is %s (%s).%s", plan.Source, aws.ToString(m.SnapshotId), m.State, aws.ToString(m.Progress), extra)
+		}
+		if t := aws.ToTime(m.StartTime); plan.SourceTime.IsZero() || t.Before(plan.SourceTime) {
+			plan.SourceTime = t
+		}
+	}
+	// The launch shape: as recorded with the backup, else the live box's.
+	switch {
+	case rec != nil && rec.Shape.SubnetID != "":
+		plan.Shape, plan.ShapeFrom = rec.Shape, "recorded with "+rec.ID
+	case haveBox:
+		plan.Shape, plan.ShapeFrom = ShapeOf(box), "the current Services box "+aws.ToString(box.InstanceId)
+	default:
+		return RestorePlan{}, refusef("restore point `%s` has no recorded launch shape (subnet, security groups, IP) and there is no Services box tagged Name=%s to copy it from. Restore it by hand (runbook “Restore from EBS”) or from a backup the bot made.", plan.Source, r.NameTag)
+	}
+	if name := plan.Shape.Tags["Name"]; plan.MadeByBot && name != "" && name != r.NameTag {
+		return RestorePlan{}, refusef("restore point `%s` is a backup of `%s` (Name=%s), not of the Services box (Name=%s).", plan.Source, plan.Shape.InstanceID, name, r.NameTag)
+	}
+	devices := map[string]string{} // volume -> device on the live box
+	if haveBox {
+		for _, m := range box.BlockDeviceMappings {
+			if m.Ebs != nil {
+				devices[aws.ToString(m.Ebs.VolumeId)] = aws.ToString(m.DeviceName)
+			}
+		}
+	}
+	for _, m := range members {
+		dev := tag(m.Tags, TagDevice)
+		if dev == "" {
+			dev = devices[aws.ToString(m.VolumeId)]
+		}
+		if dev == "" {
+			return RestorePlan{}, refusef("snapshot `%s` of restore point `%s` was not made by the bot and its volume `%s` is not attached to the Services box, so the device it belongs on is unknown.", aws.ToString(m.SnapshotId), plan.Source, aws.ToString(m.VolumeId))
+		}
+		plan.Snapshots = append(plan.Snapshots, RestoreSnapshot{ID: aws.ToString(m.SnapshotId), Device: dev, SizeGiB: aws.ToInt32(m.VolumeSize)})
+	}
+	slices.SortFunc(plan.Snapshots, func(a, b RestoreSnapshot) int { return strings.Compare(a.Device, b.Device) })
+	if plan.Shape.RootDevice == "" {
+		plan.Shape.RootDevice = "/dev/sda1"
+	}
+	if !slices.ContainsFunc(plan.Snapshots, func(s RestoreSnapshot) bool { return s.Device == plan.Shape.RootDevice }) {
+		return RestorePlan{}, refusef("restore point `%s` has no snapshot of the root device %s, so no instance can boot from it.", plan.Source, plan.Shape.RootDevice)
+	}
+	if haveBox {
+		old := &OldBox{InstanceID: aws.ToString(box.InstanceId), State: string(box.State.Name)}
+		for _, m := range box.BlockDeviceMappings {
+			if m.Ebs != nil {
+				old.Volumes = append(old.Volumes, VolumeRef{ID: aws.ToString(m.Ebs.VolumeId), Device: aws.ToString(m.DeviceName), DeleteOnTermination: aws.ToBool(m.Ebs.DeleteOnTermination)})
+			}
+		}
+		plan.Old = old
+	}
+	// The private IP must be free, or held by the box this restore replaces.
+	if holder, err := r.ipHolder(ctx, plan.Shape.PrivateIP, plan.Shape.SubnetID); err != nil {
+		return RestorePlan{}, err
+	} else if holder != nil && (plan.Old == nil || holder.instance != plan.Old.InstanceID) {
+		return RestorePlan{}, refusef("the Services box's private IP %s is held by %s. The new box must keep that IP (builders use it): free it first (terminate that instance or delete the interface), then request the restore again.", plan.Shape.PrivateIP, holder)
+	}
+	return plan, nil
+}
+
+func (r *SnapshotRestore) describeSet(ctx context.Context, f ec2types.Filter) ([]ec2types.Snapshot, error) {
+	var out []ec2types.Snapshot
+	pg := ec2.NewDescribeSnapshotsPaginator(r.EC2, &ec2.DescribeSnapshotsInput{OwnerIds: []string{"self"}, Filters: []ec2types.Filter{f}})
+	for pg.HasMorePages() {
+		page, err := pg.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list the restore point's snapshots: %w", err)
+		}
+		out = append(out, page.Snapshots...)
+	}
+	if len(out) == 0 {
+		return nil, refusef("the restore point's snapshots are gone.")
+	}
+	return out, nil
+}
+
+func (r *SnapshotRestore) volumeOwner(ctx context.Context, volumeID string) string {
+	out, err := r.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{volumeID}})
+	if err != nil || len(out.Volumes) == 0 || len(out.Volumes[0].Attachments) == 0 {
+		return ""
+	}
+	id := aws.ToString(out.Volumes[0].Attachments[0].InstanceId)
+	if name := r.instanceName(ctx, id); name != "" {
+		return fmt.Sprintf("`%s` (Name=%s)", id, name)
+	}
+	return "`" + id + "`"
+}
+
+func (r *SnapshotRestore) instanceName(ctx context.Context, id string) string {
+	out, err := r.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
+	if err != nil || len(out.Reservations) == 0 || len(out.Reservations[0].Instances) == 0 {
+		return ""
+	}
+	return tag(out.Reservations[0].Instances[0].Tags, "Name")
+}
+
+type ipHolder struct {
+	eni, instance, state, name string
+}
+
+func (h *ipHolder) String() string {
+	if h.instance == "" {
+		return fmt.Sprintf("network interface `%s` (not attached to an instance)", h.eni)
+	}
+	s := fmt.Sprintf("network interface `%s` of instance `%s`", h.eni, h.instance)
+	if h.name != "" {
+		s += " (Name=" + h.name + ")"
+	}
+	return s
+}
+
+// ipHolder finds the interface that holds ip in subnet, if any.
+func (r *SnapshotRestore) ipHolder(ctx context.Context, ip, subnet string) (*ipHolder, error) {
+	out, err := r.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{
+		{Name: aws.String("addresses.private-ip-address"), Values: []string{ip}},
+		{Name: aws.String("subnet-id"), Values: []string{subnet}},
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("find what holds %s: %w", ip, err)
+	}
+	for _, n := range out.NetworkInterfaces {
+		h := &ipHolder{eni: aws.ToString(n.NetworkInterfaceId)}
+		if n.Attachment != nil {
+			h.instance = aws.ToString(n.Attachment.InstanceId)
+			h.name = r.instanceName(ctx, h.instance)
+		}
+		return h, nil
+	}
+	return nil, nil
+}
+
+// RestoreSteps are the step names, in order, as the journal and the
+// progress message show them.
+var RestoreSteps = []string{
+	"Check the restore point",
+	"Protect the old volumes",
+	"Stop the old instance",
+	"Make an image of the restore point",
+	"Free the private IP",
+	"Launch the new Services box",
+	"Wait for running and status checks",
+	"Start the app",
+	"Verify the new Services box",
+}
+
+// Steps returns the journal steps of a restore of plan.
+func (r *SnapshotRestore) Steps(plan RestorePlan) []journal.Def {
+	fns := []journal.StepFunc{
+		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+			return r.checkSource(ctx, plan)
+		},
+		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+			return r.protect(ctx, op, plan)
+		},
+		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+			return r.stopOld(ctx, plan, p)
+		},
+		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+			return r.image(ctx, op, plan, p)
+		},
+		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+			return r.freeIP(ctx, plan, p)
+		},
+		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+			return r.launch(ctx, op, plan, p)
+		},
+		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+			return r.waitHealthy(ctx, op, p)
+		},
+		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+			return r.startApp(ctx, op, plan, p)
+		},
+		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+			return r.verify(ctx, op, plan)
+		},
+	}
+	defs := make([]journal.Def, len(fns))
+	for i, f := range fns {
+		defs[i] = journal.Def{Name: RestoreSteps[i], Run: retrying(f, r.poll())}
+	}
+	return defs
+}
+
+// stepAttempts bounds how often a step is tried when AWS fails it with a
+// transient error after the SDK's own retries.
+const stepAttempts = 5
+
+// retrying runs an idempotent step again when AWS answered with a
+// throttling or server error: every step finds what an earlier attempt
+// made, so trying again is safe, and a restore should not stop at 3 a.m.
+// for one 500 too many.
+func retrying(f journal.StepFunc, wait time.Duration) journal.StepFunc {
+	return func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+		for attempt := 1; ; attempt++ {
+			detail, err := f(ctx, op, p)
+			if err == nil || attempt == stepAttempts || !Transient(err) || ctx.Err() != nil {
+				return detail, explained(err)
+			}
+			p.Log(fmt.Sprintf("AWS failed a call (%s); trying the step again (%d of %d).", errorCode(err), attempt+1, stepAttempts))
+			if err := sleep(ctx, wait*time.Duration(attempt)); err != nil {
+				return "", err
+			}
+		}
+	}
+}
+
+// explainedError reads as Explain's one sentence (no request IDs or HTTP
+// details in the journal and the channel) and unwraps to the cause.
+type explainedError struct{ err error }
+
+func (e *explainedError) Error() string { return strings.TrimSuffix(Explain(e.err), ".") }
+func (e *explainedError) Unwrap() error { return e.err }
+
+func explained(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &explainedError{err: err}
+}
+
+// Transient reports an AWS error that a later identical call may not get.
+func Transient(err error) bool {
+	switch errorCode(err) {
+	case "SlowDown", "RequestTimeout", "RequestTimeoutException", "InternalServerError", "ServerUnavailable":
+		return true
+	}
+	return retryable(errorCode(err))
+}
+
+func (r *SnapshotRestore) poll() time.Duration { return cmpOr(r.Poll, 2*time.Second) }
+
+func (r *SnapshotRestore) checkSource(ctx context.Context, plan RestorePlan) (string, error) {
+	var ids []string
+	for _, s := range plan.Snapshots {
+		ids = append(ids, s.ID)
+	}
+	out, err := r.EC2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: ids})
+	if err != nil {
+		return "", fmt.Errorf("check the snapshots: %w", err)
+	}
+	if len(out.Snapshots) != len(ids) {
+		return "", fmt.Errorf("%d of the %d snapshots of %s are gone", len(ids)-len(out.Snapshots), len(ids), plan.Source)
+	}
+	for _, s := range out.Snapshots {
+		if s.State != ec2types.SnapshotStateCompleted {
+			return "", fmt.Errorf("snapshot %s is %s", aws.ToString(s.SnapshotId), s.State)
+		}
+	}
+	return fmt.Sprintf("`%s`: %d snapshots, completed, taken %s UTC", plan.Source, len(ids), plan.SourceTime.UTC().Format("2006-01-02 15:04")), nil
+}
+
+// describeInstance returns the instance, or ok=false if AWS no longer
+// knows it.
+func (r *SnapshotRestore) describeInstance(ctx context.Context, id string) (ec2types.Instance, bool, error) {
+	out, err := r.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
+	if errorCode(err) == "InvalidInstanceID.NotFound" {
+		return ec2types.Instance{}, false, nil
+	}
+	if err != nil {
+		return ec2types.Instance{}, false, fmt.Errorf("describe %s: %w", id, err)
+	}
+	for _, res := range out.Reservations {
+		for _, in := range res.Instances {
+			return in, true, nil
+		}
+	}
+	return ec2types.Instance{}, false, nil
+}
+
+// protect turns DeleteOnTermination off for every volume of the old
+// instance and tags them, then reads the mappings back: nothing is
+// stopped or terminated until AWS shows every volume protected.
+func (r *SnapshotRestore) protect(ctx context.Context, op *journal.Op, plan RestorePlan) (string, error) {
+	if plan.Old == nil {
+		return "no old instance: nothing to protect", nil
+	}
+	in, ok, err := r.describeInstance(ctx, plan.Old.InstanceID)
+	if err != nil {
+		return "", err
+	}
+	if !ok || in.State.Name == ec2types.InstanceStateNameTerminated {
+		return "", fmt.Errorf("the old instance %s is gone (terminated outside this restore) before its volumes were protected; check vol %s by hand, then cancel this restore and request a new one", plan.Old.InstanceID, volList(plan.Old.Volumes))
+	}
+	var vols []string
+	for _, m := range in.BlockDeviceMappings {
+		if m.Ebs == nil {
+			continue
+		}
+		vols = append(vols, aws.ToString(m.Ebs.VolumeId))
+		if !aws.ToBool(m.Ebs.DeleteOnTermination) {
+			continue
+		}
+		_, err := r.EC2.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{
+			InstanceId: in.InstanceId,
+			BlockDeviceMappings: []ec2types.InstanceBlockDeviceMappingSpecification{{
+				DeviceName: m.DeviceName, Ebs: &ec2types.EbsInstanceBlockDeviceSpecification{DeleteOnTermination: aws.Bool(false)},
+			}},
+		})
+		if err != nil {
+			return "", fmt.Errorf("turn off DeleteOnTermination of %s (%s): %w", aws.ToString(m.Ebs.VolumeId), aws.ToString(m.DeviceName), err)
+		}
+	}
+	if len(vols) > 0 {
+		_, err = r.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: vols, Tags: []ec2types.Tag{
+			{Key: aws.String(TagKeptBy), Value: aws.String(op.ID)},
+			{Key: aws.String(TagKeptFrom), Value: aws.String(plan.Old.InstanceID)},
+		}})
+		if err != nil {
+			return "", fmt.Errorf("tag the old volumes: %w", err)
+		}
+	}
+	if err := r.checkProtected(ctx, plan.Old.InstanceID); err != nil {
+		return "", err
+	}
+	op.Data["kept_volumes"] = strings.Join(vols, ",")
+	return fmt.Sprintf("%d volumes of `%s` kept on termination and tagged %s=%s: %s", len(vols), plan.Old.InstanceID, TagKeptBy, op.ID, strings.Join(vols, ", ")), nil
+}
+
+// checkProtected reads the instance back and fails if any volume would
+// be deleted with it.
+func (r *SnapshotRestore) checkProtected(ctx context.Context, id string) error {
+	in, ok, err := r.describeInstance(ctx, id)
+	if err != nil || !ok {
+		return err
+	}
+	for _, m := range in.BlockDeviceMappings {
+		if m.Ebs != nil && aws.ToBool(m.Ebs.DeleteOnTermination) {
+			return fmt.Errorf("volume %s (%s) of %s is still set to be deleted on termination; not going further", aws.ToString(m.Ebs.VolumeId), aws.ToString(m.DeviceName), id)
+		}
+	}
+	return nil
+}
+
+func volList(vs []VolumeRef) string {
+	var ids []string
+	for _, v := range vs {
+		ids = append(ids, v.ID)
+	}
+	return strings.Join(ids, ", ")
+}
+
+// waitState polls the instance until its state is one of want, or the
+// timeout passes.
+func (r *SnapshotRestore) waitState(ctx context.Context, id string, timeout time.Duration, want ...ec2types.InstanceStateName) (ec2types.InstanceStateName, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		in, ok, err := r.describeInstance(ctx, id)
+		if err != nil && !retryable(errorCode(err)) {
+			return "", err
+		}
+		if err == nil {
+			if !ok {
+				return ec2types.InstanceStateNameTerminated, nil
+			}
+			if slices.Contains(want, in.State.Name) {
+				return in.State.Name, nil
+			}
+			if time.Now().After(deadline) {
+				return in.State.Name, fmt.Errorf("%s is still %s after %s", id, in.State.Name, timeout)
+			}
+		}
+		if err := sleep(ctx, r.poll()); err != nil {
+			return "", err
+		}
+	}
+}
+
+// stopOld fences the old box: a normal stop, then a forced one after
+// StopTimeout. Two Services boxes must never run at once.
+func (r *SnapshotRestore) stopOld(ctx context.Context, plan RestorePlan, p journal.Progress) (string, error) {
+	if plan.Old == nil {
+		return "no old instance", nil
+	}
+	start := time.Now()
+	in, ok, err := r.describeInstance(ctx, plan.Old.InstanceID)
+	if err != nil {
+		return "", err
+	}
+	if !ok || in.State.Name == ec2types.InstanceStateNameStopped || in.State.Name == ec2types.InstanceStateNameTerminated {
+		return fmt.Sprintf("`%s` was already %s", plan.Old.InstanceID, in.State.Name), nil
+	}
+	if _, err := r.EC2.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{plan.Old.InstanceID}}); err != nil {
+		return "", fmt.Errorf("stop %s: %w", plan.Old.InstanceID, err)
+	}
+	timeout := cmpOr(r.StopTimeout, 5*time.Minute)
+	_, err = r.waitState(ctx, plan.Old.InstanceID, timeout, ec2types.InstanceStateNameStopped, ec2types.InstanceStateNameTerminated)
+	if err == nil {
+		return fmt.Sprintf("`%s` stopped in %s", plan.Old.InstanceID, since(start)), nil
+	}
+	if ctx.Err() != nil {
+		return "", err
+	}
+	p.Log(fmt.Sprintf("`%s` did not stop within %s; forcing the stop.", plan.Old.InstanceID, timeout))
+	if _, err := r.EC2.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{plan.Old.InstanceID}, Force: aws.Bool(true)}); err != nil {
+		return "", fmt.Errorf("force-stop %s: %w", plan.Old.InstanceID, err)
+	}
+	if _, err := r.waitState(ctx, plan.Old.InstanceID, timeout, ec2types.InstanceStateNameStopped, ec2types.InstanceStateNameTerminated); err != nil {
+		return "", fmt.Errorf("the old instance is not stopped even after a forced stop: %w", err)
+	}
+	return fmt.Sprintf("`%s` force-stopped in %s", plan.Old.InstanceID, since(start)), nil
+}
+
+func since(t time.Time) string { return time.Since(t).Round(time.Second).String() }
+
+func imageName(opID string) string { return "circleci-restore-" + opID }
+
+// image registers (or finds, when run again) the AMI of the set and waits
+// until it is available.
+func (r *SnapshotRestore) image(ctx context.Context, op *journal.Op, plan RestorePlan, p journal.Progress) (string, error) {
+	start := time.Now()
+	id := op.Data["image_id"]
+	if id == "" {
+		out, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"self"}, Filters: []ec2types.Filter{{Name: aws.String("name"), Values: []string{imageName(op.ID)}}}})
+		if err != nil {
+			return "", fmt.Errorf("look for this restore's image: %w", err)
+		}
+		if len(out.Images) > 0 {
+			id = aws.ToString(out.Images[0].ImageId)
+			p.Log(fmt.Sprintf("Image `%s` was registered by this restore before; using it.", id))
+		}
+	}
+	if id == "" {
+		var bdm []ec2types.BlockDeviceMapping
+		for _, s := range plan.Snapshots {
+			// The restored box's volumes survive an accidental terminate.
+			bdm = append(bdm, ec2types.BlockDeviceMapping{DeviceName: aws.String(s.Device), Ebs: &ec2types.EbsBlockDevice{SnapshotId: aws.String(s.ID), DeleteOnTermination: aws.Bool(false)}})
+		}
+		arch := ec2types.ArchitectureValues(plan.Shape.Architecture)
+		if arch == "" {
+			arch = ec2types.ArchitectureValuesX8664
+		}
+		out, err := r.EC2.RegisterImage(ctx, &ec2.RegisterImageInput{
+			Name:                aws.String(imageName(op.ID)),
+			Description:         aws.String(fmt.Sprintf("CircleCI Services Box restored from %s by circlebot %s", plan.Source, op.ID)),
+			Architecture:        arch,
+			RootDeviceName:      aws.String(plan.Shape.RootDevice),
+			VirtualizationType:  aws.String("hvm"),
+			EnaSupport:          aws.Bool(true),
+			BlockDeviceMappings: bdm,
+			TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeImage, Tags: []ec2types.Tag{
+				{Key: aws.String(TagRestoreOp), Value: aws.String(op.ID)}, {Key: aws.String("Name"), Value: aws.String(imageName(op.ID))},
+			}}},
+		}, func(o *ec2.Options) { o.RetryMaxAttempts = 1 })
+		if errorCode(err) == "InvalidAMIName.Duplicate" {
+			// An earlier call went through and its answer was lost.
+			return r.image(ctx, op, plan, p)
+		}
+		if err != nil {
+			return "", fmt.Errorf("register the image: %w", err)
+		}
+		id = aws.ToString(out.ImageId)
+	}
+	op.Data["image_id"] = id
+	timeout := cmpOr(r.ImageTimeout, 45*time.Minute)
+	deadline := time.Now().Add(timeout)
+	nextNote := time.Now().Add(5 * time.Minute)
+	for {
+		out, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{ImageIds: []string{id}})
+		if err != nil && !retryable(errorCode(err)) && errorCode(err) != "InvalidAMIID.NotFound" {
+			return "", fmt.Errorf("check image %s: %w", id, err)
+		}
+		if err == nil && len(out.Images) > 0 {
+			img := out.Images[0]
+			switch img.State {
+			case ec2types.ImageStateAvailable:
+				return fmt.Sprintf("`%s` available in %s", id, since(start)), nil
+			case ec2types.ImageStateFailed, ec2types.ImageStateError, ec2types.ImageStateInvalid, ec2types.ImageStateDeregistered:
+				why := ""
+				if img.StateReason != nil {
+					why = ": " + aws.ToString(img.StateReason.Message)
+				}
+				return "", fmt.Errorf("image %s is %s%s", id, img.State, why)
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("image %s is still pending after %s (restore.image_timeout); it is kept, and `resume` waits for it again", id, timeout)
+		}
+		if time.Now().After(nextNote) {
+			p.Log(fmt.Sprintf("Image `%s` is still pending after %s; AWS copies the snapshots' data first. Waiting up to %s.", id, since(start), timeout))
+			nextNote = time.Now().Add(5 * time.Minute)
+		}
+		if err := sleep(ctx, r.poll()); err != nil {
+			return "", err
+		}
+	}
+}
+
+// freeIP terminates the old, stopped, protected instance so that its
+// network interface, and with it the private IP, is released.
+func (r *SnapshotRestore) freeIP(ctx context.Context, plan RestorePlan, p journal.Progress) (string, error) {
+	start := time.Now()
+	ip := plan.Shape.PrivateIP
+	if plan.Old != nil {
+		in, ok, err := r.describeInstance(ctx, plan.Old.InstanceID)
+		if err != nil {
+			return "", err
+		}
+		if ok && in.State.Name != ec2types.InstanceStateNameTerminated {
+			if in.State.Name != ec2types.InstanceStateNameStopped {
+				return "", fmt.Errorf("the old instance %s is %s, not stopped; it is not terminated while it may be serving", plan.Old.InstanceID, in.State.Name)
+			}
+			if err := r.checkProtected(ctx, plan.Old.InstanceID); err != nil {
+				return "", err
+			}
+			if _, err := r.EC2.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{plan.Old.InstanceID}}); err != nil {
+				return "", fmt.Errorf("terminate %s: %w", plan.Old.InstanceID, err)
+			}
+			if _, err := r.waitState(ctx, plan.Old.InstanceID, cmpOr(r.StopTimeout, 5*time.Minute), ec2types.InstanceStateNameTerminated); err != nil {
+				return "", err
+			}
+		}
+	}
+	deadline := time.Now().Add(cmpOr(r.StopTimeout, 5*time.Minute))
+	for {
+		h, err := r.ipHolder(ctx, ip, plan.Shape.SubnetID)
+		if err != nil && !retryable(errorCode(err)) {
+			return "", err
+		}
+		if err == nil && h == nil {
+			break
+		}
+		if err == nil && time.Now().After(deadline) {
+			return "", fmt.Errorf("%s is still held by %s; free it, then resume", ip, h)
+		}
+		if err := sleep(ctx, r.poll()); err != nil {
+			return "", err
+		}
+	}
+	if plan.Old == nil {
+		return fmt.Sprintf("%s is free", ip), nil
+	}
+	return fmt.Sprintf("`%s` terminated (volumes kept); %s free after %s", plan.Old.InstanceID, ip, since(start)), nil
+}
+
+// launch starts the new Services box once: a box this restore launched
+// before (found by its tag) is reused, and each attempt carries a client
+// token so that an answer lost on the way back cannot make a second one.
+func (r *SnapshotRestore) launch(ctx context.Context, op *journal.Op, plan RestorePlan, p journal.Progress) (string, error) {
+	in, err := r.launched(ctx, op.ID)
+	if err != nil {
+		return "", err
+	}
+	if in == nil {
+		types := []string{plan.Shape.Type}
+		for _, f := range plan.Fallbacks {
+			if !slices.Contains(types, f) {
+				types = append(types, f)
+			}
+		}
+		for i, typ := range types {
+			in, err = r.run(ctx, op, plan, typ)
+			if err == nil {
+				break
+			}
+			switch errorCode(err) {
+			case "InsufficientInstanceCapacity", "InstanceLimitExceeded", "Unsupported":
+				if i+1 < len(types) {
+					p.Log(fmt.Sprintf("AWS has no %s capacity in %s (%s); trying %s.", typ, plan.Shape.AZ, errorCode(err), types[i+1]))
+					continue
+				}
+				return "", fmt.Errorf("no capacity for %s in %s; add types to restore.fallback_instance_types or retry later with `resume`: %w", strings.Join(types, ", "), plan.Shape.AZ, err)
+			case "InvalidIPAddress.InUse":
+				holder := "something else"
+				if h, herr := r.ipHolder(ctx, plan.Shape.PrivateIP, plan.Shape.SubnetID); herr == nil && h != nil {
+					holder = h.String()
+				}
+				return "", fmt.Errorf("%s is in use by %s; free it (terminate that instance or delete the interface), then `resume %s`", plan.Shape.PrivateIP, holder, op.ID)
+			}
+			return "", fmt.Errorf("launch the new box (%s): %w", typ, err)
+		}
+	} else {
+		p.Log(fmt.Sprintf("Instance `%s` was launched by this restore before; using it.", aws.ToString(in.InstanceId)))
+	}
+	id := aws.ToString(in.InstanceId)
+	op.Data["instance_id"] = id
+	op.Data["instance_type"] = string(in.InstanceType)
+	if err := r.secondaryIPs(ctx, in, plan); err != nil {
+		return "", err
+	}
+	detail := fmt.Sprintf("`%s` (%s) at %s", id, in.InstanceType, aws.ToString(in.PrivateIpAddress))
+	if len(plan.Shape.SecondaryIPs) > 0 {
+		detail += " + " + strings.Join(plan.Shape.SecondaryIPs, ", ")
+	}
+	return detail, nil
+}
+
+// launched finds the instance this operation launched, if any.
+func (r *SnapshotRestore) launched(ctx context.Context, opID string) (*ec2types.Instance, error) {
+	out, err := r.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []ec2types.Filter{
+		{Name: aws.String("tag:" + TagRestoreOp), Values: []string{opID}},
+		{Name: aws.String("instance-state-name"), Values: []string{"pending", "running", "stopping", "stopped"}},
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("look for this restore's instance: %w", err)
+	}
+	for _, res := range out.Reservations {
+		for _, in := range res.Instances {
+			return &in, nil
+		}
+	}
+	return nil, nil
+}
+
+func (r *SnapshotRestore) run(ctx context.Context, op *journal.Op, plan RestorePlan, typ string) (*ec2types.Instance, error) {
+	var tags []ec2types.Tag
+	for k, v := range plan.Shape.Tags {
+		if strings.HasPrefix(k, "aws:") || strings.HasPrefix(k, "circlebot:") {
+			continue
+		}
+		tags = append(tags, ec2types.Tag{Key: aws.String(k), Value: aws.String(v)})
+	}
+	if plan.Shape.Tags["Name"] == "" {
+		tags = append(tags, ec2types.Tag{Key: aws.String("Name"), Value: aws.String(plan.NameTag)})
+	}
+	tags = append(tags, ec2types.Tag{Key: aws.String(TagRestoreOp), Value: aws.String(op.ID)},
+		ec2types.Tag{Key: aws.String("circlebot:restored-from"), Value: aws.String(plan.Source)})
+	slices.SortFunc(tags, func(a, b ec2types.Tag) int { return strings.Compare(*a.Key, *b.Key) })
+	in := &ec2.RunInstancesInput{
+		ImageId:          aws.String(op.Data["image_id"]),
+		InstanceType:     ec2types.InstanceType(typ),
+		MinCount:         aws.Int32(1),
+		MaxCount:         aws.Int32(1),
+		ClientToken:      aws.String(clientToken(op.ID, typ)),
+		SubnetId:         aws.String(plan.Shape.SubnetID),
+		PrivateIpAddress: aws.String(plan.Shape.PrivateIP),
+		SecurityGroupIds: plan.Shape.SecurityGroups,
+		TagSpecifications: []ec2types.TagSpecification{
+			{ResourceType: ec2types.ResourceTypeInstance, Tags: tags},
+			{ResourceType: ec2types.ResourceTypeVolume, Tags: []ec2types.Tag{{Key: aws.String(TagRestoreOp), Value: aws.String(op.ID)}}},
+		},
+	}
+	if plan.Shape.KeyName != "" {
+		in.KeyName = aws.String(plan.Shape.KeyName)
+	}
+	if p := plan.Shape.IAMProfile; p != "" {
+		if strings.HasPrefix(p, "arn:") {
+			in.IamInstanceProfile = &ec2types.IamInstanceProfileSpecification{Arn: aws.String(p)}
+		} else {
+			in.IamInstanceProfile = &ec2types.IamInstanceProfileSpecification{Name: aws.String(p)}
+		}
+	}
+	out, err := r.EC2.RunInstances(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	if len(out.Instances) != 1 {
+		return nil, fmt.Errorf("RunInstances returned %d instances", len(out.Instances))
+	}
+	return &out.Instances[0], nil
+}
+
+// clientToken is unique per operation and type (AWS refuses a token
+// reused with other parameters) and at most 64 characters.
+func clientToken(opID, typ string) string {
+	t := opID + "/" + typ
+	if len(t) > 64 {
+		t = t[:64]
+	}
+	return t
+}
+
+func (r *SnapshotRestore) secondaryIPs(ctx context.Context, in *ec2types.Instance, plan RestorePlan) error {
+	if len(plan.Shape.SecondaryIPs) == 0 || len(in.NetworkInterfaces) == 0 {
+		return nil
+	}
+	eni := in.NetworkInterfaces[0]
+	have := map[string]bool{}
+	for _, a := range eni.PrivateIpAddresses {
+		have[aws.ToString(a.PrivateIpAddress)] = true
+	}
+	var missing []string
+	for _, ip := range plan.Shape.SecondaryIPs {
+		if !have[ip] {
+			missing = append(missing, ip)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	_, err := r.EC2.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: eni.NetworkInterfaceId, PrivateIpAddresses: missing})
+	if err != nil {
+		return fmt.Errorf("give the new box its secondary IPs %s: %w", strings.Join(missing, ", "), err)
+	}
+	return nil
+}
+
+// waitHealthy waits until the new box runs and passes both status checks.
+func (r *SnapshotRestore) waitHealthy(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+	id := op.Data["instance_id"]
+	start := time.Now()
+	timeout := cmpOr(r.HealthTimeout, 20*time.Minute)
+	deadline := start.Add(timeout)
+	last := ""
+	for {
+		out, err := r.EC2.DescribeInstanceStatus(ctx, &ec2.DescribeInstanceStatusInput{InstanceIds: []string{id}, IncludeAllInstances: aws.Bool(true)})
+		if err != nil && !retryable(errorCode(err)) {
+			return "", fmt.Errorf("check %s: %w", id, err)
+		}
+		if err == nil && len(out.InstanceStatuses) > 0 {
+			s := out.InstanceStatuses[0]
+			state := string(s.InstanceState.Name)
+			sys, inst := "", ""
+			if s.SystemStatus != nil {
+				sys = string(s.SystemStatus.Status)
+			}
+			if s.InstanceStatus != nil {
+				inst = string(s.InstanceStatus.Status)
+			}
+			if state == "running" && sys == "ok" && inst == "ok" {
+				return fmt.Sprintf("`%s` running, status checks passed after %s", id, since(start)), nil
+			}
+			switch state {
+			case "terminated", "shutting-down", "stopped", "stopping":
+				return "", fmt.Errorf("the new box %s is %s", id, state)
+			}
+			now := fmt.Sprintf("%s, system %s, instance %s", state, sys, inst)
+			if now != last {
+				p.Log(fmt.Sprintf("`%s`: %s.", id, now))
+				last = now
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("%s did not pass its status checks within %s (restore.health_timeout): last seen %s", id, timeout, last)
+		}
+		if err := sleep(ctx, r.poll()); err != nil {
+			return "", err
+		}
+	}
+}
+
+// startApp runs the configured start command on the new box through SSM,
+// once the box's SSM agent answers.
+func (r *SnapshotRestore) startApp(ctx context.Context, op *journal.Op, plan RestorePlan, p journal.Progress) (string, error) {
+	if plan.AppStart == "" {
+		return "skipped: no `services_box.app_start_command` (or no SSM); start the app from the admin console on port 8800", nil
+	}
+	id := op.Data["instance_id"]
+	sh := &Shell{SSM: r.SSM, Instance: id}
+	deadline := time.Now().Add(cmpOr(r.HealthTimeout, 20*time.Minute))
+	noted := false
+	for {
+		res, err := sh.Run(ctx, "circlebot "+op.ID+": start the app", plan.AppStart, 10*time.Minute)
+		if err == nil {
+			out := lastLine(res.Stdout)
+			if out == "" {
+				out = "exit 0"
+			}
+			return fmt.Sprintf("`%s`: %s", id, out), nil
+		}
+		// The agent of a new instance takes a minute to register.
+		if res.CommandID != "" || !strings.Contains(err.Error(), "not reachable through SSM") || time.Now().After(deadline) {
+			return "", fmt.Errorf("start the app on %s: %w", id, err)
+		}
+		if !noted {
+			p.Log(fmt.Sprintf("Waiting for the SSM agent of `%s` to register.", id))
+			noted = true
+		}
+		if err := sleep(ctx, r.poll()); err != nil {
+			return "", err
+		}
+	}
+}
+
+// verify reads the new box back: the recorded IP, running, and the only
+// instance carrying the Services box's Name tag.
+func (r *SnapshotRestore) verify(ctx context.Context, op *journal.Op, plan RestorePlan) (string, error) {
+	id := op.Data["instance_id"]
+	in, ok, err := r.describeInstance(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	if !ok || in.State.Name != ec2types.InstanceStateNameRunning {
+		return "", fmt.Errorf("the new box %s is not running", id)
+	}
+	if got := aws.ToString(in.PrivateIpAddress); got != plan.Shape.PrivateIP {
+		return "", fmt.Errorf("the new box %s has IP %s, not %s", id, got, plan.Shape.PrivateIP)
+	}
+	boxes, err := FindByName(ctx, r.EC2, plan.NameTag)
+	if err != nil {
+		return "", err
+	}
+	if len(boxes) != 1 {
+		var ids []string
+		for _, b := range boxes {
+			ids = append(ids, aws.ToString(b.InstanceId))
+		}
+		return "", fmt.Errorf("%d instances carry Name=%s (%s); there must be one Services box", len(boxes), plan.NameTag, strings.Join(ids, ", "))
+	}
+	return fmt.Sprintf("`%s` running at %s in %s, the only instance named %s", id, plan.Shape.PrivateIP, aws.ToString(in.Placement.AvailabilityZone), plan.NameTag), nil
+}
