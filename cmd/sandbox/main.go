@@ -53,11 +53,17 @@ func run() error {
 		defer os.RemoveAll(dir)
 	}
 	fmt.Fprintln(os.Stderr, "sandbox: starting moto_server …")
-	srv, err := motoserver.Start(ctx)
+	// The patched launcher behaves more like EC2 where the demo needs it:
+	// snapshots are pending for a moment, a terminated instance frees its
+	// IP (so a restore can keep it) and images keep their block devices.
+	srv, err := motoserver.Start(ctx, motoserver.WithPatchedSnapshots())
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
+	if err := srv.AutoCompleteSnapshots(ctx, 2); err != nil {
+		return err
+	}
 
 	seedCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()

@@ -425,27 +425,31 @@ func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
 	}
 }
 
-// With a fifth of EC2 calls throttled or failing, the restore completes,
-// once.
+// With a fifth of EC2 calls throttled or failing, and a tenth more whose
+// answers are lost after they took effect, the restore completes, once.
 func TestRestoreCompletesOnceUnderAWSFaults(t *testing.T) {
 	r := newRestoreEnv(t, nil)
 	req := r.request(alice, "restore latest")
-	r.proxy.SetFaults(faultproxy.Faults{ThrottleRate: 0.1, ServerErrorRate: 0.1, Seed: 7,
+	r.proxy.SetFaults(faultproxy.Faults{ThrottleRate: 0.1, ServerErrorRate: 0.1, LostAnswerRate: 0.1, Seed: 8,
 		Match: func(c faultproxy.Call) bool { return c.Service == "ec2" }})
 	r.click(bob, "approve "+req, "faults.1")
 	r.waitText("summary", "Restored `"+r.backup.ID+"`")
 	r.server.Wait()
 	r.proxy.SetFaults(faultproxy.Faults{})
 	r.checkRestored()
-	faulted := 0
+	faulted, lost := 0, map[string]int{}
 	for _, c := range r.proxy.Calls() {
-		if c.Fault != faultproxy.FaultNone && c.Fault != "" {
+		if c.Fault != faultproxy.FaultNone {
 			faulted++
 		}
+		if c.Fault == faultproxy.FaultLostAnswer {
+			lost[c.Action]++
+		}
 	}
-	if faulted == 0 {
-		t.Fatal("no call was faulted; the test proves nothing")
+	if faulted == 0 || lost["RunInstances"] == 0 {
+		t.Fatalf("no RunInstances answer was lost (%v); the test proves nothing: pick another seed", lost)
 	}
+	t.Logf("lost answers: %v", lost)
 	t.Logf("%d of %d calls faulted", faulted, len(r.proxy.Calls()))
 }
 
@@ -566,4 +570,40 @@ func TestTarballRestoreMovesTheDataAsideAndRestartsTheApp(t *testing.T) {
 		t.Error("the app was not stopped before circleci-restore")
 	}
 	noScratchLeft(t, box)
+}
+
+// `--dry-run` shows the plan and requests nothing; a plan that changed
+// before the approval (a newer restore point for `latest`) runs nothing.
+func TestRestoreDryRunAndStalePlan(t *testing.T) {
+	r := newRestoreEnv(t, nil)
+	txt := r.answer(r.slash(alice, incident, "restore latest --dry-run"))
+	if !strings.Contains(txt, "Dry run") || !strings.Contains(txt, r.backup.ID) || !strings.Contains(txt, r.inst.ServicesBox.PrivateIP) {
+		t.Fatalf("dry run: %s", txt)
+	}
+	if all, _ := r.app.Approvals.Store.All(); len(all) != 0 {
+		t.Fatalf("a dry run made %d requests", len(all))
+	}
+	req := r.request(alice, "restore latest")
+	r.slash(alice, incident, "backup now")
+	r.server.Wait()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if b := r.lastBackup(ops.StateCompleted); b.ID != r.backup.ID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("second backup did not complete")
+		}
+	}
+	r.click(bob, "approve "+req, "stale.1")
+	r.waitText("refusal", req, "not run", "plan changed")
+	r.server.Wait()
+	if n := len(r.restored()); n != 0 {
+		t.Fatalf("a stale plan launched %d instances", n)
+	}
+	if st := r.instance(r.inst.ServicesBox.ID).State.Name; st != ec2types.InstanceStateNameRunning {
+		t.Errorf("the box is %s after a refused restore", st)
+	}
+	if l, _ := r.app.Store.Locks(); len(l) != 0 {
+		t.Errorf("locks left: %+v", l)
+	}
 }

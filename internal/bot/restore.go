@@ -98,13 +98,13 @@ func (s *Restores) plan(ctx context.Context, cmd commands.Command) (approvals.Pl
 		if s.Tarball == nil {
 			return approvals.Plan{}, nil, &UserError{Msg: "tarball restores need `backup.bucket` in the config (and SSM on the Services box). Nothing was requested."}
 		}
-		tp, err := s.Tarball.Plan(ctx, src.Bucket, src.Key)
+		tp, err := ops.RetryRead(ctx, s.retryWait(), func() (ops.TarballRestorePlan, error) { return s.Tarball.Plan(ctx, src.Bucket, src.Key) })
 		if err != nil {
 			return approvals.Plan{}, nil, refusal(err)
 		}
 		return tarballApproval(tp, s.SlashCommand), map[string]string{"kind": "tarball", "plan": tp.Encode()}, nil
 	default:
-		p, err := s.Snapshot.Plan(ctx, src.SnapshotID)
+		p, err := ops.RetryRead(ctx, s.retryWait(), func() (ops.RestorePlan, error) { return s.Snapshot.Plan(ctx, src.SnapshotID) })
 		if err != nil {
 			return approvals.Plan{}, nil, refusal(err)
 		}
@@ -117,7 +117,15 @@ func refusal(err error) error {
 	if errors.As(err, &r) {
 		return &UserError{Msg: r.Msg}
 	}
-	return &UserError{Msg: ops.Explain(err) + " Nothing was requested."}
+	return &UserError{Msg: ops.Explain(err)}
+}
+
+// retryWait is the first pause between reads retried after AWS errors.
+func (s *Restores) retryWait() time.Duration {
+	if s.Snapshot != nil && s.Snapshot.Poll > 0 {
+		return s.Snapshot.Poll
+	}
+	return time.Second
 }
 
 func snapshotApproval(p ops.RestorePlan) approvals.Plan {
@@ -133,8 +141,8 @@ func snapshotApproval(p ops.RestorePlan) approvals.Plan {
 			fmt.Sprintf("terminate `%s` (now %s) so that %s is free for the new box", p.Old.InstanceID, p.Old.State, sh.PrivateIP))
 	}
 	ap.Changes = append(ap.Changes,
-		fmt.Sprintf("register image `circleci-restore-<op>` from restore point `%s` (%s): %s", p.Source, p.SourceTime.UTC().Format("2006-01-02 15:04 UTC"), strings.Join(snaps, ", ")),
-		fmt.Sprintf("launch the new Services box: %s in `%s` (%s), private IP %s%s, security groups %s, shape from %s",
+		fmt.Sprintf("register image `circleci-restore-op-…` from restore point `%s` (%s): %s", p.Source, p.SourceTime.UTC().Format("2006-01-02 15:04 UTC"), strings.Join(snaps, ", ")),
+		fmt.Sprintf("launch the new Services box: %s in `%s` (%s), private IP %s%s, security groups %s (launch shape %s)",
 			strings.Join(append([]string{sh.Type}, p.Fallbacks...), " or "), sh.SubnetID, sh.AZ, sh.PrivateIP, secondaries(sh.SecondaryIPs), strings.Join(sh.SecurityGroups, ", "), p.ShapeFrom))
 	if p.AppStart != "" {
 		ap.Changes = append(ap.Changes, "start the app on it through SSM: `"+p.AppStart+"`")
@@ -330,7 +338,7 @@ func (s *Restores) summary(op *journal.Op) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Restored `%s` onto `%s` (%s, %s) in %s (approved by <@%s>).", op.Facts["source"], op.Data["instance_id"], op.Data["instance_type"], op.Facts["private_ip"], took, op.Approver)
 	if kept := op.Data["kept_volumes"]; kept != "" {
-		fmt.Fprintf(&b, " The old instance %s was terminated; its volumes %s are kept (tag %s=%s): delete them once you are sure.", strings.Fields(op.Facts["old_instance"])[0], kept, ops.TagKeptBy, op.ID)
+		fmt.Fprintf(&b, " The old instance %s was terminated; its volumes %s are kept (tag %s=%s): delete them once you are sure.", strings.Fields(op.Facts["old_instance"])[0], strings.ReplaceAll(kept, ",", ", "), ops.TagKeptBy, op.ID)
 	}
 	fmt.Fprintf(&b, " Image `%s` stays registered. Next: `%s builders rotate` so builders reconnect; webhooks sent while the box was down were lost; take a fresh backup with `%s backup now`.",
 		op.Data["image_id"], s.SlashCommand, s.SlashCommand)

@@ -433,6 +433,21 @@ func retrying(f journal.StepFunc, wait time.Duration) journal.StepFunc {
 	}
 }
 
+// RetryRead calls a read-only f again while AWS answers with transient
+// errors (after the SDK's own retries): a plan derived for an approval
+// should not be refused for one 500.
+func RetryRead[T any](ctx context.Context, wait time.Duration, f func() (T, error)) (T, error) {
+	for attempt := 1; ; attempt++ {
+		v, err := f()
+		if err == nil || attempt == stepAttempts || !Transient(err) || ctx.Err() != nil {
+			return v, err
+		}
+		if err := sleep(ctx, wait*time.Duration(attempt)); err != nil {
+			return v, err
+		}
+	}
+}
+
 // explainedError reads as Explain's one sentence (no request IDs or HTTP
 // details in the journal and the channel) and unwraps to the cause.
 type explainedError struct{ err error }

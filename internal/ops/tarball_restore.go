@@ -90,7 +90,7 @@ func (t *TarballRestore) Plan(ctx context.Context, bucket, key string) (TarballR
 	case code == "NotFound" || code == "NoSuchKey" || code == "NoSuchBucket":
 		return TarballRestorePlan{}, refusef("`s3://%s/%s` does not exist (%s). `backup list` shows the tarball restore points.", bucket, key, code)
 	case code == "Forbidden" || code == "AccessDenied":
-		return TarballRestorePlan{}, refusef("the bot may not read `s3://%s/%s` (%s): it can restore only from buckets its IAM policy allows (see the README).", bucket, key, code)
+		return TarballRestorePlan{}, refusef("S3 refused to show `s3://%s/%s` (%s): either it does not exist (without s3:ListBucket, S3 says 403 for a missing object) or the bot's IAM policy does not cover it (see the README). `backup list` shows the tarball restore points.", bucket, key, code)
 	case err != nil:
 		return TarballRestorePlan{}, fmt.Errorf("look up s3://%s/%s: %w", bucket, key, err)
 	}

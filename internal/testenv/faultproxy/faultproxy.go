@@ -26,6 +26,10 @@ const (
 	FaultThrottle = "throttle"
 	Fault5xx      = "5xx"
 	FaultDelay    = "delay"
+	// FaultLostAnswer: the call reaches moto and takes effect, and the
+	// client gets a 500 instead of the answer — a response lost on the way
+	// back. What idempotency (client tokens, look-ups) must survive.
+	FaultLostAnswer = "lost-answer"
 )
 
 // Faults chooses which calls go wrong. Each candidate call takes one draw u
@@ -45,7 +49,10 @@ type Faults struct {
 	ThrottleRate    float64
 	ServerErrorRate float64
 	DelayRate       float64
-	Delay           time.Duration
+	// LostAnswerRate: the next share of calls is forwarded and its answer
+	// replaced by a server error (FaultLostAnswer).
+	LostAnswerRate float64
+	Delay          time.Duration
 	// Seed makes the choice of faulted calls repeatable: the n-th candidate
 	// call after New or SetFaults always gets the same draw.
 	Seed int64
@@ -198,6 +205,16 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		c.Status = status
 		p.mu.Unlock()
 		return
+	case FaultLostAnswer:
+		rec := httptest.NewRecorder()
+		p.rp.ServeHTTP(rec, r.WithContext(contextWithCall(r, c)))
+		lost := *c
+		lost.Fault = Fault5xx
+		status := writeFault(w, r, lost, reqID)
+		p.mu.Lock()
+		c.Status = status
+		p.mu.Unlock()
+		return
 	case FaultDelay:
 		t := time.NewTimer(f.Delay)
 		select {
@@ -220,6 +237,8 @@ func (p *Proxy) draw() string {
 		return Fault5xx
 	case u < f.ThrottleRate+f.ServerErrorRate+f.DelayRate:
 		return FaultDelay
+	case u < f.ThrottleRate+f.ServerErrorRate+f.DelayRate+f.LostAnswerRate:
+		return FaultLostAnswer
 	}
 	return FaultNone
 }

@@ -236,6 +236,27 @@ func TestFaultedCallIsNotForwarded(t *testing.T) {
 	}
 }
 
+// A lost answer took effect: the SDK sees a 500 and retries, and each
+// attempt reaches moto.
+func TestLostAnswerIsForwarded(t *testing.T) {
+	onlyCreateVpc := func(c Call) bool { return c.Action == "CreateVpc" }
+	e := newEnv(t, Faults{LostAnswerRate: 1, Match: onlyCreateVpc})
+	cfg := motoserver.AWSConfig(e.proxy.URL)
+	cfg.Retryer = func() aws.Retryer { return retry.AddWithMaxBackoffDelay(retry.NewStandard(), time.Millisecond) }
+	_, err := ec2.NewFromConfig(cfg).CreateVpc(ctxT(t), &ec2.CreateVpcInput{CidrBlock: aws.String("10.78.0.0/16")})
+	if err == nil || !strings.Contains(err.Error(), "InternalError") {
+		t.Fatalf("CreateVpc with its answers lost: %v", err)
+	}
+	if n := countVPCs(t, e.moto.URL, "10.78.0.0/16"); n != 3 {
+		t.Fatalf("%d VPCs, want one per attempt (3)", n)
+	}
+	for _, c := range e.proxy.Calls() {
+		if c.Fault != FaultLostAnswer || c.Status != 500 {
+			t.Errorf("call %+v", c)
+		}
+	}
+}
+
 func TestMatchLimitsFaults(t *testing.T) {
 	e := newEnv(t, Faults{ServerErrorRate: 1, Match: func(c Call) bool { return c.Service == "ec2" && c.Action == "DescribeSubnets" }})
 	client := ec2.NewFromConfig(e.oneShot())
