@@ -17,7 +17,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/circlebot/circlebot/internal/approvals"
@@ -61,7 +63,7 @@ type App struct {
 	Metrics   *metrics.Metrics
 	Backups   *bot.Backups
 	Approvals *bot.Approvals
-	Restores  *bot.Restores
+	Ops       *bot.Operations
 	// Grace overrides ShutdownGrace (tests).
 	Grace time.Duration
 }
@@ -136,7 +138,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Prefix: "circleci-backups/", Version: o.Version,
 		}
 	}
-	restores := &bot.Restores{
+	restores := &bot.Operations{
 		Snapshot: &ops.SnapshotRestore{
 			EC2: ec2c, SSM: ssmc, Records: ops.Records{Store: st}, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region,
 			Fallbacks: cfg.Restore.FallbackInstanceTypes, AppStart: cfg.ServicesBox.AppStartCommand,
@@ -154,6 +156,17 @@ func New(ctx context.Context, o Options) (*App, error) {
 			AppStart: cfg.ServicesBox.AppStartCommand, AppStop: cfg.ServicesBox.AppStopCommand,
 		}
 	}
+	restores.Failover = &ops.Failover{
+		EC2: ec2c, ELB: elasticloadbalancingv2.NewFromConfig(awsCfg), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, ReplicaTag: cfg.Replica.NameTag, Region: awsCfg.Region,
+		Discovery: cfg.Failover.Discovery, ServiceIP: cfg.Failover.ServiceIP, ENI: cfg.Failover.ENI, TargetGroups: cfg.Failover.TargetGroupARNs,
+		AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL,
+		StopTimeout: cfg.Failover.StopTimeout.D(), HealthTimeout: cfg.Failover.HealthTimeout.D(),
+	}
+	if cfg.Builders.ASGName != "" {
+		restores.Builders = &ops.Builders{ASG: autoscaling.NewFromConfig(awsCfg), Group: cfg.Builders.ASGName, Batch: cfg.Builders.RotateBatch, Timeout: cfg.Builders.RotateTimeout.D()}
+		restores.Failover.Builders = restores.Builders
+	}
+	passphrase := &ops.Passphrase{EC2: ec2c, SSM: ssmc, SM: secretsmanager.NewFromConfig(awsCfg), SecretID: cfg.Secret.SecretsManagerID, NameTag: cfg.ServicesBox.NameTag}
 	apr := &bot.Approvals{Store: approvals.Store{DB: st.DB()}, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Journaled: restores.Journaled}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
@@ -170,10 +183,13 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Backups:      backups,
 			RPO:          cfg.Backup.RPO.D(),
 			Approvals:    apr,
-			Restores:     restores,
+			Ops:          restores,
 			Actions: map[commands.Name]bot.Action{
-				commands.BackupPrune: bot.PruneAction{B: backups},
-				commands.Restore:     bot.RestoreAction{R: restores},
+				commands.BackupPrune:    bot.PruneAction{B: backups},
+				commands.Restore:        bot.RestoreAction{R: restores},
+				commands.Failover:       bot.FailoverAction{R: restores},
+				commands.BuildersRotate: bot.RotateAction{R: restores},
+				commands.Secret:         bot.SecretAction{P: passphrase, SlashCommand: cfg.Slack.Command},
 			},
 		}),
 	})
@@ -181,7 +197,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		st.Close()
 		return nil, err
 	}
-	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr, Restores: restores}, nil
+	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr, Ops: restores}, nil
 }
 
 func (a *App) Close() error { return a.Store.Close() }
@@ -302,7 +318,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	defer grace.Stop()
 	s.Wait()
 	a.Backups.Wait()
-	a.Restores.Wait()
+	a.Ops.Wait()
 	sched.Stop()
 	return err
 }
@@ -363,7 +379,7 @@ func (a *App) ScheduledBackup(ctx context.Context, poster progress.Poster) error
 // backups are followed to the end, operations cut off mid-way are reported
 // and never started again.
 func (a *App) Resume(ctx context.Context, postTo func(string) progress.Poster) {
-	a.Restores.Recover(ctx, postTo)
+	a.Ops.Recover(ctx, postTo)
 	a.Backups.Resume(ctx, postTo)
 	a.Approvals.AnnounceInterrupted(ctx, postTo, a.Config.Slack.Command)
 }

@@ -323,6 +323,6 @@ func (a PruneAction) Plan(ctx context.Context, _ commands.Command) (approvals.Pl
 	return plan, err
 }
 
-func (a PruneAction) Execute(ctx context.Context, req approvals.Request, p progress.Poster) error {
-	return a.B.prune(ctx, &req, req.ID, req.Requester, p)
+func (a PruneAction) Execute(ctx context.Context, req approvals.Request, r Replier) error {
+	return a.B.prune(ctx, &req, req.ID, req.Requester, r)
 }

@@ -22,6 +22,9 @@ import (
 type Replier interface {
 	// Ephemeral is seen by the requester only.
 	Ephemeral(ctx context.Context, m chat.Message) error
+	// EphemeralTo is seen by user only, in the request's channel (an
+	// approved request's result for its requester, e.g. a secret).
+	EphemeralTo(ctx context.Context, user string, m chat.Message) error
 	// Post, Update and PostThread: seen by the whole channel, updated in
 	// place, detail in the thread (what progress streams need).
 	progress.Poster

@@ -21,7 +21,7 @@ import (
 // Execute runs a plan that a second person approved.
 type Action interface {
 	Plan(ctx context.Context, cmd commands.Command) (approvals.Plan, error)
-	Execute(ctx context.Context, req approvals.Request, p progress.Poster) error
+	Execute(ctx context.Context, req approvals.Request, r Replier) error
 }
 
 // Approvals is the two-person flow's state and its clock.

@@ -22,7 +22,7 @@ type Deps struct {
 	Backups      *Backups
 	RPO          time.Duration
 	Approvals    *Approvals
-	Restores     *Restores
+	Ops          *Operations
 	// Actions are the destructive commands that run through approvals.
 	Actions map[commands.Name]Action
 }
@@ -38,9 +38,10 @@ func Handlers(d Deps) map[commands.Name]Handler {
 		h[commands.BackupList] = d.backupList
 		h[commands.BackupStatus] = d.backupStatus
 	}
-	if d.Restores != nil {
+	if d.Ops != nil {
 		h[commands.Resume] = d.resume
 		h[commands.Cancel] = d.cancel
+		h[commands.BuildersStatus] = d.buildersStatus
 	}
 	if d.Approvals != nil {
 		h[commands.Approve] = d.approve

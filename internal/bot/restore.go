@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+
 	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/commands"
@@ -27,13 +29,17 @@ func BoxLock(nameTag string) string { return "box/" + nameTag }
 type TarballRestorer interface {
 	Plan(ctx context.Context, bucket, key string) (ops.TarballRestorePlan, error)
 	Steps(plan ops.TarballRestorePlan) []journal.Def
+	Recheck(ctx context.Context, plan ops.TarballRestorePlan) error
 }
 
-// Restores runs journaled restores: started by an approved request,
+// Operations runs journaled operations (restores, failovers, builder
+// rotations): started by an approved request,
 // resumed by `resume`, stopped by `cancel`, and picked up after a crash.
-type Restores struct {
+type Operations struct {
 	Snapshot     *ops.SnapshotRestore
 	Tarball      TarballRestorer
+	Failover     *ops.Failover
+	Builders     *ops.Builders // nil: builders.asg_name unset
 	Journal      journal.Store
 	Store        *store.Store
 	NameTag      string
@@ -45,12 +51,12 @@ type Restores struct {
 }
 
 // Wait returns when every restore this process runs has stopped.
-func (s *Restores) Wait() { s.running.Wait() }
+func (s *Operations) Wait() { s.running.Wait() }
 
-func (s *Restores) lockKey() string { return BoxLock(s.NameTag) }
+func (s *Operations) lockKey() string { return BoxLock(s.NameTag) }
 
 // RestoreAction is `restore` through the two-person rule.
-type RestoreAction struct{ R *Restores }
+type RestoreAction struct{ R *Operations }
 
 // Plan refuses early when the box is busy: an approver should not be asked
 // to approve what cannot start.
@@ -62,7 +68,7 @@ func (a RestoreAction) Plan(ctx context.Context, cmd commands.Command) (approval
 	return p, err
 }
 
-func (s *Restores) checkFree() error {
+func (s *Operations) checkFree() error {
 	locks, err := s.Store.Locks()
 	if err != nil {
 		return err
@@ -91,7 +97,7 @@ func heldMessage(h store.Lock, slash string) string {
 }
 
 // plan derives the approval plan and the data the journal keeps.
-func (s *Restores) plan(ctx context.Context, cmd commands.Command) (approvals.Plan, map[string]string, error) {
+func (s *Operations) plan(ctx context.Context, cmd commands.Command) (approvals.Plan, map[string]string, error) {
 	src := cmd.Source
 	switch src.Kind {
 	case commands.SourceS3:
@@ -121,7 +127,7 @@ func refusal(err error) error {
 }
 
 // retryWait is the first pause between reads retried after AWS errors.
-func (s *Restores) retryWait() time.Duration {
+func (s *Operations) retryWait() time.Duration {
 	if s.Snapshot != nil && s.Snapshot.Poll > 0 {
 		return s.Snapshot.Poll
 	}
@@ -186,14 +192,38 @@ func tarballApproval(p ops.TarballRestorePlan, slash string) approvals.Plan {
 	return ap
 }
 
-// Execute starts a journaled restore of the approved plan: the box is
-// locked, the plan is derived again under the lock and must hash as
-// approved, and then each step runs and is recorded.
-func (a RestoreAction) Execute(ctx context.Context, req approvals.Request, p progress.Poster) error {
+// Execute starts a journaled restore of the approved plan.
+func (a RestoreAction) Execute(ctx context.Context, req approvals.Request, r Replier) error {
 	s := a.R
+	return s.execute(ctx, req, r, s.lockKey(), "restore", func(ctx context.Context, cmd commands.Command) (derived, error) {
+		plan, data, err := s.plan(ctx, cmd)
+		if err != nil {
+			return derived{}, err
+		}
+		d := derived{plan: plan, data: data, title: "Restore of the Services box from `" + plan.Facts["source"] + "`"}
+		if data["kind"] == "tarball" {
+			d.title = "Restore of the Services box from `s3://" + plan.Facts["bucket"] + "/" + plan.Facts["key"] + "`"
+		}
+		return d, nil
+	})
+}
+
+// derived is a plan made again just before running, with what the
+// journal keeps of it.
+type derived struct {
+	plan  approvals.Plan
+	data  map[string]string // "kind", "plan" (the encoded ops plan)
+	title string
+}
+
+// execute starts a journaled operation of an approved request: the target
+// is locked, the plan is derived again under the lock and must hash as
+// approved, and then each step runs and is recorded. The lock stays with
+// the operation until it is done or given up.
+func (s *Operations) execute(ctx context.Context, req approvals.Request, r Replier, key, what string, derive func(context.Context, commands.Command) (derived, error)) error {
 	now := time.Now()
 	opID := journal.NewID(now)
-	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: opID, What: "restore", Requester: req.Requester, Process: s.Store.Process()})
+	unlock, err := s.Store.TryLock(store.Lock{Key: key, OpID: opID, What: what, Requester: req.Requester, Process: s.Store.Process()})
 	var held *store.HeldError
 	if errors.As(err, &held) {
 		return &UserError{Msg: heldMessage(held.Holder, s.SlashCommand)}
@@ -206,36 +236,35 @@ func (a RestoreAction) Execute(ctx context.Context, req approvals.Request, p pro
 		_ = unlock()
 		return err
 	}
-	plan, data, err := s.plan(ctx, cmd)
+	d, err := derive(ctx, cmd)
 	if err != nil {
 		_ = unlock()
 		return err
 	}
-	if plan.Hash() != req.PlanHash {
+	if d.plan.Hash() != req.PlanHash {
 		_ = unlock()
-		return &PlanChangedError{Approved: req.PlanHash, Live: plan.Hash()}
+		return &PlanChangedError{Approved: req.PlanHash, Live: d.plan.Hash()}
 	}
-	names := ops.RestoreSteps
-	title := "Restore of the Services box from `" + plan.Facts["source"] + "`"
-	if data["kind"] == "tarball" {
-		names = ops.TarballRestoreSteps
-		title = "Restore of the Services box from `s3://" + plan.Facts["bucket"] + "/" + plan.Facts["key"] + "`"
-	}
-	op := &journal.Op{ID: opID, Kind: "restore", Title: title, Target: s.lockKey(), RequestID: req.ID, Command: req.Command,
-		Channel: req.Channel, Requester: req.Requester, Approver: req.Decider, Facts: plan.Facts, Data: data,
+	op := &journal.Op{ID: opID, Kind: d.data["kind"], Title: d.title, Target: key, RequestID: req.ID, Command: req.Command,
+		Channel: req.Channel, Requester: req.Requester, Approver: req.Decider, Facts: d.plan.Facts, Data: d.data,
 		State: journal.Running, Process: s.Store.Process(), Created: now, Updated: now}
-	for _, n := range names {
+	defs, err := s.defs(op)
+	if err != nil {
+		_ = unlock()
+		return err
+	}
+	for _, n := range ops.Names(defs) {
 		op.Steps = append(op.Steps, journal.Step{Name: n, State: journal.StepPending})
 	}
 	if err := s.Journal.Create(op); err != nil {
 		_ = unlock()
-		return fmt.Errorf("journal the restore: %w", err)
+		return fmt.Errorf("journal the %s: %w", what, err)
 	}
-	return s.run(ctx, op.ID, p, "")
+	return s.run(ctx, op.ID, r, "")
 }
 
 // defs rebuilds an operation's steps from the plan it carries.
-func (s *Restores) defs(op *journal.Op) ([]journal.Def, error) {
+func (s *Operations) defs(op *journal.Op) ([]journal.Def, error) {
 	switch op.Data["kind"] {
 	case "snapshot":
 		p, err := ops.DecodeRestorePlan(op.Data["plan"])
@@ -252,13 +281,28 @@ func (s *Restores) defs(op *journal.Op) ([]journal.Def, error) {
 			return nil, fmt.Errorf("read the plan of %s: %w", op.ID, err)
 		}
 		return s.Tarball.Steps(p), nil
+	case "failover":
+		p, err := ops.DecodeFailoverPlan(op.Data["plan"])
+		if err != nil {
+			return nil, fmt.Errorf("read the plan of %s: %w", op.ID, err)
+		}
+		return s.Failover.Steps(p), nil
+	case "rotate":
+		if s.Builders == nil {
+			return nil, &UserError{Msg: "this bot has no `builders.asg_name` configured, so it cannot rotate builders"}
+		}
+		p, err := ops.DecodeRotationPlan(op.Data["plan"])
+		if err != nil {
+			return nil, fmt.Errorf("read the plan of %s: %w", op.ID, err)
+		}
+		return s.Builders.Steps(p), nil
 	}
 	return nil, fmt.Errorf("operation %s has unknown kind %q", op.ID, op.Data["kind"])
 }
 
 // run executes the operation's remaining steps with a progress message
 // and the closing summary. The target stays locked unless it finished.
-func (s *Restores) run(ctx context.Context, id string, poster progress.Poster, note string) error {
+func (s *Operations) run(ctx context.Context, id string, poster progress.Poster, note string) error {
 	s.running.Add(1)
 	defer s.running.Done()
 	op, err := s.Journal.Get(id)
@@ -285,11 +329,11 @@ func (s *Restores) run(ctx context.Context, id string, poster progress.Poster, n
 		}
 		st.Finish(progress.Succeeded, s.summary(op))
 	case errors.Is(err, journal.ErrCancelled):
-		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped by <@%s> at a step boundary: %s %s", op.CancelBy, op.Why, s.nextMoves(op)))
+		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped by <@%s> at a step boundary: %s. %s %s", op.CancelBy, op.Why, s.boxLine(ctx, op), s.nextMoves(op)))
 	case ctx.Err() != nil:
 		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped: the bot is shutting down (%s). %s", op.Why, s.nextMoves(op)))
 	default:
-		st.Finish(progress.Failed, fmt.Sprintf("%s Nothing after it ran. %s", ops.Explain(err), s.nextMoves(op)))
+		st.Finish(progress.Failed, fmt.Sprintf("%s Later steps did not run. %s %s", ops.Explain(err), s.boxLine(ctx, op), s.nextMoves(op)))
 	}
 	s.Log.Info("restore", "op", op.ID, "state", op.State, "why", op.Why)
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
@@ -310,13 +354,13 @@ func journalNames(op *journal.Op) []string {
 }
 
 // nextMoves says what a stopped operation has left and how to go on.
-func (s *Restores) nextMoves(op *journal.Op) string {
+func (s *Operations) nextMoves(op *journal.Op) string {
 	return fmt.Sprintf("Done so far: %s. `%s resume %s` continues from step %d without repeating finished steps; `%s cancel %s` gives it up and frees the Services box.",
 		s.leftBehind(op), s.SlashCommand, op.ID, op.Next()+1, s.SlashCommand, op.ID)
 }
 
 // leftBehind lists what the operation changed, from its journal.
-func (s *Restores) leftBehind(op *journal.Op) string {
+func (s *Operations) leftBehind(op *journal.Op) string {
 	var done []string
 	for i, st := range op.Steps {
 		if st.State == journal.StepDone {
@@ -329,8 +373,14 @@ func (s *Restores) leftBehind(op *journal.Op) string {
 	return strings.Join(done, "; ")
 }
 
-func (s *Restores) summary(op *journal.Op) string {
+func (s *Operations) summary(op *journal.Op) string {
 	took := op.Elapsed(time.Now()).Round(time.Second)
+	switch op.Data["kind"] {
+	case "failover":
+		return s.failoverSummary(op, took)
+	case "rotate":
+		return fmt.Sprintf("Rotated the builders of `%s` in %s (approved by <@%s>): %s.", op.Facts["group"], took, op.Approver, op.Steps[len(op.Steps)-1].Detail)
+	}
 	if op.Data["kind"] == "tarball" {
 		return fmt.Sprintf("Restored `s3://%s/%s` onto `%s` in %s (approved by <@%s>). The data that was there is in `%s` on the box: delete it once you have checked the restore. Next: take a backup (`%s backup now`); webhooks sent while the app was stopped were lost.",
 			op.Facts["bucket"], op.Facts["key"], op.Facts["instance"], took, op.Approver, op.Data["moved_aside"], s.SlashCommand)
@@ -345,8 +395,54 @@ func (s *Restores) summary(op *journal.Op) string {
 	return b.String()
 }
 
+// boxLine says, from AWS now, whether CircleCI has a Services box running:
+// what an engineer needs first when an operation stopped part-way.
+func (s *Operations) boxLine(ctx context.Context, op *journal.Op) string {
+	if op.Kind == "rotate" || s.Snapshot == nil {
+		return ""
+	}
+	box, err := ops.FindBox(ctx, s.Snapshot.EC2, s.NameTag)
+	switch {
+	case errors.Is(err, ops.ErrNotFound):
+		return fmt.Sprintf(":rotating_light: No instance is tagged Name=%s: *CircleCI is down* until this operation is resumed or a box is started by hand.", s.NameTag)
+	case err != nil:
+		return "The Services box's state could not be read: " + ops.Explain(err)
+	}
+	id := aws.ToString(box.InstanceId)
+	switch box.State.Name {
+	case "running":
+		return fmt.Sprintf("The Services box `%s` is running.", id)
+	case "stopped", "stopping":
+		return fmt.Sprintf(":rotating_light: The Services box `%s` is %s: *CircleCI is down*. `%s resume %s` goes on; to bring that box back instead, give this operation up and start it (`aws ec2 start-instances --instance-ids %s`).", id, box.State.Name, s.SlashCommand, op.ID, id)
+	}
+	return fmt.Sprintf("The Services box `%s` is %s.", id, box.State.Name)
+}
+
+// recheck runs an operation's read-only checks again before a resume:
+// what it restores from must still be there as approved.
+func (s *Operations) recheck(ctx context.Context, op *journal.Op) error {
+	switch op.Data["kind"] {
+	case "snapshot":
+		p, err := ops.DecodeRestorePlan(op.Data["plan"])
+		if err == nil {
+			err = s.Snapshot.Recheck(ctx, p)
+		}
+		return err
+	case "tarball":
+		if s.Tarball == nil {
+			return nil
+		}
+		p, err := ops.DecodeTarballRestorePlan(op.Data["plan"])
+		if err == nil {
+			err = s.Tarball.Recheck(ctx, p)
+		}
+		return err
+	}
+	return nil
+}
+
 // find looks an operation up by its ID or by the request that started it.
-func (s *Restores) find(id string) (*journal.Op, error) {
+func (s *Operations) find(id string) (*journal.Op, error) {
 	op, err := s.Journal.Get(id)
 	if errors.Is(err, journal.ErrNotFound) && strings.HasPrefix(id, "req-") {
 		op, err = s.Journal.ByRequest(id)
@@ -358,10 +454,15 @@ func (s *Restores) find(id string) (*journal.Op, error) {
 }
 
 // Resume continues a stopped operation from its first unfinished step.
-func (s *Restores) Resume(ctx context.Context, id, user string, poster progress.Poster) (Outcome, error) {
+func (s *Operations) Resume(ctx context.Context, id, user string, poster progress.Poster) (Outcome, error) {
 	op, err := s.find(id)
 	if err != nil {
 		return Outcome{}, err
+	}
+	if op.State == journal.Stopped {
+		if err := s.recheck(ctx, op); err != nil {
+			return Outcome{}, &UserError{Msg: fmt.Sprintf("`%s` was not resumed: what it restores from changed (%s). `%s cancel %s` gives it up; then request a new one.", op.ID, ops.Explain(err), s.SlashCommand, op.ID)}
+		}
 	}
 	op, err = s.Journal.Claim(op.ID, s.Store.Process())
 	if err != nil {
@@ -380,7 +481,7 @@ func (s *Restores) Resume(ctx context.Context, id, user string, poster progress.
 }
 
 // adopt makes this process the holder of the operation's target.
-func (s *Restores) adopt(op *journal.Op) error {
+func (s *Operations) adopt(op *journal.Op) error {
 	err := s.Store.Adopt(store.Lock{Key: op.Target, OpID: op.ID, What: "restore", Requester: op.Requester, Since: op.Created, Process: s.Store.Process()})
 	var held *store.HeldError
 	if errors.As(err, &held) {
@@ -391,7 +492,7 @@ func (s *Restores) adopt(op *journal.Op) error {
 
 // Cancel stops a running operation at its next step boundary, or gives up
 // a stopped one and frees its target.
-func (s *Restores) Cancel(ctx context.Context, id, user string, reply Replier) (Outcome, error) {
+func (s *Operations) Cancel(ctx context.Context, id, user string, reply Replier) (Outcome, error) {
 	op, err := s.find(id)
 	if err != nil {
 		return Outcome{}, err
@@ -409,15 +510,15 @@ func (s *Restores) Cancel(ctx context.Context, id, user string, reply Replier) (
 	if err := s.Store.Unlock(op.Target, op.ID); err != nil {
 		return Outcome{}, err
 	}
-	msg := fmt.Sprintf(":wastebasket: <@%s> gave up `%s` (%s). The Services box is free for new operations. What it left: %s.%s",
-		user, op.ID, op.Title, s.leftBehind(op), s.cleanupHints(op))
+	msg := fmt.Sprintf(":wastebasket: <@%s> gave up `%s` (%s); new operations on its target may start. What it did: %s.%s %s",
+		user, op.ID, op.Title, s.leftBehind(op), s.cleanupHints(op), s.boxLine(ctx, op))
 	_, err = reply.Post(ctx, chat.Text(msg))
 	return Outcome{Result: "ok", Detail: "abandoned " + op.ID}, err
 }
 
 // cleanupHints names what a given-up restore made, for a person to keep
 // or remove: the bot does not delete it.
-func (s *Restores) cleanupHints(op *journal.Op) string {
+func (s *Operations) cleanupHints(op *journal.Op) string {
 	var h []string
 	if v := op.Data["kept_volumes"]; v != "" {
 		h = append(h, "old volumes "+v+" (tag "+ops.TagKeptBy+"="+op.ID+")")
@@ -441,7 +542,7 @@ func (s *Restores) cleanupHints(op *journal.Op) string {
 // marked interrupted at their step, keep the Services box locked, and are
 // announced in their channel with how to resume or give them up. None is
 // continued on its own.
-func (s *Restores) Recover(ctx context.Context, postTo func(string) progress.Poster) {
+func (s *Operations) Recover(ctx context.Context, postTo func(string) progress.Poster) {
 	stopped, err := s.Journal.MarkInterrupted(s.Store.Process())
 	if err != nil {
 		s.Log.Error("read operations at start-up", "err", err)
@@ -483,15 +584,15 @@ func (s *Restores) Recover(ctx context.Context, postTo func(string) progress.Pos
 
 // Journaled reports whether an approval request became a journaled
 // operation (which then has its own resume path).
-func (s *Restores) Journaled(reqID string) bool {
+func (s *Operations) Journaled(reqID string) bool {
 	_, err := s.Journal.ByRequest(reqID)
 	return err == nil
 }
 
 func (d Deps) resume(ctx context.Context, c Call) (Outcome, error) {
-	return d.Restores.Resume(ctx, c.Cmd.ID, c.Req.UserID, c.Reply)
+	return d.Ops.Resume(ctx, c.Cmd.ID, c.Req.UserID, c.Reply)
 }
 
 func (d Deps) cancel(ctx context.Context, c Call) (Outcome, error) {
-	return d.Restores.Cancel(ctx, c.Cmd.ID, c.Req.UserID, c.Reply)
+	return d.Ops.Cancel(ctx, c.Cmd.ID, c.Req.UserID, c.Reply)
 }

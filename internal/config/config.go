@@ -28,6 +28,8 @@ type Config struct {
 	Backup      Backup      `yaml:"backup"`
 	Report      Report      `yaml:"report"`
 	Restore     Restore     `yaml:"restore"`
+	Failover    Failover    `yaml:"failover"`
+	Secret      SecretCfg   `yaml:"secret"`
 
 	// Secrets come from the environment only, never from the file, so a
 	// config file can be committed and shared.
@@ -84,6 +86,36 @@ type Builders struct {
 	// ASGName is the Auto Scaling group of the builder fleet; empty means
 	// the bot does not manage builders.
 	ASGName string `yaml:"asg_name"`
+	// RotateBatch is how many builders a rotation replaces at a time (0: a
+	// quarter of the fleet); the group needs that much room above its
+	// desired capacity.
+	RotateBatch int `yaml:"rotate_batch"`
+	// RotateTimeout bounds the wait for one batch's new builders.
+	RotateTimeout Duration `yaml:"rotate_timeout"`
+}
+
+// Failover says how builders find the Services box and how to check the
+// promoted replica.
+type Failover struct {
+	// Discovery: secondary-ip (move the service IP within its subnet),
+	// eni (move a dedicated interface), load-balancer (swap NLB targets),
+	// none (builders are restarted with the new IP).
+	Discovery       string   `yaml:"discovery"`
+	ServiceIP       string   `yaml:"service_ip"`
+	ENI             string   `yaml:"eni_id"`
+	TargetGroupARNs []string `yaml:"target_group_arns"`
+	// HealthURL is fetched by the bot after the app starts; {ip} is the
+	// replica's private IP, e.g. http://{ip}/.
+	HealthURL     string   `yaml:"health_url"`
+	StopTimeout   Duration `yaml:"stop_timeout"`
+	HealthTimeout Duration `yaml:"health_timeout"`
+}
+
+// SecretCfg says where `secret` reads CIRCLE_SECRET_PASSPHRASE: Secrets
+// Manager when SecretsManagerID is set, else the box's
+// `replicated admin get-secret-token` through SSM.
+type SecretCfg struct {
+	SecretsManagerID string `yaml:"secrets_manager_id"`
 }
 
 type Backup struct {
@@ -114,8 +146,10 @@ func Defaults() Config {
 		Approvals: Approvals{TTL: Duration(30 * time.Minute)},
 		ServicesBox: ServicesBox{NameTag: "circleci_services",
 			AppStartCommand: DefaultAppCommand("start"), AppStopCommand: DefaultAppCommand("stop")},
-		Restore: Restore{ImageTimeout: Duration(45 * time.Minute), StopTimeout: Duration(5 * time.Minute), HealthTimeout: Duration(20 * time.Minute)},
-		Backup:  Backup{Method: "ebs", RPO: Duration(24 * time.Hour)},
+		Failover: Failover{Discovery: "secondary-ip", StopTimeout: Duration(2 * time.Minute), HealthTimeout: Duration(10 * time.Minute)},
+		Builders: Builders{RotateTimeout: Duration(15 * time.Minute)},
+		Restore:  Restore{ImageTimeout: Duration(45 * time.Minute), StopTimeout: Duration(5 * time.Minute), HealthTimeout: Duration(20 * time.Minute)},
+		Backup:   Backup{Method: "ebs", RPO: Duration(24 * time.Hour)},
 	}
 }
 

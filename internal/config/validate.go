@@ -79,6 +79,41 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	switch c.Failover.Discovery {
+	case "secondary-ip", "none":
+	case "eni":
+		if !strings.HasPrefix(c.Failover.ENI, "eni-") {
+			bad("failover.eni_id", "discovery eni needs the interface to move (eni-…)")
+		}
+	case "load-balancer":
+		if len(c.Failover.TargetGroupARNs) == 0 {
+			bad("failover.target_group_arns", "discovery load-balancer needs the NLB target groups (TCP 80, 443, 4434)")
+		}
+	default:
+		bad("failover.discovery", "%q is not one of secondary-ip, eni, load-balancer, none", c.Failover.Discovery)
+	}
+	if ip := c.Failover.ServiceIP; ip != "" && net.ParseIP(ip) == nil {
+		bad("failover.service_ip", "%q is not an IP address", ip)
+	}
+	for i, a := range c.Failover.TargetGroupARNs {
+		if !strings.HasPrefix(a, "arn:") {
+			bad(fmt.Sprintf("failover.target_group_arns[%d]", i), "%q is not a target group ARN", a)
+		}
+	}
+	if u := c.Failover.HealthURL; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		bad("failover.health_url", "%q is not an http(s) URL", u)
+	}
+	if c.Builders.RotateBatch < 0 {
+		bad("builders.rotate_batch", "must be 0 (a quarter of the fleet) or more")
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"failover.stop_timeout", c.Failover.StopTimeout.D()}, {"failover.health_timeout", c.Failover.HealthTimeout.D()}, {"builders.rotate_timeout", c.Builders.RotateTimeout.D()}} {
+		if d.v < 10*time.Second || d.v > 6*time.Hour {
+			bad(d.key, "%s is outside 10s..6h", d.v)
+		}
+	}
 	for i, t := range c.Restore.FallbackInstanceTypes {
 		if !instanceType.MatchString(t) {
 			bad(fmt.Sprintf("restore.fallback_instance_types[%d]", i), "%q is not an EC2 instance type (e.g. m5.2xlarge)", t)

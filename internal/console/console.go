@@ -189,6 +189,11 @@ func (r *replier) Ephemeral(_ context.Context, m chat.Message) error {
 	return nil
 }
 
+func (r *replier) EphemeralTo(_ context.Context, user string, m chat.Message) error {
+	r.c.printf("\n[only visible to %s]\n%s\n", user, indent(chat.PlainText(m)))
+	return nil
+}
+
 func (r *replier) Post(_ context.Context, m chat.Message) (chat.Ref, error) {
 	ts := fmt.Sprintf("%d.%06d", time.Now().Unix(), r.c.seq.Add(1))
 	r.c.printf("\n[#%s, message %s]\n%s\n", r.channel, ts, indent(chat.PlainText(m)))

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -73,9 +74,14 @@ type Op struct {
 	CancelBy  string            `json:"cancel_by,omitempty"`
 	Process   string            `json:"process,omitempty"`
 	MessageTS string            `json:"message_ts,omitempty"`
-	Created   time.Time         `json:"created"`
-	Updated   time.Time         `json:"updated"`
-	Finished  time.Time         `json:"finished,omitzero"`
+	// Record, set by Run for the running step, saves one Data item at
+	// once: what a step must not lose if the bot dies mid-step (the ID of
+	// a command it started on the box).
+	Record func(key, value string) error `json:"-"`
+
+	Created  time.Time `json:"created"`
+	Updated  time.Time `json:"updated"`
+	Finished time.Time `json:"finished,omitzero"`
 }
 
 // NewID makes op-YYYYMMDD-HHMMSS-xxxx (UTC): sortable and short to type.
@@ -228,9 +234,7 @@ func (s Store) Claim(id, process string) (*Op, error) {
 		switch o.State {
 		case Stopped:
 		case Running:
-			if o.Process == process {
-				return nil // created running by this process
-			}
+			// Whoever runs it (this process too): one runner at a time.
 			return fmt.Errorf("operation `%s` is running (step %d of %d)", o.ID, o.Next()+1, len(o.Steps))
 		default:
 			return fmt.Errorf("operation `%s` is %s; it cannot be resumed", o.ID, o.State)
@@ -327,6 +331,20 @@ func (s Store) Run(ctx context.Context, id string, defs []Def, p Progress) (*Op,
 		work := &Op{}
 		*work = *op
 		work.Data = data
+		var mu sync.Mutex
+		work.Record = func(k, v string) error {
+			mu.Lock()
+			data[k] = v
+			mu.Unlock()
+			_, err := s.Update(id, func(o *Op) error {
+				if o.Data == nil {
+					o.Data = map[string]string{}
+				}
+				o.Data[k] = v
+				return nil
+			})
+			return err
+		}
 		detail, stepErr := defs[i].Run(ctx, work, p)
 		if stepErr != nil {
 			if ctx.Err() != nil {

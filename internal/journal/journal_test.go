@@ -142,6 +142,40 @@ func TestMarkInterrupted(t *testing.T) {
 	}
 }
 
+// A running operation is never claimed, not even by its own process: a
+// second `resume` must not start a second runner.
+func TestRunningIsNotClaimed(t *testing.T) {
+	s := open(t)
+	o := newOp(t, s, "me", 2)
+	if _, err := s.Claim(o.ID, "me"); err == nil {
+		t.Fatal("a running operation was claimed by its own process")
+	}
+	if _, err := s.Claim(o.ID, "other"); err == nil {
+		t.Fatal("a running operation was claimed by another process")
+	}
+}
+
+// Record saves a data item before the step ends: a crash mid-step keeps it.
+func TestRecordSavesAtOnce(t *testing.T) {
+	s := open(t)
+	o := newOp(t, s, "me", 1)
+	_, err := s.Run(context.Background(), o.ID, []Def{{"a", func(_ context.Context, op *Op, _ Progress) (string, error) {
+		if err := op.Record("command", "cmd-1"); err != nil {
+			return "", err
+		}
+		if got, _ := s.Get(op.ID); got.Data["command"] != "cmd-1" {
+			t.Errorf("recorded item not saved during the step: %v", got.Data)
+		}
+		return "", errors.New("boom")
+	}}}, nopProgress{})
+	if err == nil {
+		t.Fatal("want the step's error")
+	}
+	if got, _ := s.Get(o.ID); got.Data["command"] != "cmd-1" {
+		t.Errorf("recorded item lost after the failure: %v", got.Data)
+	}
+}
+
 // Of many racing resumes, exactly one claims the operation.
 func TestClaimOnce(t *testing.T) {
 	s := open(t)

@@ -544,7 +544,7 @@ func errorCode(err error) string {
 func retryable(code string) bool {
 	switch code {
 	case "RequestLimitExceeded", "Throttling", "ThrottlingException", "ConcurrentSnapshotLimitExceeded",
-		"SnapshotCreationPerVolumeRateExceeded", "InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable":
+		"SnapshotCreationPerVolumeRateExceeded", "InternalError", "InternalFailure", "InternalServerError", "ServiceUnavailable", "Unavailable":
 		return true
 	}
 	return false

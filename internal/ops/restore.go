@@ -207,6 +207,9 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 		if err != nil {
 			return RestorePlan{}, err
 		}
+		slices.SortFunc(members, func(a, b ec2types.Snapshot) int {
+			return strings.Compare(aws.ToString(a.SnapshotId), aws.ToString(b.SnapshotId))
+		})
 		plan.Source = aws.ToString(members[0].SnapshotId)
 	} else {
 		what := fmt.Sprintf("a snapshot of `%s`", aws.ToString(snap.VolumeId))
@@ -358,56 +361,59 @@ func (r *SnapshotRestore) ipHolder(ctx context.Context, ip, subnet string) (*ipH
 	return nil, nil
 }
 
-// RestoreSteps are the step names, in order, as the journal and the
-// progress message show them.
-var RestoreSteps = []string{
-	"Check the restore point",
-	"Protect the old volumes",
-	"Stop the old instance",
-	"Make an image of the restore point",
-	"Free the private IP",
-	"Launch the new Services box",
-	"Wait for running and status checks",
-	"Start the app",
-	"Verify the new Services box",
-}
-
-// Steps returns the journal steps of a restore of plan.
+// Steps returns the journal steps of a restore of plan, in order.
+//
+// The image comes before anything touches the old box: it can take long
+// (the first image of a large set), and the old box keeps serving
+// meanwhile; a failed image leaves production untouched.
 func (r *SnapshotRestore) Steps(plan RestorePlan) []journal.Def {
-	fns := []journal.StepFunc{
-		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+	type fn = func(context.Context, *journal.Op, journal.Progress) (string, error)
+	steps := []struct {
+		name string
+		run  fn
+	}{
+		{"Check the restore point", func(ctx context.Context, _ *journal.Op, _ journal.Progress) (string, error) {
 			return r.checkSource(ctx, plan)
-		},
-		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
-			return r.protect(ctx, op, plan)
-		},
-		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
-			return r.stopOld(ctx, plan, p)
-		},
-		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+		}},
+		{"Make an image of the restore point", func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
 			return r.image(ctx, op, plan, p)
-		},
-		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+		}},
+		{"Protect the old volumes", func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+			return r.protect(ctx, op, plan)
+		}},
+		{"Stop the old instance", func(ctx context.Context, _ *journal.Op, p journal.Progress) (string, error) {
+			return r.stopOld(ctx, plan, p)
+		}},
+		{"Free the private IP", func(ctx context.Context, _ *journal.Op, p journal.Progress) (string, error) {
 			return r.freeIP(ctx, plan, p)
-		},
-		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+		}},
+		{"Launch the new Services box", func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
 			return r.launch(ctx, op, plan, p)
-		},
-		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+		}},
+		{"Wait for running and status checks", func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
 			return r.waitHealthy(ctx, op, p)
-		},
-		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+		}},
+		{"Start the app", func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
 			return r.startApp(ctx, op, plan, p)
-		},
-		func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+		}},
+		{"Verify the new Services box", func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
 			return r.verify(ctx, op, plan)
-		},
+		}},
 	}
-	defs := make([]journal.Def, len(fns))
-	for i, f := range fns {
-		defs[i] = journal.Def{Name: RestoreSteps[i], Run: retrying(f, r.poll())}
+	defs := make([]journal.Def, len(steps))
+	for i, st := range steps {
+		defs[i] = journal.Def{Name: st.name, Run: retrying(st.run, r.poll())}
 	}
 	return defs
+}
+
+// Names lists the steps' names, for a journal entry.
+func Names(defs []journal.Def) []string {
+	out := make([]string, len(defs))
+	for i, d := range defs {
+		out[i] = d.Name
+	}
+	return out
 }
 
 // stepAttempts bounds how often a step is tried when AWS fails it with a
@@ -448,6 +454,14 @@ func RetryRead[T any](ctx context.Context, wait time.Duration, f func() (T, erro
 	}
 }
 
+// explainedStep gives a step's error Explain's wording without retrying.
+func explainedStep(f journal.StepFunc) journal.StepFunc {
+	return func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+		d, err := f(ctx, op, p)
+		return d, explained(err)
+	}
+}
+
 // explainedError reads as Explain's one sentence (no request IDs or HTTP
 // details in the journal and the channel) and unwraps to the cause.
 type explainedError struct{ err error }
@@ -472,6 +486,13 @@ func Transient(err error) bool {
 }
 
 func (r *SnapshotRestore) poll() time.Duration { return cmpOr(r.Poll, 2*time.Second) }
+
+// Recheck runs the plan's read-only checks again before a resume: the
+// restore point is still complete.
+func (r *SnapshotRestore) Recheck(ctx context.Context, plan RestorePlan) error {
+	_, err := r.checkSource(ctx, plan)
+	return err
+}
 
 func (r *SnapshotRestore) checkSource(ctx context.Context, plan RestorePlan) (string, error) {
 	var ids []string
@@ -646,53 +667,22 @@ func (r *SnapshotRestore) stopOld(ctx context.Context, plan RestorePlan, p journ
 
 func since(t time.Time) string { return time.Since(t).Round(time.Second).String() }
 
-func imageName(opID string) string { return "circleci-restore-" + opID }
-
-// image registers (or finds, when run again) the AMI of the set and waits
-// until it is available.
+// image registers (or finds, when run again) this restore's AMI of the
+// set and waits until it is available. A failed image is left as it is
+// (named, tagged) and a new one is registered on the next run.
 func (r *SnapshotRestore) image(ctx context.Context, op *journal.Op, plan RestorePlan, p journal.Progress) (string, error) {
 	start := time.Now()
-	id := op.Data["image_id"]
-	if id == "" {
-		out, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"self"}, Filters: []ec2types.Filter{{Name: aws.String("name"), Values: []string{imageName(op.ID)}}}})
-		if err != nil {
-			return "", fmt.Errorf("look for this restore's image: %w", err)
-		}
-		if len(out.Images) > 0 {
-			id = aws.ToString(out.Images[0].ImageId)
-			p.Log(fmt.Sprintf("Image `%s` was registered by this restore before; using it.", id))
-		}
+	id, attempts, err := r.findImage(ctx, op.ID)
+	if err != nil {
+		return "", err
 	}
-	if id == "" {
-		var bdm []ec2types.BlockDeviceMapping
-		for _, s := range plan.Snapshots {
-			// The restored box's volumes survive an accidental terminate.
-			bdm = append(bdm, ec2types.BlockDeviceMapping{DeviceName: aws.String(s.Device), Ebs: &ec2types.EbsBlockDevice{SnapshotId: aws.String(s.ID), DeleteOnTermination: aws.Bool(false)}})
-		}
-		arch := ec2types.ArchitectureValues(plan.Shape.Architecture)
-		if arch == "" {
-			arch = ec2types.ArchitectureValuesX8664
-		}
-		out, err := r.EC2.RegisterImage(ctx, &ec2.RegisterImageInput{
-			Name:                aws.String(imageName(op.ID)),
-			Description:         aws.String(fmt.Sprintf("CircleCI Services Box restored from %s by circlebot %s", plan.Source, op.ID)),
-			Architecture:        arch,
-			RootDeviceName:      aws.String(plan.Shape.RootDevice),
-			VirtualizationType:  aws.String("hvm"),
-			EnaSupport:          aws.Bool(true),
-			BlockDeviceMappings: bdm,
-			TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeImage, Tags: []ec2types.Tag{
-				{Key: aws.String(TagRestoreOp), Value: aws.String(op.ID)}, {Key: aws.String("Name"), Value: aws.String(imageName(op.ID))},
-			}}},
-		}, func(o *ec2.Options) { o.RetryMaxAttempts = 1 })
-		if errorCode(err) == "InvalidAMIName.Duplicate" {
-			// An earlier call went through and its answer was lost.
-			return r.image(ctx, op, plan, p)
-		}
+	if id != "" {
+		p.Log(fmt.Sprintf("Image `%s` was registered by this restore before; using it.", id))
+	} else {
+		id, err = r.register(ctx, op, plan, attempts+1)
 		if err != nil {
-			return "", fmt.Errorf("register the image: %w", err)
+			return "", err
 		}
-		id = aws.ToString(out.ImageId)
 	}
 	op.Data["image_id"] = id
 	timeout := cmpOr(r.ImageTimeout, 45*time.Minute)
@@ -700,7 +690,7 @@ func (r *SnapshotRestore) image(ctx context.Context, op *journal.Op, plan Restor
 	nextNote := time.Now().Add(5 * time.Minute)
 	for {
 		out, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{ImageIds: []string{id}})
-		if err != nil && !retryable(errorCode(err)) && errorCode(err) != "InvalidAMIID.NotFound" {
+		if err != nil && !Transient(err) && errorCode(err) != "InvalidAMIID.NotFound" {
 			return "", fmt.Errorf("check image %s: %w", id, err)
 		}
 		if err == nil && len(out.Images) > 0 {
@@ -713,20 +703,87 @@ func (r *SnapshotRestore) image(ctx context.Context, op *journal.Op, plan Restor
 				if img.StateReason != nil {
 					why = ": " + aws.ToString(img.StateReason.Message)
 				}
-				return "", fmt.Errorf("image %s is %s%s", id, img.State, why)
+				delete(op.Data, "image_id") // a resume registers a new one
+				return "", fmt.Errorf("image %s is %s%s; the old box was not touched, and `resume` registers a new image", id, img.State, why)
 			}
 		}
 		if time.Now().After(deadline) {
-			return "", fmt.Errorf("image %s is still pending after %s (restore.image_timeout); it is kept, and `resume` waits for it again", id, timeout)
+			return "", fmt.Errorf("image %s is still pending after %s (restore.image_timeout); the old box was not touched, the image is kept, and `resume` waits for it again", id, timeout)
 		}
 		if time.Now().After(nextNote) {
-			p.Log(fmt.Sprintf("Image `%s` is still pending after %s; AWS copies the snapshots' data first. Waiting up to %s.", id, since(start), timeout))
+			p.Log(fmt.Sprintf("Image `%s` is still pending after %s; AWS copies the snapshots' data first. The old box keeps serving meanwhile. Waiting up to %s.", id, since(start), timeout))
 			nextNote = time.Now().Add(5 * time.Minute)
 		}
 		if err := sleep(ctx, r.poll()); err != nil {
 			return "", err
 		}
 	}
+}
+
+// findImage returns this restore's usable image (pending or available),
+// if any, and how many it registered in all.
+func (r *SnapshotRestore) findImage(ctx context.Context, opID string) (string, int, error) {
+	out, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"self"}, Filters: []ec2types.Filter{{Name: aws.String("tag:" + TagRestoreOp), Values: []string{opID}}}})
+	if err != nil {
+		return "", 0, fmt.Errorf("look for this restore's image: %w", err)
+	}
+	for _, img := range out.Images {
+		if img.State == ec2types.ImageStatePending || img.State == ec2types.ImageStateAvailable {
+			return aws.ToString(img.ImageId), len(out.Images), nil
+		}
+	}
+	return "", len(out.Images), nil
+}
+
+func (r *SnapshotRestore) register(ctx context.Context, op *journal.Op, plan RestorePlan, n int) (string, error) {
+	name := "circleci-restore-" + op.ID
+	if n > 1 {
+		name += fmt.Sprintf("-%d", n)
+	}
+	var bdm []ec2types.BlockDeviceMapping
+	for _, s := range plan.Snapshots {
+		// The restored box's volumes survive an accidental terminate.
+		bdm = append(bdm, ec2types.BlockDeviceMapping{DeviceName: aws.String(s.Device), Ebs: &ec2types.EbsBlockDevice{SnapshotId: aws.String(s.ID), DeleteOnTermination: aws.Bool(false)}})
+	}
+	arch := ec2types.ArchitectureValues(plan.Shape.Architecture)
+	if arch == "" {
+		arch = ec2types.ArchitectureValuesX8664
+	}
+	in := &ec2.RegisterImageInput{
+		Name:                aws.String(name),
+		Description:         aws.String(fmt.Sprintf("CircleCI Services Box restored from %s by circlebot %s", plan.Source, op.ID)),
+		Architecture:        arch,
+		RootDeviceName:      aws.String(plan.Shape.RootDevice),
+		VirtualizationType:  aws.String("hvm"),
+		EnaSupport:          aws.Bool(true),
+		BlockDeviceMappings: bdm,
+		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeImage, Tags: []ec2types.Tag{
+			{Key: aws.String(TagRestoreOp), Value: aws.String(op.ID)}, {Key: aws.String("Name"), Value: aws.String(name)},
+		}}},
+	}
+	// No SDK retries: an answer lost on the way back is found by its tag
+	// (the name is taken, InvalidAMIName.Duplicate), never registered twice.
+	out, err := r.EC2.RegisterImage(ctx, in, func(o *ec2.Options) { o.RetryMaxAttempts = 1 })
+	if err == nil {
+		return aws.ToString(out.ImageId), nil
+	}
+	if errorCode(err) != "InvalidAMIName.Duplicate" && !Transient(err) {
+		return "", fmt.Errorf("register the image: %w", err)
+	}
+	// Registered, or maybe registered: DescribeImages may lag behind.
+	for attempt := 1; attempt <= stepAttempts; attempt++ {
+		if err := sleep(ctx, r.poll()*time.Duration(attempt)); err != nil {
+			return "", err
+		}
+		id, _, ferr := r.findImage(ctx, op.ID)
+		if ferr == nil && id != "" {
+			return id, nil
+		}
+	}
+	if errorCode(err) == "InvalidAMIName.Duplicate" {
+		return "", fmt.Errorf("an image named %s exists but is not this restore's (no %s=%s tag): rename or deregister it, then resume", name, TagRestoreOp, op.ID)
+	}
+	return "", fmt.Errorf("register the image: %w", err)
 }
 
 // freeIP terminates the old, stopped, protected instance so that its
@@ -808,7 +865,7 @@ func (r *SnapshotRestore) launch(ctx context.Context, op *journal.Op, plan Resto
 				if h, herr := r.ipHolder(ctx, plan.Shape.PrivateIP, plan.Shape.SubnetID); herr == nil && h != nil {
 					holder = h.String()
 				}
-				return "", fmt.Errorf("%s is in use by %s; free it (terminate that instance or delete the interface), then `resume %s`", plan.Shape.PrivateIP, holder, op.ID)
+				return "", fmt.Errorf("%s is in use by %s; free it (terminate that instance or delete the interface), then resume this restore (%s)", plan.Shape.PrivateIP, holder, op.ID)
 			}
 			return "", fmt.Errorf("launch the new box (%s): %w", typ, err)
 		}

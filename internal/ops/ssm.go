@@ -35,6 +35,10 @@ type Shell struct {
 	// OnSend, when set, learns each command's ID as soon as SSM accepts
 	// it, so that the caller can record what is running on the box.
 	OnSend func(commandID string)
+	// KeepOnCancel leaves a command running on the box when ctx ends (a
+	// bot shutting down must not cut circleci-restore in half); the caller
+	// recorded its ID with OnSend and follows it after the restart.
+	KeepOnCancel bool
 }
 
 // MaxPoll caps the wait between result polls.
@@ -87,6 +91,12 @@ func (s *Shell) Run(ctx context.Context, comment, script string, timeout time.Du
 	if s.OnSend != nil {
 		s.OnSend(id)
 	}
+	return s.Follow(ctx, id, comment, timeout)
+}
+
+// Follow waits for command id (sent by Run, possibly by an earlier bot
+// process) to end, as Run does.
+func (s *Shell) Follow(ctx context.Context, id, comment string, timeout time.Duration) (Result, error) {
 	poll := cmpOr(s.Poll, 500*time.Millisecond)
 	deadline := time.Now().Add(timeout + time.Minute)
 	for {
@@ -147,6 +157,10 @@ func throttled(err error) bool {
 // for the box to report it stopped; cause is what the caller gets, with
 // any failure to cancel added.
 func (s *Shell) stop(ctx context.Context, id string, cause error) error {
+	if s.KeepOnCancel && ctx.Err() != nil {
+		// The command goes on on the box; the caller follows it later.
+		return fmt.Errorf("%w (SSM command %s goes on on the box)", cause, id)
+	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
 	_, err := s.SSM.CancelCommand(cctx, &ssm.CancelCommandInput{CommandId: aws.String(id), InstanceIds: []string{s.Instance}})

@@ -12,6 +12,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/circlebot/circlebot/internal/journal"
 )
@@ -37,7 +39,7 @@ type TarballRestore struct {
 	AppStart  string
 	AppStop   string
 	Poll      time.Duration
-	URLExpiry time.Duration // default 1 h, also the download's timeout
+	URLExpiry time.Duration // default 15 min: S3 checks it when the download starts
 }
 
 // TarballRestorePlan is what a tarball restore will use.
@@ -73,16 +75,6 @@ func DecodeTarballRestorePlan(s string) (TarballRestorePlan, error) {
 	return p, err
 }
 
-var TarballRestoreSteps = []string{
-	"Check the tarball",
-	"Check the Services box",
-	"Download the tarball onto the box",
-	"Stop the app",
-	"Run circleci-restore",
-	"Start the app",
-	"Remove the downloaded tarball",
-}
-
 // Plan checks that the object exists and the box runs, or refuses.
 func (t *TarballRestore) Plan(ctx context.Context, bucket, key string) (TarballRestorePlan, error) {
 	head, err := t.S3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)})
@@ -113,40 +105,59 @@ func (t *TarballRestore) Plan(ctx context.Context, bucket, key string) (TarballR
 	return p, nil
 }
 
-// Steps returns the journal steps of plan.
+// Steps returns the journal steps of plan, in order. Steps that send
+// commands to the box are not tried again on an AWS error: a SendCommand
+// whose answer was lost may have started the command. They find their
+// command by its recorded ID instead (runOnce), on resume.
 func (t *TarballRestore) Steps(plan TarballRestorePlan) []journal.Def {
-	fns := []journal.StepFunc{
-		func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+	type fn = func(context.Context, *journal.Op, journal.Progress) (string, error)
+	wait := cmpOr(t.Poll, 2*time.Second)
+	steps := []struct {
+		name  string
+		retry bool
+		run   fn
+	}{
+		{"Check the tarball", true, func(ctx context.Context, _ *journal.Op, _ journal.Progress) (string, error) {
 			return t.checkObject(ctx, plan)
-		},
-		func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		}},
+		{"Check the Services box", true, func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
 			return t.checkBox(ctx, op, plan)
-		},
-		func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		}},
+		{"Download the tarball onto the box", false, func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
 			return t.download(ctx, op, plan)
-		},
-		func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		}},
+		{"Stop the app", false, func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
 			return t.app(ctx, op, plan, plan.AppStop, "stop the app")
-		},
-		func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		}},
+		{"Run circleci-restore", false, func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
 			return t.restore(ctx, op, plan)
-		},
-		func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		}},
+		{"Start the app", false, func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
 			return t.app(ctx, op, plan, plan.AppStart, "start the app")
-		},
-		func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		}},
+		{"Remove the downloaded tarball", false, func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
 			return t.cleanup(ctx, op, plan)
-		},
+		}},
 	}
-	defs := make([]journal.Def, len(fns))
-	for i, f := range fns {
-		defs[i] = journal.Def{Name: TarballRestoreSteps[i], Run: retrying(f, cmpOr(t.Poll, 2*time.Second))}
+	defs := make([]journal.Def, len(steps))
+	for i, st := range steps {
+		run := explainedStep(st.run)
+		if st.retry {
+			run = retrying(st.run, wait)
+		}
+		defs[i] = journal.Def{Name: st.name, Run: run}
 	}
 	return defs
 }
 
 func (t *TarballRestore) shell(id string) *Shell {
 	return &Shell{SSM: t.SSM, Instance: id, Poll: t.Poll}
+}
+
+// Recheck runs the plan's read-only checks again before a resume.
+func (t *TarballRestore) Recheck(ctx context.Context, plan TarballRestorePlan) error {
+	_, err := t.checkObject(ctx, plan)
+	return err
 }
 
 func (t *TarballRestore) checkObject(ctx context.Context, plan TarballRestorePlan) (string, error) {
@@ -204,20 +215,26 @@ func (t *TarballRestore) download(ctx context.Context, op *journal.Op, plan Tarb
 	defer func() { err = redactURLs(err) }()
 	expiry := t.URLExpiry
 	if expiry <= 0 {
-		expiry = time.Hour
+		expiry = 15 * time.Minute
 	}
-	req, err := t.Presign.PresignGetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(plan.Bucket), Key: aws.String(plan.Key), IfMatch: aws.String(`"` + plan.ETag + `"`)},
+	// Only the host is signed (curl sends no other header); S3 checks the
+	// expiry when the download starts, so it can be short. What was
+	// approved is checked by the object's ETag (step 1), size and sha256.
+	req, err := t.Presign.PresignGetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(plan.Bucket), Key: aws.String(plan.Key)},
 		func(o *s3.PresignOptions) { o.Expires = expiry })
 	if err != nil {
 		return "", fmt.Errorf("sign the download: %w", err)
 	}
+	if strings.ContainsAny(req.URL, "'\n") {
+		return "", errors.New("the presigned download URL cannot be quoted for the shell")
+	}
 	dir := scratchDir(op.ID)
-	r, err := t.shell(plan.InstanceID).Run(ctx, "circlebot "+op.ID+": download the tarball", fmt.Sprintf(`d=%s
+	r, err := t.runOnce(ctx, op, "download_command", t.shell(plan.InstanceID), "circlebot "+op.ID+": download the tarball", fmt.Sprintf(`d=%s
 mkdir -p "$d"
 f="$d/backup.tar.bz2"
 curl -fsS --retry 3 -o "$f" '%s'
 echo "%ssize=$(stat -c %%s "$f")"
-echo "%ssha256=$(sha256sum "$f" | cut -d' ' -f1)"`, dir, req.URL, resultPrefix, resultPrefix), expiry)
+echo "%ssha256=$(sha256sum "$f" | cut -d' ' -f1)"`, dir, req.URL, resultPrefix, resultPrefix), time.Hour)
 	if err != nil {
 		return "", fmt.Errorf("download onto the box: %w", err)
 	}
@@ -240,7 +257,7 @@ func (t *TarballRestore) app(ctx context.Context, op *journal.Op, plan TarballRe
 	if command == "" {
 		return "skipped: no command configured (`services_box.app_" + strings.Fields(what)[0] + "_command`)", nil
 	}
-	r, err := t.shell(plan.InstanceID).Run(ctx, "circlebot "+op.ID+": "+what, command, 10*time.Minute)
+	r, err := t.runOnce(ctx, op, strings.ReplaceAll(what, " ", "_")+"_command", t.shell(plan.InstanceID), "circlebot "+op.ID+": "+what, command, 10*time.Minute)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", what, err)
 	}
@@ -256,7 +273,12 @@ func (t *TarballRestore) app(ctx context.Context, op *journal.Op, plan TarballRe
 // half-restored data is moved aside in turn, never deleted.
 func (t *TarballRestore) restore(ctx context.Context, op *journal.Op, plan TarballRestorePlan) (string, error) {
 	dir := scratchDir(op.ID)
-	r, err := t.shell(plan.InstanceID).Run(ctx, "circlebot "+op.ID+": circleci-restore", fmt.Sprintf(`d=%s
+	sh := t.shell(plan.InstanceID)
+	// A bot that stops mid-restore leaves circleci-restore running and
+	// follows it after the restart: cut in half, it would leave /data
+	// half-restored.
+	sh.KeepOnCancel = true
+	r, err := t.runOnce(ctx, op, "restore_command", sh, "circlebot "+op.ID+": circleci-restore", fmt.Sprintf(`d=%s
 if ! circleci-restore "$d/backup.tar.bz2" >"$d/restore.log" 2>&1; then
 	echo "circleci-restore failed; the end of its output:" >&2
 	tail -n 20 "$d/restore.log" >&2
@@ -264,23 +286,77 @@ if ! circleci-restore "$d/backup.tar.bz2" >"$d/restore.log" 2>&1; then
 fi
 echo "%saside=$(cd "${BOX_ROOT:-}/data" && ls -d circleci-restore-* 2>/dev/null | tr '\n' ' ')"`, dir, resultPrefix), 6*time.Hour)
 	if err != nil {
-		return "", err
+		if ctx.Err() != nil {
+			return "", err
+		}
+		// Say where the data that was there went, even on failure.
+		aside := t.asideNow(ctx, sh, op)
+		return "", fmt.Errorf("%w. The app is stopped. %s", err, aside)
 	}
+	made := t.newAside(op, field(r.Stdout, resultPrefix+"aside"))
+	if len(made) == 0 {
+		return "restored into an empty /data (nothing to move aside)", nil
+	}
+	return "restored; the previous data is in `" + strings.Join(made, "`, `") + "`", nil
+}
+
+// newAside records the moved-aside directories that were not there before
+// the restore.
+func (t *TarballRestore) newAside(op *journal.Op, now string) []string {
 	before := map[string]bool{}
 	for _, d := range strings.Fields(op.Data["aside_before"]) {
 		before[d] = true
 	}
 	var made []string
-	for _, d := range strings.Fields(field(r.Stdout, resultPrefix+"aside")) {
+	for _, d := range strings.Fields(now) {
 		if !before[d] {
 			made = append(made, "/data/"+d)
 		}
 	}
-	if len(made) == 0 {
-		return "restored into an empty /data (nothing to move aside)", nil
+	if len(made) > 0 {
+		op.Data["moved_aside"] = strings.Join(made, " ")
 	}
-	op.Data["moved_aside"] = strings.Join(made, " ")
-	return "restored; the previous data is in `" + strings.Join(made, "`, `") + "`", nil
+	return made
+}
+
+func (t *TarballRestore) asideNow(ctx context.Context, sh *Shell, op *journal.Op) string {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	r, err := (&Shell{SSM: sh.SSM, Instance: sh.Instance, Poll: sh.Poll}).Run(cctx, "circlebot "+op.ID+": where is the data", fmt.Sprintf(`echo "%saside=$(cd "${BOX_ROOT:-}/data" && ls -d circleci-restore-* 2>/dev/null | tr '\n' ' ')"`, resultPrefix), time.Minute)
+	if err != nil {
+		return "Could not list /data/circleci-restore-* on the box: check there for the data that was in /data."
+	}
+	if made := t.newAside(op, field(r.Stdout, resultPrefix+"aside")); len(made) > 0 {
+		return "The data that was in /data is in " + strings.Join(made, ", ") + "."
+	}
+	return "Nothing was moved aside: /data holds what was there before."
+}
+
+// runOnce runs a script on the box at most once per operation step: its
+// command ID is recorded the moment SSM accepts it, and a step run again
+// (resume after a crash, a retry) follows that command instead of sending
+// another. Only a command that ended without success is sent again (its
+// failure stopped the step, visibly, before).
+func (t *TarballRestore) runOnce(ctx context.Context, op *journal.Op, key string, sh *Shell, comment, script string, timeout time.Duration) (Result, error) {
+	if id := op.Data[key]; id != "" {
+		inv, err := t.SSM.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: aws.String(id), InstanceId: aws.String(sh.Instance)})
+		switch {
+		case err == nil && (running(inv.Status) || inv.Status == ssmtypes.CommandInvocationStatusSuccess):
+			return sh.Follow(ctx, id, comment, timeout)
+		case err == nil:
+			// It ended without success (cancelled, failed, timed out):
+			// run it again, visibly.
+		default:
+			return Result{CommandID: id}, fmt.Errorf("find the earlier command %s (%s): %w", id, comment, err)
+		}
+	}
+	sh.OnSend = func(id string) {
+		op.Data[key] = id
+		if op.Record != nil {
+			_ = op.Record(key, id)
+		}
+	}
+	return sh.Run(ctx, comment, script, timeout)
 }
 
 func (t *TarballRestore) cleanup(ctx context.Context, op *journal.Op, plan TarballRestorePlan) (string, error) {

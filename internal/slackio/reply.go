@@ -57,6 +57,15 @@ func (r *Replier) Ephemeral(ctx context.Context, m chat.Message) error {
 	})
 }
 
+// EphemeralTo shows m to user only, in the request's channel.
+func (r *Replier) EphemeralTo(ctx context.Context, user string, m chat.Message) error {
+	m = m.Fit()
+	return r.w.retry(ctx, "chat.postEphemeral", func() error {
+		_, err := r.w.API.PostEphemeralContext(ctx, r.req.ChannelID, user, slack.MsgOptionText(m.Text, false), slack.MsgOptionBlocks(m.Blocks...))
+		return err
+	})
+}
+
 // Post posts in the request's channel. A bot that is not in the channel
 // cannot post there: the message then goes to the channel through the
 // response_url, and the requester is told how to fix it.

@@ -19,8 +19,8 @@ Patched behaviour:
       InvalidIPAddress.InUse (plain moto: HTTP 500).
     - RunInstances honours ClientToken: the same token returns the first
       launch's reservation instead of a second instance.
-    - RegisterImage keeps BlockDeviceMappings, RootDeviceName and
-      Architecture; DescribeImages shows them and RunInstances from that
+    - RegisterImage keeps BlockDeviceMappings, RootDeviceName,
+      Architecture and the image's TagSpecifications; DescribeImages shows them and RunInstances from that
       image makes one volume per mapping from its snapshot.
     - Instance types named by POST /_circlebot/capacity answer
       InsufficientInstanceCapacity.
@@ -208,6 +208,12 @@ _orig_terminate = instance_models.Instance.terminate
 
 def _terminate(self):
     was = self._state.name
+    if was == "terminated":
+        # AWS answers a repeated TerminateInstances with the same state;
+        # moto would try to delete the already deleted interface again.
+        import copy
+
+        return copy.copy(self._state)
     nics = [n for n in self.nics.values() if n.delete_on_termination]
     result = _orig_terminate(self)
     if was != "terminated":
@@ -249,6 +255,9 @@ def _register_image(self):
         }})
     if bdm:
         image._circlebot_bdm = bdm
+    tags = self._parse_tag_specification().get("image", {})
+    if tags:
+        image.add_tags(tags)
     return ami_responses.ActionResult({"ImageId": image.id})
 
 

@@ -1,0 +1,265 @@
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	asgtypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
+
+	"github.com/circlebot/circlebot/internal/journal"
+)
+
+// BuilderASG is the part of Auto Scaling a builder rotation uses.
+type BuilderASG interface {
+	AutoScaling
+	SetDesiredCapacity(context.Context, *autoscaling.SetDesiredCapacityInput, ...func(*autoscaling.Options)) (*autoscaling.SetDesiredCapacityOutput, error)
+	TerminateInstanceInAutoScalingGroup(context.Context, *autoscaling.TerminateInstanceInAutoScalingGroupInput, ...func(*autoscaling.Options)) (*autoscaling.TerminateInstanceInAutoScalingGroupOutput, error)
+}
+
+// Builders replaces the builder fleet so that every builder reconnects to
+// the current Services box.
+//
+// How, and why: each batch is surged in first — desired capacity is
+// raised by the batch size, the group launches new builders from its
+// launch template, and only when they are InService and Healthy are the
+// batch's old builders terminated with the desired capacity decremented.
+// The fleet never has fewer healthy builders than it started with. This is
+// what Auto Scaling's instance refresh does with MinHealthyPercentage 100
+// and MaxHealthyPercentage above 100, done with the basic calls so that it
+// runs the same on AWS and on moto (which has no instance refresh), and so
+// that every batch is a journaled step that resumes after a crash.
+type Builders struct {
+	ASG     BuilderASG
+	Group   string
+	Batch   int // builders per batch; 0: a quarter of the fleet, at least 1
+	Poll    time.Duration
+	Timeout time.Duration // per batch, for new builders to be healthy
+}
+
+// RotationPlan is the fleet as it was when the rotation was planned.
+type RotationPlan struct {
+	Group     string   `json:"group"`
+	Desired   int32    `json:"desired"`
+	Min       int32    `json:"min"`
+	Max       int32    `json:"max"`
+	Instances []string `json:"instances"` // to replace, sorted
+	Batch     int      `json:"batch"`
+}
+
+func (p RotationPlan) Batches() [][]string {
+	var out [][]string
+	for i := 0; i < len(p.Instances); i += p.Batch {
+		out = append(out, p.Instances[i:min(i+p.Batch, len(p.Instances))])
+	}
+	return out
+}
+
+func (p RotationPlan) Facts() map[string]string {
+	return map[string]string{"group": p.Group, "instances": strings.Join(p.Instances, ","), "desired": fmt.Sprint(p.Desired),
+		"batch": fmt.Sprint(p.Batch), "size": fmt.Sprintf("min %d max %d", p.Min, p.Max)}
+}
+
+func (p RotationPlan) Encode() string { b, _ := json.Marshal(p); return string(b) }
+
+func DecodeRotationPlan(s string) (RotationPlan, error) {
+	var p RotationPlan
+	err := json.Unmarshal([]byte(s), &p)
+	return p, err
+}
+
+func (b *Builders) group(ctx context.Context) (asgtypes.AutoScalingGroup, error) {
+	out, err := b.ASG.DescribeAutoScalingGroups(ctx, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{b.Group}})
+	if err != nil {
+		return asgtypes.AutoScalingGroup{}, fmt.Errorf("read the builder group %s: %w", b.Group, err)
+	}
+	if len(out.AutoScalingGroups) == 0 {
+		return asgtypes.AutoScalingGroup{}, refusef("there is no Auto Scaling group `%s` (`builders.asg_name`).", b.Group)
+	}
+	return out.AutoScalingGroups[0], nil
+}
+
+// Plan records the fleet and sizes the batches: each batch must fit
+// between the desired capacity and the group's maximum.
+func (b *Builders) Plan(ctx context.Context) (RotationPlan, error) {
+	g, err := b.group(ctx)
+	if err != nil {
+		return RotationPlan{}, err
+	}
+	p := RotationPlan{Group: b.Group, Desired: aws.ToInt32(g.DesiredCapacity), Min: aws.ToInt32(g.MinSize), Max: aws.ToInt32(g.MaxSize)}
+	for _, in := range g.Instances {
+		if in.LifecycleState == asgtypes.LifecycleStateInService || in.LifecycleState == asgtypes.LifecycleStatePending {
+			p.Instances = append(p.Instances, aws.ToString(in.InstanceId))
+		}
+	}
+	slices.Sort(p.Instances)
+	if len(p.Instances) == 0 {
+		return p, refusef("the builder group `%s` has no instances to rotate.", b.Group)
+	}
+	room := int(p.Max - p.Desired)
+	if room < 1 {
+		return p, refusef("the builder group `%s` is at its maximum size (%d): a rotation adds new builders before removing old ones so the fleet never shrinks. Raise its max size by at least 1, then request again.", b.Group, p.Max)
+	}
+	p.Batch = b.Batch
+	if p.Batch <= 0 {
+		p.Batch = max(1, len(p.Instances)/4)
+	}
+	p.Batch = min(p.Batch, room, len(p.Instances))
+	return p, nil
+}
+
+// RotationSteps names the steps of plan.
+func RotationSteps(p RotationPlan) []string {
+	var s []string
+	bs := p.Batches()
+	for i, batch := range bs {
+		s = append(s, fmt.Sprintf("Replace batch %d of %d (%s)", i+1, len(bs), strings.Join(batch, ", ")))
+	}
+	return append(s, "Verify the fleet")
+}
+
+// Steps returns the journal steps: one per batch, then a check.
+func (b *Builders) Steps(p RotationPlan) []journal.Def {
+	names := RotationSteps(p)
+	var defs []journal.Def
+	for i, batch := range p.Batches() {
+		defs = append(defs, journal.Def{Name: names[i], Run: retrying(func(ctx context.Context, _ *journal.Op, pr journal.Progress) (string, error) {
+			return b.replace(ctx, p, batch, pr)
+		}, b.poll())})
+	}
+	defs = append(defs, journal.Def{Name: names[len(names)-1], Run: retrying(func(ctx context.Context, _ *journal.Op, _ journal.Progress) (string, error) {
+		return b.verify(ctx, p)
+	}, b.poll())})
+	return defs
+}
+
+func (b *Builders) poll() time.Duration { return cmpOr(b.Poll, 5*time.Second) }
+
+// ReplaceAll runs every batch and the check in one step (a failover's).
+func (b *Builders) ReplaceAll(ctx context.Context, p RotationPlan, pr journal.Progress) (string, error) {
+	for _, batch := range p.Batches() {
+		if _, err := b.replace(ctx, p, batch, pr); err != nil {
+			return "", err
+		}
+	}
+	return b.verify(ctx, p)
+}
+
+// replace surges the batch's replacements in, waits for them to be
+// healthy, then retires the batch. Run again, it only does what is left.
+func (b *Builders) replace(ctx context.Context, p RotationPlan, batch []string, pr journal.Progress) (string, error) {
+	start := time.Now()
+	g, err := b.group(ctx)
+	if err != nil {
+		return "", err
+	}
+	in := map[string]asgtypes.Instance{}
+	for _, i := range g.Instances {
+		in[aws.ToString(i.InstanceId)] = i
+	}
+	var left []string
+	for _, id := range batch {
+		if i, ok := in[id]; ok && !strings.HasPrefix(string(i.LifecycleState), "Terminat") {
+			left = append(left, id)
+		}
+	}
+	if len(left) == 0 {
+		return "already replaced", nil
+	}
+	target := p.Desired + int32(len(left))
+	if aws.ToInt32(g.DesiredCapacity) < target {
+		if _, err := b.ASG.SetDesiredCapacity(ctx, &autoscaling.SetDesiredCapacityInput{AutoScalingGroupName: aws.String(p.Group), DesiredCapacity: aws.Int32(target), HonorCooldown: aws.Bool(false)}); err != nil {
+			return "", fmt.Errorf("raise %s to %d for the new builders: %w", p.Group, target, err)
+		}
+	}
+	deadline := time.Now().Add(cmpOr(b.Timeout, 15*time.Minute))
+	for {
+		g, err = b.group(ctx)
+		if err != nil && !Transient(err) {
+			return "", err
+		}
+		if err == nil && healthy(g) >= int(target) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("the new builders of %s are not healthy after %s (%d of %d); the old ones were kept", p.Group, cmpOr(b.Timeout, 15*time.Minute), healthy(g), target)
+		}
+		if err := sleep(ctx, b.poll()); err != nil {
+			return "", err
+		}
+	}
+	pr.Log(fmt.Sprintf("%s: %d healthy builders; retiring %s.", p.Group, healthy(g), strings.Join(left, ", ")))
+	for _, id := range left {
+		_, err := b.ASG.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{InstanceId: aws.String(id), ShouldDecrementDesiredCapacity: aws.Bool(true)})
+		if err != nil && !strings.Contains(err.Error(), "not part of Auto Scaling group") {
+			return "", fmt.Errorf("retire %s: %w", id, err)
+		}
+	}
+	return fmt.Sprintf("%s replaced in %s; the fleet never had fewer than %d healthy builders", strings.Join(left, ", "), since(start), p.Desired), nil
+}
+
+func healthy(g asgtypes.AutoScalingGroup) int {
+	n := 0
+	for _, i := range g.Instances {
+		if i.LifecycleState == asgtypes.LifecycleStateInService && aws.ToString(i.HealthStatus) == "Healthy" {
+			n++
+		}
+	}
+	return n
+}
+
+func (b *Builders) verify(ctx context.Context, p RotationPlan) (string, error) {
+	g, err := b.group(ctx)
+	if err != nil {
+		return "", err
+	}
+	var still []string
+	for _, i := range g.Instances {
+		if slices.Contains(p.Instances, aws.ToString(i.InstanceId)) && !strings.HasPrefix(string(i.LifecycleState), "Terminat") {
+			still = append(still, aws.ToString(i.InstanceId))
+		}
+	}
+	if len(still) > 0 {
+		return "", fmt.Errorf("old builders still in %s: %s", p.Group, strings.Join(still, ", "))
+	}
+	return fmt.Sprintf("%d new builders in service (desired %d); none of the old ones left", healthy(g), aws.ToInt32(g.DesiredCapacity)), nil
+}
+
+// BuilderStatus is the fleet as `builders status` shows it.
+type BuilderStatus struct {
+	Group                  string
+	Desired, Min, Max      int32
+	Instances              []BuilderInstance
+	LaunchTemplate         string
+	ServicesIP, ServiceIPs string
+}
+
+type BuilderInstance struct {
+	ID, State, Health, AZ, Type, Template string
+}
+
+// Status reads the fleet.
+func (b *Builders) Status(ctx context.Context) (BuilderStatus, error) {
+	g, err := b.group(ctx)
+	if err != nil {
+		return BuilderStatus{}, err
+	}
+	s := BuilderStatus{Group: b.Group, Desired: aws.ToInt32(g.DesiredCapacity), Min: aws.ToInt32(g.MinSize), Max: aws.ToInt32(g.MaxSize)}
+	if g.LaunchTemplate != nil {
+		s.LaunchTemplate = aws.ToString(g.LaunchTemplate.LaunchTemplateName) + " " + aws.ToString(g.LaunchTemplate.Version)
+	}
+	for _, i := range g.Instances {
+		bi := BuilderInstance{ID: aws.ToString(i.InstanceId), State: string(i.LifecycleState), Health: aws.ToString(i.HealthStatus), AZ: aws.ToString(i.AvailabilityZone), Type: aws.ToString(i.InstanceType)}
+		if i.LaunchTemplate != nil {
+			bi.Template = aws.ToString(i.LaunchTemplate.Version)
+		}
+		s.Instances = append(s.Instances, bi)
+	}
+	slices.SortFunc(s.Instances, func(a, b BuilderInstance) int { return strings.Compare(a.ID, b.ID) })
+	return s, nil
+}

@@ -1,0 +1,706 @@
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	elb "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
+
+	"github.com/circlebot/circlebot/internal/journal"
+)
+
+// FailoverEC2 is the part of EC2 a failover uses.
+type FailoverEC2 interface {
+	EC2
+	StopInstances(context.Context, *ec2.StopInstancesInput, ...func(*ec2.Options)) (*ec2.StopInstancesOutput, error)
+	StartInstances(context.Context, *ec2.StartInstancesInput, ...func(*ec2.Options)) (*ec2.StartInstancesOutput, error)
+	CreateTags(context.Context, *ec2.CreateTagsInput, ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error)
+	DescribeNetworkInterfaces(context.Context, *ec2.DescribeNetworkInterfacesInput, ...func(*ec2.Options)) (*ec2.DescribeNetworkInterfacesOutput, error)
+	AssignPrivateIpAddresses(context.Context, *ec2.AssignPrivateIpAddressesInput, ...func(*ec2.Options)) (*ec2.AssignPrivateIpAddressesOutput, error)
+	UnassignPrivateIpAddresses(context.Context, *ec2.UnassignPrivateIpAddressesInput, ...func(*ec2.Options)) (*ec2.UnassignPrivateIpAddressesOutput, error)
+	DetachNetworkInterface(context.Context, *ec2.DetachNetworkInterfaceInput, ...func(*ec2.Options)) (*ec2.DetachNetworkInterfaceOutput, error)
+	AttachNetworkInterface(context.Context, *ec2.AttachNetworkInterfaceInput, ...func(*ec2.Options)) (*ec2.AttachNetworkInterfaceOutput, error)
+}
+
+// TargetGroups is the part of Elastic Load Balancing a load-balancer
+// failover uses.
+type TargetGroups interface {
+	RegisterTargets(context.Context, *elb.RegisterTargetsInput, ...func(*elb.Options)) (*elb.RegisterTargetsOutput, error)
+	DeregisterTargets(context.Context, *elb.DeregisterTargetsInput, ...func(*elb.Options)) (*elb.DeregisterTargetsOutput, error)
+	DescribeTargetHealth(context.Context, *elb.DescribeTargetHealthInput, ...func(*elb.Options)) (*elb.DescribeTargetHealthOutput, error)
+}
+
+// Discovery modes: how builders find the Services box.
+const (
+	DiscoverySecondaryIP  = "secondary-ip"
+	DiscoveryENI          = "eni"
+	DiscoveryLoadBalancer = "load-balancer"
+	DiscoveryNone         = "none"
+)
+
+// Failover fences the Services box and promotes the replica: the seed's
+// "cold fail-over", with the fence first so that two boxes never serve.
+type Failover struct {
+	EC2          FailoverEC2
+	ELB          TargetGroups
+	SSM          SSM
+	HTTP         *http.Client
+	NameTag      string
+	ReplicaTag   string
+	Region       string
+	Discovery    string
+	ServiceIP    string
+	ENI          string
+	TargetGroups []string
+	AppStart     string
+	HealthURL    string // optional; {ip} is the replica's private IP
+	Poll         time.Duration
+	StopTimeout  time.Duration
+	// HealthTimeout bounds the wait for the replica's status checks, its
+	// SSM agent and the HTTP check.
+	HealthTimeout time.Duration
+	// Builders rotates the fleet when discovery is "none".
+	Builders *Builders
+}
+
+// Node is one side of a failover as the plan saw it.
+type Node struct {
+	ID      string `json:"id"`
+	State   string `json:"state"`
+	AZ      string `json:"az"`
+	Subnet  string `json:"subnet"`
+	IP      string `json:"ip"`
+	ENI     string `json:"eni"`
+	Unknown string `json:"unknown,omitempty"` // why its state cannot be read
+}
+
+func nodeOf(in ec2types.Instance) Node {
+	b := Node{ID: aws.ToString(in.InstanceId), State: string(in.State.Name), Subnet: aws.ToString(in.SubnetId), IP: aws.ToString(in.PrivateIpAddress)}
+	if in.Placement != nil {
+		b.AZ = aws.ToString(in.Placement.AvailabilityZone)
+	}
+	for _, n := range in.NetworkInterfaces {
+		if n.Attachment != nil && aws.ToInt32(n.Attachment.DeviceIndex) == 0 {
+			b.ENI = aws.ToString(n.NetworkInterfaceId)
+		}
+	}
+	return b
+}
+
+// FailoverPlan is everything a failover will touch.
+type FailoverPlan struct {
+	Region       string        `json:"region"`
+	NameTag      string        `json:"name_tag"`
+	Primary      *Node         `json:"primary,omitempty"` // nil: no Services box left to fence
+	Replica      Node          `json:"replica"`
+	Discovery    string        `json:"discovery"`
+	ServiceIP    string        `json:"service_ip,omitempty"`
+	IPHolderENI  string        `json:"ip_holder_eni,omitempty"`
+	ENI          string        `json:"eni,omitempty"`
+	TargetGroups []string      `json:"target_groups,omitempty"`
+	ForceUnknown bool          `json:"force_unknown"`
+	AppStart     string        `json:"app_start,omitempty"`
+	HealthURL    string        `json:"health_url,omitempty"`
+	Builders     []string      `json:"builders,omitempty"` // rotated when discovery is none
+	BuilderPlan  *RotationPlan `json:"builder_plan,omitempty"`
+}
+
+func (p FailoverPlan) Facts() map[string]string {
+	f := map[string]string{
+		"region": p.Region, "replica": p.Replica.ID + " (" + p.Replica.State + ", " + p.Replica.AZ + ")",
+		"discovery": p.Discovery, "service_ip": p.ServiceIP, "eni": p.ENI, "target_groups": strings.Join(p.TargetGroups, ","),
+		"force_unknown": fmt.Sprint(p.ForceUnknown), "app_start": p.AppStart, "health_url": p.HealthURL,
+		"primary": "none", "rotate_builders": strings.Join(p.Builders, ","),
+	}
+	if p.Primary != nil {
+		f["primary"] = p.Primary.ID + " (" + p.Primary.State + ", " + p.Primary.AZ + ")"
+		if p.Primary.Unknown != "" {
+			f["primary"] = p.Primary.ID + " (state unknown)"
+		}
+	}
+	return f
+}
+
+func (p FailoverPlan) Encode() string { b, _ := json.Marshal(p); return string(b) }
+
+func DecodeFailoverPlan(s string) (FailoverPlan, error) {
+	var p FailoverPlan
+	err := json.Unmarshal([]byte(s), &p)
+	return p, err
+}
+
+func (f *Failover) poll() time.Duration { return cmpOr(f.Poll, 2*time.Second) }
+
+// Plan reads both boxes and the service address and refuses what cannot
+// be done safely: an unreadable primary without --force-unknown, a
+// secondary IP or interface that cannot reach the replica's subnet.
+func (f *Failover) Plan(ctx context.Context, to string, forceUnknown bool) (FailoverPlan, error) {
+	p := FailoverPlan{Region: f.Region, NameTag: f.NameTag, Discovery: f.Discovery, ForceUnknown: forceUnknown, AppStart: f.AppStart, HealthURL: f.HealthURL}
+	if p.Discovery == "" {
+		p.Discovery = DiscoverySecondaryIP
+	}
+	prim, err := FindBox(ctx, f.EC2, f.NameTag)
+	var amb *AmbiguousError
+	switch {
+	case errors.As(err, &amb):
+		return p, refusef("%s. Fence one by hand before a failover.", amb.Error())
+	case errors.Is(err, ErrNotFound):
+		// Nothing to fence: the box is gone (terminated or never tagged).
+	case err != nil:
+		if ctx.Err() != nil {
+			return p, err
+		}
+		// Its AZ may be down: that is unknown, not dead.
+		p.Primary = &Node{ID: f.lastKnownPrimary(ctx), Unknown: Explain(err)}
+		if !forceUnknown {
+			return p, refusef("the Services box's state cannot be read (%s) — its zone may be down. Unknown is not dead: if it still runs, two Services boxes would serve at once. Check the AWS console or Health Dashboard; if you are sure it is down, request `failover --force-unknown` and the approver takes that risk.", strings.TrimSuffix(p.Primary.Unknown, "."))
+		}
+	default:
+		b := nodeOf(prim)
+		p.Primary = &b
+	}
+	if to == "" {
+		if f.ReplicaTag == "" {
+			return p, refusef("no replica is configured (`replica.name_tag`) and no `--to <instance-id>` was given.")
+		}
+		rep, err := FindBox(ctx, f.EC2, f.ReplicaTag)
+		if errors.Is(err, ErrNotFound) {
+			return p, refusef("there is no replica tagged Name=%s. Give one with `failover --to <instance-id>`.", f.ReplicaTag)
+		}
+		if err != nil {
+			return p, refusef("cannot read the replica: %s", Explain(err))
+		}
+		p.Replica = nodeOf(rep)
+	} else {
+		out, err := f.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{to}})
+		if errorCode(err) == "InvalidInstanceID.NotFound" || errorCode(err) == "InvalidInstanceID.Malformed" || (err == nil && (len(out.Reservations) == 0 || len(out.Reservations[0].Instances) == 0)) {
+			return p, refusef("instance `%s` does not exist in %s.", to, f.Region)
+		}
+		if err != nil {
+			return p, refusef("cannot read `%s`: %s", to, Explain(err))
+		}
+		p.Replica = nodeOf(out.Reservations[0].Instances[0])
+	}
+	switch p.Replica.State {
+	case "running", "stopped":
+	default:
+		return p, refusef("the replica `%s` is %s; it must be running or stopped.", p.Replica.ID, p.Replica.State)
+	}
+	if p.Primary != nil && p.Primary.ID == p.Replica.ID {
+		return p, refusef("`%s` is the Services box itself, not a replica.", p.Replica.ID)
+	}
+	switch p.Discovery {
+	case DiscoverySecondaryIP:
+		if err := f.planSecondaryIP(ctx, &p); err != nil {
+			return p, err
+		}
+	case DiscoveryENI:
+		if err := f.planENI(ctx, &p); err != nil {
+			return p, err
+		}
+	case DiscoveryLoadBalancer:
+		if len(f.TargetGroups) == 0 {
+			return p, refusef("`failover.discovery: load-balancer` needs `failover.target_group_arns`.")
+		}
+		for _, tg := range f.TargetGroups {
+			if _, err := f.ELB.DescribeTargetHealth(ctx, &elb.DescribeTargetHealthInput{TargetGroupArn: aws.String(tg)}); err != nil {
+				return p, refusef("target group `%s` cannot be read: %s", tg, Explain(err))
+			}
+		}
+		p.TargetGroups = slices.Clone(f.TargetGroups)
+	case DiscoveryNone:
+		if f.Builders != nil {
+			rp, err := f.Builders.Plan(ctx)
+			if err != nil {
+				return p, err
+			}
+			p.BuilderPlan = &rp
+			p.Builders = rp.Instances
+		}
+	default:
+		return p, refusef("unknown `failover.discovery` %q", p.Discovery)
+	}
+	return p, nil
+}
+
+// lastKnownPrimary names the box by the interface that holds the service
+// address, when even that can be read; else "unknown".
+func (f *Failover) lastKnownPrimary(ctx context.Context) string {
+	if f.ServiceIP == "" {
+		return "unknown"
+	}
+	out, err := f.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{{Name: aws.String("addresses.private-ip-address"), Values: []string{f.ServiceIP}}}})
+	if err != nil || len(out.NetworkInterfaces) == 0 || out.NetworkInterfaces[0].Attachment == nil {
+		return "unknown"
+	}
+	return aws.ToString(out.NetworkInterfaces[0].Attachment.InstanceId)
+}
+
+func (f *Failover) planSecondaryIP(ctx context.Context, p *FailoverPlan) error {
+	ip := f.ServiceIP
+	if ip == "" && p.Primary != nil && p.Primary.Unknown == "" {
+		in, _, err := f.describe(ctx, p.Primary.ID)
+		if err != nil {
+			return err
+		}
+		if sec := ShapeOf(in).SecondaryIPs; len(sec) > 0 {
+			ip = sec[0]
+		}
+	}
+	if ip == "" {
+		return refusef("`failover.discovery: secondary-ip` needs the service address: set `failover.service_ip` (the secondary IP builders use).")
+	}
+	p.ServiceIP = ip
+	out, err := f.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{{Name: aws.String("addresses.private-ip-address"), Values: []string{ip}}}})
+	if err != nil {
+		return refusef("cannot find the interface holding %s: %s", ip, Explain(err))
+	}
+	subnet := ""
+	for _, n := range out.NetworkInterfaces {
+		subnet = aws.ToString(n.SubnetId)
+		p.IPHolderENI = aws.ToString(n.NetworkInterfaceId)
+		if n.Attachment != nil && aws.ToString(n.Attachment.InstanceId) == p.Replica.ID {
+			return refusef("the service address %s is already on the replica `%s`.", ip, p.Replica.ID)
+		}
+	}
+	if subnet == "" && p.Primary != nil {
+		subnet = p.Primary.Subnet
+	}
+	if subnet != "" && subnet != p.Replica.Subnet {
+		return refusef("the service address %s lives in `%s`, the replica `%s` in `%s` (%s): a secondary IP cannot leave its subnet, so this failover cannot keep it. Use `failover.discovery: load-balancer` (an NLB on TCP 80, 443, 4434 in front of the box) or `none` (builders restarted with the replica's IP %s and CIRCLE_SECRET_PASSPHRASE), or keep a replica in `%s`.",
+			ip, subnet, p.Replica.ID, p.Replica.Subnet, p.Replica.AZ, p.Replica.IP, subnet)
+	}
+	return nil
+}
+
+func (f *Failover) planENI(ctx context.Context, p *FailoverPlan) error {
+	if f.ENI == "" {
+		return refusef("`failover.discovery: eni` needs `failover.eni_id`.")
+	}
+	out, err := f.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{f.ENI}})
+	if err != nil || len(out.NetworkInterfaces) == 0 {
+		return refusef("network interface `%s` cannot be read: %s", f.ENI, Explain(err))
+	}
+	n := out.NetworkInterfaces[0]
+	if az := aws.ToString(n.AvailabilityZone); az != p.Replica.AZ {
+		return refusef("network interface `%s` is in %s and the replica `%s` in %s: an interface attaches only within its zone. Use `failover.discovery: load-balancer` or `none`, or keep a replica in %s.", f.ENI, az, p.Replica.ID, p.Replica.AZ, az)
+	}
+	p.ENI = f.ENI
+	for _, a := range n.PrivateIpAddresses {
+		if aws.ToBool(a.Primary) {
+			p.ServiceIP = aws.ToString(a.PrivateIpAddress)
+		}
+	}
+	return nil
+}
+
+func (f *Failover) describe(ctx context.Context, id string) (ec2types.Instance, bool, error) {
+	out, err := f.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
+	if errorCode(err) == "InvalidInstanceID.NotFound" {
+		return ec2types.Instance{}, false, nil
+	}
+	if err != nil {
+		return ec2types.Instance{}, false, fmt.Errorf("describe %s: %w", id, err)
+	}
+	for _, r := range out.Reservations {
+		for _, in := range r.Instances {
+			return in, true, nil
+		}
+	}
+	return ec2types.Instance{}, false, nil
+}
+
+func (f *Failover) waitState(ctx context.Context, id string, timeout time.Duration, want ...ec2types.InstanceStateName) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		in, ok, err := f.describe(ctx, id)
+		if err != nil && !Transient(err) {
+			return err
+		}
+		if err == nil {
+			if !ok || slices.Contains(want, in.State.Name) {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s is still %s after %s", id, in.State.Name, timeout)
+			}
+		}
+		if err := sleep(ctx, f.poll()); err != nil {
+			return err
+		}
+	}
+}
+
+// Steps returns the journal steps of plan, in order: the fence first,
+// the address only after the old box is confirmed stopped. The builder
+// rotation is there only in discovery mode none.
+func (f *Failover) Steps(p FailoverPlan) []journal.Def {
+	type fn = func(context.Context, *journal.Op, journal.Progress) (string, error)
+	steps := []struct {
+		name string
+		run  fn
+	}{
+		{"Fence the old primary", func(ctx context.Context, _ *journal.Op, pr journal.Progress) (string, error) {
+			return f.fence(ctx, p, pr)
+		}},
+		{"Start the replica instance", func(ctx context.Context, _ *journal.Op, _ journal.Progress) (string, error) {
+			return f.startReplica(ctx, p)
+		}},
+		{"Move the service address", func(ctx context.Context, _ *journal.Op, pr journal.Progress) (string, error) {
+			return f.move(ctx, p, pr)
+		}},
+		{"Hand over the Name tag", func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+			return f.retag(ctx, op, p)
+		}},
+		{"Start the app on the replica", func(ctx context.Context, op *journal.Op, pr journal.Progress) (string, error) {
+			return f.startApp(ctx, op, p, pr)
+		}},
+		{"Verify health", func(ctx context.Context, _ *journal.Op, pr journal.Progress) (string, error) {
+			return f.verify(ctx, p, pr)
+		}},
+	}
+	if p.BuilderPlan != nil {
+		steps = append(steps, struct {
+			name string
+			run  fn
+		}{"Rotate the builders", func(ctx context.Context, _ *journal.Op, pr journal.Progress) (string, error) {
+			return f.Builders.ReplaceAll(ctx, *p.BuilderPlan, pr)
+		}})
+	}
+	defs := make([]journal.Def, len(steps))
+	for i, st := range steps {
+		defs[i] = journal.Def{Name: st.name, Run: retrying(st.run, f.poll())}
+	}
+	return defs
+}
+
+// fence stops the old primary and confirms it stopped; a primary whose
+// state is unknown (approved with --force-unknown) gets a forced stop
+// attempt and the risk is said again.
+func (f *Failover) fence(ctx context.Context, p FailoverPlan, pr journal.Progress) (string, error) {
+	if p.Primary == nil {
+		return "no Services box to fence (none is tagged Name=" + p.NameTag + ")", nil
+	}
+	start := time.Now()
+	if p.Primary.Unknown != "" {
+		if p.Primary.ID == "unknown" {
+			return "state unknown and ID unknown: not fenced (approved with --force-unknown); make sure the old box does not come back", nil
+		}
+		_, err := f.EC2.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{p.Primary.ID}, Force: aws.Bool(true)})
+		if err != nil {
+			pr.Log(fmt.Sprintf("Forced stop of `%s` failed (%s); going on as approved with --force-unknown.", p.Primary.ID, Explain(err)))
+			return fmt.Sprintf("`%s` could not be reached: not confirmed stopped (approved with --force-unknown)", p.Primary.ID), nil
+		}
+		if err := f.waitState(ctx, p.Primary.ID, cmpOr(f.StopTimeout, 2*time.Minute), ec2types.InstanceStateNameStopped, ec2types.InstanceStateNameTerminated); err != nil {
+			return fmt.Sprintf("`%s` forced stop sent, not confirmed (approved with --force-unknown)", p.Primary.ID), nil
+		}
+		return fmt.Sprintf("`%s` force-stopped and confirmed in %s", p.Primary.ID, since(start)), nil
+	}
+	in, ok, err := f.describe(ctx, p.Primary.ID)
+	if err != nil {
+		return "", err
+	}
+	if !ok || in.State.Name == ec2types.InstanceStateNameStopped || in.State.Name == ec2types.InstanceStateNameTerminated {
+		return fmt.Sprintf("`%s` was already %s", p.Primary.ID, in.State.Name), nil
+	}
+	if _, err := f.EC2.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{p.Primary.ID}}); err != nil {
+		return "", fmt.Errorf("stop %s: %w", p.Primary.ID, err)
+	}
+	timeout := cmpOr(f.StopTimeout, 2*time.Minute)
+	if err := f.waitState(ctx, p.Primary.ID, timeout, ec2types.InstanceStateNameStopped, ec2types.InstanceStateNameTerminated); err == nil {
+		return fmt.Sprintf("`%s` stopped and confirmed in %s", p.Primary.ID, since(start)), nil
+	} else if ctx.Err() != nil {
+		return "", err
+	}
+	pr.Log(fmt.Sprintf("`%s` did not stop within %s; forcing the stop.", p.Primary.ID, timeout))
+	if _, err := f.EC2.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{p.Primary.ID}, Force: aws.Bool(true)}); err != nil {
+		return "", fmt.Errorf("force-stop %s: %w", p.Primary.ID, err)
+	}
+	if err := f.waitState(ctx, p.Primary.ID, timeout, ec2types.InstanceStateNameStopped, ec2types.InstanceStateNameTerminated); err != nil {
+		return "", fmt.Errorf("the old primary is not stopped even after a forced stop; not moving the address: %w", err)
+	}
+	return fmt.Sprintf("`%s` force-stopped and confirmed in %s", p.Primary.ID, since(start)), nil
+}
+
+func (f *Failover) startReplica(ctx context.Context, p FailoverPlan) (string, error) {
+	in, ok, err := f.describe(ctx, p.Replica.ID)
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", fmt.Errorf("the replica %s is gone", p.Replica.ID)
+	}
+	switch in.State.Name {
+	case ec2types.InstanceStateNameRunning:
+		return fmt.Sprintf("`%s` running", p.Replica.ID), nil
+	case ec2types.InstanceStateNameStopped, ec2types.InstanceStateNamePending:
+	default:
+		return "", fmt.Errorf("the replica %s is %s", p.Replica.ID, in.State.Name)
+	}
+	start := time.Now()
+	if in.State.Name == ec2types.InstanceStateNameStopped {
+		if _, err := f.EC2.StartInstances(ctx, &ec2.StartInstancesInput{InstanceIds: []string{p.Replica.ID}}); err != nil {
+			return "", fmt.Errorf("start %s: %w", p.Replica.ID, err)
+		}
+	}
+	if err := f.waitState(ctx, p.Replica.ID, cmpOr(f.HealthTimeout, 10*time.Minute), ec2types.InstanceStateNameRunning); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("`%s` started in %s", p.Replica.ID, since(start)), nil
+}
+
+// move moves the service address by the discovery mode, and reads back
+// that it left the old box.
+func (f *Failover) move(ctx context.Context, p FailoverPlan, pr journal.Progress) (string, error) {
+	switch p.Discovery {
+	case DiscoverySecondaryIP:
+		return f.moveIP(ctx, p)
+	case DiscoveryENI:
+		return f.moveENI(ctx, p)
+	case DiscoveryLoadBalancer:
+		return f.moveTargets(ctx, p)
+	}
+	return fmt.Sprintf("nothing to move (discovery none): builders must use %s", p.Replica.IP), nil
+}
+
+func (f *Failover) holders(ctx context.Context, ip string) ([]ec2types.NetworkInterface, error) {
+	out, err := f.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{{Name: aws.String("addresses.private-ip-address"), Values: []string{ip}}}})
+	if err != nil {
+		return nil, fmt.Errorf("find the interfaces holding %s: %w", ip, err)
+	}
+	return out.NetworkInterfaces, nil
+}
+
+func (f *Failover) moveIP(ctx context.Context, p FailoverPlan) (string, error) {
+	ip := p.ServiceIP
+	hs, err := f.holders(ctx, ip)
+	if err != nil {
+		return "", err
+	}
+	onReplica := false
+	for _, n := range hs {
+		id := aws.ToString(n.NetworkInterfaceId)
+		if id == p.Replica.ENI {
+			onReplica = true
+			continue
+		}
+		// Take it off the old interface first: the old box is fenced, and
+		// an address on two interfaces would answer from both.
+		if _, err := f.EC2.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{NetworkInterfaceId: n.NetworkInterfaceId, PrivateIpAddresses: []string{ip}}); err != nil && errorCode(err) != "InvalidParameterValue" {
+			if p.Primary != nil && p.Primary.Unknown != "" {
+				continue // AllowReassignment below takes it over
+			}
+			return "", fmt.Errorf("remove %s from %s: %w", ip, id, err)
+		}
+	}
+	if !onReplica {
+		if _, err := f.EC2.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: aws.String(p.Replica.ENI), PrivateIpAddresses: []string{ip}, AllowReassignment: aws.Bool(true)}); err != nil {
+			return "", fmt.Errorf("put %s on the replica's interface %s: %w", ip, p.Replica.ENI, err)
+		}
+	}
+	hs, err = f.holders(ctx, ip)
+	if err != nil {
+		return "", err
+	}
+	if len(hs) != 1 || aws.ToString(hs[0].NetworkInterfaceId) != p.Replica.ENI {
+		var ids []string
+		for _, n := range hs {
+			ids = append(ids, aws.ToString(n.NetworkInterfaceId))
+		}
+		return "", fmt.Errorf("%s is on %v, not only on the replica's %s", ip, ids, p.Replica.ENI)
+	}
+	return fmt.Sprintf("%s moved to `%s` (%s) and gone from the old interface", ip, p.Replica.ENI, p.Replica.ID), nil
+}
+
+func (f *Failover) moveENI(ctx context.Context, p FailoverPlan) (string, error) {
+	read := func() (ec2types.NetworkInterface, error) {
+		out, err := f.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{p.ENI}})
+		if err != nil || len(out.NetworkInterfaces) == 0 {
+			return ec2types.NetworkInterface{}, fmt.Errorf("read %s: %w", p.ENI, err)
+		}
+		return out.NetworkInterfaces[0], nil
+	}
+	n, err := read()
+	if err != nil {
+		return "", err
+	}
+	if n.Attachment != nil && aws.ToString(n.Attachment.InstanceId) == p.Replica.ID {
+		return fmt.Sprintf("`%s` is attached to `%s`", p.ENI, p.Replica.ID), nil
+	}
+	if n.Attachment != nil {
+		_, err := f.EC2.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: n.Attachment.AttachmentId, Force: aws.Bool(p.Primary != nil && p.Primary.Unknown != "")})
+		if err != nil {
+			return "", fmt.Errorf("detach %s: %w", p.ENI, err)
+		}
+		deadline := time.Now().Add(cmpOr(f.StopTimeout, 2*time.Minute))
+		for {
+			if n, err = read(); err == nil && n.Status == ec2types.NetworkInterfaceStatusAvailable {
+				break
+			}
+			if time.Now().After(deadline) {
+				return "", fmt.Errorf("%s did not detach within %s", p.ENI, cmpOr(f.StopTimeout, 2*time.Minute))
+			}
+			if err := sleep(ctx, f.poll()); err != nil {
+				return "", err
+			}
+		}
+	}
+	if _, err := f.EC2.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: aws.String(p.ENI), InstanceId: aws.String(p.Replica.ID), DeviceIndex: aws.Int32(1)}); err != nil {
+		return "", fmt.Errorf("attach %s to %s: %w", p.ENI, p.Replica.ID, err)
+	}
+	n, err = read()
+	if err != nil {
+		return "", err
+	}
+	if n.Attachment == nil || aws.ToString(n.Attachment.InstanceId) != p.Replica.ID {
+		return "", fmt.Errorf("%s is not attached to %s after the attach", p.ENI, p.Replica.ID)
+	}
+	return fmt.Sprintf("`%s` (%s) moved to `%s`", p.ENI, p.ServiceIP, p.Replica.ID), nil
+}
+
+func (f *Failover) moveTargets(ctx context.Context, p FailoverPlan) (string, error) {
+	for _, tg := range p.TargetGroups {
+		if _, err := f.ELB.RegisterTargets(ctx, &elb.RegisterTargetsInput{TargetGroupArn: aws.String(tg), Targets: []elbtypes.TargetDescription{{Id: aws.String(p.Replica.ID)}}}); err != nil {
+			return "", fmt.Errorf("register %s in %s: %w", p.Replica.ID, tg, err)
+		}
+		if p.Primary != nil && p.Primary.ID != "unknown" {
+			if _, err := f.ELB.DeregisterTargets(ctx, &elb.DeregisterTargetsInput{TargetGroupArn: aws.String(tg), Targets: []elbtypes.TargetDescription{{Id: aws.String(p.Primary.ID)}}}); err != nil && errorCode(err) != "InvalidTarget" {
+				return "", fmt.Errorf("deregister %s from %s: %w", p.Primary.ID, tg, err)
+			}
+		}
+		out, err := f.ELB.DescribeTargetHealth(ctx, &elb.DescribeTargetHealthInput{TargetGroupArn: aws.String(tg)})
+		if err != nil {
+			return "", fmt.Errorf("read %s: %w", tg, err)
+		}
+		for _, d := range out.TargetHealthDescriptions {
+			if id := aws.ToString(d.Target.Id); id != p.Replica.ID && d.TargetHealth != nil && d.TargetHealth.State != elbtypes.TargetHealthStateEnumDraining {
+				return "", fmt.Errorf("target group %s still sends traffic to %s", tg, id)
+			}
+		}
+	}
+	return fmt.Sprintf("%d target groups now point at `%s` only", len(p.TargetGroups), p.Replica.ID), nil
+}
+
+// retag makes the replica the Services box by its Name tag (status,
+// backups and a later failover follow it) and renames the fenced box, so
+// two instances never carry the tag.
+func (f *Failover) retag(ctx context.Context, op *journal.Op, p FailoverPlan) (string, error) {
+	if p.Primary != nil && p.Primary.ID != "unknown" {
+		if _, err := f.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{p.Primary.ID}, Tags: []ec2types.Tag{
+			{Key: aws.String("Name"), Value: aws.String(p.NameTag + "-fenced")},
+			{Key: aws.String("circlebot:fenced-by"), Value: aws.String(op.ID)},
+		}}); err != nil {
+			return "", fmt.Errorf("rename the old primary: %w", err)
+		}
+	}
+	if _, err := f.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{p.Replica.ID}, Tags: []ec2types.Tag{
+		{Key: aws.String("Name"), Value: aws.String(p.NameTag)},
+		{Key: aws.String("circlebot:promoted-by"), Value: aws.String(op.ID)},
+	}}); err != nil {
+		return "", fmt.Errorf("name the replica %s: %w", p.NameTag, err)
+	}
+	old := "none"
+	if p.Primary != nil {
+		old = "`" + p.Primary.ID + "` → " + p.NameTag + "-fenced"
+	}
+	return fmt.Sprintf("`%s` → Name=%s; %s", p.Replica.ID, p.NameTag, old), nil
+}
+
+func (f *Failover) startApp(ctx context.Context, op *journal.Op, p FailoverPlan, pr journal.Progress) (string, error) {
+	if p.AppStart == "" || f.SSM == nil {
+		return "skipped: no `services_box.app_start_command`; start the app from the admin console on port 8800", nil
+	}
+	sh := &Shell{SSM: f.SSM, Instance: p.Replica.ID, Poll: f.Poll}
+	deadline := time.Now().Add(cmpOr(f.HealthTimeout, 10*time.Minute))
+	noted := false
+	for {
+		res, err := sh.Run(ctx, "circlebot "+op.ID+": start the app", p.AppStart, 10*time.Minute)
+		if err == nil {
+			out := lastLine(res.Stdout)
+			if out == "" {
+				out = "exit 0"
+			}
+			return fmt.Sprintf("`%s`: %s", p.Replica.ID, out), nil
+		}
+		if res.CommandID != "" || !strings.Contains(err.Error(), "not reachable through SSM") || time.Now().After(deadline) {
+			return "", fmt.Errorf("start the app on %s: %w", p.Replica.ID, err)
+		}
+		if !noted {
+			pr.Log(fmt.Sprintf("Waiting for the SSM agent of `%s`.", p.Replica.ID))
+			noted = true
+		}
+		if err := sleep(ctx, f.poll()); err != nil {
+			return "", err
+		}
+	}
+}
+
+// verify waits for the replica's status checks and, when configured, an
+// HTTP answer from the app.
+func (f *Failover) verify(ctx context.Context, p FailoverPlan, pr journal.Progress) (string, error) {
+	start := time.Now()
+	timeout := cmpOr(f.HealthTimeout, 10*time.Minute)
+	deadline := start.Add(timeout)
+	checks, httpOK := false, p.HealthURL == ""
+	url := strings.ReplaceAll(p.HealthURL, "{ip}", p.Replica.IP)
+	last := ""
+	for {
+		if !checks {
+			out, err := f.EC2.DescribeInstanceStatus(ctx, &ec2.DescribeInstanceStatusInput{InstanceIds: []string{p.Replica.ID}, IncludeAllInstances: aws.Bool(true)})
+			if err == nil && len(out.InstanceStatuses) > 0 {
+				s := out.InstanceStatuses[0]
+				checks = s.InstanceState.Name == ec2types.InstanceStateNameRunning && s.SystemStatus != nil && s.SystemStatus.Status == ec2types.SummaryStatusOk && s.InstanceStatus != nil && s.InstanceStatus.Status == ec2types.SummaryStatusOk
+				last = "status checks not passed yet"
+			}
+		}
+		if checks && !httpOK {
+			code, err := f.get(ctx, url)
+			httpOK = err == nil && code < 400
+			if err != nil {
+				last = "HTTP check: " + err.Error()
+			} else {
+				last = fmt.Sprintf("HTTP check: %s answered %d", url, code)
+			}
+		}
+		if checks && httpOK {
+			d := fmt.Sprintf("`%s` status checks passed", p.Replica.ID)
+			if p.HealthURL != "" {
+				d += ", " + url + " answers"
+			}
+			return d + " after " + since(start), nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("the replica is not healthy after %s: %s", timeout, last)
+		}
+		if err := sleep(ctx, f.poll()); err != nil {
+			return "", err
+		}
+	}
+}
+
+func (f *Failover) get(ctx context.Context, url string) (int, error) {
+	hc := f.HTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: 10 * time.Second}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}

@@ -1,0 +1,80 @@
+package ops
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+)
+
+// SecretsManager is the one Secrets Manager call `secret` makes.
+type SecretsManager interface {
+	GetSecretValue(context.Context, *secretsmanager.GetSecretValueInput, ...func(*secretsmanager.Options)) (*secretsmanager.GetSecretValueOutput, error)
+}
+
+// Passphrase reads the installation's CIRCLE_SECRET_PASSPHRASE, which new
+// builders need to join the Services box. Its value is never logged and
+// never part of an error.
+type Passphrase struct {
+	EC2      EC2
+	SSM      SSM
+	SM       SecretsManager
+	SecretID string // Secrets Manager secret; empty: ask the box
+	NameTag  string
+	Poll     time.Duration
+}
+
+// Source names where the passphrase will be read, for the plan.
+func (p *Passphrase) Source(ctx context.Context) (string, error) {
+	if p.SecretID != "" {
+		return "secretsmanager:" + p.SecretID, nil
+	}
+	box, err := FindBox(ctx, p.EC2, p.NameTag)
+	if err != nil {
+		return "", refusef("%s. Without the box (or `secret.secrets_manager_id`) there is nothing to read the passphrase from.", Explain(err))
+	}
+	if box.State.Name != "running" {
+		return "", refusef("the Services box `%s` is %s: `replicated admin get-secret-token` needs it running (or configure `secret.secrets_manager_id`).", aws.ToString(box.InstanceId), box.State.Name)
+	}
+	return "ssm:" + aws.ToString(box.InstanceId), nil
+}
+
+var passphraseLine = regexp.MustCompile(`CIRCLE_SECRET_PASSPHRASE=['"]?([^'"\s]+)['"]?`)
+
+// Read returns the passphrase from source (as Source gave it).
+func (p *Passphrase) Read(ctx context.Context, source string) (string, error) {
+	kind, id, _ := strings.Cut(source, ":")
+	switch kind {
+	case "secretsmanager":
+		out, err := p.SM.GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{SecretId: aws.String(id)})
+		if err != nil {
+			return "", fmt.Errorf("read secret %s: %w", id, err)
+		}
+		v := strings.TrimSpace(aws.ToString(out.SecretString))
+		if m := passphraseLine.FindStringSubmatch(v); m != nil {
+			v = m[1]
+		}
+		if v == "" {
+			return "", fmt.Errorf("secret %s is empty", id)
+		}
+		return v, nil
+	case "ssm":
+		sh := &Shell{SSM: p.SSM, Instance: id, Poll: p.Poll}
+		r, err := sh.Run(ctx, "circlebot: read the secret token", "replicated admin get-secret-token", 2*time.Minute)
+		if err != nil {
+			// The error carries stderr's last line, never stdout (where the
+			// token is).
+			return "", err
+		}
+		m := passphraseLine.FindStringSubmatch(r.Stdout)
+		if m == nil {
+			return "", fmt.Errorf("`replicated admin get-secret-token` on %s printed no CIRCLE_SECRET_PASSPHRASE (SSM command %s)", id, r.CommandID)
+		}
+		return m[1], nil
+	}
+	return "", fmt.Errorf("unknown passphrase source %q", source)
+}
