@@ -119,6 +119,7 @@ func (b *Bot) Handle(ctx context.Context, req chat.Request, r Replier) {
 	finish := func(outcome, detail string) {
 		rec.Outcome, rec.Detail = outcome, detail
 		b.count(name, outcome)
+		log.Info("command", "command", rec.Command, "outcome", outcome, "detail", detail)
 		if err := b.audit.Audit(rec); err != nil {
 			log.Error("audit write failed", "err", err)
 		}

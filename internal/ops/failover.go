@@ -239,11 +239,11 @@ func (f *Failover) lastKnownPrimary(ctx context.Context) string {
 	if f.ServiceIP == "" {
 		return "unknown"
 	}
-	out, err := f.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{{Name: aws.String("addresses.private-ip-address"), Values: []string{f.ServiceIP}}}})
-	if err != nil || len(out.NetworkInterfaces) == 0 || out.NetworkInterfaces[0].Attachment == nil {
+	hs, err := InterfacesHolding(ctx, f.EC2, f.ServiceIP, "")
+	if err != nil || len(hs) == 0 || hs[0].Attachment == nil {
 		return "unknown"
 	}
-	return aws.ToString(out.NetworkInterfaces[0].Attachment.InstanceId)
+	return aws.ToString(hs[0].Attachment.InstanceId)
 }
 
 func (f *Failover) planSecondaryIP(ctx context.Context, p *FailoverPlan) error {
@@ -261,12 +261,21 @@ func (f *Failover) planSecondaryIP(ctx context.Context, p *FailoverPlan) error {
 		return refusef("`failover.discovery: secondary-ip` needs the service address: set `failover.service_ip` (the secondary IP builders use).")
 	}
 	p.ServiceIP = ip
-	out, err := f.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{{Name: aws.String("addresses.private-ip-address"), Values: []string{ip}}}})
+	// The address can only be in the old box's subnet; with the old box
+	// unreadable, look where the replica is (a different subnet is then
+	// the refusal below, with the IP not found there).
+	subnet := p.Replica.Subnet
+	if p.Primary != nil && p.Primary.Subnet != "" {
+		subnet = p.Primary.Subnet
+	}
+	hs, err := InterfacesHolding(ctx, f.EC2, ip, subnet)
 	if err != nil {
 		return refusef("cannot find the interface holding %s: %s", ip, Explain(err))
 	}
-	subnet := ""
-	for _, n := range out.NetworkInterfaces {
+	if len(hs) == 0 && subnet == p.Replica.Subnet && p.Primary != nil && p.Primary.Subnet == "" {
+		subnet = ""
+	}
+	for _, n := range hs {
 		subnet = aws.ToString(n.SubnetId)
 		p.IPHolderENI = aws.ToString(n.NetworkInterfaceId)
 		if n.Attachment != nil && aws.ToString(n.Attachment.InstanceId) == p.Replica.ID {
@@ -473,17 +482,43 @@ func (f *Failover) move(ctx context.Context, p FailoverPlan, pr journal.Progress
 	return fmt.Sprintf("nothing to move (discovery none): builders must use %s", p.Replica.IP), nil
 }
 
-func (f *Failover) holders(ctx context.Context, ip string) ([]ec2types.NetworkInterface, error) {
-	out, err := f.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{{Name: aws.String("addresses.private-ip-address"), Values: []string{ip}}}})
-	if err != nil {
-		return nil, fmt.Errorf("find the interfaces holding %s: %w", ip, err)
+func (f *Failover) holders(ctx context.Context, ip, subnet string) ([]ec2types.NetworkInterface, error) {
+	return InterfacesHolding(ctx, f.EC2, ip, subnet)
+}
+
+// InterfacesHolding lists the network interfaces of subnet that hold ip,
+// as primary or secondary address. (It reads the subnet's interfaces and
+// matches here: the addresses.private-ip-address filter is not matched
+// the same way for secondary addresses everywhere.)
+func InterfacesHolding(ctx context.Context, api interface {
+	DescribeNetworkInterfaces(context.Context, *ec2.DescribeNetworkInterfacesInput, ...func(*ec2.Options)) (*ec2.DescribeNetworkInterfacesOutput, error)
+}, ip, subnet string) ([]ec2types.NetworkInterface, error) {
+	in := &ec2.DescribeNetworkInterfacesInput{}
+	if subnet != "" {
+		in.Filters = []ec2types.Filter{{Name: aws.String("subnet-id"), Values: []string{subnet}}}
 	}
-	return out.NetworkInterfaces, nil
+	var out []ec2types.NetworkInterface
+	pg := ec2.NewDescribeNetworkInterfacesPaginator(api, in)
+	for pg.HasMorePages() {
+		page, err := pg.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("find the interfaces holding %s: %w", ip, err)
+		}
+		for _, n := range page.NetworkInterfaces {
+			for _, a := range n.PrivateIpAddresses {
+				if aws.ToString(a.PrivateIpAddress) == ip {
+					out = append(out, n)
+					break
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 func (f *Failover) moveIP(ctx context.Context, p FailoverPlan) (string, error) {
 	ip := p.ServiceIP
-	hs, err := f.holders(ctx, ip)
+	hs, err := f.holders(ctx, ip, p.Replica.Subnet)
 	if err != nil {
 		return "", err
 	}
@@ -508,7 +543,7 @@ func (f *Failover) moveIP(ctx context.Context, p FailoverPlan) (string, error) {
 			return "", fmt.Errorf("put %s on the replica's interface %s: %w", ip, p.Replica.ENI, err)
 		}
 	}
-	hs, err = f.holders(ctx, ip)
+	hs, err = f.holders(ctx, ip, p.Replica.Subnet)
 	if err != nil {
 		return "", err
 	}

@@ -65,6 +65,9 @@ type Faults struct {
 type Call struct {
 	Service string // from the SigV4 credential scope: "ec2", "ssm", "s3", "autoscaling", ...
 	Action  string // "DescribeInstances", "SendCommand", "PutObject", ...
+	// Params are a query-protocol call's parameters (EC2, Auto Scaling…),
+	// e.g. "Filter.1.Value.1", for a Match that faults only some calls.
+	Params url.Values
 	Fault   string // FaultNone, FaultThrottle, Fault5xx or FaultDelay
 	Status  int    // HTTP status the client got; 0 while still in flight or if the client went away
 	At      time.Time
@@ -256,7 +259,7 @@ func identify(r *http.Request) (Call, error) {
 		return c, nil
 	}
 	if a := r.URL.Query().Get("Action"); a != "" {
-		c.Action = a
+		c.Action, c.Params = a, r.URL.Query()
 		return c, nil
 	}
 	if r.Method == http.MethodPost && strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
@@ -270,7 +273,7 @@ func identify(r *http.Request) (Call, error) {
 		if err != nil {
 			return c, fmt.Errorf("parse query-protocol body: %w", err)
 		}
-		c.Action = form.Get("Action")
+		c.Action, c.Params = form.Get("Action"), form
 		return c, nil
 	}
 	if c.Service == "" || c.Service == "s3" {
