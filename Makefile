@@ -3,7 +3,7 @@
 #   make test   everything CI runs: vet, and all tests with the race detector (starts moto itself)
 GO ?= go
 
-.PHONY: demo test build vet bench bench-backup fuzz
+.PHONY: demo test build vet bench bench-backup bench-failover fuzz
 
 build:
 	$(GO) build -o bin/bot ./cmd/bot
@@ -19,6 +19,9 @@ test: vet
 
 bench-backup:
 	$(GO) run ./bench/backup
+
+bench-failover:
+	$(GO) run ./bench/failover
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./internal/slackio/

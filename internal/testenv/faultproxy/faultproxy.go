@@ -68,9 +68,9 @@ type Call struct {
 	// Params are a query-protocol call's parameters (EC2, Auto Scaling…),
 	// e.g. "Filter.1.Value.1", for a Match that faults only some calls.
 	Params url.Values
-	Fault   string // FaultNone, FaultThrottle, Fault5xx or FaultDelay
-	Status  int    // HTTP status the client got; 0 while still in flight or if the client went away
-	At      time.Time
+	Fault  string // FaultNone, FaultThrottle, Fault5xx or FaultDelay
+	Status int    // HTTP status the client got; 0 while still in flight or if the client went away
+	At     time.Time
 }
 
 // Proxy is a running fault-injecting reverse proxy.
