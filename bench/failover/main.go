@@ -1,15 +1,15 @@
 // Command failover measures a cold failover against moto, the bot's way
 // and the runbook's way, on the same moto in one run, and prints a table:
 //
-//	go run ./bench/failover        (make bench-failover)
+//		go run ./bench/failover        (make bench-failover)
 //
-//   - the bot: an approved `failover --to <standby>` (secondary-ip
-//     discovery) from the approval to the verified replica, through the
-//     real app (fence, confirm, move the IP and check it left, retag,
-//     start the app through SSM, status checks);
-//   - the seed's manual steps as an aws CLI script: find the box, stop it
-//     and wait, move the secondary IP with allow-reassignment, start the
-//     app with `replicated app … start` through SSM, read the status.
+//	  - the bot: an approved `failover --to <standby>` (secondary-ip
+//	    discovery) from the approval to the verified replica, through the
+//	    real app (fence, confirm, move the IP and check it left, retag,
+//	    start the app through SSM, status checks);
+//	  - the seed's manual steps as an aws CLI script: find the box, stop it
+//	    and wait, move the secondary IP with allow-reassignment, start the
+//	    app with `replicated app … start` through SSM, read the status.
 //
 // Both talk to moto through a counting proxy, so the table shows the AWS
 // API calls each made. Needs moto_server and the aws CLI on PATH.
