@@ -3,6 +3,7 @@ package app_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +17,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 
 	"github.com/circlebot/circlebot/internal/app"
 	"github.com/circlebot/circlebot/internal/config"
@@ -335,4 +338,76 @@ func TestSecretReachesOnlyTheRequester(t *testing.T) {
 	if logs.String() == "" {
 		t.Error("nothing was logged: the test's logger is not wired, and proves nothing")
 	}
+}
+
+// With a dedicated interface, the interface moves; with a load balancer,
+// the target groups swap the old box for the replica.
+func TestFailoverMovesAnInterfaceOrTheLoadBalancerTargets(t *testing.T) {
+	ctx := context.Background()
+	t.Run("eni", func(t *testing.T) {
+		var eniID string
+		f := newFailoverEnv(t, func(c *config.Config) {
+			c.Failover.Discovery = "eni"
+			c.Failover.ENI = "eni-00000000000000000" // replaced below, before the bot reads it
+		})
+		api := ec2.NewFromConfig(f.aws)
+		n, err := api.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{SubnetId: aws.String(f.inst.ServicesBox.SubnetID), PrivateIpAddress: aws.String("10.0.1.200")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eniID = aws.ToString(n.NetworkInterface.NetworkInterfaceId)
+		if _, err := api.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: &eniID, InstanceId: aws.String(f.inst.ServicesBox.ID), DeviceIndex: aws.Int32(1)}); err != nil {
+			t.Fatal(err)
+		}
+		f.app.Ops.Failover.ENI = eniID
+		req := f.request(alice, "failover --to "+f.standby)
+		f.click(bob, "approve "+req, "eni.1")
+		f.waitText("summary", "The Services box is now `"+f.standby+"`")
+		f.server.Wait()
+		out, err := api.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{eniID}})
+		if err != nil || out.NetworkInterfaces[0].Attachment == nil || aws.ToString(out.NetworkInterfaces[0].Attachment.InstanceId) != f.standby {
+			t.Fatalf("interface after failover: %v %+v", err, out.NetworkInterfaces[0].Attachment)
+		}
+		calls := f.proxy.Calls()
+		if stop, attach := callIndex(calls, "StopInstances", f.inst.ServicesBox.ID), callIndex(calls, "AttachNetworkInterface", eniID); stop < 0 || attach < stop {
+			t.Errorf("stop at %d, attach at %d: the fence must come first", stop, attach)
+		}
+	})
+	t.Run("load-balancer", func(t *testing.T) {
+		var tgs []string
+		f := newFailoverEnv(t, func(c *config.Config) {
+			c.Failover.Discovery = "load-balancer"
+			c.Failover.TargetGroupARNs = []string{"arn:placeholder"}
+		})
+		lb := elasticloadbalancingv2.NewFromConfig(f.aws)
+		for _, port := range []int32{80, 443, 4434} {
+			out, err := lb.CreateTargetGroup(ctx, &elasticloadbalancingv2.CreateTargetGroupInput{Name: aws.String(fmt.Sprintf("circleci-%d", port)), Protocol: elbtypes.ProtocolEnumTcp, Port: aws.Int32(port), VpcId: aws.String(f.inst.VPCID), TargetType: elbtypes.TargetTypeEnumInstance})
+			if err != nil {
+				t.Fatal(err)
+			}
+			arn := aws.ToString(out.TargetGroups[0].TargetGroupArn)
+			tgs = append(tgs, arn)
+			if _, err := lb.RegisterTargets(ctx, &elasticloadbalancingv2.RegisterTargetsInput{TargetGroupArn: &arn, Targets: []elbtypes.TargetDescription{{Id: aws.String(f.inst.ServicesBox.ID)}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f.app.Ops.Failover.TargetGroups = tgs
+		req := f.request(alice, "failover --to "+f.standby)
+		f.click(bob, "approve "+req, "lb.1")
+		f.waitText("summary", "The Services box is now `"+f.standby+"`")
+		f.server.Wait()
+		for _, arn := range tgs {
+			out, err := lb.DescribeTargetHealth(ctx, &elasticloadbalancingv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ids []string
+			for _, d := range out.TargetHealthDescriptions {
+				ids = append(ids, aws.ToString(d.Target.Id))
+			}
+			if !slices.Equal(ids, []string{f.standby}) {
+				t.Errorf("%s targets %v, want only the standby", arn, ids)
+			}
+		}
+	})
 }
