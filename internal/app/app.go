@@ -64,6 +64,8 @@ type App struct {
 	Backups   *bot.Backups
 	Approvals *bot.Approvals
 	Ops       *bot.Operations
+	Reports   *bot.Reports
+	Drills    *bot.DrillService
 	// Grace overrides ShutdownGrace (tests).
 	Grace time.Duration
 }
@@ -167,6 +169,18 @@ func New(ctx context.Context, o Options) (*App, error) {
 		restores.Failover.Builders = restores.Builders
 	}
 	passphrase := &ops.Passphrase{EC2: ec2c, SSM: ssmc, SM: secretsmanager.NewFromConfig(awsCfg), SecretID: cfg.Secret.SecretsManagerID, NameTag: cfg.ServicesBox.NameTag}
+	reports := &bot.Reports{
+		EC2: ec2c, Prune: ec2c, Records: ops.Records{Store: st}, Drills: ops.Drills{Store: st}, Policy: backups.Policy,
+		Schedule: cfg.Backup.Schedule, RPO: cfg.Backup.RPO.D(), SlashCommand: cfg.Slack.Command, Log: o.Log,
+	}
+	drills := &bot.DrillService{
+		Runner: &ops.DrillRunner{
+			EC2: ec2c, Restore: restores.Snapshot, Records: ops.Drills{Store: st},
+			Subnet: cfg.Drill.SubnetID, SecurityGroup: cfg.Drill.SecurityGroupID, InstanceType: cfg.Drill.InstanceType,
+			HealthURL: cfg.Drill.HealthURL, Timeout: cfg.Drill.Timeout.D(), Process: st.Process(),
+		},
+		Store: st, SlashCommand: cfg.Slack.Command, Log: o.Log,
+	}
 	apr := &bot.Approvals{Store: approvals.Store{DB: st.DB()}, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Journaled: restores.Journaled}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
@@ -184,6 +198,8 @@ func New(ctx context.Context, o Options) (*App, error) {
 			RPO:          cfg.Backup.RPO.D(),
 			Approvals:    apr,
 			Ops:          restores,
+			Reports:      reports,
+			Drills:       drills,
 			Actions: map[commands.Name]bot.Action{
 				commands.BackupPrune:    bot.PruneAction{B: backups},
 				commands.Restore:        bot.RestoreAction{R: restores},
@@ -197,7 +213,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		st.Close()
 		return nil, err
 	}
-	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr, Ops: restores}, nil
+	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr, Ops: restores, Reports: reports, Drills: drills}, nil
 }
 
 func (a *App) Close() error { return a.Store.Close() }
@@ -345,6 +361,26 @@ func (a *App) Scheduler(ctx context.Context, postTo func(string) progress.Poster
 			return nil, err
 		}
 	}
+	if spec := a.Config.Report.Schedule; spec != "" {
+		err := sched.Add(schedule.Job{Name: "report", Spec: spec, Run: func(ctx context.Context) error {
+			return a.Reports.Send(ctx, postTo(report))
+		}})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if spec := a.Config.Drill.Schedule; spec != "" {
+		err := sched.Add(schedule.Job{Name: "drill", Spec: spec, Run: func(ctx context.Context) error {
+			d, err := a.Drills.Run(ctx, postTo(report), "scheduled", "scheduler", report)
+			if err != nil && d != nil {
+				return schedule.Reported{Err: err} // its message says it
+			}
+			return err
+		}})
+		if err != nil {
+			return nil, err
+		}
+	}
 	return sched, nil
 }
 
@@ -381,5 +417,10 @@ func (a *App) ScheduledBackup(ctx context.Context, poster progress.Poster) error
 func (a *App) Resume(ctx context.Context, postTo func(string) progress.Poster) {
 	a.Ops.Recover(ctx, postTo)
 	a.Backups.Resume(ctx, postTo)
+	var reportTo progress.Poster
+	if ch := a.Config.Slack.ReportChannel; ch != "" {
+		reportTo = postTo(ch)
+	}
+	a.Drills.Sweep(ctx, reportTo)
 	a.Approvals.AnnounceInterrupted(ctx, postTo, a.Config.Slack.Command)
 }

@@ -23,6 +23,8 @@ type Deps struct {
 	RPO          time.Duration
 	Approvals    *Approvals
 	Ops          *Operations
+	Reports      *Reports
+	Drills       *DrillService
 	// Actions are the destructive commands that run through approvals.
 	Actions map[commands.Name]Action
 }
@@ -37,6 +39,12 @@ func Handlers(d Deps) map[commands.Name]Handler {
 		h[commands.BackupNow] = d.backupNow
 		h[commands.BackupList] = d.backupList
 		h[commands.BackupStatus] = d.backupStatus
+	}
+	if d.Reports != nil {
+		h[commands.ReportNow] = d.reportNow
+	}
+	if d.Drills != nil {
+		h[commands.DrillNow] = d.drillNow
 	}
 	if d.Ops != nil {
 		h[commands.Resume] = d.resume

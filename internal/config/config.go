@@ -28,6 +28,8 @@ type Config struct {
 	Backup      Backup      `yaml:"backup"`
 	Report      Report      `yaml:"report"`
 	Restore     Restore     `yaml:"restore"`
+	Drill       Drill       `yaml:"drill"`
+	Monitor     Monitor     `yaml:"monitor"`
 	Failover    Failover    `yaml:"failover"`
 	Secret      SecretCfg   `yaml:"secret"`
 
@@ -136,6 +138,42 @@ type Report struct {
 	Schedule string `yaml:"schedule"`
 }
 
+// Drill configures restore drills: the newest restore point restored
+// into an isolated subnet and security group, measured, torn down.
+type Drill struct {
+	Schedule        string   `yaml:"schedule"`
+	SubnetID        string   `yaml:"subnet_id"`
+	SecurityGroupID string   `yaml:"security_group_id"`
+	InstanceType    string   `yaml:"instance_type"` // empty: the recorded type
+	HealthURL       string   `yaml:"health_url"`    // {ip}: the drill instance's IP
+	Timeout         Duration `yaml:"timeout"`
+}
+
+// Monitor configures outage detection from CloudWatch.
+type Monitor struct {
+	Interval Duration `yaml:"interval"` // 0: off
+	Cooldown Duration `yaml:"cooldown"`
+	// Checks replace the defaults when given.
+	Checks []Check `yaml:"checks"`
+}
+
+// Check is one CloudWatch metric compared with a threshold. Dimensions
+// may say {box} (the Services box's instance ID) or {asg} (the builder
+// group).
+type Check struct {
+	Name       string            `yaml:"name"`
+	Namespace  string            `yaml:"namespace"`
+	Metric     string            `yaml:"metric"`
+	Dimensions map[string]string `yaml:"dimensions"`
+	Stat       string            `yaml:"stat"`      // Average, Maximum, Minimum, Sum
+	Op         string            `yaml:"op"`        // ">" or "<"
+	Threshold  float64           `yaml:"threshold"` // alert beyond this
+	Clear      float64           `yaml:"clear"`     // recovered when back past this (hysteresis)
+	For        int               `yaml:"for"`       // consecutive periods beyond the threshold
+	Period     Duration          `yaml:"period"`
+	Action     string            `yaml:"action"` // the command its alert's button proposes, e.g. "failover"
+}
+
 // Defaults are what an empty file means. They are safe: no schedule runs and
 // nothing destructive is pre-approved until the file says so.
 func Defaults() Config {
@@ -148,6 +186,8 @@ func Defaults() Config {
 			AppStartCommand: DefaultAppCommand("start"), AppStopCommand: DefaultAppCommand("stop")},
 		Failover: Failover{Discovery: "secondary-ip", StopTimeout: Duration(2 * time.Minute), HealthTimeout: Duration(10 * time.Minute)},
 		Builders: Builders{RotateTimeout: Duration(15 * time.Minute)},
+		Drill:    Drill{Timeout: Duration(2 * time.Hour)},
+		Monitor:  Monitor{Cooldown: Duration(30 * time.Minute)},
 		Restore:  Restore{ImageTimeout: Duration(45 * time.Minute), StopTimeout: Duration(5 * time.Minute), HealthTimeout: Duration(20 * time.Minute)},
 		Backup:   Backup{Method: "ebs", RPO: Duration(24 * time.Hour)},
 	}

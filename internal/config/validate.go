@@ -160,6 +160,22 @@ func (c *Config) Validate() error {
 	}
 	checkCron("backup.schedule", c.Backup.Schedule)
 	checkCron("report.schedule", c.Report.Schedule)
+	checkCron("drill.schedule", c.Drill.Schedule)
+	if c.Drill.Schedule != "" && c.Slack.ReportChannel == "" {
+		bad("slack.report_channel", "is required when drill.schedule is set")
+	}
+	if v := c.Drill.SubnetID; v != "" && !strings.HasPrefix(v, "subnet-") {
+		bad("drill.subnet_id", "%q is not a subnet ID", v)
+	}
+	if v := c.Drill.SecurityGroupID; v != "" && !strings.HasPrefix(v, "sg-") {
+		bad("drill.security_group_id", "%q is not a security group ID", v)
+	}
+	if v := c.Drill.InstanceType; v != "" && !instanceType.MatchString(v) {
+		bad("drill.instance_type", "%q is not an EC2 instance type", v)
+	}
+	if d := c.Drill.Timeout.D(); d < time.Minute || d > 12*time.Hour {
+		bad("drill.timeout", "%s is outside 1m..12h", d)
+	}
 	r := c.Backup.Retention
 	for _, kv := range []struct {
 		key string
@@ -215,8 +231,8 @@ func (c *Config) Warnings() []Problem {
 	if len(c.Roles.Operators) == 0 {
 		w = append(w, Problem{"roles.operators", "is empty: nobody can back up, restore or fail over"})
 	}
-	if c.Report.Schedule != "" {
-		w = append(w, Problem{"report.schedule", "is set, but this version does not send scheduled reports yet"})
+	if c.Drill.Schedule != "" && (c.Drill.SubnetID == "" || c.Drill.SecurityGroupID == "") {
+		w = append(w, Problem{"drill.schedule", "is set, but drills need drill.subnet_id and drill.security_group_id: every scheduled drill will fail and say so"})
 	}
 	if c.Replica.NameTag == "" {
 		w = append(w, Problem{"replica.name_tag", "is empty: failover needs --to <instance-id>"})

@@ -9,6 +9,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -191,6 +193,15 @@ func (r *replier) Ephemeral(_ context.Context, m chat.Message) error {
 
 func (r *replier) EphemeralTo(_ context.Context, user string, m chat.Message) error {
 	r.c.printf("\n[only visible to %s]\n%s\n", user, indent(chat.PlainText(m)))
+	return nil
+}
+
+func (r *replier) UploadFile(_ context.Context, parent chat.Ref, filename, title string, data []byte) error {
+	path := filepath.Join(os.TempDir(), filename)
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		return err
+	}
+	r.c.printf("\n[#%s, thread of %s: file %s, %d bytes — %s; saved to %s]\n", parent.Channel, parent.TS, filename, len(data), title, path)
 	return nil
 }
 

@@ -66,6 +66,20 @@ func (r *Replier) EphemeralTo(ctx context.Context, user string, m chat.Message) 
 	})
 }
 
+// UploadFile attaches a file in the thread of parent, through Slack's
+// external upload flow (files.getUploadURLExternal, the upload,
+// files.completeUploadExternal).
+func (r *Replier) UploadFile(ctx context.Context, parent chat.Ref, filename, title string, data []byte) error {
+	_, err := r.w.API.UploadFileContext(ctx, slack.UploadFileParameters{
+		Reader: bytes.NewReader(data), FileSize: len(data), Filename: filename, Title: title,
+		Channel: parent.Channel, ThreadTimestamp: parent.TS,
+	})
+	if err != nil {
+		return fmt.Errorf("upload %s: %w", filename, err)
+	}
+	return nil
+}
+
 // Post posts in the request's channel. A bot that is not in the channel
 // cannot post there: the message then goes to the channel through the
 // response_url, and the requester is told how to fix it.

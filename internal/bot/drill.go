@@ -1,0 +1,92 @@
+package bot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/circlebot/circlebot/internal/chat"
+	"github.com/circlebot/circlebot/internal/ops"
+	"github.com/circlebot/circlebot/internal/progress"
+	"github.com/circlebot/circlebot/internal/store"
+)
+
+// DrillService runs restore drills, one at a time, by hand or on schedule.
+type DrillService struct {
+	Runner       *ops.DrillRunner
+	Store        *store.Store
+	SlashCommand string
+	Log          *slog.Logger
+	MinInterval  time.Duration
+}
+
+// Run takes one drill and posts its progress and result.
+func (s *DrillService) Run(ctx context.Context, p progress.Poster, trigger, requester, channel string) (*ops.Drill, error) {
+	d := &ops.Drill{ID: ops.NewDrillID(time.Now()), Trigger: trigger, Requester: requester, Channel: channel, Started: time.Now()}
+	unlock, err := s.Store.TryLock(store.Lock{Key: "drill", OpID: d.ID, What: "restore drill", Requester: requester, Process: s.Store.Process()})
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	st := progress.Start(ctx, p, progress.Options{OpID: d.ID, Title: "Restore drill (isolated; production is not touched)", Requester: requester, Steps: ops.DrillSteps, Log: s.Log, MinInterval: s.MinInterval})
+	err = s.Runner.Run(ctx, d, st)
+	cleanup := "removed: " + strings.Join(d.Cleanup, "; ")
+	if len(d.Cleanup) == 0 {
+		cleanup = "nothing was left to remove"
+	}
+	switch {
+	case err == nil:
+		st.Finish(progress.Succeeded, fmt.Sprintf("Restore point `%s` restores: healthy in *%s* (the measured restore time). Everything the drill made is gone (%s).", d.Source, d.RestoreTime.Round(time.Second), cleanup))
+	case d.State == ops.DrillInterrupted:
+		st.Finish(progress.Cancelled, "Stopped: the bot is shutting down. "+cleanup+".")
+	default:
+		st.Finish(progress.Failed, fmt.Sprintf(":rotating_light: The drill of `%s` failed: %s If the restore point itself is at fault, a real restore from it would fail too: look now. Teardown: %s.", sourceName(d.Source), ops.Explain(err), cleanup))
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+	defer cancel()
+	_ = st.Wait(wctx)
+	return d, err
+}
+
+func sourceName(s string) string {
+	if s == "" {
+		return "the newest restore point"
+	}
+	return s
+}
+
+// Sweep removes what drills cut off by a crash left behind and says so.
+func (s *DrillService) Sweep(ctx context.Context, p progress.Poster) {
+	said, err := s.Runner.Sweep(ctx)
+	if err != nil {
+		s.Log.Error("sweep drill leftovers", "err", err)
+		if p != nil {
+			_, _ = p.Post(ctx, chat.Text(":warning: Could not remove what an interrupted restore drill left behind: "+ops.Explain(err)+" Look for resources tagged `"+ops.TagDrill+"`."))
+		}
+		return
+	}
+	for _, line := range said {
+		s.Log.Warn("drill sweep", "did", line)
+		if p != nil {
+			_, _ = p.Post(ctx, chat.Text(":broom: "+line))
+		}
+	}
+}
+
+func (d Deps) drillNow(ctx context.Context, c Call) (Outcome, error) {
+	dr, err := d.Drills.Run(ctx, c.Reply, "manual", c.Req.UserID, c.Req.ChannelID)
+	var held *store.HeldError
+	if errors.As(err, &held) {
+		return Outcome{}, &UserError{Msg: fmt.Sprintf("a restore drill is already running: `%s`, requested by %s. Follow it in its message.", held.Holder.OpID, who(held.Holder.Requester))}
+	}
+	if err != nil {
+		if dr == nil {
+			return Outcome{}, err
+		}
+		return Outcome{Result: "failed", Detail: dr.ID + ": " + ops.Explain(err)}, nil
+	}
+	return Outcome{Result: "ok", Detail: dr.ID}, nil
+}

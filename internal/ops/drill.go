@@ -1,0 +1,423 @@
+package ops
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/circlebot/circlebot/internal/store"
+)
+
+// DrillEC2 is what a restore drill uses: a restore's calls plus the
+// teardown's.
+type DrillEC2 interface {
+	RestoreEC2
+	DeregisterImage(context.Context, *ec2.DeregisterImageInput, ...func(*ec2.Options)) (*ec2.DeregisterImageOutput, error)
+	DeleteVolume(context.Context, *ec2.DeleteVolumeInput, ...func(*ec2.Options)) (*ec2.DeleteVolumeOutput, error)
+}
+
+// TagDrill marks everything a drill makes; the start-up sweep finds
+// leftovers by it (and by the image name prefix).
+const (
+	TagDrill         = "circlebot:drill"
+	drillImagePrefix = "circleci-drill-"
+)
+
+// Drill states.
+const (
+	DrillRunning     = "running"
+	DrillPassed      = "passed"
+	DrillFailed      = "failed"
+	DrillInterrupted = "interrupted"
+)
+
+// Drill is one restore drill as recorded in bbolt.
+type Drill struct {
+	ID          string        `json:"id"`
+	State       string        `json:"state"`
+	Trigger     string        `json:"trigger"`
+	Requester   string        `json:"requester"`
+	Channel     string        `json:"channel,omitempty"`
+	Source      string        `json:"source,omitempty"`
+	Snapshots   []string      `json:"snapshots,omitempty"`
+	Started     time.Time     `json:"started"`
+	Finished    time.Time     `json:"finished,omitzero"`
+	ImageID     string        `json:"image_id,omitempty"`
+	InstanceID  string        `json:"instance_id,omitempty"`
+	RestoreTime time.Duration `json:"restore_time,omitempty"` // start to healthy: the measured RTO
+	Error       string        `json:"error,omitempty"`
+	Cleanup     []string      `json:"cleanup,omitempty"`
+	Process     string        `json:"process,omitempty"`
+}
+
+// NewDrillID makes dr-YYYYMMDD-HHMMSS-xxxx.
+func NewDrillID(t time.Time) string {
+	var b [2]byte
+	_, _ = rand.Read(b[:])
+	return "dr-" + t.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
+}
+
+const bucketDrills = "drills"
+
+// Drills keeps drill records.
+type Drills struct{ Store *store.Store }
+
+func (d Drills) Save(dr *Drill) error { return d.Store.Put(bucketDrills, dr.ID, dr) }
+
+// All lists drills, newest first.
+func (d Drills) All() ([]Drill, error) {
+	var out []Drill
+	err := d.Store.Each(bucketDrills, func(_ string, v []byte) error {
+		var dr Drill
+		if err := json.Unmarshal(v, &dr); err != nil {
+			return err
+		}
+		out = append(out, dr)
+		return nil
+	})
+	slices.SortFunc(out, func(a, b Drill) int { return b.Started.Compare(a.Started) })
+	return out, err
+}
+
+// DrillSteps are the steps of a drill, for its progress message.
+var DrillSteps = []string{"Pick the newest restore point", "Make an image", "Launch in the drill subnet", "Wait until healthy", "Tear down"}
+
+// DrillRunner restores the newest EBS restore point into an isolated
+// subnet and security group, measures how long until it is healthy, and
+// removes everything it made. It never gives the instance a production
+// IP: the address comes from the drill subnet.
+type DrillRunner struct {
+	EC2           DrillEC2
+	Restore       *SnapshotRestore // plans from the newest restore point
+	Records       Drills
+	Subnet        string
+	SecurityGroup string
+	InstanceType  string // empty: the recorded type
+	HealthURL     string // optional; {ip} is the drill instance's IP
+	HTTP          *http.Client
+	Poll          time.Duration
+	Timeout       time.Duration // image + launch + healthy
+	Process       string
+}
+
+// Progress is what a drill reports to.
+type DrillProgress interface {
+	Begin(step int, detail string)
+	Done(step int, detail string)
+	Fail(step int, err error)
+	Log(line string)
+}
+
+func (r *DrillRunner) poll() time.Duration { return cmpOr(r.Poll, 5*time.Second) }
+
+// Run runs one drill; the teardown runs whatever happened before it, on
+// its own clock. The record says what was measured and what was removed.
+func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err error) {
+	d.State, d.Process = DrillRunning, r.Process
+	if d.Started.IsZero() {
+		d.Started = time.Now()
+	}
+	if err := r.Records.Save(d); err != nil {
+		return err
+	}
+	step := 0
+	defer func() {
+		// Tear down always; a bot that is shutting down still removes
+		// what the drill made (a crash is swept at the next start).
+		p.Begin(4, "")
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+		defer cancel()
+		left, terr := r.teardown(tctx, d.ID)
+		d.Cleanup = append(d.Cleanup, left...)
+		if terr != nil {
+			p.Fail(4, errors.New(Explain(terr)))
+			d.Cleanup = append(d.Cleanup, "teardown incomplete: "+Explain(terr))
+		} else {
+			p.Done(4, strings.Join(left, "; "))
+		}
+		d.Finished = time.Now()
+		switch {
+		case err == nil:
+			d.State = DrillPassed
+		case ctx.Err() != nil:
+			d.State, d.Error = DrillInterrupted, "the bot stopped during step "+fmt.Sprint(step+1)
+		default:
+			d.State, d.Error = DrillFailed, Explain(err)
+			p.Fail(step, errors.New(Explain(err)))
+		}
+		if serr := r.Records.Save(d); serr != nil && err == nil {
+			err = serr
+		}
+		if err == nil && terr != nil {
+			err = terr
+		}
+	}()
+	if r.Subnet == "" || r.SecurityGroup == "" {
+		return refusef("restore drills need an isolated `drill.subnet_id` and `drill.security_group_id`.")
+	}
+	p.Begin(0, "")
+	plan, err := r.Restore.Plan(ctx, "")
+	if err != nil {
+		return err
+	}
+	if plan.Shape.SubnetID == r.Subnet {
+		return refusef("`drill.subnet_id` is the Services box's own subnet (%s): a drill must run isolated from production.", r.Subnet)
+	}
+	if slices.Contains(plan.Shape.SecurityGroups, r.SecurityGroup) {
+		return refusef("`drill.security_group_id` is the Services box's own security group: builders could reach the drill instance.")
+	}
+	d.Source = plan.Source
+	for _, s := range plan.Snapshots {
+		d.Snapshots = append(d.Snapshots, s.ID)
+	}
+	_ = r.Records.Save(d)
+	p.Done(0, fmt.Sprintf("`%s` (%s UTC, %d snapshots)", plan.Source, plan.SourceTime.UTC().Format("2006-01-02 15:04"), len(plan.Snapshots)))
+
+	step = 1
+	p.Begin(1, "")
+	deadline := time.Now().Add(cmpOr(r.Timeout, time.Hour))
+	if d.ImageID, err = r.image(ctx, d, plan, deadline); err != nil {
+		return err
+	}
+	_ = r.Records.Save(d)
+	p.Done(1, "`"+d.ImageID+"`")
+
+	step = 2
+	p.Begin(2, "")
+	ip, err := r.launch(ctx, d, plan)
+	if err != nil {
+		return err
+	}
+	_ = r.Records.Save(d)
+	p.Done(2, fmt.Sprintf("`%s` at %s in `%s`", d.InstanceID, ip, r.Subnet))
+
+	step = 3
+	p.Begin(3, "")
+	if err := r.healthy(ctx, d.InstanceID, ip, deadline); err != nil {
+		return err
+	}
+	d.RestoreTime = time.Since(d.Started)
+	p.Done(3, "healthy; restore time "+d.RestoreTime.Round(time.Second).String())
+	return nil
+}
+
+func (r *DrillRunner) image(ctx context.Context, d *Drill, plan RestorePlan, deadline time.Time) (string, error) {
+	var bdm []ec2types.BlockDeviceMapping
+	for _, s := range plan.Snapshots {
+		// A drill's volumes go with its instance.
+		bdm = append(bdm, ec2types.BlockDeviceMapping{DeviceName: aws.String(s.Device), Ebs: &ec2types.EbsBlockDevice{SnapshotId: aws.String(s.ID), DeleteOnTermination: aws.Bool(true)}})
+	}
+	arch := ec2types.ArchitectureValues(plan.Shape.Architecture)
+	if arch == "" {
+		arch = ec2types.ArchitectureValuesX8664
+	}
+	out, err := r.EC2.RegisterImage(ctx, &ec2.RegisterImageInput{
+		Name: aws.String(drillImagePrefix + d.ID), Description: aws.String("circlebot restore drill " + d.ID + " of " + plan.Source),
+		Architecture: arch, RootDeviceName: aws.String(plan.Shape.RootDevice), VirtualizationType: aws.String("hvm"), EnaSupport: aws.Bool(true),
+		BlockDeviceMappings: bdm,
+		TagSpecifications:   []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeImage, Tags: []ec2types.Tag{{Key: aws.String(TagDrill), Value: aws.String(d.ID)}}}},
+	}, func(o *ec2.Options) { o.RetryMaxAttempts = 1 })
+	if err != nil {
+		return "", fmt.Errorf("register the drill image: %w", err)
+	}
+	id := aws.ToString(out.ImageId)
+	for {
+		img, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{ImageIds: []string{id}})
+		if err == nil && len(img.Images) > 0 {
+			switch img.Images[0].State {
+			case ec2types.ImageStateAvailable:
+				return id, nil
+			case ec2types.ImageStateFailed, ec2types.ImageStateError, ec2types.ImageStateInvalid:
+				return id, fmt.Errorf("the drill image %s is %s: the restore point may not be restorable", id, img.Images[0].State)
+			}
+		}
+		if time.Now().After(deadline) {
+			return id, fmt.Errorf("the drill image %s is still pending at the drill's deadline", id)
+		}
+		if err := sleep(ctx, r.poll()); err != nil {
+			return id, err
+		}
+	}
+}
+
+func (r *DrillRunner) launch(ctx context.Context, d *Drill, plan RestorePlan) (string, error) {
+	typ := r.InstanceType
+	if typ == "" {
+		typ = plan.Shape.Type
+	}
+	tags := []ec2types.Tag{{Key: aws.String(TagDrill), Value: aws.String(d.ID)}, {Key: aws.String("Name"), Value: aws.String(drillImagePrefix + d.ID)}}
+	out, err := r.EC2.RunInstances(ctx, &ec2.RunInstancesInput{
+		ImageId: aws.String(d.ImageID), InstanceType: ec2types.InstanceType(typ), MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
+		ClientToken: aws.String(d.ID), SubnetId: aws.String(r.Subnet), SecurityGroupIds: []string{r.SecurityGroup},
+		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeInstance, Tags: tags}, {ResourceType: ec2types.ResourceTypeVolume, Tags: tags}},
+	})
+	if err != nil {
+		return "", fmt.Errorf("launch the drill instance: %w", err)
+	}
+	in := out.Instances[0]
+	d.InstanceID = aws.ToString(in.InstanceId)
+	return aws.ToString(in.PrivateIpAddress), nil
+}
+
+func (r *DrillRunner) healthy(ctx context.Context, id, ip string, deadline time.Time) error {
+	url := strings.ReplaceAll(r.HealthURL, "{ip}", ip)
+	checks := false
+	last := "not checked yet"
+	for {
+		if !checks {
+			out, err := r.EC2.DescribeInstanceStatus(ctx, &ec2.DescribeInstanceStatusInput{InstanceIds: []string{id}, IncludeAllInstances: aws.Bool(true)})
+			if err == nil && len(out.InstanceStatuses) > 0 {
+				s := out.InstanceStatuses[0]
+				checks = s.InstanceState.Name == ec2types.InstanceStateNameRunning && s.SystemStatus != nil && s.SystemStatus.Status == ec2types.SummaryStatusOk && s.InstanceStatus != nil && s.InstanceStatus.Status == ec2types.SummaryStatusOk
+				last = "status checks not passed"
+			}
+		}
+		if checks {
+			if r.HealthURL == "" {
+				return nil
+			}
+			hc := r.HTTP
+			if hc == nil {
+				hc = &http.Client{Timeout: 10 * time.Second}
+			}
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			resp, err := hc.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode < 400 {
+					return nil
+				}
+				last = fmt.Sprintf("%s answered %d", url, resp.StatusCode)
+			} else {
+				last = err.Error()
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the drill instance did not become healthy in time: %s", last)
+		}
+		if err := sleep(ctx, r.poll()); err != nil {
+			return err
+		}
+	}
+}
+
+// teardown removes everything drill id made: its instance (its volumes go
+// with it), then any volume left, then its image. The restore point's
+// snapshots are never touched: the image only refers to them.
+func (r *DrillRunner) teardown(ctx context.Context, id string) ([]string, error) {
+	var did []string
+	filter := func(_, value string) []ec2types.Filter {
+		f := []ec2types.Filter{{Name: aws.String("tag:" + TagDrill), Values: []string{value}}}
+		if value == "*" {
+			f = []ec2types.Filter{{Name: aws.String("tag-key"), Values: []string{TagDrill}}}
+		}
+		return f
+	}
+	out, err := r.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: filter(TagDrill, id)})
+	if err != nil {
+		return did, fmt.Errorf("find the drill's instances: %w", err)
+	}
+	var ids []string
+	for _, res := range out.Reservations {
+		for _, in := range res.Instances {
+			if in.State.Name != ec2types.InstanceStateNameTerminated {
+				ids = append(ids, aws.ToString(in.InstanceId))
+			}
+		}
+	}
+	if len(ids) > 0 {
+		if _, err := r.EC2.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: ids}); err != nil {
+			return did, fmt.Errorf("terminate %s: %w", strings.Join(ids, ", "), err)
+		}
+		for _, i := range ids {
+			if _, err := r.Restore.waitState(ctx, i, 5*time.Minute, ec2types.InstanceStateNameTerminated); err != nil {
+				return did, err
+			}
+		}
+		did = append(did, "terminated "+strings.Join(ids, ", "))
+	}
+	vols, err := r.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: filter(TagDrill, id)})
+	if err != nil {
+		return did, fmt.Errorf("find the drill's volumes: %w", err)
+	}
+	for _, v := range vols.Volumes {
+		if v.State != ec2types.VolumeStateAvailable {
+			continue
+		}
+		if _, err := r.EC2.DeleteVolume(ctx, &ec2.DeleteVolumeInput{VolumeId: v.VolumeId}); err != nil {
+			return did, fmt.Errorf("delete drill volume %s: %w", aws.ToString(v.VolumeId), err)
+		}
+		did = append(did, "deleted volume "+aws.ToString(v.VolumeId))
+	}
+	name := drillImagePrefix + id
+	if id == "*" {
+		name = drillImagePrefix + "*"
+	}
+	imgs, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"self"}, Filters: []ec2types.Filter{{Name: aws.String("name"), Values: []string{name}}}})
+	if err != nil {
+		return did, fmt.Errorf("find the drill's image: %w", err)
+	}
+	for _, img := range imgs.Images {
+		if img.State == ec2types.ImageStateDeregistered {
+			continue
+		}
+		if _, err := r.EC2.DeregisterImage(ctx, &ec2.DeregisterImageInput{ImageId: img.ImageId}); err != nil {
+			return did, fmt.Errorf("deregister drill image %s: %w", aws.ToString(img.ImageId), err)
+		}
+		did = append(did, "deregistered "+aws.ToString(img.ImageId))
+	}
+	return did, nil
+}
+
+// Sweep runs at start-up: drills a dead process left running are marked
+// interrupted, and anything tagged as a drill's (or named like a drill's
+// image) that no running drill of this process owns is removed. It
+// returns what it found and did, for the report channel.
+func (r *DrillRunner) Sweep(ctx context.Context) ([]string, error) {
+	all, err := r.Records.All()
+	if err != nil {
+		return nil, err
+	}
+	var said []string
+	for i := range all {
+		d := all[i]
+		if d.State != DrillRunning || d.Process == r.Process {
+			continue
+		}
+		left, terr := r.teardown(ctx, d.ID)
+		d.State, d.Finished, d.Error = DrillInterrupted, time.Now(), "the bot stopped during the drill"
+		d.Cleanup = append(d.Cleanup, left...)
+		_ = r.Records.Save(&d)
+		if terr != nil {
+			return said, terr
+		}
+		said = append(said, fmt.Sprintf("drill `%s` was cut off by a bot restart; removed: %s", d.ID, orNothing(left)))
+	}
+	// Leftovers of drills the bot has no record of (a lost data_dir).
+	left, err := r.teardown(ctx, "*")
+	if err != nil {
+		return said, err
+	}
+	if len(left) > 0 {
+		said = append(said, "removed drill leftovers: "+strings.Join(left, "; "))
+	}
+	return said, nil
+}
+
+func orNothing(s []string) string {
+	if len(s) == 0 {
+		return "nothing was left"
+	}
+	return strings.Join(s, "; ")
+}
