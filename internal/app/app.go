@@ -16,11 +16,15 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
+	cwschemas "github.com/aws/aws-sdk-go-v2/service/cloudwatch/schemas"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
+
+	"github.com/aws/smithy-go/transport/http/protocol/awsquery"
 
 	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/authz"
@@ -31,6 +35,7 @@ import (
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/journal"
 	"github.com/circlebot/circlebot/internal/metrics"
+	"github.com/circlebot/circlebot/internal/monitor"
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/schedule"
@@ -66,6 +71,8 @@ type App struct {
 	Ops       *bot.Operations
 	Reports   *bot.Reports
 	Drills    *bot.DrillService
+	// Monitor is outage detection; Serve runs it when it has a channel.
+	Monitor *monitor.Monitor
 	// Grace overrides ShutdownGrace (tests).
 	Grace time.Duration
 }
@@ -181,6 +188,20 @@ func New(ctx context.Context, o Options) (*App, error) {
 		},
 		Store: st, SlashCommand: cfg.Slack.Command, Log: o.Log,
 	}
+	checks := cfg.Monitor.Checks
+	if len(checks) == 0 {
+		checks = monitor.DefaultChecks(cfg.Builders.ASGName != "")
+	}
+	mon := &monitor.Monitor{
+		CW: cloudwatch.NewFromConfig(awsCfg, func(o *cloudwatch.Options) {
+			// CloudWatch serves the query protocol as well as the SDK's
+			// default CBOR; moto (what the tests and the demo run against)
+			// speaks only query, and the bot should talk to AWS as it is
+			// tested.
+			o.Protocol = awsquery.New(cwschemas.GraniteServiceVersion20100801)
+		}), EC2: ec2c, Store: st, Checks: checks, NameTag: cfg.ServicesBox.NameTag, ASG: cfg.Builders.ASGName,
+		Cooldown: cfg.Monitor.Cooldown.D(), Slash: cfg.Slack.Command, Log: o.Log,
+	}
 	apr := &bot.Approvals{Store: approvals.Store{DB: st.DB()}, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Journaled: restores.Journaled}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
@@ -213,7 +234,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		st.Close()
 		return nil, err
 	}
-	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr, Ops: restores, Reports: reports, Drills: drills}, nil
+	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr, Ops: restores, Reports: reports, Drills: drills, Monitor: mon}, nil
 }
 
 func (a *App) Close() error { return a.Store.Close() }
@@ -299,6 +320,10 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	sched.Start(workCtx)
+	if ch := a.MonitorChannel(); ch != "" && a.Config.Monitor.Interval.D() > 0 {
+		a.Monitor.Post = postTo(ch)
+		go a.Monitor.Run(workCtx, a.Config.Monitor.Interval.D())
+	}
 	sec := a.Config.Secrets
 	if !sec.AppToken.Empty() {
 		sock := &slackio.Socket{
@@ -337,6 +362,15 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	a.Ops.Wait()
 	sched.Stop()
 	return err
+}
+
+// MonitorChannel is where outage alerts go: monitor.channel, else the
+// report channel; empty turns detection off.
+func (a *App) MonitorChannel() string {
+	if a.Config.Monitor.Channel != "" {
+		return a.Config.Monitor.Channel
+	}
+	return a.Config.Slack.ReportChannel
 }
 
 // Scheduler makes the recurring jobs the config asks for. Scheduled work

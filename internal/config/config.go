@@ -152,6 +152,8 @@ type Drill struct {
 // Monitor configures outage detection from CloudWatch.
 type Monitor struct {
 	Interval Duration `yaml:"interval"` // 0: off
+	// Channel gets alerts and recovery notices; default slack.report_channel.
+	Channel  string   `yaml:"channel"`
 	Cooldown Duration `yaml:"cooldown"`
 	// Checks replace the defaults when given.
 	Checks []Check `yaml:"checks"`
@@ -187,7 +189,7 @@ func Defaults() Config {
 		Failover: Failover{Discovery: "secondary-ip", StopTimeout: Duration(2 * time.Minute), HealthTimeout: Duration(10 * time.Minute)},
 		Builders: Builders{RotateTimeout: Duration(15 * time.Minute)},
 		Drill:    Drill{Timeout: Duration(2 * time.Hour)},
-		Monitor:  Monitor{Cooldown: Duration(30 * time.Minute)},
+		Monitor:  Monitor{Interval: Duration(time.Minute), Cooldown: Duration(30 * time.Minute)},
 		Restore:  Restore{ImageTimeout: Duration(45 * time.Minute), StopTimeout: Duration(5 * time.Minute), HealthTimeout: Duration(20 * time.Minute)},
 		Backup:   Backup{Method: "ebs", RPO: Duration(24 * time.Hour)},
 	}

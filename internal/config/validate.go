@@ -103,6 +103,33 @@ func (c *Config) Validate() error {
 	if u := c.Failover.HealthURL; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
 		bad("failover.health_url", "%q is not an http(s) URL", u)
 	}
+	if d := c.Monitor.Interval.D(); d != 0 && d < 30*time.Second {
+		bad("monitor.interval", "%s is too often (CloudWatch data is per minute); 0 turns detection off", d)
+	}
+	if v := c.Monitor.Channel; v != "" && !channelID.MatchString(v) {
+		bad("monitor.channel", "%q is not a Slack channel ID", v)
+	}
+	seenCheck := map[string]bool{}
+	for i, ch := range c.Monitor.Checks {
+		key := fmt.Sprintf("monitor.checks[%d]", i)
+		switch {
+		case ch.Name == "" || seenCheck[ch.Name]:
+			bad(key+".name", "each check needs a unique name (alerts are kept by it)")
+		case ch.Namespace == "" || ch.Metric == "":
+			bad(key, "needs namespace and metric")
+		case ch.Op != ">" && ch.Op != "<":
+			bad(key+".op", "%q must be \">\" or \"<\"", ch.Op)
+		case !slices.Contains([]string{"Average", "Maximum", "Minimum", "Sum", "SampleCount"}, ch.Stat):
+			bad(key+".stat", "%q is not a CloudWatch statistic (Average, Maximum, Minimum, Sum, SampleCount)", ch.Stat)
+		case ch.For < 1:
+			bad(key+".for", "must be at least 1 period")
+		case ch.Period.D() < time.Minute:
+			bad(key+".period", "must be at least 1m")
+		case (ch.Op == ">" && ch.Clear > ch.Threshold) || (ch.Op == "<" && ch.Clear < ch.Threshold):
+			bad(key+".clear", "must be on the good side of the threshold (hysteresis)")
+		}
+		seenCheck[ch.Name] = true
+	}
 	if c.Builders.RotateBatch < 0 {
 		bad("builders.rotate_batch", "must be 0 (a quarter of the fleet) or more")
 	}
