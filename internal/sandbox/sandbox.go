@@ -53,6 +53,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/aws/smithy-go"
 	"slices"
 	"sort"
 	"strings"
@@ -294,6 +295,17 @@ func (s *seeder) createSubnets(ctx context.Context) error {
 			AvailabilityZone:  aws.String(s.in.AZs[i]),
 			TagSpecifications: []types.TagSpecification{s.tagSpec(types.ResourceTypeSubnet, "circleci-"+s.in.AZs[i])},
 		})
+		var ae smithy.APIError
+		if errors.As(err, &ae) && ae.ErrorCode() == "InvalidSubnet.Conflict" {
+			// The SDK retried a CreateSubnet that had gone through (its
+			// answer was lost on a busy machine): the subnet exists.
+			found, derr := s.ec2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{Filters: []types.Filter{
+				{Name: aws.String("vpc-id"), Values: []string{s.in.VPCID}}, {Name: aws.String("cidr-block"), Values: []string{subnetCIDRs[i]}}}})
+			if derr == nil && len(found.Subnets) == 1 {
+				s.in.Subnets[i] = aws.ToString(found.Subnets[0].SubnetId)
+				continue
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("%s in %s: %w", subnetCIDRs[i], s.in.AZs[i], err)
 		}
