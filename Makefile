@@ -3,7 +3,7 @@
 #   make test   everything CI runs: vet, and all tests with the race detector (starts moto itself)
 GO ?= go
 
-.PHONY: demo test build vet bench bench-backup bench-failover fuzz
+.PHONY: demo test build vet bench bench-backup bench-failover bench-report fuzz
 
 build:
 	$(GO) build -o bin/bot ./cmd/bot
@@ -22,6 +22,9 @@ bench-backup:
 
 bench-failover:
 	$(GO) run ./bench/failover
+
+bench-report:
+	$(GO) run ./bench/report
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./internal/slackio/

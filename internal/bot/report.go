@@ -45,13 +45,22 @@ func (s *Reports) now() time.Time {
 
 // Build gathers and computes the report.
 func (s *Reports) Build(ctx context.Context) (ops.Report, error) {
-	recs, err := s.Records.Backups()
+	in, err := s.Gather(ctx)
 	if err != nil {
 		return ops.Report{}, err
 	}
+	return ops.BuildReport(in), nil
+}
+
+// Gather reads what the report is computed from: AWS and bbolt.
+func (s *Reports) Gather(ctx context.Context) (ops.ReportInput, error) {
+	recs, err := s.Records.Backups()
+	if err != nil {
+		return ops.ReportInput{}, err
+	}
 	pts, err := ops.RestorePoints(ctx, s.EC2, recs)
 	if err != nil {
-		return ops.Report{}, err
+		return ops.ReportInput{}, err
 	}
 	in := ops.ReportInput{Now: s.now(), Points: pts, Records: recs, RPO: s.RPO}
 	if s.Schedule != "" {
@@ -62,14 +71,14 @@ func (s *Reports) Build(ctx context.Context) (ops.Report, error) {
 	if s.Policy.Enabled() {
 		inUse, err := ops.SnapshotsInUse(ctx, s.Prune)
 		if err != nil {
-			return ops.Report{}, err
+			return ops.ReportInput{}, err
 		}
 		in.Prune = ops.Retain(pts, s.Policy, inUse)
 	}
 	if in.Drills, err = s.Drills.All(); err != nil {
-		return ops.Report{}, err
+		return ops.ReportInput{}, err
 	}
-	return ops.BuildReport(in), nil
+	return in, nil
 }
 
 // Send posts the report and attaches its chart in the message's thread.

@@ -39,8 +39,11 @@ func (p Point) Usable() bool { return p.State == StateCompleted }
 // backups count too); the bot's records add who, why and failures.
 func RestorePoints(ctx context.Context, api EC2, recs []*Backup) ([]Point, error) {
 	in := &ec2.DescribeSnapshotsInput{
-		OwnerIds: []string{"self"},
-		Filters:  []ec2types.Filter{{Name: aws.String("description"), Values: []string{BackupDescriptionPrefix + "*"}}},
+		// Pages of 1,000 (the most AWS gives): an account with years of
+		// snapshots is listed in a few calls without one huge answer.
+		MaxResults: aws.Int32(1000),
+		OwnerIds:   []string{"self"},
+		Filters:    []ec2types.Filter{{Name: aws.String("description"), Values: []string{BackupDescriptionPrefix + "*"}}},
 	}
 	sets := map[string]*Point{}
 	pg := ec2.NewDescribeSnapshotsPaginator(api, in)
