@@ -133,3 +133,11 @@ func TestLoadMissingFile(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// A typo inside a list of settings blocks is found too, with its index.
+func TestUnknownKeyInAListItem(t *testing.T) {
+	_, err := Parse([]byte("monitor:\n  checks:\n    - name: disk\n      treshold: 80\n"))
+	if err == nil || !strings.Contains(err.Error(), "monitor.checks[0].treshold") || !strings.Contains(err.Error(), `"threshold"`) {
+		t.Fatalf("err = %v", err)
+	}
+}

@@ -22,6 +22,13 @@ func unknownKeys(root *yaml.Node, into any) []Problem {
 }
 
 func walkKeys(n *yaml.Node, t reflect.Type, prefix string, probs *[]Problem) {
+	if n.Kind == yaml.SequenceNode && t.Kind() == reflect.Slice {
+		// A list of settings blocks (monitor.checks): each item's keys.
+		for i, item := range n.Content {
+			walkKeys(item, t.Elem(), fmt.Sprintf("%s[%d]", prefix, i), probs)
+		}
+		return
+	}
 	if n.Kind != yaml.MappingNode || t.Kind() != reflect.Struct {
 		return
 	}
