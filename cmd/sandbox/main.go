@@ -138,5 +138,8 @@ backup:
   rpo: 24h
   retention:
     keep_last: 2
-`, dataDir, inst.Region, inst.BuilderASG, inst.Bucket)
+drill:
+  subnet_id: %s
+  security_group_id: %s
+`, dataDir, inst.Region, inst.BuilderASG, inst.Bucket, inst.DrillSubnet, inst.DrillSecurityGroup)
 }

@@ -61,24 +61,13 @@ type drillEnv struct {
 	subnet, sg string
 }
 
-// newDrillEnv is a restore env with an isolated drill subnet and
-// security group in the same VPC.
+// newDrillEnv is a restore env whose drills run in the sandbox's
+// isolated drill subnet and security group.
 func newDrillEnv(t *testing.T) *drillEnv {
 	t.Helper()
 	d := &drillEnv{}
-	// The drill subnet is made before the bot reads the config; moto's
-	// IDs are random, so make them on a moto the env then uses.
 	r := newRestoreEnv(t, nil)
-	api := ec2.NewFromConfig(r.aws)
-	sub, err := api.CreateSubnet(context.Background(), &ec2.CreateSubnetInput{VpcId: aws.String(r.inst.VPCID), CidrBlock: aws.String("10.0.9.0/24"), AvailabilityZone: aws.String(r.inst.AZs[0])})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sg, err := api.CreateSecurityGroup(context.Background(), &ec2.CreateSecurityGroupInput{GroupName: aws.String("circleci-drill"), Description: aws.String("drills: no ingress"), VpcId: aws.String(r.inst.VPCID)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.restoreEnv, d.subnet, d.sg = r, aws.ToString(sub.Subnet.SubnetId), aws.ToString(sg.GroupId)
+	d.restoreEnv, d.subnet, d.sg = r, r.inst.DrillSubnet, r.inst.DrillSecurityGroup
 	d.setDrill(r.app)
 	return d
 }

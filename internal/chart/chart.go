@@ -50,7 +50,7 @@ func PNG(r ops.Report) ([]byte, error) {
 
 func agePlot(r ops.Report) (*plot.Plot, error) {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("Age of the newest restore point, last %d days (RPO %s)", ops.ChartDays, r.RPO)
+	p.Title.Text = fmt.Sprintf("Age of the newest restore point, last %d days (RPO %s)", ops.ChartDays, ops.Span(r.RPO))
 	p.Y.Label.Text = "hours"
 	p.X.Tick.Marker = plot.TimeTicks{Format: "Jan 2"}
 	var pts plotter.XYs

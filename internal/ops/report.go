@@ -2,6 +2,7 @@ package ops
 
 import (
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/robfig/cron/v3"
@@ -165,4 +166,17 @@ func ageSeries(completed []Point, from, to time.Time, step time.Duration) []AgeS
 		out = append(out, AgeSample{At: t, Age: age})
 	}
 	return out
+}
+
+// Span writes a configured duration the way people write it: 24h, 90m,
+// 1h30m (not 24h0m0s).
+func Span(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+		if strings.HasSuffix(s, "h0m") {
+			s = strings.TrimSuffix(s, "0m")
+		}
+	}
+	return s
 }

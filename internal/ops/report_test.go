@@ -91,3 +91,11 @@ func TestBuildReportMatchesAFixture(t *testing.T) {
 		t.Errorf("empty report: %+v", r)
 	}
 }
+
+func TestSpan(t *testing.T) {
+	for d, want := range map[time.Duration]string{24 * time.Hour: "24h", 90 * time.Minute: "1h30m", 45 * time.Second: "45s", 0: "0s", time.Hour + 30*time.Second: "1h0m30s"} {
+		if got := Span(d); got != want {
+			t.Errorf("Span(%s) = %q, want %q", d, got, want)
+		}
+	}
+}

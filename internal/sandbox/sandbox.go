@@ -154,6 +154,9 @@ type Install struct {
 	LaunchTemplateID string
 	Builders         []string // instance IDs, sorted
 	Snapshots        []string // the seeded backup set, in ServicesBox.Volumes order, if WithBackups
+	// DrillSubnet (10.0.9.0/24) and DrillSecurityGroup (no ingress) are
+	// where restore drills run, apart from production.
+	DrillSubnet, DrillSecurityGroup string
 }
 
 // BackupDescription is the description the runbook's backup script gives a
@@ -201,6 +204,7 @@ func Seed(ctx context.Context, cfg aws.Config, opt Options) (*Install, error) {
 		{"create VPC", s.createVPC},
 		{"create subnets", s.createSubnets},
 		{"create security group", s.createSecurityGroup},
+		{"create the drill subnet and security group", s.createDrillNetwork},
 		{"launch Services box", func(ctx context.Context) error {
 			inst, err := s.launch(ctx, 0, opt.NameTag)
 			s.in.ServicesBox = inst
@@ -311,6 +315,26 @@ func (s *seeder) createSubnets(ctx context.Context) error {
 		}
 		s.in.Subnets[i] = aws.ToString(out.Subnet.SubnetId)
 	}
+	return nil
+}
+
+func (s *seeder) createDrillNetwork(ctx context.Context) error {
+	sub, err := s.ec2.CreateSubnet(ctx, &ec2.CreateSubnetInput{
+		VpcId: aws.String(s.in.VPCID), CidrBlock: aws.String("10.0.9.0/24"), AvailabilityZone: aws.String(s.in.AZs[0]),
+		TagSpecifications: []types.TagSpecification{s.tagSpec(types.ResourceTypeSubnet, "circleci-drills")},
+	})
+	if err != nil {
+		return fmt.Errorf("subnet: %w", err)
+	}
+	s.in.DrillSubnet = aws.ToString(sub.Subnet.SubnetId)
+	sg, err := s.ec2.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
+		GroupName: aws.String("circleci-drills"), Description: aws.String("Restore drills: no ingress"), VpcId: aws.String(s.in.VPCID),
+		TagSpecifications: []types.TagSpecification{s.tagSpec(types.ResourceTypeSecurityGroup, "circleci-drills")},
+	})
+	if err != nil {
+		return fmt.Errorf("security group: %w", err)
+	}
+	s.in.DrillSecurityGroup = aws.ToString(sg.GroupId)
 	return nil
 }
 
