@@ -314,40 +314,12 @@ func (f *Failover) planENI(ctx context.Context, p *FailoverPlan) error {
 }
 
 func (f *Failover) describe(ctx context.Context, id string) (ec2types.Instance, bool, error) {
-	out, err := f.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
-	if errorCode(err) == "InvalidInstanceID.NotFound" {
-		return ec2types.Instance{}, false, nil
-	}
-	if err != nil {
-		return ec2types.Instance{}, false, fmt.Errorf("describe %s: %w", id, err)
-	}
-	for _, r := range out.Reservations {
-		for _, in := range r.Instances {
-			return in, true, nil
-		}
-	}
-	return ec2types.Instance{}, false, nil
+	return describeInstance(ctx, f.EC2, id)
 }
 
 func (f *Failover) waitState(ctx context.Context, id string, timeout time.Duration, want ...ec2types.InstanceStateName) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		in, ok, err := f.describe(ctx, id)
-		if err != nil && !Transient(err) {
-			return err
-		}
-		if err == nil {
-			if !ok || slices.Contains(want, in.State.Name) {
-				return nil
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s is still %s after %s", id, in.State.Name, timeout)
-			}
-		}
-		if err := sleep(ctx, f.poll()); err != nil {
-			return err
-		}
-	}
+	_, err := waitInstanceState(ctx, f.EC2, id, f.poll(), timeout, want...)
+	return err
 }
 
 // Steps returns the journal steps of plan, in order: the fence first,
@@ -655,29 +627,7 @@ func (f *Failover) startApp(ctx context.Context, op *journal.Op, p FailoverPlan,
 	if p.AppStart == "" || f.SSM == nil {
 		return "skipped: no `services_box.app_start_command`; start the app from the admin console on port 8800", nil
 	}
-	sh := &Shell{SSM: f.SSM, Instance: p.Replica.ID, Poll: f.Poll}
-	deadline := time.Now().Add(cmpOr(f.HealthTimeout, 10*time.Minute))
-	noted := false
-	for {
-		res, err := sh.Run(ctx, "circlebot "+op.ID+": start the app", p.AppStart, 10*time.Minute)
-		if err == nil {
-			out := lastLine(res.Stdout)
-			if out == "" {
-				out = "exit 0"
-			}
-			return fmt.Sprintf("`%s`: %s", p.Replica.ID, out), nil
-		}
-		if res.CommandID != "" || !strings.Contains(err.Error(), "not reachable through SSM") || time.Now().After(deadline) {
-			return "", fmt.Errorf("start the app on %s: %w", p.Replica.ID, err)
-		}
-		if !noted {
-			pr.Log(fmt.Sprintf("Waiting for the SSM agent of `%s`.", p.Replica.ID))
-			noted = true
-		}
-		if err := sleep(ctx, f.poll()); err != nil {
-			return "", err
-		}
-	}
+	return startApp(ctx, f.SSM, p.Replica.ID, op.ID, p.AppStart, f.poll(), cmpOr(f.HealthTimeout, 10*time.Minute), pr)
 }
 
 // verify waits for the replica's status checks and, when configured, an

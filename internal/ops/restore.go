@@ -514,24 +514,6 @@ func (r *SnapshotRestore) checkSource(ctx context.Context, plan RestorePlan) (st
 	return fmt.Sprintf("`%s`: %d snapshots, completed, taken %s UTC", plan.Source, len(ids), plan.SourceTime.UTC().Format("2006-01-02 15:04")), nil
 }
 
-// describeInstance returns the instance, or ok=false if AWS no longer
-// knows it.
-func (r *SnapshotRestore) describeInstance(ctx context.Context, id string) (ec2types.Instance, bool, error) {
-	out, err := r.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
-	if errorCode(err) == "InvalidInstanceID.NotFound" {
-		return ec2types.Instance{}, false, nil
-	}
-	if err != nil {
-		return ec2types.Instance{}, false, fmt.Errorf("describe %s: %w", id, err)
-	}
-	for _, res := range out.Reservations {
-		for _, in := range res.Instances {
-			return in, true, nil
-		}
-	}
-	return ec2types.Instance{}, false, nil
-}
-
 // protect turns DeleteOnTermination off for every volume of the old
 // instance and tags them, then reads the mappings back: nothing is
 // stopped or terminated until AWS shows every volume protected.
@@ -602,32 +584,6 @@ func volList(vs []VolumeRef) string {
 		ids = append(ids, v.ID)
 	}
 	return strings.Join(ids, ", ")
-}
-
-// waitState polls the instance until its state is one of want, or the
-// timeout passes.
-func (r *SnapshotRestore) waitState(ctx context.Context, id string, timeout time.Duration, want ...ec2types.InstanceStateName) (ec2types.InstanceStateName, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		in, ok, err := r.describeInstance(ctx, id)
-		if err != nil && !retryable(errorCode(err)) {
-			return "", err
-		}
-		if err == nil {
-			if !ok {
-				return ec2types.InstanceStateNameTerminated, nil
-			}
-			if slices.Contains(want, in.State.Name) {
-				return in.State.Name, nil
-			}
-			if time.Now().After(deadline) {
-				return in.State.Name, fmt.Errorf("%s is still %s after %s", id, in.State.Name, timeout)
-			}
-		}
-		if err := sleep(ctx, r.poll()); err != nil {
-			return "", err
-		}
-	}
 }
 
 // stopOld fences the old box: a normal stop, then a forced one after
@@ -1035,31 +991,16 @@ func (r *SnapshotRestore) startApp(ctx context.Context, op *journal.Op, plan Res
 	if plan.AppStart == "" {
 		return "skipped: no `services_box.app_start_command` (or no SSM); start the app from the admin console on port 8800", nil
 	}
-	id := op.Data["instance_id"]
-	sh := &Shell{SSM: r.SSM, Instance: id}
-	deadline := time.Now().Add(cmpOr(r.HealthTimeout, 20*time.Minute))
-	noted := false
-	for {
-		res, err := sh.Run(ctx, "circlebot "+op.ID+": start the app", plan.AppStart, 10*time.Minute)
-		if err == nil {
-			out := lastLine(res.Stdout)
-			if out == "" {
-				out = "exit 0"
-			}
-			return fmt.Sprintf("`%s`: %s", id, out), nil
-		}
-		// The agent of a new instance takes a minute to register.
-		if res.CommandID != "" || !strings.Contains(err.Error(), "not reachable through SSM") || time.Now().After(deadline) {
-			return "", fmt.Errorf("start the app on %s: %w", id, err)
-		}
-		if !noted {
-			p.Log(fmt.Sprintf("Waiting for the SSM agent of `%s` to register.", id))
-			noted = true
-		}
-		if err := sleep(ctx, r.poll()); err != nil {
-			return "", err
-		}
-	}
+	return startApp(ctx, r.SSM, op.Data["instance_id"], op.ID, plan.AppStart, r.poll(), cmpOr(r.HealthTimeout, 20*time.Minute), p)
+}
+
+// describeInstance and waitState read through the shared helpers.
+func (r *SnapshotRestore) describeInstance(ctx context.Context, id string) (ec2types.Instance, bool, error) {
+	return describeInstance(ctx, r.EC2, id)
+}
+
+func (r *SnapshotRestore) waitState(ctx context.Context, id string, timeout time.Duration, want ...ec2types.InstanceStateName) (ec2types.InstanceStateName, error) {
+	return waitInstanceState(ctx, r.EC2, id, r.poll(), timeout, want...)
 }
 
 // verify reads the new box back: the recorded IP, running, and the only

@@ -1,0 +1,93 @@
+package ops
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/circlebot/circlebot/internal/journal"
+)
+
+// instanceReader is the one call the helpers below make.
+type instanceReader interface {
+	DescribeInstances(context.Context, *ec2.DescribeInstancesInput, ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error)
+}
+
+// describeInstance returns the instance, or ok=false if AWS no longer
+// knows it.
+func describeInstance(ctx context.Context, api instanceReader, id string) (ec2types.Instance, bool, error) {
+	out, err := api.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
+	if errorCode(err) == "InvalidInstanceID.NotFound" {
+		return ec2types.Instance{}, false, nil
+	}
+	if err != nil {
+		return ec2types.Instance{}, false, fmt.Errorf("describe %s: %w", id, err)
+	}
+	for _, res := range out.Reservations {
+		for _, in := range res.Instances {
+			return in, true, nil
+		}
+	}
+	return ec2types.Instance{}, false, nil
+}
+
+// waitInstanceState polls the instance every poll until its state is one
+// of want (an instance AWS no longer knows counts as terminated), or the
+// timeout passes.
+func waitInstanceState(ctx context.Context, api instanceReader, id string, poll, timeout time.Duration, want ...ec2types.InstanceStateName) (ec2types.InstanceStateName, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		in, ok, err := describeInstance(ctx, api, id)
+		if err != nil && !Transient(err) {
+			return "", err
+		}
+		if err == nil {
+			if !ok {
+				return ec2types.InstanceStateNameTerminated, nil
+			}
+			if slices.Contains(want, in.State.Name) {
+				return in.State.Name, nil
+			}
+			if time.Now().After(deadline) {
+				return in.State.Name, fmt.Errorf("%s is still %s after %s", id, in.State.Name, timeout)
+			}
+		}
+		if err := sleep(ctx, poll); err != nil {
+			return "", err
+		}
+	}
+}
+
+// startApp runs command on instance id through SSM, waiting (up to
+// timeout) for the agent of a new instance to register first.
+func startApp(ctx context.Context, api SSM, id, opID, command string, poll, timeout time.Duration, p journal.Progress) (string, error) {
+	sh := &Shell{SSM: api, Instance: id, Poll: poll}
+	deadline := time.Now().Add(timeout)
+	noted := false
+	for {
+		res, err := sh.Run(ctx, "circlebot "+opID+": start the app", command, 10*time.Minute)
+		if err == nil {
+			out := lastLine(res.Stdout)
+			if strings.TrimSpace(res.Stdout) == "" {
+				out = "exit 0"
+			}
+			return fmt.Sprintf("`%s`: %s", id, out), nil
+		}
+		// The agent of a new instance takes a minute to register.
+		if res.CommandID != "" || !strings.Contains(err.Error(), "not reachable through SSM") || time.Now().After(deadline) {
+			return "", fmt.Errorf("start the app on %s: %w", id, err)
+		}
+		if !noted {
+			p.Log(fmt.Sprintf("Waiting for the SSM agent of `%s` to register.", id))
+			noted = true
+		}
+		if err := sleep(ctx, poll); err != nil {
+			return "", err
+		}
+	}
+}
