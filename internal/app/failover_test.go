@@ -219,6 +219,38 @@ func TestFailoverRefusesCrossAZAndAnUnreadablePrimary(t *testing.T) {
 	if st := f.instance(f.inst.ServicesBox.ID).State.Name; st != ec2types.InstanceStateNameRunning {
 		t.Errorf("a refused failover touched the box: %s", st)
 	}
+	// Approved, it stops the instance that holds the address (found
+	// without reading the box by its tag) before moving the address.
+	f.proxy.Reset()
+	f.click(bob, "approve "+req, "fu.1")
+	f.waitText("summary", "The Services box is now `"+f.standby+"`")
+	f.server.Wait()
+	calls := f.proxy.Calls()
+	stop, assign := callIndex(calls, "StopInstances", f.inst.ServicesBox.ID), callIndex(calls, "AssignPrivateIpAddresses", "10.0.1.100")
+	if stop < 0 || assign < stop {
+		t.Errorf("force-unknown: stop at %d, assign at %d", stop, assign)
+	}
+	if got := f.holdersOf("10.0.1.100"); len(got) != 1 || got[0] != f.standby {
+		t.Errorf("service address on %v", got)
+	}
+}
+
+// An address held by an instance the bot does not read as the Services
+// box (its Name tag changed) is not taken: that instance would not be
+// fenced.
+func TestFailoverRefusesToTakeTheAddressFromAnUnfencedInstance(t *testing.T) {
+	f := newFailoverEnv(t, func(c *config.Config) { c.Failover.ServiceIP = "10.0.1.100" })
+	if _, err := ec2.NewFromConfig(f.aws).CreateTags(context.Background(), &ec2.CreateTagsInput{Resources: []string{f.inst.ServicesBox.ID},
+		Tags: []ec2types.Tag{{Key: aws.String("Name"), Value: aws.String("renamed-by-someone")}}}); err != nil {
+		t.Fatal(err)
+	}
+	txt := f.answer(f.slash(alice, incident, "failover --to "+f.standby))
+	if !strings.Contains(txt, "is held by `"+f.inst.ServicesBox.ID+"`") {
+		t.Errorf("refusal: %s", txt)
+	}
+	if got := f.holdersOf("10.0.1.100"); len(got) != 1 || got[0] != f.inst.ServicesBox.ID {
+		t.Errorf("the address moved: %v", got)
+	}
 }
 
 // A rotation replaces every builder, batch by batch, and the fleet never
@@ -393,9 +425,14 @@ func TestFailoverMovesAnInterfaceOrTheLoadBalancerTargets(t *testing.T) {
 		}
 		f.app.Ops.Failover.TargetGroups = tgs
 		req := f.request(alice, "failover --to "+f.standby)
+		f.proxy.Reset()
 		f.click(bob, "approve "+req, "lb.1")
 		f.waitText("summary", "The Services box is now `"+f.standby+"`")
 		f.server.Wait()
+		calls := f.proxy.Calls()
+		if stop, reg := callIndex(calls, "StopInstances", f.inst.ServicesBox.ID), callIndex(calls, "RegisterTargets", f.standby); stop < 0 || reg < stop {
+			t.Errorf("stop at %d, register at %d: the fence must come first", stop, reg)
+		}
 		for _, arn := range tgs {
 			out, err := lb.DescribeTargetHealth(ctx, &elasticloadbalancingv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn)})
 			if err != nil {

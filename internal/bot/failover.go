@@ -40,8 +40,12 @@ func failoverApproval(p ops.FailoverPlan, stop time.Duration, slash string) appr
 	switch {
 	case p.Primary == nil:
 		ap.Changes = append(ap.Changes, "no Services box is tagged Name="+p.NameTag+": nothing to fence")
+	case p.Primary.Unknown != "" && p.Primary.ID == "unknown":
+		ap.Changes = append(ap.Changes, fmt.Sprintf(":warning: the Services box cannot be read (%s) and no instance holds its address: *no stop can be attempted*. *Risk:* if the old box still runs somewhere, it must be stopped by hand before it comes back. Approved only because `--force-unknown` was asked for.", strings.TrimSuffix(p.Primary.Unknown, ".")))
 	case p.Primary.Unknown != "":
-		ap.Changes = append(ap.Changes, fmt.Sprintf(":warning: the Services box `%s` cannot be read (%s); a forced stop is attempted but may not land. *Risk:* if it is still running, two Services boxes serve until it is stopped by hand. Approved only because `--force-unknown` was asked for.", p.Primary.ID, strings.TrimSuffix(p.Primary.Unknown, ".")))
+		ap.Changes = append(ap.Changes, fmt.Sprintf(":warning: the Services box cannot be read (%s); `%s` holds its address, and a forced stop of it is attempted but may not land or be confirmed. *Risk:* if it is still running, two Services boxes serve until it is stopped by hand. Approved only because `--force-unknown` was asked for.", strings.TrimSuffix(p.Primary.Unknown, "."), p.Primary.ID))
+	case p.ForceUnknown:
+		ap.Changes = append(ap.Changes, fmt.Sprintf("fence the Services box `%s` (%s, %s): stop it, forced after %s; with `--force-unknown` the failover goes on even if the stop is *not confirmed* — *Risk:* two boxes may serve until it is stopped by hand", p.Primary.ID, p.Primary.State, p.Primary.AZ, stop))
 	default:
 		ap.Changes = append(ap.Changes, fmt.Sprintf("fence the Services box `%s` (%s, %s): stop it, forced after %s, and confirm it stopped — before anything moves", p.Primary.ID, p.Primary.State, p.Primary.AZ, stop))
 	}
@@ -67,7 +71,7 @@ func failoverApproval(p ops.FailoverPlan, stop time.Duration, slash string) appr
 	}
 	check := "instance status checks"
 	if p.HealthURL != "" {
-		check += " and " + p.HealthURL
+		check += " and " + strings.ReplaceAll(p.HealthURL, "{ip}", r.IP)
 	}
 	ap.Changes = append(ap.Changes, "verify "+check)
 	ap.Keeps = []string{"the old box and its volumes (stopped, renamed, not terminated)", "the replica's data as the replication left it"}
@@ -102,7 +106,11 @@ func (s *Operations) failoverSummary(op *journal.Op, took time.Duration) string 
 	}
 	old := "no old box"
 	if p.Primary != nil {
-		old = "the old box `" + p.Primary.ID + "` is stopped and renamed " + p.NameTag + "-fenced"
+		// Say what the fence step found, not what it hoped for.
+		old = "old box: " + op.Steps[0].Detail
+		if p.Primary.ID != "unknown" {
+			old += ", renamed " + p.NameTag + "-fenced"
+		}
 	}
 	return fmt.Sprintf("The Services box is now `%s` (%s, %s), after %s (approved by <@%s>); %s. Steps: %s. Next: %s; webhooks sent during the outage were lost; build a new replica (and take a backup: `%s backup now`).",
 		p.Replica.ID, p.Replica.AZ, serviceAddr(p), took, op.Approver, old, strings.Join(steps, ", "), next, s.SlashCommand)
@@ -210,7 +218,7 @@ func (a SecretAction) Plan(ctx context.Context, cmd commands.Command) (approvals
 	}
 	return approvals.Plan{Action: "secret", Facts: map[string]string{"source": src},
 		Changes: []string{"read CIRCLE_SECRET_PASSPHRASE from " + src + " and show it to the requester only, in a message nobody else sees"},
-		Keeps:   []string{"the passphrase is not posted in the channel, logged, or stored by the bot"},
+		Keeps:   []string{"the passphrase is not posted in the channel, logged, or stored by the bot (read through SSM, it stays in SSM's command history for a while: prefer `secret.secrets_manager_id`)"},
 		Undo:    []string{"whoever sees it can join builders to this installation: rotate it if it leaks"},
 	}, nil
 }

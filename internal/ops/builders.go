@@ -60,9 +60,12 @@ func (p RotationPlan) Batches() [][]string {
 	return out
 }
 
+// Facts bind the approval to the group and the batch size, not to the
+// instance list or the desired capacity, which autoscaling changes by
+// itself between the request and the approval. The instances to replace
+// are read again when it runs and kept in the journal.
 func (p RotationPlan) Facts() map[string]string {
-	return map[string]string{"group": p.Group, "instances": strings.Join(p.Instances, ","), "desired": fmt.Sprint(p.Desired),
-		"batch": fmt.Sprint(p.Batch), "size": fmt.Sprintf("min %d max %d", p.Min, p.Max)}
+	return map[string]string{"group": p.Group, "batch": fmt.Sprint(p.Batch)}
 }
 
 func (p RotationPlan) Encode() string { b, _ := json.Marshal(p); return string(b) }
@@ -187,7 +190,15 @@ func (b *Builders) replace(ctx context.Context, p RotationPlan, batch []string, 
 			break
 		}
 		if time.Now().After(deadline) {
-			return "", fmt.Errorf("the new builders of %s are not healthy after %s (%d of %d); the old ones were kept", p.Group, cmpOr(b.Timeout, 15*time.Minute), healthy(g), target)
+			// Give the surge back, so the group is not left bigger than it
+			// was: Auto Scaling removes instances by its own termination
+			// policy (the unhealthy new ones first).
+			_, rerr := b.ASG.SetDesiredCapacity(context.WithoutCancel(ctx), &autoscaling.SetDesiredCapacityInput{AutoScalingGroupName: aws.String(p.Group), DesiredCapacity: aws.Int32(p.Desired), HonorCooldown: aws.Bool(false)})
+			back := fmt.Sprintf("desired capacity is back to %d", p.Desired)
+			if rerr != nil {
+				back = fmt.Sprintf("desired capacity could NOT be set back to %d (%s): set it by hand", p.Desired, Explain(rerr))
+			}
+			return "", fmt.Errorf("the new builders of %s are not healthy after %s (%d of %d); the old ones were kept and %s", p.Group, cmpOr(b.Timeout, 15*time.Minute), healthy(g), target, back)
 		}
 		if err := sleep(ctx, b.poll()); err != nil {
 			return "", err

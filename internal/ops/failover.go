@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -30,6 +31,7 @@ type FailoverEC2 interface {
 	UnassignPrivateIpAddresses(context.Context, *ec2.UnassignPrivateIpAddressesInput, ...func(*ec2.Options)) (*ec2.UnassignPrivateIpAddressesOutput, error)
 	DetachNetworkInterface(context.Context, *ec2.DetachNetworkInterfaceInput, ...func(*ec2.Options)) (*ec2.DetachNetworkInterfaceOutput, error)
 	AttachNetworkInterface(context.Context, *ec2.AttachNetworkInterfaceInput, ...func(*ec2.Options)) (*ec2.AttachNetworkInterfaceOutput, error)
+	DescribeSubnets(context.Context, *ec2.DescribeSubnetsInput, ...func(*ec2.Options)) (*ec2.DescribeSubnetsOutput, error)
 }
 
 // TargetGroups is the part of Elastic Load Balancing a load-balancer
@@ -79,13 +81,14 @@ type Node struct {
 	State   string `json:"state"`
 	AZ      string `json:"az"`
 	Subnet  string `json:"subnet"`
+	VPC     string `json:"vpc,omitempty"`
 	IP      string `json:"ip"`
 	ENI     string `json:"eni"`
 	Unknown string `json:"unknown,omitempty"` // why its state cannot be read
 }
 
 func nodeOf(in ec2types.Instance) Node {
-	b := Node{ID: aws.ToString(in.InstanceId), State: string(in.State.Name), Subnet: aws.ToString(in.SubnetId), IP: aws.ToString(in.PrivateIpAddress)}
+	b := Node{ID: aws.ToString(in.InstanceId), State: string(in.State.Name), Subnet: aws.ToString(in.SubnetId), VPC: aws.ToString(in.VpcId), IP: aws.ToString(in.PrivateIpAddress)}
 	if in.Placement != nil {
 		b.AZ = aws.ToString(in.Placement.AvailabilityZone)
 	}
@@ -120,7 +123,10 @@ func (p FailoverPlan) Facts() map[string]string {
 		"region": p.Region, "replica": p.Replica.ID + " (" + p.Replica.State + ", " + p.Replica.AZ + ")",
 		"discovery": p.Discovery, "service_ip": p.ServiceIP, "eni": p.ENI, "target_groups": strings.Join(p.TargetGroups, ","),
 		"force_unknown": fmt.Sprint(p.ForceUnknown), "app_start": p.AppStart, "health_url": p.HealthURL,
-		"primary": "none", "rotate_builders": strings.Join(p.Builders, ","),
+		"primary": "none", "rotate_builders": "",
+	}
+	if p.BuilderPlan != nil {
+		f["rotate_builders"] = p.BuilderPlan.Group + " batch " + fmt.Sprint(p.BuilderPlan.Batch)
 	}
 	if p.Primary != nil {
 		f["primary"] = p.Primary.ID + " (" + p.Primary.State + ", " + p.Primary.AZ + ")"
@@ -160,8 +166,13 @@ func (f *Failover) Plan(ctx context.Context, to string, forceUnknown bool) (Fail
 		if ctx.Err() != nil {
 			return p, err
 		}
-		// Its AZ may be down: that is unknown, not dead.
-		p.Primary = &Node{ID: f.lastKnownPrimary(ctx), Unknown: Explain(err)}
+		if !Transient(err) && !errors.Is(err, context.DeadlineExceeded) {
+			// AccessDenied, expired credentials…: not an outage, and no
+			// reason to fail over blind.
+			return p, refusef("the Services box cannot be read: %s Fix that first; a failover needs to see the box it fences.", Explain(err))
+		}
+		// AWS cannot answer for its zone: that is unknown, not dead.
+		p.Primary = &Node{ID: "unknown", Unknown: Explain(err)}
 		if !forceUnknown {
 			return p, refusef("the Services box's state cannot be read (%s) — its zone may be down. Unknown is not dead: if it still runs, two Services boxes would serve at once. Check the AWS console or Health Dashboard; if you are sure it is down, request `failover --force-unknown` and the approver takes that risk.", strings.TrimSuffix(p.Primary.Unknown, "."))
 		}
@@ -199,6 +210,14 @@ func (f *Failover) Plan(ctx context.Context, to string, forceUnknown bool) (Fail
 	if p.Primary != nil && p.Primary.ID == p.Replica.ID {
 		return p, refusef("`%s` is the Services box itself, not a replica.", p.Replica.ID)
 	}
+	if p.Primary != nil && p.Primary.Unknown != "" {
+		// Which box holds the service address now is what gets fenced.
+		id, err := f.lastKnownPrimary(ctx, p)
+		if err != nil {
+			return p, err
+		}
+		p.Primary.ID = id
+	}
 	switch p.Discovery {
 	case DiscoverySecondaryIP:
 		if err := f.planSecondaryIP(ctx, &p); err != nil {
@@ -233,17 +252,58 @@ func (f *Failover) Plan(ctx context.Context, to string, forceUnknown bool) (Fail
 	return p, nil
 }
 
-// lastKnownPrimary names the box by the interface that holds the service
-// address, when even that can be read; else "unknown".
-func (f *Failover) lastKnownPrimary(ctx context.Context) string {
-	if f.ServiceIP == "" {
-		return "unknown"
+// lastKnownPrimary names the box that holds the service address when
+// the box cannot be read by its tag: the one instance holding the
+// secondary IP (in the replica's VPC), the dedicated interface, or the
+// one target of the load balancer other than the replica. Anything
+// ambiguous is refused: the wrong instance would be fenced.
+func (f *Failover) lastKnownPrimary(ctx context.Context, p FailoverPlan) (string, error) {
+	var holders []string
+	switch p.Discovery {
+	case DiscoverySecondaryIP:
+		if f.ServiceIP == "" {
+			return "", refusef("the Services box cannot be read and `failover.service_ip` is not set, so the bot cannot tell which instance holds the service address to fence it. Set it, or fence the box by hand.")
+		}
+		hs, err := InterfacesHolding(ctx, f.EC2, f.ServiceIP, "", p.Replica.VPC)
+		if err != nil {
+			return "", refusef("cannot find which instance holds %s: %s", f.ServiceIP, Explain(err))
+		}
+		for _, n := range hs {
+			if n.Attachment != nil {
+				holders = append(holders, aws.ToString(n.Attachment.InstanceId))
+			}
+		}
+	case DiscoveryENI:
+		out, err := f.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{f.ENI}})
+		if err != nil || len(out.NetworkInterfaces) == 0 {
+			return "", refusef("cannot read interface `%s`: %s", f.ENI, Explain(err))
+		}
+		if a := out.NetworkInterfaces[0].Attachment; a != nil {
+			holders = append(holders, aws.ToString(a.InstanceId))
+		}
+	case DiscoveryLoadBalancer:
+		seen := map[string]bool{}
+		for _, tg := range f.TargetGroups {
+			out, err := f.ELB.DescribeTargetHealth(ctx, &elb.DescribeTargetHealthInput{TargetGroupArn: aws.String(tg)})
+			if err != nil {
+				return "", refusef("target group `%s` cannot be read: %s", tg, Explain(err))
+			}
+			for _, d := range out.TargetHealthDescriptions {
+				if id := aws.ToString(d.Target.Id); id != p.Replica.ID && !seen[id] {
+					seen[id] = true
+					holders = append(holders, id)
+				}
+			}
+		}
 	}
-	hs, err := InterfacesHolding(ctx, f.EC2, f.ServiceIP, "")
-	if err != nil || len(hs) == 0 || hs[0].Attachment == nil {
-		return "unknown"
+	holders = slices.DeleteFunc(holders, func(id string) bool { return id == p.Replica.ID })
+	switch len(holders) {
+	case 0:
+		return "unknown", nil // nothing serves the address: nothing to fence
+	case 1:
+		return holders[0], nil
 	}
-	return aws.ToString(hs[0].Attachment.InstanceId)
+	return "", refusef("the Services box cannot be read and %d instances hold its address (%s): fence the right one by hand first.", len(holders), strings.Join(holders, ", "))
 }
 
 func (f *Failover) planSecondaryIP(ctx context.Context, p *FailoverPlan) error {
@@ -261,33 +321,44 @@ func (f *Failover) planSecondaryIP(ctx context.Context, p *FailoverPlan) error {
 		return refusef("`failover.discovery: secondary-ip` needs the service address: set `failover.service_ip` (the secondary IP builders use).")
 	}
 	p.ServiceIP = ip
-	// The address can only be in the old box's subnet; with the old box
-	// unreadable, look where the replica is (a different subnet is then
-	// the refusal below, with the IP not found there).
-	subnet := p.Replica.Subnet
-	if p.Primary != nil && p.Primary.Subnet != "" {
-		subnet = p.Primary.Subnet
+	// A secondary IP lives in one subnet: the replica's must contain it.
+	// (Read from the replica's subnet, so it holds with the old box
+	// unreadable too.)
+	sub, err := f.EC2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{SubnetIds: []string{p.Replica.Subnet}})
+	if err != nil || len(sub.Subnets) == 0 {
+		return refusef("cannot read the replica's subnet `%s`: %s", p.Replica.Subnet, Explain(err))
 	}
-	hs, err := InterfacesHolding(ctx, f.EC2, ip, subnet)
+	_, cidr, cerr := net.ParseCIDR(aws.ToString(sub.Subnets[0].CidrBlock))
+	if cerr != nil || !cidr.Contains(net.ParseIP(ip)) {
+		where := "another subnet"
+		if p.Primary != nil && p.Primary.Subnet != "" {
+			where = "`" + p.Primary.Subnet + "`"
+		}
+		return refusef("the service address %s lives in %s, the replica `%s` in `%s` (%s, %s): a secondary IP cannot leave its subnet, so this failover cannot keep it. Use `failover.discovery: load-balancer` (an NLB on TCP 80, 443, 4434 in front of the box) or `none` (builders restarted with the replica's IP %s and CIRCLE_SECRET_PASSPHRASE), or keep a replica in the box's subnet.",
+			ip, where, p.Replica.ID, p.Replica.Subnet, aws.ToString(sub.Subnets[0].CidrBlock), p.Replica.AZ, p.Replica.IP)
+	}
+	hs, err := InterfacesHolding(ctx, f.EC2, ip, p.Replica.Subnet, "")
 	if err != nil {
 		return refusef("cannot find the interface holding %s: %s", ip, Explain(err))
 	}
-	if len(hs) == 0 && subnet == p.Replica.Subnet && p.Primary != nil && p.Primary.Subnet == "" {
-		subnet = ""
-	}
 	for _, n := range hs {
-		subnet = aws.ToString(n.SubnetId)
 		p.IPHolderENI = aws.ToString(n.NetworkInterfaceId)
-		if n.Attachment != nil && aws.ToString(n.Attachment.InstanceId) == p.Replica.ID {
-			return refusef("the service address %s is already on the replica `%s`.", ip, p.Replica.ID)
+		holder := ""
+		if n.Attachment != nil {
+			holder = aws.ToString(n.Attachment.InstanceId)
 		}
-	}
-	if subnet == "" && p.Primary != nil {
-		subnet = p.Primary.Subnet
-	}
-	if subnet != "" && subnet != p.Replica.Subnet {
-		return refusef("the service address %s lives in `%s`, the replica `%s` in `%s` (%s): a secondary IP cannot leave its subnet, so this failover cannot keep it. Use `failover.discovery: load-balancer` (an NLB on TCP 80, 443, 4434 in front of the box) or `none` (builders restarted with the replica's IP %s and CIRCLE_SECRET_PASSPHRASE), or keep a replica in `%s`.",
-			ip, subnet, p.Replica.ID, p.Replica.Subnet, p.Replica.AZ, p.Replica.IP, subnet)
+		switch {
+		case holder == p.Replica.ID:
+			return refusef("the service address %s is already on the replica `%s`.", ip, p.Replica.ID)
+		case holder != "" && (p.Primary == nil || (p.Primary.ID != holder && p.Primary.Unknown == "")):
+			// Taking the address from an instance that is not fenced
+			// would leave it running with half its identity.
+			box := "no instance is tagged as the Services box"
+			if p.Primary != nil {
+				box = "the Services box is `" + p.Primary.ID + "`"
+			}
+			return refusef("the service address %s is held by `%s`, but %s: the bot fences only the box it reads by its tag. Fix the Name tags (or fence `%s` by hand), then request again.", ip, holder, box, holder)
+		}
 	}
 	return nil
 }
@@ -303,6 +374,12 @@ func (f *Failover) planENI(ctx context.Context, p *FailoverPlan) error {
 	n := out.NetworkInterfaces[0]
 	if az := aws.ToString(n.AvailabilityZone); az != p.Replica.AZ {
 		return refusef("network interface `%s` is in %s and the replica `%s` in %s: an interface attaches only within its zone. Use `failover.discovery: load-balancer` or `none`, or keep a replica in %s.", f.ENI, az, p.Replica.ID, p.Replica.AZ, az)
+	}
+	if a := n.Attachment; a != nil {
+		holder := aws.ToString(a.InstanceId)
+		if holder != p.Replica.ID && (p.Primary == nil || (p.Primary.ID != holder && p.Primary.Unknown == "")) {
+			return refusef("interface `%s` is attached to `%s`, which is not the Services box the bot reads by its tag: fix the Name tags (or fence `%s` by hand), then request again.", f.ENI, holder, holder)
+		}
 	}
 	p.ENI = f.ENI
 	for _, a := range n.PrivateIpAddresses {
@@ -391,7 +468,10 @@ func (f *Failover) fence(ctx context.Context, p FailoverPlan, pr journal.Progres
 	if err != nil {
 		return "", err
 	}
-	if !ok || in.State.Name == ec2types.InstanceStateNameStopped || in.State.Name == ec2types.InstanceStateNameTerminated {
+	if !ok {
+		return fmt.Sprintf("`%s` is gone (AWS no longer knows it)", p.Primary.ID), nil
+	}
+	if in.State.Name == ec2types.InstanceStateNameStopped || in.State.Name == ec2types.InstanceStateNameTerminated {
 		return fmt.Sprintf("`%s` was already %s", p.Primary.ID, in.State.Name), nil
 	}
 	if _, err := f.EC2.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{p.Primary.ID}}); err != nil {
@@ -404,13 +484,36 @@ func (f *Failover) fence(ctx context.Context, p FailoverPlan, pr journal.Progres
 		return "", err
 	}
 	pr.Log(fmt.Sprintf("`%s` did not stop within %s; forcing the stop.", p.Primary.ID, timeout))
-	if _, err := f.EC2.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{p.Primary.ID}, Force: aws.Bool(true)}); err != nil {
+	if _, err := f.EC2.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{p.Primary.ID}, Force: aws.Bool(true)}); err != nil && !p.ForceUnknown {
 		return "", fmt.Errorf("force-stop %s: %w", p.Primary.ID, err)
 	}
 	if err := f.waitState(ctx, p.Primary.ID, timeout, ec2types.InstanceStateNameStopped, ec2types.InstanceStateNameTerminated); err != nil {
+		if p.ForceUnknown && ctx.Err() == nil {
+			// A zone in trouble may never confirm the stop; the approver
+			// accepted that risk with --force-unknown.
+			pr.Log(fmt.Sprintf(":warning: `%s` is not confirmed stopped (%s); going on as approved with --force-unknown.", p.Primary.ID, Explain(err)))
+			return fmt.Sprintf("`%s` stop sent, *not confirmed* (approved with --force-unknown)", p.Primary.ID), nil
+		}
 		return "", fmt.Errorf("the old primary is not stopped even after a forced stop; not moving the address: %w", err)
 	}
 	return fmt.Sprintf("`%s` force-stopped and confirmed in %s", p.Primary.ID, since(start)), nil
+}
+
+// ensureFenced is checked again before the address moves and before the
+// app starts: after a resume hours later, someone may have started the
+// old box again.
+func (f *Failover) ensureFenced(ctx context.Context, p FailoverPlan) error {
+	if p.Primary == nil || p.Primary.ID == "unknown" || p.ForceUnknown {
+		return nil
+	}
+	in, ok, err := f.describe(ctx, p.Primary.ID)
+	if err != nil {
+		return fmt.Errorf("check that the old primary is still fenced: %w", err)
+	}
+	if ok && in.State.Name != ec2types.InstanceStateNameStopped && in.State.Name != ec2types.InstanceStateNameTerminated {
+		return fmt.Errorf("the old primary %s is %s again: not going on while it may serve; stop it, then resume", p.Primary.ID, in.State.Name)
+	}
+	return nil
 }
 
 func (f *Failover) startReplica(ctx context.Context, p FailoverPlan) (string, error) {
@@ -443,6 +546,9 @@ func (f *Failover) startReplica(ctx context.Context, p FailoverPlan) (string, er
 // move moves the service address by the discovery mode, and reads back
 // that it left the old box.
 func (f *Failover) move(ctx context.Context, p FailoverPlan, pr journal.Progress) (string, error) {
+	if err := f.ensureFenced(ctx, p); err != nil {
+		return "", err
+	}
 	switch p.Discovery {
 	case DiscoverySecondaryIP:
 		return f.moveIP(ctx, p)
@@ -455,7 +561,7 @@ func (f *Failover) move(ctx context.Context, p FailoverPlan, pr journal.Progress
 }
 
 func (f *Failover) holders(ctx context.Context, ip, subnet string) ([]ec2types.NetworkInterface, error) {
-	return InterfacesHolding(ctx, f.EC2, ip, subnet)
+	return InterfacesHolding(ctx, f.EC2, ip, subnet, "")
 }
 
 // InterfacesHolding lists the network interfaces of subnet that hold ip,
@@ -464,10 +570,13 @@ func (f *Failover) holders(ctx context.Context, ip, subnet string) ([]ec2types.N
 // the same way for secondary addresses everywhere.)
 func InterfacesHolding(ctx context.Context, api interface {
 	DescribeNetworkInterfaces(context.Context, *ec2.DescribeNetworkInterfacesInput, ...func(*ec2.Options)) (*ec2.DescribeNetworkInterfacesOutput, error)
-}, ip, subnet string) ([]ec2types.NetworkInterface, error) {
+}, ip, subnet, vpc string) ([]ec2types.NetworkInterface, error) {
 	in := &ec2.DescribeNetworkInterfacesInput{}
 	if subnet != "" {
-		in.Filters = []ec2types.Filter{{Name: aws.String("subnet-id"), Values: []string{subnet}}}
+		in.Filters = append(in.Filters, ec2types.Filter{Name: aws.String("subnet-id"), Values: []string{subnet}})
+	}
+	if vpc != "" {
+		in.Filters = append(in.Filters, ec2types.Filter{Name: aws.String("vpc-id"), Values: []string{vpc}})
 	}
 	var out []ec2types.NetworkInterface
 	pg := ec2.NewDescribeNetworkInterfacesPaginator(api, in)
@@ -577,15 +686,27 @@ func (f *Failover) moveENI(ctx context.Context, p FailoverPlan) (string, error) 
 
 func (f *Failover) moveTargets(ctx context.Context, p FailoverPlan) (string, error) {
 	for _, tg := range p.TargetGroups {
+		// Every target but the replica leaves first (the old box, known
+		// or not), then the replica joins: never two boxes behind it.
+		out, err := f.ELB.DescribeTargetHealth(ctx, &elb.DescribeTargetHealthInput{TargetGroupArn: aws.String(tg)})
+		if err != nil {
+			return "", fmt.Errorf("read %s: %w", tg, err)
+		}
+		var others []elbtypes.TargetDescription
+		for _, d := range out.TargetHealthDescriptions {
+			if aws.ToString(d.Target.Id) != p.Replica.ID {
+				others = append(others, elbtypes.TargetDescription{Id: d.Target.Id, Port: d.Target.Port})
+			}
+		}
+		if len(others) > 0 {
+			if _, err := f.ELB.DeregisterTargets(ctx, &elb.DeregisterTargetsInput{TargetGroupArn: aws.String(tg), Targets: others}); err != nil {
+				return "", fmt.Errorf("deregister the old targets from %s: %w", tg, err)
+			}
+		}
 		if _, err := f.ELB.RegisterTargets(ctx, &elb.RegisterTargetsInput{TargetGroupArn: aws.String(tg), Targets: []elbtypes.TargetDescription{{Id: aws.String(p.Replica.ID)}}}); err != nil {
 			return "", fmt.Errorf("register %s in %s: %w", p.Replica.ID, tg, err)
 		}
-		if p.Primary != nil && p.Primary.ID != "unknown" {
-			if _, err := f.ELB.DeregisterTargets(ctx, &elb.DeregisterTargetsInput{TargetGroupArn: aws.String(tg), Targets: []elbtypes.TargetDescription{{Id: aws.String(p.Primary.ID)}}}); err != nil && errorCode(err) != "InvalidTarget" {
-				return "", fmt.Errorf("deregister %s from %s: %w", p.Primary.ID, tg, err)
-			}
-		}
-		out, err := f.ELB.DescribeTargetHealth(ctx, &elb.DescribeTargetHealthInput{TargetGroupArn: aws.String(tg)})
+		out, err = f.ELB.DescribeTargetHealth(ctx, &elb.DescribeTargetHealthInput{TargetGroupArn: aws.String(tg)})
 		if err != nil {
 			return "", fmt.Errorf("read %s: %w", tg, err)
 		}
@@ -626,6 +747,9 @@ func (f *Failover) retag(ctx context.Context, op *journal.Op, p FailoverPlan) (s
 func (f *Failover) startApp(ctx context.Context, op *journal.Op, p FailoverPlan, pr journal.Progress) (string, error) {
 	if p.AppStart == "" || f.SSM == nil {
 		return "skipped: no `services_box.app_start_command`; start the app from the admin console on port 8800", nil
+	}
+	if err := f.ensureFenced(ctx, p); err != nil {
+		return "", err
 	}
 	return startApp(ctx, f.SSM, p.Replica.ID, op.ID, p.AppStart, f.poll(), cmpOr(f.HealthTimeout, 10*time.Minute), pr)
 }

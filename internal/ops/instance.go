@@ -46,6 +46,9 @@ func waitInstanceState(ctx context.Context, api instanceReader, id string, poll,
 		if err != nil && !Transient(err) {
 			return "", err
 		}
+		if err != nil && time.Now().After(deadline) {
+			return "", fmt.Errorf("%s could not be read for %s: %w", id, timeout, err)
+		}
 		if err == nil {
 			if !ok {
 				return ec2types.InstanceStateNameTerminated, nil

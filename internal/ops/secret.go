@@ -2,6 +2,7 @@ package ops
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
@@ -55,6 +56,19 @@ func (p *Passphrase) Read(ctx context.Context, source string) (string, error) {
 			return "", fmt.Errorf("read secret %s: %w", id, err)
 		}
 		v := strings.TrimSpace(aws.ToString(out.SecretString))
+		if strings.HasPrefix(v, "{") {
+			// A key/value secret: only the passphrase goes out, never the
+			// other keys.
+			var kv map[string]any
+			if err := json.Unmarshal([]byte(v), &kv); err != nil {
+				return "", fmt.Errorf("secret %s looks like JSON but is not", id)
+			}
+			pp, _ := kv["CIRCLE_SECRET_PASSPHRASE"].(string)
+			if pp == "" {
+				return "", fmt.Errorf("secret %s has no CIRCLE_SECRET_PASSPHRASE key", id)
+			}
+			return pp, nil
+		}
 		if m := passphraseLine.FindStringSubmatch(v); m != nil {
 			v = m[1]
 		}
