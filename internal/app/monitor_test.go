@@ -11,111 +11,166 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
 	cwschemas "github.com/aws/aws-sdk-go-v2/service/cloudwatch/schemas"
 	cwtypes "github.com/aws/aws-sdk-go-v2/service/cloudwatch/types"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/smithy-go/transport/http/protocol/awsquery"
+
+	"github.com/circlebot/circlebot/internal/config"
+	"github.com/circlebot/circlebot/internal/monitor"
 )
 
-// Metric data put into moto that crosses a threshold gives exactly one
-// alert, with a button for the right request; recovery gives exactly one
-// notice; a value between the clear level and the threshold neither
-// recovers nor re-alerts (hysteresis); a new crossing inside the cooldown
-// is not posted.
-func TestOutageDetectionAlertsOnceAndRecoversOnce(t *testing.T) {
+type monitorRig struct {
+	*env
+	mu  sync.Mutex
+	now time.Time
+	cw  *cloudwatch.Client
+}
+
+func newMonitorRig(t *testing.T) *monitorRig {
 	e := newEnv(t, nil)
-	ctx := context.Background()
-	cw := cloudwatch.NewFromConfig(e.aws, func(o *cloudwatch.Options) { o.Protocol = awsquery.New(cwschemas.GraniteServiceVersion20100801) })
-	var mu sync.Mutex
-	now := time.Now().UTC().Truncate(time.Minute)
-	e.app.Monitor.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	e.app.Monitor.Post = e.slackPoster()
-	put := func(metric string, at time.Time, v float64) {
-		t.Helper()
-		_, err := cw.PutMetricData(ctx, &cloudwatch.PutMetricDataInput{Namespace: aws.String("AWS/EC2"), MetricData: []cwtypes.MetricDatum{{
-			MetricName: aws.String(metric), Value: aws.Float64(v), Timestamp: aws.Time(at),
-			Dimensions: []cwtypes.Dimension{{Name: aws.String("InstanceId"), Value: aws.String(e.inst.ServicesBox.ID)}},
+	r := &monitorRig{env: e, now: time.Now().UTC().Truncate(time.Minute),
+		cw: cloudwatch.NewFromConfig(e.aws, func(o *cloudwatch.Options) { o.Protocol = awsquery.New(cwschemas.GraniteServiceVersion20100801) })}
+	m := e.app.Monitor
+	m.Now = func() time.Time { r.mu.Lock(); defer r.mu.Unlock(); return r.now }
+	m.Post = e.slackPoster()
+	m.Cooldown = 5 * time.Minute
+	minute := config.Duration(time.Minute)
+	m.Checks = []config.Check{
+		{Name: "Services box status checks", Namespace: "AWS/EC2", Metric: "StatusCheckFailed", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Maximum", Op: ">", Threshold: 0, Clear: 0, For: 2, Period: minute, Action: "failover"},
+		{Name: "Services box CPU", Namespace: "AWS/EC2", Metric: "CPUUtilization", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Average", Op: ">", Threshold: 90, Clear: 75, For: 3, Period: minute, Action: "status"},
+	}
+	return r
+}
+
+// put writes value for the last n minutes of metric on the box.
+func (r *monitorRig) put(metric string, n int, v float64) {
+	r.t.Helper()
+	for i := n; i >= 1; i-- {
+		_, err := r.cw.PutMetricData(context.Background(), &cloudwatch.PutMetricDataInput{Namespace: aws.String("AWS/EC2"), MetricData: []cwtypes.MetricDatum{{
+			MetricName: aws.String(metric), Value: aws.Float64(v), Timestamp: aws.Time(r.now.Add(-time.Duration(i)*time.Minute + 30*time.Second)),
+			Dimensions: []cwtypes.Dimension{{Name: aws.String("InstanceId"), Value: aws.String(r.inst.ServicesBox.ID)}},
 		}}})
 		if err != nil {
-			t.Fatal(err)
+			r.t.Fatal(err)
 		}
 	}
-	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	tick := func() {
-		t.Helper()
-		if err := e.app.Monitor.Tick(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	count := func(parts ...string) int {
-		n := 0
-		for _, m := range e.slack.Messages(incident) {
-			ok := true
-			for _, p := range parts {
-				ok = ok && strings.Contains(m.AllText(), p)
-			}
-			if ok {
-				n++
-			}
-		}
-		return n
-	}
+}
 
-	// The box fails its status checks for two minutes.
-	put("StatusCheckFailed", now.Add(-90*time.Second), 1)
-	put("StatusCheckFailed", now.Add(-30*time.Second), 1)
-	for range 3 {
-		tick()
+func (r *monitorRig) advance(d time.Duration) { r.mu.Lock(); r.now = r.now.Add(d); r.mu.Unlock() }
+
+func (r *monitorRig) tick(m *monitor.Monitor) {
+	r.t.Helper()
+	if err := m.Tick(context.Background()); err != nil {
+		r.t.Fatal(err)
 	}
-	if n := count("Services box status checks", e.inst.ServicesBox.ID); n != 1 {
-		t.Fatalf("%d alerts after three rounds, want 1", n)
+}
+
+func (r *monitorRig) count(parts ...string) int {
+	n := 0
+	for _, m := range r.slack.Messages(incident) {
+		ok := true
+		for _, p := range parts {
+			ok = ok && strings.Contains(m.AllText(), p)
+		}
+		if ok {
+			n++
+		}
+	}
+	return n
+}
+
+// A crossing gives exactly one alert, with a button for the right request,
+// also across a restart; recovery is announced once, only after the values
+// stayed normal for the cooldown; a metric flapping meanwhile keeps the
+// one alert open; a value between the clear level and the threshold does
+// not recover (hysteresis); a new crossing after recovery alerts at once.
+func TestOutageDetectionAlertsOnceAndRecoversOnce(t *testing.T) {
+	r := newMonitorRig(t)
+	m := r.app.Monitor
+	alerts := func() int { return r.count(":rotating_light: *Services box status checks*") }
+	recoveries := func() int { return r.count("Recovered: Services box status checks") }
+
+	r.put("StatusCheckFailed", 2, 1)
+	r.tick(m)
+	r.tick(m)
+	restarted := *m // a new bot process on the same store
+	r.tick(&restarted)
+	if a := alerts(); a != 1 {
+		t.Fatalf("%d alerts after three rounds and a restart, want 1", a)
 	}
 	var buttons string
-	for _, c := range e.slack.Calls() {
-		if strings.Contains(e.slack.Text(c), "Services box status checks") {
+	for _, c := range r.slack.Calls() {
+		if strings.Contains(r.slack.Text(c), "Services box status checks") {
 			buttons = c.BlocksJSON
 		}
 	}
 	if !strings.Contains(buttons, `"value":"failover"`) || !strings.Contains(buttons, "Request failover") {
 		t.Errorf("the alert offers no failover request: %s", buttons)
 	}
-	// It recovers.
-	advance(2 * time.Minute)
-	put("StatusCheckFailed", now.Add(-90*time.Second), 0)
-	put("StatusCheckFailed", now.Add(-30*time.Second), 0)
-	tick()
-	tick()
-	if n := count("Recovered: Services box status checks"); n != 1 {
-		t.Fatalf("%d recovery notices, want 1", n)
+
+	// Normal again, then a flap inside the cooldown: still one alert, no
+	// recovery.
+	r.advance(2 * time.Minute)
+	r.put("StatusCheckFailed", 2, 0)
+	r.tick(m)
+	r.advance(2 * time.Minute)
+	r.put("StatusCheckFailed", 2, 1)
+	r.tick(m)
+	if a, rec := alerts(), recoveries(); a != 1 || rec != 0 {
+		t.Fatalf("after a flap: %d alerts, %d recoveries; want 1 and 0", a, rec)
 	}
-	// Failing again within the cooldown is not posted again.
-	advance(2 * time.Minute)
-	put("StatusCheckFailed", now.Add(-90*time.Second), 1)
-	put("StatusCheckFailed", now.Add(-30*time.Second), 1)
-	tick()
-	if n := count("Services box status checks", "since"); n != 1 {
-		t.Errorf("%d alerts, want 1 (the second crossing is inside the cooldown)", n)
+	// Normal for the whole cooldown: one recovery.
+	r.advance(2 * time.Minute)
+	r.put("StatusCheckFailed", 2, 0)
+	r.tick(m)
+	for range 3 {
+		r.advance(2 * time.Minute)
+		r.put("StatusCheckFailed", 2, 0)
+		r.tick(m)
+	}
+	if a, rec := alerts(), recoveries(); a != 1 || rec != 1 {
+		t.Fatalf("after the cooldown: %d alerts, %d recoveries; want 1 and 1", a, rec)
+	}
+	// A new outage after the recovery is reported at once.
+	r.advance(2 * time.Minute)
+	r.put("StatusCheckFailed", 2, 1)
+	r.tick(m)
+	if a := alerts(); a != 2 {
+		t.Fatalf("a new crossing gave %d alerts in all, want 2", a)
 	}
 
-	// CPU: 95 % for five minutes alerts; 80 % (between the clear level 75
-	// and the threshold 90) keeps the alert without a second one; 70 %
-	// recovers.
-	advance(10 * time.Minute)
-	series := func(v float64) {
-		for i := 5; i >= 1; i-- {
-			put("CPUUtilization", now.Add(-time.Duration(i)*time.Minute+10*time.Second), v)
-		}
+	// CPU: 95 % alerts; 80 % (between the clear level 75 and the threshold
+	// 90) never recovers; 70 % does, after the cooldown.
+	r.advance(10 * time.Minute)
+	r.put("CPUUtilization", 3, 95)
+	r.tick(m)
+	for range 4 {
+		r.advance(3 * time.Minute)
+		r.put("CPUUtilization", 3, 80)
+		r.tick(m)
 	}
-	series(95)
-	tick()
-	advance(5 * time.Minute)
-	series(80)
-	tick()
-	tick()
-	if a, r := count("Services box CPU*", "CPUUtilization"), count("Recovered: Services box CPU"); a != 1 || r != 0 {
-		t.Fatalf("CPU: %d alerts, %d recoveries after 95 then 80; want 1 and 0", a, r)
+	if a, rec := r.count(":rotating_light: *Services box CPU*"), r.count("Recovered: Services box CPU"); a != 1 || rec != 0 {
+		t.Fatalf("CPU: %d alerts, %d recoveries after 95 then 80; want 1 and 0", a, rec)
 	}
-	advance(5 * time.Minute)
-	series(70)
-	tick()
-	if r := count("Recovered: Services box CPU"); r != 1 {
-		t.Fatalf("CPU: %d recoveries after 70, want 1", r)
+	for range 3 {
+		r.advance(3 * time.Minute)
+		r.put("CPUUtilization", 3, 70)
+		r.tick(m)
+	}
+	if rec := r.count("Recovered: Services box CPU"); rec != 1 {
+		t.Fatalf("CPU: %d recoveries after 70, want 1", rec)
+	}
+}
+
+// A stopped box publishes no status checks: its state itself alerts.
+func TestOutageDetectionAlertsOnAStoppedBox(t *testing.T) {
+	r := newMonitorRig(t)
+	m := r.app.Monitor
+	if _, err := ec2.NewFromConfig(r.aws).StopInstances(context.Background(), &ec2.StopInstancesInput{InstanceIds: []string{r.inst.ServicesBox.ID}}); err != nil {
+		t.Fatal(err)
+	}
+	r.tick(m)
+	r.tick(m)
+	if n := r.count(":rotating_light: *Services box running*", "is stopped"); n != 1 {
+		t.Fatalf("%d alerts for the stopped box, want 1", n)
 	}
 }

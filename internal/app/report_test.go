@@ -6,6 +6,7 @@ import (
 	"image/png"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -160,6 +161,20 @@ func TestInterruptedDrillIsSweptAtStartUp(t *testing.T) {
 			t.Fatal("the drill never launched")
 		}
 	}
+	// Someone's own image that merely looks like a drill's, and a drill
+	// image of another installation: the sweep must leave both alone.
+	api := ec2.NewFromConfig(d.aws)
+	golden, err := api.RegisterImage(context.Background(), &ec2.RegisterImageInput{Name: aws.String("circleci-drill-golden-base"), RootDeviceName: aws.String("/dev/sda1"),
+		BlockDeviceMappings: []ec2types.BlockDeviceMapping{{DeviceName: aws.String("/dev/sda1"), Ebs: &ec2types.EbsBlockDevice{SnapshotId: aws.String(d.backup.Snapshots[0].ID)}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := api.RegisterImage(context.Background(), &ec2.RegisterImageInput{Name: aws.String("circleci-drill-dr-other"), RootDeviceName: aws.String("/dev/sda1"),
+		BlockDeviceMappings: []ec2types.BlockDeviceMapping{{DeviceName: aws.String("/dev/sda1"), Ebs: &ec2types.EbsBlockDevice{SnapshotId: aws.String(d.backup.Snapshots[0].ID)}}},
+		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeImage, Tags: []ec2types.Tag{{Key: aws.String(ops.TagDrill), Value: aws.String("dr-other")}, {Key: aws.String(ops.TagDrillOwner), Value: aws.String("another_install")}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	// A new process on the same data_dir: the old one's goroutine stays
 	// stuck, as a killed process would.
 	cfg := d.app.Config
@@ -169,13 +184,28 @@ func TestInterruptedDrillIsSweptAtStartUp(t *testing.T) {
 	d.setDrill(a)
 	a.Drills.Runner.Process = a.Store.Process()
 	a.Resume(context.Background(), func(string) progress.Poster { return d.slackPoster() })
-	if left := d.leftovers(); len(left) != 0 {
+	left := d.leftovers()
+	left = slices.DeleteFunc(left, func(l string) bool {
+		return l == "image "+aws.ToString(golden.ImageId) || l == "image "+aws.ToString(foreign.ImageId)
+	})
+	if len(left) != 0 {
 		t.Errorf("after the start-up sweep: %v", left)
+	}
+	for _, id := range []*string{golden.ImageId, foreign.ImageId} {
+		out, err := api.DescribeImages(context.Background(), &ec2.DescribeImagesInput{ImageIds: []string{aws.ToString(id)}})
+		if err != nil || len(out.Images) != 1 {
+			t.Errorf("the sweep removed %s, which is not this bot's drill's: %v", aws.ToString(id), err)
+		}
 	}
 	drills, _ := a.Drills.Runner.Records.All()
 	if len(drills) != 1 || drills[0].State != ops.DrillInterrupted {
 		t.Errorf("drill record after the sweep: %+v", drills)
 	}
 	d.waitText("sweep notice", "cut off by a bot restart")
+	// The dead drill's lock is gone: the next drill runs.
+	d.proxy.SetFaults(faultproxy.Faults{})
+	if dr, err := a.Drills.Run(context.Background(), d.slackPoster(), "manual", alice, incident); err != nil || dr.State != ops.DrillPassed {
+		t.Errorf("a drill after the restart: %v %+v", err, dr)
+	}
 	close(hang)
 }

@@ -40,7 +40,7 @@ func (s *DrillService) Run(ctx context.Context, p progress.Poster, trigger, requ
 	switch {
 	case err == nil:
 		st.Finish(progress.Succeeded, fmt.Sprintf("Restore point `%s` restores: healthy in *%s* (the measured restore time). Everything the drill made is gone (%s).", d.Source, d.RestoreTime.Round(time.Second), cleanup))
-	case d.State == ops.DrillInterrupted:
+	case d.State == ops.DrillInterrupted && ctx.Err() != nil:
 		st.Finish(progress.Cancelled, "Stopped: the bot is shutting down. "+cleanup+".")
 	default:
 		st.Finish(progress.Failed, fmt.Sprintf(":rotating_light: The drill of `%s` failed: %s If the restore point itself is at fault, a real restore from it would fail too: look now. Teardown: %s.", sourceName(d.Source), ops.Explain(err), cleanup))
@@ -59,7 +59,22 @@ func sourceName(s string) string {
 }
 
 // Sweep removes what drills cut off by a crash left behind and says so.
+// It holds the drill lock meanwhile (a drill asked for during the sweep
+// is told one is running), and frees a lock a dead process left.
 func (s *DrillService) Sweep(ctx context.Context, p progress.Poster) {
+	if locks, err := s.Store.Locks(); err == nil {
+		for _, l := range locks {
+			if l.Key == "drill" && l.Process != s.Store.Process() {
+				_ = s.Store.Unlock(l.Key, l.OpID)
+			}
+		}
+	}
+	unlock, err := s.Store.TryLock(store.Lock{Key: "drill", OpID: "sweep", What: "clean-up of interrupted drills", Requester: "the bot", Process: s.Store.Process()})
+	if err != nil {
+		s.Log.Warn("drill sweep skipped: a drill is running", "err", err)
+		return
+	}
+	defer unlock()
 	said, err := s.Runner.Sweep(ctx)
 	if err != nil {
 		s.Log.Error("sweep drill leftovers", "err", err)

@@ -153,7 +153,7 @@ func ReportText(r ops.Report, slash string) string {
 		}
 		b.WriteString(":warning: *Scheduled backups that did not run:* " + strings.Join(items, ", ") + " UTC\n")
 	}
-	fmt.Fprintf(&b, "*Totals:* %d completed restore points, %d GiB.\n", r.Count, r.GiB)
+	fmt.Fprintf(&b, "*Totals:* %d completed restore points, %d GiB (provisioned volume sizes and tarballs).\n", r.Count, r.GiB)
 	if len(r.PruneNext) > 0 {
 		var ids []string
 		for _, p := range r.PruneNext {
@@ -162,6 +162,9 @@ func ReportText(r ops.Report, slash string) string {
 		fmt.Fprintf(&b, "*Retention would prune next:* %s (`%s backup prune --dry-run`).\n", strings.Join(ids, ", "), slash)
 	} else {
 		b.WriteString("*Retention would prune next:* nothing.\n")
+	}
+	if f := r.FailedDrill; f != nil {
+		fmt.Fprintf(&b, ":rotating_light: *The newest drill failed:* `%s` of `%s`, %s UTC: %s\n", f.ID, f.Source, f.Started.UTC().Format("2006-01-02 15:04"), f.Error)
 	}
 	if r.LastDrill != nil {
 		fmt.Fprintf(&b, "*Last successful restore drill:* `%s` of `%s`, %s UTC — restore time *%s* (%d drills in %d days).\n",

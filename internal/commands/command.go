@@ -90,7 +90,7 @@ var specs = []Spec{
 	{History, "history [N]", "The last N commands and operations (default 20): who, what, and how it ended.", ClassRead},
 
 	{BackupNow, "backup now [ebs|tarball]", "Back up the Services box now (default: the configured method).", ClassOperate},
-	{ReportNow, "report now", "Post the backup and health report to the report channel now.", ClassOperate},
+	{ReportNow, "report now", "Post the daily backup report (restore points, RPO, drills, chart) here, now.", ClassOperate},
 	{DrillNow, "drill now", "Test-restore the newest backup on a throwaway instance, then clean up.", ClassOperate},
 	{Cancel, "cancel <op-id>", "Stop a running operation at the next safe point between steps.", ClassOperate},
 	{Resume, "resume <op-id>", "Continue an operation that stopped part-way, from its first unfinished step.", ClassOperate},

@@ -189,7 +189,7 @@ func Defaults() Config {
 		Failover: Failover{Discovery: "secondary-ip", StopTimeout: Duration(2 * time.Minute), HealthTimeout: Duration(10 * time.Minute)},
 		Builders: Builders{RotateTimeout: Duration(15 * time.Minute)},
 		Drill:    Drill{Timeout: Duration(2 * time.Hour)},
-		Monitor:  Monitor{Interval: Duration(time.Minute), Cooldown: Duration(30 * time.Minute)},
+		Monitor:  Monitor{Interval: Duration(time.Minute), Cooldown: Duration(10 * time.Minute)},
 		Restore:  Restore{ImageTimeout: Duration(45 * time.Minute), StopTimeout: Duration(5 * time.Minute), HealthTimeout: Duration(20 * time.Minute)},
 		Backup:   Backup{Method: "ebs", RPO: Duration(24 * time.Hour)},
 	}

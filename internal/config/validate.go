@@ -2,7 +2,9 @@ package config
 
 import (
 	"fmt"
+	"github.com/circlebot/circlebot/internal/commands"
 	"net"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -109,6 +111,9 @@ func (c *Config) Validate() error {
 	if v := c.Monitor.Channel; v != "" && !channelID.MatchString(v) {
 		bad("monitor.channel", "%q is not a Slack channel ID", v)
 	}
+	if c.Monitor.Cooldown.D() < 0 {
+		bad("monitor.cooldown", "must not be negative")
+	}
 	seenCheck := map[string]bool{}
 	for i, ch := range c.Monitor.Checks {
 		key := fmt.Sprintf("monitor.checks[%d]", i)
@@ -123,8 +128,12 @@ func (c *Config) Validate() error {
 			bad(key+".stat", "%q is not a CloudWatch statistic (Average, Maximum, Minimum, Sum, SampleCount)", ch.Stat)
 		case ch.For < 1:
 			bad(key+".for", "must be at least 1 period")
-		case ch.Period.D() < time.Minute:
-			bad(key+".period", "must be at least 1m")
+		case ch.Period.D() < time.Minute || ch.Period.D()%time.Minute != 0:
+			bad(key+".period", "must be whole minutes (CloudWatch periods), at least 1m")
+		case strings.Contains(fmt.Sprint(ch.Dimensions), "{asg}") && c.Builders.ASGName == "":
+			bad(key+".dimensions", "uses {asg} but builders.asg_name is not set: the check would never run")
+		case ch.Action != "" && !commandOK(ch.Action):
+			bad(key+".action", "%q is not a /circleci command (the alert's button runs it)", ch.Action)
 		case (ch.Op == ">" && ch.Clear > ch.Threshold) || (ch.Op == "<" && ch.Clear < ch.Threshold):
 			bad(key+".clear", "must be on the good side of the threshold (hysteresis)")
 		}
@@ -200,6 +209,13 @@ func (c *Config) Validate() error {
 	if v := c.Drill.InstanceType; v != "" && !instanceType.MatchString(v) {
 		bad("drill.instance_type", "%q is not an EC2 instance type", v)
 	}
+	if u := c.Drill.HealthURL; u != "" {
+		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") || !strings.Contains(u, "{ip}") {
+			bad("drill.health_url", "%q must be an http(s) URL with {ip} (the drill instance's address); without it the probe would reach production", u)
+		} else if _, err := url.Parse(strings.ReplaceAll(u, "{ip}", "10.0.0.1")); err != nil {
+			bad("drill.health_url", "%q is not a URL: %v", u, err)
+		}
+	}
 	if d := c.Drill.Timeout.D(); d < time.Minute || d > 12*time.Hour {
 		bad("drill.timeout", "%s is outside 1m..12h", d)
 	}
@@ -265,4 +281,10 @@ func (c *Config) Warnings() []Problem {
 		w = append(w, Problem{"replica.name_tag", "is empty: failover needs --to <instance-id>"})
 	}
 	return w
+}
+
+// commandOK: the text parses as a /circleci command.
+func commandOK(text string) bool {
+	_, err := commands.Parse(text)
+	return err == nil
 }

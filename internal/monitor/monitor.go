@@ -44,9 +44,10 @@ func DefaultChecks(withBuilders bool) []config.Check {
 	m := config.Duration(time.Minute)
 	c := []config.Check{
 		{Name: "Services box status checks", Namespace: "AWS/EC2", Metric: "StatusCheckFailed", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Maximum", Op: ">", Threshold: 0, Clear: 0, For: 2, Period: m, Action: "failover"},
-		{Name: "Services box CPU", Namespace: "AWS/EC2", Metric: "CPUUtilization", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Average", Op: ">", Threshold: 90, Clear: 75, For: 5, Period: m, Action: "status"},
+		// Basic monitoring publishes EC2 CPU every 5 minutes.
+		{Name: "Services box CPU", Namespace: "AWS/EC2", Metric: "CPUUtilization", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Average", Op: ">", Threshold: 90, Clear: 75, For: 2, Period: config.Duration(5 * time.Minute), Action: "status"},
 		{Name: "Services box disk used (/data)", Namespace: "CWAgent", Metric: "disk_used_percent", Dimensions: map[string]string{"InstanceId": "{box}", "path": "/data"}, Stat: "Maximum", Op: ">", Threshold: 85, Clear: 80, For: 3, Period: m, Action: "status"},
-		{Name: "Services box memory used", Namespace: "CWAgent", Metric: "mem_used_percent", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Average", Op: ">", Threshold: 95, Clear: 85, For: 5, Period: m, Action: "status"},
+		{Name: "Services box memory used", Namespace: "CWAgent", Metric: "mem_used_percent", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Average", Op: ">", Threshold: 95, Clear: 85, For: 3, Period: m, Action: "status"},
 	}
 	if withBuilders {
 		c = append(c, config.Check{Name: "Builders in service", Namespace: "AWS/AutoScaling", Metric: "GroupInServiceInstances", Dimensions: map[string]string{"AutoScalingGroupName": "{asg}"}, Stat: "Minimum", Op: "<", Threshold: 1, Clear: 1, For: 3, Period: m, Action: "builders status"})
@@ -56,13 +57,17 @@ func DefaultChecks(withBuilders bool) []config.Check {
 
 // State is one check's alert state.
 type State struct {
-	Check     string    `json:"check"`
-	Alerting  bool      `json:"alerting"`
-	Since     time.Time `json:"since,omitzero"`      // when the alert was raised
-	LastAlert time.Time `json:"last_alert,omitzero"` // for the cooldown
-	Value     float64   `json:"value"`
-	Box       string    `json:"box,omitempty"`
+	Check      string    `json:"check"`
+	Alerting   bool      `json:"alerting"`
+	Since      time.Time `json:"since,omitzero"`       // when the alert was raised
+	ClearSince time.Time `json:"clear_since,omitzero"` // back to normal since (the cooldown runs)
+	Value      float64   `json:"value"`
+	Box        string    `json:"box,omitempty"`
 }
+
+// boxCheck is the check no metric can make: a box that is gone, stopped
+// or not unique publishes no status checks at all.
+var boxCheck = config.Check{Name: "Services box running", Metric: "state", Stat: "instances", Op: ">", Threshold: 0, Clear: 0, For: 1, Period: config.Duration(time.Minute), Action: "failover"}
 
 const bucket = "monitor"
 
@@ -107,11 +112,29 @@ func (m *Monitor) Run(ctx context.Context, every time.Duration) {
 // Tick reads the metrics once and raises or clears alerts.
 func (m *Monitor) Tick(ctx context.Context) error {
 	box := ""
-	if in, err := ops.FindBox(ctx, m.EC2, m.NameTag); err == nil {
+	in, err := ops.FindBox(ctx, m.EC2, m.NameTag)
+	var amb *ops.AmbiguousError
+	switch {
+	case err == nil:
 		box = aws.ToString(in.InstanceId)
-	} else if !errors.Is(err, ops.ErrNotFound) {
-		// The box cannot be read: say nothing new about it (its metrics
-		// would be resolved against nothing); status explains.
+		bad := 0.0
+		if in.State.Name != "running" {
+			bad = 1
+		}
+		if err := m.evaluate(ctx, boxCheck, []float64{bad}, box, m.now(), "is "+string(in.State.Name)); err != nil {
+			return err
+		}
+	case errors.Is(err, ops.ErrNotFound):
+		if err := m.evaluate(ctx, boxCheck, []float64{1}, "", m.now(), "no instance is tagged Name="+m.NameTag); err != nil {
+			return err
+		}
+	case errors.As(err, &amb):
+		if err := m.evaluate(ctx, boxCheck, []float64{1}, "", m.now(), amb.Error()); err != nil {
+			return err
+		}
+	default:
+		// AWS cannot answer: that is unknown, not down; no alert on it
+		// alone (status and failover say unknown too).
 		m.Log.Warn("outage detection: cannot read the Services box", "err", err)
 	}
 	var queries []cwtypes.MetricDataQuery
@@ -124,7 +147,8 @@ func (m *Monitor) Tick(ctx context.Context) error {
 		}
 		checks = append(checks, c)
 		period := max(c.Period.D(), time.Minute)
-		longest = max(longest, period*time.Duration(max(c.For, 1)+2))
+		// CloudWatch publishes a few minutes late: look back that much more.
+		longest = max(longest, period*time.Duration(max(c.For, 1))+5*time.Minute)
 		queries = append(queries, cwtypes.MetricDataQuery{
 			Id: aws.String(fmt.Sprintf("m%d", len(queries))),
 			MetricStat: &cwtypes.MetricStat{
@@ -159,7 +183,7 @@ func (m *Monitor) Tick(ctx context.Context) error {
 		}
 	}
 	for i, c := range checks {
-		if err := m.evaluate(ctx, c, values[fmt.Sprintf("m%d", i)], box, now); err != nil {
+		if err := m.evaluate(ctx, c, values[fmt.Sprintf("m%d", i)], box, now, ""); err != nil {
 			return err
 		}
 	}
@@ -202,16 +226,29 @@ func recovered(op string, v, clear float64) bool {
 	return v <= clear
 }
 
-// evaluate moves one check's state. values are newest first.
-func (m *Monitor) evaluate(ctx context.Context, c config.Check, values []float64, box string, now time.Time) error {
+// evaluate moves one check's state. values are newest first. An alert is
+// posted as soon as a check crosses; it is closed only after the values
+// have stayed on the good side of the clear level for the cooldown, so a
+// flapping metric keeps one alert open instead of posting many. State is
+// saved only after the message went out: a post that fails is tried
+// again next round.
+func (m *Monitor) evaluate(ctx context.Context, c config.Check, values []float64, box string, now time.Time, seen string) error {
 	var st State
 	if err := m.Store.Get(bucket, c.Name, &st); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
 	st.Check = c.Name
+	if st.Alerting && st.Box != "" && box != "" && st.Box != box {
+		// A failover or restore replaced the box: the old alert is about
+		// an instance that is no longer the Services box.
+		if _, err := m.Post.Post(ctx, chat.Text(fmt.Sprintf(":information_source: The alert *%s* of %s UTC was about `%s`; the Services box is now `%s`. Closed; the new box is watched from now on.", c.Name, st.Since.UTC().Format("15:04"), st.Box, box))); err != nil {
+			return err
+		}
+		st = State{Check: c.Name}
+	}
 	need := max(c.For, 1)
 	if len(values) < need {
-		return nil // no data (or not enough): nothing changes
+		return m.Store.Put(bucket, c.Name, st) // no (or not enough) data: nothing changes
 	}
 	recent := values[:need]
 	breach, clear := true, true
@@ -222,39 +259,43 @@ func (m *Monitor) evaluate(ctx context.Context, c config.Check, values []float64
 	st.Value = recent[0]
 	switch {
 	case !st.Alerting && breach:
-		if !st.LastAlert.IsZero() && now.Sub(st.LastAlert) < m.Cooldown {
-			m.Log.Info("alert suppressed by the cooldown", "check", c.Name, "value", st.Value, "last", st.LastAlert)
-			return nil
-		}
-		st.Alerting, st.Since, st.LastAlert, st.Box = true, now, now, box
-		if err := m.Store.Put(bucket, c.Name, st); err != nil {
+		st.Alerting, st.Since, st.ClearSince, st.Box = true, now, time.Time{}, box
+		if _, err := m.Post.Post(ctx, m.alert(c, st, need, seen)); err != nil {
 			return err
 		}
-		_, err := m.Post.Post(ctx, m.alert(c, st, need))
-		return err
 	case st.Alerting && clear:
-		st.Alerting = false
-		if err := m.Store.Put(bucket, c.Name, st); err != nil {
-			return err
+		if st.ClearSince.IsZero() {
+			st.ClearSince = now
 		}
-		_, err := m.Post.Post(ctx, chat.Text(fmt.Sprintf(":white_check_mark: *Recovered: %s* — %s %s is %s again (clear level %s) after %s. The alert of %s UTC is closed.",
-			c.Name, c.Metric, c.Stat, num(st.Value), num(c.Clear), now.Sub(st.Since).Round(time.Second), st.Since.UTC().Format("15:04"))))
-		return err
+		if now.Sub(st.ClearSince) >= m.Cooldown {
+			if _, err := m.Post.Post(ctx, chat.Text(fmt.Sprintf(":white_check_mark: *Recovered: %s* — %s is %s again (clear level %s) since %s UTC. The alert of %s UTC (%s) is closed.",
+				c.Name, metricName(c), num(st.Value), num(c.Clear), st.ClearSince.UTC().Format("15:04"), st.Since.UTC().Format("15:04"), now.Sub(st.Since).Round(time.Second)))); err != nil {
+				return err
+			}
+			st.Alerting, st.ClearSince = false, time.Time{}
+		}
+	case st.Alerting:
+		st.ClearSince = time.Time{} // not clear (yet, or again): the alert stays open
 	}
 	return m.Store.Put(bucket, c.Name, st)
 }
+
+func metricName(c config.Check) string { return c.Metric + " " + c.Stat }
 
 func num(v float64) string {
 	return strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%.2f", v), "0"), ".")
 }
 
-func (m *Monitor) alert(c config.Check, st State, need int) chat.Message {
+func (m *Monitor) alert(c config.Check, st State, need int, seen string) chat.Message {
 	where := ""
-	if st.Box != "" && strings.Contains(fmt.Sprint(c.Dimensions), "{box}") {
+	if st.Box != "" && (c.Name == boxCheck.Name || strings.Contains(fmt.Sprint(c.Dimensions), "{box}")) {
 		where = " on `" + st.Box + "`"
 	}
 	text := fmt.Sprintf(":rotating_light: *%s*%s: %s %s is %s (alert %s %s) for %d period(s) of %s, since %s UTC.",
-		c.Name, where, c.Metric, c.Stat, num(st.Value), c.Op, num(c.Threshold), need, c.Period.D(), st.Since.UTC().Format("15:04"))
+		c.Name, where, c.Metric, c.Stat, num(st.Value), c.Op, num(c.Threshold), need, ops.Span(c.Period.D()), st.Since.UTC().Format("15:04"))
+	if seen != "" {
+		text = fmt.Sprintf(":rotating_light: *%s*%s: no — %s, since %s UTC.", c.Name, where, seen, st.Since.UTC().Format("15:04"))
+	}
 	if c.Action != "" {
 		text += fmt.Sprintf(" Suggested: `%s %s`", m.Slash, c.Action)
 		if c.Action == "failover" {

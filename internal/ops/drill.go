@@ -30,7 +30,10 @@ type DrillEC2 interface {
 // TagDrill marks everything a drill makes; the start-up sweep finds
 // leftovers by it (and by the image name prefix).
 const (
-	TagDrill         = "circlebot:drill"
+	TagDrill = "circlebot:drill"
+	// TagDrillOwner names the installation (the Services box's Name tag)
+	// whose bot made the drill: a sweep removes only its own bot's.
+	TagDrillOwner    = "circlebot:drill-owner"
 	drillImagePrefix = "circleci-drill-"
 )
 
@@ -121,6 +124,12 @@ type DrillProgress interface {
 
 func (r *DrillRunner) poll() time.Duration { return cmpOr(r.Poll, 5*time.Second) }
 
+func (r *DrillRunner) owner() string { return r.Restore.NameTag }
+
+func (r *DrillRunner) tags(id string) []ec2types.Tag {
+	return []ec2types.Tag{{Key: aws.String(TagDrill), Value: aws.String(id)}, {Key: aws.String(TagDrillOwner), Value: aws.String(r.owner())}}
+}
+
 // Run runs one drill; the teardown runs whatever happened before it, on
 // its own clock. The record says what was measured and what was removed.
 func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err error) {
@@ -131,8 +140,11 @@ func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err e
 	if err := r.Records.Save(d); err != nil {
 		return err
 	}
-	step := 0
+	step, reachedEnd := 0, false
 	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("the drill crashed in step %d: %v", step+1, p)
+		}
 		// Tear down always; a bot that is shutting down still removes
 		// what the drill made (a crash is swept at the next start).
 		p.Begin(4, "")
@@ -148,8 +160,11 @@ func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err e
 		}
 		d.Finished = time.Now()
 		switch {
-		case err == nil:
+		case err == nil && reachedEnd:
 			d.State = DrillPassed
+		case err == nil:
+			d.State, d.Error = DrillFailed, "the drill stopped before it was measured"
+			err = errors.New(d.Error)
 		case ctx.Err() != nil:
 			d.State, d.Error = DrillInterrupted, "the bot stopped during step "+fmt.Sprint(step+1)
 		default:
@@ -208,7 +223,12 @@ func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err e
 		return err
 	}
 	d.RestoreTime = time.Since(d.Started)
-	p.Done(3, "healthy; restore time "+d.RestoreTime.Round(time.Second).String())
+	what := "status checks and " + r.HealthURL
+	if r.HealthURL == "" {
+		what = "EC2 status checks only (no drill.health_url: the app itself was not probed)"
+	}
+	p.Done(3, "healthy ("+what+"); restore time "+d.RestoreTime.Round(time.Second).String())
+	reachedEnd = true
 	return nil
 }
 
@@ -226,7 +246,7 @@ func (r *DrillRunner) image(ctx context.Context, d *Drill, plan RestorePlan, dea
 		Name: aws.String(drillImagePrefix + d.ID), Description: aws.String("circlebot restore drill " + d.ID + " of " + plan.Source),
 		Architecture: arch, RootDeviceName: aws.String(plan.Shape.RootDevice), VirtualizationType: aws.String("hvm"), EnaSupport: aws.Bool(true),
 		BlockDeviceMappings: bdm,
-		TagSpecifications:   []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeImage, Tags: []ec2types.Tag{{Key: aws.String(TagDrill), Value: aws.String(d.ID)}}}},
+		TagSpecifications:   []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeImage, Tags: r.tags(d.ID)}},
 	}, func(o *ec2.Options) { o.RetryMaxAttempts = 1 })
 	if err != nil {
 		return "", fmt.Errorf("register the drill image: %w", err)
@@ -256,7 +276,7 @@ func (r *DrillRunner) launch(ctx context.Context, d *Drill, plan RestorePlan) (s
 	if typ == "" {
 		typ = plan.Shape.Type
 	}
-	tags := []ec2types.Tag{{Key: aws.String(TagDrill), Value: aws.String(d.ID)}, {Key: aws.String("Name"), Value: aws.String(drillImagePrefix + d.ID)}}
+	tags := append(r.tags(d.ID), ec2types.Tag{Key: aws.String("Name"), Value: aws.String(drillImagePrefix + d.ID)})
 	out, err := r.EC2.RunInstances(ctx, &ec2.RunInstancesInput{
 		ImageId: aws.String(d.ImageID), InstanceType: ec2types.InstanceType(typ), MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
 		ClientToken: aws.String(d.ID), SubnetId: aws.String(r.Subnet), SecurityGroupIds: []string{r.SecurityGroup},
@@ -291,7 +311,10 @@ func (r *DrillRunner) healthy(ctx context.Context, id, ip string, deadline time.
 			if hc == nil {
 				hc = &http.Client{Timeout: 10 * time.Second}
 			}
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if err != nil {
+				return fmt.Errorf("drill.health_url %q is not a usable URL: %w", url, err)
+			}
 			resp, err := hc.Do(req)
 			if err == nil {
 				resp.Body.Close()
@@ -317,12 +340,14 @@ func (r *DrillRunner) healthy(ctx context.Context, id, ip string, deadline time.
 // snapshots are never touched: the image only refers to them.
 func (r *DrillRunner) teardown(ctx context.Context, id string) ([]string, error) {
 	var did []string
+	// Only what carries the drill tag is ever removed: one drill's by its
+	// ID, or (id "*", the start-up sweep) every drill of this bot's
+	// installation.
 	filter := func(_, value string) []ec2types.Filter {
-		f := []ec2types.Filter{{Name: aws.String("tag:" + TagDrill), Values: []string{value}}}
 		if value == "*" {
-			f = []ec2types.Filter{{Name: aws.String("tag-key"), Values: []string{TagDrill}}}
+			return []ec2types.Filter{{Name: aws.String("tag-key"), Values: []string{TagDrill}}, {Name: aws.String("tag:" + TagDrillOwner), Values: []string{r.owner()}}}
 		}
-		return f
+		return []ec2types.Filter{{Name: aws.String("tag:" + TagDrill), Values: []string{value}}}
 	}
 	out, err := r.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: filter(TagDrill, id)})
 	if err != nil {
@@ -364,7 +389,7 @@ func (r *DrillRunner) teardown(ctx context.Context, id string) ([]string, error)
 	if id == "*" {
 		name = drillImagePrefix + "*"
 	}
-	imgs, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"self"}, Filters: []ec2types.Filter{{Name: aws.String("name"), Values: []string{name}}}})
+	imgs, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"self"}, Filters: append(filter(TagDrill, id), ec2types.Filter{Name: aws.String("name"), Values: []string{name}})})
 	if err != nil {
 		return did, fmt.Errorf("find the drill's image: %w", err)
 	}

@@ -33,12 +33,15 @@ type Report struct {
 	Failed    []Failure   // scheduled (and other) backups that failed in 24 h
 	Missed    []time.Time // scheduled times in 24 h with no backup started
 	Count     int         // completed restore points
-	GiB       int64       // their provisioned size (EBS) plus tarball bytes
+	GiB       int64       // their provisioned volume size (EBS) plus tarball size
 	PruneNext []Point     // what retention would delete now
 	LastDrill *Drill      // newest successful drill
 	Drills    int         // drills in the last 30 days
-	Age       []AgeSample // newest completed restore point's age, 30 days
-	Sizes     []SizeSample
+	// FailedDrill is a drill newer than LastDrill that failed: the newest
+	// restore point may not restore.
+	FailedDrill *Drill
+	Age         []AgeSample // newest completed restore point's age, 30 days
+	Sizes       []SizeSample
 }
 
 type Failure struct {
@@ -72,6 +75,7 @@ func BuildReport(in ReportInput) Report {
 	r := Report{Now: now, RPO: in.RPO}
 	since := now.Add(-Window)
 	var completed []Point
+	var bytes int64
 	for _, p := range in.Points {
 		if !p.Started.Before(since) {
 			r.Recent = append(r.Recent, p)
@@ -79,13 +83,14 @@ func BuildReport(in ReportInput) Report {
 		if p.Usable() {
 			completed = append(completed, p)
 			r.Count++
-			r.GiB += int64(p.SizeGiB) + p.Bytes>>30
+			bytes += int64(p.SizeGiB)<<30 + p.Bytes
 			if r.Newest == nil || p.Started.After(r.Newest.Started) {
 				pp := p
 				r.Newest = &pp
 			}
 		}
 	}
+	r.GiB = bytes >> 30
 	if r.Newest != nil {
 		r.NewestAge = now.Sub(r.Newest.Started)
 		r.OverRPO = in.RPO > 0 && r.NewestAge > in.RPO
@@ -106,15 +111,23 @@ func BuildReport(in ReportInput) Report {
 	// A scheduled time with no scheduled backup started within 15 minutes
 	// of it did not run (the bot was down, or another operation held the
 	// box).
-	if in.Schedule != nil {
-		for t := in.Schedule.Next(since); !t.After(now.Add(-time.Minute)); t = in.Schedule.Next(t) {
-			ran := false
-			for _, b := range in.Records {
-				if b.Trigger == "scheduled" && !b.Started.Before(t.Add(-time.Minute)) && b.Started.Before(t.Add(15*time.Minute)) {
-					ran = true
-					break
-				}
+	// (@every schedules have no fixed times to miss.)
+	if _, every := in.Schedule.(cron.ConstantDelaySchedule); in.Schedule != nil && !every {
+		var scheduled []time.Time
+		for _, b := range in.Records {
+			if b.Trigger == "scheduled" {
+				scheduled = append(scheduled, b.Started)
 			}
+		}
+		for _, p := range in.Points { // AWS's tags count too (a lost record)
+			if p.Trigger == "scheduled" {
+				scheduled = append(scheduled, p.Started)
+			}
+		}
+		for t := in.Schedule.Next(since); !t.After(now.Add(-time.Minute)); t = in.Schedule.Next(t) {
+			ran := slices.ContainsFunc(scheduled, func(s time.Time) bool {
+				return !s.Before(t.Add(-time.Minute)) && s.Before(t.Add(15*time.Minute))
+			})
 			if !ran {
 				r.Missed = append(r.Missed, t)
 			}
@@ -135,9 +148,26 @@ func BuildReport(in ReportInput) Report {
 			r.LastDrill = &d
 		}
 	}
+	for i := range in.Drills {
+		d := in.Drills[i]
+		if d.State == DrillFailed && (r.LastDrill == nil || d.Started.After(r.LastDrill.Started)) && (r.FailedDrill == nil || d.Started.After(r.FailedDrill.Started)) {
+			r.FailedDrill = &d
+		}
+	}
+	// The sawtooth also remembers restore points retention has pruned
+	// since: the bot's records of completed backups.
+	seen := map[string]bool{}
+	for _, p := range completed {
+		seen[p.ID] = true
+	}
+	for _, b := range in.Records {
+		if b.State == StateCompleted && !seen[b.ID] {
+			completed = append(completed, Point{ID: b.ID, Started: b.Started, State: StateCompleted})
+		}
+	}
 	r.Age = ageSeries(completed, monthAgo, now, time.Hour)
 	for _, p := range completed {
-		if p.Started.After(monthAgo) {
+		if p.Started.After(monthAgo) && seen[p.ID] {
 			r.Sizes = append(r.Sizes, SizeSample{At: p.Started, GiB: float64(p.SizeGiB) + float64(p.Bytes)/(1<<30)})
 		}
 	}

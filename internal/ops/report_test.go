@@ -67,6 +67,9 @@ func TestBuildReportMatchesAFixture(t *testing.T) {
 	if r.LastDrill == nil || r.LastDrill.ID != "dr-1" || r.Drills != 3 {
 		t.Errorf("last drill %+v, %d drills", r.LastDrill, r.Drills)
 	}
+	if r.FailedDrill == nil || r.FailedDrill.ID != "dr-2" {
+		t.Errorf("the newer failed drill is not flagged: %+v", r.FailedDrill)
+	}
 	// The sawtooth, one sample an hour for 30 days: at 02:00 on the 28th
 	// the newest was snap-hand (20:00 the day before), then bk-28.
 	for _, s := range r.Age {
@@ -81,10 +84,20 @@ func TestBuildReportMatchesAFixture(t *testing.T) {
 		t.Errorf("%d age samples", len(r.Age))
 	}
 
-	// A day on which the schedule did not fire is reported once.
+	// A scheduled backup AWS holds (tagged) ran, even without a record;
+	// a day on which nothing started is reported once.
 	r = BuildReport(ReportInput{Now: at(25, 9), Points: points, Records: records, Schedule: sched, RPO: 24 * time.Hour})
-	if len(r.Missed) != 1 || !r.Missed[0].Equal(at(25, 2)) {
-		t.Errorf("missed on the 25th: %v", r.Missed)
+	if len(r.Missed) != 0 {
+		t.Errorf("the 25th's tagged scheduled backup counted as missed: %v", r.Missed)
+	}
+	r = BuildReport(ReportInput{Now: at(24, 9), Points: points, Records: records, Schedule: sched, RPO: 24 * time.Hour})
+	if len(r.Missed) != 1 || !r.Missed[0].Equal(at(24, 2)) {
+		t.Errorf("missed on the 24th: %v", r.Missed)
+	}
+	// Tarballs under a GiB add up instead of rounding to nothing.
+	small := []Point{{ID: "a", Method: "tarball", State: StateCompleted, Started: now, Bytes: 600 << 20}, {ID: "b", Method: "tarball", State: StateCompleted, Started: now, Bytes: 600 << 20}}
+	if r := BuildReport(ReportInput{Now: now, Points: small}); r.GiB != 1 {
+		t.Errorf("two 600 MiB tarballs total %d GiB, want 1", r.GiB)
 	}
 	// No restore point at all is over any RPO.
 	if r := BuildReport(ReportInput{Now: now, RPO: time.Hour}); !r.OverRPO || r.Newest != nil {
