@@ -171,7 +171,7 @@ func TestInterruptedDrillIsSweptAtStartUp(t *testing.T) {
 	}
 	foreign, err := api.RegisterImage(context.Background(), &ec2.RegisterImageInput{Name: aws.String("circleci-drill-dr-other"), RootDeviceName: aws.String("/dev/sda1"),
 		BlockDeviceMappings: []ec2types.BlockDeviceMapping{{DeviceName: aws.String("/dev/sda1"), Ebs: &ec2types.EbsBlockDevice{SnapshotId: aws.String(d.backup.Snapshots[0].ID)}}},
-		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeImage, Tags: []ec2types.Tag{{Key: aws.String(ops.TagDrill), Value: aws.String("dr-other")}, {Key: aws.String(ops.TagDrillOwner), Value: aws.String("another_install")}}}}})
+		TagSpecifications:   []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeImage, Tags: []ec2types.Tag{{Key: aws.String(ops.TagDrill), Value: aws.String("dr-other")}, {Key: aws.String(ops.TagDrillOwner), Value: aws.String("another_install")}}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
