@@ -654,3 +654,37 @@ func TestRestoreDryRunAndStalePlan(t *testing.T) {
 		t.Errorf("locks left: %+v", l)
 	}
 }
+
+// An image pending past restore.image_timeout stops the restore before
+// the old box is touched; once AWS finishes the image, resume goes on
+// with the same image and completes.
+func TestRestoreWithAnImagePendingForLongResumes(t *testing.T) {
+	r := newRestoreEnv(t, nil)
+	ctx := context.Background()
+	if err := r.moto.SetImagesPending(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	r.app.Ops.Snapshot.ImageTimeout = 300 * time.Millisecond
+	req := r.request(alice, "restore latest")
+	r.click(bob, "approve "+req, "slow.1")
+	r.waitText("stopped", "still pending after", "old box was not touched", "resume")
+	r.server.Wait()
+	if st := r.instance(r.inst.ServicesBox.ID).State.Name; st != ec2types.InstanceStateNameRunning {
+		t.Fatalf("the old box is %s while the image was pending", st)
+	}
+	op, _ := r.app.Ops.Journal.ByRequest(req)
+	image := op.Data["image_id"]
+	if op.State != journal.Stopped || op.Next() != 1 || image == "" {
+		t.Fatalf("op after the timeout: %+v", op)
+	}
+	if err := r.moto.SetImagesPending(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	r.slash(alice, incident, "resume "+op.ID)
+	r.waitText("summary", "Restored `"+r.backup.ID+"`")
+	r.server.Wait()
+	nb := r.checkRestored()
+	if aws.ToString(nb.ImageId) != image {
+		t.Errorf("the new box came from %s, not the image the first attempt made (%s)", aws.ToString(nb.ImageId), image)
+	}
+}

@@ -140,6 +140,14 @@ func (s *Server) SetUnavailableTypes(ctx context.Context, types ...string) error
 	return s.control(ctx, http.MethodPost, "/_circlebot/capacity", map[string][]string{"unavailable": types}, nil)
 }
 
+// SetImagesPending makes images registered from now on stay "pending"
+// (true), or makes every image held pending available (false), as a
+// large first image does on AWS for a long time. It needs a server
+// started WithPatchedSnapshots.
+func (s *Server) SetImagesPending(ctx context.Context, pending bool) error {
+	return s.control(ctx, http.MethodPost, "/_circlebot/images", map[string]bool{"pending": pending}, nil)
+}
+
 // SnapshotStates lists every EBS snapshot in every account and region with
 // its state and progress, for debugging. It needs a server started
 // WithPatchedSnapshots.

@@ -40,6 +40,9 @@ Control API on the same HTTP server (paths moto does not use):
                                          "snapshots": [{snapshot_id, state,
                                          progress, volume_id, account_id,
                                          region, describes}]}
+  POST /_circlebot/images
+       {"pending": true|false}           RegisterImage makes images that stay
+                                         "pending"; false makes them available.
   POST /_circlebot/capacity
        {"unavailable": ["m5.xlarge", ...]} RunInstances of these types answers
                                          InsufficientInstanceCapacity; [] clears.
@@ -72,6 +75,7 @@ STATES = ("pending", "completed", "error")
 _lock = threading.RLock()
 _auto = {"after": 0}
 _capacity = {"unavailable": set()}
+_images = {"pending": False}
 _tokens = {}
 
 
@@ -258,6 +262,10 @@ def _register_image(self):
     tags = self._parse_tag_specification().get("image", {})
     if tags:
         image.add_tags(tags)
+    with _lock:
+        if _images["pending"]:
+            image.state = "pending"
+            image._circlebot_pending = True
     return ami_responses.ActionResult({"ImageId": image.id})
 
 
@@ -364,6 +372,22 @@ def _control(request):
             for _, _, s in _all_snapshots():
                 s._circlebot_describes = 0
         return _json(200, {"complete_after_describes": after})
+    if path == "/_circlebot/images" and method == "POST":
+        body = _read_json(request)
+        pending = body.get("pending")
+        if not isinstance(pending, bool):
+            raise _BadRequest("pending must be true or false")
+        with _lock:
+            _images["pending"] = pending
+            if not pending:
+                # Images held pending become available now.
+                for account_id, regions in list(dict.items(ec2_backends)):
+                    for region, backend in list(dict.items(regions)):
+                        for ami in list(backend.amis.values()):
+                            if getattr(ami, "_circlebot_pending", False):
+                                ami.state = "available"
+                                ami._circlebot_pending = False
+        return _json(200, {"pending": pending})
     if path == "/_circlebot/capacity" and method == "POST":
         body = _read_json(request)
         types = body.get("unavailable")
@@ -404,6 +428,7 @@ class CirclebotApp:
             with _lock:
                 _auto["after"] = 0
                 _capacity["unavailable"] = set()
+                _images["pending"] = False
                 _tokens.clear()
         return self.app(environ, start_response)
 
