@@ -68,7 +68,7 @@ aws ec2 unassign-private-ip-addresses --network-interface-id "$PENI" --private-i
 aws ec2 assign-private-ip-addresses --network-interface-id "$RENI" --private-ip-addresses "$IP" --allow-reassignment
 # 3. Start the CircleCI Enterprise processes on the new node.
 CMD=$(aws ssm send-command --instance-ids "$R" --document-name AWS-RunShellScript --parameters 'commands=["sudo replicated app $(sudo replicated apps | grep Enterprise | awk '"'"'{print $1;}'"'"') start"]' --query Command.CommandId --output text)
-aws ssm get-command-invocation --command-id "$CMD" --instance-id "$R" --query Status --output text >/dev/null
+aws ssm wait command-executed --command-id "$CMD" --instance-id "$R"
 aws ec2 describe-instance-status --instance-ids "$R" --query 'InstanceStatuses[0].InstanceStatus.Status' --output text >/dev/null
 `
 

@@ -279,7 +279,30 @@ func TestBuildersRotateReplacesEveryBuilderNeverBelowDesired(t *testing.T) {
 	var mu sync.Mutex
 	lowest := len(before)
 	terminations := 0
+	// New builders come up unhealthy and turn healthy only after a few
+	// looks: the rotation must wait for them before retiring old ones.
+	unhealthy := map[string]int{}
 	f.proxy.SetFaults(faultproxy.Faults{Match: func(c faultproxy.Call) bool {
+		if c.Action == "DescribeAutoScalingGroups" {
+			out, err := asg.DescribeAutoScalingGroups(context.Background(), &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{f.inst.BuilderASG}})
+			if err == nil && len(out.AutoScalingGroups) > 0 {
+				mu.Lock()
+				for _, i := range out.AutoScalingGroups[0].Instances {
+					id := aws.ToString(i.InstanceId)
+					if slices.Contains(before, id) {
+						continue
+					}
+					n, seen := unhealthy[id]
+					health := "Healthy"
+					if !seen || n < 3 {
+						unhealthy[id] = n + 1
+						health = "Unhealthy"
+					}
+					_, _ = asg.SetInstanceHealth(context.Background(), &autoscaling.SetInstanceHealthInput{InstanceId: aws.String(id), HealthStatus: aws.String(health)})
+				}
+				mu.Unlock()
+			}
+		}
 		if c.Action == "TerminateInstanceInAutoScalingGroup" {
 			// Just before a builder is removed: the others must cover
 			// the desired capacity.
@@ -307,6 +330,9 @@ func TestBuildersRotateReplacesEveryBuilderNeverBelowDesired(t *testing.T) {
 	}
 	if terminations != len(before) || lowest < int(desired) {
 		t.Errorf("%d terminations, lowest healthy count %d; want %d terminations and never below %d", terminations, lowest, len(before), desired)
+	}
+	if len(unhealthy) < len(before) {
+		t.Errorf("only %d new builders were seen coming up; the health wait was not exercised", len(unhealthy))
 	}
 }
 

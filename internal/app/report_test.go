@@ -34,7 +34,8 @@ func TestReportNowPostsTheReportAndTheChart(t *testing.T) {
 	e.server.Wait()
 	e.slash(alice, incident, "report now")
 	txt := e.waitText("report", "Daily backup report", b.ID)
-	for _, want := range []string{"Totals:", "No successful restore drill", "RPO"} {
+	// The seeded runbook set and the bot's backup: two sets of 180 GiB.
+	for _, want := range []string{"Totals:* 2 completed restore points, 360 GiB", "No successful restore drill", "RPO 24h)", "2 restore point(s)"} {
 		if !strings.Contains(txt, want) {
 			t.Errorf("report lacks %q:\n%s", want, txt)
 		}
