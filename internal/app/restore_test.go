@@ -607,6 +607,12 @@ func TestTarballRestoreMovesTheDataAsideAndRestartsTheApp(t *testing.T) {
 	if box.AppState() != ssmbox.AppStarted {
 		t.Errorf("app is %s", box.AppState())
 	}
+	// The download URL is a bearer credential: not in Slack.
+	for _, c := range e.slack.Calls() {
+		if strings.Contains(e.slack.Text(c)+c.BlocksJSON, "X-Amz-Signature") {
+			t.Errorf("a presigned URL reached Slack in %s", c.Method)
+		}
+	}
 	var stopped bool
 	for _, c := range ssmSrv.Commands() {
 		if strings.Contains(strings.Join(c.Lines, "\n"), "replicated apps") && strings.Contains(strings.Join(c.Lines, "\n"), " stop") {
