@@ -15,7 +15,9 @@ import (
 	"github.com/aws/smithy-go/transport/http/protocol/awsquery"
 
 	"github.com/circlebot/circlebot/internal/config"
+	"github.com/circlebot/circlebot/internal/journal"
 	"github.com/circlebot/circlebot/internal/monitor"
+	"github.com/circlebot/circlebot/internal/store"
 )
 
 type monitorRig struct {
@@ -161,11 +163,27 @@ func TestOutageDetectionAlertsOnceAndRecoversOnce(t *testing.T) {
 	}
 }
 
-// A stopped box publishes no status checks: its state itself alerts.
+// A stopped box publishes no status checks: its state itself alerts —
+// except while an approved operation that stops it on purpose runs; once
+// that operation has stopped part-way, the down box alerts.
 func TestOutageDetectionAlertsOnAStoppedBox(t *testing.T) {
 	r := newMonitorRig(t)
 	m := r.app.Monitor
 	if _, err := ec2.NewFromConfig(r.aws).StopInstances(context.Background(), &ec2.StopInstancesInput{InstanceIds: []string{r.inst.ServicesBox.ID}}); err != nil {
+		t.Fatal(err)
+	}
+	op := &journal.Op{ID: "op-20261128-050000-abcd", Kind: "restore", State: journal.Running, Process: r.app.Store.Process(), Steps: []journal.Step{{Name: "Stop the old instance", State: journal.StepRunning}}}
+	if err := r.app.Ops.Journal.Create(op); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.app.Store.TryLock(store.Lock{Key: "box/" + r.app.Config.ServicesBox.NameTag, OpID: op.ID, What: "restore", Process: r.app.Store.Process()}); err != nil {
+		t.Fatal(err)
+	}
+	r.tick(m)
+	if n := r.count(":rotating_light: *Services box running*"); n != 0 {
+		t.Fatalf("%d alerts while a restore stops the box on purpose", n)
+	}
+	if _, err := r.app.Ops.Journal.Update(op.ID, func(o *journal.Op) error { o.State = journal.Stopped; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	r.tick(m)

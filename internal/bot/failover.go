@@ -58,7 +58,7 @@ func failoverApproval(p ops.FailoverPlan, stop time.Duration, slash string) appr
 	case ops.DiscoveryENI:
 		ap.Changes = append(ap.Changes, fmt.Sprintf("detach interface `%s` (%s) and attach it to the replica `%s`", p.ENI, p.ServiceIP, r.ID))
 	case ops.DiscoveryLoadBalancer:
-		ap.Changes = append(ap.Changes, fmt.Sprintf("register `%s` in %d target groups (TCP 80, 443, 4434) and deregister the old box", r.ID, len(p.TargetGroups)))
+		ap.Changes = append(ap.Changes, fmt.Sprintf("in %d target groups (TCP 80, 443, 4434): deregister every target but the replica (the old box), then register `%s`", len(p.TargetGroups), r.ID))
 	case ops.DiscoveryNone:
 		ap.Changes = append(ap.Changes, fmt.Sprintf("nothing moves: builders must reach the replica at %s with CIRCLE_SECRET_PASSPHRASE — update the builders' launch template to that IP first", r.IP))
 		if p.BuilderPlan != nil {

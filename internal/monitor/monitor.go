@@ -22,6 +22,7 @@ import (
 
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/config"
+	"github.com/circlebot/circlebot/internal/journal"
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/store"
@@ -121,9 +122,17 @@ func (m *Monitor) Tick(ctx context.Context) error {
 		if in.State.Name != "running" {
 			bad = 1
 		}
+		if held := m.operation(); bad == 1 && held != "" {
+			// An approved restore or failover stops the box on purpose:
+			// its own messages say so; no page suggesting a failover.
+			m.Log.Info("box not running during an operation", "box", box, "op", held)
+			break
+		}
 		if err := m.evaluate(ctx, boxCheck, []float64{bad}, box, m.now(), "is "+string(in.State.Name)); err != nil {
 			return err
 		}
+	case errors.Is(err, ops.ErrNotFound) && m.operation() != "":
+		m.Log.Info("no Services box during an operation", "op", m.operation())
 	case errors.Is(err, ops.ErrNotFound):
 		if err := m.evaluate(ctx, boxCheck, []float64{1}, "", m.now(), "no instance is tagged Name="+m.NameTag); err != nil {
 			return err
@@ -238,6 +247,9 @@ func (m *Monitor) evaluate(ctx context.Context, c config.Check, values []float64
 		return err
 	}
 	st.Check = c.Name
+	if !aboutBox(c) {
+		box = "" // builders' checks are not about a box: a new box changes nothing
+	}
 	if st.Alerting && st.Box != "" && box != "" && st.Box != box {
 		// A failover or restore replaced the box: the old alert is about
 		// an instance that is no longer the Services box.
@@ -278,6 +290,30 @@ func (m *Monitor) evaluate(ctx context.Context, c config.Check, values []float64
 		st.ClearSince = time.Time{} // not clear (yet, or again): the alert stays open
 	}
 	return m.Store.Put(bucket, c.Name, st)
+}
+
+// operation names the operation running on the Services box right now
+// (a restore or failover stops it on purpose), if any. One that stopped
+// part-way does not count: the box is down and nobody is at it. The key is
+// the one the bot's operations lock: box/<Name tag>.
+func (m *Monitor) operation() string {
+	locks, err := m.Store.Locks()
+	if err != nil {
+		return ""
+	}
+	for _, l := range locks {
+		if l.Key != "box/"+m.NameTag || !strings.HasPrefix(l.OpID, "op-") {
+			continue
+		}
+		if op, err := (journal.Store{DB: m.Store.DB()}).Get(l.OpID); err == nil && op.State == journal.Running {
+			return l.OpID
+		}
+	}
+	return ""
+}
+
+func aboutBox(c config.Check) bool {
+	return c.Name == boxCheck.Name || strings.Contains(fmt.Sprint(c.Dimensions), "{box}")
 }
 
 func metricName(c config.Check) string { return c.Metric + " " + c.Stat }

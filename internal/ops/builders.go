@@ -190,15 +190,10 @@ func (b *Builders) replace(ctx context.Context, p RotationPlan, batch []string, 
 			break
 		}
 		if time.Now().After(deadline) {
-			// Give the surge back, so the group is not left bigger than it
-			// was: Auto Scaling removes instances by its own termination
-			// policy (the unhealthy new ones first).
-			_, rerr := b.ASG.SetDesiredCapacity(context.WithoutCancel(ctx), &autoscaling.SetDesiredCapacityInput{AutoScalingGroupName: aws.String(p.Group), DesiredCapacity: aws.Int32(p.Desired), HonorCooldown: aws.Bool(false)})
-			back := fmt.Sprintf("desired capacity is back to %d", p.Desired)
-			if rerr != nil {
-				back = fmt.Sprintf("desired capacity could NOT be set back to %d (%s): set it by hand", p.Desired, Explain(rerr))
-			}
-			return "", fmt.Errorf("the new builders of %s are not healthy after %s (%d of %d); the old ones were kept and %s", p.Group, cmpOr(b.Timeout, 15*time.Minute), healthy(g), target, back)
+			// Give the surge back by removing the new builders themselves
+			// (with the capacity), so the old, healthy ones stay: left to
+			// Auto Scaling, its policy could pick the old ones.
+			return "", fmt.Errorf("the new builders of %s are not healthy after %s (%d of %d); %s", p.Group, cmpOr(b.Timeout, 15*time.Minute), healthy(g), target, b.unsurge(context.WithoutCancel(ctx), p))
 		}
 		if err := sleep(ctx, b.poll()); err != nil {
 			return "", err
@@ -212,6 +207,35 @@ func (b *Builders) replace(ctx context.Context, p RotationPlan, batch []string, 
 		}
 	}
 	return fmt.Sprintf("%s replaced in %s; the fleet never had fewer than %d healthy builders", strings.Join(left, ", "), since(start), p.Desired), nil
+}
+
+// unsurge terminates the builders a rotation added (those not in the
+// plan), decrementing the capacity, and says what it did.
+func (b *Builders) unsurge(ctx context.Context, p RotationPlan) string {
+	g, err := b.group(ctx)
+	if err != nil {
+		return "could not read the group to remove the new builders: " + Explain(err) + "; set its desired capacity back to " + fmt.Sprint(p.Desired) + " by hand"
+	}
+	var removed, failed []string
+	for _, i := range g.Instances {
+		id := aws.ToString(i.InstanceId)
+		if slices.Contains(p.Instances, id) || strings.HasPrefix(string(i.LifecycleState), "Terminat") {
+			continue
+		}
+		if _, err := b.ASG.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{InstanceId: aws.String(id), ShouldDecrementDesiredCapacity: aws.Bool(true)}); err != nil {
+			failed = append(failed, id)
+			continue
+		}
+		removed = append(removed, id)
+	}
+	msg := "the old builders were kept"
+	if len(removed) > 0 {
+		msg += "; the new ones were removed (" + strings.Join(removed, ", ") + ")"
+	}
+	if len(failed) > 0 {
+		msg += "; could NOT remove " + strings.Join(failed, ", ") + ": terminate them and set the desired capacity back to " + fmt.Sprint(p.Desired) + " by hand"
+	}
+	return msg
 }
 
 func healthy(g asgtypes.AutoScalingGroup) int {

@@ -166,7 +166,8 @@ func (f *Failover) Plan(ctx context.Context, to string, forceUnknown bool) (Fail
 		if ctx.Err() != nil {
 			return p, err
 		}
-		if !Transient(err) && !errors.Is(err, context.DeadlineExceeded) {
+		var ne net.Error
+		if !Transient(err) && !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &ne) && ne.Timeout()) {
 			// AccessDenied, expired credentials…: not an outage, and no
 			// reason to fail over blind.
 			return p, refusef("the Services box cannot be read: %s Fix that first; a failover needs to see the box it fences.", Explain(err))
@@ -460,6 +461,9 @@ func (f *Failover) fence(ctx context.Context, p FailoverPlan, pr journal.Progres
 			return fmt.Sprintf("`%s` could not be reached: not confirmed stopped (approved with --force-unknown)", p.Primary.ID), nil
 		}
 		if err := f.waitState(ctx, p.Primary.ID, cmpOr(f.StopTimeout, 2*time.Minute), ec2types.InstanceStateNameStopped, ec2types.InstanceStateNameTerminated); err != nil {
+			if ctx.Err() != nil {
+				return "", err
+			}
 			return fmt.Sprintf("`%s` forced stop sent, not confirmed (approved with --force-unknown)", p.Primary.ID), nil
 		}
 		return fmt.Sprintf("`%s` force-stopped and confirmed in %s", p.Primary.ID, since(start)), nil
@@ -503,12 +507,19 @@ func (f *Failover) fence(ctx context.Context, p FailoverPlan, pr journal.Progres
 // app starts: after a resume hours later, someone may have started the
 // old box again.
 func (f *Failover) ensureFenced(ctx context.Context, p FailoverPlan) error {
-	if p.Primary == nil || p.Primary.ID == "unknown" || p.ForceUnknown {
+	if p.Primary == nil || p.Primary.ID == "unknown" {
 		return nil
 	}
 	in, ok, err := f.describe(ctx, p.Primary.ID)
 	if err != nil {
+		if p.ForceUnknown {
+			return nil // unreadable, as approved
+		}
 		return fmt.Errorf("check that the old primary is still fenced: %w", err)
+	}
+	running := in.State.Name == ec2types.InstanceStateNameRunning || in.State.Name == ec2types.InstanceStateNamePending
+	if p.ForceUnknown && !running {
+		return nil // stopping, or the like: what --force-unknown accepted
 	}
 	if ok && in.State.Name != ec2types.InstanceStateNameStopped && in.State.Name != ec2types.InstanceStateNameTerminated {
 		return fmt.Errorf("the old primary %s is %s again: not going on while it may serve; stop it, then resume", p.Primary.ID, in.State.Name)
@@ -727,7 +738,7 @@ func (f *Failover) retag(ctx context.Context, op *journal.Op, p FailoverPlan) (s
 		if _, err := f.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{p.Primary.ID}, Tags: []ec2types.Tag{
 			{Key: aws.String("Name"), Value: aws.String(p.NameTag + "-fenced")},
 			{Key: aws.String("circlebot:fenced-by"), Value: aws.String(op.ID)},
-		}}); err != nil {
+		}}); err != nil && errorCode(err) != "InvalidInstanceID.NotFound" { // gone: nothing to rename
 			return "", fmt.Errorf("rename the old primary: %w", err)
 		}
 	}
