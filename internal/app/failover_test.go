@@ -474,3 +474,39 @@ func TestFailoverMovesAnInterfaceOrTheLoadBalancerTargets(t *testing.T) {
 		}
 	})
 }
+
+// Discovery none: nothing moves; the plan says builders need the new IP
+// and rotates them, holding the builder group for the whole failover.
+func TestFailoverWithoutDiscoveryRotatesTheBuilders(t *testing.T) {
+	f := newFailoverEnv(t, func(c *config.Config) {
+		c.Failover.Discovery = "none"
+		c.Builders.RotateBatch = 3
+	})
+	asg := autoscaling.NewFromConfig(f.aws)
+	before := f.inst.Builders
+	req := f.request(alice, "failover")
+	plan := f.waitText("plan", req, "Approval needed")
+	for _, want := range []string{"nothing moves", "CIRCLE_SECRET_PASSPHRASE", "replace all 3 builders"} {
+		if !strings.Contains(plan, want) {
+			t.Errorf("none-mode plan lacks %q: %s", want, plan)
+		}
+	}
+	f.click(bob, "approve "+req, "none.1")
+	f.waitText("summary", "The Services box is now `"+f.inst.Replica.ID+"`", "builders were rotated")
+	f.server.Wait()
+	out, err := asg.DescribeAutoScalingGroups(context.Background(), &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{f.inst.BuilderASG}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range out.AutoScalingGroups[0].Instances {
+		if slices.Contains(before, aws.ToString(i.InstanceId)) {
+			t.Errorf("old builder %s still in the group", aws.ToString(i.InstanceId))
+		}
+	}
+	if got := f.holdersOf(f.inst.ServicesBox.SecondaryIP); len(got) != 1 || got[0] != f.inst.ServicesBox.ID {
+		t.Errorf("discovery none moved the service address: %v", got)
+	}
+	if l, _ := f.app.Store.Locks(); len(l) != 0 {
+		t.Errorf("locks left after the failover: %+v", l)
+	}
+}

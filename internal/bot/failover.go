@@ -89,8 +89,13 @@ func (a FailoverAction) Execute(ctx context.Context, req approvals.Request, r Re
 		if err != nil {
 			return derived{}, err
 		}
-		return derived{plan: ap, data: map[string]string{"kind": "failover", "plan": p.Encode()},
-			title: fmt.Sprintf("Failover of the Services box to `%s`", p.Replica.ID)}, nil
+		d := derived{plan: ap, data: map[string]string{"kind": "failover", "plan": p.Encode()},
+			title: fmt.Sprintf("Failover of the Services box to `%s`", p.Replica.ID)}
+		if p.BuilderPlan != nil {
+			// It rotates the builders too: no `builders rotate` alongside.
+			d.also = []string{"builders/" + p.BuilderPlan.Group}
+		}
+		return d, nil
 	})
 }
 

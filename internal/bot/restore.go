@@ -214,6 +214,7 @@ type derived struct {
 	plan  approvals.Plan
 	data  map[string]string // "kind", "plan" (the encoded ops plan)
 	title string
+	also  []string // further lock keys the operation needs
 }
 
 // execute starts a journaled operation of an approved request: the target
@@ -245,19 +246,40 @@ func (s *Operations) execute(ctx context.Context, req approvals.Request, r Repli
 		_ = unlock()
 		return &PlanChangedError{Approved: req.PlanHash, Live: d.plan.Hash()}
 	}
-	op := &journal.Op{ID: opID, Kind: d.data["kind"], Title: d.title, Target: key, RequestID: req.ID, Command: req.Command,
+	var unlocks []func() error
+	for _, k := range d.also {
+		u, err := s.Store.TryLock(store.Lock{Key: k, OpID: opID, What: what, Requester: req.Requester, Process: s.Store.Process()})
+		if err != nil {
+			for _, u := range unlocks {
+				_ = u()
+			}
+			_ = unlock()
+			if errors.As(err, &held) {
+				return &UserError{Msg: heldMessage(held.Holder, s.SlashCommand)}
+			}
+			return err
+		}
+		unlocks = append(unlocks, u)
+	}
+	op := &journal.Op{ID: opID, Kind: d.data["kind"], Title: d.title, Target: key, Also: d.also, RequestID: req.ID, Command: req.Command,
 		Channel: req.Channel, Requester: req.Requester, Approver: req.Decider, Facts: d.plan.Facts, Data: d.data,
 		State: journal.Running, Process: s.Store.Process(), Created: now, Updated: now}
+	release := func() {
+		for _, u := range unlocks {
+			_ = u()
+		}
+		_ = unlock()
+	}
 	defs, err := s.defs(op)
 	if err != nil {
-		_ = unlock()
+		release()
 		return err
 	}
 	for _, n := range ops.Names(defs) {
 		op.Steps = append(op.Steps, journal.Step{Name: n, State: journal.StepPending})
 	}
 	if err := s.Journal.Create(op); err != nil {
-		_ = unlock()
+		release()
 		return fmt.Errorf("journal the %s: %w", what, err)
 	}
 	return s.run(ctx, op.ID, r, "")
@@ -324,8 +346,10 @@ func (s *Operations) run(ctx context.Context, id string, poster progress.Poster,
 	}
 	switch {
 	case err == nil && op.State == journal.Done:
-		if uerr := s.Store.Unlock(op.Target, op.ID); uerr != nil {
-			s.Log.Error("release the box after a restore", "op", op.ID, "err", uerr)
+		for _, k := range op.Targets() {
+			if uerr := s.Store.Unlock(k, op.ID); uerr != nil {
+				s.Log.Error("release a lock after an operation", "op", op.ID, "lock", k, "err", uerr)
+			}
 		}
 		st.Finish(progress.Succeeded, s.summary(op))
 	case errors.Is(err, journal.ErrCancelled):
@@ -482,12 +506,17 @@ func (s *Operations) Resume(ctx context.Context, id, user string, poster progres
 
 // adopt makes this process the holder of the operation's target.
 func (s *Operations) adopt(op *journal.Op) error {
-	err := s.Store.Adopt(store.Lock{Key: op.Target, OpID: op.ID, What: "restore", Requester: op.Requester, Since: op.Created, Process: s.Store.Process()})
-	var held *store.HeldError
-	if errors.As(err, &held) {
-		return &UserError{Msg: heldMessage(held.Holder, s.SlashCommand)}
+	for _, k := range op.Targets() {
+		err := s.Store.Adopt(store.Lock{Key: k, OpID: op.ID, What: op.Kind, Requester: op.Requester, Since: op.Created, Process: s.Store.Process()})
+		var held *store.HeldError
+		if errors.As(err, &held) {
+			return &UserError{Msg: heldMessage(held.Holder, s.SlashCommand)}
+		}
+		if err != nil {
+			return err
+		}
 	}
-	return err
+	return nil
 }
 
 // Cancel stops a running operation at its next step boundary, or gives up
@@ -507,8 +536,10 @@ func (s *Operations) Cancel(ctx context.Context, id, user string, reply Replier)
 		_, err := reply.Post(ctx, chat.Text(msg))
 		return Outcome{Result: "ok", Detail: "cancel requested " + op.ID}, err
 	}
-	if err := s.Store.Unlock(op.Target, op.ID); err != nil {
-		return Outcome{}, err
+	for _, k := range op.Targets() {
+		if err := s.Store.Unlock(k, op.ID); err != nil {
+			return Outcome{}, err
+		}
 	}
 	msg := fmt.Sprintf(":wastebasket: <@%s> gave up `%s` (%s); new operations on its target may start. What it did: %s.%s %s",
 		user, op.ID, op.Title, s.leftBehind(op), s.cleanupHints(op), s.boxLine(ctx, op))

@@ -54,10 +54,13 @@ type Step struct {
 
 // Op is one journaled operation.
 type Op struct {
-	ID        string            `json:"id"`
-	Kind      string            `json:"kind"`   // "restore"
-	Title     string            `json:"title"`  // for the progress message
-	Target    string            `json:"target"` // the lock key it holds, e.g. box/circleci_services
+	ID     string `json:"id"`
+	Kind   string `json:"kind"`   // "restore"
+	Title  string `json:"title"`  // for the progress message
+	Target string `json:"target"` // the lock key it holds, e.g. box/circleci_services
+	// Also are further lock keys it holds (a failover that rotates the
+	// builders holds builders/<group> too).
+	Also      []string          `json:"also,omitempty"`
 	RequestID string            `json:"request_id,omitempty"`
 	Command   string            `json:"command"`
 	Channel   string            `json:"channel"`
@@ -100,6 +103,9 @@ func (o *Op) Next() int {
 	}
 	return len(o.Steps)
 }
+
+// Targets are every lock key the operation holds.
+func (o *Op) Targets() []string { return append([]string{o.Target}, o.Also...) }
 
 // Open reports whether the operation still holds its target.
 func (o *Op) Open() bool { return o.State == Running || o.State == Stopped }

@@ -762,7 +762,7 @@ func (f *Failover) startApp(ctx context.Context, op *journal.Op, p FailoverPlan,
 	if err := f.ensureFenced(ctx, p); err != nil {
 		return "", err
 	}
-	return startApp(ctx, f.SSM, p.Replica.ID, op.ID, p.AppStart, f.poll(), cmpOr(f.HealthTimeout, 10*time.Minute), pr)
+	return startApp(ctx, f.SSM, p.Replica.ID, op, p.AppStart, f.poll(), cmpOr(f.HealthTimeout, 10*time.Minute), pr)
 }
 
 // verify waits for the replica's status checks and, when configured, an

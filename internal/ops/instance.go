@@ -7,8 +7,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/circlebot/circlebot/internal/journal"
 )
@@ -67,13 +70,15 @@ func waitInstanceState(ctx context.Context, api instanceReader, id string, poll,
 }
 
 // startApp runs command on instance id through SSM, waiting (up to
-// timeout) for the agent of a new instance to register first.
-func startApp(ctx context.Context, api SSM, id, opID, command string, poll, timeout time.Duration, p journal.Progress) (string, error) {
-	sh := &Shell{SSM: api, Instance: id, Poll: poll}
+// timeout) for the agent of a new instance to register first. The
+// command runs once per operation (runOnce): a step run again follows it,
+// and a bot shutting down leaves it running.
+func startApp(ctx context.Context, api SSM, id string, op *journal.Op, command string, poll, timeout time.Duration, p journal.Progress) (string, error) {
+	sh := &Shell{SSM: api, Instance: id, Poll: poll, KeepOnCancel: true}
 	deadline := time.Now().Add(timeout)
 	noted := false
 	for {
-		res, err := sh.Run(ctx, "circlebot "+opID+": start the app", command, 10*time.Minute)
+		res, err := runOnce(ctx, op, "app_start_command", sh, "circlebot "+op.ID+": start the app", command, 10*time.Minute)
 		if err == nil {
 			out := lastLine(res.Stdout)
 			if strings.TrimSpace(res.Stdout) == "" {
@@ -93,4 +98,31 @@ func startApp(ctx context.Context, api SSM, id, opID, command string, poll, time
 			return "", err
 		}
 	}
+}
+
+// runOnce runs a script on the box at most once per operation step: its
+// command ID is recorded the moment SSM accepts it, and a step run again
+// (resume after a crash, a retry) follows that command instead of sending
+// another. Only a command that ended without success is sent again (its
+// failure stopped the step, visibly, before).
+func runOnce(ctx context.Context, op *journal.Op, key string, sh *Shell, comment, script string, timeout time.Duration) (Result, error) {
+	if id := op.Data[key]; id != "" {
+		inv, err := sh.SSM.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: aws.String(id), InstanceId: aws.String(sh.Instance)})
+		switch {
+		case err == nil && (running(inv.Status) || inv.Status == ssmtypes.CommandInvocationStatusSuccess):
+			return sh.Follow(ctx, id, comment, timeout)
+		case err == nil:
+			// It ended without success (cancelled, failed, timed out):
+			// run it again, visibly.
+		default:
+			return Result{CommandID: id}, fmt.Errorf("find the earlier command %s (%s): %w", id, comment, err)
+		}
+	}
+	sh.OnSend = func(id string) {
+		op.Data[key] = id
+		if op.Record != nil {
+			_ = op.Record(key, id)
+		}
+	}
+	return sh.Run(ctx, comment, script, timeout)
 }

@@ -991,7 +991,7 @@ func (r *SnapshotRestore) startApp(ctx context.Context, op *journal.Op, plan Res
 	if plan.AppStart == "" {
 		return "skipped: no `services_box.app_start_command` (or no SSM); start the app from the admin console on port 8800", nil
 	}
-	return startApp(ctx, r.SSM, op.Data["instance_id"], op.ID, plan.AppStart, r.poll(), cmpOr(r.HealthTimeout, 20*time.Minute), p)
+	return startApp(ctx, r.SSM, op.Data["instance_id"], op, plan.AppStart, r.poll(), cmpOr(r.HealthTimeout, 20*time.Minute), p)
 }
 
 // describeInstance and waitState read through the shared helpers.

@@ -12,8 +12,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/aws/aws-sdk-go-v2/service/ssm"
-	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/circlebot/circlebot/internal/journal"
 )
@@ -229,7 +227,7 @@ func (t *TarballRestore) download(ctx context.Context, op *journal.Op, plan Tarb
 		return "", errors.New("the presigned download URL cannot be quoted for the shell")
 	}
 	dir := scratchDir(op.ID)
-	r, err := t.runOnce(ctx, op, "download_command", t.shell(plan.InstanceID), "circlebot "+op.ID+": download the tarball", fmt.Sprintf(`d=%s
+	r, err := runOnce(ctx, op, "download_command", t.shell(plan.InstanceID), "circlebot "+op.ID+": download the tarball", fmt.Sprintf(`d=%s
 mkdir -p "$d"
 f="$d/backup.tar.bz2"
 curl -fsS --retry 3 -o "$f" '%s'
@@ -257,7 +255,7 @@ func (t *TarballRestore) app(ctx context.Context, op *journal.Op, plan TarballRe
 	if command == "" {
 		return "skipped: no command configured (`services_box.app_" + strings.Fields(what)[0] + "_command`)", nil
 	}
-	r, err := t.runOnce(ctx, op, strings.ReplaceAll(what, " ", "_")+"_command", t.shell(plan.InstanceID), "circlebot "+op.ID+": "+what, command, 10*time.Minute)
+	r, err := runOnce(ctx, op, strings.ReplaceAll(what, " ", "_")+"_command", t.shell(plan.InstanceID), "circlebot "+op.ID+": "+what, command, 10*time.Minute)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", what, err)
 	}
@@ -278,7 +276,7 @@ func (t *TarballRestore) restore(ctx context.Context, op *journal.Op, plan Tarba
 	// follows it after the restart: cut in half, it would leave /data
 	// half-restored.
 	sh.KeepOnCancel = true
-	r, err := t.runOnce(ctx, op, "restore_command", sh, "circlebot "+op.ID+": circleci-restore", fmt.Sprintf(`d=%s
+	r, err := runOnce(ctx, op, "restore_command", sh, "circlebot "+op.ID+": circleci-restore", fmt.Sprintf(`d=%s
 if ! circleci-restore "$d/backup.tar.bz2" >"$d/restore.log" 2>&1; then
 	echo "circleci-restore failed; the end of its output:" >&2
 	tail -n 20 "$d/restore.log" >&2
@@ -330,33 +328,6 @@ func (t *TarballRestore) asideNow(ctx context.Context, sh *Shell, op *journal.Op
 		return "The data that was in /data is in " + strings.Join(made, ", ") + "."
 	}
 	return "Nothing was moved aside: /data holds what was there before."
-}
-
-// runOnce runs a script on the box at most once per operation step: its
-// command ID is recorded the moment SSM accepts it, and a step run again
-// (resume after a crash, a retry) follows that command instead of sending
-// another. Only a command that ended without success is sent again (its
-// failure stopped the step, visibly, before).
-func (t *TarballRestore) runOnce(ctx context.Context, op *journal.Op, key string, sh *Shell, comment, script string, timeout time.Duration) (Result, error) {
-	if id := op.Data[key]; id != "" {
-		inv, err := t.SSM.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: aws.String(id), InstanceId: aws.String(sh.Instance)})
-		switch {
-		case err == nil && (running(inv.Status) || inv.Status == ssmtypes.CommandInvocationStatusSuccess):
-			return sh.Follow(ctx, id, comment, timeout)
-		case err == nil:
-			// It ended without success (cancelled, failed, timed out):
-			// run it again, visibly.
-		default:
-			return Result{CommandID: id}, fmt.Errorf("find the earlier command %s (%s): %w", id, comment, err)
-		}
-	}
-	sh.OnSend = func(id string) {
-		op.Data[key] = id
-		if op.Record != nil {
-			_ = op.Record(key, id)
-		}
-	}
-	return sh.Run(ctx, comment, script, timeout)
 }
 
 func (t *TarballRestore) cleanup(ctx context.Context, op *journal.Op, plan TarballRestorePlan) (string, error) {
