@@ -34,6 +34,7 @@ import (
 	"github.com/circlebot/circlebot/internal/commands"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/journal"
+	"github.com/circlebot/circlebot/internal/kv"
 	"github.com/circlebot/circlebot/internal/metrics"
 	"github.com/circlebot/circlebot/internal/monitor"
 	"github.com/circlebot/circlebot/internal/ops"
@@ -202,7 +203,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		}), EC2: ec2c, Store: st, Checks: checks, NameTag: cfg.ServicesBox.NameTag, ASG: cfg.Builders.ASGName,
 		Cooldown: cfg.Monitor.Cooldown.D(), Slash: cfg.Slack.Command, Log: o.Log,
 	}
-	apr := &bot.Approvals{Store: approvals.Store{DB: st.DB()}, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Journaled: restores.Journaled}
+	apr := &bot.Approvals{Store: approvals.Store{KV: kv.Bolt{DB: st.DB()}}, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Journaled: restores.Journaled}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
 		Policy:       policy,

@@ -1,13 +1,18 @@
 package approvals
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+
+	"github.com/circlebot/circlebot/internal/kv"
 	"github.com/circlebot/circlebot/internal/store"
+	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 )
 
 var t0 = time.Date(2026, 11, 28, 3, 0, 0, 0, time.UTC)
@@ -71,17 +76,38 @@ func TestCheckDecision(t *testing.T) {
 	}
 }
 
+func TestMain(m *testing.M) { motoserver.Main(m) }
+
 func newStore(t *testing.T) (Store, *store.Store) {
 	st, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	return Store{DB: st.DB()}, st
+	return Store{KV: kv.Bolt{DB: st.DB()}}, st
 }
 
-func TestRacingApprovalsGiveOneExecution(t *testing.T) {
+// stores are the two backends: the embedded bbolt one and DynamoDB (in
+// moto), which two replicas share.
+func stores(t *testing.T) map[string]Store {
 	s, _ := newStore(t)
+	moto := motoserver.ForTest(t)
+	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(moto.URL)), Table: "circlebot-state"}
+	if err := d.EnsureTable(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]Store{"bbolt": s, "dynamodb": {KV: d}}
+}
+
+// Twenty approvals racing (as from two replicas sharing DynamoDB): one
+// decision, one execution, on either backend.
+func TestRacingApprovalsGiveOneExecution(t *testing.T) {
+	for name, s := range stores(t) {
+		t.Run(name, func(t *testing.T) { racingApprovals(t, s) })
+	}
+}
+
+func racingApprovals(t *testing.T, s Store) {
 	r := New("backup prune", plan(), "U0ALICE", "C1", t0, time.Hour)
 	if err := s.Create(r); err != nil {
 		t.Fatal(err)
@@ -116,7 +142,7 @@ func TestExpiredRequestIsMarkedAndStaysDeadAcrossRestarts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := Store{DB: st.DB()}
+	s := Store{KV: kv.Bolt{DB: st.DB()}}
 	r := New("backup prune", plan(), "U0ALICE", "C1", t0, time.Minute)
 	s.Create(r)
 	_, err = s.Decide(r.ID, "U0BOB", true, true, t0.Add(2*time.Minute))
@@ -134,7 +160,7 @@ func TestExpiredRequestIsMarkedAndStaysDeadAcrossRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	s = Store{DB: st.DB()}
+	s = Store{KV: kv.Bolt{DB: st.DB()}}
 	if _, err := s.Decide(r.ID, "U0CAROL", true, true, t0.Add(3*time.Minute)); !errors.As(err, &ref) {
 		t.Fatalf("an expired request was revived after a restart: %v", err)
 	}

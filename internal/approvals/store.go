@@ -1,81 +1,67 @@
 package approvals
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/circlebot/circlebot/internal/kv"
 )
 
-var bucket = []byte("approvals")
+const table = "approvals"
 
 var ErrNotFound = errors.New("no such request")
 
-// Store keeps requests in the bot's bbolt file. Every state change is one
-// Update that reads, checks and writes, so two clicks racing give exactly
-// one decision and one execution.
-type Store struct{ DB *bolt.DB }
+// Store keeps requests in the bot's state store (bbolt, or DynamoDB
+// shared by replicas). Every state change is a read and a write
+// conditional on what was read, so two clicks racing (on one replica or
+// two) give exactly one decision and one execution.
+type Store struct{ KV kv.Store }
 
 func (s Store) Create(r Request) error {
 	val, err := encode(r)
 	if err != nil {
 		return err
 	}
-	return s.DB.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucket)
-		if err != nil {
-			return err
-		}
-		if b.Get([]byte(r.ID)) != nil {
-			return fmt.Errorf("request %s exists", r.ID)
-		}
-		return b.Put([]byte(r.ID), val)
-	})
+	_, err = s.KV.Put(context.Background(), table, r.ID, val, 0)
+	if errors.Is(err, kv.ErrConflict) {
+		return fmt.Errorf("request %s exists", r.ID)
+	}
+	return err
 }
 
 func (s Store) Get(id string) (Request, error) {
 	var r Request
-	err := s.DB.View(func(tx *bolt.Tx) error {
-		var err error
-		r, err = load(tx, id)
-		return err
-	})
-	return r, err
-}
-
-func load(tx *bolt.Tx, id string) (Request, error) {
-	var r Request
-	b := tx.Bucket(bucket)
-	if b == nil {
+	it, err := s.KV.Get(context.Background(), table, id)
+	if errors.Is(err, kv.ErrNotFound) {
 		return r, ErrNotFound
 	}
-	v := b.Get([]byte(id))
-	if v == nil {
-		return r, ErrNotFound
+	if err != nil {
+		return r, err
 	}
-	return r, json.Unmarshal(v, &r)
+	return r, json.Unmarshal(it.Value, &r)
 }
 
-// update applies fn to the stored request atomically.
+// update applies fn to the stored request atomically; an error from fn
+// leaves the record unchanged.
 func (s Store) update(id string, fn func(*Request) error) (Request, error) {
 	var out Request
-	err := s.DB.Update(func(tx *bolt.Tx) error {
-		r, err := load(tx, id)
-		if err != nil {
-			return err
+	_, err := kv.Update(context.Background(), s.KV, table, id, func(cur []byte, exists bool) ([]byte, error) {
+		if !exists {
+			return nil, ErrNotFound
 		}
-		if err := fn(&r); err != nil {
-			out = r
-			return err
+		var r Request
+		if err := json.Unmarshal(cur, &r); err != nil {
+			return nil, err
 		}
-		val, err := encode(r)
-		if err != nil {
-			return err
-		}
+		err := fn(&r)
 		out = r
-		return tx.Bucket(bucket).Put([]byte(id), val)
+		if err != nil {
+			return nil, err
+		}
+		return encode(r)
 	})
 	return out, err
 }
@@ -135,20 +121,17 @@ func (s Store) SetMessage(id, ts string) error {
 
 // All lists requests (for start-up checks and history).
 func (s Store) All() ([]Request, error) {
-	var out []Request
-	err := s.DB.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucket)
-		if b == nil {
-			return nil
+	items, err := s.KV.List(context.Background(), table)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Request, 0, len(items))
+	for _, it := range items {
+		var r Request
+		if err := json.Unmarshal(it.Value, &r); err != nil {
+			return nil, err
 		}
-		return b.ForEach(func(_, v []byte) error {
-			var r Request
-			if err := json.Unmarshal(v, &r); err != nil {
-				return err
-			}
-			out = append(out, r)
-			return nil
-		})
-	})
-	return out, err
+		out = append(out, r)
+	}
+	return out, nil
 }
