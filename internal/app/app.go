@@ -154,7 +154,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Fallbacks: cfg.Restore.FallbackInstanceTypes, AppStart: cfg.ServicesBox.AppStartCommand,
 			ImageTimeout: cfg.Restore.ImageTimeout.D(), StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Restore.HealthTimeout.D(),
 		},
-		Journal:      journal.Store{DB: st.DB()},
+		Journal:      journal.Store{KV: kv.Bolt{DB: st.DB()}},
 		Store:        st,
 		NameTag:      cfg.ServicesBox.NameTag,
 		SlashCommand: cfg.Slack.Command,

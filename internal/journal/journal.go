@@ -16,10 +16,8 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/circlebot/circlebot/internal/kv"
 )
-
-var bucket = []byte("operations")
 
 // State of an operation.
 type State string
@@ -128,35 +126,42 @@ var (
 	ErrCancelled = errors.New("cancelled")
 )
 
-// Store keeps operations in the bot's bbolt file; each change is one
-// read-check-write transaction.
-type Store struct{ DB *bolt.DB }
+// Store keeps operations in the bot's state store (bbolt, or DynamoDB
+// shared by replicas); each change is a read and a write conditional on
+// what was read.
+type Store struct{ KV kv.Store }
+
+const table = "operations"
 
 func (s Store) Create(o *Op) error {
 	val, err := json.Marshal(o)
 	if err != nil {
 		return err
 	}
-	return s.DB.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucket)
-		if err != nil {
-			return err
-		}
-		if b.Get([]byte(o.ID)) != nil {
-			return fmt.Errorf("operation %s exists", o.ID)
-		}
-		return b.Put([]byte(o.ID), val)
-	})
+	_, err = s.KV.Put(context.Background(), table, o.ID, val, 0)
+	if errors.Is(err, kv.ErrConflict) {
+		return fmt.Errorf("operation %s exists", o.ID)
+	}
+	return err
 }
 
 func (s Store) Get(id string) (*Op, error) {
-	var o *Op
-	err := s.DB.View(func(tx *bolt.Tx) error {
-		var err error
-		o, err = load(tx, id)
-		return err
-	})
-	return o, err
+	it, err := s.KV.Get(context.Background(), table, id)
+	if errors.Is(err, kv.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return decode(id, it.Value)
+}
+
+func decode(id string, v []byte) (*Op, error) {
+	var o Op
+	if err := json.Unmarshal(v, &o); err != nil {
+		return nil, fmt.Errorf("decode operation %s: %w", id, err)
+	}
+	return &o, nil
 }
 
 // ByRequest finds the operation an approval request started.
@@ -173,64 +178,45 @@ func (s Store) ByRequest(reqID string) (*Op, error) {
 	return nil, ErrNotFound
 }
 
-func load(tx *bolt.Tx, id string) (*Op, error) {
-	b := tx.Bucket(bucket)
-	if b == nil {
-		return nil, ErrNotFound
-	}
-	v := b.Get([]byte(id))
-	if v == nil {
-		return nil, ErrNotFound
-	}
-	var o Op
-	if err := json.Unmarshal(v, &o); err != nil {
-		return nil, fmt.Errorf("decode operation %s: %w", id, err)
-	}
-	return &o, nil
-}
-
 // Update applies fn to the stored operation atomically and returns the
-// result; an error from fn leaves the record unchanged.
+// result; an error from fn leaves the record unchanged. fn may run more
+// than once when another writer wins a race: it must only change the op.
 func (s Store) Update(id string, fn func(*Op) error) (*Op, error) {
 	var out *Op
-	err := s.DB.Update(func(tx *bolt.Tx) error {
-		o, err := load(tx, id)
-		if err != nil {
-			return err
+	_, err := kv.Update(context.Background(), s.KV, table, id, func(cur []byte, exists bool) ([]byte, error) {
+		if !exists {
+			return nil, ErrNotFound
 		}
-		if err := fn(o); err != nil {
-			out = o
-			return err
+		o, err := decode(id, cur)
+		if err != nil {
+			return nil, err
+		}
+		err = fn(o)
+		out = o
+		if err != nil {
+			return nil, err
 		}
 		o.Updated = time.Now()
-		val, err := json.Marshal(o)
-		if err != nil {
-			return err
-		}
-		out = o
-		return tx.Bucket(bucket).Put([]byte(id), val)
+		return json.Marshal(o)
 	})
 	return out, err
 }
 
 // All lists every operation, oldest first (IDs sort by time).
 func (s Store) All() ([]*Op, error) {
-	var out []*Op
-	err := s.DB.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucket)
-		if b == nil {
-			return nil
+	items, err := s.KV.List(context.Background(), table)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Op, 0, len(items))
+	for _, it := range items {
+		o, err := decode(it.Key, it.Value)
+		if err != nil {
+			return nil, err
 		}
-		return b.ForEach(func(k, v []byte) error {
-			var o Op
-			if err := json.Unmarshal(v, &o); err != nil {
-				return fmt.Errorf("decode operation %s: %w", k, err)
-			}
-			out = append(out, &o)
-			return nil
-		})
-	})
-	return out, err
+		out = append(out, o)
+	}
+	return out, nil
 }
 
 // Claim makes process the runner of a stopped (or new) operation, once: of

@@ -8,7 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/circlebot/circlebot/internal/kv"
+	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 )
 
 func open(t *testing.T) Store {
@@ -18,7 +22,7 @@ func open(t *testing.T) Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	return Store{DB: db}
+	return Store{KV: kv.Bolt{DB: db}}
 }
 
 type nopProgress struct{}
@@ -198,5 +202,37 @@ func TestClaimOnce(t *testing.T) {
 	wg.Wait()
 	if wins != 1 {
 		t.Fatalf("%d claims won, want 1", wins)
+	}
+}
+
+func TestMain(m *testing.M) { motoserver.Main(m) }
+
+// The same one-runner rule on DynamoDB, where two replicas would race.
+func TestClaimOnceOnDynamoDB(t *testing.T) {
+	moto := motoserver.ForTest(t)
+	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(moto.URL)), Table: "circlebot-state"}
+	if err := d.EnsureTable(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s := Store{KV: d}
+	o := newOp(t, s, "dead", 1)
+	if _, err := s.MarkInterrupted("me"); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	for i := range 10 {
+		wg.Go(func() {
+			if _, err := s.Claim(o.ID, "replica-"+string(rune('a'+i))); err == nil {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Fatalf("%d claims won across replicas, want 1", wins)
 	}
 }
