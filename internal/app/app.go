@@ -34,7 +34,6 @@ import (
 	"github.com/circlebot/circlebot/internal/commands"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/journal"
-	"github.com/circlebot/circlebot/internal/kv"
 	"github.com/circlebot/circlebot/internal/metrics"
 	"github.com/circlebot/circlebot/internal/monitor"
 	"github.com/circlebot/circlebot/internal/ops"
@@ -154,7 +153,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Fallbacks: cfg.Restore.FallbackInstanceTypes, AppStart: cfg.ServicesBox.AppStartCommand,
 			ImageTimeout: cfg.Restore.ImageTimeout.D(), StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Restore.HealthTimeout.D(),
 		},
-		Journal:      journal.Store{KV: kv.Bolt{DB: st.DB()}},
+		Journal:      journal.Store{KV: st.KV()},
 		Store:        st,
 		NameTag:      cfg.ServicesBox.NameTag,
 		SlashCommand: cfg.Slack.Command,
@@ -203,7 +202,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		}), EC2: ec2c, Store: st, Checks: checks, NameTag: cfg.ServicesBox.NameTag, ASG: cfg.Builders.ASGName,
 		Cooldown: cfg.Monitor.Cooldown.D(), Slash: cfg.Slack.Command, Log: o.Log,
 	}
-	apr := &bot.Approvals{Store: approvals.Store{KV: kv.Bolt{DB: st.DB()}}, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Journaled: restores.Journaled}
+	apr := &bot.Approvals{Store: approvals.Store{KV: st.KV()}, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Journaled: restores.Journaled}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
 		Policy:       policy,

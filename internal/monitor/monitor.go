@@ -23,7 +23,6 @@ import (
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/journal"
-	"github.com/circlebot/circlebot/internal/kv"
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/store"
@@ -306,7 +305,7 @@ func (m *Monitor) operation() string {
 		if l.Key != "box/"+m.NameTag || !strings.HasPrefix(l.OpID, "op-") {
 			continue
 		}
-		if op, err := (journal.Store{KV: kv.Bolt{DB: m.Store.DB()}}).Get(l.OpID); err == nil && op.State == journal.Running {
+		if op, err := (journal.Store{KV: m.Store.KV()}).Get(l.OpID); err == nil && op.State == journal.Running {
 			return l.OpID
 		}
 	}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/circlebot/circlebot/internal/kv"
 )
 
 var bucketAudit = []byte("audit")
@@ -64,8 +66,13 @@ func (s *Store) Close() error { return s.db.Close() }
 func (s *Store) Ping() error { return s.db.View(func(*bolt.Tx) error { return nil }) }
 
 // DB exposes the handle to packages that keep their own buckets in the same
-// file (approvals, journal), so one fsync'd file holds all state.
+// file, so one fsync'd file holds all state.
 func (s *Store) DB() *bolt.DB { return s.db }
+
+// KV is the same file as versioned items with conditional writes, where
+// approvals and the operation journal live (and, with DynamoDB behind the
+// same interface, what replicas will share).
+func (s *Store) KV() kv.Store { return kv.Bolt{DB: s.db} }
 
 // AuditRecord is one command, or one refusal, as it happened.
 type AuditRecord struct {
