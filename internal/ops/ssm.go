@@ -136,7 +136,15 @@ func (s *Shell) Follow(ctx context.Context, id, comment string, timeout time.Dur
 func (s *Shell) send(ctx context.Context, in *ssm.SendCommandInput) (*ssm.SendCommandOutput, error) {
 	wait := cmpOr(s.Backoff, time.Second)
 	for attempt := 1; ; attempt++ {
-		out, err := s.SSM.SendCommand(ctx, in, func(o *ssm.Options) { o.RetryMaxAttempts = 1 })
+		if err := ctx.Err(); err != nil {
+			return nil, err // never sent
+		}
+		// A send in flight is not cut off when ctx ends: the command may
+		// already run on the box, and only its answer says which one to
+		// follow or cancel.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		out, err := s.SSM.SendCommand(sctx, in, func(o *ssm.Options) { o.RetryMaxAttempts = 1 })
+		cancel()
 		if err == nil || attempt == sendAttempts || !throttled(err) {
 			return out, err
 		}
