@@ -180,59 +180,38 @@ func TestRecordSavesAtOnce(t *testing.T) {
 	}
 }
 
-// Of many racing resumes, exactly one claims the operation.
+// Of many racing resumes (from one replica, or two sharing DynamoDB),
+// exactly one claims the operation.
 func TestClaimOnce(t *testing.T) {
-	s := open(t)
-	o := newOp(t, s, "dead", 1)
-	if _, err := s.MarkInterrupted("me"); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	wins := 0
-	for i := 0; i < 20; i++ {
-		wg.Go(func() {
-			if _, err := s.Claim(o.ID, "me"+string(rune('a'+i))); err == nil {
-				mu.Lock()
-				wins++
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if wins != 1 {
-		t.Fatalf("%d claims won, want 1", wins)
-	}
-}
-
-func TestMain(m *testing.M) { motoserver.Main(m) }
-
-// The same one-runner rule on DynamoDB, where two replicas would race.
-func TestClaimOnceOnDynamoDB(t *testing.T) {
 	moto := motoserver.ForTest(t)
 	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(moto.URL)), Table: "circlebot-state"}
 	if err := d.EnsureTable(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	s := Store{KV: d}
-	o := newOp(t, s, "dead", 1)
-	if _, err := s.MarkInterrupted("me"); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	wins := 0
-	for i := range 10 {
-		wg.Go(func() {
-			if _, err := s.Claim(o.ID, "replica-"+string(rune('a'+i))); err == nil {
-				mu.Lock()
-				wins++
-				mu.Unlock()
+	for name, s := range map[string]Store{"bbolt": open(t), "dynamodb": {KV: d}} {
+		t.Run(name, func(t *testing.T) {
+			o := newOp(t, s, "dead", 1)
+			if _, err := s.MarkInterrupted("me"); err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			wins := 0
+			for i := range 20 {
+				wg.Go(func() {
+					if _, err := s.Claim(o.ID, "replica-"+string(rune('a'+i))); err == nil {
+						mu.Lock()
+						wins++
+						mu.Unlock()
+					}
+				})
+			}
+			wg.Wait()
+			if wins != 1 {
+				t.Fatalf("%d claims won, want 1", wins)
 			}
 		})
 	}
-	wg.Wait()
-	if wins != 1 {
-		t.Fatalf("%d claims won across replicas, want 1", wins)
-	}
 }
+
+func TestMain(m *testing.M) { motoserver.Main(m) }
