@@ -1,15 +1,18 @@
 package store
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/circlebot/circlebot/internal/kv"
 )
 
-var bucketLocks = []byte("locks")
+const tableLocks = "locks"
 
 // Lock says who holds a target (e.g. "box/circleci_services").
 type Lock struct {
@@ -30,9 +33,10 @@ func (e *HeldError) Error() string {
 	return fmt.Sprintf("%s is locked by %s (%s, requested by %s, since %s)", e.Holder.Key, e.Holder.OpID, e.Holder.What, e.Holder.Requester, e.Holder.Since.UTC().Format(time.RFC3339))
 }
 
-// TryLock takes key in one bbolt transaction (check and put together), or
-// returns a *HeldError naming the holder. The returned func releases it,
-// only if it is still ours.
+// TryLock takes key with a write conditional on its absence (one winner
+// however many race, on one replica or several sharing the state store),
+// or returns a *HeldError naming the holder. The returned func releases
+// it, only if it is still ours.
 func (s *Store) TryLock(l Lock) (unlock func() error, err error) {
 	if l.Since.IsZero() {
 		l.Since = time.Now()
@@ -41,67 +45,67 @@ func (s *Store) TryLock(l Lock) (unlock func() error, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: encode lock: %w", err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketLocks)
-		if err != nil {
-			return err
+	ctx := context.Background()
+	for attempt := 0; attempt < 3; attempt++ {
+		_, err = s.KV().Put(ctx, tableLocks, l.Key, val, 0)
+		if err == nil {
+			return func() error { return s.Unlock(l.Key, l.OpID) }, nil
 		}
-		if cur := b.Get([]byte(l.Key)); cur != nil {
-			var h Lock
-			if err := json.Unmarshal(cur, &h); err != nil {
-				return fmt.Errorf("decode lock %s: %w", l.Key, err)
-			}
-			return &HeldError{Holder: h}
+		if !errors.Is(err, kv.ErrConflict) {
+			return nil, fmt.Errorf("store: lock %s: %w", l.Key, err)
 		}
-		return b.Put([]byte(l.Key), val)
-	})
-	var he *HeldError
-	if errors.As(err, &he) {
-		return nil, he
+		cur, gerr := s.KV().Get(ctx, tableLocks, l.Key)
+		if errors.Is(gerr, kv.ErrNotFound) {
+			continue // released meanwhile: try again
+		}
+		if gerr != nil {
+			return nil, fmt.Errorf("store: read lock %s: %w", l.Key, gerr)
+		}
+		var h Lock
+		if err := json.Unmarshal(cur.Value, &h); err != nil {
+			return nil, fmt.Errorf("decode lock %s: %w", l.Key, err)
+		}
+		return nil, &HeldError{Holder: h}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("store: lock %s: %w", l.Key, err)
-	}
-	return func() error { return s.Unlock(l.Key, l.OpID) }, nil
+	return nil, fmt.Errorf("store: lock %s keeps changing hands: %w", l.Key, err)
 }
 
 // Unlock releases key if opID holds it.
 func (s *Store) Unlock(key, opID string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketLocks)
-		if b == nil {
-			return nil
-		}
-		cur := b.Get([]byte(key))
-		if cur == nil {
-			return nil
-		}
-		var h Lock
-		if err := json.Unmarshal(cur, &h); err != nil || h.OpID != opID {
-			return nil
-		}
-		return b.Delete([]byte(key))
-	})
+	ctx := context.Background()
+	cur, err := s.KV().Get(ctx, tableLocks, key)
+	if errors.Is(err, kv.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("store: read lock %s: %w", key, err)
+	}
+	var h Lock
+	if err := json.Unmarshal(cur.Value, &h); err != nil || h.OpID != opID {
+		return nil
+	}
+	err = s.KV().Delete(ctx, tableLocks, key, cur.Version)
+	if errors.Is(err, kv.ErrConflict) {
+		return nil // changed hands meanwhile: not ours to release
+	}
+	return err
 }
 
 // Locks lists every held lock.
 func (s *Store) Locks() ([]Lock, error) {
-	var out []Lock
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketLocks)
-		if b == nil {
-			return nil
+	items, err := s.KV().List(context.Background(), tableLocks)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Lock, 0, len(items))
+	for _, it := range items {
+		var l Lock
+		if err := json.Unmarshal(it.Value, &l); err != nil {
+			return nil, err
 		}
-		return b.ForEach(func(_, v []byte) error {
-			var l Lock
-			if err := json.Unmarshal(v, &l); err != nil {
-				return err
-			}
-			out = append(out, l)
-			return nil
-		})
-	})
-	return out, err
+		out = append(out, l)
+	}
+	return out, nil
 }
 
 // Put stores v as JSON under bucket/key, durably, before returning.
@@ -162,25 +166,22 @@ func (s *Store) Adopt(l Lock) error {
 	if err != nil {
 		return fmt.Errorf("store: encode lock: %w", err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketLocks)
-		if err != nil {
-			return err
-		}
-		if cur := b.Get([]byte(l.Key)); cur != nil {
+	var held *HeldError
+	_, err = kv.Update(context.Background(), s.KV(), tableLocks, l.Key, func(cur []byte, exists bool) ([]byte, error) {
+		if exists {
 			var h Lock
 			if err := json.Unmarshal(cur, &h); err != nil {
-				return fmt.Errorf("decode lock %s: %w", l.Key, err)
+				return nil, fmt.Errorf("decode lock %s: %w", l.Key, err)
 			}
 			if h.OpID != l.OpID {
-				return &HeldError{Holder: h}
+				held = &HeldError{Holder: h}
+				return nil, held
 			}
 		}
-		return b.Put([]byte(l.Key), val)
+		return val, nil
 	})
-	var he *HeldError
-	if errors.As(err, &he) {
-		return he
+	if held != nil {
+		return held
 	}
 	if err != nil {
 		return fmt.Errorf("store: lock %s: %w", l.Key, err)

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -66,5 +67,59 @@ func TestSecondOpenFailsClearly(t *testing.T) {
 	_, err = Open(dir)
 	if err == nil || !strings.Contains(err.Error(), "locked by another process") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// Twenty operations racing for the Services box: one holds it, the
+// others are told who; only the holder releases it; a dead process's
+// lock is adopted by the same operation only.
+func TestLocks(t *testing.T) {
+	st, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	won, held := 0, 0
+	for i := range 20 {
+		wg.Go(func() {
+			_, err := st.TryLock(Lock{Key: "box/x", OpID: fmt.Sprintf("op-%d", i), What: "restore"})
+			var he *HeldError
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				won++
+			case errors.As(err, &he) && he.Holder.OpID != "":
+				held++
+			default:
+				t.Errorf("lock: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if won != 1 || held != 19 {
+		t.Fatalf("%d won, %d told the holder; want 1 and 19", won, held)
+	}
+	locks, _ := st.Locks()
+	owner := locks[0].OpID
+	if err := st.Unlock("box/x", "op-nobody"); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := st.Locks(); len(l) != 1 {
+		t.Fatal("a non-holder released the lock")
+	}
+	if err := st.Adopt(Lock{Key: "box/x", OpID: "op-other"}); err == nil {
+		t.Fatal("another operation adopted a held lock")
+	}
+	if err := st.Adopt(Lock{Key: "box/x", OpID: owner, Process: "new"}); err != nil {
+		t.Fatalf("the holder could not adopt its own lock: %v", err)
+	}
+	if err := st.Unlock("box/x", owner); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := st.Locks(); len(l) != 0 {
+		t.Fatalf("locks after release: %+v", l)
 	}
 }
