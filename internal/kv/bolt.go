@@ -92,3 +92,19 @@ func decodeLease(b []byte, v *leaseValue) error {
 	}
 	return nil
 }
+
+func (b Bolt) Last(_ context.Context, table string, n int) ([]Item, error) {
+	var out []Item
+	err := b.DB.View(func(tx *bolt.Tx) error {
+		bk := tx.Bucket([]byte("kv/" + table))
+		if bk == nil {
+			return nil
+		}
+		c := bk.Cursor()
+		for k, v := c.Last(); k != nil && len(out) < n; k, v = c.Prev() {
+			out = append(out, Item{Key: string(k), Version: versionOf(v), Value: append([]byte(nil), v[8:]...)})
+		}
+		return nil
+	})
+	return out, err
+}

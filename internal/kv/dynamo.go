@@ -155,3 +155,28 @@ func (d Dynamo) List(ctx context.Context, table string) ([]Item, error) {
 	slices.SortFunc(out, func(a, b Item) int { return strings.Compare(a.Key, b.Key) })
 	return out, nil
 }
+
+func (d Dynamo) Last(ctx context.Context, table string, n int) ([]Item, error) {
+	var out []Item
+	pg := dynamodb.NewQueryPaginator(d.API, &dynamodb.QueryInput{TableName: aws.String(d.Table), ConsistentRead: aws.Bool(true),
+		ScanIndexForward: aws.Bool(false), Limit: aws.Int32(int32(min(n, 1000))),
+		KeyConditionExpression:    aws.String("t = :t"),
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{":t": &ddbtypes.AttributeValueMemberS{Value: table}}})
+	for pg.HasMorePages() && len(out) < n {
+		page, err := pg.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("kv: last of %s: %w", table, err)
+		}
+		for _, m := range page.Items {
+			if len(out) == n {
+				break
+			}
+			it, err := itemOf(m)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, it)
+		}
+	}
+	return out, nil
+}

@@ -39,6 +39,9 @@ type Store interface {
 	Delete(ctx context.Context, table, key string, version int64) error
 	// List returns a table's items in key order.
 	List(ctx context.Context, table string) ([]Item, error)
+	// Last returns up to n items with the greatest keys, greatest first
+	// (the newest of time-ordered keys, e.g. the audit trail).
+	Last(ctx context.Context, table string, n int) ([]Item, error)
 }
 
 // Update reads the item, lets fn make the new value from the current one

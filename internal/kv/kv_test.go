@@ -77,6 +77,10 @@ func TestContract(t *testing.T) {
 			if err != nil || len(items) != 3 || items[0].Key != "a" || items[2].Key != "c" {
 				t.Fatalf("list: %+v %v", items, err)
 			}
+			last, err := s.Last(ctx, "journal", 2)
+			if err != nil || len(last) != 2 || last[0].Key != "c" || last[1].Key != "b" {
+				t.Fatalf("last 2: %+v %v", last, err)
+			}
 		})
 	}
 }

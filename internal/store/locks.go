@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/circlebot/circlebot/internal/kv"
 )
 
@@ -108,19 +106,14 @@ func (s *Store) Locks() ([]Lock, error) {
 	return out, nil
 }
 
-// Put stores v as JSON under bucket/key, durably, before returning.
+// Put stores v as JSON under bucket/key, durably, before returning
+// (last writer wins: these are records one operation owns).
 func (s *Store) Put(bucket, key string, v any) error {
 	val, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("store: encode %s/%s: %w", bucket, key, err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists([]byte(bucket))
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(key), val)
-	})
+	_, err = kv.Update(context.Background(), s.KV(), bucket, key, func([]byte, bool) ([]byte, error) { return val, nil })
 	if err != nil {
 		return fmt.Errorf("store: write %s/%s: %w", bucket, key, err)
 	}
@@ -131,28 +124,28 @@ func (s *Store) Put(bucket, key string, v any) error {
 var ErrNotFound = errors.New("not found")
 
 func (s *Store) Get(bucket, key string, v any) error {
-	return s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte(bucket))
-		if b == nil {
-			return ErrNotFound
-		}
-		val := b.Get([]byte(key))
-		if val == nil {
-			return ErrNotFound
-		}
-		return json.Unmarshal(val, v)
-	})
+	it, err := s.KV().Get(context.Background(), bucket, key)
+	if errors.Is(err, kv.ErrNotFound) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(it.Value, v)
 }
 
 // Each calls fn for every value in bucket, in key order.
 func (s *Store) Each(bucket string, fn func(key string, val []byte) error) error {
-	return s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte(bucket))
-		if b == nil {
-			return nil
+	items, err := s.KV().List(context.Background(), bucket)
+	if err != nil {
+		return err
+	}
+	for _, it := range items {
+		if err := fn(it.Key, it.Value); err != nil {
+			return err
 		}
-		return b.ForEach(func(k, v []byte) error { return fn(string(k), v) })
-	})
+	}
+	return nil
 }
 
 // Adopt takes key for l.OpID whether it is free or already held by that

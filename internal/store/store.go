@@ -3,6 +3,7 @@
 package store
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -19,7 +20,7 @@ import (
 	"github.com/circlebot/circlebot/internal/kv"
 )
 
-var bucketAudit = []byte("audit")
+const tableAudit = "audit"
 
 // Store is safe for concurrent use; bbolt serialises writers.
 type Store struct {
@@ -42,14 +43,6 @@ func Open(dir string) (*Store, error) {
 			return nil, fmt.Errorf("store: %s is locked by another process (is another bot running with the same data_dir?)", path)
 		}
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketAudit)
-		return err
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("store: init %s: %w", path, err)
 	}
 	var tok [8]byte
 	_, _ = rand.Read(tok[:])
@@ -95,12 +88,12 @@ func (s *Store) Audit(r AuditRecord) error {
 	if err != nil {
 		return fmt.Errorf("store: encode audit record: %w", err)
 	}
+	// Hex of big-endian time and sequence: sorts as bytes and as text,
+	// in bbolt and in DynamoDB alike.
 	key := make([]byte, 16)
 	binary.BigEndian.PutUint64(key, uint64(r.At.UnixNano()))
 	binary.BigEndian.PutUint64(key[8:], s.seq.Add(1))
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketAudit).Put(key, val)
-	})
+	_, err = s.KV().Put(context.Background(), tableAudit, hex.EncodeToString(key)+"-"+s.proc[:8], val, 0)
 	if err != nil {
 		return fmt.Errorf("store: write audit record: %w", err)
 	}
@@ -109,20 +102,17 @@ func (s *Store) Audit(r AuditRecord) error {
 
 // History returns up to n audit records, newest first.
 func (s *Store) History(n int) ([]AuditRecord, error) {
-	var out []AuditRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketAudit).Cursor()
-		for k, v := c.Last(); k != nil && len(out) < n; k, v = c.Prev() {
-			var r AuditRecord
-			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("decode audit record %x: %w", k, err)
-			}
-			out = append(out, r)
-		}
-		return nil
-	})
+	items, err := s.KV().Last(context.Background(), tableAudit, n)
 	if err != nil {
 		return nil, fmt.Errorf("store: read history: %w", err)
+	}
+	out := make([]AuditRecord, 0, len(items))
+	for _, it := range items {
+		var r AuditRecord
+		if err := json.Unmarshal(it.Value, &r); err != nil {
+			return nil, fmt.Errorf("decode audit record %s: %w", it.Key, err)
+		}
+		out = append(out, r)
 	}
 	return out, nil
 }
