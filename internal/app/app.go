@@ -184,7 +184,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		Runner: &ops.DrillRunner{
 			EC2: ec2c, Restore: restores.Snapshot, Records: ops.Drills{Store: st},
 			Subnet: cfg.Drill.SubnetID, SecurityGroup: cfg.Drill.SecurityGroupID, InstanceType: cfg.Drill.InstanceType,
-			HealthURL: cfg.Drill.HealthURL, Timeout: cfg.Drill.Timeout.D(), Process: st.Process(),
+			HealthURL: cfg.Drill.HealthURL, Timeout: cfg.Drill.Timeout.D(), Process: st.Process(), Alive: st.Alive,
 		},
 		Store: st, SlashCommand: cfg.Slack.Command, Log: o.Log,
 	}
@@ -202,7 +202,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		}), EC2: ec2c, Store: st, Checks: checks, NameTag: cfg.ServicesBox.NameTag, ASG: cfg.Builders.ASGName,
 		Cooldown: cfg.Monitor.Cooldown.D(), Slash: cfg.Slack.Command, Log: o.Log,
 	}
-	apr := &bot.Approvals{Store: approvals.Store{KV: st.KV()}, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Journaled: restores.Journaled}
+	apr := &bot.Approvals{Store: approvals.Store{KV: st.KV()}, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Alive: st.Alive, Journaled: restores.Journaled}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
 		Policy:       policy,

@@ -152,7 +152,7 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		// One replica owns this store: a backup's or prune's lock of another
 		// process is stale. A journaled operation (op-…) keeps the box
 		// until it is resumed or given up.
-		if l.Key == s.lockKey() && l.Process != s.Store.Process() && !strings.HasPrefix(l.OpID, "op-") {
+		if l.Key == s.lockKey() && !s.Store.Alive(l.Process) && !strings.HasPrefix(l.OpID, "op-") {
 			s.Log.Warn("releasing a lock left by a previous run", "op", l.OpID, "since", l.Since)
 			_ = s.Store.Unlock(l.Key, l.OpID)
 		}

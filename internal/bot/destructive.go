@@ -29,10 +29,20 @@ type Approvals struct {
 	Store   approvals.Store
 	TTL     time.Duration
 	Process string
-	Now     func() time.Time
+	// Alive reports whether a bot process may still run what it began
+	// (default: only this one).
+	Alive func(process string) bool
+	Now   func() time.Time
 	// Journaled reports requests that became journaled operations: those
 	// are announced (and resumable) by the journal, not here.
 	Journaled func(reqID string) bool
+}
+
+func (a *Approvals) alive(process string) bool {
+	if a.Alive != nil {
+		return a.Alive(process)
+	}
+	return process == a.Process
 }
 
 func (a *Approvals) now() time.Time {
@@ -177,7 +187,7 @@ func (a *Approvals) AnnounceInterrupted(ctx context.Context, posterFor func(stri
 		return
 	}
 	for _, r := range all {
-		if r.State != approvals.Executing || r.Process == a.Process {
+		if r.State != approvals.Executing || a.alive(r.Process) {
 			continue
 		}
 		if a.Journaled != nil && a.Journaled(r.ID) {

@@ -64,7 +64,7 @@ func sourceName(s string) string {
 func (s *DrillService) Sweep(ctx context.Context, p progress.Poster) {
 	if locks, err := s.Store.Locks(); err == nil {
 		for _, l := range locks {
-			if l.Key == "drill" && l.Process != s.Store.Process() {
+			if l.Key == "drill" && !s.Store.Alive(l.Process) {
 				_ = s.Store.Unlock(l.Key, l.OpID)
 			}
 		}

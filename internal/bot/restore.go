@@ -574,7 +574,7 @@ func (s *Operations) cleanupHints(op *journal.Op) string {
 // announced in their channel with how to resume or give them up. None is
 // continued on its own.
 func (s *Operations) Recover(ctx context.Context, postTo func(string) progress.Poster) {
-	stopped, err := s.Journal.MarkInterrupted(s.Store.Process())
+	stopped, err := s.Journal.MarkInterrupted(s.Store.Alive)
 	if err != nil {
 		s.Log.Error("read operations at start-up", "err", err)
 		return

@@ -387,20 +387,21 @@ func (s Store) stopStep(id string, i int, st StepState, data map[string]string, 
 	return op, &StepError{Step: op.Steps[i].Name, Err: cause}
 }
 
-// MarkInterrupted turns operations left Running by another (dead) process
-// into Stopped ones, naming the step that was running. It returns them.
-func (s Store) MarkInterrupted(process string) ([]*Op, error) {
+// MarkInterrupted turns operations left Running by a process that is not
+// alive into Stopped ones, naming the step that was running. It returns
+// them.
+func (s Store) MarkInterrupted(alive func(process string) bool) ([]*Op, error) {
 	all, err := s.All()
 	if err != nil {
 		return nil, err
 	}
 	var out []*Op
 	for _, o := range all {
-		if o.State != Running || o.Process == process {
+		if o.State != Running || alive(o.Process) {
 			continue
 		}
 		op, err := s.Update(o.ID, func(o *Op) error {
-			if o.State != Running || o.Process == process {
+			if o.State != Running || alive(o.Process) {
 				return errors.New("changed")
 			}
 			i := o.Next()

@@ -134,7 +134,7 @@ func TestMarkInterrupted(t *testing.T) {
 		t.Fatal(err)
 	}
 	mine := newOp(t, s, "alive", 1)
-	got, err := s.MarkInterrupted("alive")
+	got, err := s.MarkInterrupted(func(p string) bool { return p == "alive" })
 	if err != nil || len(got) != 1 || got[0].ID != o.ID {
 		t.Fatalf("MarkInterrupted = %v, %v", got, err)
 	}
@@ -191,7 +191,7 @@ func TestClaimOnce(t *testing.T) {
 	for name, s := range map[string]Store{"bbolt": open(t), "dynamodb": {KV: d}} {
 		t.Run(name, func(t *testing.T) {
 			o := newOp(t, s, "dead", 1)
-			if _, err := s.MarkInterrupted("me"); err != nil {
+			if _, err := s.MarkInterrupted(func(p string) bool { return p == "me" }); err != nil {
 				t.Fatal(err)
 			}
 			var wg sync.WaitGroup

@@ -112,6 +112,7 @@ type DrillRunner struct {
 	Poll          time.Duration
 	Timeout       time.Duration // image + launch + healthy
 	Process       string
+	Alive         func(process string) bool // default: only this process
 }
 
 // Progress is what a drill reports to.
@@ -125,6 +126,13 @@ type DrillProgress interface {
 func (r *DrillRunner) poll() time.Duration { return cmpOr(r.Poll, 5*time.Second) }
 
 func (r *DrillRunner) owner() string { return r.Restore.NameTag }
+
+func (r *DrillRunner) alive(process string) bool {
+	if r.Alive != nil {
+		return r.Alive(process)
+	}
+	return process == r.Process
+}
 
 func (r *DrillRunner) tags(id string) []ec2types.Tag {
 	return []ec2types.Tag{{Key: aws.String(TagDrill), Value: aws.String(id)}, {Key: aws.String(TagDrillOwner), Value: aws.String(r.owner())}}
@@ -417,7 +425,7 @@ func (r *DrillRunner) Sweep(ctx context.Context) ([]string, error) {
 	var said []string
 	for i := range all {
 		d := all[i]
-		if d.State != DrillRunning || d.Process == r.Process {
+		if d.State != DrillRunning || r.alive(d.Process) {
 			continue
 		}
 		left, terr := r.teardown(ctx, d.ID)

@@ -53,6 +53,13 @@ func Open(dir string) (*Store, error) {
 // carry it, so after a crash the next start can tell what was left behind.
 func (s *Store) Process() string { return s.proc }
 
+// Alive reports whether the bot process that wrote a lock or a journal
+// entry may still be working on it. On bbolt only this process can be:
+// the file lock keeps any other out, so anything another process left is
+// from a process that is gone. (A store shared by replicas answers from
+// each process's heartbeat instead.)
+func (s *Store) Alive(process string) bool { return process == s.proc }
+
 func (s *Store) Close() error { return s.db.Close() }
 
 // Ping reports whether the file is open and readable (for /healthz).
