@@ -3,6 +3,7 @@ package app_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"image/png"
 	"io"
 	"log/slog"
@@ -190,7 +191,19 @@ func TestInterruptedDrillIsSweptAtStartUp(t *testing.T) {
 		return l == "image "+aws.ToString(golden.ImageId) || l == "image "+aws.ToString(foreign.ImageId)
 	})
 	if len(left) != 0 {
-		t.Errorf("after the start-up sweep: %v", left)
+		imgs, _ := api.DescribeImages(context.Background(), &ec2.DescribeImagesInput{Owners: []string{"self"}})
+		var seen []string
+		for _, i := range imgs.Images {
+			seen = append(seen, fmt.Sprintf("%s %s %s %v", aws.ToString(i.ImageId), aws.ToString(i.Name), i.State, i.Tags))
+		}
+		recs, _ := a.Drills.Runner.Records.All()
+		var notes []string
+		for _, m := range d.slack.Messages(incident) {
+			if strings.Contains(m.AllText(), "Could not remove") || strings.Contains(m.AllText(), "removed") {
+				notes = append(notes, m.AllText())
+			}
+		}
+		t.Errorf("after the start-up sweep: %v\nimages: %v\nrecords: %+v\nsweep said: %v", left, seen, recs, notes)
 	}
 	for _, id := range []*string{golden.ImageId, foreign.ImageId} {
 		out, err := api.DescribeImages(context.Background(), &ec2.DescribeImagesInput{ImageIds: []string{aws.ToString(id)}})

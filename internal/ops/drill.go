@@ -423,29 +423,50 @@ func (r *DrillRunner) Sweep(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	var said []string
+	var errs []error
 	for i := range all {
 		d := all[i]
 		if d.State != DrillRunning || r.alive(d.Process) {
 			continue
 		}
-		left, terr := r.teardown(ctx, d.ID)
+		left, terr := r.teardownRetrying(ctx, d.ID)
 		d.State, d.Finished, d.Error = DrillInterrupted, time.Now(), "the bot stopped during the drill"
 		d.Cleanup = append(d.Cleanup, left...)
-		_ = r.Records.Save(&d)
 		if terr != nil {
-			return said, terr
+			d.Cleanup = append(d.Cleanup, "teardown incomplete: "+Explain(terr))
+			errs = append(errs, terr)
 		}
+		_ = r.Records.Save(&d)
 		said = append(said, fmt.Sprintf("drill `%s` was cut off by a bot restart; removed: %s", d.ID, orNothing(left)))
 	}
 	// Leftovers of drills the bot has no record of (a lost data_dir).
-	left, err := r.teardown(ctx, "*")
+	left, err := r.teardownRetrying(ctx, "*")
 	if err != nil {
-		return said, err
+		errs = append(errs, err)
 	}
 	if len(left) > 0 {
 		said = append(said, "removed drill leftovers: "+strings.Join(left, "; "))
 	}
-	return said, nil
+	return said, errors.Join(errs...)
+}
+
+// teardownRetrying tries a teardown again after an AWS error: what it did
+// not reach the first time is found again by its tags.
+func (r *DrillRunner) teardownRetrying(ctx context.Context, id string) ([]string, error) {
+	var did []string
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		var left []string
+		left, err = r.teardown(ctx, id)
+		did = append(did, left...)
+		if err == nil || ctx.Err() != nil {
+			return did, err
+		}
+		if serr := sleep(ctx, r.poll()*time.Duration(attempt)); serr != nil {
+			return did, err
+		}
+	}
+	return did, err
 }
 
 func orNothing(s []string) string {
