@@ -121,17 +121,5 @@ func (s Store) SetMessage(id, ts string) error {
 
 // All lists requests (for start-up checks and history).
 func (s Store) All() ([]Request, error) {
-	items, err := s.KV.List(context.Background(), table)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Request, 0, len(items))
-	for _, it := range items {
-		var r Request
-		if err := json.Unmarshal(it.Value, &r); err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, nil
+	return kv.ListJSON[Request](context.Background(), s.KV, table)
 }

@@ -204,19 +204,7 @@ func (s Store) Update(id string, fn func(*Op) error) (*Op, error) {
 
 // All lists every operation, oldest first (IDs sort by time).
 func (s Store) All() ([]*Op, error) {
-	items, err := s.KV.List(context.Background(), table)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*Op, 0, len(items))
-	for _, it := range items {
-		o, err := decode(it.Key, it.Value)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, o)
-	}
-	return out, nil
+	return kv.ListJSON[*Op](context.Background(), s.KV, table)
 }
 
 // Claim makes process the runner of a stopped (or new) operation, once: of

@@ -11,6 +11,7 @@ package kv
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -73,6 +74,23 @@ func Update(ctx context.Context, s Store, table, key string, fn func(cur []byte,
 			return nil, err
 		}
 	}
+}
+
+// ListJSON lists a table and decodes each item's JSON value as T.
+func ListJSON[T any](ctx context.Context, s Store, table string) ([]T, error) {
+	items, err := s.List(ctx, table)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]T, 0, len(items))
+	for _, it := range items {
+		var v T
+		if err := json.Unmarshal(it.Value, &v); err != nil {
+			return nil, fmt.Errorf("kv: decode %s/%s: %w", table, it.Key, err)
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 // Lease is a named lease with a time to live, held by one holder at a

@@ -91,19 +91,7 @@ func (s *Store) Unlock(key, opID string) error {
 
 // Locks lists every held lock.
 func (s *Store) Locks() ([]Lock, error) {
-	items, err := s.KV().List(context.Background(), tableLocks)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Lock, 0, len(items))
-	for _, it := range items {
-		var l Lock
-		if err := json.Unmarshal(it.Value, &l); err != nil {
-			return nil, err
-		}
-		out = append(out, l)
-	}
-	return out, nil
+	return kv.ListJSON[Lock](context.Background(), s.KV(), tableLocks)
 }
 
 // Put stores v as JSON under bucket/key, durably, before returning
