@@ -472,7 +472,7 @@ func (s *Operations) find(id string) (*journal.Op, error) {
 		op, err = s.Journal.ByRequest(id)
 	}
 	if errors.Is(err, journal.ErrNotFound) {
-		return nil, &UserError{Msg: fmt.Sprintf("there is no operation `%s`. Operation IDs (op-…) are in each restore's progress message.", id)}
+		return nil, &UserError{Msg: fmt.Sprintf("there is no operation `%s`. Operation IDs (op-…) are in each operation's progress message.", id)}
 	}
 	return op, err
 }

@@ -282,7 +282,7 @@ func parseRequestID(c *Command, args []string) *UsageError {
 }
 
 func parseOpIDArg(c *Command, args []string) *UsageError {
-	return parseOurID(c, args, "an operation ID", "op-20261128-0001")
+	return parseOurID(c, args, "an operation ID", "op-20261128-031500-7f3a")
 }
 
 func parseOurID(c *Command, args []string, noun, example string) *UsageError {

@@ -103,8 +103,8 @@ var validCases = []struct {
 	{"APPROVE REQ-7F3A9C", Command{Name: Approve, ID: "req-7f3a9c"}},
 	{"/circleci approve req-7f3a9c", Command{Name: Approve, ID: "req-7f3a9c"}},
 	{"deny req-7f3a9c", Command{Name: Deny, ID: "req-7f3a9c"}},
-	{"cancel op-20261128-0001", Command{Name: Cancel, ID: "op-20261128-0001"}},
-	{"resume  op-20261128-0001 ", Command{Name: Resume, ID: "op-20261128-0001"}},
+	{"cancel op-20261128-031500-7f3a", Command{Name: Cancel, ID: "op-20261128-031500-7f3a"}},
+	{"resume  op-20261128-031500-7f3a ", Command{Name: Resume, ID: "op-20261128-031500-7f3a"}},
 	{"approve abc", Command{Name: Approve, ID: "abc"}},
 	{"approve " + strings.Repeat("a", 64), Command{Name: Approve, ID: strings.Repeat("a", 64)}},
 

@@ -37,7 +37,7 @@ type Poster interface {
 // Options describe the operation and how to deliver its progress. Only
 // OpID, Title, Requester and Steps need setting; the rest have defaults.
 type Options struct {
-	OpID      string // e.g. "op-20261128-0001", shown in the message
+	OpID      string // e.g. "op-20261128-031500-7f3a", shown in the message
 	Title     string // e.g. "EBS backup of i-0abc… (circleci_services)"
 	Requester string // Slack user ID or "scheduler"
 	Steps     []string

@@ -114,7 +114,7 @@ func TestStepLineClipsLongDetail(t *testing.T) {
 
 func liveSnapshot() Snapshot {
 	return Snapshot{
-		OpID: "op-20261128-0001", Title: "EBS backup of i-0abc (circleci_services)", Requester: "U012AB3CD",
+		OpID: "op-20261128-031500-7f3a", Title: "EBS backup of i-0abc (circleci_services)", Requester: "U012AB3CD",
 		Started: t0, Now: t0.Add(3*time.Minute + 12*time.Second),
 		Steps: []Step{
 			{Name: "Snapshot volumes", State: StepDone, Started: t0, Finished: t0.Add(12 * time.Second)},
@@ -129,7 +129,7 @@ func TestRenderLive(t *testing.T) {
 	got := chat.PlainText(m)
 	want := strings.Join([]string{
 		":hourglass_flowing_sand: *EBS backup of i-0abc (circleci_services)*",
-		"  `op-20261128-0001` · requested by @U012AB3CD · elapsed 3m12s",
+		"  `op-20261128-031500-7f3a` · requested by @U012AB3CD · elapsed 3m12s",
 		":white_check_mark: Snapshot volumes — 12s",
 		":hourglass_flowing_sand: Wait for completion — ▓▓▓░░░░░░░ 30% (1 of 3) · 3m00s",
 		":white_large_square: Record restore point",
@@ -165,18 +165,18 @@ func TestRenderFinal(t *testing.T) {
 			got := chat.PlainText(m)
 			for _, want := range []string{
 				tc.emoji + " *EBS backup of i-0abc (circleci_services)* — " + tc.outcome.String() + " in 4m12s",
-				"`op-20261128-0001` · requested by scheduler · took 4m12s",
+				"`op-20261128-031500-7f3a` · requested by scheduler · took 4m12s",
 				":white_check_mark: Snapshot volumes — 12s",
 				":white_check_mark: Wait for completion — 3m48s",
 				":white_large_square: Record restore point — not run",
 				"3 snapshots: snap-1, snap-2, snap-3",
-				"*Total:* 4m12s · *Outcome:* " + tc.outcome.String() + " · `op-20261128-0001`",
+				"*Total:* 4m12s · *Outcome:* " + tc.outcome.String() + " · `op-20261128-031500-7f3a`",
 			} {
 				if !strings.Contains(got, want) {
 					t.Errorf("final message lacks %q:\n%s", want, got)
 				}
 			}
-			if want := "EBS backup of i-0abc (circleci_services): " + tc.outcome.String() + " in 4m12s (op-20261128-0001)"; m.Text != want {
+			if want := "EBS backup of i-0abc (circleci_services): " + tc.outcome.String() + " in 4m12s (op-20261128-031500-7f3a)"; m.Text != want {
 				t.Errorf("Text = %q, want %q", m.Text, want)
 			}
 		})

@@ -153,18 +153,18 @@ func TestSlackRunToCompletion(t *testing.T) {
 	final := msg.AllText()
 	for _, want := range []string{
 		":white_check_mark: *EBS backup of i-0abc (circleci_services)* — succeeded in 1m18s",
-		"`op-20261128-0001` · requested by <@U012AB3CD> · took 1m18s",
+		"`op-20261128-031500-7f3a` · requested by <@U012AB3CD> · took 1m18s",
 		":white_check_mark: Snapshot volumes — 12s · 3 snapshots",
 		":white_check_mark: Wait for completion — 1m05s",
 		":white_check_mark: Record restore point — 1s · rp-7",
 		"3 snapshots of i-0abc; restore point rp-7",
-		"*Total:* 1m18s · *Outcome:* succeeded · `op-20261128-0001`",
+		"*Total:* 1m18s · *Outcome:* succeeded · `op-20261128-031500-7f3a`",
 	} {
 		if !strings.Contains(final, want) {
 			t.Errorf("final message lacks %q:\n%s", want, final)
 		}
 	}
-	if want := "EBS backup of i-0abc (circleci_services): succeeded in 1m18s (op-20261128-0001)"; msg.Text != want {
+	if want := "EBS backup of i-0abc (circleci_services): succeeded in 1m18s (op-20261128-031500-7f3a)"; msg.Text != want {
 		t.Errorf("notification text %q, want %q", msg.Text, want)
 	}
 

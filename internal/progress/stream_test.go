@@ -182,7 +182,7 @@ func wait(t *testing.T, s *Stream) {
 
 func opts(log *slog.Logger, c *clock, steps ...string) Options {
 	return Options{
-		OpID: "op-20261128-0001", Title: "EBS backup of i-0abc (circleci_services)", Requester: "U012AB3CD",
+		OpID: "op-20261128-031500-7f3a", Title: "EBS backup of i-0abc (circleci_services)", Requester: "U012AB3CD",
 		Steps: steps, MinInterval: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
 		Log: log, Now: c.Now,
 	}
