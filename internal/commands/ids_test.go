@@ -27,7 +27,7 @@ func TestAWSID(t *testing.T) {
 
 func TestParseOpID(t *testing.T) {
 	for tok, want := range map[string]string{
-		"req-7f3a9c": "req-7f3a9c", "OP-20261128-0001": "op-20261128-031500-7f3a", "abc": "abc", "0ab": "0ab",
+		"req-7f3a9c": "req-7f3a9c", "OP-20261128-0001": "op-20261128-0001", "abc": "abc", "0ab": "0ab",
 		"ab": "", "-ab": "", "a_b": "", "a.bc": "", "ab\u212a": "",
 	} {
 		got, ok := parseOpID(tok)
