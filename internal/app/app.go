@@ -12,12 +12,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
 	cwschemas "github.com/aws/aws-sdk-go-v2/service/cloudwatch/schemas"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -34,6 +36,8 @@ import (
 	"github.com/circlebot/circlebot/internal/commands"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/journal"
+	"github.com/circlebot/circlebot/internal/kv"
+	"github.com/circlebot/circlebot/internal/leader"
 	"github.com/circlebot/circlebot/internal/metrics"
 	"github.com/circlebot/circlebot/internal/monitor"
 	"github.com/circlebot/circlebot/internal/ops"
@@ -73,6 +77,9 @@ type App struct {
 	Drills    *bot.DrillService
 	// Monitor is outage detection; Serve runs it when it has a channel.
 	Monitor *monitor.Monitor
+	// Leader is this replica's bid to run scheduled work, outage
+	// detection and the watch for dead replicas (nil: the only replica).
+	Leader *leader.Elector
 	// Grace overrides ShutdownGrace (tests).
 	Grace time.Duration
 }
@@ -94,7 +101,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 			return nil, err
 		}
 	}
-	st, err := store.Open(o.Config.DataDir)
+	st, elector, err := openStore(ctx, o.Config, awsCfg, o.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -234,10 +241,48 @@ func New(ctx context.Context, o Options) (*App, error) {
 		st.Close()
 		return nil, err
 	}
-	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr, Ops: restores, Reports: reports, Drills: drills, Monitor: mon}, nil
+	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr, Ops: restores, Reports: reports, Drills: drills, Monitor: mon, Leader: elector}, nil
+}
+
+// openStore opens the state store the config names: the bbolt file, or
+// the shared DynamoDB table (created if missing) with this replica's
+// heartbeat and its bid for leadership.
+func openStore(ctx context.Context, cfg config.Config, awsCfg aws.Config, log *slog.Logger) (*store.Store, *leader.Elector, error) {
+	if cfg.Store.Backend != "dynamodb" {
+		st, err := store.Open(cfg.DataDir)
+		return st, nil, err
+	}
+	table := kv.Dynamo{API: dynamodb.NewFromConfig(awsCfg), Table: cfg.Store.Table}
+	if err := table.EnsureTable(ctx); err != nil {
+		return nil, nil, fmt.Errorf("store: DynamoDB table %s: %w", cfg.Store.Table, err)
+	}
+	name := cfg.Store.Name
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	st, err := store.OpenShared(ctx, table, store.SharedOptions{TTL: cfg.Store.HeartbeatTTL.D(), Name: name, Log: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info("state shared in DynamoDB", "table", cfg.Store.Table, "replica", name, "process", st.Process())
+	el := &leader.Elector{
+		Lease: kv.Lease{Store: table, Table: "leases", Name: "leader", Holder: st.Process(), TTL: cfg.Store.LeaseTTL.D()},
+		Log:   log,
+	}
+	return st, el, nil
 }
 
 func (a *App) Close() error { return a.Store.Close() }
+
+// Crash stops this replica's heartbeat and lease renewal without giving
+// either up, as a killed process would; the other replicas notice when
+// they expire. For tests and failure drills.
+func (a *App) Crash() {
+	if a.Leader != nil {
+		a.Leader.Kill()
+	}
+	a.Store.Kill()
+}
 
 // Server is the Slack-facing part of a running bot.
 type Server struct {
@@ -260,7 +305,7 @@ func (a *App) NewServer(ctx context.Context) *Server {
 	h := &slackio.HTTP{
 		Secret:  sec.SigningSecret,
 		Submit:  s.pool.Submit,
-		Dedupe:  slackio.NewDedupe(10*time.Minute, 100_000),
+		Dedupe:  a.dedupe(),
 		Metrics: a.Metrics,
 		Log:     a.Log,
 	}
@@ -319,7 +364,18 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 		srv.Close()
 		return err
 	}
+	if a.Leader != nil {
+		sched.Leader = a.Leader.Leader
+		// A run that fell due during a handover is run late by the new
+		// leader rather than skipped.
+		sched.CatchUp = 2*a.Config.Store.LeaseTTL.D() + time.Minute
+		a.Monitor.Leader = a.Leader.Leader
+		a.Leader.OnElected = func(ctx context.Context) { a.lead(ctx, workCtx, sched, postTo) }
+	}
 	sched.Start(workCtx)
+	if a.Leader != nil {
+		go a.Leader.Run(workCtx)
+	}
 	if ch := a.MonitorChannel(); ch != "" && a.Config.Monitor.Interval.D() > 0 {
 		a.Monitor.Post = postTo(ch)
 		go a.Monitor.Run(workCtx, a.Config.Monitor.Interval.D())
@@ -329,7 +385,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 		sock := &slackio.Socket{
 			Client:  slackio.NewSocketClient(sec.BotToken.Reveal(), sec.AppToken.Reveal(), sec.APIURL),
 			Submit:  s.pool.Submit,
-			Dedupe:  slackio.NewDedupe(10*time.Minute, 100_000),
+			Dedupe:  a.dedupe(),
 			Metrics: a.Metrics,
 			Log:     a.Log,
 		}
@@ -362,6 +418,52 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	a.Ops.Wait()
 	sched.Stop()
 	return err
+}
+
+// lead is the leader's own work besides the clock, for as long as it
+// leads (ctx): catch up what fell due in the handover, clean up after a
+// dead replica's drill, and keep watching for replicas that die with an
+// operation, a backup or an approved request in hand. What it starts
+// runs under work, so losing the lease does not cut a backup off.
+func (a *App) lead(ctx, work context.Context, sched *schedule.Scheduler, postTo func(string) progress.Poster) {
+	sched.Elected(ctx)
+	var reportTo progress.Poster
+	if ch := a.Config.Slack.ReportChannel; ch != "" {
+		reportTo = postTo(ch)
+	}
+	a.Drills.Sweep(work, reportTo)
+	every := a.Config.Store.HeartbeatTTL.D() / 2
+	t := time.NewTicker(every)
+	defer t.Stop()
+	lastSweep := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.Ops.Recover(work, postTo)
+		a.Backups.Resume(work, postTo)
+		a.Approvals.AnnounceInterrupted(work, postTo, a.Config.Slack.Command)
+		if time.Since(lastSweep) > 10*time.Minute {
+			lastSweep = time.Now()
+			if n, err := a.Store.SweepClaims(work); err != nil {
+				a.Log.Warn("sweep old delivery claims", "err", err)
+			} else if n > 0 {
+				a.Log.Debug("swept old delivery claims", "n", n)
+			}
+		}
+	}
+}
+
+// dedupe remembers Slack deliveries: in this process, and across
+// replicas when the store is shared.
+func (a *App) dedupe() *slackio.Dedupe {
+	d := slackio.NewDedupe(10*time.Minute, 100_000)
+	if a.Store.Shared() {
+		d.Shared, d.Log = a.Store, a.Log
+	}
+	return d
 }
 
 // MonitorChannel is where outage alerts go: monitor.channel, else the

@@ -113,6 +113,18 @@ func (s Store) Finish(id string, st State, note string) (Request, error) {
 	})
 }
 
+// Interrupt finishes a request that process was executing when it died,
+// only if it still is: of replicas noticing the same death, one does it.
+func (s Store) Interrupt(id, process, note string) (Request, error) {
+	return s.update(id, func(r *Request) error {
+		if r.State != Executing || r.Process != process {
+			return fmt.Errorf("request %s is %s: %w", id, r.State, kv.ErrConflict)
+		}
+		r.State, r.Note = Failed, note
+		return nil
+	})
+}
+
 // SetMessage remembers the request message, to update it on decision.
 func (s Store) SetMessage(id, ts string) error {
 	_, err := s.update(id, func(r *Request) error { r.MessageTS = ts; return nil })

@@ -149,8 +149,8 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		return
 	}
 	for _, l := range locks {
-		// One replica owns this store: a backup's or prune's lock of another
-		// process is stale. A journaled operation (op-…) keeps the box
+		// A backup's or prune's lock of a process that is not alive (gone
+		// with a restart, or a replica whose heartbeat stopped) is stale. A journaled operation (op-…) keeps the box
 		// until it is resumed or given up.
 		if l.Key == s.lockKey() && !s.Store.Alive(l.Process) && !strings.HasPrefix(l.OpID, "op-") {
 			s.Log.Warn("releasing a lock left by a previous run", "op", l.OpID, "since", l.Since)
@@ -161,13 +161,30 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		if b.State != ops.StateRunning {
 			continue
 		}
+		// A running backup holds the box from before its record exists
+		// until after it is final: taking the lock here means no live
+		// process (of this replica or another) is making it. The record
+		// is then read again, in case it finished meanwhile.
+		unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: b.ID, What: b.Method + " backup (resumed)", Requester: b.Requester, Process: s.Store.Process()})
+		var held *store.HeldError
+		if errors.As(err, &held) {
+			if held.Holder.OpID != b.ID || !s.Store.Alive(held.Holder.Process) {
+				s.Log.Warn("backup left running, but the box is held: looked at again later", "backup", b.ID, "holder", held.Holder.OpID)
+			}
+			continue
+		}
+		if err != nil {
+			s.Log.Error("cannot resume backup", "backup", b.ID, "err", err)
+			continue
+		}
+		if fresh, err := s.Records.Backup(b.ID); err != nil || fresh.State != ops.StateRunning {
+			_ = unlock()
+			continue
+		} else {
+			b = fresh
+		}
 		poster := posterFor(b.Channel)
 		if b.Method == "ebs" && len(b.Snapshots) > 0 {
-			unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: b.ID, What: "EBS backup (resumed)", Requester: b.Requester, Process: s.Store.Process()})
-			if err != nil {
-				s.Log.Error("cannot resume backup", "backup", b.ID, "err", err)
-				continue
-			}
 			s.resumed.Go(func() {
 				defer unlock()
 				st := progress.Start(ctx, poster, progress.Options{OpID: b.ID, Title: "EBS backup of the Services box, resumed after a bot restart", Requester: b.Requester, Steps: ops.EBSSteps, Log: s.Log, MinInterval: s.MinInterval})
@@ -187,6 +204,7 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		if err := s.Records.SaveBackup(b); err != nil {
 			s.Log.Error("mark backup interrupted", "backup", b.ID, "err", err)
 		}
+		_ = unlock()
 		msg := fmt.Sprintf(":warning: Backup `%s` (%s, requested by %s) was interrupted when the bot stopped, before its %s was recorded. It was not retried and is not a restore point. Run `%s backup now` to take a new one.",
 			b.ID, b.Method, who(b.Requester), map[string]string{"ebs": "snapshots", "tarball": "upload"}[b.Method], s.SlashCommand)
 		if len(cleaned) > 0 {

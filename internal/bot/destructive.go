@@ -191,10 +191,12 @@ func (a *Approvals) AnnounceInterrupted(ctx context.Context, posterFor func(stri
 			continue
 		}
 		if a.Journaled != nil && a.Journaled(r.ID) {
-			_, _ = a.Store.Finish(r.ID, approvals.Failed, "interrupted: the bot stopped while it ran; its operation can be resumed")
+			_, _ = a.Store.Interrupt(r.ID, r.Process, "interrupted: the bot stopped while it ran; its operation can be resumed")
 			continue
 		}
-		_, _ = a.Store.Finish(r.ID, approvals.Failed, "interrupted: the bot stopped while it ran")
+		if _, err := a.Store.Interrupt(r.ID, r.Process, "interrupted: the bot stopped while it ran"); err != nil {
+			continue // another replica said it, or it finished after all
+		}
 		msg := fmt.Sprintf(":warning: Request `%s` (`%s %s`, approved by <@%s>) was running when the bot stopped. It was not started again; check its last progress message, then make a new request if needed.", r.ID, slash, r.Command, r.Decider)
 		_, _ = posterFor(r.Channel).Post(ctx, chat.Text(msg))
 	}

@@ -569,10 +569,12 @@ func (s *Operations) cleanupHints(op *journal.Op) string {
 	return " Kept, not deleted: " + strings.Join(h, ", ") + "."
 }
 
-// Recover runs at start-up: operations a dead process was running are
-// marked interrupted at their step, keep the Services box locked, and are
+// Recover runs at start-up, and on the leader while replicas share the
+// store: operations a dead process (or replica) was running are marked
+// interrupted at their step, keep the Services box locked, and are
 // announced in their channel with how to resume or give them up. None is
-// continued on its own.
+// continued on its own. Marking is a conditional write, so of several
+// replicas noticing one death, one announces it.
 func (s *Operations) Recover(ctx context.Context, postTo func(string) progress.Poster) {
 	stopped, err := s.Journal.MarkInterrupted(s.Store.Alive)
 	if err != nil {
@@ -585,7 +587,9 @@ func (s *Operations) Recover(ctx context.Context, postTo func(string) progress.P
 		return
 	}
 	for _, op := range all {
-		if op.Open() {
+		// A running operation holds its own locks (here or on a live
+		// replica); a stopped one keeps its target until resumed or given up.
+		if op.State == journal.Stopped {
 			if err := s.adopt(op); err != nil {
 				s.Log.Error("keep the box locked for a stopped operation", "op", op.ID, "err", err)
 			}

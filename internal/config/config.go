@@ -18,6 +18,7 @@ import (
 type Config struct {
 	Listen      string      `yaml:"listen"`
 	DataDir     string      `yaml:"data_dir"`
+	Store       StoreCfg    `yaml:"store"`
 	AWS         AWS         `yaml:"aws"`
 	Slack       Slack       `yaml:"slack"`
 	Roles       Roles       `yaml:"roles"`
@@ -36,6 +37,22 @@ type Config struct {
 	// Secrets come from the environment only, never from the file, so a
 	// config file can be committed and shared.
 	Secrets Secrets `yaml:"-"`
+}
+
+// StoreCfg says where the bot's state lives: bbolt in data_dir (one
+// replica), or a DynamoDB table that several replicas share.
+type StoreCfg struct {
+	Backend string `yaml:"backend"` // bbolt | dynamodb
+	// Table is the DynamoDB table (created on first start if missing).
+	Table string `yaml:"table"`
+	// HeartbeatTTL: a replica not heard from for this long is dead; its
+	// operations are announced and can be resumed on another.
+	HeartbeatTTL Duration `yaml:"heartbeat_ttl"`
+	// LeaseTTL: the leader of scheduled work and outage detection renews
+	// its lease every third of this; another replica takes over within it.
+	LeaseTTL Duration `yaml:"lease_ttl"`
+	// Name is how this replica is named in messages (default: host name).
+	Name string `yaml:"name"`
 }
 
 type AWS struct {
@@ -182,6 +199,7 @@ func Defaults() Config {
 	return Config{
 		Listen:    ":8080",
 		DataDir:   "data",
+		Store:     StoreCfg{Backend: "bbolt", Table: "circlebot-state", HeartbeatTTL: Duration(30 * time.Second), LeaseTTL: Duration(30 * time.Second)},
 		Slack:     Slack{Command: "/circleci"},
 		Approvals: Approvals{TTL: Duration(30 * time.Minute)},
 		ServicesBox: ServicesBox{NameTag: "circleci_services",

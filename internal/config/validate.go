@@ -43,6 +43,8 @@ var (
 // "@daily"; schedules are validated and run with the same parser.
 var instanceType = regexp.MustCompile(`^[a-z][a-z0-9-]*\.[a-z0-9]+$`)
 
+var dynamoTable = regexp.MustCompile(`^[A-Za-z0-9_.-]{3,255}$`)
+
 var CronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
 // Validate checks the settings. It does not need the secrets; serving does
@@ -54,8 +56,23 @@ func (c *Config) Validate() error {
 	if _, port, err := net.SplitHostPort(c.Listen); err != nil || port == "" {
 		bad("listen", "%q is not host:port (e.g. \":8080\")", c.Listen)
 	}
-	if strings.TrimSpace(c.DataDir) == "" {
-		bad("data_dir", "must name a directory for the bbolt store")
+	switch c.Store.Backend {
+	case "bbolt":
+		if strings.TrimSpace(c.DataDir) == "" {
+			bad("data_dir", "must name a directory for the bbolt store")
+		}
+	case "dynamodb":
+		if !dynamoTable.MatchString(c.Store.Table) {
+			bad("store.table", "%q is not a DynamoDB table name (3–255 of a-z A-Z 0-9 _ - .)", c.Store.Table)
+		}
+		if d := c.Store.HeartbeatTTL.D(); d < 3*time.Second || d > 10*time.Minute {
+			bad("store.heartbeat_ttl", "%s must be between 3s and 10m: a dead replica's operation is announced after it", d)
+		}
+		if d := c.Store.LeaseTTL.D(); d < 3*time.Second || d > 10*time.Minute {
+			bad("store.lease_ttl", "%s must be between 3s and 10m: scheduled work waits up to this long for a new leader", d)
+		}
+	default:
+		bad("store.backend", "%q must be bbolt (one replica, a file in data_dir) or dynamodb (replicas sharing a table)", c.Store.Backend)
 	}
 	if !strings.HasPrefix(c.Slack.Command, "/") || strings.ContainsAny(c.Slack.Command, " \t") || len(c.Slack.Command) < 2 {
 		bad("slack.command", "%q must be a slash command such as \"/circleci\"", c.Slack.Command)

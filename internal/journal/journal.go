@@ -124,7 +124,20 @@ var (
 	ErrNotFound = errors.New("no such operation")
 	// ErrCancelled stops Run at a step boundary after a cancel.
 	ErrCancelled = errors.New("cancelled")
+	// ErrTakenOver stops Run when the operation is no longer this run's:
+	// another replica took it for dead (its heartbeat lapsed) and
+	// stopped or resumed it. Nothing more is written for it here.
+	ErrTakenOver = errors.New("taken over by another bot replica")
 )
+
+// owned fails when the op is no longer run by the process that began
+// this run.
+func owned(o *Op, process string) error {
+	if o.State != Running || o.Process != process {
+		return fmt.Errorf("operation %s is %s under process %s: %w", o.ID, o.State, o.Process, ErrTakenOver)
+	}
+	return nil
+}
 
 // Store keeps operations in the bot's state store (bbolt, or DynamoDB
 // shared by replicas); each change is a read and a write conditional on
@@ -287,12 +300,16 @@ func (s Store) Run(ctx context.Context, id string, defs []Def, p Progress) (*Op,
 			p.Done(i, op.Steps[i].Detail)
 		}
 	}
+	owner := op.Process
 	for i := op.Next(); i < len(defs); i = op.Next() {
 		// The step boundary: a cancel and a shutdown are honoured here.
 		if ctx.Err() != nil {
-			return s.stop(op.ID, fmt.Sprintf("interrupted before step %d (%s): the bot is shutting down", i+1, defs[i].Name), ctx.Err())
+			return s.stop(op.ID, owner, fmt.Sprintf("interrupted before step %d (%s): the bot is shutting down", i+1, defs[i].Name), ctx.Err())
 		}
 		op, err = s.Update(id, func(o *Op) error {
+			if err := owned(o, owner); err != nil {
+				return err
+			}
 			if o.CancelBy != "" {
 				return ErrCancelled
 			}
@@ -301,7 +318,7 @@ func (s Store) Run(ctx context.Context, id string, defs []Def, p Progress) (*Op,
 			return nil
 		})
 		if errors.Is(err, ErrCancelled) {
-			return s.stop(id, fmt.Sprintf("cancelled by <@%s> before step %d (%s)", op.CancelBy, i+1, defs[i].Name), ErrCancelled)
+			return s.stop(id, owner, fmt.Sprintf("cancelled by <@%s> before step %d (%s)", op.CancelBy, i+1, defs[i].Name), ErrCancelled)
 		}
 		if err != nil {
 			return op, fmt.Errorf("journal step %s of %s: %w", defs[i].Name, id, err)
@@ -317,6 +334,9 @@ func (s Store) Run(ctx context.Context, id string, defs []Def, p Progress) (*Op,
 			data[k] = v
 			mu.Unlock()
 			_, err := s.Update(id, func(o *Op) error {
+				if err := owned(o, owner); err != nil {
+					return err
+				}
 				if o.Data == nil {
 					o.Data = map[string]string{}
 				}
@@ -329,12 +349,15 @@ func (s Store) Run(ctx context.Context, id string, defs []Def, p Progress) (*Op,
 		if stepErr != nil {
 			if ctx.Err() != nil {
 				p.Fail(i, fmt.Errorf("interrupted: %w", stepErr))
-				return s.stopStep(id, i, StepInterrupted, data, stepErr, fmt.Sprintf("interrupted during step %d (%s): the bot is shutting down", i+1, defs[i].Name))
+				return s.stopStep(id, owner, i, StepInterrupted, data, stepErr, fmt.Sprintf("interrupted during step %d (%s): the bot is shutting down", i+1, defs[i].Name))
 			}
 			p.Fail(i, stepErr)
-			return s.stopStep(id, i, StepFailed, data, stepErr, fmt.Sprintf("step %d (%s) failed: %v", i+1, defs[i].Name, stepErr))
+			return s.stopStep(id, owner, i, StepFailed, data, stepErr, fmt.Sprintf("step %d (%s) failed: %v", i+1, defs[i].Name, stepErr))
 		}
 		op, err = s.Update(id, func(o *Op) error {
+			if err := owned(o, owner); err != nil {
+				return err
+			}
 			o.Data = data
 			o.Steps[i].State, o.Steps[i].Finished, o.Steps[i].Detail = StepDone, time.Now(), detail
 			if o.Next() == len(o.Steps) {
@@ -350,8 +373,11 @@ func (s Store) Run(ctx context.Context, id string, defs []Def, p Progress) (*Op,
 	return op, nil
 }
 
-func (s Store) stop(id string, why string, cause error) (*Op, error) {
+func (s Store) stop(id, owner, why string, cause error) (*Op, error) {
 	op, err := s.Update(id, func(o *Op) error {
+		if err := owned(o, owner); err != nil {
+			return err
+		}
 		o.State, o.Why = Stopped, why
 		return nil
 	})
@@ -361,8 +387,11 @@ func (s Store) stop(id string, why string, cause error) (*Op, error) {
 	return op, cause
 }
 
-func (s Store) stopStep(id string, i int, st StepState, data map[string]string, cause error, why string) (*Op, error) {
+func (s Store) stopStep(id, owner string, i int, st StepState, data map[string]string, cause error, why string) (*Op, error) {
 	op, err := s.Update(id, func(o *Op) error {
+		if err := owned(o, owner); err != nil {
+			return err
+		}
 		// What the step made before failing is kept: a resume finds it.
 		o.Data = data
 		o.Steps[i].State, o.Steps[i].Finished, o.Steps[i].Error = st, time.Now(), cause.Error()

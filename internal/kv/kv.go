@@ -118,7 +118,8 @@ func (l *Lease) now() time.Time {
 
 // Acquire takes the lease if it is free, expired or already ours, and
 // returns until when it holds. A lease held by another replica is
-// ErrConflict (with the holder named).
+// ErrConflict (with the holder named), and the time returned is when
+// that holder's lease runs out.
 func (l *Lease) Acquire(ctx context.Context) (time.Time, error) {
 	cur, err := l.Store.Get(ctx, l.Table, l.Name)
 	if err != nil && !errors.Is(err, ErrNotFound) {
@@ -131,7 +132,7 @@ func (l *Lease) Acquire(ctx context.Context) (time.Time, error) {
 			return time.Time{}, derr
 		}
 		if v.Holder != l.Holder && now.Before(v.Expires) {
-			return time.Time{}, fmt.Errorf("lease %s is held by %s until %s: %w", l.Name, v.Holder, v.Expires.UTC().Format(time.RFC3339), ErrConflict)
+			return v.Expires, fmt.Errorf("lease %s is held by %s until %s: %w", l.Name, v.Holder, v.Expires.UTC().Format(time.RFC3339), ErrConflict)
 		}
 	}
 	until := now.Add(l.TTL)

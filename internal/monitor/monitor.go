@@ -84,7 +84,10 @@ type Monitor struct {
 	Post     Poster
 	Slash    string
 	Log      *slog.Logger
-	Now      func() time.Time
+	// Leader gates each round (replicas: only the leader alerts); nil:
+	// this is the only replica.
+	Leader func() bool
+	Now    func() time.Time
 }
 
 func (m *Monitor) now() time.Time {
@@ -99,8 +102,11 @@ func (m *Monitor) Run(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		if err := m.Tick(ctx); err != nil && ctx.Err() == nil {
-			m.Log.Warn("outage detection round failed", "err", err)
+		// With replicas, only the leader watches: one alert per outage.
+		if m.Leader == nil || m.Leader() {
+			if err := m.Tick(ctx); err != nil && ctx.Err() == nil {
+				m.Log.Warn("outage detection round failed", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():

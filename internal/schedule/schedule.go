@@ -5,6 +5,7 @@ package schedule
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/circlebot/circlebot/internal/config"
+	"github.com/circlebot/circlebot/internal/kv"
 	"github.com/circlebot/circlebot/internal/store"
 )
 
@@ -32,6 +34,8 @@ type Run struct {
 	Started  time.Time `json:"started"`
 	Finished time.Time `json:"finished,omitzero"`
 	Result   string    `json:"result"` // running, ok, failed: …
+	// Process is the bot process (replica) that ran it.
+	Process string `json:"process,omitempty"`
 }
 
 // Reporter tells people about a missed or failed run.
@@ -46,6 +50,15 @@ type Scheduler struct {
 	now    func() time.Time
 	wg     sync.WaitGroup
 	ctx    context.Context
+
+	// Leader gates every run: with replicas sharing the store, all of
+	// them keep the clock and only the leader runs what falls due. Nil:
+	// this is the only replica.
+	Leader func() bool
+	// CatchUp: a run that fell due at most this long ago and did not
+	// happen (the leader died as it fell due) is run late by the next
+	// leader rather than reported as missed.
+	CatchUp time.Duration
 }
 
 func New(st *store.Store, report Reporter, log *slog.Logger) *Scheduler {
@@ -60,15 +73,42 @@ func (s *Scheduler) Add(j Job) error {
 		return fmt.Errorf("schedule %s: %q: %w", j.Name, j.Spec, err)
 	}
 	s.jobs = append(s.jobs, j)
-	s.cron.Schedule(sched, cron.FuncJob(func() { s.run(j) }))
+	s.cron.Schedule(sched, cron.FuncJob(func() { s.Fire(j.Name) }))
 	return nil
 }
 
+// Fire is the clock striking for a job: the leader (or the only replica)
+// runs it; any other replica lets it pass.
+func (s *Scheduler) Fire(name string) {
+	if s.Leader != nil && !s.Leader() {
+		s.log.Debug("scheduled job left to the leader", "job", name)
+		return
+	}
+	for _, j := range s.jobs {
+		if j.Name == name {
+			s.run(j)
+		}
+	}
+}
+
 // Start reports runs missed while the bot was down, then starts the clock.
+// A replica that is not the leader reports nothing: the leader does, when
+// it is elected (Elected).
 func (s *Scheduler) Start(ctx context.Context) {
 	s.ctx = ctx
-	s.CheckMissed(ctx)
+	if s.Leader == nil || s.Leader() {
+		s.CheckMissed(ctx)
+	}
 	s.cron.Start()
+}
+
+// Elected is called when this replica becomes the leader: what fell due
+// during the handover runs now, older gaps are reported.
+func (s *Scheduler) Elected(ctx context.Context) {
+	if s.ctx == nil {
+		return // not started yet; Start checks
+	}
+	s.CheckMissed(ctx)
 }
 
 // Stop stops the clock and waits for running jobs.
@@ -96,10 +136,23 @@ func (s *Scheduler) CheckMissed(ctx context.Context) {
 		}
 		sched, _ := config.CronParser.Parse(j.Spec)
 		due := sched.Next(last.Started)
+		if last.Result == "running" && last.Process != "" && s.store.Alive(last.Process) {
+			continue // another replica is running it (it lost the lease meanwhile)
+		}
 		if last.Result == "running" {
 			s.report(ctx, fmt.Sprintf(":warning: The scheduled %s that started at %s UTC was cut off when the bot stopped; it was not run again.", j.Name, last.Started.Format("2006-01-02 15:04")))
 			last.Result, last.Finished = "interrupted", now
 			_ = s.store.Put(bucket, j.Name, last)
+		}
+		if s.CatchUp > 0 && !due.After(now) && now.Sub(due) <= s.CatchUp && sched.Next(due).After(now) {
+			s.log.Warn("running a scheduled job late: it fell due while no replica was the leader", "job", j.Name, "due", due, "late", now.Sub(due).Round(time.Second))
+			s.report(ctx, fmt.Sprintf(":information_source: The scheduled %s due at %s UTC runs now, %s late: it fell due while the bot's replicas were handing over.", j.Name, due.Format("2006-01-02 15:04"), now.Sub(due).Round(time.Second)))
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.run(j)
+			}()
+			continue
 		}
 		if due.Add(time.Minute).Before(now) {
 			missed := 0
@@ -114,12 +167,44 @@ func (s *Scheduler) CheckMissed(ctx context.Context) {
 	}
 }
 
+// errRan: the slot this run would fill has been started already.
+var errRan = errors.New("this run of the schedule has started already")
+
+// claim records the run as started, with a write conditional on no run
+// having started since the slot fell due: however many replicas (or
+// clock ticks) try one slot, one runs it.
+func (s *Scheduler) claim(j Job, r Run) error {
+	sched, err := config.CronParser.Parse(j.Spec)
+	if err != nil {
+		return err
+	}
+	val, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = kv.Update(context.Background(), s.store.KV(), bucket, j.Name, func(cur []byte, exists bool) ([]byte, error) {
+		if exists {
+			var last Run
+			if json.Unmarshal(cur, &last) == nil && sched.Next(last.Started).After(r.Started) {
+				return nil, errRan
+			}
+		}
+		return val, nil
+	})
+	return err
+}
+
 func (s *Scheduler) run(j Job) {
 	s.wg.Add(1)
 	defer s.wg.Done()
 	ctx := s.ctx
-	r := Run{Job: j.Name, Started: s.now().UTC(), Result: "running"}
-	if err := s.store.Put(bucket, j.Name, r); err != nil {
+	r := Run{Job: j.Name, Started: s.now().UTC(), Result: "running", Process: s.store.Process()}
+	if err := s.claim(j, r); errors.Is(err, errRan) {
+		s.log.Info("scheduled job already started for this slot (by another replica or an earlier tick)", "job", j.Name)
+		return
+	} else if err != nil {
+		// Without the record a restart cannot tell the run happened; the
+		// backup matters more than its bookkeeping.
 		s.log.Error("record schedule run", "job", j.Name, "err", err)
 	}
 	err := func() (err error) {

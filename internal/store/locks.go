@@ -136,6 +136,8 @@ func (s *Store) Each(bucket string, fn func(key string, val []byte) error) error
 	return nil
 }
 
+var errSame = errors.New("already held so")
+
 // Adopt takes key for l.OpID whether it is free or already held by that
 // operation (under another, dead process): a stopped operation keeps its
 // target across restarts. Held by another operation is a *HeldError.
@@ -158,11 +160,17 @@ func (s *Store) Adopt(l Lock) error {
 				held = &HeldError{Holder: h}
 				return nil, held
 			}
+			if h.Process == l.Process {
+				return nil, errSame
+			}
 		}
 		return val, nil
 	})
 	if held != nil {
 		return held
+	}
+	if errors.Is(err, errSame) {
+		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("store: lock %s: %w", l.Key, err)

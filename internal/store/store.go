@@ -1,5 +1,6 @@
-// Package store owns the bot's durable state in one bbolt file: the audit
-// trail now, and the locks, approvals and operation journal that build on it.
+// Package store owns the bot's durable state: the audit trail, locks and
+// records, in a bbolt file (one replica) or in a DynamoDB table shared by
+// several replicas, each of which then says it is alive with a heartbeat.
 package store
 
 import (
@@ -22,11 +23,14 @@ import (
 
 const tableAudit = "audit"
 
-// Store is safe for concurrent use; bbolt serialises writers.
+// Store is safe for concurrent use; every check-and-set is a conditional
+// write, on either backend.
 type Store struct {
-	db   *bolt.DB
+	db   *bolt.DB // nil when shared
+	kv   kv.Store
 	seq  atomic.Uint64
 	proc string
+	hb   *heartbeat // nil on bbolt: only this process can be alive
 }
 
 // Open opens (creating if needed) dir/circlebot.db. A second bot on the same
@@ -44,9 +48,13 @@ func Open(dir string) (*Store, error) {
 		}
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
+	return &Store{db: db, kv: kv.Bolt{DB: db}, proc: newProcess()}, nil
+}
+
+func newProcess() string {
 	var tok [8]byte
 	_, _ = rand.Read(tok[:])
-	return &Store{db: db, proc: hex.EncodeToString(tok[:])}, nil
+	return hex.EncodeToString(tok[:])
 }
 
 // Process identifies this opening of the store: locks and journal entries
@@ -56,14 +64,42 @@ func (s *Store) Process() string { return s.proc }
 // Alive reports whether the bot process that wrote a lock or a journal
 // entry may still be working on it. On bbolt only this process can be:
 // the file lock keeps any other out, so anything another process left is
-// from a process that is gone. (A store shared by replicas answers from
-// each process's heartbeat instead.)
-func (s *Store) Alive(process string) bool { return process == s.proc }
+// from a process that is gone. A store shared by replicas answers from
+// each process's heartbeat.
+func (s *Store) Alive(process string) bool {
+	if process == s.proc {
+		return true
+	}
+	if s.hb == nil {
+		return false
+	}
+	return s.hb.alive(process)
+}
 
-func (s *Store) Close() error { return s.db.Close() }
+// Shared reports whether other replicas share this store.
+func (s *Store) Shared() bool { return s.hb != nil }
 
-// Ping reports whether the file is open and readable (for /healthz).
-func (s *Store) Ping() error { return s.db.View(func(*bolt.Tx) error { return nil }) }
+// Close stops the heartbeat and removes it (a replica that stopped
+// cleanly is gone at once, not after a TTL), then closes the file.
+func (s *Store) Close() error {
+	if s.hb != nil {
+		s.hb.stop()
+	}
+	if s.db != nil {
+		return s.db.Close()
+	}
+	return nil
+}
+
+// Ping reports whether the state is reachable (for /healthz): the file is
+// open, or the shared table answers and this replica's heartbeat is
+// current.
+func (s *Store) Ping() error {
+	if s.hb != nil {
+		return s.hb.healthy()
+	}
+	return s.db.View(func(*bolt.Tx) error { return nil })
+}
 
 // DB exposes the handle to packages that keep their own buckets in the same
 // file, so one fsync'd file holds all state.
@@ -72,7 +108,7 @@ func (s *Store) DB() *bolt.DB { return s.db }
 // KV is the same file as versioned items with conditional writes, where
 // approvals and the operation journal live (and, with DynamoDB behind the
 // same interface, what replicas will share).
-func (s *Store) KV() kv.Store { return kv.Bolt{DB: s.db} }
+func (s *Store) KV() kv.Store { return s.kv }
 
 // AuditRecord is one command, or one refusal, as it happened.
 type AuditRecord struct {

@@ -1,0 +1,184 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/circlebot/circlebot/internal/kv"
+)
+
+const tableReplicas = "replicas"
+
+// DefaultHeartbeatTTL is how long a replica not heard from is taken for
+// alive: long enough for a slow DynamoDB call or two, short enough that
+// an operation of a dead replica is announced within a minute.
+const DefaultHeartbeatTTL = 30 * time.Second
+
+// SharedOptions configure a store that several replicas share.
+type SharedOptions struct {
+	// TTL: a replica whose heartbeat is older than this is dead. It
+	// renews every TTL/3, so two lost renewals in a row are survived.
+	TTL  time.Duration
+	Name string // how people see this replica (host name, task ID)
+	Log  *slog.Logger
+	Now  func() time.Time
+}
+
+// Replica is one replica's heartbeat.
+type Replica struct {
+	Process string    `json:"process"`
+	Name    string    `json:"name"`
+	Started time.Time `json:"started"`
+	Beat    time.Time `json:"beat"`
+	Expires time.Time `json:"expires"`
+}
+
+// OpenShared opens a store that other replicas share (DynamoDB): the
+// first heartbeat is written before it returns, so a replica that cannot
+// write to the table does not start.
+func OpenShared(ctx context.Context, st kv.Store, o SharedOptions) (*Store, error) {
+	if o.TTL <= 0 {
+		o.TTL = DefaultHeartbeatTTL
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	s := &Store{kv: st, proc: newProcess()}
+	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.hb = &heartbeat{kv: st, opt: o, me: Replica{Process: s.proc, Name: o.Name, Started: o.Now()}, cancel: cancel}
+	if err := s.hb.beat(ctx); err != nil {
+		cancel()
+		return nil, fmt.Errorf("store: first heartbeat to the shared state: %w", err)
+	}
+	s.hb.wg.Add(1)
+	go s.hb.loop(hctx)
+	return s, nil
+}
+
+// Replicas lists the heartbeats in the shared store (none on bbolt).
+func (s *Store) Replicas() ([]Replica, error) {
+	if s.hb == nil {
+		return nil, nil
+	}
+	return kv.ListJSON[Replica](context.Background(), s.kv, tableReplicas)
+}
+
+type heartbeat struct {
+	kv     kv.Store
+	opt    SharedOptions
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	me     Replica
+	lastOK time.Time
+	err    error
+}
+
+func (h *heartbeat) beat(ctx context.Context) error {
+	h.mu.Lock()
+	me := h.me
+	h.mu.Unlock()
+	now := h.opt.Now()
+	me.Beat, me.Expires = now, now.Add(h.opt.TTL)
+	val, err := json.Marshal(me)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, h.opt.TTL/3)
+	defer cancel()
+	_, err = kv.Update(ctx, h.kv, tableReplicas, me.Process, func([]byte, bool) ([]byte, error) { return val, nil })
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.err = err
+	if err == nil {
+		h.lastOK = now
+	}
+	return err
+}
+
+func (h *heartbeat) loop(ctx context.Context) {
+	defer h.wg.Done()
+	t := time.NewTicker(h.opt.TTL / 3)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := h.beat(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			h.opt.Log.Error("heartbeat to the shared state failed; other replicas take this one for dead after the TTL", "ttl", h.opt.TTL, "err", err)
+			failing = true
+		case err == nil && failing:
+			h.opt.Log.Info("heartbeat to the shared state works again")
+			failing = false
+		}
+	}
+}
+
+// healthy: the last heartbeat landed within the TTL. Past it, other
+// replicas may already have taken over this one's work.
+func (h *heartbeat) healthy() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if age := h.opt.Now().Sub(h.lastOK); age > h.opt.TTL {
+		return fmt.Errorf("no heartbeat to the shared state for %s (last error: %v)", age.Round(time.Second), h.err)
+	}
+	return nil
+}
+
+// alive reads another replica's heartbeat. When the table cannot be read
+// the answer is "alive": taking over a live replica's work is the worse
+// mistake, and the question is asked again.
+func (h *heartbeat) alive(process string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	it, err := h.kv.Get(ctx, tableReplicas, process)
+	if errors.Is(err, kv.ErrNotFound) {
+		return false
+	}
+	if err != nil {
+		h.opt.Log.Warn("cannot read a replica's heartbeat; taking it for alive", "process", process, "err", err)
+		return true
+	}
+	var r Replica
+	if err := json.Unmarshal(it.Value, &r); err != nil {
+		return false
+	}
+	return h.opt.Now().Before(r.Expires)
+}
+
+// stop ends the heartbeat and deletes it: a replica that stops cleanly is
+// dead at once for the others.
+func (h *heartbeat) stop() {
+	h.cancel()
+	h.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	it, err := h.kv.Get(ctx, tableReplicas, h.me.Process)
+	if err == nil {
+		_ = h.kv.Delete(ctx, tableReplicas, h.me.Process, it.Version)
+	}
+}
+
+// Kill stops the heartbeat without removing it, as a crashed replica
+// leaves it: the others see it dead once it expires (tests, drills).
+func (s *Store) Kill() {
+	if s.hb != nil {
+		s.hb.cancel()
+		s.hb.wg.Wait()
+		s.hb = &heartbeat{kv: s.kv, opt: s.hb.opt, me: s.hb.me, cancel: func() {}}
+	}
+}

@@ -1,0 +1,121 @@
+package store_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+
+	"github.com/circlebot/circlebot/internal/kv"
+	"github.com/circlebot/circlebot/internal/store"
+	"github.com/circlebot/circlebot/internal/testenv/motoserver"
+)
+
+func TestMain(m *testing.M) { motoserver.Main(m) }
+
+func sharedTable(t *testing.T) kv.Dynamo {
+	t.Helper()
+	moto := motoserver.ForTest(t)
+	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(moto.URL)), Table: "circlebot-state"}
+	if err := d.EnsureTable(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func openShared(t *testing.T, d kv.Dynamo, name string, ttl time.Duration) *store.Store {
+	t.Helper()
+	s, err := store.OpenShared(context.Background(), d, store.SharedOptions{TTL: ttl, Name: name, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// A replica sees the other alive while it beats; a crashed one (no
+// renewal) is dead once its heartbeat expires, a cleanly stopped one at
+// once.
+func TestHeartbeatsSayWhichReplicaIsAlive(t *testing.T) {
+	d := sharedTable(t)
+	const ttl = 900 * time.Millisecond
+	a, b, c := openShared(t, d, "a", ttl), openShared(t, d, "b", ttl), openShared(t, d, "c", ttl)
+	if !b.Alive(a.Process()) || !a.Alive(b.Process()) {
+		t.Fatal("fresh replicas are not alive to each other")
+	}
+	if b.Alive("never-was") {
+		t.Fatal("an unknown process is alive")
+	}
+	// Alive across several renewals.
+	for deadline := time.Now().Add(3 * ttl); time.Now().Before(deadline); time.Sleep(ttl / 10) {
+		if !b.Alive(a.Process()) {
+			t.Fatal("a beating replica was taken for dead")
+		}
+	}
+	a.Kill()
+	deadline := time.Now().Add(3 * ttl)
+	for b.Alive(a.Process()) {
+		if time.Now().After(deadline) {
+			t.Fatal("a crashed replica stayed alive past its TTL")
+		}
+		time.Sleep(ttl / 20)
+	}
+	if err := a.Ping(); err == nil {
+		// its own health says so once the TTL passed without a beat
+		t.Error("a crashed replica reports itself healthy")
+	}
+	cp := c.Process()
+	c.Close()
+	if b.Alive(cp) {
+		t.Error("a replica that stopped cleanly is still alive")
+	}
+	if err := b.Ping(); err != nil {
+		t.Errorf("live replica unhealthy: %v", err)
+	}
+	reps, err := b.Replicas()
+	if err != nil || len(reps) != 2 { // b, and a's stale heartbeat
+		t.Errorf("replicas: %+v %v", reps, err)
+	}
+}
+
+// The same Slack delivery handed to two replicas at once runs on one.
+func TestClaimOnceAcrossReplicas(t *testing.T) {
+	d := sharedTable(t)
+	a, b := openShared(t, d, "a", 5*time.Second), openShared(t, d, "b", 5*time.Second)
+	ctx := context.Background()
+	for i := range 20 {
+		key := "cmd" + time.Now().Format("150405.000000") + string(rune('a'+i))
+		var wins atomic.Int32
+		var wg sync.WaitGroup
+		for _, s := range []*store.Store{a, b, a, b} {
+			wg.Go(func() {
+				ok, err := s.ClaimOnce(ctx, key, time.Minute)
+				if err != nil {
+					t.Error(err)
+				}
+				if ok {
+					wins.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if n := wins.Load(); n != 1 {
+			t.Fatalf("delivery %s claimed %d times", key, n)
+		}
+	}
+	// An expired claim is swept and the key may be claimed again.
+	if ok, _ := a.ClaimOnce(ctx, "short", time.Nanosecond); !ok {
+		t.Fatal("first claim refused")
+	}
+	if n, err := b.SweepClaims(ctx); err != nil || n != 1 {
+		t.Errorf("swept %d, %v; want the one expired claim", n, err)
+	}
+	if ok, _ := b.ClaimOnce(ctx, "short", time.Minute); !ok {
+		t.Error("an expired key could not be claimed again")
+	}
+}
