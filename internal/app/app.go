@@ -82,6 +82,9 @@ type App struct {
 	Leader *leader.Elector
 	// Grace overrides ShutdownGrace (tests).
 	Grace time.Duration
+	// ScheduleClock replaces the scheduler's clock (tests of what falls
+	// due when; the cron itself keeps real time).
+	ScheduleClock func() time.Time
 }
 
 // New builds the bot. The caller must Close it.
@@ -358,27 +361,10 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 		}
 	}()
 	postTo := func(channel string) progress.Poster { return s.web.For(chat.Request{ChannelID: channel}) }
-	a.Resume(workCtx, postTo)
-	sched, err := a.Scheduler(workCtx, postTo)
+	sched, err := a.Background(workCtx, postTo)
 	if err != nil {
 		srv.Close()
 		return err
-	}
-	if a.Leader != nil {
-		sched.Leader = a.Leader.Leader
-		// A run that fell due during a handover is run late by the new
-		// leader rather than skipped.
-		sched.CatchUp = 2*a.Config.Store.LeaseTTL.D() + time.Minute
-		a.Monitor.Leader = a.Leader.Leader
-		a.Leader.OnElected = func(ctx context.Context) { a.lead(ctx, workCtx, sched, postTo) }
-	}
-	sched.Start(workCtx)
-	if a.Leader != nil {
-		go a.Leader.Run(workCtx)
-	}
-	if ch := a.MonitorChannel(); ch != "" && a.Config.Monitor.Interval.D() > 0 {
-		a.Monitor.Post = postTo(ch)
-		go a.Monitor.Run(workCtx, a.Config.Monitor.Interval.D())
 	}
 	sec := a.Config.Secrets
 	if !sec.AppToken.Empty() {
@@ -418,6 +404,38 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	a.Ops.Wait()
 	sched.Stop()
 	return err
+}
+
+// Background starts what runs besides Slack's requests: dealing with
+// what a previous process left, the clock of scheduled work, the bid for
+// leadership (replicas) and outage detection, all until ctx ends. The
+// scheduler it returns is stopped by the caller after ctx ends.
+func (a *App) Background(ctx context.Context, postTo func(string) progress.Poster) (*schedule.Scheduler, error) {
+	a.Resume(ctx, postTo)
+	sched, err := a.Scheduler(ctx, postTo)
+	if err != nil {
+		return nil, err
+	}
+	if a.ScheduleClock != nil {
+		sched.SetClock(a.ScheduleClock)
+	}
+	if a.Leader != nil {
+		sched.Leader = a.Leader.Leader
+		// A run that fell due during a handover is run late by the new
+		// leader rather than skipped.
+		sched.CatchUp = 2*a.Config.Store.LeaseTTL.D() + time.Minute
+		a.Monitor.Leader = a.Leader.Leader
+		a.Leader.OnElected = func(lctx context.Context) { a.lead(lctx, ctx, sched, postTo) }
+	}
+	sched.Start(ctx)
+	if a.Leader != nil {
+		go a.Leader.Run(ctx)
+	}
+	if ch := a.MonitorChannel(); ch != "" && a.Config.Monitor.Interval.D() > 0 {
+		a.Monitor.Post = postTo(ch)
+		go a.Monitor.Run(ctx, a.Config.Monitor.Interval.D())
+	}
+	return sched, nil
 }
 
 // lead is the leader's own work besides the clock, for as long as it

@@ -66,6 +66,10 @@ func New(st *store.Store, report Reporter, log *slog.Logger) *Scheduler {
 		cron: cron.New(cron.WithLocation(time.UTC), cron.WithParser(config.CronParser))}
 }
 
+// SetClock replaces the clock that decides what is due (tests); call it
+// before Start.
+func (s *Scheduler) SetClock(now func() time.Time) { s.now = now }
+
 // Add registers a job; a bad spec is an error at start-up, not at 3 a.m.
 func (s *Scheduler) Add(j Job) error {
 	sched, err := config.CronParser.Parse(j.Spec)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/circlebot/circlebot/internal/kv"
@@ -51,7 +52,8 @@ func OpenShared(ctx context.Context, st kv.Store, o SharedOptions) (*Store, erro
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &Store{kv: st, proc: newProcess()}
+	f := &fenced{Store: st}
+	s := &Store{kv: f, proc: newProcess(), fence: f}
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.hb = &heartbeat{kv: st, opt: o, me: Replica{Process: s.proc, Name: o.Name, Started: o.Now()}, cancel: cancel}
 	if err := s.hb.beat(ctx); err != nil {
@@ -76,6 +78,8 @@ type heartbeat struct {
 	opt    SharedOptions
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	killed bool // stop leaves it where it was
 
 	mu     sync.Mutex
 	me     Replica
@@ -165,6 +169,9 @@ func (h *heartbeat) alive(process string) bool {
 func (h *heartbeat) stop() {
 	h.cancel()
 	h.wg.Wait()
+	if h.killed {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	it, err := h.kv.Get(ctx, tableReplicas, h.me.Process)
@@ -173,12 +180,61 @@ func (h *heartbeat) stop() {
 	}
 }
 
-// Kill stops the heartbeat without removing it, as a crashed replica
-// leaves it: the others see it dead once it expires (tests, drills).
+// Kill makes this replica behave as a killed process from here on: its
+// heartbeat stops where it was (the others see it dead once it expires)
+// and nothing more it does reaches the shared state. For tests and
+// failure drills.
 func (s *Store) Kill() {
+	if s.fence != nil {
+		s.fence.dead.Store(true)
+	}
 	if s.hb != nil {
 		s.hb.cancel()
 		s.hb.wg.Wait()
-		s.hb = &heartbeat{kv: s.kv, opt: s.hb.opt, me: s.hb.me, cancel: func() {}}
+		s.hb = &heartbeat{kv: s.kv, opt: s.hb.opt, me: s.hb.me, cancel: func() {}, killed: true}
 	}
+}
+
+// errKilled is what a killed replica's writes and reads get.
+var errKilled = errors.New("store: this replica was killed")
+
+// fenced cuts a killed replica off from the shared state.
+type fenced struct {
+	kv.Store
+	dead atomic.Bool
+}
+
+func (f *fenced) Get(ctx context.Context, table, key string) (kv.Item, error) {
+	if f.dead.Load() {
+		return kv.Item{}, errKilled
+	}
+	return f.Store.Get(ctx, table, key)
+}
+
+func (f *fenced) Put(ctx context.Context, table, key string, value []byte, version int64) (int64, error) {
+	if f.dead.Load() {
+		return 0, errKilled
+	}
+	return f.Store.Put(ctx, table, key, value, version)
+}
+
+func (f *fenced) Delete(ctx context.Context, table, key string, version int64) error {
+	if f.dead.Load() {
+		return errKilled
+	}
+	return f.Store.Delete(ctx, table, key, version)
+}
+
+func (f *fenced) List(ctx context.Context, table string) ([]kv.Item, error) {
+	if f.dead.Load() {
+		return nil, errKilled
+	}
+	return f.Store.List(ctx, table)
+}
+
+func (f *fenced) Last(ctx context.Context, table string, n int) ([]kv.Item, error) {
+	if f.dead.Load() {
+		return nil, errKilled
+	}
+	return f.Store.Last(ctx, table, n)
 }

@@ -43,7 +43,7 @@ func openShared(t *testing.T, d kv.Dynamo, name string, ttl time.Duration) *stor
 // once.
 func TestHeartbeatsSayWhichReplicaIsAlive(t *testing.T) {
 	d := sharedTable(t)
-	const ttl = 900 * time.Millisecond
+	const ttl = 1500 * time.Millisecond
 	a, b, c := openShared(t, d, "a", ttl), openShared(t, d, "b", ttl), openShared(t, d, "c", ttl)
 	if !b.Alive(a.Process()) || !a.Alive(b.Process()) {
 		t.Fatal("fresh replicas are not alive to each other")

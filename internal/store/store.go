@@ -31,6 +31,8 @@ type Store struct {
 	seq  atomic.Uint64
 	proc string
 	hb   *heartbeat // nil on bbolt: only this process can be alive
+	// fence cuts a killed replica off (Kill); nil on bbolt.
+	fence *fenced
 }
 
 // Open opens (creating if needed) dir/circlebot.db. A second bot on the same
