@@ -1,0 +1,341 @@
+package app_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/circlebot/circlebot/internal/app"
+	"github.com/circlebot/circlebot/internal/chat"
+	"github.com/circlebot/circlebot/internal/config"
+	"github.com/circlebot/circlebot/internal/journal"
+	"github.com/circlebot/circlebot/internal/ops"
+	"github.com/circlebot/circlebot/internal/progress"
+	"github.com/circlebot/circlebot/internal/schedule"
+	"github.com/circlebot/circlebot/internal/slackio"
+	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
+	"github.com/circlebot/circlebot/internal/testenv/motoserver"
+)
+
+const leaseTTL = 1500 * time.Millisecond
+
+// sharedState puts the bot's state in moto's DynamoDB, with short TTLs.
+func sharedState(c *config.Config) {
+	c.Store.Backend = "dynamodb"
+	c.Store.Table = "circlebot-state"
+	c.Store.HeartbeatTTL = config.Duration(time.Second)
+	c.Store.LeaseTTL = config.Duration(leaseTTL)
+}
+
+// replica starts a second bot process on the same AWS (moto), the same
+// DynamoDB table and the same Slack, with its own AWS proxy and its own
+// HTTP endpoint, as a second replica behind the load balancer would be.
+func (e *env) replica(opts ...func(*app.Options)) *env {
+	t := e.t
+	t.Helper()
+	proxy := faultproxy.New(e.moto.URL, faultproxy.Faults{})
+	t.Cleanup(proxy.Close)
+	viaProxy := motoserver.AWSConfig(proxy.URL)
+	ao := app.Options{Config: e.app.Config, Version: "test", AWS: &viaProxy, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, o := range opts {
+		o(&ao)
+	}
+	a, err := app.New(context.Background(), ao)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Backups.MinInterval = 20 * time.Millisecond
+	a.Backups.EBS.PollMin, a.Backups.EBS.PollMax = 20*time.Millisecond, 100*time.Millisecond
+	a.Backups.EBS.Retry = 10 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := a.NewServer(ctx)
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		hs.Close()
+		srv.Wait()
+		cancel()
+		a.Close()
+	})
+	r := &env{t: t, moto: e.moto, inst: e.inst, aws: e.aws, proxy: proxy, slack: e.slack, app: a, server: srv, http: hs}
+	// Its own trigger IDs: one Slack never reuses them across replicas.
+	r.trigger.Store(1_000_000)
+	return r
+}
+
+// background runs what Serve runs besides Slack: resume, the clock,
+// leadership and the watch for dead replicas.
+func (e *env) background() *schedule.Scheduler {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	web := slackio.NewWeb(botToken, e.slack.APIURL(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	sched, err := e.app.Background(ctx, func(ch string) progress.Poster { return web.For(chat.Request{ChannelID: ch}) })
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		cancel()
+		sched.Stop()
+		e.app.Backups.Wait()
+	})
+	return sched
+}
+
+// leaderOf waits until exactly one of the replicas leads and returns it.
+func leaderOf(t *testing.T, within time.Duration, rs ...*env) (*env, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < within {
+		var lead []*env
+		for _, r := range rs {
+			if r.app.Leader.Leader() {
+				lead = append(lead, r)
+			}
+		}
+		if len(lead) > 1 {
+			t.Fatal("two replicas lead at once")
+		}
+		if len(lead) == 1 {
+			return lead[0], time.Since(start)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("no leader within %s", within)
+	return nil, 0
+}
+
+func (e *env) backups() []*ops.Backup {
+	e.t.Helper()
+	recs, err := e.app.Backups.Records.Backups()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return recs
+}
+
+// The clock strikes on both replicas; the leader runs the backup, once.
+// The leader then dies as the next run falls due: the other replica
+// takes the lease within the TTL and runs it, late, once.
+func TestReplicasRunAScheduledBackupOnceAndHandOver(t *testing.T) {
+	// 29 February: the real cron never strikes during the test; the
+	// scheduler's own clock is set to just after midnight of one.
+	due := time.Date(2028, 2, 29, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return due.Add(5 * time.Second) }
+	a := newEnv(t, func(c *config.Config) {
+		sharedState(c)
+		c.Backup.Schedule = "0 0 29 2 *"
+		c.Slack.ReportChannel = incident
+	})
+	b := a.replica()
+	a.app.ScheduleClock, b.app.ScheduleClock = clock, clock
+	scheds := map[*env]*schedule.Scheduler{a: a.background(), b: b.background()}
+	lead, _ := leaderOf(t, 3*leaseTTL, a, b)
+	other := map[*env]*env{a: b, b: a}[lead]
+
+	// The last run was a year ago: this slot is due.
+	lastYear := func() {
+		if err := a.app.Store.Put("schedule", "backup", schedule.Run{Job: "backup", Started: due.AddDate(-1, 0, 0), Finished: due.AddDate(-1, 0, 0), Result: "ok"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lastYear()
+	before := len(a.backups())
+	var wg sync.WaitGroup
+	for _, r := range []*env{a, b, a, b} {
+		wg.Go(func() { scheds[r].Fire("backup") })
+	}
+	wg.Wait()
+	recs := a.backups()
+	if n := len(recs) - before; n != 1 {
+		t.Fatalf("the clock struck on both replicas: %d backups, want 1", n)
+	}
+	if recs[0].Trigger != "scheduled" || recs[0].State != ops.StateCompleted {
+		t.Errorf("scheduled backup: %+v", recs[0])
+	}
+	if n := other.proxy.Count("CreateSnapshots"); n != 0 {
+		t.Errorf("the replica that does not lead snapshotted %d times", n)
+	}
+
+	// The leader dies just as the next run falls due, before running it.
+	lastYear()
+	crashed := time.Now()
+	lead.app.Crash()
+	if got, took := leaderOf(t, 3*leaseTTL, other); got != other || took > leaseTTL+500*time.Millisecond {
+		t.Errorf("handover took %s (lease TTL %s)", took, leaseTTL)
+	}
+	t.Logf("leadership handed over %s after the crash", time.Since(crashed).Round(time.Millisecond))
+	deadline := time.Now().Add(30 * time.Second)
+	for len(other.backups())-before < 2 || other.backups()[0].State != ops.StateCompleted {
+		if time.Now().After(deadline) {
+			t.Fatalf("the new leader did not run the run that fell due: %d backups", len(other.backups())-before)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	a.waitPost(incident, "late-run note", func(s string) bool { return strings.Contains(s, "runs now") && strings.Contains(s, "handing over") })
+	// Once: striking again in the same slot does nothing anywhere.
+	scheds[other].Fire("backup")
+	scheds[lead].Fire("backup")
+	if n := len(other.backups()) - before; n != 2 {
+		t.Errorf("%d scheduled backups, want 2", n)
+	}
+}
+
+// A restore requested through one replica is approved through the other
+// and runs there once. Slack's retry of the approval to the first replica
+// is dropped; while the restore runs, a second destructive request on
+// either replica is refused naming the operation that holds the box.
+func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
+	ra := newRestoreEnv(t, sharedState)
+	a := ra.env
+	b := a.replica(func(o *app.Options) { o.SSMEndpoint = ra.ssm.URL })
+	ra.tune(b.app)
+	b.app.Ops.Snapshot.Poll = 20 * time.Millisecond
+	a.background()
+	b.background()
+
+	req := a.request(alice, "restore latest")
+
+	// B's launch waits until the test has seen the box held.
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	launching := make(chan struct{})
+	var launchOnce sync.Once
+	b.proxy.SetFaults(faultproxy.Faults{Match: func(c faultproxy.Call) bool {
+		if c.Action == "RunInstances" {
+			launchOnce.Do(func() { close(launching) })
+			<-release
+		}
+		return false
+	}})
+
+	form, _ := a.slashForm(bob, incident, "approve "+req)
+	if r := b.post("/slack/commands", form.Encode(), time.Now(), signingSecret); r.StatusCode != http.StatusOK {
+		t.Fatalf("approve on B: HTTP %d", r.StatusCode)
+	}
+	// Slack retries the same delivery, and the load balancer sends it to A.
+	if r := a.post("/slack/commands", form.Encode(), time.Now(), signingSecret); r.StatusCode != http.StatusOK {
+		t.Fatalf("retry on A: HTTP %d", r.StatusCode)
+	}
+	select {
+	case <-launching:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the approved restore did not reach its launch on B")
+	}
+	all, err := b.app.Ops.Journal.All()
+	if err != nil || len(all) != 1 {
+		t.Fatalf("journal: %d ops, %v", len(all), err)
+	}
+	op := all[0]
+
+	for _, r := range []*env{a, b} {
+		if txt := r.answer(r.slash(alice, incident, "failover")); !strings.Contains(txt, op.ID) || !strings.Contains(txt, "Nothing new was started") {
+			t.Errorf("a failover while the restore runs: %q", txt)
+		}
+		if txt := r.answer(r.slash(alice, incident, "backup now")); !strings.Contains(txt, op.ID) {
+			t.Errorf("a backup while the restore runs: %q", txt)
+		}
+	}
+	free()
+	a.waitText("summary", "Restored `"+ra.backup.ID+"`")
+	a.server.Wait()
+	b.server.Wait()
+	ra.checkRestored()
+	if n, m := a.proxy.Count("RunInstances"), b.proxy.Count("RunInstances"); n+m != 1 || m != 1 {
+		t.Errorf("RunInstances: %d on A, %d on B; want one, on B", n, m)
+	}
+	done, _ := a.app.Ops.Journal.Get(op.ID)
+	if done.State != journal.Done || done.Approver != bob {
+		t.Errorf("journal: %s approved by %s", done.State, done.Approver)
+	}
+	hist, _ := a.app.Store.History(100)
+	approves := 0
+	for _, h := range hist {
+		if strings.HasPrefix(h.Command, "approve ") {
+			approves++
+		}
+	}
+	if approves != 1 {
+		t.Errorf("the approval delivered twice was handled %d times", approves)
+	}
+}
+
+// The replica running a restore dies (kill -9: nothing more of it reaches
+// the shared state) mid-way through the launch. The other replica sees
+// its heartbeat stop, announces the operation, and `resume` there
+// finishes it without a second instance.
+func TestReplicaKilledMidRestoreIsResumedOnTheOther(t *testing.T) {
+	ra := newRestoreEnv(t, sharedState)
+	a := ra.env
+	b := a.replica(func(o *app.Options) { o.SSMEndpoint = ra.ssm.URL })
+	ra.tune(b.app)
+	b.app.Ops.Snapshot.Poll = 20 * time.Millisecond
+	a.background()
+	b.background()
+	req := a.request(alice, "restore latest")
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var once sync.Once
+	a.proxy.SetFaults(faultproxy.Faults{Match: func(c faultproxy.Call) bool {
+		if c.Action == "AssignPrivateIpAddresses" {
+			once.Do(func() { a.app.Crash(); stop() }) // the instance exists; the IPs are being moved
+		}
+		return false
+	}})
+	web := slackio.NewWeb(botToken, a.slack.APIURL(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a.app.Bot.Handle(ctx, chat.Request{ID: "t1", UserID: bob, ChannelID: incident, Text: "approve " + req, Source: "test"},
+		web.For(chat.Request{ChannelID: incident, UserID: bob}))
+
+	all, err := b.app.Ops.Journal.All()
+	if err != nil || len(all) != 1 {
+		t.Fatalf("journal: %d ops, %v", len(all), err)
+	}
+	op := all[0]
+	if op.State != journal.Running || op.Process != a.app.Store.Process() {
+		t.Fatalf("what the killed replica left: %s under %s", op.State, op.Process)
+	}
+	txt := b.waitText("announcement", op.ID, "was interrupted during step 6 (Launch the new Services box)", "resume "+op.ID)
+	_ = txt
+	n := 0
+	for _, c := range b.slack.Calls() {
+		if c.Method == "chat.postMessage" && strings.Contains(b.slack.Text(c), "was interrupted during step 6") {
+			n++
+			t.Logf("announcement at %s: %.80s", c.At.Format("15:04:05.000"), b.slack.Text(c))
+		}
+	}
+	if n != 1 {
+		t.Errorf("announced %d times", n)
+	}
+	before := b.proxy.Count("RunInstances")
+	b.slash(alice, incident, "resume "+op.ID)
+	b.waitText("summary", "Restored `"+ra.backup.ID+"`")
+	b.server.Wait()
+	ra.checkRestored()
+	if n := b.proxy.Count("RunInstances") - before; n != 0 {
+		t.Errorf("resume on B called RunInstances %d times; the instance existed", n)
+	}
+	if n := len(a.restored()); n != 1 {
+		t.Errorf("%d restored instances", n)
+	}
+	done, _ := b.app.Ops.Journal.Get(op.ID)
+	if done.State != journal.Done || done.Process != b.app.Store.Process() || done.Steps[5].Attempts != 2 {
+		t.Errorf("journal after resume: %s under %s, launch attempts %d", done.State, done.Process, done.Steps[5].Attempts)
+	}
+}
+
+func messagesWith(e *env, part string) []string {
+	var out []string
+	for _, m := range e.slack.Messages(incident) {
+		if txt := m.AllText(); strings.Contains(txt, part) {
+			out = append(out, txt)
+		}
+	}
+	return out
+}
