@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -231,6 +232,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Ops:          restores,
 			Reports:      reports,
 			Drills:       drills,
+			Replicas:     replicasLine(st, elector),
 			Actions: map[commands.Name]bot.Action{
 				commands.BackupPrune:    bot.PruneAction{B: backups},
 				commands.Restore:        bot.RestoreAction{R: restores},
@@ -273,6 +275,43 @@ func openStore(ctx context.Context, cfg config.Config, awsCfg aws.Config, log *s
 		Log:   log,
 	}
 	return st, el, nil
+}
+
+// replicasLine says, in status, which bot replicas are alive and which
+// leads (nil with one replica).
+func replicasLine(st *store.Store, el *leader.Elector) func(context.Context) string {
+	if el == nil {
+		return nil
+	}
+	return func(ctx context.Context) string {
+		reps, err := st.Replicas()
+		if err != nil {
+			return ":warning: Bot replicas: cannot read the shared state: " + err.Error()
+		}
+		holder, _, _ := el.Lease.Current(ctx)
+		var alive []string
+		for _, r := range reps {
+			if !st.Alive(r.Process) {
+				continue
+			}
+			s := "`" + r.Name + "`"
+			if r.Process == holder {
+				s += " (leader)"
+			}
+			if r.Process == st.Process() {
+				s += " (answering)"
+			}
+			alive = append(alive, s)
+		}
+		line := fmt.Sprintf("Bot replicas alive: %s; state shared in DynamoDB.", strings.Join(alive, ", "))
+		if holder == "" {
+			line += " :warning: No leader at the moment: scheduled work waits for one (up to the lease TTL)."
+		}
+		if len(alive) < 2 {
+			line += " :warning: Only one replica is alive: an outage of its zone takes the bot down."
+		}
+		return line
+	}
 }
 
 func (a *App) Close() error { return a.Store.Close() }

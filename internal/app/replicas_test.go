@@ -31,6 +31,7 @@ func sharedState(c *config.Config) {
 	c.Store.Table = "circlebot-state"
 	c.Store.HeartbeatTTL = config.Duration(time.Second)
 	c.Store.LeaseTTL = config.Duration(leaseTTL)
+	c.Store.Name = "replica-a"
 }
 
 // replica starts a second bot process on the same AWS (moto), the same
@@ -42,7 +43,9 @@ func (e *env) replica(opts ...func(*app.Options)) *env {
 	proxy := faultproxy.New(e.moto.URL, faultproxy.Faults{})
 	t.Cleanup(proxy.Close)
 	viaProxy := motoserver.AWSConfig(proxy.URL)
-	ao := app.Options{Config: e.app.Config, Version: "test", AWS: &viaProxy, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	cfg := e.app.Config
+	cfg.Store.Name = "replica-b"
+	ao := app.Options{Config: cfg, Version: "test", AWS: &viaProxy, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for _, o := range opts {
 		o(&ao)
 	}
@@ -136,6 +139,11 @@ func TestReplicasRunAScheduledBackupOnceAndHandOver(t *testing.T) {
 	scheds := map[*env]*schedule.Scheduler{a: a.background(), b: b.background()}
 	lead, _ := leaderOf(t, 3*leaseTTL, a, b)
 	other := map[*env]*env{a: b, b: a}[lead]
+	leadName := map[*env]string{a: "replica-a", b: "replica-b"}[lead]
+	a.slash(alice, incident, "status")
+	if txt := a.slack.Text(a.waitPost(incident, "status", func(s string) bool { return strings.Contains(s, "Bot replicas alive:") })); !strings.Contains(txt, "`"+leadName+"` (leader)") || !strings.Contains(txt, "(answering)") || !strings.Contains(txt, "`replica-b`") {
+		t.Errorf("status does not show the replicas: %q", txt)
+	}
 
 	// The last run was a year ago: this slot is due.
 	lastYear := func() {
@@ -235,7 +243,7 @@ func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
 	op := all[0]
 
 	for _, r := range []*env{a, b} {
-		if txt := r.answer(r.slash(alice, incident, "failover")); !strings.Contains(txt, op.ID) || !strings.Contains(txt, "Nothing new was started") {
+		if txt := r.answer(r.slash(alice, incident, "failover")); !strings.Contains(txt, op.ID) || !strings.Contains(txt, "on bot replica `replica-b`") || !strings.Contains(txt, "Nothing new was started") {
 			t.Errorf("a failover while the restore runs: %q", txt)
 		}
 		if txt := r.answer(r.slash(alice, incident, "backup now")); !strings.Contains(txt, op.ID) {

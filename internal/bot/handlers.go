@@ -27,6 +27,8 @@ type Deps struct {
 	Drills       *DrillService
 	// Actions are the destructive commands that run through approvals.
 	Actions map[commands.Name]Action
+	// Replicas describes the bot's own replicas for status (nil: one).
+	Replicas func(ctx context.Context) string
 }
 
 // Handlers is the one dispatch table. New checks it covers the grammar.
@@ -94,7 +96,11 @@ func (d Deps) help(ctx context.Context, c Call, missing []commands.Name) (Outcom
 
 func (d Deps) status(ctx context.Context, c Call) (Outcome, error) {
 	r := d.Status.Run(ctx)
-	if _, err := c.Reply.Post(ctx, RenderStatus(r).Fit()); err != nil {
+	msg := RenderStatus(r)
+	if d.Replicas != nil {
+		msg.Blocks = append(msg.Blocks, chat.Context(d.Replicas(ctx)))
+	}
+	if _, err := c.Reply.Post(ctx, msg.Fit()); err != nil {
 		return Outcome{}, fmt.Errorf("post status: %w", err)
 	}
 	out := OK

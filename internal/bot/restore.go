@@ -92,8 +92,12 @@ func heldMessage(h store.Lock, slash string) string {
 		verb = "holds it (running, or stopped part-way)"
 		follow = fmt.Sprintf("If it stopped, `%s resume %s` continues it and `%s cancel %s` gives it up.", slash, h.OpID, slash, h.OpID)
 	}
-	return fmt.Sprintf("another operation on the Services box %s: `%s` (%s), requested by %s %s ago. Nothing new was started. %s",
-		verb, h.OpID, h.What, who(h.Requester), Age(time.Since(h.Since)), follow)
+	where := ""
+	if h.Replica != "" {
+		where = " on bot replica `" + h.Replica + "`"
+	}
+	return fmt.Sprintf("another operation on the Services box %s: `%s` (%s), requested by %s %s ago%s. Nothing new was started. %s",
+		verb, h.OpID, h.What, who(h.Requester), Age(time.Since(h.Since)), where, follow)
 }
 
 // plan derives the approval plan and the data the journal keeps.

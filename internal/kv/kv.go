@@ -142,6 +142,25 @@ func (l *Lease) Acquire(ctx context.Context) (time.Time, error) {
 	return until, nil
 }
 
+// Current says who holds the lease and until when ("" when nobody does).
+func (l *Lease) Current(ctx context.Context) (string, time.Time, error) {
+	cur, err := l.Store.Get(ctx, l.Table, l.Name)
+	if errors.Is(err, ErrNotFound) {
+		return "", time.Time{}, nil
+	}
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	var v leaseValue
+	if err := decodeLease(cur.Value, &v); err != nil {
+		return "", time.Time{}, err
+	}
+	if !l.now().Before(v.Expires) {
+		return "", v.Expires, nil
+	}
+	return v.Holder, v.Expires, nil
+}
+
 // Release gives the lease up if it is still ours.
 func (l *Lease) Release(ctx context.Context) error {
 	cur, err := l.Store.Get(ctx, l.Table, l.Name)

@@ -22,6 +22,9 @@ type Lock struct {
 	// Process identifies the bot process that took the lock; a lock left by
 	// another process of this single-replica store is stale after a crash.
 	Process string `json:"process"`
+	// Replica names the bot replica that holds it, when replicas share
+	// the store (people see which one is working).
+	Replica string `json:"replica,omitempty"`
 }
 
 // HeldError is returned when the lock is taken; it names the holder.
@@ -36,6 +39,9 @@ func (e *HeldError) Error() string {
 // or returns a *HeldError naming the holder. The returned func releases
 // it, only if it is still ours.
 func (s *Store) TryLock(l Lock) (unlock func() error, err error) {
+	if l.Replica == "" && s.hb != nil {
+		l.Replica = s.hb.opt.Name
+	}
 	if l.Since.IsZero() {
 		l.Since = time.Now()
 	}
@@ -142,6 +148,9 @@ var errSame = errors.New("already held so")
 // operation (under another, dead process): a stopped operation keeps its
 // target across restarts. Held by another operation is a *HeldError.
 func (s *Store) Adopt(l Lock) error {
+	if l.Replica == "" && s.hb != nil {
+		l.Replica = s.hb.opt.Name
+	}
 	if l.Since.IsZero() {
 		l.Since = time.Now()
 	}
