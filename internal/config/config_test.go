@@ -141,3 +141,25 @@ func TestUnknownKeyInAListItem(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestSharedStoreSettings(t *testing.T) {
+	cfg, err := Parse([]byte("store:\n  backend: dynamo\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := problems(t, cfg.Validate()); len(p) != 1 || p[0].Key != "store.backend" || !strings.Contains(p[0].Why, "bbolt") {
+		t.Errorf("bad backend: %+v", p)
+	}
+	cfg, _ = Parse([]byte("store:\n  backend: dynamodb\n  table: \"no spaces\"\n  lease_ttl: 200ms\n"))
+	got := map[string]bool{}
+	for _, pr := range problems(t, cfg.Validate()) {
+		got[pr.Key] = true
+	}
+	if !got["store.table"] || !got["store.lease_ttl"] || got["store.heartbeat_ttl"] {
+		t.Errorf("problems: %v", got)
+	}
+	cfg, _ = Parse([]byte("store:\n  backend: dynamodb\ndata_dir: \"\"\n"))
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("dynamodb needs no data_dir: %v", err)
+	}
+}

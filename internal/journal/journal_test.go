@@ -215,3 +215,35 @@ func TestClaimOnce(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { motoserver.Main(m) }
+
+// Another replica took the operation over while a step of this run was
+// in flight (this replica's heartbeat lapsed): the step's end is not
+// written, the next step does not start, and the new owner's state stands.
+func TestRunStopsWhenTakenOver(t *testing.T) {
+	s := open(t)
+	o := newOp(t, s, "replica-a", 3)
+	ran := 0
+	defs := []Def{
+		{"a", func(context.Context, *Op, Progress) (string, error) { ran++; return "", nil }},
+		{"b", func(_ context.Context, op *Op, _ Progress) (string, error) {
+			ran++
+			// Meanwhile: marked interrupted and resumed by replica B.
+			if _, err := s.Update(op.ID, func(o *Op) error { o.Process = "replica-b"; return nil }); err != nil {
+				t.Fatal(err)
+			}
+			if err := op.Record("made", "x"); !errors.Is(err, ErrTakenOver) {
+				t.Errorf("record after takeover: %v", err)
+			}
+			return "done by a", nil
+		}},
+		{"c", func(context.Context, *Op, Progress) (string, error) { ran++; return "", nil }},
+	}
+	_, err := s.Run(context.Background(), o.ID, defs, nopProgress{})
+	if !errors.Is(err, ErrTakenOver) {
+		t.Fatalf("run: %v", err)
+	}
+	got, _ := s.Get(o.ID)
+	if ran != 2 || got.Steps[1].State != StepRunning || got.Process != "replica-b" || got.State != Running || got.Data["made"] != "" {
+		t.Errorf("after takeover: ran %d, step b %s, process %s, state %s, data %v", ran, got.Steps[1].State, got.Process, got.State, got.Data)
+	}
+}

@@ -97,3 +97,72 @@ func TestRunCutOffByACrashIsReported(t *testing.T) {
 		t.Fatalf("reports: %v", got)
 	}
 }
+
+// Two schedulers that both believe they lead (the worst case of a lease
+// handover) strike the same slot at once: the conditional record lets one
+// run it. A non-leader lets the clock pass.
+func TestASlotRunsOnceHoweverManyStrike(t *testing.T) {
+	st, _ := store.Open(t.TempDir())
+	defer st.Close()
+	due := time.Date(2026, 11, 28, 6, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	runs := 0
+	job := Job{Name: "backup", Spec: "0 */6 * * *", Run: func(context.Context) error { mu.Lock(); runs++; mu.Unlock(); return nil }}
+	if err := st.Put(bucket, "backup", Run{Job: "backup", Started: due.Add(-6 * time.Hour), Result: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	var scheds []*Scheduler
+	for range 4 {
+		s, _ := newSched(t, st, due.Add(time.Second))
+		s.Leader = func() bool { return true }
+		if err := s.Add(job); err != nil {
+			t.Fatal(err)
+		}
+		scheds = append(scheds, s)
+	}
+	follower, _ := newSched(t, st, due.Add(time.Second))
+	follower.Leader = func() bool { return false }
+	follower.Add(job)
+	var wg sync.WaitGroup
+	for _, s := range append(scheds, follower) {
+		wg.Go(func() { s.Fire("backup") })
+	}
+	wg.Wait()
+	if runs != 1 {
+		t.Fatalf("the 06:00 slot ran %d times", runs)
+	}
+	follower.Leader = func() bool { return true }
+	follower.Fire("backup")
+	if runs != 1 {
+		t.Fatalf("a late strike of the same slot ran it again")
+	}
+}
+
+// A new leader runs what fell due during the handover, late, and says
+// so; what fell due longer ago than CatchUp is reported as missed.
+func TestNewLeaderCatchesUpOnlyTheHandover(t *testing.T) {
+	due := time.Date(2026, 11, 28, 6, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		late    time.Duration
+		wantRun bool
+	}{{30 * time.Second, true}, {10 * time.Minute, false}} {
+		st, _ := store.Open(t.TempDir())
+		ran := make(chan struct{}, 1)
+		job := Job{Name: "backup", Spec: "0 */6 * * *", Run: func(context.Context) error { ran <- struct{}{}; return nil }}
+		st.Put(bucket, "backup", Run{Job: "backup", Started: due.Add(-6 * time.Hour), Result: "ok"})
+		s, r := newSched(t, st, due.Add(tc.late))
+		s.CatchUp = 2*30*time.Second + time.Minute
+		s.Add(job)
+		s.Elected(context.Background())
+		s.wg.Wait()
+		got := len(ran) == 1
+		if got != tc.wantRun {
+			t.Errorf("%s late: ran %v, want %v (reports %v)", tc.late, got, tc.wantRun, r.all())
+		}
+		msgs := strings.Join(r.all(), "\n")
+		if tc.wantRun && !strings.Contains(msgs, "runs now, 30s late") || !tc.wantRun && !strings.Contains(msgs, "1 run(s) missed") {
+			t.Errorf("%s late: reports %q", tc.late, msgs)
+		}
+		st.Close()
+	}
+}

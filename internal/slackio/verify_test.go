@@ -1,6 +1,7 @@
 package slackio
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strconv"
@@ -75,5 +76,37 @@ func TestDedupe(t *testing.T) {
 	}
 	if !d.First("") || !d.First("") {
 		t.Fatal("an empty key is never a duplicate")
+	}
+}
+
+type claims struct {
+	seen map[string]bool
+	err  error
+}
+
+func (c *claims) ClaimOnce(_ context.Context, key string, _ time.Duration) (bool, error) {
+	if c.err != nil {
+		return false, c.err
+	}
+	first := !c.seen[key]
+	c.seen[key] = true
+	return first, nil
+}
+
+// With replicas, a delivery another replica took is a duplicate here too;
+// when the shared answer fails, the request is handled rather than lost.
+func TestDedupeAcrossReplicas(t *testing.T) {
+	shared := &claims{seen: map[string]bool{}}
+	a, b := NewDedupe(time.Minute, 10), NewDedupe(time.Minute, 10)
+	a.Shared, b.Shared = shared, shared
+	if !a.First("trig.1") || b.First("trig.1") {
+		t.Fatal("a delivery ran on both replicas")
+	}
+	shared.err = errors.New("table unreachable")
+	if !b.First("trig.2") {
+		t.Error("a request was dropped because the shared check failed")
+	}
+	if b.First("trig.2") {
+		t.Error("the local memory still drops a retry to the same replica")
 	}
 }
