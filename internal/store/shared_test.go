@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -117,5 +118,32 @@ func TestClaimOnceAcrossReplicas(t *testing.T) {
 	}
 	if ok, _ := b.ClaimOnce(ctx, "short", time.Minute); !ok {
 		t.Error("an expired key could not be claimed again")
+	}
+}
+
+// The shared duplicate check sits on Slack's 3-second ack path:
+//
+//	go test -run '^$' -bench ClaimOnce ./internal/store/
+func BenchmarkClaimOnce(b *testing.B) {
+	moto, err := motoserver.Start(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer moto.Close()
+	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(moto.URL)), Table: "circlebot-state"}
+	if err := d.EnsureTable(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	s, err := store.OpenShared(context.Background(), d, store.SharedOptions{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := range b.N {
+		if ok, err := s.ClaimOnce(ctx, "trig."+strconv.Itoa(i), time.Minute); !ok || err != nil {
+			b.Fatal(ok, err)
+		}
 	}
 }
