@@ -79,7 +79,7 @@ type heartbeat struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	killed bool // stop leaves it where it was
+	killed atomic.Bool // stop leaves it where it was
 
 	mu     sync.Mutex
 	me     Replica
@@ -135,6 +135,9 @@ func (h *heartbeat) loop(ctx context.Context) {
 // healthy: the last heartbeat landed within the TTL. Past it, other
 // replicas may already have taken over this one's work.
 func (h *heartbeat) healthy() error {
+	if h.killed.Load() {
+		return errKilled
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if age := h.opt.Now().Sub(h.lastOK); age > h.opt.TTL {
@@ -169,7 +172,7 @@ func (h *heartbeat) alive(process string) bool {
 func (h *heartbeat) stop() {
 	h.cancel()
 	h.wg.Wait()
-	if h.killed {
+	if h.killed.Load() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -189,9 +192,9 @@ func (s *Store) Kill() {
 		s.fence.dead.Store(true)
 	}
 	if s.hb != nil {
+		s.hb.killed.Store(true)
 		s.hb.cancel()
 		s.hb.wg.Wait()
-		s.hb = &heartbeat{kv: s.kv, opt: s.hb.opt, me: s.hb.me, cancel: func() {}, killed: true}
 	}
 }
 
