@@ -82,7 +82,9 @@ type App struct {
 	// detection and the watch for dead replicas (nil: the only replica).
 	Leader *leader.Elector
 	// Grace overrides ShutdownGrace (tests).
-	Grace time.Duration
+	Grace  time.Duration
+	bgDone chan struct{} // closed when the leadership loop has ended
+
 	// ScheduleClock replaces the scheduler's clock (tests of what falls
 	// due when; the cron itself keeps real time).
 	ScheduleClock func() time.Time
@@ -271,7 +273,7 @@ func openStore(ctx context.Context, cfg config.Config, awsCfg aws.Config, log *s
 	}
 	log.Info("state shared in DynamoDB", "table", cfg.Store.Table, "replica", name, "process", st.Process())
 	el := &leader.Elector{
-		Lease: kv.Lease{Store: table, Table: "leases", Name: "leader", Holder: st.Process(), TTL: cfg.Store.LeaseTTL.D()},
+		Lease: kv.Lease{Store: st.KV(), Table: "leases", Name: "leader", Holder: st.Process(), TTL: cfg.Store.LeaseTTL.D()},
 		Log:   log,
 	}
 	return st, el, nil
@@ -441,6 +443,11 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	s.Wait()
 	a.Backups.Wait()
 	a.Ops.Wait()
+	// Then the leader's own loop (the lease is given up here), and what
+	// it may have started meanwhile, before the clock stops.
+	cancelWork()
+	a.WaitBackground()
+	a.Backups.Wait()
 	sched.Stop()
 	return err
 }
@@ -467,14 +474,28 @@ func (a *App) Background(ctx context.Context, postTo func(string) progress.Poste
 		a.Leader.OnElected = func(lctx context.Context) { a.lead(lctx, ctx, sched, postTo) }
 	}
 	sched.Start(ctx)
+	a.bgDone = make(chan struct{})
 	if a.Leader != nil {
-		go a.Leader.Run(ctx)
+		go func() {
+			defer close(a.bgDone)
+			a.Leader.Run(ctx)
+		}()
+	} else {
+		close(a.bgDone)
 	}
 	if ch := a.MonitorChannel(); ch != "" && a.Config.Monitor.Interval.D() > 0 {
 		a.Monitor.Post = postTo(ch)
 		go a.Monitor.Run(ctx, a.Config.Monitor.Interval.D())
 	}
 	return sched, nil
+}
+
+// WaitBackground waits, after Background's context ended, for the
+// leadership loop and what it started as leader.
+func (a *App) WaitBackground() {
+	if a.bgDone != nil {
+		<-a.bgDone
+	}
 }
 
 // lead is the leader's own work besides the clock, for as long as it
@@ -492,7 +513,7 @@ func (a *App) lead(ctx, work context.Context, sched *schedule.Scheduler, postTo 
 	every := a.Config.Store.HeartbeatTTL.D() / 2
 	t := time.NewTicker(every)
 	defer t.Stop()
-	lastSweep := time.Now()
+	lastSweep, lastDrills := time.Now(), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -502,6 +523,13 @@ func (a *App) lead(ctx, work context.Context, sched *schedule.Scheduler, postTo 
 		a.Ops.Recover(work, postTo)
 		a.Backups.Resume(work, postTo)
 		a.Approvals.AnnounceInterrupted(work, postTo, a.Config.Slack.Command)
+		sched.CheckCutOff(ctx)
+		// A dead replica's drill: its lock and resources (AWS calls, so
+		// not every round).
+		if time.Since(lastDrills) > time.Minute {
+			lastDrills = time.Now()
+			a.Drills.Sweep(work, reportTo)
+		}
 		if time.Since(lastSweep) > 10*time.Minute {
 			lastSweep = time.Now()
 			if n, err := a.Store.SweepClaims(work); err != nil {

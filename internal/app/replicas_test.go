@@ -83,8 +83,9 @@ func (e *env) background() *schedule.Scheduler {
 	}
 	e.t.Cleanup(func() {
 		cancel()
-		sched.Stop()
+		e.app.WaitBackground()
 		e.app.Backups.Wait()
+		sched.Stop()
 	})
 	return sched
 }

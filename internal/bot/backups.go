@@ -85,10 +85,14 @@ func (s *Backups) Run(ctx context.Context, poster progress.Poster, r BackupReque
 		steps, title = s.Tarball.Steps(), "Tarball backup of the Services box"
 	}
 	st := progress.Start(ctx, poster, progress.Options{OpID: b.ID, Title: title + " (`" + s.NameTag + "`)", Requester: r.Requester, Steps: steps, Log: s.Log, MinInterval: s.MinInterval})
+	// A replica cut off from the shared state stops its backup before
+	// another replica takes it for abandoned.
+	wctx, cancel := s.Store.WorkContext(ctx)
+	defer cancel()
 	if method == "tarball" {
-		err = s.Tarball.Run(ctx, b, st)
+		err = s.Tarball.Run(wctx, b, st)
 	} else {
-		err = s.EBS.Run(ctx, b, st)
+		err = s.EBS.Run(wctx, b, st)
 	}
 	s.finish(ctx, st, b, err)
 	return b, err

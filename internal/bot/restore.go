@@ -343,9 +343,17 @@ func (s *Operations) run(ctx context.Context, id string, poster progress.Poster,
 	if note != "" {
 		st.Log(note)
 	}
-	op, err = s.Journal.Run(ctx, id, defs, st)
+	// Under the store's work context: a replica cut off from the shared
+	// state stops here before another replica can resume the operation.
+	jctx, jcancel := s.Store.WorkContext(ctx)
+	defer jcancel()
+	op, err = s.Journal.Run(jctx, id, s.Store.Process(), defs, st)
 	if op == nil {
-		st.Finish(progress.Failed, ops.Explain(err))
+		if errors.Is(err, journal.ErrTakenOver) {
+			st.Finish(progress.Cancelled, fmt.Sprintf("Stopped here: another bot replica took `%s` over (this one was cut off from the shared state). Follow it there; nothing more is done from this replica.", id))
+		} else {
+			st.Finish(progress.Failed, ops.Explain(err))
+		}
 		return err
 	}
 	switch {
@@ -358,6 +366,10 @@ func (s *Operations) run(ctx context.Context, id string, poster progress.Poster,
 		st.Finish(progress.Succeeded, s.summary(op))
 	case errors.Is(err, journal.ErrCancelled):
 		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped by <@%s> at a step boundary: %s. %s %s", op.CancelBy, op.Why, s.boxLine(ctx, op), s.nextMoves(op)))
+	case errors.Is(err, journal.ErrTakenOver):
+		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped here: another bot replica took `%s` over (this one was cut off from the shared state). Follow it there; nothing more is done from this replica.", op.ID))
+	case errors.Is(context.Cause(jctx), store.ErrHeartbeatLost):
+		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped: this bot replica lost its connection to the shared state (%s). Another replica announces it and can `%s resume %s`.", op.Why, s.SlashCommand, op.ID))
 	case ctx.Err() != nil:
 		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped: the bot is shutting down (%s). %s", op.Why, s.nextMoves(op)))
 	default:

@@ -130,6 +130,15 @@ var (
 	ErrTakenOver = errors.New("taken over by another bot replica")
 )
 
+// why says why ctx ended, for the journal: a shutdown, or the cause it
+// was given (e.g. this replica lost its heartbeat).
+func why(ctx context.Context) string {
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) && !errors.Is(c, context.DeadlineExceeded) {
+		return c.Error()
+	}
+	return "the bot is shutting down"
+}
+
 // owned fails when the op is no longer run by the process that began
 // this run.
 func owned(o *Op, process string) error {
@@ -287,7 +296,7 @@ func (e *StepError) Unwrap() error { return e.Err }
 // step is recorded as running before it starts and as done (with the data
 // it produced) after; a cancel is honoured between steps. On any stop the
 // operation is left Stopped with the reason, ready for resume or cancel.
-func (s Store) Run(ctx context.Context, id string, defs []Def, p Progress) (*Op, error) {
+func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progress) (*Op, error) {
 	op, err := s.Get(id)
 	if err != nil {
 		return nil, err
@@ -300,11 +309,13 @@ func (s Store) Run(ctx context.Context, id string, defs []Def, p Progress) (*Op,
 			p.Done(i, op.Steps[i].Detail)
 		}
 	}
-	owner := op.Process
+	// The caller says whose run this is: if the operation changed hands
+	// before this read, the first ownership check stops it.
+	owner := process
 	for i := op.Next(); i < len(defs); i = op.Next() {
 		// The step boundary: a cancel and a shutdown are honoured here.
 		if ctx.Err() != nil {
-			return s.stop(op.ID, owner, fmt.Sprintf("interrupted before step %d (%s): the bot is shutting down", i+1, defs[i].Name), ctx.Err())
+			return s.stop(op.ID, owner, fmt.Sprintf("interrupted before step %d (%s): %s", i+1, defs[i].Name, why(ctx)), ctx.Err())
 		}
 		op, err = s.Update(id, func(o *Op) error {
 			if err := owned(o, owner); err != nil {
@@ -349,7 +360,7 @@ func (s Store) Run(ctx context.Context, id string, defs []Def, p Progress) (*Op,
 		if stepErr != nil {
 			if ctx.Err() != nil {
 				p.Fail(i, fmt.Errorf("interrupted: %w", stepErr))
-				return s.stopStep(id, owner, i, StepInterrupted, data, stepErr, fmt.Sprintf("interrupted during step %d (%s): the bot is shutting down", i+1, defs[i].Name))
+				return s.stopStep(id, owner, i, StepInterrupted, data, stepErr, fmt.Sprintf("interrupted during step %d (%s): %s", i+1, defs[i].Name, why(ctx)))
 			}
 			p.Fail(i, stepErr)
 			return s.stopStep(id, owner, i, StepFailed, data, stepErr, fmt.Sprintf("step %d (%s) failed: %v", i+1, defs[i].Name, stepErr))

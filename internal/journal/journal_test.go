@@ -69,7 +69,7 @@ func TestResumeSkipsFinishedSteps(t *testing.T) {
 		}},
 		{"c", func(context.Context, *Op, Progress) (string, error) { runs["c"]++; return "ok", nil }},
 	}
-	got, err := s.Run(context.Background(), o.ID, defs, nopProgress{})
+	got, err := s.Run(context.Background(), o.ID, o.Process, defs, nopProgress{})
 	var se *StepError
 	if !errors.As(err, &se) || se.Step != "b" {
 		t.Fatalf("Run = %v, want step b's error", err)
@@ -81,7 +81,7 @@ func TestResumeSkipsFinishedSteps(t *testing.T) {
 		t.Fatal(err)
 	}
 	failB = false
-	got, err = s.Run(context.Background(), o.ID, defs, nopProgress{})
+	got, err = s.Run(context.Background(), o.ID, o.Process, defs, nopProgress{})
 	if err != nil || got.State != Done {
 		t.Fatalf("resume: %v, state %s", err, got.State)
 	}
@@ -112,7 +112,7 @@ func TestCancelAtStepBoundary(t *testing.T) {
 			return "", nil
 		}}
 	}
-	got, err := s.Run(context.Background(), o.ID, defs, nopProgress{})
+	got, err := s.Run(context.Background(), o.ID, o.Process, defs, nopProgress{})
 	if !errors.Is(err, ErrCancelled) || ran != 1 || got.State != Stopped || got.Next() != 1 {
 		t.Fatalf("err=%v ran=%d state=%s next=%d", err, ran, got.State, got.Next())
 	}
@@ -163,7 +163,7 @@ func TestRunningIsNotClaimed(t *testing.T) {
 func TestRecordSavesAtOnce(t *testing.T) {
 	s := open(t)
 	o := newOp(t, s, "me", 1)
-	_, err := s.Run(context.Background(), o.ID, []Def{{"a", func(_ context.Context, op *Op, _ Progress) (string, error) {
+	_, err := s.Run(context.Background(), o.ID, o.Process, []Def{{"a", func(_ context.Context, op *Op, _ Progress) (string, error) {
 		if err := op.Record("command", "cmd-1"); err != nil {
 			return "", err
 		}
@@ -238,7 +238,7 @@ func TestRunStopsWhenTakenOver(t *testing.T) {
 		}},
 		{"c", func(context.Context, *Op, Progress) (string, error) { ran++; return "", nil }},
 	}
-	_, err := s.Run(context.Background(), o.ID, defs, nopProgress{})
+	_, err := s.Run(context.Background(), o.ID, o.Process, defs, nopProgress{})
 	if !errors.Is(err, ErrTakenOver) {
 		t.Fatalf("run: %v", err)
 	}

@@ -30,6 +30,7 @@ type Elector struct {
 	Now       func() time.Time
 
 	killed atomic.Bool
+	wg     sync.WaitGroup // OnElected goroutines
 	mu     sync.Mutex
 	stop   context.CancelFunc
 	base   context.Context
@@ -59,8 +60,13 @@ func (e *Elector) Leader() bool {
 // waiting for a held lease also tries the moment it runs out, so a
 // crashed leader is replaced within the TTL of its last renewal.
 func (e *Elector) Run(ctx context.Context) {
+	if e.killed.Load() {
+		return
+	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
+	// What was started as leader has ended when Run returns.
+	defer e.wg.Wait()
 	e.mu.Lock()
 	e.base, e.stop = ctx, stop
 	e.mu.Unlock()
@@ -86,9 +92,9 @@ func (e *Elector) Run(ctx context.Context) {
 // Kill stops renewing without giving the lease up, as a crashed replica
 // does: the others wait for it to expire (tests, drills).
 func (e *Elector) Kill() {
-	e.killed.Store(true)
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.killed.Store(true)
 	e.until = time.Time{}
 	if e.stop != nil {
 		e.stop()
@@ -106,6 +112,10 @@ func (e *Elector) round(ctx context.Context) (next time.Duration) {
 		return next
 	case err == nil:
 		e.mu.Lock()
+		if e.killed.Load() {
+			e.mu.Unlock()
+			return next
+		}
 		e.until = start.Add(e.Lease.TTL - e.margin())
 		e.mu.Unlock()
 		e.step(true)
@@ -140,6 +150,9 @@ func (e *Elector) step(leading bool) {
 	}
 	e.held = leading
 	if !leading {
+		// Given up, lost or killed: no leader-only work starts from here,
+		// even if the lease had time left.
+		e.until = time.Time{}
 		e.Log.Info("no longer the leader: scheduled work and outage detection stop here", "holder", e.Lease.Holder)
 		if e.cancel != nil {
 			e.cancel()
@@ -151,6 +164,10 @@ func (e *Elector) step(leading bool) {
 	ctx, cancel := context.WithCancel(e.base)
 	e.cancel = cancel
 	if e.OnElected != nil {
-		go e.OnElected(ctx)
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.OnElected(ctx)
+		}()
 	}
 }

@@ -64,6 +64,8 @@ func TestLeadershipHandsOverWithinTheTTL(t *testing.T) {
 	first, _ := waitLeader(t, 2*ttl, es...)
 	other := 1 - first
 
+	c := &leader.Elector{Lease: es[0].Lease, Log: es[0].Log}
+	c.Lease.Holder = "replica-c"
 	// Watch for overlap for the rest of the test.
 	overlap := make(chan struct{}, 1)
 	stop := make(chan struct{})
@@ -76,7 +78,13 @@ func TestLeadershipHandsOverWithinTheTTL(t *testing.T) {
 				return
 			default:
 			}
-			if es[0].Leader() && es[1].Leader() {
+			n := 0
+			for _, e := range []*leader.Elector{es[0], es[1], c} {
+				if e.Leader() {
+					n++
+				}
+			}
+			if n > 1 {
 				select {
 				case overlap <- struct{}{}:
 				default:
@@ -101,8 +109,6 @@ func TestLeadershipHandsOverWithinTheTTL(t *testing.T) {
 
 	// The new leader stops cleanly: the lease is released, and a third
 	// replica takes it at its next round.
-	c := electors(t, ttl, "replica-c")[0]
-	c.Lease.Store = es[0].Lease.Store
 	cctx, ccancel := context.WithCancel(context.Background())
 	defer ccancel()
 	go c.Run(cctx)

@@ -144,9 +144,7 @@ func (s *Scheduler) CheckMissed(ctx context.Context) {
 			continue // another replica is running it (it lost the lease meanwhile)
 		}
 		if last.Result == "running" {
-			s.report(ctx, fmt.Sprintf(":warning: The scheduled %s that started at %s UTC was cut off when the bot stopped; it was not run again.", j.Name, last.Started.Format("2006-01-02 15:04")))
-			last.Result, last.Finished = "interrupted", now
-			_ = s.store.Put(bucket, j.Name, last)
+			s.cutOff(ctx, j, now)
 		}
 		if s.CatchUp > 0 && !due.After(now) && now.Sub(due) <= s.CatchUp && sched.Next(due).After(now) {
 			s.log.Warn("running a scheduled job late: it fell due while no replica was the leader", "job", j.Name, "due", due, "late", now.Sub(due).Round(time.Second))
@@ -198,13 +196,58 @@ func (s *Scheduler) claim(j Job, r Run) error {
 	return err
 }
 
+// CheckCutOff reports runs whose replica died while running them (the
+// leader calls it now and then: at election the dead one's heartbeat may
+// not have expired yet).
+func (s *Scheduler) CheckCutOff(ctx context.Context) {
+	for _, j := range s.jobs {
+		var last Run
+		if err := s.store.Get(bucket, j.Name, &last); err != nil || last.Result != "running" {
+			continue
+		}
+		if last.Process == s.store.Process() || (last.Process != "" && s.store.Alive(last.Process)) {
+			continue
+		}
+		s.cutOff(ctx, j, s.now().UTC())
+	}
+}
+
+// cutOff marks a run that died with its process interrupted, with a
+// write conditional on it being that run still, and says so once.
+func (s *Scheduler) cutOff(ctx context.Context, j Job, now time.Time) {
+	var started time.Time
+	_, err := kv.Update(ctx, s.store.KV(), bucket, j.Name, func(cur []byte, exists bool) ([]byte, error) {
+		var last Run
+		if !exists || json.Unmarshal(cur, &last) != nil || last.Result != "running" {
+			return nil, errRan
+		}
+		started = last.Started
+		last.Result, last.Finished = "interrupted", now
+		return json.Marshal(last)
+	})
+	if err != nil {
+		return
+	}
+	s.report(ctx, fmt.Sprintf(":warning: The scheduled %s that started at %s UTC was cut off when the bot stopped; it was not run again.", j.Name, started.Format("2006-01-02 15:04")))
+}
+
 func (s *Scheduler) run(j Job) {
 	s.wg.Add(1)
 	defer s.wg.Done()
 	ctx := s.ctx
 	r := Run{Job: j.Name, Started: s.now().UTC(), Result: "running", Process: s.store.Process()}
+	if ctx == nil || ctx.Err() != nil {
+		return // stopping: the slot is left to whoever leads next
+	}
 	if err := s.claim(j, r); errors.Is(err, errRan) {
 		s.log.Info("scheduled job already started for this slot (by another replica or an earlier tick)", "job", j.Name)
+		return
+	} else if err != nil && s.Leader != nil {
+		// With replicas, an unrecorded run could be run again by the next
+		// leader; the slot is reported instead, and the next leader's
+		// catch-up or a person runs it.
+		s.log.Error("record schedule run", "job", j.Name, "err", err)
+		s.report(ctx, fmt.Sprintf(":x: Scheduled %s was not started: its run could not be recorded in the shared state (%v), and running it unrecorded could run it twice. Run it by hand if needed.", j.Name, err))
 		return
 	} else if err != nil {
 		// Without the record a restart cannot tell the run happened; the

@@ -41,7 +41,10 @@ func (s *Store) ClaimOnce(ctx context.Context, key string, ttl time.Duration) (b
 		}
 		var c claim
 		if json.Unmarshal(cur.Value, &c) == nil && time.Now().Before(c.Expires) {
-			return false, nil
+			// Our own claim: an SDK retry of a put that landed. This
+			// process's real duplicates never get here (its memory
+			// drops them first).
+			return c.Process == s.proc, nil
 		}
 		// An old claim of a key Slack reuses: take it over, once.
 		if _, err := s.kv.Put(ctx, tableDedupe, key, val, cur.Version); err == nil {

@@ -85,6 +85,48 @@ type heartbeat struct {
 	me     Replica
 	lastOK time.Time
 	err    error
+	// lost ends when the heartbeat has not landed for 3/4 of the TTL:
+	// the work of this replica stops before the others take it for dead
+	// (at the full TTL) and take its work over.
+	lost     context.Context
+	lose     context.CancelCauseFunc
+	watchdog *time.Timer
+}
+
+// ErrHeartbeatLost is the cause of a work context ended because this
+// replica could not renew its heartbeat.
+var ErrHeartbeatLost = errors.New("this bot replica lost its heartbeat to the shared state, so another replica may take its work over")
+
+// arm (under mu) restarts the watchdog after a heartbeat landed, and
+// starts a new epoch of work if the last one was lost.
+func (h *heartbeat) arm() {
+	if h.lost == nil || h.lost.Err() != nil {
+		h.lost, h.lose = context.WithCancelCause(context.Background())
+	}
+	lose := h.lose
+	if h.watchdog != nil {
+		h.watchdog.Stop()
+	}
+	h.watchdog = time.AfterFunc(h.opt.TTL*3/4, func() {
+		h.opt.Log.Error("heartbeat not renewed for 3/4 of its TTL: stopping this replica's operations before another replica takes them over", "ttl", h.opt.TTL)
+		lose(ErrHeartbeatLost)
+	})
+}
+
+// WorkContext is ctx, ended also when this replica's heartbeat lapses
+// (with ErrHeartbeatLost as its cause): operations and backups run under
+// it, so a replica cut off from the shared state stops what it does
+// before another replica resumes it. On bbolt it is ctx.
+func (s *Store) WorkContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	wctx, cancel := context.WithCancelCause(ctx)
+	if s.hb == nil {
+		return wctx, func() { cancel(nil) }
+	}
+	s.hb.mu.Lock()
+	lost := s.hb.lost
+	s.hb.mu.Unlock()
+	stop := context.AfterFunc(lost, func() { cancel(context.Cause(lost)) })
+	return wctx, func() { stop(); cancel(nil) }
 }
 
 func (h *heartbeat) beat(ctx context.Context) error {
@@ -103,8 +145,9 @@ func (h *heartbeat) beat(ctx context.Context) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.err = err
-	if err == nil {
+	if err == nil && !h.killed.Load() {
 		h.lastOK = now
+		h.arm()
 	}
 	return err
 }
@@ -172,6 +215,11 @@ func (h *heartbeat) alive(process string) bool {
 func (h *heartbeat) stop() {
 	h.cancel()
 	h.wg.Wait()
+	h.mu.Lock()
+	if h.watchdog != nil {
+		h.watchdog.Stop()
+	}
+	h.mu.Unlock()
 	if h.killed.Load() {
 		return
 	}
@@ -195,6 +243,11 @@ func (s *Store) Kill() {
 		s.hb.killed.Store(true)
 		s.hb.cancel()
 		s.hb.wg.Wait()
+		s.hb.mu.Lock()
+		if s.hb.watchdog != nil {
+			s.hb.watchdog.Stop()
+		}
+		s.hb.mu.Unlock()
 	}
 }
 

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"strconv"
@@ -87,13 +88,13 @@ func TestHeartbeatsSayWhichReplicaIsAlive(t *testing.T) {
 // The same Slack delivery handed to two replicas at once runs on one.
 func TestClaimOnceAcrossReplicas(t *testing.T) {
 	d := sharedTable(t)
-	a, b := openShared(t, d, "a", 5*time.Second), openShared(t, d, "b", 5*time.Second)
+	a, b, c := openShared(t, d, "a", 5*time.Second), openShared(t, d, "b", 5*time.Second), openShared(t, d, "c", 5*time.Second)
 	ctx := context.Background()
 	for i := range 20 {
 		key := "cmd" + time.Now().Format("150405.000000") + string(rune('a'+i))
 		var wins atomic.Int32
 		var wg sync.WaitGroup
-		for _, s := range []*store.Store{a, b, a, b} {
+		for _, s := range []*store.Store{a, b, c} {
 			wg.Go(func() {
 				ok, err := s.ClaimOnce(ctx, key, time.Minute)
 				if err != nil {
@@ -145,5 +146,66 @@ func BenchmarkClaimOnce(b *testing.B) {
 		if ok, err := s.ClaimOnce(ctx, "trig."+strconv.Itoa(i), time.Minute); !ok || err != nil {
 			b.Fatal(ok, err)
 		}
+	}
+}
+
+type unreachable struct {
+	kv.Store
+	down atomic.Bool
+}
+
+func (u *unreachable) Put(ctx context.Context, table, key string, value []byte, version int64) (int64, error) {
+	if u.down.Load() {
+		return 0, errors.New("dial tcp: i/o timeout")
+	}
+	return u.Store.Put(ctx, table, key, value, version)
+}
+
+// A replica cut off from the shared state stops its work (the work
+// context ends, with ErrHeartbeatLost) while the others still take it for
+// alive: nothing it runs overlaps a takeover.
+func TestCutOffReplicaStopsItsWorkBeforeOthersTakeOver(t *testing.T) {
+	d := sharedTable(t)
+	const ttl = 1500 * time.Millisecond
+	link := &unreachable{Store: d}
+	a, err := store.OpenShared(context.Background(), link, store.SharedOptions{TTL: ttl, Name: "a", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b := openShared(t, d, "b", ttl)
+	work, cancel := a.WorkContext(context.Background())
+	defer cancel()
+	link.down.Store(true)
+	select {
+	case <-work.Done():
+	case <-time.After(2 * ttl):
+		t.Fatal("the cut-off replica's work went on")
+	}
+	if !errors.Is(context.Cause(work), store.ErrHeartbeatLost) {
+		t.Errorf("cause: %v", context.Cause(work))
+	}
+	if !b.Alive(a.Process()) {
+		t.Error("the others took the replica for dead before its work stopped")
+	}
+	if a.Ping() == nil {
+		// healthz goes red once the TTL has passed without a beat
+		deadline := time.Now().Add(2 * ttl)
+		for a.Ping() == nil && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if a.Ping() == nil {
+			t.Error("a replica without heartbeats reports itself healthy")
+		}
+	}
+	link.down.Store(false)
+	deadline := time.Now().Add(2 * ttl)
+	for a.Ping() != nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	fresh, cancel2 := a.WorkContext(context.Background())
+	defer cancel2()
+	if fresh.Err() != nil {
+		t.Error("work cannot start again after the heartbeat came back")
 	}
 }
