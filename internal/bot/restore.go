@@ -592,8 +592,7 @@ func (s *Operations) cleanupHints(op *journal.Op) string {
 // continued on its own. Marking is a conditional write, so of several
 // replicas noticing one death, one announces it.
 func (s *Operations) Recover(ctx context.Context, postTo func(string) progress.Poster) {
-	stopped, err := s.Journal.MarkInterrupted(s.Store.Alive)
-	if err != nil {
+	if _, err := s.Journal.MarkInterrupted(s.Store.Alive); err != nil {
 		s.Log.Error("read operations at start-up", "err", err)
 		return
 	}
@@ -611,7 +610,14 @@ func (s *Operations) Recover(ctx context.Context, postTo func(string) progress.P
 			}
 		}
 	}
-	for _, op := range stopped {
+	for _, op := range all {
+		if !op.Unannounced || op.State != journal.Stopped {
+			continue
+		}
+		op, err := s.Journal.TakeAnnouncement(op.ID)
+		if err != nil {
+			continue // another replica has it
+		}
 		var steps []string
 		for i, st := range op.Steps {
 			mark := map[journal.StepState]string{journal.StepDone: ":white_check_mark:", journal.StepFailed: ":x:", journal.StepInterrupted: ":warning:"}[st.State]
@@ -628,7 +634,8 @@ func (s *Operations) Recover(ctx context.Context, postTo func(string) progress.P
 			op.ID, op.Title, op.Approver, op.Why, strings.Join(steps, "\n"), s.SlashCommand, op.ID, op.Next()+1, s.SlashCommand, op.ID)
 		s.Log.Warn("interrupted operation", "op", op.ID, "why", op.Why)
 		if _, err := postTo(op.Channel).Post(ctx, chat.Text(msg)); err != nil {
-			s.Log.Error("announce interrupted operation", "op", op.ID, "err", err)
+			s.Log.Error("announce interrupted operation; trying again at the next round", "op", op.ID, "err", err)
+			s.Journal.ReturnAnnouncement(op.ID)
 		}
 	}
 }

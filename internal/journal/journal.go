@@ -75,6 +75,9 @@ type Op struct {
 	CancelBy  string            `json:"cancel_by,omitempty"`
 	Process   string            `json:"process,omitempty"`
 	MessageTS string            `json:"message_ts,omitempty"`
+	// Unannounced: interrupted by a process's death and not yet said in
+	// its channel (a failed post is tried again).
+	Unannounced bool `json:"unannounced,omitempty"`
 	// Record, set by Run for the running step, saves one Data item at
 	// once: what a step must not lose if the bot dies mid-step (the ID of
 	// a command it started on the box).
@@ -241,7 +244,7 @@ func (s Store) Claim(id, process string) (*Op, error) {
 		default:
 			return fmt.Errorf("operation `%s` is %s; it cannot be resumed", o.ID, o.State)
 		}
-		o.State, o.Process, o.Why, o.CancelBy = Running, process, "", ""
+		o.State, o.Process, o.Why, o.CancelBy, o.Unannounced = Running, process, "", "", false
 		return nil
 	})
 }
@@ -433,7 +436,7 @@ func (s Store) MarkInterrupted(alive func(process string) bool) ([]*Op, error) {
 				return errors.New("changed")
 			}
 			i := o.Next()
-			o.State = Stopped
+			o.State, o.Unannounced = Stopped, true
 			if i < len(o.Steps) && o.Steps[i].State == StepRunning {
 				o.Steps[i].State = StepInterrupted
 				o.Why = fmt.Sprintf("interrupted during step %d (%s): the bot stopped", i+1, o.Steps[i].Name)
@@ -448,6 +451,30 @@ func (s Store) MarkInterrupted(alive func(process string) bool) ([]*Op, error) {
 		out = append(out, op)
 	}
 	return out, nil
+}
+
+// TakeAnnouncement claims saying an interrupted operation in its channel:
+// of the replicas that try, one gets it. A failed post gives it back
+// (ReturnAnnouncement) for the next round.
+func (s Store) TakeAnnouncement(id string) (*Op, error) {
+	return s.Update(id, func(o *Op) error {
+		if !o.Unannounced {
+			return errors.New("announced already")
+		}
+		o.Unannounced = false
+		return nil
+	})
+}
+
+// ReturnAnnouncement marks the operation unannounced again.
+func (s Store) ReturnAnnouncement(id string) {
+	_, _ = s.Update(id, func(o *Op) error {
+		if o.State != Stopped {
+			return errors.New("no longer stopped")
+		}
+		o.Unannounced = true
+		return nil
+	})
 }
 
 func cloneMap(m map[string]string) map[string]string {

@@ -247,3 +247,30 @@ func TestRunStopsWhenTakenOver(t *testing.T) {
 		t.Errorf("after takeover: ran %d, step b %s, process %s, state %s, data %v", ran, got.Steps[1].State, got.Process, got.State, got.Data)
 	}
 }
+
+// An interrupted operation is announced by one of the replicas that try;
+// a failed post gives it back; a resume before the announcement drops it.
+func TestAnnouncementIsTakenOnce(t *testing.T) {
+	s := open(t)
+	o := newOp(t, s, "dead", 2)
+	if _, err := s.MarkInterrupted(func(p string) bool { return p != "dead" }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.TakeAnnouncement(o.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.TakeAnnouncement(o.ID); err == nil {
+		t.Fatal("announced twice")
+	}
+	s.ReturnAnnouncement(o.ID) // the post failed
+	if _, err := s.TakeAnnouncement(o.ID); err != nil {
+		t.Fatalf("a failed announcement is not tried again: %v", err)
+	}
+	s.ReturnAnnouncement(o.ID)
+	if _, err := s.Claim(o.ID, "me"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Get(o.ID); got.Unannounced {
+		t.Error("a resumed operation is still to be announced as interrupted")
+	}
+}
