@@ -154,7 +154,8 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 	}
 	for _, l := range locks {
 		// A backup's or prune's lock of a process that is not alive (gone
-		// with a restart, or a replica whose heartbeat stopped) is stale. A journaled operation (op-…) keeps the box
+		// with a restart, or a replica whose heartbeat stopped) is stale.
+		// A journaled operation (op-…) keeps the box
 		// until it is resumed or given up.
 		if l.Key == s.lockKey() && !s.Store.Alive(l.Process) && !strings.HasPrefix(l.OpID, "op-") {
 			s.Log.Warn("releasing a lock left by a previous run", "op", l.OpID, "since", l.Since)

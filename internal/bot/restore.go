@@ -350,7 +350,7 @@ func (s *Operations) run(ctx context.Context, id string, poster progress.Poster,
 	op, err = s.Journal.Run(jctx, id, s.Store.Process(), defs, st)
 	if op == nil {
 		if errors.Is(err, journal.ErrTakenOver) {
-			st.Finish(progress.Cancelled, fmt.Sprintf("Stopped here: another bot replica took `%s` over (this one was cut off from the shared state). Follow it there; nothing more is done from this replica.", id))
+			st.Finish(progress.Cancelled, takenOver(id))
 		} else {
 			st.Finish(progress.Failed, ops.Explain(err))
 		}
@@ -367,7 +367,7 @@ func (s *Operations) run(ctx context.Context, id string, poster progress.Poster,
 	case errors.Is(err, journal.ErrCancelled):
 		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped by <@%s> at a step boundary: %s. %s %s", op.CancelBy, op.Why, s.boxLine(ctx, op), s.nextMoves(op)))
 	case errors.Is(err, journal.ErrTakenOver):
-		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped here: another bot replica took `%s` over (this one was cut off from the shared state). Follow it there; nothing more is done from this replica.", op.ID))
+		st.Finish(progress.Cancelled, takenOver(op.ID))
 	case errors.Is(context.Cause(jctx), store.ErrHeartbeatLost):
 		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped: this bot replica lost its connection to the shared state (%s). Another replica announces it and can `%s resume %s`.", op.Why, s.SlashCommand, op.ID))
 	case ctx.Err() != nil:
@@ -383,6 +383,12 @@ func (s *Operations) run(ctx context.Context, id string, poster progress.Poster,
 		return &UserError{Msg: fmt.Sprintf("operation `%s` stopped: %s", op.ID, op.Why)}
 	}
 	return nil
+}
+
+// takenOver is the last word of a run whose operation another replica
+// took over.
+func takenOver(id string) string {
+	return fmt.Sprintf("Stopped here: another bot replica took `%s` over (this one was cut off from the shared state). Follow it there; nothing more is done from this replica.", id)
 }
 
 func journalNames(op *journal.Op) []string {

@@ -65,14 +65,14 @@ func (c *Config) Validate() error {
 		if !dynamoTable.MatchString(c.Store.Table) {
 			bad("store.table", "%q is not a DynamoDB table name (3–255 of a-z A-Z 0-9 _ - .)", c.Store.Table)
 		}
-		if d := c.Store.HeartbeatTTL.D(); d < time.Second || d > 10*time.Minute {
-			bad("store.heartbeat_ttl", "%s must be between 1s and 10m: a dead replica's operation is announced after it", d)
-		}
-		if d := c.Store.LeaseTTL.D(); d < time.Second || d > 10*time.Minute {
-			bad("store.lease_ttl", "%s must be between 1s and 10m: scheduled work waits up to this long for a new leader", d)
-		}
 	default:
 		bad("store.backend", "%q must be bbolt (one replica, a file in data_dir) or dynamodb (replicas sharing a table)", c.Store.Backend)
+	}
+	if d := c.Store.HeartbeatTTL.D(); d < time.Second || d > 10*time.Minute {
+		bad("store.heartbeat_ttl", "%s must be between 1s and 10m: a dead replica's operation is announced after it", d)
+	}
+	if d := c.Store.LeaseTTL.D(); d < time.Second || d > 10*time.Minute {
+		bad("store.lease_ttl", "%s must be between 1s and 10m: scheduled work waits up to this long for a new leader", d)
 	}
 	if !strings.HasPrefix(c.Slack.Command, "/") || strings.ContainsAny(c.Slack.Command, " \t") || len(c.Slack.Command) < 2 {
 		bad("slack.command", "%q must be a slash command such as \"/circleci\"", c.Slack.Command)

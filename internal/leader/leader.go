@@ -120,9 +120,6 @@ func (e *Elector) round(ctx context.Context) (next time.Duration) {
 		e.mu.Unlock()
 		e.step(true)
 	case errors.Is(err, kv.ErrConflict):
-		e.mu.Lock()
-		e.until = time.Time{}
-		e.mu.Unlock()
 		e.step(false)
 		if left := until.Sub(e.now()) + 10*time.Millisecond; left < next {
 			next = max(left, 10*time.Millisecond)
