@@ -110,13 +110,7 @@ func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config), 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.Backups.Tarball != nil {
-		a.Backups.Tarball.(*ops.TarballBackup).Poll = 20 * time.Millisecond
-	}
-	// Progress updates at test speed; Slack's pacing is tested in progress.
-	a.Backups.MinInterval = 20 * time.Millisecond
-	a.Backups.EBS.PollMin, a.Backups.EBS.PollMax = 20*time.Millisecond, 100*time.Millisecond
-	a.Backups.EBS.Retry = 10 * time.Millisecond
+	testSpeed(a)
 	ctx, cancel := context.WithCancel(ctx)
 	srv := a.NewServer(ctx)
 	hs := httptest.NewServer(srv.Handler())
@@ -128,6 +122,23 @@ func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config), 
 	})
 	proxy.Reset()
 	return &env{t: t, moto: moto, inst: inst, aws: direct, proxy: proxy, slack: fake, app: a, server: srv, http: hs}
+}
+
+// testSpeed sets an app's polling and progress pacing to test speed;
+// Slack's pacing is tested in progress.
+func testSpeed(a *app.App) {
+	if a.Backups.Tarball != nil {
+		a.Backups.Tarball.(*ops.TarballBackup).Poll = 20 * time.Millisecond
+	}
+	a.Backups.MinInterval = 20 * time.Millisecond
+	a.Backups.EBS.PollMin, a.Backups.EBS.PollMax = 20*time.Millisecond, 100*time.Millisecond
+	a.Backups.EBS.Retry = 10 * time.Millisecond
+}
+
+// web is the Slack Web API client the bot would use, for calls a test
+// makes outside a request (resume at start-up, a direct Handle).
+func (e *env) web() *slackio.Web {
+	return slackio.NewWeb(botToken, e.slack.APIURL(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 }
 
 // post sends a request signed as Slack would, at the given time.

@@ -18,7 +18,6 @@ import (
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/schedule"
-	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
 	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 )
@@ -53,9 +52,7 @@ func (e *env) replica(opts ...func(*app.Options)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.Backups.MinInterval = 20 * time.Millisecond
-	a.Backups.EBS.PollMin, a.Backups.EBS.PollMax = 20*time.Millisecond, 100*time.Millisecond
-	a.Backups.EBS.Retry = 10 * time.Millisecond
+	testSpeed(a)
 	ctx, cancel := context.WithCancel(context.Background())
 	srv := a.NewServer(ctx)
 	hs := httptest.NewServer(srv.Handler())
@@ -76,7 +73,7 @@ func (e *env) replica(opts ...func(*app.Options)) *env {
 func (e *env) background() *schedule.Scheduler {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	web := slackio.NewWeb(botToken, e.slack.APIURL(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	web := e.web()
 	sched, err := e.app.Background(ctx, func(ch string) progress.Poster { return web.For(chat.Request{ChannelID: ch}) })
 	if err != nil {
 		e.t.Fatal(err)
@@ -120,6 +117,20 @@ func (e *env) backups() []*ops.Backup {
 		e.t.Fatal(err)
 	}
 	return recs
+}
+
+// newRestoreReplicas is the restore sandbox with two replicas sharing
+// state, both running their background work: A (the restore env's own
+// app) and B.
+func newRestoreReplicas(t *testing.T) (*restoreEnv, *env, *env) {
+	t.Helper()
+	ra := newRestoreEnv(t, sharedState)
+	a := ra.env
+	b := a.replica(func(o *app.Options) { o.SSMEndpoint = ra.ssm.URL })
+	ra.tune(b.app)
+	a.background()
+	b.background()
+	return ra, a, b
 }
 
 // The clock strikes on both replicas; the leader runs the backup, once.
@@ -199,13 +210,7 @@ func TestReplicasRunAScheduledBackupOnceAndHandOver(t *testing.T) {
 // is dropped; while the restore runs, a second destructive request on
 // either replica is refused naming the operation that holds the box.
 func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
-	ra := newRestoreEnv(t, sharedState)
-	a := ra.env
-	b := a.replica(func(o *app.Options) { o.SSMEndpoint = ra.ssm.URL })
-	ra.tune(b.app)
-	b.app.Ops.Snapshot.Poll = 20 * time.Millisecond
-	a.background()
-	b.background()
+	ra, a, b := newRestoreReplicas(t)
 
 	req := a.request(alice, "restore latest")
 
@@ -280,13 +285,7 @@ func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
 // its heartbeat stop, announces the operation, and `resume` there
 // finishes it without a second instance.
 func TestReplicaKilledMidRestoreIsResumedOnTheOther(t *testing.T) {
-	ra := newRestoreEnv(t, sharedState)
-	a := ra.env
-	b := a.replica(func(o *app.Options) { o.SSMEndpoint = ra.ssm.URL })
-	ra.tune(b.app)
-	b.app.Ops.Snapshot.Poll = 20 * time.Millisecond
-	a.background()
-	b.background()
+	ra, a, b := newRestoreReplicas(t)
 	req := a.request(alice, "restore latest")
 
 	ctx, stop := context.WithCancel(context.Background())
@@ -298,7 +297,7 @@ func TestReplicaKilledMidRestoreIsResumedOnTheOther(t *testing.T) {
 		}
 		return false
 	}})
-	web := slackio.NewWeb(botToken, a.slack.APIURL(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	web := a.web()
 	a.app.Bot.Handle(ctx, chat.Request{ID: "t1", UserID: bob, ChannelID: incident, Text: "approve " + req, Source: "test"},
 		web.For(chat.Request{ChannelID: incident, UserID: bob}))
 
@@ -322,14 +321,7 @@ func TestReplicaKilledMidRestoreIsResumedOnTheOther(t *testing.T) {
 	if n != 1 {
 		t.Errorf("announced %d times", n)
 	}
-	before := b.proxy.Count("RunInstances")
-	b.slash(alice, incident, "resume "+op.ID)
-	b.waitText("summary", "Restored `"+ra.backup.ID+"`")
-	b.server.Wait()
-	ra.checkRestored()
-	if n := b.proxy.Count("RunInstances") - before; n != 0 {
-		t.Errorf("resume on B called RunInstances %d times; the instance existed", n)
-	}
+	ra.resumeFinishes(b, op.ID)
 	if n := len(a.restored()); n != 1 {
 		t.Errorf("%d restored instances", n)
 	}

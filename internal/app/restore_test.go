@@ -21,7 +21,6 @@ import (
 	"github.com/circlebot/circlebot/internal/journal"
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/progress"
-	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
 	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 	"github.com/circlebot/circlebot/internal/testenv/ssmbox"
@@ -286,6 +285,20 @@ func TestRestoreNeedsAnApproverAndKeepsTheIPAndTheOldVolumes(t *testing.T) {
 	}
 }
 
+// resumeFinishes sends `resume` through e (a replica of r, or r itself)
+// and checks the restore ends restored without a second RunInstances.
+func (r *restoreEnv) resumeFinishes(e *env, opID string) {
+	r.t.Helper()
+	before := e.proxy.Count("RunInstances")
+	e.slash(alice, incident, "resume "+opID)
+	e.waitText("summary", "Restored `"+r.backup.ID+"`")
+	e.server.Wait()
+	r.checkRestored()
+	if n := e.proxy.Count("RunInstances") - before; n != 0 {
+		r.t.Errorf("resume called RunInstances %d times; the instance existed", n)
+	}
+}
+
 // restart replaces the bot process: the old App is closed and a new one
 // opens the same data_dir, with its own HTTP server.
 func (r *restoreEnv) restart() {
@@ -312,7 +325,7 @@ func (r *restoreEnv) restart() {
 		a.Close()
 	})
 	r.app, r.server, r.http = a, srv, hs
-	web := slackio.NewWeb(botToken, r.slack.APIURL(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	web := r.web()
 	a.Resume(context.Background(), func(ch string) progress.Poster { return web.For(chat.Request{ChannelID: ch}) })
 }
 
@@ -331,7 +344,7 @@ func TestRestoreInterruptedMidStepResumesWithoutASecondInstance(t *testing.T) {
 		}
 		return false
 	}})
-	web := slackio.NewWeb(botToken, r.slack.APIURL(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	web := r.web()
 	r.app.Bot.Handle(ctx, chat.Request{ID: "t1", UserID: bob, ChannelID: incident, Text: "approve " + req, Source: "test"},
 		web.For(chat.Request{ChannelID: incident, UserID: bob}))
 	r.proxy.SetFaults(faultproxy.Faults{})
@@ -364,14 +377,7 @@ func TestRestoreInterruptedMidStepResumesWithoutASecondInstance(t *testing.T) {
 		t.Errorf("a backup during an interrupted restore: %q", txt)
 	}
 
-	before := r.proxy.Count("RunInstances")
-	r.slash(alice, incident, "resume "+op.ID)
-	r.waitText("summary", "Restored `"+r.backup.ID+"`")
-	r.server.Wait()
-	r.checkRestored()
-	if n := r.proxy.Count("RunInstances") - before; n != 0 {
-		t.Errorf("resume called RunInstances %d times; the instance existed", n)
-	}
+	r.resumeFinishes(r.env, op.ID)
 	done, _ := r.app.Ops.Journal.Get(op.ID)
 	if done.State != journal.Done || done.Steps[0].Attempts != 1 || done.Steps[3].Attempts != 1 {
 		t.Errorf("journal after resume: %+v", done)
