@@ -175,7 +175,7 @@ func botFailover(ctx context.Context, moto *motoserver.Server, proxy *faultproxy
 		return result{}, err
 	}
 	defer a.Close()
-	a.Ops.Failover.Poll = 100 * time.Millisecond
+	a.Failover.Poll = 100 * time.Millisecond
 	web := slackio.NewWeb("xoxb-bench", fake.APIURL(), log)
 	handle := func(user, text string) {
 		a.Bot.Handle(ctx, chat.Request{ID: "bench", UserID: user, ChannelID: "C0INCIDENT", Text: text, Source: "bench"}, web.For(chat.Request{ChannelID: "C0INCIDENT", UserID: user}))
@@ -189,7 +189,7 @@ func botFailover(ctx context.Context, moto *motoserver.Server, proxy *faultproxy
 	start := time.Now()
 	handle("U0BOB", "approve "+reqs[0].ID)
 	took := time.Since(start)
-	op, err := a.Ops.Journal.ByRequest(reqs[0].ID)
+	op, err := a.Journal.ByRequest(reqs[0].ID)
 	if err != nil || op.State != journal.Done {
 		return result{}, fmt.Errorf("failover did not finish: %v %+v", err, op)
 	}

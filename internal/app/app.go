@@ -34,8 +34,8 @@ import (
 	"github.com/circlebot/circlebot/internal/awsclient"
 	"github.com/circlebot/circlebot/internal/bot"
 	"github.com/circlebot/circlebot/internal/chat"
-	"github.com/circlebot/circlebot/internal/commands"
 	"github.com/circlebot/circlebot/internal/config"
+	"github.com/circlebot/circlebot/internal/engine"
 	"github.com/circlebot/circlebot/internal/journal"
 	"github.com/circlebot/circlebot/internal/kv"
 	"github.com/circlebot/circlebot/internal/leader"
@@ -73,9 +73,16 @@ type App struct {
 	Metrics   *metrics.Metrics
 	Backups   *bot.Backups
 	Approvals *bot.Approvals
-	Ops       *bot.Operations
-	Reports   *bot.Reports
-	Drills    *bot.DrillService
+	// Engine runs every journaled operation; the ops objects below are
+	// what its kinds act with (tests tune their intervals).
+	Engine   *engine.Engine
+	Journal  journal.Store
+	Snapshot *ops.SnapshotRestore
+	Tarball  *ops.TarballRestore // nil: backup.bucket unset
+	Failover *ops.Failover
+	Builders *ops.Builders // nil: builders.asg_name unset
+	Reports  *bot.Reports
+	Drills   *bot.DrillService
 	// Monitor is outage detection; Serve runs it when it has a channel.
 	Monitor *monitor.Monitor
 	// Leader is this replica's bid to run scheduled work, outage
@@ -131,19 +138,21 @@ func New(ctx context.Context, o Options) (*App, error) {
 			so.BaseEndpoint = aws.String(o.SSMEndpoint)
 		}
 	})
+	records := ops.Records{Store: st}
+	retention := ops.Policy{KeepLast: cfg.Backup.Retention.KeepLast, KeepDaily: cfg.Backup.Retention.KeepDaily, KeepWeekly: cfg.Backup.Retention.KeepWeekly}
 	backups := &bot.Backups{
 		EBS: &ops.EBSBackup{
-			EC2: ec2c, Records: ops.Records{Store: st}, NameTag: cfg.ServicesBox.NameTag, Version: o.Version,
+			EC2: ec2c, Records: records, NameTag: cfg.ServicesBox.NameTag, Version: o.Version,
 			Retry: 2 * time.Second, Attempts: 6,
 		},
-		Records:       ops.Records{Store: st},
+		Records:       records,
 		Store:         st,
 		EC2:           ec2c,
-		Prune:         ec2c,
-		Policy:        ops.Policy{KeepLast: cfg.Backup.Retention.KeepLast, KeepDaily: cfg.Backup.Retention.KeepDaily, KeepWeekly: cfg.Backup.Retention.KeepWeekly},
+		Policy:        retention,
 		NameTag:       cfg.ServicesBox.NameTag,
 		DefaultMethod: cfg.Backup.Method,
 		SlashCommand:  cfg.Slack.Command,
+		ReportChannel: cfg.Slack.ReportChannel,
 		Log:           o.Log,
 	}
 	var s3c *s3.Client
@@ -156,46 +165,63 @@ func New(ctx context.Context, o Options) (*App, error) {
 		backups.Tarball = &ops.TarballBackup{
 			EC2: ec2c, S3: s3c, Presign: s3.NewPresignClient(s3c),
 			SSM:     ssmc,
-			Records: ops.Records{Store: st}, NameTag: cfg.ServicesBox.NameTag, Bucket: cfg.Backup.Bucket,
+			Records: records, NameTag: cfg.ServicesBox.NameTag, Bucket: cfg.Backup.Bucket,
 			Prefix: "circleci-backups/", Version: o.Version,
 		}
 	}
-	restores := &bot.Operations{
-		Snapshot: &ops.SnapshotRestore{
-			EC2: ec2c, SSM: ssmc, Records: ops.Records{Store: st}, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region,
-			Fallbacks: cfg.Restore.FallbackInstanceTypes, AppStart: cfg.ServicesBox.AppStartCommand,
-			ImageTimeout: cfg.Restore.ImageTimeout.D(), StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Restore.HealthTimeout.D(),
-		},
-		Journal:      journal.Store{KV: st.KV()},
-		Store:        st,
-		NameTag:      cfg.ServicesBox.NameTag,
-		SlashCommand: cfg.Slack.Command,
-		Log:          o.Log,
+	snapshot := &ops.SnapshotRestore{
+		EC2: ec2c, SSM: ssmc, Records: records, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region,
+		Fallbacks: cfg.Restore.FallbackInstanceTypes, AppStart: cfg.ServicesBox.AppStartCommand,
+		ImageTimeout: cfg.Restore.ImageTimeout.D(), StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Restore.HealthTimeout.D(),
 	}
+	var tarball *ops.TarballRestore
+	var tarballKind engine.TarballRestorer // a nil *ops.TarballRestore is not a nil interface
 	if s3c != nil {
-		restores.Tarball = &ops.TarballRestore{
+		tarball = &ops.TarballRestore{
 			EC2: ec2c, S3: s3c, Presign: s3.NewPresignClient(s3c), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region,
 			AppStart: cfg.ServicesBox.AppStartCommand, AppStop: cfg.ServicesBox.AppStopCommand,
 		}
+		tarballKind = tarball
 	}
-	restores.Failover = &ops.Failover{
+	failover := &ops.Failover{
 		EC2: ec2c, ELB: elasticloadbalancingv2.NewFromConfig(awsCfg), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, ReplicaTag: cfg.Replica.NameTag, Region: awsCfg.Region,
 		Discovery: cfg.Failover.Discovery, ServiceIP: cfg.Failover.ServiceIP, ENI: cfg.Failover.ENI, TargetGroups: cfg.Failover.TargetGroupARNs,
 		AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL,
 		StopTimeout: cfg.Failover.StopTimeout.D(), HealthTimeout: cfg.Failover.HealthTimeout.D(),
 	}
+	var builders *ops.Builders
 	if cfg.Builders.ASGName != "" {
-		restores.Builders = &ops.Builders{ASG: autoscaling.NewFromConfig(awsCfg), Group: cfg.Builders.ASGName, Batch: cfg.Builders.RotateBatch, Timeout: cfg.Builders.RotateTimeout.D()}
-		restores.Failover.Builders = restores.Builders
+		builders = &ops.Builders{ASG: autoscaling.NewFromConfig(awsCfg), Group: cfg.Builders.ASGName, Batch: cfg.Builders.RotateBatch, Timeout: cfg.Builders.RotateTimeout.D()}
+		failover.Builders = builders
 	}
 	passphrase := &ops.Passphrase{EC2: ec2c, SSM: ssmc, SM: secretsmanager.NewFromConfig(awsCfg), SecretID: cfg.Secret.SecretsManagerID, NameTag: cfg.ServicesBox.NameTag}
+	// The one table of operation kinds: adding an operation is one line
+	// here and one kind in internal/engine.
+	setup := engine.Setup{SlashCommand: cfg.Slack.Command, NameTag: cfg.ServicesBox.NameTag, RetryWait: func() time.Duration { return snapshot.Poll }}
+	kinds := &engine.Registry{}
+	engine.Register(kinds, engine.RestoreEBS(setup, snapshot))
+	engine.Register(kinds, engine.RestoreTarball(setup, tarballKind))
+	engine.Register(kinds, engine.Failover(setup, failover))
+	engine.Register(kinds, engine.Rotate(setup, builders))
+	engine.Register(kinds, engine.Prune(setup, engine.Retention{EC2: ec2c, Prune: ec2c, Records: records.Backups, Policy: retention}))
+	engine.Register(kinds, engine.Secret(setup, passphrase))
+	if err := kinds.Check(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	apStore := approvals.Store{KV: st.KV()}
+	eng := &engine.Engine{
+		Kinds: kinds, Journal: journal.Store{KV: st.KV()}, Store: st, Approvals: &apStore,
+		EC2: ec2c, NameTag: cfg.ServicesBox.NameTag, SlashCommand: cfg.Slack.Command, Log: o.Log,
+	}
+	backups.Engine = eng
 	reports := &bot.Reports{
-		EC2: ec2c, Prune: ec2c, Records: ops.Records{Store: st}, Drills: ops.Drills{Store: st}, Policy: backups.Policy,
+		EC2: ec2c, Prune: ec2c, Records: records, Drills: ops.Drills{Store: st}, Policy: backups.Policy,
 		Schedule: cfg.Backup.Schedule, RPO: cfg.Backup.RPO.D(), SlashCommand: cfg.Slack.Command, Log: o.Log,
 	}
 	drills := &bot.DrillService{
 		Runner: &ops.DrillRunner{
-			EC2: ec2c, Restore: restores.Snapshot, Records: ops.Drills{Store: st},
+			EC2: ec2c, Restore: snapshot, Records: ops.Drills{Store: st},
 			Subnet: cfg.Drill.SubnetID, SecurityGroup: cfg.Drill.SecurityGroupID, InstanceType: cfg.Drill.InstanceType,
 			HealthURL: cfg.Drill.HealthURL, Timeout: cfg.Drill.Timeout.D(), Process: st.Process(), Alive: st.Alive,
 		},
@@ -215,7 +241,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		}), EC2: ec2c, Store: st, Checks: checks, NameTag: cfg.ServicesBox.NameTag, ASG: cfg.Builders.ASGName,
 		Cooldown: cfg.Monitor.Cooldown.D(), Slash: cfg.Slack.Command, Log: o.Log,
 	}
-	apr := &bot.Approvals{Store: approvals.Store{KV: st.KV()}, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Alive: st.Alive, Journaled: restores.Journaled}
+	apr := &bot.Approvals{Store: apStore, TTL: cfg.Approvals.TTL.D(), Process: st.Process()}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
 		Policy:       policy,
@@ -231,24 +257,21 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Backups:      backups,
 			RPO:          cfg.Backup.RPO.D(),
 			Approvals:    apr,
-			Ops:          restores,
+			Engine:       eng,
+			Builders:     builders,
 			Reports:      reports,
 			Drills:       drills,
 			Replicas:     replicasLine(st, elector),
-			Actions: map[commands.Name]bot.Action{
-				commands.BackupPrune:    bot.PruneAction{B: backups},
-				commands.Restore:        bot.RestoreAction{R: restores},
-				commands.Failover:       bot.FailoverAction{R: restores},
-				commands.BuildersRotate: bot.RotateAction{R: restores},
-				commands.Secret:         bot.SecretAction{P: passphrase, SlashCommand: cfg.Slack.Command},
-			},
+			Log:          o.Log,
 		}),
 	})
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr, Ops: restores, Reports: reports, Drills: drills, Monitor: mon, Leader: elector}, nil
+	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr,
+		Engine: eng, Journal: eng.Journal, Snapshot: snapshot, Tarball: tarball, Failover: failover, Builders: builders,
+		Reports: reports, Drills: drills, Monitor: mon, Leader: elector}, nil
 }
 
 // openStore opens the state store the config names: the bbolt file, or
@@ -442,7 +465,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	defer grace.Stop()
 	s.Wait()
 	a.Backups.Wait()
-	a.Ops.Wait()
+	a.Engine.Wait()
 	// Then the leader's own loop (the lease is given up here), and what
 	// it may have started meanwhile, before the clock stops.
 	cancelWork()
@@ -520,9 +543,8 @@ func (a *App) lead(ctx, work context.Context, sched *schedule.Scheduler, postTo 
 			return
 		case <-t.C:
 		}
-		a.Ops.Recover(work, postTo)
+		a.Engine.Recover(work, postTo)
 		a.Backups.Resume(work, postTo)
-		a.Approvals.AnnounceInterrupted(work, postTo, a.Config.Slack.Command)
 		sched.CheckCutOff(ctx)
 		// A dead replica's drill: its lock and resources (AWS calls, so
 		// not every round).
@@ -636,12 +658,11 @@ func (a *App) ScheduledBackup(ctx context.Context, poster progress.Poster) error
 // backups are followed to the end, operations cut off mid-way are reported
 // and never started again.
 func (a *App) Resume(ctx context.Context, postTo func(string) progress.Poster) {
-	a.Ops.Recover(ctx, postTo)
+	a.Engine.Recover(ctx, postTo)
 	a.Backups.Resume(ctx, postTo)
 	var reportTo progress.Poster
 	if ch := a.Config.Slack.ReportChannel; ch != "" {
 		reportTo = postTo(ch)
 	}
 	a.Drills.Sweep(ctx, reportTo)
-	a.Approvals.AnnounceInterrupted(ctx, postTo, a.Config.Slack.Command)
 }

@@ -58,11 +58,11 @@ func newFailoverEnv(t *testing.T, edit func(*config.Config), opts ...func(*app.O
 			edit(c)
 		}
 	}, opts...)
-	f.app.Ops.Failover.Poll = 20 * time.Millisecond
-	f.app.Ops.Snapshot.Poll = 20 * time.Millisecond
-	f.app.Ops.MinInterval = 20 * time.Millisecond
-	if f.app.Ops.Builders != nil {
-		f.app.Ops.Builders.Poll = 20 * time.Millisecond
+	f.app.Failover.Poll = 20 * time.Millisecond
+	f.app.Snapshot.Poll = 20 * time.Millisecond
+	f.app.Engine.MinInterval = 20 * time.Millisecond
+	if f.app.Builders != nil {
+		f.app.Builders.Poll = 20 * time.Millisecond
 	}
 	f.ssm.AddBox(f.inst.ServicesBox.ID)
 	out, err := ec2.NewFromConfig(f.aws).RunInstances(context.Background(), &ec2.RunInstancesInput{
@@ -417,7 +417,7 @@ func TestFailoverMovesAnInterfaceOrTheLoadBalancerTargets(t *testing.T) {
 		if _, err := api.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: &eniID, InstanceId: aws.String(f.inst.ServicesBox.ID), DeviceIndex: aws.Int32(1)}); err != nil {
 			t.Fatal(err)
 		}
-		f.app.Ops.Failover.ENI = eniID
+		f.app.Failover.ENI = eniID
 		req := f.request(alice, "failover --to "+f.standby)
 		f.click(bob, "approve "+req, "eni.1")
 		f.waitText("summary", "The Services box is now `"+f.standby+"`")
@@ -449,7 +449,7 @@ func TestFailoverMovesAnInterfaceOrTheLoadBalancerTargets(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		f.app.Ops.Failover.TargetGroups = tgs
+		f.app.Failover.TargetGroups = tgs
 		req := f.request(alice, "failover --to "+f.standby)
 		f.proxy.Reset()
 		f.click(bob, "approve "+req, "lb.1")

@@ -74,8 +74,8 @@ func newRestoreEnv(t *testing.T, edit func(*config.Config)) *restoreEnv {
 }
 
 func (r *restoreEnv) tune(a *app.App) {
-	a.Ops.Snapshot.Poll = 20 * time.Millisecond
-	a.Ops.MinInterval = 20 * time.Millisecond
+	a.Snapshot.Poll = 20 * time.Millisecond
+	a.Engine.MinInterval = 20 * time.Millisecond
 	a.Approvals.Now = func() time.Time {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -349,7 +349,7 @@ func TestRestoreInterruptedMidStepResumesWithoutASecondInstance(t *testing.T) {
 		web.For(chat.Request{ChannelID: incident, UserID: bob}))
 	r.proxy.SetFaults(faultproxy.Faults{})
 
-	ops_, err := r.app.Ops.Journal.All()
+	ops_, err := r.app.Journal.All()
 	if err != nil || len(ops_) != 1 {
 		t.Fatalf("journal: %v %d ops", err, len(ops_))
 	}
@@ -362,7 +362,7 @@ func TestRestoreInterruptedMidStepResumesWithoutASecondInstance(t *testing.T) {
 	}
 	// What a kill -9 at this point leaves: the step still marked running
 	// under the dead process.
-	if _, err := r.app.Ops.Journal.Update(op.ID, func(o *journal.Op) error {
+	if _, err := r.app.Journal.Update(op.ID, func(o *journal.Op) error {
 		o.State, o.Process, o.Why = journal.Running, "dead-process", ""
 		o.Steps[5].State = journal.StepRunning
 		return nil
@@ -378,7 +378,7 @@ func TestRestoreInterruptedMidStepResumesWithoutASecondInstance(t *testing.T) {
 	}
 
 	r.resumeFinishes(r.env, op.ID)
-	done, _ := r.app.Ops.Journal.Get(op.ID)
+	done, _ := r.app.Journal.Get(op.ID)
 	if done.State != journal.Done || done.Steps[0].Attempts != 1 || done.Steps[3].Attempts != 1 {
 		t.Errorf("journal after resume: %+v", done)
 	}
@@ -399,10 +399,10 @@ func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
 			once.Do(func() {
 				// `cancel` while the image step runs; hold the step until
 				// the cancel is recorded, so the boundary is the next one.
-				ops_, _ := r.app.Ops.Journal.All()
+				ops_, _ := r.app.Journal.All()
 				r.slash(alice, incident, "cancel "+ops_[0].ID)
 				for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-					if o, _ := r.app.Ops.Journal.Get(ops_[0].ID); o.CancelBy != "" {
+					if o, _ := r.app.Journal.Get(ops_[0].ID); o.CancelBy != "" {
 						return
 					}
 				}
@@ -418,7 +418,7 @@ func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
 	if n := len(r.restored()); n != 0 {
 		t.Fatalf("a cancelled restore launched %d instances", n)
 	}
-	op, _ := r.app.Ops.Journal.ByRequest(req)
+	op, _ := r.app.Journal.ByRequest(req)
 	if op.State != journal.Stopped || op.Data["image_id"] == "" || op.Next() != 2 {
 		t.Fatalf("cancelled op: %+v", op)
 	}
@@ -499,7 +499,7 @@ func TestRestoreSurvivesLostAnswers(t *testing.T) {
 	if lost != 4 {
 		t.Fatalf("%d answers lost, want 4", lost)
 	}
-	op, _ := r.app.Ops.Journal.ByRequest(req)
+	op, _ := r.app.Journal.ByRequest(req)
 	imgs, err := ec2.NewFromConfig(r.aws).DescribeImages(context.Background(), &ec2.DescribeImagesInput{Filters: []ec2types.Filter{{Name: aws.String("tag:" + ops.TagRestoreOp), Values: []string{op.ID}}}})
 	if err != nil || len(imgs.Images) != 1 {
 		t.Fatalf("images of the restore: %v, %d", err, len(imgs.Images))
@@ -572,8 +572,8 @@ func TestRestoreFallsBackToAnotherInstanceType(t *testing.T) {
 // is stopped for it and started after, and the download is removed.
 func TestTarballRestoreMovesTheDataAsideAndRestartsTheApp(t *testing.T) {
 	e, box, ssmSrv := tarballEnvSSM(t)
-	e.app.Ops.MinInterval = 20 * time.Millisecond
-	e.app.Ops.Tarball.(*ops.TarballRestore).Poll = 20 * time.Millisecond
+	e.app.Engine.MinInterval = 20 * time.Millisecond
+	e.app.Tarball.Poll = 20 * time.Millisecond
 	e.slash(alice, incident, "backup now tarball")
 	b := e.lastBackup(ops.StateCompleted)
 	e.server.Wait()
@@ -676,7 +676,7 @@ func TestRestoreWithAnImagePendingForLongResumes(t *testing.T) {
 	if err := r.moto.SetImagesPending(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	r.app.Ops.Snapshot.ImageTimeout = 300 * time.Millisecond
+	r.app.Snapshot.ImageTimeout = 300 * time.Millisecond
 	req := r.request(alice, "restore latest")
 	r.click(bob, "approve "+req, "slow.1")
 	r.waitText("stopped", "still pending after", "old box was not touched", "resume")
@@ -684,7 +684,7 @@ func TestRestoreWithAnImagePendingForLongResumes(t *testing.T) {
 	if st := r.instance(r.inst.ServicesBox.ID).State.Name; st != ec2types.InstanceStateNameRunning {
 		t.Fatalf("the old box is %s while the image was pending", st)
 	}
-	op, _ := r.app.Ops.Journal.ByRequest(req)
+	op, _ := r.app.Journal.ByRequest(req)
 	image := op.Data["image_id"]
 	if op.State != journal.Stopped || op.Next() != 1 || image == "" {
 		t.Fatalf("op after the timeout: %+v", op)

@@ -19,7 +19,7 @@ func (d Deps) backupNow(ctx context.Context, c Call) (Outcome, error) {
 	b, err := d.Backups.Run(ctx, c.Reply, BackupRequest{Method: string(c.Cmd.Method), Trigger: "manual", Requester: c.Req.UserID, Channel: c.Req.ChannelID})
 	var held *store.HeldError
 	if errors.As(err, &held) {
-		return Outcome{}, &UserError{Msg: heldMessage(held.Holder, d.SlashCommand)}
+		return Outcome{}, &UserError{Msg: d.Engine.HeldMessage(held)}
 	}
 	if err != nil {
 		var ue *UserError
@@ -55,7 +55,7 @@ func (d Deps) backupList(ctx context.Context, c Call) (Outcome, error) {
 		if d.RPO > 0 && age > d.RPO {
 			mark = ":warning:"
 		}
-		fmt.Fprintf(&b, "%s Newest restore point `%s` is %s old (RPO %s).\n", mark, newest.ID, Age(age), Age(d.RPO))
+		fmt.Fprintf(&b, "%s Newest restore point `%s` is %s old (RPO %s).\n", mark, newest.ID, chat.Age(age), chat.Age(d.RPO))
 	} else {
 		b.WriteString(":x: No completed restore point: every backup listed failed or is still running.\n")
 	}
@@ -77,13 +77,13 @@ func pointLine(p ops.Point, now time.Time) string {
 	state := map[string]string{ops.StateCompleted: ":white_check_mark:", ops.StateRunning: ":hourglass_flowing_sand:", ops.StateFailed: ":x:", ops.StateInterrupted: ":warning:"}[p.State]
 	size := fmt.Sprintf("%d GiB", p.SizeGiB)
 	if p.Method == "tarball" {
-		size = humanBytes(p.Bytes)
+		size = chat.Bytes(p.Bytes)
 	}
 	by := "by hand (runbook)"
 	if p.MadeByBot {
-		by = p.Trigger + " by " + who(p.Requester)
+		by = p.Trigger + " by " + chat.Who(p.Requester)
 	}
-	line := fmt.Sprintf("%s `%s` %s, %s ago, %s, %s", state, p.ID, p.Method, Age(now.Sub(p.Started)), size, by)
+	line := fmt.Sprintf("%s `%s` %s, %s ago, %s, %s", state, p.ID, p.Method, chat.Age(now.Sub(p.Started)), size, by)
 	if p.State == ops.StateRunning {
 		line += fmt.Sprintf(", %.0f%%", p.Pct)
 	}
@@ -115,7 +115,7 @@ func (d Deps) backupStatus(ctx context.Context, c Call) (Outcome, error) {
 				fmt.Fprintf(&b, "• `%s` %s (`%s`) %d GiB — %s %s\n", s.ID, s.Device, s.VolumeID, s.SizeGiB, s.State, s.Progress)
 			}
 			if r.SHA256 != "" {
-				fmt.Fprintf(&b, "*Object* `s3://%s/%s` %s, sha256 `%s`\n", r.Bucket, r.Key, humanBytes(r.Size), r.SHA256)
+				fmt.Fprintf(&b, "*Object* `s3://%s/%s` %s, sha256 `%s`\n", r.Bucket, r.Key, chat.Bytes(r.Size), r.SHA256)
 			}
 			for _, n := range r.Notes {
 				b.WriteString(":warning: " + n + "\n")

@@ -9,9 +9,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/commands"
+	"github.com/circlebot/circlebot/internal/engine"
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/store"
@@ -30,13 +30,16 @@ type TarballRunner interface {
 // resume after a restart) the same way: one at a time per Services box,
 // recorded, and streamed into a channel.
 type Backups struct {
-	EBS           *ops.EBSBackup
-	Tarball       TarballRunner
-	Records       ops.Records
-	Store         *store.Store
-	EC2           ops.EC2
-	Prune         ops.PruneEC2
-	Policy        ops.Policy
+	EBS     *ops.EBSBackup
+	Tarball TarballRunner
+	Records ops.Records
+	Store   *store.Store
+	EC2     ops.EC2
+	Policy  ops.Policy
+	// Engine runs retention after a scheduled backup; its progress goes
+	// to ReportChannel.
+	Engine        *engine.Engine
+	ReportChannel string
 	NameTag       string
 	DefaultMethod string
 	SlashCommand  string
@@ -50,7 +53,7 @@ type Backups struct {
 // Wait returns when the backups picked up by Resume have finished.
 func (s *Backups) Wait() { s.resumed.Wait() }
 
-func (s *Backups) lockKey() string { return BoxLock(s.NameTag) }
+func (s *Backups) lockKey() string { return engine.BoxLock(s.NameTag) }
 
 // Request says who wants which backup and where progress goes.
 type BackupRequest struct {
@@ -123,7 +126,7 @@ func BackupSummary(b *ops.Backup, slash string) string {
 	switch b.Method {
 	case "tarball":
 		return fmt.Sprintf("Restore point `%s`: `s3://%s/%s`, %s, sha256 `%s`. Restore with `%s restore s3://%s/%s`.",
-			b.ID, b.Bucket, b.Key, humanBytes(b.Size), b.SHA256, slash, b.Bucket, b.Key)
+			b.ID, b.Bucket, b.Key, chat.Bytes(b.Size), b.SHA256, slash, b.Bucket, b.Key)
 	default:
 		var ids []string
 		for _, s := range b.Snapshots {
@@ -211,7 +214,7 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		}
 		_ = unlock()
 		msg := fmt.Sprintf(":warning: Backup `%s` (%s, requested by %s) was interrupted when the bot stopped, before its %s was recorded. It was not retried and is not a restore point. Run `%s backup now` to take a new one.",
-			b.ID, b.Method, who(b.Requester), map[string]string{"ebs": "snapshots", "tarball": "upload"}[b.Method], s.SlashCommand)
+			b.ID, b.Method, chat.Who(b.Requester), map[string]string{"ebs": "snapshots", "tarball": "upload"}[b.Method], s.SlashCommand)
 		if len(cleaned) > 0 {
 			msg += " Cleanup: " + strings.Join(cleaned, "; ") + "."
 		}
@@ -222,130 +225,12 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 	}
 }
 
-func who(requester string) string {
-	if strings.HasPrefix(requester, "U") || strings.HasPrefix(requester, "W") {
-		return "<@" + requester + ">"
-	}
-	return requester
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 // PruneNow applies the retention policy after a scheduled backup; the
-// policy in the config is its approval. It reports in the channel itself.
-func (s *Backups) PruneNow(ctx context.Context, poster progress.Poster) error {
-	return s.prune(ctx, nil, "prune-"+time.Now().UTC().Format("20060102-150405"), "scheduler", poster)
-}
-
-// PlanChangedError: the plan derived under the lock is not the approved one.
-type PlanChangedError struct{ Approved, Live string }
-
-func (e *PlanChangedError) Error() string {
-	return fmt.Sprintf("the plan changed since it was approved (approved %s, now %s); nothing was deleted", approvals.Short(e.Approved), approvals.Short(e.Live))
-}
-
-// prune deletes what retention does not keep. With an approved request it
-// runs only if the plan derived now, under the lock, hashes as approved, so
-// exactly the approved snapshots go.
-func (s *Backups) prune(ctx context.Context, req *approvals.Request, opID, requester string, poster progress.Poster) error {
-	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: opID, What: "retention pruning", Requester: requester, Process: s.Store.Process()})
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	verdicts, plan, err := s.prunePlan(ctx)
-	if err != nil {
-		return err
-	}
-	if req != nil && plan.Hash() != req.PlanHash {
-		return &PlanChangedError{Approved: req.PlanHash, Live: plan.Hash()}
-	}
-	if plan.Facts["delete"] == "" {
+// policy in the config is its approval. The engine reports in the channel.
+func (s *Backups) PruneNow(ctx context.Context, out engine.Out) error {
+	err := s.Engine.Start(ctx, commands.Command{Name: commands.BackupPrune}, "scheduler", s.ReportChannel, out)
+	if errors.Is(err, engine.ErrNothingToDo) {
 		return nil
 	}
-	st := progress.Start(ctx, poster, progress.Options{OpID: opID, Title: "Prune restore points past `backup.retention`", Requester: requester, Steps: []string{"Delete snapshots"}, Log: s.Log, MinInterval: s.MinInterval})
-	st.Begin(0, plan.Facts["delete"])
-	deleted, err := ops.Prune(ctx, s.Prune, verdicts, st)
-	who := "the retention policy in the config"
-	if req != nil {
-		who = "<@" + req.Decider + ">"
-	}
-	if err != nil {
-		st.Fail(0, errors.New(ops.Explain(err)))
-		st.Finish(progress.Failed, fmt.Sprintf("Stopped after deleting %d snapshots: %s What was not deleted stays; the next run picks it up.", len(deleted), ops.Explain(err)))
-	} else {
-		st.Done(0, fmt.Sprintf("%d snapshots deleted", len(deleted)))
-		st.Finish(progress.Succeeded, fmt.Sprintf("Retention pruned %s (%d snapshots), approved by %s.", plan.Facts["delete"], len(deleted), who))
-	}
-	s.Log.Info("retention", "op", opID, "deleted", deleted, "err", err)
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
-	defer cancel()
-	_ = st.Wait(wctx)
 	return err
-}
-
-// prunePlan computes what retention would delete now.
-func (s *Backups) prunePlan(ctx context.Context) ([]ops.Verdict, approvals.Plan, error) {
-	recs, err := s.Records.Backups()
-	if err != nil {
-		return nil, approvals.Plan{}, err
-	}
-	pts, err := ops.RestorePoints(ctx, s.EC2, recs)
-	if err != nil {
-		return nil, approvals.Plan{}, &UserError{Msg: ops.Explain(err)}
-	}
-	inUse, err := ops.SnapshotsInUse(ctx, s.Prune)
-	if err != nil {
-		return nil, approvals.Plan{}, &UserError{Msg: ops.Explain(err)}
-	}
-	verdicts := ops.Retain(pts, s.Policy, inUse)
-	plan := approvals.Plan{Action: "backup prune", Facts: map[string]string{
-		"policy": fmt.Sprintf("keep_last=%d keep_daily=%d keep_weekly=%d", s.Policy.KeepLast, s.Policy.KeepDaily, s.Policy.KeepWeekly),
-	}}
-	var del, snaps []string
-	for _, v := range verdicts {
-		if v.Keep {
-			if v.Newest {
-				plan.Keeps = append(plan.Keeps, fmt.Sprintf("`%s`, the newest completed restore point", v.Point.ID))
-			}
-			continue
-		}
-		del = append(del, v.Point.ID)
-		snaps = append(snaps, v.Point.Snapshots...)
-		plan.Changes = append(plan.Changes, fmt.Sprintf("delete `%s` (%s, %d snapshots, %d GiB) — %s", v.Point.ID, v.Point.Started.UTC().Format("2006-01-02 15:04"), len(v.Point.Snapshots), v.Point.SizeGiB, v.Why))
-	}
-	plan.Facts["delete"] = strings.Join(del, ",")
-	plan.Facts["snapshots"] = strings.Join(snaps, ",")
-	plan.Keeps = append(plan.Keeps, "hand-made (runbook) snapshots, tarballs, running and failed backups, and snapshots an AMI uses")
-	plan.Undo = []string{"deleted EBS snapshots cannot be recovered"}
-	return verdicts, plan, nil
-}
-
-// PruneAction is `backup prune` through the two-person rule.
-type PruneAction struct{ B *Backups }
-
-func (a PruneAction) Plan(ctx context.Context, _ commands.Command) (approvals.Plan, error) {
-	if !a.B.Policy.Enabled() {
-		return approvals.Plan{}, &UserError{Msg: "no retention policy is configured (`backup.retention`): nothing would be pruned."}
-	}
-	_, plan, err := a.B.prunePlan(ctx)
-	if err == nil && plan.Facts["delete"] == "" {
-		return plan, &UserError{Msg: "retention would prune nothing right now. Nothing was requested."}
-	}
-	return plan, err
-}
-
-func (a PruneAction) Execute(ctx context.Context, req approvals.Request, r Replier) error {
-	return a.B.prune(ctx, &req, req.ID, req.Requester, r)
 }

@@ -59,9 +59,9 @@ type Outcome struct {
 var OK = Outcome{Result: "ok"}
 
 // UserError is a failure the user can act on; its text is safe to show.
-type UserError struct{ Msg string }
-
-func (e *UserError) Error() string { return e.Msg }
+// It is the one refusal type of every layer below, so that a refusal made
+// deep in ops reaches the user as written.
+type UserError = ops.RefusalError
 
 type Bot struct {
 	slash    string

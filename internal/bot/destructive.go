@@ -11,38 +11,17 @@ import (
 	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/commands"
+	"github.com/circlebot/circlebot/internal/engine"
 	"github.com/circlebot/circlebot/internal/ops"
-	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/slackio"
 )
-
-// Action is one destructive operation: Plan derives exactly what would run
-// from live state (called when requested and again just before running),
-// Execute runs a plan that a second person approved.
-type Action interface {
-	Plan(ctx context.Context, cmd commands.Command) (approvals.Plan, error)
-	Execute(ctx context.Context, req approvals.Request, r Replier) error
-}
 
 // Approvals is the two-person flow's state and its clock.
 type Approvals struct {
 	Store   approvals.Store
 	TTL     time.Duration
 	Process string
-	// Alive reports whether a bot process may still run what it began
-	// (default: only this one).
-	Alive func(process string) bool
-	Now   func() time.Time
-	// Journaled reports requests that became journaled operations: those
-	// are announced (and resumable) by the journal, not here.
-	Journaled func(reqID string) bool
-}
-
-func (a *Approvals) alive(process string) bool {
-	if a.Alive != nil {
-		return a.Alive(process)
-	}
-	return process == a.Process
+	Now     func() time.Time
 }
 
 func (a *Approvals) now() time.Time {
@@ -54,9 +33,9 @@ func (a *Approvals) now() time.Time {
 
 // request turns a destructive command into a plan, and then (unless it is
 // a dry run) into a request that waits for a second person.
-func (d Deps) request(act Action) Handler {
+func (d Deps) request() Handler {
 	return func(ctx context.Context, c Call) (Outcome, error) {
-		plan, err := act.Plan(ctx, c.Cmd)
+		plan, err := d.Engine.Propose(ctx, c.Cmd)
 		if err != nil {
 			return Outcome{}, err
 		}
@@ -128,76 +107,56 @@ func (d Deps) decide(ctx context.Context, c Call, approve bool) (Outcome, error)
 	}
 	msgRef := chat.Ref{Channel: r.Channel, TS: r.MessageTS}
 	if !approve {
-		_ = c.Reply.Update(ctx, msgRef, d.requestMessage(r, false, fmt.Sprintf(":no_entry_sign: Denied by <@%s> at %s UTC. Nothing was run.", user, r.Decided.UTC().Format("15:04"))))
+		d.updateRequest(ctx, c.Reply, msgRef, d.requestMessage(r, false, fmt.Sprintf(":no_entry_sign: Denied by <@%s> at %s UTC. Nothing was run.", user, r.Decided.UTC().Format("15:04"))))
 		return Outcome{Result: "ok", Detail: "denied " + r.ID}, nil
 	}
-	_ = c.Reply.Update(ctx, msgRef, d.requestMessage(r, false, fmt.Sprintf(":white_check_mark: Approved by <@%s> at %s UTC; checking the plan against AWS again, then running.", user, r.Decided.UTC().Format("15:04"))))
+	d.updateRequest(ctx, c.Reply, msgRef, d.requestMessage(r, false, fmt.Sprintf(":white_check_mark: Approved by <@%s> at %s UTC; checking the plan against AWS again, then running.", user, r.Decided.UTC().Format("15:04"))))
 	return d.execute(ctx, c, r)
 }
 
 // execute runs an approved request once: Begin lets exactly one caller
-// through, and the plan derived again from live state must hash the same.
+// through; the engine derives the plan again and runs it only if it
+// hashes as approved.
 func (d Deps) execute(ctx context.Context, c Call, r approvals.Request) (Outcome, error) {
 	if _, err := d.Approvals.Store.Begin(r.ID, d.Approvals.Process); err != nil {
 		return Outcome{Result: "refused", Detail: err.Error()}, nil
 	}
-	cmd, err := commands.Parse(r.Command)
-	act := d.Actions[cmd.Name]
-	if err != nil || act == nil {
-		_, _ = d.Approvals.Store.Finish(r.ID, approvals.Failed, "command no longer runnable")
-		return Outcome{}, fmt.Errorf("request %s: command %q cannot run in this version", r.ID, r.Command)
-	}
-	live, err := act.Plan(ctx, cmd)
-	if err != nil || live.Hash() != r.PlanHash {
-		why := "the plan changed since it was approved"
-		if err != nil {
-			why = "the plan cannot be made again: " + err.Error()
-		}
-		_, _ = d.Approvals.Store.Finish(r.ID, approvals.Refused, why)
-		msg := fmt.Sprintf(":warning: Request `%s` was approved but not run: %s (approved plan `%s`, live plan `%s`). Nothing was changed. Make a new request to see the current plan.",
-			r.ID, why, approvals.Short(r.PlanHash), approvals.Short(live.Hash()))
-		_, perr := c.Reply.Post(ctx, chat.Text(msg))
-		return Outcome{Result: "refused", Detail: why}, perr
-	}
-	err = act.Execute(ctx, r, c.Reply)
+	err := d.Engine.Execute(ctx, r, c.Reply)
 	msgRef := chat.Ref{Channel: r.Channel, TS: r.MessageTS}
-	var changed *PlanChangedError
+	var changed *engine.PlanChangedError
 	switch {
 	case errors.As(err, &changed):
-		_, _ = d.Approvals.Store.Finish(r.ID, approvals.Refused, changed.Error())
-		_ = c.Reply.Update(ctx, msgRef, d.requestMessage(r, false, fmt.Sprintf(":warning: Approved by <@%s>, not run: %s. Make a new request to see the current plan.", r.Decider, changed.Error())))
-		return Outcome{Result: "refused", Detail: changed.Error()}, nil
+		d.finish(r.ID, approvals.Refused, changed.Error())
+		msg := fmt.Sprintf(":warning: Request `%s` was approved but not run: %s. Nothing was changed. Make a new request to see the current plan.", r.ID, changed.Error())
+		d.updateRequest(ctx, c.Reply, msgRef, d.requestMessage(r, false, fmt.Sprintf(":warning: Approved by <@%s>, not run: %s. Make a new request to see the current plan.", r.Decider, changed.Error())))
+		_, perr := c.Reply.Post(ctx, chat.Text(msg))
+		return Outcome{Result: "refused", Detail: changed.Error()}, perr
 	case err != nil:
-		_, _ = d.Approvals.Store.Finish(r.ID, approvals.Failed, ops.Explain(err))
+		d.finish(r.ID, approvals.Failed, ops.Explain(err))
 		// The operation's own progress message may never have been posted
 		// (it can fail before starting): say it here too.
-		_ = c.Reply.Update(ctx, msgRef, d.requestMessage(r, false, fmt.Sprintf(":x: Approved by <@%s>; failed: %s", r.Decider, ops.Explain(err))))
+		d.updateRequest(ctx, c.Reply, msgRef, d.requestMessage(r, false, fmt.Sprintf(":x: Approved by <@%s>; failed: %s", r.Decider, ops.Explain(err))))
 		return Outcome{}, &UserError{Msg: fmt.Sprintf("request `%s` failed: %s", r.ID, ops.Explain(err))}
 	}
-	_, _ = d.Approvals.Store.Finish(r.ID, approvals.Done, "")
-	_ = c.Reply.Update(ctx, msgRef, d.requestMessage(r, false, fmt.Sprintf(":white_check_mark: Approved by <@%s> and done.", r.Decider)))
+	d.finish(r.ID, approvals.Done, "")
+	d.updateRequest(ctx, c.Reply, msgRef, d.requestMessage(r, false, fmt.Sprintf(":white_check_mark: Approved by <@%s> and done.", r.Decider)))
 	return Outcome{Result: "ok", Detail: "ran " + r.ID}, nil
 }
 
-// AnnounceInterrupted reports requests that were executing when a previous
-// bot process stopped. They are never started again.
-func (a *Approvals) AnnounceInterrupted(ctx context.Context, posterFor func(string) progress.Poster, slash string) {
-	all, err := a.Store.All()
-	if err != nil {
-		return
+// finish records how an approved request ended. A failure to record it is
+// logged: the request then shows "executing" until the recovery path,
+// which sees its operation journaled (or its process gone), closes it.
+func (d Deps) finish(id string, st approvals.State, note string) {
+	if _, err := d.Approvals.Store.Finish(id, st, note); err != nil {
+		d.Log.Error("record how an approval request ended", "request", id, "state", st, "err", err)
 	}
-	for _, r := range all {
-		if r.State != approvals.Executing || a.alive(r.Process) {
-			continue
-		}
-		if a.Journaled != nil && a.Journaled(r.ID) {
-			_, _ = a.Store.Interrupt(r.ID, r.Process, "interrupted: the bot stopped while it ran; its operation can be resumed")
-			continue
-		}
-		if _, err := a.Store.Interrupt(r.ID, r.Process, "interrupted: the bot stopped while it ran"); err != nil {
-			continue // another replica said it, or it finished after all
-		}
-		msg := fmt.Sprintf(":warning: Request `%s` (`%s %s`, approved by <@%s>) was running when the bot stopped. It was not started again; check its last progress message, then make a new request if needed.", r.ID, slash, r.Command, r.Decider)
-		_, _ = posterFor(r.Channel).Post(ctx, chat.Text(msg))
+}
+
+// updateRequest rewrites the request's message. Slack failing it is
+// logged: the state is in the store, and the outcome is posted or streamed
+// separately.
+func (d Deps) updateRequest(ctx context.Context, r Replier, ref chat.Ref, m chat.Message) {
+	if err := r.Update(ctx, ref, m); err != nil {
+		d.Log.Warn("update the approval request message", "channel", ref.Channel, "ts", ref.TS, "err", err)
 	}
 }

@@ -95,7 +95,7 @@ func (d Deps) drillNow(ctx context.Context, c Call) (Outcome, error) {
 	dr, err := d.Drills.Run(ctx, c.Reply, "manual", c.Req.UserID, c.Req.ChannelID)
 	var held *store.HeldError
 	if errors.As(err, &held) {
-		return Outcome{}, &UserError{Msg: fmt.Sprintf("a restore drill is already running: `%s`, requested by %s. Follow it in its message.", held.Holder.OpID, who(held.Holder.Requester))}
+		return Outcome{}, &UserError{Msg: fmt.Sprintf("a restore drill is already running: `%s`, requested by %s. Follow it in its message.", held.Holder.OpID, chat.Who(held.Holder.Requester))}
 	}
 	if err != nil {
 		if dr == nil {

@@ -3,12 +3,14 @@ package bot
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/circlebot/circlebot/internal/authz"
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/commands"
+	"github.com/circlebot/circlebot/internal/engine"
 	"github.com/circlebot/circlebot/internal/ops"
 )
 
@@ -22,20 +24,28 @@ type Deps struct {
 	Backups      *Backups
 	RPO          time.Duration
 	Approvals    *Approvals
-	Ops          *Operations
-	Reports      *Reports
-	Drills       *DrillService
-	// Actions are the destructive commands that run through approvals.
-	Actions map[commands.Name]Action
+	// Engine runs every destructive command, once approved, and resume
+	// and cancel.
+	Engine   *engine.Engine
+	Builders *ops.Builders // nil: builders.asg_name unset
+	Reports  *Reports
+	Drills   *DrillService
 	// Replicas describes the bot's own replicas for status (nil: one).
 	Replicas func(ctx context.Context) string
+	Log      *slog.Logger
 }
 
-// Handlers is the one dispatch table. New checks it covers the grammar.
+// Handlers is the one dispatch table. New checks that it covers the
+// grammar: a dependency left out fails start-up.
 func Handlers(d Deps) map[commands.Name]Handler {
+	if d.Log == nil {
+		d.Log = slog.Default()
+	}
 	h := map[commands.Name]Handler{
-		commands.Status:  d.status,
-		commands.History: d.history,
+		commands.Help:           d.help,
+		commands.Status:         d.status,
+		commands.History:        d.history,
+		commands.BuildersStatus: d.buildersStatus,
 	}
 	if d.Backups != nil {
 		h[commands.BackupNow] = d.backupNow
@@ -48,46 +58,20 @@ func Handlers(d Deps) map[commands.Name]Handler {
 	if d.Drills != nil {
 		h[commands.DrillNow] = d.drillNow
 	}
-	if d.Ops != nil {
+	if d.Engine != nil && d.Approvals != nil {
 		h[commands.Resume] = d.resume
 		h[commands.Cancel] = d.cancel
-		h[commands.BuildersStatus] = d.buildersStatus
-	}
-	if d.Approvals != nil {
 		h[commands.Approve] = d.approve
 		h[commands.Deny] = d.deny
-		for name, act := range d.Actions {
-			h[name] = d.request(act)
+		for _, name := range d.Engine.Kinds.Commands() {
+			h[name] = d.request()
 		}
 	}
-	// The rest of the grammar is parsed, validated and authorised today;
-	// the operations behind it land issue by issue. Until then the answer
-	// says so and points at the manual runbook, and nothing runs.
-	h[commands.Help] = nil // set below, once the list of what is missing is known
-	var missing []commands.Name
-	for _, s := range commands.Specs() {
-		if _, ok := h[s.Name]; !ok {
-			h[s.Name] = d.unavailable
-			missing = append(missing, s.Name)
-		}
-	}
-	h[commands.Help] = func(ctx context.Context, c Call) (Outcome, error) { return d.help(ctx, c, missing) }
 	return h
 }
 
-func (d Deps) help(ctx context.Context, c Call, missing []commands.Name) (Outcome, error) {
+func (d Deps) help(ctx context.Context, c Call) (Outcome, error) {
 	text := commands.HelpText(d.SlashCommand, c.Cmd.Topic, d.Policy.Allowed(c.Req.UserID))
-	// Say up front what this version cannot do yet, so nobody learns at
-	// 3 a.m. by trying that restore is still the manual runbook.
-	var notYet []string
-	for _, n := range missing {
-		if s, _ := commands.SpecOf(n); d.Policy.May(c.Req.UserID, s.Class) && (c.Cmd.Topic == "" || c.Cmd.Topic == n) {
-			notYet = append(notYet, "`"+string(n)+"`")
-		}
-	}
-	if len(notYet) > 0 {
-		text += "\n\n:construction: Not in this version yet (they answer with the runbook section to follow): " + strings.Join(notYet, ", ") + "."
-	}
 	if !d.Policy.May(c.Req.UserID, commands.ClassRead) {
 		text += fmt.Sprintf("\n\nYou have no role here yet: ask whoever runs this bot to add `%s` to `roles.viewers` or `roles.operators`.", c.Req.UserID)
 	}
@@ -131,30 +115,6 @@ func (d Deps) history(ctx context.Context, c Call) (Outcome, error) {
 	return OK, c.Reply.Ephemeral(ctx, chat.Text(b.String()))
 }
 
-// runbookFor points at the manual runbook section to use until a command
-// is automated, so "not yet" still leaves the on-call engineer a way on.
-var runbookFor = map[commands.Name]string{
-	commands.BackupNow:      "“Backup with EBS” / “Backup with tarballs”",
-	commands.BackupList:     "“Restore from EBS” (aws ec2 describe-snapshots --filters Name=description,Values=CircleCI*)",
-	commands.BackupStatus:   "“Restore from EBS” (aws ec2 describe-snapshots)",
-	commands.BackupPrune:    "your snapshot retention policy",
-	commands.Restore:        "“Restore from EBS” / “Restore from a tarball”",
-	commands.Failover:       "“Cold Fail-over”, step 2 (ensure the old box is dead, move the IP, start the app)",
-	commands.BuildersStatus: "“Discovery and Re-association of Builders”",
-	commands.BuildersRotate: "“Recovery from outage” (rotate the fleet)",
-	commands.Secret:         "“Discovery and Re-association of Builders” (sudo replicated admin get-secret-token)",
-	commands.ReportNow:      "“Restore from EBS” (list snapshots by age)",
-	commands.DrillNow:       "“Restore from EBS” (restore into an isolated subnet)",
-}
-
-func (d Deps) unavailable(ctx context.Context, c Call) (Outcome, error) {
-	msg := fmt.Sprintf("`%s %s` is not available in this version of the bot (%s) yet. Nothing was run.", d.SlashCommand, c.Cmd.Text(), d.Version)
-	if rb, ok := runbookFor[c.Cmd.Name]; ok {
-		msg += "\nUntil it is, follow the runbook: " + rb + "."
-	}
-	return Outcome{Result: "unavailable"}, c.Reply.Ephemeral(ctx, chat.Text(msg))
-}
-
 func oneLine(s string, n int) string {
 	s = strings.Join(strings.Fields(s), " ")
 	s = strings.ReplaceAll(s, "`", "'")
@@ -162,20 +122,4 @@ func oneLine(s string, n int) string {
 		s = string([]rune(s)[:n]) + "…"
 	}
 	return s
-}
-
-// Age renders a duration the way people say it: "3h12m", "2d4h", "45s".
-func Age(d time.Duration) string {
-	switch {
-	case d < 0:
-		return "in the future (clock skew?)"
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", int(d.Seconds()))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
-	default:
-		return fmt.Sprintf("%dd%dh", int(d.Hours())/24, int(d.Hours())%24)
-	}
 }

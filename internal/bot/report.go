@@ -118,9 +118,9 @@ func ReportText(r ops.Report, slash string) string {
 	case r.Newest == nil:
 		fmt.Fprintf(&b, ":rotating_light: *There is no completed restore point.* Take one: `%s backup now`.\n", slash)
 	case r.OverRPO:
-		fmt.Fprintf(&b, ":rotating_light: *Newest restore point `%s` is %s old — over the RPO of %s.*\n", r.Newest.ID, Age(r.NewestAge), ops.Span(r.RPO))
+		fmt.Fprintf(&b, ":rotating_light: *Newest restore point `%s` is %s old — over the RPO of %s.*\n", r.Newest.ID, chat.Age(r.NewestAge), ops.Span(r.RPO))
 	default:
-		fmt.Fprintf(&b, ":white_check_mark: Newest restore point `%s` is %s old (RPO %s).\n", r.Newest.ID, Age(r.NewestAge), ops.Span(r.RPO))
+		fmt.Fprintf(&b, ":white_check_mark: Newest restore point `%s` is %s old (RPO %s).\n", r.Newest.ID, chat.Age(r.NewestAge), ops.Span(r.RPO))
 	}
 	fmt.Fprintf(&b, "*Last 24 h:* %d restore point(s)", len(r.Recent))
 	if len(r.Recent) > 0 {
@@ -128,7 +128,7 @@ func ReportText(r ops.Report, slash string) string {
 		for _, p := range r.Recent {
 			size := fmt.Sprintf("%d GiB", p.SizeGiB)
 			if p.Method == "tarball" {
-				size = humanBytes(p.Bytes)
+				size = chat.Bytes(p.Bytes)
 			}
 			who := p.Trigger
 			if who == "" {

@@ -42,7 +42,7 @@ func RenderStatus(r *ops.StatusReport) chat.Message {
 	case r.Newest == nil:
 		warn = append(warn, ":x: No completed restore point exists. Run a backup as soon as the box is healthy.")
 	case rpo > 0 && r.At.Sub(r.Newest.Started) > rpo:
-		warn = append(warn, fmt.Sprintf(":warning: The newest restore point is %s old, over the %s RPO target.", Age(r.At.Sub(r.Newest.Started)), Age(rpo)))
+		warn = append(warn, fmt.Sprintf(":warning: The newest restore point is %s old, over the %s RPO target.", chat.Age(r.At.Sub(r.Newest.Started)), chat.Age(rpo)))
 	}
 	if r.Replica != nil {
 		switch {
@@ -83,10 +83,10 @@ func RenderStatus(r *ops.StatusReport) chat.Message {
 	if r.Newest != nil {
 		size := fmt.Sprintf("%d GiB", r.Newest.SizeGiB)
 		if r.Newest.Kind == "tarball" {
-			size = humanBytes(r.Newest.Bytes)
+			size = chat.Bytes(r.Newest.Bytes)
 		}
-		facts = append(facts, fmt.Sprintf("*Newest restore point*\n`%s` (%s, %s), %s ago", r.Newest.ID, r.Newest.Kind, size, Age(r.At.Sub(r.Newest.Started))))
-		facts = append(facts, fmt.Sprintf("*Restore points*\n%d completed, %d in progress; RPO %s", r.Points, r.Pending, Age(rpo)))
+		facts = append(facts, fmt.Sprintf("*Newest restore point*\n`%s` (%s, %s), %s ago", r.Newest.ID, r.Newest.Kind, size, chat.Age(r.At.Sub(r.Newest.Started))))
+		facts = append(facts, fmt.Sprintf("*Restore points*\n%d completed, %d in progress; RPO %s", r.Points, r.Pending, chat.Age(rpo)))
 	} else if r.PointErr == nil {
 		facts = append(facts, fmt.Sprintf("*Restore points*\nnone completed, %d in progress", r.Pending))
 	}

@@ -1,5 +1,5 @@
-// Package journal owns the record of a multi-step destructive operation
-// (a restore, later a failover): its approved facts, each step's state
+// Package journal owns the record of a multi-step operation (a restore, a
+// failover, a rotation, a prune, …): its approved facts, each step's state
 // written before and after the step runs, the values steps hand to later
 // steps, and who holds the target. After a crash the record says exactly
 // where the operation stopped, so it can be resumed without repeating a
@@ -27,6 +27,7 @@ const (
 	Stopped   State = "stopped"   // cancelled, failed or interrupted: resumable
 	Done      State = "done"      // every step finished
 	Abandoned State = "abandoned" // given up with cancel; the target is free
+	Failed    State = "failed"    // stopped and closed: its kind holds nothing for a resume
 )
 
 // StepState of one step.
@@ -53,7 +54,7 @@ type Step struct {
 // Op is one journaled operation.
 type Op struct {
 	ID     string `json:"id"`
-	Kind   string `json:"kind"`   // "restore"
+	Kind   string `json:"kind"`   // the engine's kind, e.g. "restore-ebs"
 	Title  string `json:"title"`  // for the progress message
 	Target string `json:"target"` // the lock key it holds, e.g. box/circleci_services
 	// Also are further lock keys it holds (a failover that rotates the
@@ -65,6 +66,9 @@ type Op struct {
 	Requester string            `json:"requester"`
 	Approver  string            `json:"approver,omitempty"`
 	Facts     map[string]string `json:"facts"` // the approved plan's facts
+	// Plan is the kind's typed plan, encoded: what the steps are made from
+	// again on a resume, on any replica.
+	Plan string `json:"plan,omitempty"`
 	// Data are values a step hands to later ones (image ID, instance ID);
 	// a step that is run again finds what it made the first time here or
 	// by its tags in AWS.
@@ -467,14 +471,15 @@ func (s Store) TakeAnnouncement(id string) (*Op, error) {
 }
 
 // ReturnAnnouncement marks the operation unannounced again.
-func (s Store) ReturnAnnouncement(id string) {
-	_, _ = s.Update(id, func(o *Op) error {
+func (s Store) ReturnAnnouncement(id string) error {
+	_, err := s.Update(id, func(o *Op) error {
 		if o.State != Stopped {
 			return errors.New("no longer stopped")
 		}
 		o.Unannounced = true
 		return nil
 	})
+	return err
 }
 
 func cloneMap(m map[string]string) map[string]string {

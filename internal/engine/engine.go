@@ -1,0 +1,600 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+
+	"github.com/circlebot/circlebot/internal/approvals"
+	"github.com/circlebot/circlebot/internal/chat"
+	"github.com/circlebot/circlebot/internal/commands"
+	"github.com/circlebot/circlebot/internal/journal"
+	"github.com/circlebot/circlebot/internal/ops"
+	"github.com/circlebot/circlebot/internal/progress"
+	"github.com/circlebot/circlebot/internal/store"
+)
+
+// Out is where an operation speaks: its channel, as a progress message
+// updated in place with its thread. An Out that is also a Private can
+// show a message to the requester alone (the transports of people's
+// requests are; the scheduler's channel poster is not).
+type Out = progress.Poster
+
+// Private shows a message to one user in the request's channel.
+type Private interface {
+	EphemeralTo(ctx context.Context, user string, m chat.Message) error
+}
+
+// Refusal is a refusal the user can act on; its text is safe to show.
+type Refusal = ops.RefusalError
+
+func refusef(format string, a ...any) error { return &Refusal{Msg: fmt.Sprintf(format, a...)} }
+
+// PlanChangedError: an approved plan is not what would run now. Err is
+// set when the plan could not be made again at all.
+type PlanChangedError struct {
+	Approved, Live string
+	Err            error
+}
+
+func (e *PlanChangedError) Error() string {
+	if e.Err != nil {
+		return "the plan cannot be made again: " + strings.TrimSuffix(ops.Explain(e.Err), ".")
+	}
+	return fmt.Sprintf("the plan changed since it was approved (approved %s, now %s); nothing was run", approvals.Short(e.Approved), approvals.Short(e.Live))
+}
+
+func (e *PlanChangedError) Unwrap() error { return e.Err }
+
+// ErrNothingToDo: the plan derived now has nothing in it (retention would
+// prune nothing); nothing was journaled.
+var ErrNothingToDo = errors.New("nothing to do")
+
+// Engine runs every journaled operation the same way, whichever its kind:
+// planned, locked, derived again under the lock and checked against what
+// was approved, journaled step by step, streamed, summarised; resumed,
+// cancelled, or recovered after a crash on whichever replica finds it.
+type Engine struct {
+	Kinds   *Registry
+	Journal journal.Store
+	Store   *store.Store
+	// Approvals are the requests the engine runs once approved (nil: no
+	// request is reported after a crash).
+	Approvals *approvals.Store
+	// EC2 and NameTag let a stopped operation say whether the Services box
+	// runs (nil EC2: it is not said).
+	EC2          ops.EC2
+	NameTag      string
+	SlashCommand string
+	Log          *slog.Logger
+	// MinInterval paces progress updates (tests); zero means the default.
+	MinInterval time.Duration
+
+	running sync.WaitGroup
+}
+
+// Wait returns when every operation this process runs has stopped.
+func (e *Engine) Wait() { e.running.Wait() }
+
+// Propose derives the plan of a destructive command for approval (or a
+// dry run). A busy target and an empty plan are refused before anyone is
+// asked to approve what cannot start.
+func (e *Engine) Propose(ctx context.Context, cmd commands.Command) (approvals.Plan, error) {
+	k, err := e.Kinds.forCommand(cmd)
+	if err != nil {
+		return approvals.Plan{}, err
+	}
+	if err := k.ready(); err != nil {
+		return approvals.Plan{}, err
+	}
+	if err := e.checkFree([]string{k.target()}); err != nil {
+		return approvals.Plan{}, err
+	}
+	d, err := e.derive(ctx, k, cmd)
+	if err != nil {
+		return approvals.Plan{}, err
+	}
+	if err := e.checkFree(d.also); err != nil {
+		return approvals.Plan{}, err
+	}
+	return d.approval, nil
+}
+
+func (e *Engine) derive(ctx context.Context, k kind, cmd commands.Command) (derived, error) {
+	d, err := k.derive(ctx, cmd)
+	if err != nil {
+		return derived{}, refusal(err)
+	}
+	if d.empty != "" {
+		return d, &nothing{msg: d.empty}
+	}
+	return d, nil
+}
+
+// nothing is an empty plan: a refusal for a person, ErrNothingToDo for
+// the scheduler.
+type nothing struct{ msg string }
+
+func (n *nothing) Error() string        { return n.msg }
+func (n *nothing) Is(target error) bool { return target == ErrNothingToDo }
+func (n *nothing) As(target any) bool {
+	if r, ok := target.(**Refusal); ok {
+		*r = &Refusal{Msg: n.msg}
+		return true
+	}
+	return false
+}
+
+// refusal keeps refusals as they are and explains AWS faults in one
+// sentence a person can act on.
+func refusal(err error) error {
+	var r *Refusal
+	if errors.As(err, &r) {
+		return err
+	}
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	return &Refusal{Msg: ops.Explain(err)}
+}
+
+func (e *Engine) checkFree(keys []string) error {
+	locks, err := e.Store.Locks()
+	if err != nil {
+		return err
+	}
+	for _, l := range locks {
+		for _, k := range keys {
+			if l.Key == k {
+				return &Refusal{Msg: e.heldMessage(l)}
+			}
+		}
+	}
+	return nil
+}
+
+// heldMessage names what holds a target and what the user can do.
+func (e *Engine) heldMessage(h store.Lock) string {
+	verb, follow := "is running", "Follow it in its message."
+	switch {
+	case strings.HasPrefix(h.OpID, "bk-"):
+		follow = fmt.Sprintf("Follow it in its message, or `%s backup status %s`.", e.SlashCommand, h.OpID)
+	case strings.HasPrefix(h.OpID, "op-"):
+		// A journaled operation keeps the box while it is stopped part-way.
+		verb = "holds it (running, or stopped part-way)"
+		follow = fmt.Sprintf("If it stopped, `%s resume %s` continues it and `%s cancel %s` gives it up.", e.SlashCommand, h.OpID, e.SlashCommand, h.OpID)
+	}
+	where := ""
+	if h.Replica != "" {
+		where = " on bot replica `" + h.Replica + "`"
+	}
+	target := "the Services box"
+	if !strings.HasPrefix(h.Key, "box/") {
+		target = "`" + h.Key + "`"
+	}
+	return fmt.Sprintf("another operation on %s %s: `%s` (%s), requested by %s %s ago%s. Nothing new was started. %s",
+		target, verb, h.OpID, h.What, chat.Who(h.Requester), chat.Age(time.Since(h.Since)), where, follow)
+}
+
+// HeldMessage explains a *store.HeldError to a person.
+func (e *Engine) HeldMessage(held *store.HeldError) string { return e.heldMessage(held.Holder) }
+
+// Start is how work that needs no second person enters the engine: the
+// scheduler's retention, whose approval is the policy in the config.
+func (e *Engine) Start(ctx context.Context, cmd commands.Command, requester, channel string, out Out) error {
+	return e.start(ctx, cmd, approvals.Request{Command: cmd.Text(), Requester: requester, Channel: channel}, out, false)
+}
+
+// Execute runs an approved request once: the target is locked, the plan
+// is derived again under the lock and must hash as approved, and then each
+// step runs and is journaled. A stopped operation keeps its target locked
+// when its kind holds it, until it is resumed or given up.
+func (e *Engine) Execute(ctx context.Context, req approvals.Request, out Out) error {
+	cmd, err := commands.Parse(req.Command)
+	if err != nil {
+		return fmt.Errorf("request %s: command %q cannot be read by this version: %w", req.ID, req.Command, err)
+	}
+	return e.start(ctx, cmd, req, out, true)
+}
+
+func (e *Engine) start(ctx context.Context, cmd commands.Command, req approvals.Request, out Out, approved bool) error {
+	k, err := e.Kinds.forCommand(cmd)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	opID := journal.NewID(now)
+	l := store.Lock{OpID: opID, What: k.what(), Requester: req.Requester, Process: e.Store.Process()}
+	release, err := e.lockAll([]string{k.target()}, l)
+	if err != nil {
+		return err
+	}
+	// The plan is derived again under the lock: what runs is what the
+	// world looks like now, and it must be what was approved.
+	d, err := e.derive(ctx, k, cmd)
+	switch {
+	case err != nil && approved && !errors.Is(err, context.Canceled):
+		release()
+		return &PlanChangedError{Approved: req.PlanHash, Err: err}
+	case err != nil:
+		release()
+		return err
+	case approved && d.approval.Hash() != req.PlanHash:
+		release()
+		return &PlanChangedError{Approved: req.PlanHash, Live: d.approval.Hash()}
+	}
+	releaseAlso, err := e.lockAll(d.also, l)
+	if err != nil {
+		release()
+		return err
+	}
+	b, err := k.bind(d.plan)
+	if err != nil {
+		releaseAlso()
+		release()
+		return err
+	}
+	op := &journal.Op{ID: opID, Kind: k.name(), Title: d.title, Target: k.target(), Also: d.also, RequestID: req.ID, Command: req.Command,
+		Channel: req.Channel, Requester: req.Requester, Approver: req.Decider, Facts: d.approval.Facts, Plan: d.plan,
+		State: journal.Running, Process: e.Store.Process(), Created: now, Updated: now}
+	for _, def := range b.steps(e.env(op, out)) {
+		op.Steps = append(op.Steps, journal.Step{Name: def.Name, State: journal.StepPending})
+	}
+	if err := e.Journal.Create(op); err != nil {
+		releaseAlso()
+		release()
+		return fmt.Errorf("journal the %s: %w", k.name(), err)
+	}
+	return e.run(ctx, op.ID, out, "")
+}
+
+// lockAll takes every key or none.
+func (e *Engine) lockAll(keys []string, l store.Lock) (release func(), err error) {
+	var unlocks []func() error
+	release = func() {
+		for _, u := range unlocks {
+			if err := u(); err != nil {
+				e.Log.Error("release a lock after a refused start", "op", l.OpID, "err", err)
+			}
+		}
+	}
+	for _, k := range keys {
+		l.Key = k
+		u, err := e.Store.TryLock(l)
+		if err != nil {
+			release()
+			var held *store.HeldError
+			if errors.As(err, &held) {
+				return nil, &Refusal{Msg: e.heldMessage(held.Holder)}
+			}
+			return nil, err
+		}
+		unlocks = append(unlocks, u)
+	}
+	return release, nil
+}
+
+func (e *Engine) env(op *journal.Op, out Out) Env {
+	requester := op.Requester
+	return Env{Private: func(ctx context.Context, text string) error {
+		p, ok := out.(Private)
+		if !ok {
+			return errors.New("this operation was resumed where no private message can be shown: run it again from Slack")
+		}
+		return p.EphemeralTo(ctx, requester, chat.Text(text))
+	}}
+}
+
+// bind finds an operation's kind and decodes its plan.
+func (e *Engine) bind(op *journal.Op) (kind, bound, error) {
+	name, plan := op.Kind, op.Plan
+	if plan == "" {
+		// Recorded by a version before the engine: the kind and the plan
+		// were in Data.
+		name, plan = legacyKinds[op.Data["kind"]], op.Data["plan"]
+	}
+	k, ok := e.Kinds.kinds[name]
+	if !ok {
+		return nil, bound{}, fmt.Errorf("operation %s is of kind %q, which this version does not run", op.ID, name)
+	}
+	if err := k.ready(); err != nil {
+		return nil, bound{}, err
+	}
+	b, err := k.bind(plan)
+	if err != nil {
+		return nil, bound{}, fmt.Errorf("read the plan of %s: %w", op.ID, err)
+	}
+	return k, b, nil
+}
+
+// legacyKinds maps what versions before the engine wrote in Data["kind"].
+var legacyKinds = map[string]string{"snapshot": KindRestoreEBS, "tarball": KindRestoreTarball, "failover": KindFailover, "rotate": KindRotate}
+
+// run executes the operation's remaining steps with a progress message and
+// the closing summary.
+func (e *Engine) run(ctx context.Context, id string, out Out, note string) error {
+	e.running.Add(1)
+	defer e.running.Done()
+	op, err := e.Journal.Get(id)
+	if err != nil {
+		return err
+	}
+	k, b, err := e.bind(op)
+	if err != nil {
+		e.stopUnrunnable(op, err)
+		return err
+	}
+	defs := b.steps(e.env(op, out))
+	st := progress.Start(ctx, out, progress.Options{OpID: op.ID, Title: op.Title, Requester: op.Requester, Steps: stepNames(op), Log: e.Log, MinInterval: e.MinInterval})
+	if note != "" {
+		st.Log(note)
+	}
+	// Under the store's work context: a replica cut off from the shared
+	// state stops here before another replica can resume the operation.
+	jctx, jcancel := e.Store.WorkContext(ctx)
+	defer jcancel()
+	op, err = e.Journal.Run(jctx, id, e.Store.Process(), defs, st)
+	if op == nil {
+		if errors.Is(err, journal.ErrTakenOver) {
+			st.Finish(progress.Cancelled, takenOver(id))
+		} else {
+			st.Finish(progress.Failed, ops.Explain(err))
+		}
+		e.flush(ctx, id, st)
+		return err
+	}
+	rec := Record{Op: op, Took: op.Elapsed(time.Now()).Round(time.Second)}
+	closed := false
+	switch {
+	case err == nil && op.State == journal.Done:
+		e.unlock(op)
+		st.Finish(progress.Succeeded, b.summary(rec))
+	case errors.Is(err, journal.ErrTakenOver):
+		st.Finish(progress.Cancelled, takenOver(op.ID))
+	case errors.Is(context.Cause(jctx), store.ErrHeartbeatLost):
+		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped: this bot replica lost its connection to the shared state (%s). Another replica announces it and can `%s resume %s`.", op.Why, e.SlashCommand, op.ID))
+	case !k.hold():
+		// Nothing it left needs a resume: the operation is closed and its
+		// target freed for the next request or scheduled run.
+		closed = true
+		st.Finish(progress.Failed, fmt.Sprintf("%s Later steps did not run. Done so far: %s. Nothing is held: a new request starts afresh.", e.stopReason(ctx, op, err), e.leftBehind(op)))
+	case errors.Is(err, journal.ErrCancelled):
+		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped by <@%s> at a step boundary: %s. %s %s", op.CancelBy, op.Why, e.boxLine(ctx, k, op), e.nextMoves(op)))
+	case ctx.Err() != nil:
+		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped: the bot is shutting down (%s). %s", op.Why, e.nextMoves(op)))
+	default:
+		st.Finish(progress.Failed, fmt.Sprintf("%s Later steps did not run. %s %s", ops.Explain(err), e.boxLine(ctx, k, op), e.nextMoves(op)))
+	}
+	if closed {
+		e.close(op)
+	}
+	e.Log.Info("operation", "op", op.ID, "kind", op.Kind, "state", op.State, "why", op.Why)
+	e.flush(ctx, op.ID, st)
+	if err != nil {
+		return &Refusal{Msg: fmt.Sprintf("operation `%s` stopped: %s", op.ID, op.Why)}
+	}
+	return nil
+}
+
+func (e *Engine) stopReason(ctx context.Context, op *journal.Op, err error) string {
+	switch {
+	case errors.Is(err, journal.ErrCancelled):
+		return fmt.Sprintf("Stopped by <@%s>: %s.", op.CancelBy, op.Why)
+	case ctx.Err() != nil:
+		return fmt.Sprintf("Stopped: the bot is shutting down (%s).", op.Why)
+	}
+	return ops.Explain(err)
+}
+
+// flush waits, briefly, for the last word to reach Slack; the stream
+// keeps trying on its own after that.
+func (e *Engine) flush(ctx context.Context, id string, st *progress.Stream) {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+	defer cancel()
+	if err := st.Wait(wctx); err != nil {
+		e.Log.Warn("the progress message did not reach Slack in time; it keeps trying", "op", id, "err", err)
+	}
+}
+
+// stopUnrunnable stops an operation this version cannot run (its kind is
+// unknown or not configured) so that it does not stay "running".
+func (e *Engine) stopUnrunnable(op *journal.Op, cause error) {
+	if _, err := e.Journal.Update(op.ID, func(o *journal.Op) error {
+		if o.State != journal.Running || o.Process != e.Store.Process() {
+			return errors.New("not ours")
+		}
+		o.State, o.Why = journal.Stopped, ops.Explain(cause)
+		return nil
+	}); err != nil {
+		e.Log.Error("stop an operation this version cannot run", "op", op.ID, "err", err)
+	}
+}
+
+// unlock frees every target of a finished or given-up operation.
+func (e *Engine) unlock(op *journal.Op) {
+	for _, k := range op.Targets() {
+		if err := e.Store.Unlock(k, op.ID); err != nil {
+			e.Log.Error("release a lock after an operation", "op", op.ID, "lock", k, "err", err)
+		}
+	}
+}
+
+// close ends a stopped operation of a kind that does not hold its target.
+func (e *Engine) close(op *journal.Op) {
+	if _, err := e.Journal.Update(op.ID, func(o *journal.Op) error {
+		if o.State != journal.Stopped {
+			return fmt.Errorf("operation %s is %s", o.ID, o.State)
+		}
+		o.State, o.Finished = journal.Failed, time.Now()
+		return nil
+	}); err != nil {
+		e.Log.Error("close a stopped operation", "op", op.ID, "err", err)
+		return
+	}
+	e.unlock(op)
+}
+
+// takenOver is the last word of a run whose operation another replica
+// took over.
+func takenOver(id string) string {
+	return fmt.Sprintf("Stopped here: another bot replica took `%s` over (this one was cut off from the shared state). Follow it there; nothing more is done from this replica.", id)
+}
+
+func stepNames(op *journal.Op) []string {
+	var out []string
+	for _, s := range op.Steps {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// nextMoves says what a stopped operation has left and how to go on.
+func (e *Engine) nextMoves(op *journal.Op) string {
+	return fmt.Sprintf("Done so far: %s. `%s resume %s` continues from step %d without repeating finished steps; `%s cancel %s` gives it up and frees the Services box.",
+		e.leftBehind(op), e.SlashCommand, op.ID, op.Next()+1, e.SlashCommand, op.ID)
+}
+
+// leftBehind lists what the operation changed, from its journal.
+func (e *Engine) leftBehind(op *journal.Op) string {
+	var done []string
+	for i, st := range op.Steps {
+		if st.State == journal.StepDone {
+			done = append(done, fmt.Sprintf("%d. %s (%s)", i+1, st.Name, st.Detail))
+		}
+	}
+	if len(done) == 0 {
+		return "nothing"
+	}
+	return strings.Join(done, "; ")
+}
+
+// boxLine says, from AWS now, whether CircleCI has a Services box running:
+// what an engineer needs first when an operation stopped part-way.
+func (e *Engine) boxLine(ctx context.Context, k kind, op *journal.Op) string {
+	if !k.boxLine() || e.EC2 == nil {
+		return ""
+	}
+	box, err := ops.FindBox(ctx, e.EC2, e.NameTag)
+	switch {
+	case errors.Is(err, ops.ErrNotFound):
+		return fmt.Sprintf(":rotating_light: No instance is tagged Name=%s: *CircleCI is down* until this operation is resumed or a box is started by hand.", e.NameTag)
+	case err != nil:
+		return "The Services box's state could not be read: " + ops.Explain(err)
+	}
+	id := aws.ToString(box.InstanceId)
+	switch box.State.Name {
+	case "running":
+		return fmt.Sprintf("The Services box `%s` is running.", id)
+	case "stopped", "stopping":
+		return fmt.Sprintf(":rotating_light: The Services box `%s` is %s: *CircleCI is down*. `%s resume %s` goes on; to bring that box back instead, give this operation up and start it (`aws ec2 start-instances --instance-ids %s`).", id, box.State.Name, e.SlashCommand, op.ID, id)
+	}
+	return fmt.Sprintf("The Services box `%s` is %s.", id, box.State.Name)
+}
+
+// find looks an operation up by its ID or by the request that started it.
+func (e *Engine) find(id string) (*journal.Op, error) {
+	op, err := e.Journal.Get(id)
+	if errors.Is(err, journal.ErrNotFound) && strings.HasPrefix(id, "req-") {
+		op, err = e.Journal.ByRequest(id)
+	}
+	if errors.Is(err, journal.ErrNotFound) {
+		return nil, refusef("there is no operation `%s`. Operation IDs (op-…) are in each operation's progress message.", id)
+	}
+	return op, err
+}
+
+// Resume continues a stopped operation from its first unfinished step.
+func (e *Engine) Resume(ctx context.Context, id, user string, out Out) (string, error) {
+	op, err := e.find(id)
+	if err != nil {
+		return "", err
+	}
+	_, b, err := e.bind(op)
+	if err != nil {
+		return "", refusal(err)
+	}
+	if op.State == journal.Stopped {
+		if err := b.recheck(ctx); err != nil {
+			return "", refusef("`%s` was not resumed: what it restores from changed (%s). `%s cancel %s` gives it up; then request a new one.", op.ID, ops.Explain(err), e.SlashCommand, op.ID)
+		}
+	}
+	op, err = e.Journal.Claim(op.ID, e.Store.Process())
+	if err != nil {
+		return "", &Refusal{Msg: err.Error() + "."}
+	}
+	if err := e.adopt(op); err != nil {
+		if _, uerr := e.Journal.Update(op.ID, func(o *journal.Op) error { o.State = journal.Stopped; return nil }); uerr != nil {
+			e.Log.Error("give a claimed operation back", "op", op.ID, "err", uerr)
+		}
+		return "", err
+	}
+	i := op.Next()
+	note := fmt.Sprintf("Resumed by <@%s> at step %d (%s); steps 1–%d are done and are not run again.", user, i+1, op.Steps[i].Name, i)
+	if err := e.run(ctx, op.ID, out, note); err != nil {
+		return "", err
+	}
+	return "resumed " + op.ID, nil
+}
+
+// adopt makes this process the holder of the operation's targets.
+func (e *Engine) adopt(op *journal.Op) error {
+	for _, k := range op.Targets() {
+		err := e.Store.Adopt(store.Lock{Key: k, OpID: op.ID, What: op.Kind, Requester: op.Requester, Since: op.Created, Process: e.Store.Process()})
+		var held *store.HeldError
+		if errors.As(err, &held) {
+			return &Refusal{Msg: e.heldMessage(held.Holder)}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Cancel stops a running operation at its next step boundary, or gives up
+// a stopped one and frees its targets.
+func (e *Engine) Cancel(ctx context.Context, id, user string, out Out) (string, error) {
+	op, err := e.find(id)
+	if err != nil {
+		return "", err
+	}
+	op, abandoned, err := e.Journal.RequestCancel(op.ID, user)
+	if err != nil {
+		return "", &Refusal{Msg: err.Error() + "; nothing to cancel."}
+	}
+	if !abandoned {
+		i := op.Next()
+		msg := fmt.Sprintf(":octagonal_sign: <@%s> asked `%s` to stop. Step %d (%s) finishes first (a step is never cut in half); nothing after it starts.", user, op.ID, i+1, op.Steps[min(i, len(op.Steps)-1)].Name)
+		_, err := out.Post(ctx, chat.Text(msg))
+		return "cancel requested " + op.ID, err
+	}
+	for _, k := range op.Targets() {
+		if err := e.Store.Unlock(k, op.ID); err != nil {
+			return "", err
+		}
+	}
+	hints, line := "", ""
+	if k, b, err := e.bind(op); err == nil {
+		if h := b.leftBehind(Record{Op: op}); len(h) > 0 {
+			hints = " Kept, not deleted: " + strings.Join(h, ", ") + "."
+		}
+		line = e.boxLine(ctx, k, op)
+	}
+	msg := fmt.Sprintf(":wastebasket: <@%s> gave up `%s` (%s); new operations on its target may start. What it did: %s.%s %s",
+		user, op.ID, op.Title, e.leftBehind(op), hints, line)
+	_, err = out.Post(ctx, chat.Text(msg))
+	return "abandoned " + op.ID, err
+}
+
+// Journaled reports whether an approval request became a journaled
+// operation (which then has its own resume path).
+func (e *Engine) Journaled(reqID string) bool {
+	_, err := e.Journal.ByRequest(reqID)
+	return err == nil
+}

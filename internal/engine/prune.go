@@ -1,0 +1,178 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/circlebot/circlebot/internal/approvals"
+	"github.com/circlebot/circlebot/internal/commands"
+	"github.com/circlebot/circlebot/internal/journal"
+	"github.com/circlebot/circlebot/internal/ops"
+)
+
+// PrunePlan is what retention deletes, decided when it was planned.
+type PrunePlan struct {
+	Policy   ops.Policy    `json:"policy"`
+	Verdicts []ops.Verdict `json:"verdicts"`
+}
+
+func (p PrunePlan) doomed() (points, snapshots []string) {
+	for _, v := range p.Verdicts {
+		if !v.Keep {
+			points = append(points, v.Point.ID)
+			snapshots = append(snapshots, v.Point.Snapshots...)
+		}
+	}
+	return points, snapshots
+}
+
+// Retention is where pruning reads restore points and deletes snapshots.
+type Retention struct {
+	EC2     ops.EC2
+	Prune   ops.PruneEC2
+	Records func() ([]*ops.Backup, error)
+	Policy  ops.Policy
+}
+
+// Prune is `backup prune`, and retention after a scheduled backup (with
+// the policy in the config as its approval): delete the restore points
+// retention does not keep.
+func Prune(s Setup, r Retention) Kind[PrunePlan] {
+	return Kind[PrunePlan]{
+		Name: KindPrune, What: "retention pruning", Command: commands.BackupPrune,
+		Ready: func() error {
+			if !r.Policy.Enabled() {
+				return refusef("no retention policy is configured (`backup.retention`): nothing would be pruned.")
+			}
+			return nil
+		},
+		Plan: func(ctx context.Context, _ commands.Command) (PrunePlan, error) {
+			recs, err := r.Records()
+			if err != nil {
+				return PrunePlan{}, err
+			}
+			pts, err := ops.RestorePoints(ctx, r.EC2, recs)
+			if err != nil {
+				return PrunePlan{}, err
+			}
+			inUse, err := ops.SnapshotsInUse(ctx, r.Prune)
+			if err != nil {
+				return PrunePlan{}, err
+			}
+			p := PrunePlan{Policy: r.Policy, Verdicts: ops.Retain(pts, r.Policy, inUse)}
+			for i := range p.Verdicts {
+				p.Verdicts[i].Point.Record = nil // the record is not part of what is decided
+			}
+			return p, nil
+		},
+		Empty: func(p PrunePlan) string {
+			if pts, _ := p.doomed(); len(pts) == 0 {
+				return "retention would prune nothing right now. Nothing was requested."
+			}
+			return ""
+		},
+		Approval: pruneApproval,
+		Title:    func(PrunePlan) string { return "Prune restore points past `backup.retention`" },
+		Target:   s.box,
+		Steps: func(p PrunePlan, _ Env) []journal.Def {
+			return []journal.Def{{Name: "Delete snapshots", Run: func(ctx context.Context, op *journal.Op, pr journal.Progress) (string, error) {
+				deleted, err := ops.Prune(ctx, r.Prune, p.Verdicts, logOnly{pr})
+				op.Data["deleted"] = strconv.Itoa(len(deleted))
+				if err != nil {
+					return "", fmt.Errorf("stopped after deleting %d snapshots (what was not deleted stays; the next run picks it up): %w", len(deleted), err)
+				}
+				return fmt.Sprintf("%d snapshots deleted", len(deleted)), nil
+			}}}
+		},
+		Summary: func(p PrunePlan, op Record) string {
+			who := "the retention policy in the config"
+			if op.Approver != "" {
+				who = "<@" + op.Approver + ">"
+			}
+			pts, _ := p.doomed()
+			return fmt.Sprintf("Retention pruned %s (%s snapshots), approved by %s.", strings.Join(pts, ","), op.Data["deleted"], who)
+		},
+	}
+}
+
+func pruneApproval(p PrunePlan) approvals.Plan {
+	pts, snaps := p.doomed()
+	plan := approvals.Plan{Action: "backup prune", Facts: map[string]string{
+		"policy":    fmt.Sprintf("keep_last=%d keep_daily=%d keep_weekly=%d", p.Policy.KeepLast, p.Policy.KeepDaily, p.Policy.KeepWeekly),
+		"delete":    strings.Join(pts, ","),
+		"snapshots": strings.Join(snaps, ","),
+	}}
+	for _, v := range p.Verdicts {
+		if v.Keep {
+			if v.Newest {
+				plan.Keeps = append(plan.Keeps, fmt.Sprintf("`%s`, the newest completed restore point", v.Point.ID))
+			}
+			continue
+		}
+		plan.Changes = append(plan.Changes, fmt.Sprintf("delete `%s` (%s, %d snapshots, %d GiB) — %s", v.Point.ID, v.Point.Started.UTC().Format("2006-01-02 15:04"), len(v.Point.Snapshots), v.Point.SizeGiB, v.Why))
+	}
+	plan.Keeps = append(plan.Keeps, "hand-made (runbook) snapshots, tarballs, running and failed backups, and snapshots an AMI uses")
+	plan.Undo = []string{"deleted EBS snapshots cannot be recovered"}
+	return plan
+}
+
+// logOnly gives a journal step's progress to code that reports through
+// ops.Progress but only logs.
+type logOnly struct{ p journal.Progress }
+
+func (l logOnly) Begin(i int, detail string)  { l.p.Begin(i, detail) }
+func (l logOnly) Done(i int, detail string)   { l.p.Done(i, detail) }
+func (l logOnly) Fail(i int, err error)       { l.p.Fail(i, err) }
+func (l logOnly) Log(line string)             { l.p.Log(line) }
+func (logOnly) Skip(int, string)              {}
+func (logOnly) Progress(int, float64, string) {}
+
+// Passphrase reads CIRCLE_SECRET_PASSPHRASE.
+type Passphrase interface {
+	Source(ctx context.Context) (string, error)
+	Read(ctx context.Context, source string) (string, error)
+}
+
+// SecretPlan says where the passphrase is read from.
+type SecretPlan struct {
+	Source string `json:"source"`
+}
+
+// Secret is `secret`: the passphrase, after approval, to the requester
+// only. It never reaches the journal, the channel or the log.
+func Secret(s Setup, pp Passphrase) Kind[SecretPlan] {
+	return Kind[SecretPlan]{
+		Name: KindSecret, What: "secret", Command: commands.Secret,
+		Plan: func(ctx context.Context, _ commands.Command) (SecretPlan, error) {
+			src, err := pp.Source(ctx)
+			return SecretPlan{Source: src}, err
+		},
+		Approval: func(p SecretPlan) approvals.Plan {
+			return approvals.Plan{Action: "secret", Facts: map[string]string{"source": p.Source},
+				Changes: []string{"read CIRCLE_SECRET_PASSPHRASE from " + p.Source + " and show it to the requester only, in a message nobody else sees"},
+				Keeps:   []string{"the passphrase is not posted in the channel, logged, or stored by the bot (read through SSM, it stays in SSM's command history for a while: prefer `secret.secrets_manager_id`)"},
+				Undo:    []string{"whoever sees it can join builders to this installation: rotate it if it leaks"},
+			}
+		},
+		Title:  func(SecretPlan) string { return "CIRCLE_SECRET_PASSPHRASE for the requester" },
+		Target: func() string { return "secret/" + s.NameTag },
+		Steps: func(p SecretPlan, env Env) []journal.Def {
+			return []journal.Def{{Name: "Show the passphrase to the requester", Run: func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+				v, err := pp.Read(ctx, p.Source)
+				if err != nil {
+					return "", err
+				}
+				msg := fmt.Sprintf(":key: CIRCLE_SECRET_PASSPHRASE for the builders (approved by <@%s>):\n```%s```\nOnly you see this message. Put it in the builders' launch template or secret store; do not paste it in a channel.", op.Approver, v)
+				if err := env.Private(ctx, msg); err != nil {
+					return "", fmt.Errorf("deliver the passphrase to <@%s>: %w", op.Requester, err)
+				}
+				return "shown to <@" + op.Requester + "> only", nil
+			}}}
+		},
+		Summary: func(_ SecretPlan, op Record) string {
+			return fmt.Sprintf(":key: The passphrase was shown to <@%s> only (request `%s`, approved by <@%s>).", op.Requester, op.RequestID, op.Approver)
+		},
+	}
+}

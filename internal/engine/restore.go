@@ -1,0 +1,190 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/circlebot/circlebot/internal/approvals"
+	"github.com/circlebot/circlebot/internal/chat"
+	"github.com/circlebot/circlebot/internal/commands"
+	"github.com/circlebot/circlebot/internal/journal"
+	"github.com/circlebot/circlebot/internal/ops"
+)
+
+// The kinds' names, as the journal records them.
+const (
+	KindRestoreEBS     = "restore-ebs"
+	KindRestoreTarball = "restore-tarball"
+	KindFailover       = "failover"
+	KindRotate         = "builders-rotate"
+	KindPrune          = "backup-prune"
+	KindSecret         = "secret"
+)
+
+// BoxLock is the lock key of every operation that changes or reads the
+// Services box as a whole (backups, pruning, restores, failover): one at
+// a time.
+func BoxLock(nameTag string) string { return "box/" + nameTag }
+
+// Setup is what the kinds share: the slash command for the hints they
+// give, the Services box they act on, and the first pause when a read is
+// retried after an AWS fault.
+type Setup struct {
+	SlashCommand string
+	NameTag      string
+	// RetryWait is the first pause (read when used: tests tune it).
+	RetryWait func() time.Duration
+}
+
+func (s Setup) box() string { return BoxLock(s.NameTag) }
+
+func (s Setup) wait() time.Duration {
+	if s.RetryWait != nil && s.RetryWait() > 0 {
+		return s.RetryWait()
+	}
+	return time.Second
+}
+
+// RestoreEBS is `restore <snap-…|latest>`: a new Services box from an EBS
+// restore point, on the old one's private IP.
+func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan] {
+	return Kind[ops.RestorePlan]{
+		Name: KindRestoreEBS, What: "restore", Command: commands.Restore,
+		Match: func(c commands.Command) bool { return c.Source.Kind != commands.SourceS3 },
+		Plan: func(ctx context.Context, cmd commands.Command) (ops.RestorePlan, error) {
+			return ops.RetryRead(ctx, s.wait(), func() (ops.RestorePlan, error) { return r.Plan(ctx, cmd.Source.SnapshotID) })
+		},
+		Approval: snapshotApproval,
+		Title:    func(p ops.RestorePlan) string { return "Restore of the Services box from `" + p.Source + "`" },
+		Target:   s.box,
+		Steps:    func(p ops.RestorePlan, _ Env) []journal.Def { return r.Steps(p) },
+		Recheck:  r.Recheck,
+		Summary: func(p ops.RestorePlan, op Record) string {
+			var b strings.Builder
+			fmt.Fprintf(&b, "Restored `%s` onto `%s` (%s, %s) in %s (approved by <@%s>).", p.Source, op.Data["instance_id"], op.Data["instance_type"], p.Shape.PrivateIP, op.Took, op.Approver)
+			if kept := op.Data["kept_volumes"]; kept != "" && p.Old != nil {
+				fmt.Fprintf(&b, " The old instance %s was terminated; its volumes %s are kept (tag %s=%s): delete them once you are sure.", p.Old.InstanceID, strings.ReplaceAll(kept, ",", ", "), ops.TagKeptBy, op.ID)
+			}
+			fmt.Fprintf(&b, " Image `%s` stays registered. Next: `%s builders rotate` so builders reconnect; webhooks sent while the box was down were lost; take a fresh backup with `%s backup now`.",
+				op.Data["image_id"], s.SlashCommand, s.SlashCommand)
+			return b.String()
+		},
+		LeftBehind: func(_ ops.RestorePlan, op Record) []string {
+			var h []string
+			if v := op.Data["kept_volumes"]; v != "" {
+				h = append(h, "old volumes "+v+" (tag "+ops.TagKeptBy+"="+op.ID+")")
+			}
+			if v := op.Data["image_id"]; v != "" {
+				h = append(h, "image `"+v+"`")
+			}
+			if v := op.Data["instance_id"]; v != "" {
+				h = append(h, "new instance `"+v+"`")
+			}
+			return h
+		},
+		Hold: true, BoxLine: true,
+	}
+}
+
+func snapshotApproval(p ops.RestorePlan) approvals.Plan {
+	sh := p.Shape
+	var snaps []string
+	for _, s := range p.Snapshots {
+		snaps = append(snaps, fmt.Sprintf("%s=`%s` (%d GiB)", s.Device, s.ID, s.SizeGiB))
+	}
+	ap := approvals.Plan{Action: "restore", Facts: p.Facts()}
+	if p.Old != nil {
+		ap.Changes = append(ap.Changes,
+			fmt.Sprintf("turn off DeleteOnTermination on every volume of `%s` and tag them, then stop it (forced after `restore.stop_timeout`)", p.Old.InstanceID),
+			fmt.Sprintf("terminate `%s` (now %s) so that %s is free for the new box", p.Old.InstanceID, p.Old.State, sh.PrivateIP))
+	}
+	ap.Changes = append(ap.Changes,
+		fmt.Sprintf("register image `circleci-restore-op-…` from restore point `%s` (%s): %s", p.Source, p.SourceTime.UTC().Format("2006-01-02 15:04 UTC"), strings.Join(snaps, ", ")),
+		fmt.Sprintf("launch the new Services box: %s in `%s` (%s), private IP %s%s, security groups %s (launch shape %s)",
+			strings.Join(append([]string{sh.Type}, p.Fallbacks...), " or "), sh.SubnetID, sh.AZ, sh.PrivateIP, secondaries(sh.SecondaryIPs), strings.Join(sh.SecurityGroups, ", "), p.ShapeFrom))
+	if p.AppStart != "" {
+		ap.Changes = append(ap.Changes, "start the app on it through SSM: `"+p.AppStart+"`")
+	}
+	if p.Old != nil {
+		var vols []string
+		for _, v := range p.Old.Volumes {
+			vols = append(vols, fmt.Sprintf("`%s` (%s)", v.ID, v.Device))
+		}
+		ap.Keeps = append(ap.Keeps, "the old box's volumes, detached and tagged: "+strings.Join(vols, ", "))
+	}
+	ap.Keeps = append(ap.Keeps, "the restore point's snapshots and the new image")
+	if p.Old != nil {
+		ap.Undo = append(ap.Undo, fmt.Sprintf("`%s` is terminated (its volumes stay; a box can be built from them by hand)", p.Old.InstanceID))
+	}
+	ap.Undo = append(ap.Undo, fmt.Sprintf("the new box has the data of %s UTC (%s old): builds and settings since then are not in it", p.SourceTime.UTC().Format("2006-01-02 15:04"), chat.Age(time.Since(p.SourceTime))))
+	return ap
+}
+
+func secondaries(ips []string) string {
+	if len(ips) == 0 {
+		return ""
+	}
+	return " (secondary " + strings.Join(ips, ", ") + ")"
+}
+
+// TarballRestorer restores a tarball onto the Services box.
+type TarballRestorer interface {
+	Plan(ctx context.Context, bucket, key string) (ops.TarballRestorePlan, error)
+	Steps(plan ops.TarballRestorePlan) []journal.Def
+	Recheck(ctx context.Context, plan ops.TarballRestorePlan) error
+}
+
+// RestoreTarball is `restore s3://bucket/key`: circleci-restore on the
+// Services box; t is nil when backup.bucket is unset.
+func RestoreTarball(s Setup, t TarballRestorer) Kind[ops.TarballRestorePlan] {
+	return Kind[ops.TarballRestorePlan]{
+		Name: KindRestoreTarball, What: "restore", Command: commands.Restore,
+		Match: func(c commands.Command) bool { return c.Source.Kind == commands.SourceS3 },
+		Ready: func() error {
+			if t == nil {
+				return refusef("tarball restores need `backup.bucket` in the config (and SSM on the Services box). Nothing was requested.")
+			}
+			return nil
+		},
+		Plan: func(ctx context.Context, cmd commands.Command) (ops.TarballRestorePlan, error) {
+			return ops.RetryRead(ctx, s.wait(), func() (ops.TarballRestorePlan, error) { return t.Plan(ctx, cmd.Source.Bucket, cmd.Source.Key) })
+		},
+		Approval: tarballApproval,
+		Title: func(p ops.TarballRestorePlan) string {
+			return "Restore of the Services box from `s3://" + p.Bucket + "/" + p.Key + "`"
+		},
+		Target:  s.box,
+		Steps:   func(p ops.TarballRestorePlan, _ Env) []journal.Def { return t.Steps(p) },
+		Recheck: func(ctx context.Context, p ops.TarballRestorePlan) error { return t.Recheck(ctx, p) },
+		Summary: func(p ops.TarballRestorePlan, op Record) string {
+			return fmt.Sprintf("Restored `s3://%s/%s` onto `%s` in %s (approved by <@%s>). The data that was there is in `%s` on the box: delete it once you have checked the restore. Next: take a backup (`%s backup now`); webhooks sent while the app was stopped were lost.",
+				p.Bucket, p.Key, p.InstanceID, op.Took, op.Approver, op.Data["moved_aside"], s.SlashCommand)
+		},
+		LeftBehind: func(_ ops.TarballRestorePlan, op Record) []string {
+			if v := op.Data["moved_aside"]; v != "" {
+				return []string{"moved-aside data `" + v + "` on the box"}
+			}
+			return nil
+		},
+		Hold: true, BoxLine: true,
+	}
+}
+
+func tarballApproval(p ops.TarballRestorePlan) approvals.Plan {
+	ap := approvals.Plan{Action: "restore", Facts: p.Facts()}
+	ap.Changes = []string{
+		fmt.Sprintf("download `s3://%s/%s` (%s) onto the Services box `%s` (%s) through a presigned URL", p.Bucket, p.Key, chat.Bytes(p.Size), p.InstanceID, p.PrivateIP),
+	}
+	if p.AppStop != "" {
+		ap.Changes = append(ap.Changes, "stop the app: `"+p.AppStop+"`")
+	}
+	ap.Changes = append(ap.Changes, "run `circleci-restore` on it")
+	if p.AppStart != "" {
+		ap.Changes = append(ap.Changes, "start the app: `"+p.AppStart+"`")
+	}
+	ap.Keeps = []string{"the box's current data: circleci-restore moves it to `/data/circleci-restore-<time>` (delete that by hand once the restore is confirmed)", "the tarball in S3"}
+	ap.Undo = []string{fmt.Sprintf("the app runs on the data of %s UTC: builds and settings since then are not in it (the moved-aside data still has them)", p.Modified.UTC().Format("2006-01-02 15:04"))}
+	return ap
+}
