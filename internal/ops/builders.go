@@ -209,19 +209,40 @@ func (b *Builders) replace(ctx context.Context, p RotationPlan, batch []string, 
 	return fmt.Sprintf("%s replaced in %s; the fleet never had fewer than %d healthy builders", strings.Join(left, ", "), since(start), p.Desired), nil
 }
 
-// unsurge terminates the builders a rotation added (those not in the
-// plan), decrementing the capacity, and says what it did.
+// unsurge gives a failed batch's surge back and says what it did. It
+// terminates, with the capacity, builders the rotation added (those not
+// in the plan), the unhealthy ones first, only as many as the group holds
+// above the planned desired capacity: the new builders of a finished
+// batch replaced old ones and stay. If the batch's builders never
+// launched, there is nothing to terminate and the desired capacity is set
+// back instead.
 func (b *Builders) unsurge(ctx context.Context, p RotationPlan) string {
 	g, err := b.group(ctx)
 	if err != nil {
 		return "could not read the group to remove the new builders: " + Explain(err) + "; set its desired capacity back to " + fmt.Sprint(p.Desired) + " by hand"
 	}
-	var removed, failed []string
+	active := 0
+	var added []asgtypes.Instance
 	for _, i := range g.Instances {
-		id := aws.ToString(i.InstanceId)
-		if slices.Contains(p.Instances, id) || strings.HasPrefix(string(i.LifecycleState), "Terminat") {
+		if strings.HasPrefix(string(i.LifecycleState), "Terminat") {
 			continue
 		}
+		active++
+		if !slices.Contains(p.Instances, aws.ToString(i.InstanceId)) {
+			added = append(added, i)
+		}
+	}
+	isHealthy := func(i asgtypes.Instance) int {
+		if i.LifecycleState == asgtypes.LifecycleStateInService && aws.ToString(i.HealthStatus) == "Healthy" {
+			return 1
+		}
+		return 0
+	}
+	slices.SortStableFunc(added, func(x, y asgtypes.Instance) int { return isHealthy(x) - isHealthy(y) })
+	added = added[:max(0, min(active-int(p.Desired), len(added)))]
+	var removed, failed []string
+	for _, i := range added {
+		id := aws.ToString(i.InstanceId)
 		if _, err := b.ASG.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{InstanceId: aws.String(id), ShouldDecrementDesiredCapacity: aws.Bool(true)}); err != nil {
 			failed = append(failed, id)
 			continue
@@ -233,7 +254,15 @@ func (b *Builders) unsurge(ctx context.Context, p RotationPlan) string {
 		msg += "; the new ones were removed (" + strings.Join(removed, ", ") + ")"
 	}
 	if len(failed) > 0 {
-		msg += "; could NOT remove " + strings.Join(failed, ", ") + ": terminate them and set the desired capacity back to " + fmt.Sprint(p.Desired) + " by hand"
+		return msg + "; could NOT remove " + strings.Join(failed, ", ") + ": terminate them and set the desired capacity back to " + fmt.Sprint(p.Desired) + " by hand"
+	}
+	// Never below the builders left, so Auto Scaling has none to pick.
+	back := max(p.Desired, int32(active-len(removed)))
+	if aws.ToInt32(g.DesiredCapacity)-int32(len(removed)) > back {
+		if _, err := b.ASG.SetDesiredCapacity(ctx, &autoscaling.SetDesiredCapacityInput{AutoScalingGroupName: aws.String(p.Group), DesiredCapacity: aws.Int32(back), HonorCooldown: aws.Bool(false)}); err != nil {
+			return msg + "; could NOT set the desired capacity back to " + fmt.Sprint(back) + " (" + Explain(err) + "): set it by hand"
+		}
+		msg += "; the desired capacity was set back to " + fmt.Sprint(back)
 	}
 	return msg
 }
