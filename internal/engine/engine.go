@@ -349,6 +349,9 @@ func (e *Engine) run(ctx context.Context, id string, out Out, note string) error
 		e.flush(ctx, id, st)
 		return err
 	}
+	if pe := (*journal.PanicError)(nil); errors.As(err, &pe) {
+		e.Log.Error("a step panicked", "op", op.ID, "panic", pe.Value, "stack", string(pe.Stack))
+	}
 	rec := Record{Op: op, Took: op.Elapsed(time.Now()).Round(time.Second)}
 	closed := false
 	switch {

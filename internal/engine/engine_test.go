@@ -26,6 +26,7 @@ type world struct {
 	version int            // the live state the plan is derived from
 	empty   bool           // the plan has nothing to do
 	fail    map[string]int // step name -> failures left
+	panics  map[string]int // step name -> panics left
 	ran     []string       // steps run, in order
 }
 
@@ -34,6 +35,10 @@ func (w *world) step(name string) journal.Def {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		w.ran = append(w.ran, name)
+		if w.panics[name] > 0 {
+			w.panics[name]--
+			panic("nil map in " + name)
+		}
 		if w.fail[name] > 0 {
 			w.fail[name]--
 			return "", fmt.Errorf("%s broke", name)
@@ -416,6 +421,32 @@ func TestAnOperationFromBeforeTheEngineResumes(t *testing.T) {
 	}
 	if got := strings.Join(w.ran, ","); got != "two,three" {
 		t.Errorf("ran %s", got)
+	}
+	if l := locked(t, st); len(l) != 0 {
+		t.Errorf("locks left: %v", l)
+	}
+}
+
+// A panicking step fails like any other: the operation stops with the
+// panic recorded, the last word is said, and the box is held for a resume
+// rather than forever by a "running" operation.
+func TestAPanickingStepStopsTheOperation(t *testing.T) {
+	w := &world{version: 1, panics: map[string]int{"two": 1}}
+	e, st := newEngine(t, w)
+	r := approve(t, e, "restore latest")
+	o := &out{}
+	if err := e.Execute(context.Background(), r, o); err == nil {
+		t.Fatal("a panicking step did not stop the operation")
+	}
+	op, _ := e.Journal.ByRequest(r.ID)
+	if op.State != journal.Stopped || op.Steps[1].State != journal.StepFailed || !strings.Contains(op.Steps[1].Error, "panicked: nil map in two") {
+		t.Fatalf("journal: %s, step 2 %s %q", op.State, op.Steps[1].State, op.Steps[1].Error)
+	}
+	if !o.said("panicked") || !o.said("resume "+op.ID) {
+		t.Errorf("last word: %q", o.posts)
+	}
+	if _, err := e.Cancel(context.Background(), op.ID, "U0CAROL", o); err != nil {
+		t.Fatalf("cancel after a panic: %v", err)
 	}
 	if l := locked(t, st); len(l) != 0 {
 		t.Errorf("locks left: %v", l)

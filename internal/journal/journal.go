@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -363,7 +364,7 @@ func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progre
 			})
 			return err
 		}
-		detail, stepErr := defs[i].Run(ctx, work, p)
+		detail, stepErr := runStep(ctx, defs[i], work, p)
 		if stepErr != nil {
 			if ctx.Err() != nil {
 				p.Fail(i, fmt.Errorf("interrupted: %w", stepErr))
@@ -389,6 +390,25 @@ func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progre
 		p.Done(i, detail)
 	}
 	return op, nil
+}
+
+// PanicError is a step that panicked: it fails like any other failed step
+// (recorded, the operation stopped, its target kept as its kind says),
+// instead of leaving the operation "running" under a live process.
+type PanicError struct {
+	Value any
+	Stack []byte // for the log, never for a channel
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("the step panicked: %v", e.Value) }
+
+func runStep(ctx context.Context, d Def, op *Op, p Progress) (detail string, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			detail, err = "", &PanicError{Value: v, Stack: debug.Stack()}
+		}
+	}()
+	return d.Run(ctx, op, p)
 }
 
 func (s Store) stop(id, owner, why string, cause error) (*Op, error) {
