@@ -176,7 +176,7 @@ func TestOutageDetectionAlertsOnAStoppedBox(t *testing.T) {
 	if err := r.app.Ops.Journal.Create(op); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.app.Store.TryLock(store.Lock{Key: "box/" + r.app.Config.ServicesBox.NameTag, OpID: op.ID, What: "restore", Process: r.app.Store.Process()}); err != nil {
+	if _, err := r.app.Store.TryLock(t.Context(), store.Lock{Key: "box/" + r.app.Config.ServicesBox.NameTag, OpID: op.ID, What: "restore", Process: r.app.Store.Process()}); err != nil {
 		t.Fatal(err)
 	}
 	r.tick(m)

@@ -112,7 +112,7 @@ func leaderOf(t *testing.T, within time.Duration, rs ...*env) (*env, time.Durati
 
 func (e *env) backups() []*ops.Backup {
 	e.t.Helper()
-	recs, err := e.app.Backups.Records.Backups()
+	recs, err := e.app.Backups.Records.Backups(e.t.Context())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestReplicasRunAScheduledBackupOnceAndHandOver(t *testing.T) {
 
 	// The last run was a year ago: this slot is due.
 	lastYear := func() {
-		if err := a.app.Store.Put("schedule", "backup", schedule.Run{Job: "backup", Started: due.AddDate(-1, 0, 0), Finished: due.AddDate(-1, 0, 0), Result: "ok"}); err != nil {
+		if err := a.app.Store.Put(t.Context(), "schedule", "backup", schedule.Run{Job: "backup", Started: due.AddDate(-1, 0, 0), Finished: due.AddDate(-1, 0, 0), Result: "ok"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -268,7 +268,7 @@ func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
 	if done.State != journal.Done || done.Approver != bob {
 		t.Errorf("journal: %s approved by %s", done.State, done.Approver)
 	}
-	hist, _ := a.app.Store.History(100)
+	hist, _ := a.app.Store.History(t.Context(), 100)
 	approves := 0
 	for _, h := range hist {
 		if strings.HasPrefix(h.Command, "approve ") {

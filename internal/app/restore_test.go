@@ -434,7 +434,7 @@ func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
 		}
 	}
 	r.server.Wait()
-	if l, _ := r.app.Store.Locks(); len(l) != 0 {
+	if l, _ := r.app.Store.Locks(t.Context()); len(l) != 0 {
 		t.Errorf("locks after giving up: %+v", l)
 	}
 	if txt := r.answer(r.slash(alice, incident, "resume "+op.ID)); !strings.Contains(txt, "abandoned") {
@@ -662,7 +662,7 @@ func TestRestoreDryRunAndStalePlan(t *testing.T) {
 	if st := r.instance(r.inst.ServicesBox.ID).State.Name; st != ec2types.InstanceStateNameRunning {
 		t.Errorf("the box is %s after a refused restore", st)
 	}
-	if l, _ := r.app.Store.Locks(); len(l) != 0 {
+	if l, _ := r.app.Store.Locks(t.Context()); len(l) != 0 {
 		t.Errorf("locks left: %+v", l)
 	}
 }

@@ -71,7 +71,7 @@ func (s *Backups) Run(ctx context.Context, poster progress.Poster, r BackupReque
 		return nil, &UserError{Msg: "tarball backups need `backup.bucket` in the config. Nothing was run."}
 	}
 	b := &ops.Backup{ID: ops.NewBackupID(time.Now()), Method: method, Trigger: r.Trigger, Requester: r.Requester, Channel: r.Channel, Started: time.Now()}
-	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: b.ID, What: map[string]string{"ebs": "EBS backup", "tarball": "tarball backup"}[method], Requester: r.Requester, Process: s.Store.Process()})
+	unlock, err := s.Store.TryLock(ctx, store.Lock{Key: s.lockKey(), OpID: b.ID, What: map[string]string{"ebs": "EBS backup", "tarball": "tarball backup"}[method], Requester: r.Requester, Process: s.Store.Process()})
 	if err != nil {
 		return nil, err
 	}
@@ -142,12 +142,12 @@ func BackupSummary(b *ops.Backup, slash string) string {
 // known are followed to the end; anything else is marked interrupted and
 // reported. Nothing is started again.
 func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) progress.Poster) {
-	recs, err := s.Records.Backups()
+	recs, err := s.Records.Backups(ctx)
 	if err != nil {
 		s.Log.Error("read backup records at start-up", "err", err)
 		return
 	}
-	locks, err := s.Store.Locks()
+	locks, err := s.Store.Locks(ctx)
 	if err != nil {
 		s.Log.Error("read locks at start-up", "err", err)
 		return
@@ -157,9 +157,9 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		// with a restart, or a replica whose heartbeat stopped) is stale.
 		// A journaled operation (op-…) keeps the box
 		// until it is resumed or given up.
-		if l.Key == s.lockKey() && !s.Store.Alive(l.Process) && !strings.HasPrefix(l.OpID, "op-") {
+		if l.Key == s.lockKey() && !s.Store.Alive(ctx, l.Process) && !strings.HasPrefix(l.OpID, "op-") {
 			s.Log.Warn("releasing a lock left by a previous run", "op", l.OpID, "since", l.Since)
-			_ = s.Store.Unlock(l.Key, l.OpID)
+			_ = s.Store.Unlock(ctx, l.Key, l.OpID)
 		}
 	}
 	for _, b := range recs {
@@ -170,10 +170,10 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		// until after it is final: taking the lock here means no live
 		// process (of this replica or another) is making it. The record
 		// is then read again, in case it finished meanwhile.
-		unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: b.ID, What: b.Method + " backup (resumed)", Requester: b.Requester, Process: s.Store.Process()})
+		unlock, err := s.Store.TryLock(ctx, store.Lock{Key: s.lockKey(), OpID: b.ID, What: b.Method + " backup (resumed)", Requester: b.Requester, Process: s.Store.Process()})
 		var held *store.HeldError
 		if errors.As(err, &held) {
-			if held.Holder.OpID != b.ID || !s.Store.Alive(held.Holder.Process) {
+			if held.Holder.OpID != b.ID || !s.Store.Alive(ctx, held.Holder.Process) {
 				s.Log.Warn("backup left running, but the box is held: looked at again later", "backup", b.ID, "holder", held.Holder.OpID)
 			}
 			continue
@@ -182,7 +182,7 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 			s.Log.Error("cannot resume backup", "backup", b.ID, "err", err)
 			continue
 		}
-		if fresh, err := s.Records.Backup(b.ID); err != nil || fresh.State != ops.StateRunning {
+		if fresh, err := s.Records.Backup(ctx, b.ID); err != nil || fresh.State != ops.StateRunning {
 			_ = unlock()
 			continue
 		} else {
@@ -206,7 +206,7 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		}
 		b.State, b.Error, b.Finished = ops.StateInterrupted, "the bot stopped before the backup's snapshots or upload were recorded", time.Now()
 		b.Notes = append(b.Notes, cleaned...)
-		if err := s.Records.SaveBackup(b); err != nil {
+		if err := s.Records.SaveBackup(ctx, b); err != nil {
 			s.Log.Error("mark backup interrupted", "backup", b.ID, "err", err)
 		}
 		_ = unlock()
@@ -259,7 +259,7 @@ func (e *PlanChangedError) Error() string {
 // runs only if the plan derived now, under the lock, hashes as approved, so
 // exactly the approved snapshots go.
 func (s *Backups) prune(ctx context.Context, req *approvals.Request, opID, requester string, poster progress.Poster) error {
-	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: opID, What: "retention pruning", Requester: requester, Process: s.Store.Process()})
+	unlock, err := s.Store.TryLock(ctx, store.Lock{Key: s.lockKey(), OpID: opID, What: "retention pruning", Requester: requester, Process: s.Store.Process()})
 	if err != nil {
 		return err
 	}
@@ -297,7 +297,7 @@ func (s *Backups) prune(ctx context.Context, req *approvals.Request, opID, reque
 
 // prunePlan computes what retention would delete now.
 func (s *Backups) prunePlan(ctx context.Context) ([]ops.Verdict, approvals.Plan, error) {
-	recs, err := s.Records.Backups()
+	recs, err := s.Records.Backups(ctx)
 	if err != nil {
 		return nil, approvals.Plan{}, err
 	}

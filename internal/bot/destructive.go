@@ -31,16 +31,16 @@ type Approvals struct {
 	Process string
 	// Alive reports whether a bot process may still run what it began
 	// (default: only this one).
-	Alive func(process string) bool
+	Alive func(ctx context.Context, process string) bool
 	Now   func() time.Time
 	// Journaled reports requests that became journaled operations: those
 	// are announced (and resumable) by the journal, not here.
 	Journaled func(reqID string) bool
 }
 
-func (a *Approvals) alive(process string) bool {
+func (a *Approvals) alive(ctx context.Context, process string) bool {
 	if a.Alive != nil {
-		return a.Alive(process)
+		return a.Alive(ctx, process)
 	}
 	return process == a.Process
 }
@@ -187,7 +187,7 @@ func (a *Approvals) AnnounceInterrupted(ctx context.Context, posterFor func(stri
 		return
 	}
 	for _, r := range all {
-		if r.State != approvals.Executing || a.alive(r.Process) {
+		if r.State != approvals.Executing || a.alive(ctx, r.Process) {
 			continue
 		}
 		if a.Journaled != nil && a.Journaled(r.ID) {

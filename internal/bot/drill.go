@@ -26,7 +26,7 @@ type DrillService struct {
 // Run takes one drill and posts its progress and result.
 func (s *DrillService) Run(ctx context.Context, p progress.Poster, trigger, requester, channel string) (*ops.Drill, error) {
 	d := &ops.Drill{ID: ops.NewDrillID(time.Now()), Trigger: trigger, Requester: requester, Channel: channel, Started: time.Now()}
-	unlock, err := s.Store.TryLock(store.Lock{Key: "drill", OpID: d.ID, What: "restore drill", Requester: requester, Process: s.Store.Process()})
+	unlock, err := s.Store.TryLock(ctx, store.Lock{Key: "drill", OpID: d.ID, What: "restore drill", Requester: requester, Process: s.Store.Process()})
 	if err != nil {
 		return nil, err
 	}
@@ -62,14 +62,14 @@ func sourceName(s string) string {
 // It holds the drill lock meanwhile (a drill asked for during the sweep
 // is told one is running), and frees a lock a dead process left.
 func (s *DrillService) Sweep(ctx context.Context, p progress.Poster) {
-	if locks, err := s.Store.Locks(); err == nil {
+	if locks, err := s.Store.Locks(ctx); err == nil {
 		for _, l := range locks {
-			if l.Key == "drill" && !s.Store.Alive(l.Process) {
-				_ = s.Store.Unlock(l.Key, l.OpID)
+			if l.Key == "drill" && !s.Store.Alive(ctx, l.Process) {
+				_ = s.Store.Unlock(ctx, l.Key, l.OpID)
 			}
 		}
 	}
-	unlock, err := s.Store.TryLock(store.Lock{Key: "drill", OpID: "sweep", What: "clean-up of interrupted drills", Requester: "the bot", Process: s.Store.Process()})
+	unlock, err := s.Store.TryLock(ctx, store.Lock{Key: "drill", OpID: "sweep", What: "clean-up of interrupted drills", Requester: "the bot", Process: s.Store.Process()})
 	if err != nil {
 		s.Log.Warn("drill sweep skipped: a drill is running", "err", err)
 		return

@@ -17,7 +17,7 @@ import (
 type FailoverAction struct{ R *Operations }
 
 func (a FailoverAction) Plan(ctx context.Context, cmd commands.Command) (approvals.Plan, error) {
-	if err := a.R.checkFree(); err != nil {
+	if err := a.R.checkFree(ctx); err != nil {
 		return approvals.Plan{}, err
 	}
 	ap, _, err := a.R.failoverPlan(ctx, cmd)

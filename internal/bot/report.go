@@ -54,7 +54,7 @@ func (s *Reports) Build(ctx context.Context) (ops.Report, error) {
 
 // Gather reads what the report is computed from: AWS and bbolt.
 func (s *Reports) Gather(ctx context.Context) (ops.ReportInput, error) {
-	recs, err := s.Records.Backups()
+	recs, err := s.Records.Backups(ctx)
 	if err != nil {
 		return ops.ReportInput{}, err
 	}
@@ -75,7 +75,7 @@ func (s *Reports) Gather(ctx context.Context) (ops.ReportInput, error) {
 		}
 		in.Prune = ops.Retain(pts, s.Policy, inUse)
 	}
-	if in.Drills, err = s.Drills.All(); err != nil {
+	if in.Drills, err = s.Drills.All(ctx); err != nil {
 		return ops.ReportInput{}, err
 	}
 	return in, nil

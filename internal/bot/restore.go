@@ -61,15 +61,15 @@ type RestoreAction struct{ R *Operations }
 // Plan refuses early when the box is busy: an approver should not be asked
 // to approve what cannot start.
 func (a RestoreAction) Plan(ctx context.Context, cmd commands.Command) (approvals.Plan, error) {
-	if err := a.R.checkFree(); err != nil {
+	if err := a.R.checkFree(ctx); err != nil {
 		return approvals.Plan{}, err
 	}
 	p, _, err := a.R.plan(ctx, cmd)
 	return p, err
 }
 
-func (s *Operations) checkFree() error {
-	locks, err := s.Store.Locks()
+func (s *Operations) checkFree(ctx context.Context) error {
+	locks, err := s.Store.Locks(ctx)
 	if err != nil {
 		return err
 	}
@@ -228,7 +228,7 @@ type derived struct {
 func (s *Operations) execute(ctx context.Context, req approvals.Request, r Replier, key, what string, derive func(context.Context, commands.Command) (derived, error)) error {
 	now := time.Now()
 	opID := journal.NewID(now)
-	unlock, err := s.Store.TryLock(store.Lock{Key: key, OpID: opID, What: what, Requester: req.Requester, Process: s.Store.Process()})
+	unlock, err := s.Store.TryLock(ctx, store.Lock{Key: key, OpID: opID, What: what, Requester: req.Requester, Process: s.Store.Process()})
 	var held *store.HeldError
 	if errors.As(err, &held) {
 		return &UserError{Msg: heldMessage(held.Holder, s.SlashCommand)}
@@ -252,7 +252,7 @@ func (s *Operations) execute(ctx context.Context, req approvals.Request, r Repli
 	}
 	var unlocks []func() error
 	for _, k := range d.also {
-		u, err := s.Store.TryLock(store.Lock{Key: k, OpID: opID, What: what, Requester: req.Requester, Process: s.Store.Process()})
+		u, err := s.Store.TryLock(ctx, store.Lock{Key: k, OpID: opID, What: what, Requester: req.Requester, Process: s.Store.Process()})
 		if err != nil {
 			for _, u := range unlocks {
 				_ = u()
@@ -358,8 +358,12 @@ func (s *Operations) run(ctx context.Context, id string, poster progress.Poster,
 	}
 	switch {
 	case err == nil && op.State == journal.Done:
+		// Released even if ctx ended meanwhile: the operation is done, and
+		// its locks would otherwise refuse new operations on its target.
+		uctx, ucancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer ucancel()
 		for _, k := range op.Targets() {
-			if uerr := s.Store.Unlock(k, op.ID); uerr != nil {
+			if uerr := s.Store.Unlock(uctx, k, op.ID); uerr != nil {
 				s.Log.Error("release a lock after an operation", "op", op.ID, "lock", k, "err", uerr)
 			}
 		}
@@ -514,7 +518,7 @@ func (s *Operations) Resume(ctx context.Context, id, user string, poster progres
 	if err != nil {
 		return Outcome{}, &UserError{Msg: err.Error() + "."}
 	}
-	if err := s.adopt(op); err != nil {
+	if err := s.adopt(ctx, op); err != nil {
 		_, _ = s.Journal.Update(op.ID, func(o *journal.Op) error { o.State = journal.Stopped; return nil })
 		return Outcome{}, err
 	}
@@ -527,9 +531,9 @@ func (s *Operations) Resume(ctx context.Context, id, user string, poster progres
 }
 
 // adopt makes this process the holder of the operation's target.
-func (s *Operations) adopt(op *journal.Op) error {
+func (s *Operations) adopt(ctx context.Context, op *journal.Op) error {
 	for _, k := range op.Targets() {
-		err := s.Store.Adopt(store.Lock{Key: k, OpID: op.ID, What: op.Kind, Requester: op.Requester, Since: op.Created, Process: s.Store.Process()})
+		err := s.Store.Adopt(ctx, store.Lock{Key: k, OpID: op.ID, What: op.Kind, Requester: op.Requester, Since: op.Created, Process: s.Store.Process()})
 		var held *store.HeldError
 		if errors.As(err, &held) {
 			return &UserError{Msg: heldMessage(held.Holder, s.SlashCommand)}
@@ -559,7 +563,7 @@ func (s *Operations) Cancel(ctx context.Context, id, user string, reply Replier)
 		return Outcome{Result: "ok", Detail: "cancel requested " + op.ID}, err
 	}
 	for _, k := range op.Targets() {
-		if err := s.Store.Unlock(k, op.ID); err != nil {
+		if err := s.Store.Unlock(ctx, k, op.ID); err != nil {
 			return Outcome{}, err
 		}
 	}
@@ -598,7 +602,7 @@ func (s *Operations) cleanupHints(op *journal.Op) string {
 // continued on its own. Marking is a conditional write, so of several
 // replicas noticing one death, one announces it.
 func (s *Operations) Recover(ctx context.Context, postTo func(string) progress.Poster) {
-	if _, err := s.Journal.MarkInterrupted(s.Store.Alive); err != nil {
+	if _, err := s.Journal.MarkInterrupted(func(p string) bool { return s.Store.Alive(ctx, p) }); err != nil {
 		s.Log.Error("read operations at start-up", "err", err)
 		return
 	}
@@ -611,7 +615,7 @@ func (s *Operations) Recover(ctx context.Context, postTo func(string) progress.P
 		// A running operation holds its own locks (here or on a live
 		// replica); a stopped one keeps its target until resumed or given up.
 		if op.State == journal.Stopped {
-			if err := s.adopt(op); err != nil {
+			if err := s.adopt(ctx, op); err != nil {
 				s.Log.Error("keep the box locked for a stopped operation", "op", op.ID, "err", err)
 			}
 		}
