@@ -189,7 +189,7 @@ func botFailover(ctx context.Context, moto *motoserver.Server, proxy *faultproxy
 	start := time.Now()
 	handle("U0BOB", "approve "+reqs[0].ID)
 	took := time.Since(start)
-	op, err := a.Ops.Journal.ByRequest(reqs[0].ID)
+	op, err := a.Ops.Journal.ByRequest(ctx, reqs[0].ID)
 	if err != nil || op.State != journal.Done {
 		return result{}, fmt.Errorf("failover did not finish: %v %+v", err, op)
 	}

@@ -242,7 +242,7 @@ func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the approved restore did not reach its launch on B")
 	}
-	all, err := b.app.Ops.Journal.All()
+	all, err := b.app.Ops.Journal.All(t.Context())
 	if err != nil || len(all) != 1 {
 		t.Fatalf("journal: %d ops, %v", len(all), err)
 	}
@@ -264,7 +264,7 @@ func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
 	if n, m := a.proxy.Count("RunInstances"), b.proxy.Count("RunInstances"); n+m != 1 || m != 1 {
 		t.Errorf("RunInstances: %d on A, %d on B; want one, on B", n, m)
 	}
-	done, _ := a.app.Ops.Journal.Get(op.ID)
+	done, _ := a.app.Ops.Journal.Get(t.Context(), op.ID)
 	if done.State != journal.Done || done.Approver != bob {
 		t.Errorf("journal: %s approved by %s", done.State, done.Approver)
 	}
@@ -301,7 +301,7 @@ func TestReplicaKilledMidRestoreIsResumedOnTheOther(t *testing.T) {
 	a.app.Bot.Handle(ctx, chat.Request{ID: "t1", UserID: bob, ChannelID: incident, Text: "approve " + req, Source: "test"},
 		web.For(chat.Request{ChannelID: incident, UserID: bob}))
 
-	all, err := b.app.Ops.Journal.All()
+	all, err := b.app.Ops.Journal.All(t.Context())
 	if err != nil || len(all) != 1 {
 		t.Fatalf("journal: %d ops, %v", len(all), err)
 	}
@@ -325,7 +325,7 @@ func TestReplicaKilledMidRestoreIsResumedOnTheOther(t *testing.T) {
 	if n := len(a.restored()); n != 1 {
 		t.Errorf("%d restored instances", n)
 	}
-	done, _ := b.app.Ops.Journal.Get(op.ID)
+	done, _ := b.app.Ops.Journal.Get(t.Context(), op.ID)
 	if done.State != journal.Done || done.Process != b.app.Store.Process() || done.Steps[5].Attempts != 2 {
 		t.Errorf("journal after resume: %s under %s, launch attempts %d", done.State, done.Process, done.Steps[5].Attempts)
 	}

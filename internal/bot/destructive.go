@@ -35,7 +35,7 @@ type Approvals struct {
 	Now   func() time.Time
 	// Journaled reports requests that became journaled operations: those
 	// are announced (and resumable) by the journal, not here.
-	Journaled func(reqID string) bool
+	Journaled func(ctx context.Context, reqID string) bool
 }
 
 func (a *Approvals) alive(ctx context.Context, process string) bool {
@@ -190,7 +190,7 @@ func (a *Approvals) AnnounceInterrupted(ctx context.Context, posterFor func(stri
 		if r.State != approvals.Executing || a.alive(ctx, r.Process) {
 			continue
 		}
-		if a.Journaled != nil && a.Journaled(r.ID) {
+		if a.Journaled != nil && a.Journaled(ctx, r.ID) {
 			_, _ = a.Store.Interrupt(r.ID, r.Process, "interrupted: the bot stopped while it ran; its operation can be resumed")
 			continue
 		}

@@ -282,7 +282,7 @@ func (s *Operations) execute(ctx context.Context, req approvals.Request, r Repli
 	for _, n := range ops.Names(defs) {
 		op.Steps = append(op.Steps, journal.Step{Name: n, State: journal.StepPending})
 	}
-	if err := s.Journal.Create(op); err != nil {
+	if err := s.Journal.Create(ctx, op); err != nil {
 		release()
 		return fmt.Errorf("journal the %s: %w", what, err)
 	}
@@ -331,7 +331,7 @@ func (s *Operations) defs(op *journal.Op) ([]journal.Def, error) {
 func (s *Operations) run(ctx context.Context, id string, poster progress.Poster, note string) error {
 	s.running.Add(1)
 	defer s.running.Done()
-	op, err := s.Journal.Get(id)
+	op, err := s.Journal.Get(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -492,10 +492,10 @@ func (s *Operations) recheck(ctx context.Context, op *journal.Op) error {
 }
 
 // find looks an operation up by its ID or by the request that started it.
-func (s *Operations) find(id string) (*journal.Op, error) {
-	op, err := s.Journal.Get(id)
+func (s *Operations) find(ctx context.Context, id string) (*journal.Op, error) {
+	op, err := s.Journal.Get(ctx, id)
 	if errors.Is(err, journal.ErrNotFound) && strings.HasPrefix(id, "req-") {
-		op, err = s.Journal.ByRequest(id)
+		op, err = s.Journal.ByRequest(ctx, id)
 	}
 	if errors.Is(err, journal.ErrNotFound) {
 		return nil, &UserError{Msg: fmt.Sprintf("there is no operation `%s`. Operation IDs (op-…) are in each operation's progress message.", id)}
@@ -505,7 +505,7 @@ func (s *Operations) find(id string) (*journal.Op, error) {
 
 // Resume continues a stopped operation from its first unfinished step.
 func (s *Operations) Resume(ctx context.Context, id, user string, poster progress.Poster) (Outcome, error) {
-	op, err := s.find(id)
+	op, err := s.find(ctx, id)
 	if err != nil {
 		return Outcome{}, err
 	}
@@ -514,12 +514,20 @@ func (s *Operations) Resume(ctx context.Context, id, user string, poster progres
 			return Outcome{}, &UserError{Msg: fmt.Sprintf("`%s` was not resumed: what it restores from changed (%s). `%s cancel %s` gives it up; then request a new one.", op.ID, ops.Explain(err), s.SlashCommand, op.ID)}
 		}
 	}
-	op, err = s.Journal.Claim(op.ID, s.Store.Process())
+	op, err = s.Journal.Claim(ctx, op.ID, s.Store.Process())
 	if err != nil {
 		return Outcome{}, &UserError{Msg: err.Error() + "."}
 	}
 	if err := s.adopt(ctx, op); err != nil {
-		_, _ = s.Journal.Update(op.ID, func(o *journal.Op) error { o.State = journal.Stopped; return nil })
+		// Given back even if ctx ended: claimed and not run, the operation
+		// would show as running under this live process, and nobody could
+		// resume it.
+		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if _, uerr := s.Journal.Update(gctx, op.ID, func(o *journal.Op) error { o.State = journal.Stopped; return nil }); uerr != nil {
+			s.Log.Error("give back an operation claimed for a resume that could not lock its target", "op", op.ID, "err", uerr)
+			return Outcome{}, &UserError{Msg: fmt.Sprintf("`%s` was not resumed: %s. It could not be set back to stopped either (%s), so it shows as running until this bot replica restarts.", op.ID, ops.Explain(err), ops.Explain(uerr))}
+		}
 		return Outcome{}, err
 	}
 	i := op.Next()
@@ -548,11 +556,11 @@ func (s *Operations) adopt(ctx context.Context, op *journal.Op) error {
 // Cancel stops a running operation at its next step boundary, or gives up
 // a stopped one and frees its target.
 func (s *Operations) Cancel(ctx context.Context, id, user string, reply Replier) (Outcome, error) {
-	op, err := s.find(id)
+	op, err := s.find(ctx, id)
 	if err != nil {
 		return Outcome{}, err
 	}
-	op, abandoned, err := s.Journal.RequestCancel(op.ID, user)
+	op, abandoned, err := s.Journal.RequestCancel(ctx, op.ID, user)
 	if err != nil {
 		return Outcome{}, &UserError{Msg: err.Error() + "; nothing to cancel."}
 	}
@@ -602,11 +610,11 @@ func (s *Operations) cleanupHints(op *journal.Op) string {
 // continued on its own. Marking is a conditional write, so of several
 // replicas noticing one death, one announces it.
 func (s *Operations) Recover(ctx context.Context, postTo func(string) progress.Poster) {
-	if _, err := s.Journal.MarkInterrupted(func(p string) bool { return s.Store.Alive(ctx, p) }); err != nil {
+	if _, err := s.Journal.MarkInterrupted(ctx, s.Store.Alive); err != nil {
 		s.Log.Error("read operations at start-up", "err", err)
 		return
 	}
-	all, err := s.Journal.All()
+	all, err := s.Journal.All(ctx)
 	if err != nil {
 		s.Log.Error("read operations at start-up", "err", err)
 		return
@@ -624,7 +632,7 @@ func (s *Operations) Recover(ctx context.Context, postTo func(string) progress.P
 		if !op.Unannounced || op.State != journal.Stopped {
 			continue
 		}
-		op, err := s.Journal.TakeAnnouncement(op.ID)
+		op, err := s.Journal.TakeAnnouncement(ctx, op.ID)
 		if err != nil {
 			continue // another replica has it
 		}
@@ -645,15 +653,18 @@ func (s *Operations) Recover(ctx context.Context, postTo func(string) progress.P
 		s.Log.Warn("interrupted operation", "op", op.ID, "why", op.Why)
 		if _, err := postTo(op.Channel).Post(ctx, chat.Text(msg)); err != nil {
 			s.Log.Error("announce interrupted operation; trying again at the next round", "op", op.ID, "err", err)
-			s.Journal.ReturnAnnouncement(op.ID)
+			if rerr := s.Journal.ReturnAnnouncement(ctx, op.ID); rerr != nil {
+				// Nobody is told in Slack (the post just failed): the log is the trace.
+				s.Log.Error("give back the announcement of an interrupted operation: it is not announced again", "op", op.ID, "err", rerr)
+			}
 		}
 	}
 }
 
 // Journaled reports whether an approval request became a journaled
 // operation (which then has its own resume path).
-func (s *Operations) Journaled(reqID string) bool {
-	_, err := s.Journal.ByRequest(reqID)
+func (s *Operations) Journaled(ctx context.Context, reqID string) bool {
+	_, err := s.Journal.ByRequest(ctx, reqID)
 	return err == nil
 }
 

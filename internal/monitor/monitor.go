@@ -311,7 +311,7 @@ func (m *Monitor) operation(ctx context.Context) string {
 		if l.Key != "box/"+m.NameTag || !strings.HasPrefix(l.OpID, "op-") {
 			continue
 		}
-		if op, err := (journal.Store{KV: m.Store.KV()}).Get(l.OpID); err == nil && op.State == journal.Running {
+		if op, err := (journal.Store{KV: m.Store.KV()}).Get(ctx, l.OpID); err == nil && op.State == journal.Running {
 			return l.OpID
 		}
 	}
