@@ -181,7 +181,7 @@ func botFailover(ctx context.Context, moto *motoserver.Server, proxy *faultproxy
 		a.Bot.Handle(ctx, chat.Request{ID: "bench", UserID: user, ChannelID: "C0INCIDENT", Text: text, Source: "bench"}, web.For(chat.Request{ChannelID: "C0INCIDENT", UserID: user}))
 	}
 	handle("U0ALICE", "failover --to "+standby)
-	reqs, err := a.Approvals.Store.All()
+	reqs, err := a.Approvals.Store.All(ctx)
 	if err != nil || len(reqs) != 1 || reqs[0].State != approvals.Pending {
 		return result{}, fmt.Errorf("no pending request (%v)", err)
 	}

@@ -215,7 +215,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		}), EC2: ec2c, Store: st, Checks: checks, NameTag: cfg.ServicesBox.NameTag, ASG: cfg.Builders.ASGName,
 		Cooldown: cfg.Monitor.Cooldown.D(), Slash: cfg.Slack.Command, Log: o.Log,
 	}
-	apr := &bot.Approvals{Store: approvals.Store{KV: st.KV()}, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Alive: st.Alive, Journaled: restores.Journaled}
+	apr := &bot.Approvals{Store: approvals.Store{KV: st.KV()}, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Alive: st.Alive, Journaled: restores.Journaled, Log: o.Log}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
 		Policy:       policy,

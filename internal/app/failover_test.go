@@ -208,7 +208,7 @@ func TestFailoverRefusesCrossAZAndAnUnreadablePrimary(t *testing.T) {
 		}
 	}
 	f.server.Wait()
-	if all, _ := f.app.Approvals.Store.All(); len(all) != 0 {
+	if all, _ := f.app.Approvals.Store.All(t.Context()); len(all) != 0 {
 		t.Fatalf("refused failovers made %d requests", len(all))
 	}
 	req := f.request(alice, "failover --to "+f.standby+" --force-unknown")

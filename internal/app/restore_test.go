@@ -539,7 +539,7 @@ func TestRestoreRefusesBadSources(t *testing.T) {
 		}
 	}
 	r.server.Wait()
-	if all, _ := r.app.Approvals.Store.All(); len(all) != 0 {
+	if all, _ := r.app.Approvals.Store.All(t.Context()); len(all) != 0 {
 		t.Errorf("bad input made %d requests", len(all))
 	}
 	if n := len(r.restored()); n != 0 {
@@ -639,7 +639,7 @@ func TestRestoreDryRunAndStalePlan(t *testing.T) {
 	if !strings.Contains(txt, "Dry run") || !strings.Contains(txt, r.backup.ID) || !strings.Contains(txt, r.inst.ServicesBox.PrivateIP) {
 		t.Fatalf("dry run: %s", txt)
 	}
-	if all, _ := r.app.Approvals.Store.All(); len(all) != 0 {
+	if all, _ := r.app.Approvals.Store.All(t.Context()); len(all) != 0 {
 		t.Fatalf("a dry run made %d requests", len(all))
 	}
 	req := r.request(alice, "restore latest")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/slack-go/slack"
@@ -11,6 +12,7 @@ import (
 	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/commands"
+	"github.com/circlebot/circlebot/internal/kv"
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/slackio"
@@ -36,6 +38,14 @@ type Approvals struct {
 	// Journaled reports requests that became journaled operations: those
 	// are announced (and resumable) by the journal, not here.
 	Journaled func(ctx context.Context, reqID string) bool
+	Log       *slog.Logger // default slog.Default()
+}
+
+func (a *Approvals) log() *slog.Logger {
+	if a.Log != nil {
+		return a.Log
+	}
+	return slog.Default()
 }
 
 func (a *Approvals) alive(ctx context.Context, process string) bool {
@@ -66,14 +76,14 @@ func (d Deps) request(act Action) Handler {
 		}
 		now := d.Approvals.now()
 		req := approvals.New(c.Cmd.Text(), plan, c.Req.UserID, c.Req.ChannelID, now, d.Approvals.TTL)
-		if err := d.Approvals.Store.Create(req); err != nil {
+		if err := d.Approvals.Store.Create(ctx, req); err != nil {
 			return Outcome{}, fmt.Errorf("save approval request: %w", err)
 		}
 		ref, err := c.Reply.Post(ctx, d.requestMessage(req, true, ""))
 		if err != nil {
 			return Outcome{}, fmt.Errorf("post approval request: %w", err)
 		}
-		if err := d.Approvals.Store.SetMessage(req.ID, ref.TS); err != nil {
+		if err := d.Approvals.Store.SetMessage(ctx, req.ID, ref.TS); err != nil {
 			return Outcome{}, err
 		}
 		return Outcome{Result: "ok", Detail: "requested " + req.ID + " plan " + approvals.Short(req.PlanHash)}, nil
@@ -116,7 +126,7 @@ func (d Deps) deny(ctx context.Context, c Call) (Outcome, error) {
 
 func (d Deps) decide(ctx context.Context, c Call, approve bool) (Outcome, error) {
 	user := c.Req.UserID
-	r, err := d.Approvals.Store.Decide(c.Cmd.ID, user, d.Policy.May(user, commands.ClassDecide), approve, d.Approvals.now())
+	r, err := d.Approvals.Store.Decide(ctx, c.Cmd.ID, user, d.Policy.May(user, commands.ClassDecide), approve, d.Approvals.now())
 	var ref *approvals.Refusal
 	switch {
 	case errors.Is(err, approvals.ErrNotFound):
@@ -127,6 +137,8 @@ func (d Deps) decide(ctx context.Context, c Call, approve bool) (Outcome, error)
 		return Outcome{}, err
 	}
 	msgRef := chat.Ref{Channel: r.Channel, TS: r.MessageTS}
+	// The request message only shows the decision, which is recorded and
+	// answered here: a failed update is not worth failing the command for.
 	if !approve {
 		_ = c.Reply.Update(ctx, msgRef, d.requestMessage(r, false, fmt.Sprintf(":no_entry_sign: Denied by <@%s> at %s UTC. Nothing was run.", user, r.Decided.UTC().Format("15:04"))))
 		return Outcome{Result: "ok", Detail: "denied " + r.ID}, nil
@@ -138,13 +150,22 @@ func (d Deps) decide(ctx context.Context, c Call, approve bool) (Outcome, error)
 // execute runs an approved request once: Begin lets exactly one caller
 // through, and the plan derived again from live state must hash the same.
 func (d Deps) execute(ctx context.Context, c Call, r approvals.Request) (Outcome, error) {
-	if _, err := d.Approvals.Store.Begin(r.ID, d.Approvals.Process); err != nil {
+	if _, err := d.Approvals.Store.Begin(ctx, r.ID, d.Approvals.Process); err != nil {
 		return Outcome{Result: "refused", Detail: err.Error()}, nil
+	}
+	// finish records how the request ended, even if ctx ended meanwhile
+	// (the bot is stopping): left executing, it reads as cut off later.
+	finish := func(st approvals.State, note string) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if _, err := d.Approvals.Store.Finish(fctx, r.ID, st, note); err != nil {
+			d.Approvals.log().Error("record the end of an approved request; it stays executing, and a later start may report it as cut off", "request", r.ID, "state", st, "err", err)
+		}
 	}
 	cmd, err := commands.Parse(r.Command)
 	act := d.Actions[cmd.Name]
 	if err != nil || act == nil {
-		_, _ = d.Approvals.Store.Finish(r.ID, approvals.Failed, "command no longer runnable")
+		finish(approvals.Failed, "command no longer runnable")
 		return Outcome{}, fmt.Errorf("request %s: command %q cannot run in this version", r.ID, r.Command)
 	}
 	live, err := act.Plan(ctx, cmd)
@@ -153,7 +174,7 @@ func (d Deps) execute(ctx context.Context, c Call, r approvals.Request) (Outcome
 		if err != nil {
 			why = "the plan cannot be made again: " + err.Error()
 		}
-		_, _ = d.Approvals.Store.Finish(r.ID, approvals.Refused, why)
+		finish(approvals.Refused, why)
 		msg := fmt.Sprintf(":warning: Request `%s` was approved but not run: %s (approved plan `%s`, live plan `%s`). Nothing was changed. Make a new request to see the current plan.",
 			r.ID, why, approvals.Short(r.PlanHash), approvals.Short(live.Hash()))
 		_, perr := c.Reply.Post(ctx, chat.Text(msg))
@@ -162,19 +183,21 @@ func (d Deps) execute(ctx context.Context, c Call, r approvals.Request) (Outcome
 	err = act.Execute(ctx, r, c.Reply)
 	msgRef := chat.Ref{Channel: r.Channel, TS: r.MessageTS}
 	var changed *PlanChangedError
+	// The updates of the request message below repeat what the outcome
+	// says: a failed one is not worth failing the command for.
 	switch {
 	case errors.As(err, &changed):
-		_, _ = d.Approvals.Store.Finish(r.ID, approvals.Refused, changed.Error())
+		finish(approvals.Refused, changed.Error())
 		_ = c.Reply.Update(ctx, msgRef, d.requestMessage(r, false, fmt.Sprintf(":warning: Approved by <@%s>, not run: %s. Make a new request to see the current plan.", r.Decider, changed.Error())))
 		return Outcome{Result: "refused", Detail: changed.Error()}, nil
 	case err != nil:
-		_, _ = d.Approvals.Store.Finish(r.ID, approvals.Failed, ops.Explain(err))
+		finish(approvals.Failed, ops.Explain(err))
 		// The operation's own progress message may never have been posted
 		// (it can fail before starting): say it here too.
 		_ = c.Reply.Update(ctx, msgRef, d.requestMessage(r, false, fmt.Sprintf(":x: Approved by <@%s>; failed: %s", r.Decider, ops.Explain(err))))
 		return Outcome{}, &UserError{Msg: fmt.Sprintf("request `%s` failed: %s", r.ID, ops.Explain(err))}
 	}
-	_, _ = d.Approvals.Store.Finish(r.ID, approvals.Done, "")
+	finish(approvals.Done, "")
 	_ = c.Reply.Update(ctx, msgRef, d.requestMessage(r, false, fmt.Sprintf(":white_check_mark: Approved by <@%s> and done.", r.Decider)))
 	return Outcome{Result: "ok", Detail: "ran " + r.ID}, nil
 }
@@ -182,8 +205,11 @@ func (d Deps) execute(ctx context.Context, c Call, r approvals.Request) (Outcome
 // AnnounceInterrupted reports requests that were executing when a previous
 // bot process stopped. They are never started again.
 func (a *Approvals) AnnounceInterrupted(ctx context.Context, posterFor func(string) progress.Poster, slash string) {
-	all, err := a.Store.All()
+	all, err := a.Store.All(ctx)
 	if err != nil {
+		if ctx.Err() == nil { // not just the bot stopping
+			a.log().Error("read approval requests to announce interrupted ones", "err", err)
+		}
 		return
 	}
 	for _, r := range all {
@@ -191,13 +217,22 @@ func (a *Approvals) AnnounceInterrupted(ctx context.Context, posterFor func(stri
 			continue
 		}
 		if a.Journaled != nil && a.Journaled(ctx, r.ID) {
-			_, _ = a.Store.Interrupt(r.ID, r.Process, "interrupted: the bot stopped while it ran; its operation can be resumed")
+			// Its operation is announced by the journal; a conflict is
+			// another replica having marked it first.
+			if _, err := a.Store.Interrupt(ctx, r.ID, r.Process, "interrupted: the bot stopped while it ran; its operation can be resumed"); err != nil && !errors.Is(err, kv.ErrConflict) {
+				a.log().Error("mark an interrupted approved request failed; it stays executing until the next check", "request", r.ID, "err", err)
+			}
 			continue
 		}
-		if _, err := a.Store.Interrupt(r.ID, r.Process, "interrupted: the bot stopped while it ran"); err != nil {
+		if _, err := a.Store.Interrupt(ctx, r.ID, r.Process, "interrupted: the bot stopped while it ran"); err != nil {
+			if !errors.Is(err, kv.ErrConflict) {
+				a.log().Error("mark an interrupted approved request failed; it stays executing until the next check", "request", r.ID, "err", err)
+			}
 			continue // another replica said it, or it finished after all
 		}
 		msg := fmt.Sprintf(":warning: Request `%s` (`%s %s`, approved by <@%s>) was running when the bot stopped. It was not started again; check its last progress message, then make a new request if needed.", r.ID, slash, r.Command, r.Decider)
-		_, _ = posterFor(r.Channel).Post(ctx, chat.Text(msg))
+		if _, err := posterFor(r.Channel).Post(ctx, chat.Text(msg)); err != nil {
+			a.log().Error("announce an interrupted approved request; it is marked failed and not announced again", "request", r.ID, "channel", r.Channel, "err", err)
+		}
 	}
 }
