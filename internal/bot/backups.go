@@ -115,7 +115,7 @@ func (s *Backups) finish(ctx context.Context, st *progress.Stream, b *ops.Backup
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 	defer cancel()
-	_ = st.Wait(wctx)
+	_ = st.Wait(wctx) // a Slack message, not state: the stream keeps trying on its own
 }
 
 // BackupSummary is the closing sentence of a backup.
@@ -159,7 +159,9 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		// until it is resumed or given up.
 		if l.Key == s.lockKey() && !s.Store.Alive(ctx, l.Process) && !strings.HasPrefix(l.OpID, "op-") {
 			s.Log.Warn("releasing a lock left by a previous run", "op", l.OpID, "since", l.Since)
-			_ = s.Store.Unlock(ctx, l.Key, l.OpID)
+			if err := s.Store.Unlock(ctx, l.Key, l.OpID); err != nil {
+				s.Log.Error("release a lock left by a previous run; tried again at the next check", "op", l.OpID, "lock", l.Key, "err", err)
+			}
 		}
 	}
 	for _, b := range recs {
@@ -183,7 +185,9 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 			continue
 		}
 		if fresh, err := s.Records.Backup(ctx, b.ID); err != nil || fresh.State != ops.StateRunning {
-			_ = unlock()
+			if err := unlock(); err != nil {
+				s.Log.Error("release backup lock", "backup", b.ID, "err", err)
+			}
 			continue
 		} else {
 			b = fresh
@@ -191,7 +195,11 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		poster := posterFor(b.Channel)
 		if b.Method == "ebs" && len(b.Snapshots) > 0 {
 			s.resumed.Go(func() {
-				defer unlock()
+				defer func() {
+					if err := unlock(); err != nil {
+						s.Log.Error("release backup lock", "backup", b.ID, "err", err)
+					}
+				}()
 				st := progress.Start(ctx, poster, progress.Options{OpID: b.ID, Title: "EBS backup of the Services box, resumed after a bot restart", Requester: b.Requester, Steps: ops.EBSSteps, Log: s.Log, MinInterval: s.MinInterval})
 				st.Done(0, "`"+b.Shape.InstanceID+"` (before the restart)")
 				st.Done(1, fmt.Sprintf("%d snapshots (before the restart)", len(b.Snapshots)))
@@ -209,7 +217,9 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		if err := s.Records.SaveBackup(ctx, b); err != nil {
 			s.Log.Error("mark backup interrupted", "backup", b.ID, "err", err)
 		}
-		_ = unlock()
+		if err := unlock(); err != nil {
+			s.Log.Error("release backup lock", "backup", b.ID, "err", err)
+		}
 		msg := fmt.Sprintf(":warning: Backup `%s` (%s, requested by %s) was interrupted when the bot stopped, before its %s was recorded. It was not retried and is not a restore point. Run `%s backup now` to take a new one.",
 			b.ID, b.Method, who(b.Requester), map[string]string{"ebs": "snapshots", "tarball": "upload"}[b.Method], s.SlashCommand)
 		if len(cleaned) > 0 {
@@ -263,7 +273,11 @@ func (s *Backups) prune(ctx context.Context, req *approvals.Request, opID, reque
 	if err != nil {
 		return err
 	}
-	defer unlock()
+	defer func() {
+		if err := unlock(); err != nil {
+			s.Log.Error("release pruning lock", "op", opID, "err", err)
+		}
+	}()
 	verdicts, plan, err := s.prunePlan(ctx)
 	if err != nil {
 		return err
@@ -291,7 +305,7 @@ func (s *Backups) prune(ctx context.Context, req *approvals.Request, opID, reque
 	s.Log.Info("retention", "op", opID, "deleted", deleted, "err", err)
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 	defer cancel()
-	_ = st.Wait(wctx)
+	_ = st.Wait(wctx) // a Slack message, not state: the stream keeps trying on its own
 	return err
 }
 

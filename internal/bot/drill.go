@@ -30,7 +30,11 @@ func (s *DrillService) Run(ctx context.Context, p progress.Poster, trigger, requ
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
+	defer func() {
+		if err := unlock(); err != nil {
+			s.Log.Error("release drill lock", "drill", d.ID, "err", err)
+		}
+	}()
 	st := progress.Start(ctx, p, progress.Options{OpID: d.ID, Title: "Restore drill (isolated; production is not touched)", Requester: requester, Steps: ops.DrillSteps, Log: s.Log, MinInterval: s.MinInterval})
 	err = s.Runner.Run(ctx, d, st)
 	cleanup := "removed: " + strings.Join(d.Cleanup, "; ")
@@ -47,7 +51,7 @@ func (s *DrillService) Run(ctx context.Context, p progress.Poster, trigger, requ
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 	defer cancel()
-	_ = st.Wait(wctx)
+	_ = st.Wait(wctx) // a Slack message, not state: the stream keeps trying on its own
 	return d, err
 }
 
@@ -65,7 +69,9 @@ func (s *DrillService) Sweep(ctx context.Context, p progress.Poster) {
 	if locks, err := s.Store.Locks(ctx); err == nil {
 		for _, l := range locks {
 			if l.Key == "drill" && !s.Store.Alive(ctx, l.Process) {
-				_ = s.Store.Unlock(ctx, l.Key, l.OpID)
+				if err := s.Store.Unlock(ctx, l.Key, l.OpID); err != nil {
+					s.Log.Error("release a drill lock left by a dead process; tried again at the next sweep", "op", l.OpID, "err", err)
+				}
 			}
 		}
 	}
@@ -74,19 +80,27 @@ func (s *DrillService) Sweep(ctx context.Context, p progress.Poster) {
 		s.Log.Warn("drill sweep skipped: a drill is running", "err", err)
 		return
 	}
-	defer unlock()
+	defer func() {
+		if err := unlock(); err != nil {
+			s.Log.Error("release drill lock after a sweep", "err", err)
+		}
+	}()
 	said, err := s.Runner.Sweep(ctx)
 	if err != nil {
 		s.Log.Error("sweep drill leftovers", "err", err)
 		if p != nil {
-			_, _ = p.Post(ctx, chat.Text(":warning: Could not remove what an interrupted restore drill left behind: "+ops.Explain(err)+" Look for resources tagged `"+ops.TagDrill+"`."))
+			if _, perr := p.Post(ctx, chat.Text(":warning: Could not remove what an interrupted restore drill left behind: "+ops.Explain(err)+" Look for resources tagged `"+ops.TagDrill+"`.")); perr != nil {
+				s.Log.Error("report failed drill sweep", "err", perr)
+			}
 		}
 		return
 	}
 	for _, line := range said {
 		s.Log.Warn("drill sweep", "did", line)
 		if p != nil {
-			_, _ = p.Post(ctx, chat.Text(":broom: "+line))
+			if _, err := p.Post(ctx, chat.Text(":broom: "+line)); err != nil {
+				s.Log.Error("report drill sweep", "err", err)
+			}
 		}
 	}
 }

@@ -99,13 +99,13 @@ func (s *Reports) Send(ctx context.Context, p progress.Poster) error {
 	png, err := chart.PNG(r)
 	if err != nil {
 		s.Log.Error("draw the report chart", "err", err)
-		_, _ = p.PostThread(ctx, ref, chat.Text("The chart could not be drawn: "+err.Error()))
+		_, _ = p.PostThread(ctx, ref, chat.Text("The chart could not be drawn: "+err.Error())) // a Slack note on a failure logged above
 		return nil
 	}
 	name := "restore-points-" + r.Now.Format("2006-01-02") + ".png"
 	if err := up.UploadFile(ctx, ref, name, "Restore point age vs RPO, and sizes (30 days)", png); err != nil {
 		s.Log.Error("upload the report chart", "err", err)
-		_, _ = p.PostThread(ctx, ref, chat.Text("The chart could not be uploaded: "+ops.Explain(err)+" (the bot needs the `files:write` scope)."))
+		_, _ = p.PostThread(ctx, ref, chat.Text("The chart could not be uploaded: "+ops.Explain(err)+" (the bot needs the `files:write` scope).")) // as above
 	}
 	return nil
 }

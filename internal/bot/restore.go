@@ -236,28 +236,36 @@ func (s *Operations) execute(ctx context.Context, req approvals.Request, r Repli
 	if err != nil {
 		return err
 	}
+	// drop releases a lock of an operation that does not start. One left
+	// behind refuses new operations on its target, so a failure is logged
+	// with its key.
+	drop := func(k string, u func() error) {
+		if err := u(); err != nil {
+			s.Log.Error("release the lock of an operation that did not start: it stays held", "op", opID, "lock", k, "err", err)
+		}
+	}
 	cmd, err := commands.Parse(req.Command)
 	if err != nil {
-		_ = unlock()
+		drop(key, unlock)
 		return err
 	}
 	d, err := derive(ctx, cmd)
 	if err != nil {
-		_ = unlock()
+		drop(key, unlock)
 		return err
 	}
 	if d.plan.Hash() != req.PlanHash {
-		_ = unlock()
+		drop(key, unlock)
 		return &PlanChangedError{Approved: req.PlanHash, Live: d.plan.Hash()}
 	}
 	var unlocks []func() error
 	for _, k := range d.also {
 		u, err := s.Store.TryLock(ctx, store.Lock{Key: k, OpID: opID, What: what, Requester: req.Requester, Process: s.Store.Process()})
 		if err != nil {
-			for _, u := range unlocks {
-				_ = u()
+			for i, u := range unlocks {
+				drop(d.also[i], u)
 			}
-			_ = unlock()
+			drop(key, unlock)
 			if errors.As(err, &held) {
 				return &UserError{Msg: heldMessage(held.Holder, s.SlashCommand)}
 			}
@@ -269,10 +277,10 @@ func (s *Operations) execute(ctx context.Context, req approvals.Request, r Repli
 		Channel: req.Channel, Requester: req.Requester, Approver: req.Decider, Facts: d.plan.Facts, Data: d.data,
 		State: journal.Running, Process: s.Store.Process(), Created: now, Updated: now}
 	release := func() {
-		for _, u := range unlocks {
-			_ = u()
+		for i, u := range unlocks {
+			drop(d.also[i], u)
 		}
-		_ = unlock()
+		drop(key, unlock)
 	}
 	defs, err := s.defs(op)
 	if err != nil {
@@ -382,7 +390,7 @@ func (s *Operations) run(ctx context.Context, id string, poster progress.Poster,
 	s.Log.Info("restore", "op", op.ID, "state", op.State, "why", op.Why)
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 	defer cancel()
-	_ = st.Wait(wctx)
+	_ = st.Wait(wctx) // a Slack message, not state: the stream keeps trying on its own
 	if err != nil {
 		return &UserError{Msg: fmt.Sprintf("operation `%s` stopped: %s", op.ID, op.Why)}
 	}
