@@ -166,3 +166,30 @@ func TestNewLeaderCatchesUpOnlyTheHandover(t *testing.T) {
 		st.Close()
 	}
 }
+
+// The bot stops while a scheduled job runs: the run's outcome is still
+// recorded, not left "running" for the next start to report as cut off.
+func TestRunIsRecordedWhenTheBotStopsDuringIt(t *testing.T) {
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s, r := newSched(t, st, time.Now())
+	ctx, cancel := context.WithCancel(t.Context())
+	s.ctx = ctx
+	s.run(Job{Name: "backup", Spec: "@daily", Run: func(ctx context.Context) error {
+		cancel() // the bot is shutting down
+		return ctx.Err()
+	}})
+	last, err := s.Last(t.Context(), "backup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(last.Result, "failed: context canceled") || last.Finished.IsZero() {
+		t.Fatalf("record after a stop mid-run: %+v", last)
+	}
+	if got := r.all(); len(got) != 0 {
+		t.Errorf("a run cut off by a shutdown was reported as failed: %v", got)
+	}
+}
