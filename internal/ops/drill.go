@@ -215,7 +215,7 @@ func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err e
 	if d.ImageID, err = r.image(ctx, d, plan, deadline); err != nil {
 		return err
 	}
-	_ = r.Records.Save(ctx, d)
+	_ = r.Records.Save(ctx, d) // progress only, as above
 	p.Done(1, "`"+d.ImageID+"`")
 
 	step = 2
@@ -224,7 +224,7 @@ func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err e
 	if err != nil {
 		return err
 	}
-	_ = r.Records.Save(ctx, d)
+	_ = r.Records.Save(ctx, d) // progress only, as above
 	p.Done(2, fmt.Sprintf("`%s` at %s in `%s`", d.InstanceID, ip, r.Subnet))
 
 	step = 3
