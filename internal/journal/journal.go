@@ -317,7 +317,11 @@ func (e *StepError) Unwrap() error { return e.Err }
 // what records a step's end or a stop is written even after ctx ended
 // (see settled).
 func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progress) (*Op, error) {
-	op, err := s.Get(ctx, id)
+	// Read even if ctx has ended: a run that cannot start is recorded as
+	// stopped at its first boundary, not left Running.
+	gctx, cancel := settled(ctx)
+	op, err := s.Get(gctx, id)
+	cancel()
 	if err != nil {
 		return nil, err
 	}

@@ -287,7 +287,7 @@ func openBounded(t *testing.T) Store {
 }
 
 // A journal call on a cancelled context returns its error and changes
-// nothing.
+// nothing; Run records that it could not start.
 func TestCancelledContextWritesNothing(t *testing.T) {
 	s := openBounded(t)
 	o := newOp(t, s, "me", 1)
@@ -305,11 +305,16 @@ func TestCancelledContextWritesNothing(t *testing.T) {
 	if got, _ := s.Get(t.Context(), o.ID); got.CancelBy != "" {
 		t.Errorf("a cancel asked for on a cancelled context was recorded: %+v", got)
 	}
+	// A run that cannot start is stopped before its first step, not left
+	// Running.
 	if _, err := s.Run(ctx, o.ID, "me", []Def{{"a", func(context.Context, *Op, Progress) (string, error) {
 		t.Error("a step ran on a cancelled context")
 		return "", nil
 	}}}, nopProgress{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("run: %v", err)
+	}
+	if got, _ := s.Get(t.Context(), o.ID); got.State != Stopped || got.Steps[0].State != StepPending {
+		t.Errorf("after a run on a cancelled context: state %s, step %s", got.State, got.Steps[0].State)
 	}
 }
 
