@@ -132,7 +132,7 @@ func run(runs, samples int) error {
 		go func() { b, berr = r.backup(ctx); done <- time.Now() }()
 		var ids []string
 		for deadline := time.Now().Add(time.Minute); len(ids) == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-			if recs, _ := r.app.Backups.Records.Backups(); len(recs) > 0 && recs[0].State == ops.StateRunning && len(recs[0].Snapshots) == 3 {
+			if recs, _ := r.app.Backups.Records.Backups(ctx); len(recs) > 0 && recs[0].State == ops.StateRunning && len(recs[0].Snapshots) == 3 {
 				for _, s := range recs[0].Snapshots {
 					ids = append(ids, s.ID)
 				}

@@ -181,7 +181,7 @@ func botFailover(ctx context.Context, moto *motoserver.Server, proxy *faultproxy
 		a.Bot.Handle(ctx, chat.Request{ID: "bench", UserID: user, ChannelID: "C0INCIDENT", Text: text, Source: "bench"}, web.For(chat.Request{ChannelID: "C0INCIDENT", UserID: user}))
 	}
 	handle("U0ALICE", "failover --to "+standby)
-	reqs, err := a.Approvals.Store.All()
+	reqs, err := a.Approvals.Store.All(ctx)
 	if err != nil || len(reqs) != 1 || reqs[0].State != approvals.Pending {
 		return result{}, fmt.Errorf("no pending request (%v)", err)
 	}
@@ -189,7 +189,7 @@ func botFailover(ctx context.Context, moto *motoserver.Server, proxy *faultproxy
 	start := time.Now()
 	handle("U0BOB", "approve "+reqs[0].ID)
 	took := time.Since(start)
-	op, err := a.Journal.ByRequest(reqs[0].ID)
+	op, err := a.Journal.ByRequest(ctx, reqs[0].ID)
 	if err != nil || op.State != journal.Done {
 		return result{}, fmt.Errorf("failover did not finish: %v %+v", err, op)
 	}

@@ -309,14 +309,14 @@ func replicasLine(st *store.Store, el *leader.Elector) func(context.Context) str
 		return nil
 	}
 	return func(ctx context.Context) string {
-		reps, err := st.Replicas()
+		reps, err := st.Replicas(ctx)
 		if err != nil {
 			return ":warning: Bot replicas: cannot read the shared state: " + err.Error()
 		}
 		holder, _, _ := el.Lease.Current(ctx)
 		var alive []string
 		for _, r := range reps {
-			if !st.Alive(r.Process) {
+			if !st.Alive(ctx, r.Process) {
 				continue
 			}
 			s := "`" + r.Name + "`"
@@ -449,6 +449,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	// ctx has ended by now: the HTTP shutdown gets a bound of its own.
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutCtx)

@@ -32,7 +32,7 @@ func pruneEnv(t *testing.T) (*env, *atomic.Int64, []*ops.Backup) {
 		before := len(e.slack.Messages(incident))
 		e.slash(alice, incident, "backup now")
 		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if recs, _ := e.app.Backups.Records.Backups(); len(recs) == len(made)+1 && recs[0].State == ops.StateCompleted {
+			if recs, _ := e.app.Backups.Records.Backups(t.Context()); len(recs) == len(made)+1 && recs[0].State == ops.StateCompleted {
 				made = append(made, recs[0])
 				break
 			}
@@ -122,7 +122,7 @@ func TestPruneNeedsASecondPersonAndRunsOnce(t *testing.T) {
 	e.slack.WaitFor(t, 30*time.Second, "request message updated", func(c slackfake.Call) bool {
 		return c.Method == "chat.update" && strings.Contains(e.slack.Text(c), "Approved by <@"+bob+">")
 	})
-	hist, _ := e.app.Store.History(50)
+	hist, _ := e.app.Store.History(t.Context(), 50)
 	decisions := 0
 	for _, h := range hist {
 		if strings.HasPrefix(h.Command, "approve ") {
@@ -140,7 +140,7 @@ func TestApprovalIsRefusedWhenThePlanChangedOrExpired(t *testing.T) {
 	// A newer backup changes what retention would delete.
 	e.slash(alice, incident, "backup now")
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if recs, _ := e.app.Backups.Records.Backups(); len(recs) == 3 && recs[0].State == ops.StateCompleted {
+		if recs, _ := e.app.Backups.Records.Backups(t.Context()); len(recs) == 3 && recs[0].State == ops.StateCompleted {
 			break
 		}
 	}

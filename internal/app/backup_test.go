@@ -52,7 +52,7 @@ func (e *env) lastBackup(state string) *ops.Backup {
 	e.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		recs, err := e.app.Backups.Records.Backups()
+		recs, err := e.app.Backups.Records.Backups(e.t.Context())
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -61,7 +61,7 @@ func (e *env) lastBackup(state string) *ops.Backup {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	recs, _ := e.app.Backups.Records.Backups()
+	recs, _ := e.app.Backups.Records.Backups(e.t.Context())
 	e.t.Fatalf("no backup reached state %s; records: %+v", state, recs)
 	return nil
 }
@@ -154,7 +154,7 @@ func TestBackupFollowsPendingSnapshotsAndRefusesASecond(t *testing.T) {
 	var id string
 	deadline := time.Now().Add(30 * time.Second)
 	for id == "" && time.Now().Before(deadline) {
-		if recs, _ := e.app.Backups.Records.Backups(); len(recs) > 0 && len(recs[0].Snapshots) == 3 {
+		if recs, _ := e.app.Backups.Records.Backups(t.Context()); len(recs) > 0 && len(recs[0].Snapshots) == 3 {
 			id = recs[0].ID
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -203,7 +203,7 @@ func TestBackupWithSnapshotInErrorFails(t *testing.T) {
 	var snaps []ec2types.Snapshot
 	deadline := time.Now().Add(30 * time.Second)
 	for len(snaps) < 3 && time.Now().Before(deadline) {
-		if recs, _ := e.app.Backups.Records.Backups(); len(recs) > 0 && len(recs[0].Snapshots) == 3 {
+		if recs, _ := e.app.Backups.Records.Backups(t.Context()); len(recs) > 0 && len(recs[0].Snapshots) == 3 {
 			snaps = e.snapshotsOf(recs[0].ID)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -250,7 +250,7 @@ func TestBackupCompletesOnceUnderThrottling(t *testing.T) {
 	if throttled == 0 {
 		t.Fatal("the fault proxy throttled nothing; the test proves nothing")
 	}
-	recs, _ := e.app.Backups.Records.Backups()
+	recs, _ := e.app.Backups.Records.Backups(t.Context())
 	if len(recs) != 3 {
 		t.Errorf("%d backup records, want 3", len(recs))
 	}
@@ -331,7 +331,7 @@ func TestBackupInterruptedByRestartIsFollowedToTheEnd(t *testing.T) {
 	var rec *ops.Backup
 	deadline := time.Now().Add(30 * time.Second)
 	for rec == nil && time.Now().Before(deadline) {
-		if recs, _ := e.app.Backups.Records.Backups(); len(recs) > 0 && len(recs[0].Snapshots) == 3 {
+		if recs, _ := e.app.Backups.Records.Backups(t.Context()); len(recs) > 0 && len(recs[0].Snapshots) == 3 {
 			rec = recs[0]
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -342,7 +342,7 @@ func TestBackupInterruptedByRestartIsFollowedToTheEnd(t *testing.T) {
 	stop() // the bot dies while the snapshots are pending
 	deadline = time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if l, _ := e.app.Store.Locks(); len(l) == 0 {
+		if l, _ := e.app.Store.Locks(t.Context()); len(l) == 0 {
 			break // Run has returned
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -359,7 +359,7 @@ func TestBackupInterruptedByRestartIsFollowedToTheEnd(t *testing.T) {
 	deadline = time.Now().Add(30 * time.Second)
 	var got ops.Backup
 	for time.Now().Before(deadline) {
-		b, err := a2.Backups.Records.Backup(rec.ID)
+		b, err := a2.Backups.Records.Backup(t.Context(), rec.ID)
 		if err == nil && b.State == ops.StateCompleted {
 			got = *b
 			break
@@ -414,7 +414,7 @@ func TestASetMissingASnapshotIsNoRestorePoint(t *testing.T) {
 	if _, err := api.DeleteSnapshot(context.Background(), &ec2.DeleteSnapshotInput{SnapshotId: aws.String(b.Snapshots[1].ID)}); err != nil {
 		t.Fatal(err)
 	}
-	recs, _ := e.app.Backups.Records.Backups()
+	recs, _ := e.app.Backups.Records.Backups(t.Context())
 	pts, err := ops.RestorePoints(context.Background(), api, recs)
 	if err != nil {
 		t.Fatal(err)
@@ -444,7 +444,7 @@ func TestShutdownDoesNotWaitForPendingSnapshots(t *testing.T) {
 	go a.Backups.Run(ctx, discardPoster{}, bot.BackupRequest{Trigger: "manual", Requester: alice, Channel: incident})
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if recs, _ := a.Backups.Records.Backups(); len(recs) > 0 && len(recs[0].Snapshots) == 3 {
+		if recs, _ := a.Backups.Records.Backups(t.Context()); len(recs) > 0 && len(recs[0].Snapshots) == 3 {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)

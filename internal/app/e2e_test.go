@@ -219,7 +219,7 @@ func TestSignedStatusPostsTheBoxFromMoto(t *testing.T) {
 		t.Error("status did not read EC2 through the SDK")
 	}
 	e.server.Wait()
-	hist, err := e.app.Store.History(5)
+	hist, err := e.app.Store.History(t.Context(), 5)
 	if err != nil || len(hist) != 1 || hist[0].Command != "status" || hist[0].Outcome != "ok" || hist[0].UserID != alice {
 		t.Fatalf("audit: %+v %v", hist, err)
 	}
@@ -261,7 +261,7 @@ func TestRefusedRequestsRunNothing(t *testing.T) {
 			t.Errorf("a refused request posted to the channel: %s", e.slack.Text(c))
 		}
 	}
-	hist, _ := e.app.Store.History(10)
+	hist, _ := e.app.Store.History(t.Context(), 10)
 	if len(hist) != 1 || hist[0].Outcome != "usage" {
 		t.Errorf("only the unknown subcommand reaches the bot and is audited: %+v", hist)
 	}
@@ -301,7 +301,7 @@ func TestRolesAndChannels(t *testing.T) {
 	if n := e.proxy.Count(""); n != 0 {
 		t.Errorf("refusals made %d AWS calls", n)
 	}
-	hist, _ := e.app.Store.History(10)
+	hist, _ := e.app.Store.History(t.Context(), 10)
 	refused := 0
 	for _, h := range hist {
 		if h.Outcome == "refused" {

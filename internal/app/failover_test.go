@@ -208,7 +208,7 @@ func TestFailoverRefusesCrossAZAndAnUnreadablePrimary(t *testing.T) {
 		}
 	}
 	f.server.Wait()
-	if all, _ := f.app.Approvals.Store.All(); len(all) != 0 {
+	if all, _ := f.app.Approvals.Store.All(t.Context()); len(all) != 0 {
 		t.Fatalf("refused failovers made %d requests", len(all))
 	}
 	req := f.request(alice, "failover --to "+f.standby+" --force-unknown")
@@ -387,7 +387,7 @@ func TestSecretReachesOnlyTheRequester(t *testing.T) {
 	if strings.Contains(logs.String(), token) {
 		t.Error("the passphrase is in the log")
 	}
-	recs, _ := f.app.Store.History(100)
+	recs, _ := f.app.Store.History(t.Context(), 100)
 	for _, r := range recs {
 		if strings.Contains(r.Command+r.Detail, token) {
 			t.Errorf("the passphrase is in the audit trail: %+v", r)
@@ -506,7 +506,7 @@ func TestFailoverWithoutDiscoveryRotatesTheBuilders(t *testing.T) {
 	if got := f.holdersOf(f.inst.ServicesBox.SecondaryIP); len(got) != 1 || got[0] != f.inst.ServicesBox.ID {
 		t.Errorf("discovery none moved the service address: %v", got)
 	}
-	if l, _ := f.app.Store.Locks(); len(l) != 0 {
+	if l, _ := f.app.Store.Locks(t.Context()); len(l) != 0 {
 		t.Errorf("locks left after the failover: %+v", l)
 	}
 }

@@ -173,17 +173,17 @@ func TestOutageDetectionAlertsOnAStoppedBox(t *testing.T) {
 		t.Fatal(err)
 	}
 	op := &journal.Op{ID: "op-20261128-050000-abcd", Kind: "restore", State: journal.Running, Process: r.app.Store.Process(), Steps: []journal.Step{{Name: "Stop the old instance", State: journal.StepRunning}}}
-	if err := r.app.Journal.Create(op); err != nil {
+	if err := r.app.Journal.Create(t.Context(), op); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.app.Store.TryLock(store.Lock{Key: "box/" + r.app.Config.ServicesBox.NameTag, OpID: op.ID, What: "restore", Process: r.app.Store.Process()}); err != nil {
+	if _, err := r.app.Store.TryLock(t.Context(), store.Lock{Key: "box/" + r.app.Config.ServicesBox.NameTag, OpID: op.ID, What: "restore", Process: r.app.Store.Process()}); err != nil {
 		t.Fatal(err)
 	}
 	r.tick(m)
 	if n := r.count(":rotating_light: *Services box running*"); n != 0 {
 		t.Fatalf("%d alerts while a restore stops the box on purpose", n)
 	}
-	if _, err := r.app.Journal.Update(op.ID, func(o *journal.Op) error { o.State = journal.Stopped; return nil }); err != nil {
+	if _, err := r.app.Journal.Update(t.Context(), op.ID, func(o *journal.Op) error { o.State = journal.Stopped; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	r.tick(m)

@@ -112,7 +112,7 @@ func leaderOf(t *testing.T, within time.Duration, rs ...*env) (*env, time.Durati
 
 func (e *env) backups() []*ops.Backup {
 	e.t.Helper()
-	recs, err := e.app.Backups.Records.Backups()
+	recs, err := e.app.Backups.Records.Backups(e.t.Context())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestReplicasRunAScheduledBackupOnceAndHandOver(t *testing.T) {
 
 	// The last run was a year ago: this slot is due.
 	lastYear := func() {
-		if err := a.app.Store.Put("schedule", "backup", schedule.Run{Job: "backup", Started: due.AddDate(-1, 0, 0), Finished: due.AddDate(-1, 0, 0), Result: "ok"}); err != nil {
+		if err := a.app.Store.Put(t.Context(), "schedule", "backup", schedule.Run{Job: "backup", Started: due.AddDate(-1, 0, 0), Finished: due.AddDate(-1, 0, 0), Result: "ok"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -242,7 +242,7 @@ func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the approved restore did not reach its launch on B")
 	}
-	all, err := b.app.Journal.All()
+	all, err := b.app.Journal.All(t.Context())
 	if err != nil || len(all) != 1 {
 		t.Fatalf("journal: %d ops, %v", len(all), err)
 	}
@@ -264,11 +264,11 @@ func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
 	if n, m := a.proxy.Count("RunInstances"), b.proxy.Count("RunInstances"); n+m != 1 || m != 1 {
 		t.Errorf("RunInstances: %d on A, %d on B; want one, on B", n, m)
 	}
-	done, _ := a.app.Journal.Get(op.ID)
+	done, _ := a.app.Journal.Get(t.Context(), op.ID)
 	if done.State != journal.Done || done.Approver != bob {
 		t.Errorf("journal: %s approved by %s", done.State, done.Approver)
 	}
-	hist, _ := a.app.Store.History(100)
+	hist, _ := a.app.Store.History(t.Context(), 100)
 	approves := 0
 	for _, h := range hist {
 		if strings.HasPrefix(h.Command, "approve ") {
@@ -301,7 +301,7 @@ func TestReplicaKilledMidRestoreIsResumedOnTheOther(t *testing.T) {
 	a.app.Bot.Handle(ctx, chat.Request{ID: "t1", UserID: bob, ChannelID: incident, Text: "approve " + req, Source: "test"},
 		web.For(chat.Request{ChannelID: incident, UserID: bob}))
 
-	all, err := b.app.Journal.All()
+	all, err := b.app.Journal.All(t.Context())
 	if err != nil || len(all) != 1 {
 		t.Fatalf("journal: %d ops, %v", len(all), err)
 	}
@@ -325,7 +325,7 @@ func TestReplicaKilledMidRestoreIsResumedOnTheOther(t *testing.T) {
 	if n := len(a.restored()); n != 1 {
 		t.Errorf("%d restored instances", n)
 	}
-	done, _ := b.app.Journal.Get(op.ID)
+	done, _ := b.app.Journal.Get(t.Context(), op.ID)
 	if done.State != journal.Done || done.Process != b.app.Store.Process() || done.Steps[5].Attempts != 2 {
 		t.Errorf("journal after resume: %s under %s, launch attempts %d", done.State, done.Process, done.Steps[5].Attempts)
 	}

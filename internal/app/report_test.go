@@ -126,7 +126,7 @@ func TestDrillMeasuresAndLeavesNothingBehind(t *testing.T) {
 	if left := d.leftovers(); len(left) != 0 {
 		t.Fatalf("the drill left %v", left)
 	}
-	drills, _ := d.app.Drills.Runner.Records.All()
+	drills, _ := d.app.Drills.Runner.Records.All(t.Context())
 	if len(drills) != 1 || drills[0].State != ops.DrillPassed || drills[0].RestoreTime <= 0 || drills[0].Source != d.backup.ID {
 		t.Fatalf("drill record: %+v", drills)
 	}
@@ -196,7 +196,7 @@ func TestInterruptedDrillIsSweptAtStartUp(t *testing.T) {
 		for _, i := range imgs.Images {
 			seen = append(seen, fmt.Sprintf("%s %s %s %v", aws.ToString(i.ImageId), aws.ToString(i.Name), i.State, i.Tags))
 		}
-		recs, _ := a.Drills.Runner.Records.All()
+		recs, _ := a.Drills.Runner.Records.All(t.Context())
 		var notes []string
 		for _, m := range d.slack.Messages(incident) {
 			if strings.Contains(m.AllText(), "Could not remove") || strings.Contains(m.AllText(), "removed") {
@@ -211,7 +211,7 @@ func TestInterruptedDrillIsSweptAtStartUp(t *testing.T) {
 			t.Errorf("the sweep removed %s, which is not this bot's drill's: %v", aws.ToString(id), err)
 		}
 	}
-	drills, _ := a.Drills.Runner.Records.All()
+	drills, _ := a.Drills.Runner.Records.All(t.Context())
 	if len(drills) != 1 || drills[0].State != ops.DrillInterrupted {
 		t.Errorf("drill record after the sweep: %+v", drills)
 	}

@@ -349,7 +349,7 @@ func TestRestoreInterruptedMidStepResumesWithoutASecondInstance(t *testing.T) {
 		web.For(chat.Request{ChannelID: incident, UserID: bob}))
 	r.proxy.SetFaults(faultproxy.Faults{})
 
-	ops_, err := r.app.Journal.All()
+	ops_, err := r.app.Journal.All(t.Context())
 	if err != nil || len(ops_) != 1 {
 		t.Fatalf("journal: %v %d ops", err, len(ops_))
 	}
@@ -362,7 +362,7 @@ func TestRestoreInterruptedMidStepResumesWithoutASecondInstance(t *testing.T) {
 	}
 	// What a kill -9 at this point leaves: the step still marked running
 	// under the dead process.
-	if _, err := r.app.Journal.Update(op.ID, func(o *journal.Op) error {
+	if _, err := r.app.Journal.Update(t.Context(), op.ID, func(o *journal.Op) error {
 		o.State, o.Process, o.Why = journal.Running, "dead-process", ""
 		o.Steps[5].State = journal.StepRunning
 		return nil
@@ -378,7 +378,7 @@ func TestRestoreInterruptedMidStepResumesWithoutASecondInstance(t *testing.T) {
 	}
 
 	r.resumeFinishes(r.env, op.ID)
-	done, _ := r.app.Journal.Get(op.ID)
+	done, _ := r.app.Journal.Get(t.Context(), op.ID)
 	if done.State != journal.Done || done.Steps[0].Attempts != 1 || done.Steps[3].Attempts != 1 {
 		t.Errorf("journal after resume: %+v", done)
 	}
@@ -399,10 +399,10 @@ func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
 			once.Do(func() {
 				// `cancel` while the image step runs; hold the step until
 				// the cancel is recorded, so the boundary is the next one.
-				ops_, _ := r.app.Journal.All()
+				ops_, _ := r.app.Journal.All(t.Context())
 				r.slash(alice, incident, "cancel "+ops_[0].ID)
 				for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-					if o, _ := r.app.Journal.Get(ops_[0].ID); o.CancelBy != "" {
+					if o, _ := r.app.Journal.Get(t.Context(), ops_[0].ID); o.CancelBy != "" {
 						return
 					}
 				}
@@ -418,7 +418,7 @@ func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
 	if n := len(r.restored()); n != 0 {
 		t.Fatalf("a cancelled restore launched %d instances", n)
 	}
-	op, _ := r.app.Journal.ByRequest(req)
+	op, _ := r.app.Journal.ByRequest(t.Context(), req)
 	if op.State != journal.Stopped || op.Data["image_id"] == "" || op.Next() != 2 {
 		t.Fatalf("cancelled op: %+v", op)
 	}
@@ -434,7 +434,7 @@ func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
 		}
 	}
 	r.server.Wait()
-	if l, _ := r.app.Store.Locks(); len(l) != 0 {
+	if l, _ := r.app.Store.Locks(t.Context()); len(l) != 0 {
 		t.Errorf("locks after giving up: %+v", l)
 	}
 	if txt := r.answer(r.slash(alice, incident, "resume "+op.ID)); !strings.Contains(txt, "abandoned") {
@@ -499,7 +499,7 @@ func TestRestoreSurvivesLostAnswers(t *testing.T) {
 	if lost != 4 {
 		t.Fatalf("%d answers lost, want 4", lost)
 	}
-	op, _ := r.app.Journal.ByRequest(req)
+	op, _ := r.app.Journal.ByRequest(t.Context(), req)
 	imgs, err := ec2.NewFromConfig(r.aws).DescribeImages(context.Background(), &ec2.DescribeImagesInput{Filters: []ec2types.Filter{{Name: aws.String("tag:" + ops.TagRestoreOp), Values: []string{op.ID}}}})
 	if err != nil || len(imgs.Images) != 1 {
 		t.Fatalf("images of the restore: %v, %d", err, len(imgs.Images))
@@ -539,7 +539,7 @@ func TestRestoreRefusesBadSources(t *testing.T) {
 		}
 	}
 	r.server.Wait()
-	if all, _ := r.app.Approvals.Store.All(); len(all) != 0 {
+	if all, _ := r.app.Approvals.Store.All(t.Context()); len(all) != 0 {
 		t.Errorf("bad input made %d requests", len(all))
 	}
 	if n := len(r.restored()); n != 0 {
@@ -639,7 +639,7 @@ func TestRestoreDryRunAndStalePlan(t *testing.T) {
 	if !strings.Contains(txt, "Dry run") || !strings.Contains(txt, r.backup.ID) || !strings.Contains(txt, r.inst.ServicesBox.PrivateIP) {
 		t.Fatalf("dry run: %s", txt)
 	}
-	if all, _ := r.app.Approvals.Store.All(); len(all) != 0 {
+	if all, _ := r.app.Approvals.Store.All(t.Context()); len(all) != 0 {
 		t.Fatalf("a dry run made %d requests", len(all))
 	}
 	req := r.request(alice, "restore latest")
@@ -662,7 +662,7 @@ func TestRestoreDryRunAndStalePlan(t *testing.T) {
 	if st := r.instance(r.inst.ServicesBox.ID).State.Name; st != ec2types.InstanceStateNameRunning {
 		t.Errorf("the box is %s after a refused restore", st)
 	}
-	if l, _ := r.app.Store.Locks(); len(l) != 0 {
+	if l, _ := r.app.Store.Locks(t.Context()); len(l) != 0 {
 		t.Errorf("locks left: %+v", l)
 	}
 }
@@ -684,7 +684,7 @@ func TestRestoreWithAnImagePendingForLongResumes(t *testing.T) {
 	if st := r.instance(r.inst.ServicesBox.ID).State.Name; st != ec2types.InstanceStateNameRunning {
 		t.Fatalf("the old box is %s while the image was pending", st)
 	}
-	op, _ := r.app.Journal.ByRequest(req)
+	op, _ := r.app.Journal.ByRequest(t.Context(), req)
 	image := op.Data["image_id"]
 	if op.State != journal.Stopped || op.Next() != 1 || image == "" {
 		t.Fatalf("op after the timeout: %+v", op)

@@ -365,13 +365,13 @@ func TestTarballLeftByACrashIsCleanedUpAtStart(t *testing.T) {
 	rec := &ops.Backup{ID: id, Method: "tarball", State: ops.StateRunning, Trigger: "manual", Requester: alice, Channel: incident,
 		Started: time.Now(), Shape: ops.Shape{InstanceID: e.inst.ServicesBox.ID}, Bucket: e.inst.Bucket, Key: key,
 		UploadID: aws.ToString(mp.UploadId), CommandID: cmdID}
-	if err := e.app.Backups.Records.SaveBackup(rec); err != nil {
+	if err := e.app.Backups.Records.SaveBackup(t.Context(), rec); err != nil {
 		t.Fatal(err)
 	}
 
 	e.app.Resume(ctx, func(string) progress.Poster { return e.slackPoster() })
 
-	got, err := e.app.Backups.Records.Backup(id)
+	got, err := e.app.Backups.Records.Backup(t.Context(), id)
 	if err != nil || got.State != ops.StateInterrupted {
 		t.Fatalf("record after start-up: %+v %v", got, err)
 	}

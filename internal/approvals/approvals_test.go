@@ -109,7 +109,7 @@ func TestRacingApprovalsGiveOneExecution(t *testing.T) {
 
 func racingApprovals(t *testing.T, s Store) {
 	r := New("backup prune", plan(), "U0ALICE", "C1", t0, time.Hour)
-	if err := s.Create(r); err != nil {
+	if err := s.Create(t.Context(), r); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -118,12 +118,12 @@ func racingApprovals(t *testing.T, s Store) {
 	for i := range 20 {
 		wg.Go(func() {
 			user := []string{"U0BOB", "U0CAROL"}[i%2]
-			if _, err := s.Decide(r.ID, user, true, true, t0.Add(time.Minute)); err == nil {
+			if _, err := s.Decide(t.Context(), r.ID, user, true, true, t0.Add(time.Minute)); err == nil {
 				mu.Lock()
 				approved++
 				mu.Unlock()
 			}
-			if _, err := s.Begin(r.ID, "p1"); err == nil {
+			if _, err := s.Begin(t.Context(), r.ID, "p1"); err == nil {
 				mu.Lock()
 				began++
 				mu.Unlock()
@@ -144,13 +144,13 @@ func TestExpiredRequestIsMarkedAndStaysDeadAcrossRestarts(t *testing.T) {
 	}
 	s := Store{KV: kv.Bolt{DB: st.DB()}}
 	r := New("backup prune", plan(), "U0ALICE", "C1", t0, time.Minute)
-	s.Create(r)
-	_, err = s.Decide(r.ID, "U0BOB", true, true, t0.Add(2*time.Minute))
+	s.Create(t.Context(), r)
+	_, err = s.Decide(t.Context(), r.ID, "U0BOB", true, true, t0.Add(2*time.Minute))
 	var ref *Refusal
 	if !errors.As(err, &ref) || !strings.Contains(ref.Reason, "expired") {
 		t.Fatalf("got %v", err)
 	}
-	got, _ := s.Get(r.ID)
+	got, _ := s.Get(t.Context(), r.ID)
 	if got.State != Expired {
 		t.Fatalf("state %s", got.State)
 	}
@@ -161,14 +161,51 @@ func TestExpiredRequestIsMarkedAndStaysDeadAcrossRestarts(t *testing.T) {
 	}
 	defer st.Close()
 	s = Store{KV: kv.Bolt{DB: st.DB()}}
-	if _, err := s.Decide(r.ID, "U0CAROL", true, true, t0.Add(3*time.Minute)); !errors.As(err, &ref) {
+	if _, err := s.Decide(t.Context(), r.ID, "U0CAROL", true, true, t0.Add(3*time.Minute)); !errors.As(err, &ref) {
 		t.Fatalf("an expired request was revived after a restart: %v", err)
 	}
 }
 
 func TestUnknownRequest(t *testing.T) {
 	s, _ := newStore(t)
-	if _, err := s.Decide("req-00000000", "U0BOB", true, true, t0); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Decide(t.Context(), "req-00000000", "U0BOB", true, true, t0); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// An approval call on a cancelled context returns its error and decides
+// nothing: a request stays pending, and an approved one is not begun.
+func TestCancelledContextDecidesNothing(t *testing.T) {
+	_, st := newStore(t)
+	s := Store{KV: st.KV()} // behind the store's guard, as in the bot
+	r := New("backup prune", plan(), "U0ALICE", "C1", t0, time.Hour)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := s.Create(ctx, r); !errors.Is(err, context.Canceled) {
+		t.Fatalf("create: %v", err)
+	}
+	if _, err := s.Get(t.Context(), r.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a request created on a cancelled context exists: %v", err)
+	}
+	if err := s.Create(t.Context(), r); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Decide(ctx, r.ID, "U0BOB", true, true, t0.Add(time.Minute)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("decide: %v", err)
+	}
+	if got, _ := s.Get(t.Context(), r.ID); got.State != Pending {
+		t.Fatalf("decided on a cancelled context: %s", got.State)
+	}
+	if _, err := s.Decide(t.Context(), r.ID, "U0BOB", true, true, t0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Begin(ctx, r.ID, "p1"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("begin: %v", err)
+	}
+	if _, err := s.Finish(ctx, r.ID, Done, ""); !errors.Is(err, context.Canceled) {
+		t.Fatalf("finish: %v", err)
+	}
+	if got, _ := s.Get(t.Context(), r.ID); got.State != Approved {
+		t.Fatalf("changed on a cancelled context: %s", got.State)
 	}
 }

@@ -20,21 +20,21 @@ var ErrNotFound = errors.New("no such request")
 // two) give exactly one decision and one execution.
 type Store struct{ KV kv.Store }
 
-func (s Store) Create(r Request) error {
+func (s Store) Create(ctx context.Context, r Request) error {
 	val, err := encode(r)
 	if err != nil {
 		return err
 	}
-	_, err = s.KV.Put(context.Background(), table, r.ID, val, 0)
+	_, err = s.KV.Put(ctx, table, r.ID, val, 0)
 	if errors.Is(err, kv.ErrConflict) {
 		return fmt.Errorf("request %s exists", r.ID)
 	}
 	return err
 }
 
-func (s Store) Get(id string) (Request, error) {
+func (s Store) Get(ctx context.Context, id string) (Request, error) {
 	var r Request
-	it, err := s.KV.Get(context.Background(), table, id)
+	it, err := s.KV.Get(ctx, table, id)
 	if errors.Is(err, kv.ErrNotFound) {
 		return r, ErrNotFound
 	}
@@ -46,9 +46,9 @@ func (s Store) Get(id string) (Request, error) {
 
 // update applies fn to the stored request atomically; an error from fn
 // leaves the record unchanged.
-func (s Store) update(id string, fn func(*Request) error) (Request, error) {
+func (s Store) update(ctx context.Context, id string, fn func(*Request) error) (Request, error) {
 	var out Request
-	_, err := kv.Update(context.Background(), s.KV, table, id, func(cur []byte, exists bool) ([]byte, error) {
+	_, err := kv.Update(ctx, s.KV, table, id, func(cur []byte, exists bool) ([]byte, error) {
 		if !exists {
 			return nil, ErrNotFound
 		}
@@ -68,9 +68,9 @@ func (s Store) update(id string, fn func(*Request) error) (Request, error) {
 
 // Decide records user's approval or denial if the rules allow it; a
 // *Refusal says why not. An expired request is marked so on the way.
-func (s Store) Decide(id, user string, isApprover, approve bool, now time.Time) (Request, error) {
+func (s Store) Decide(ctx context.Context, id, user string, isApprover, approve bool, now time.Time) (Request, error) {
 	var refusal *Refusal
-	r, err := s.update(id, func(r *Request) error {
+	r, err := s.update(ctx, id, func(r *Request) error {
 		if Expire(*r, now) {
 			r.State = Expired
 		}
@@ -95,8 +95,8 @@ func (s Store) Decide(id, user string, isApprover, approve bool, now time.Time) 
 
 // Begin moves an approved request to executing, once: the caller that gets
 // nil is the one that runs it.
-func (s Store) Begin(id, process string) (Request, error) {
-	return s.update(id, func(r *Request) error {
+func (s Store) Begin(ctx context.Context, id, process string) (Request, error) {
+	return s.update(ctx, id, func(r *Request) error {
 		if r.State != Approved {
 			return refuse("request `%s` is %s, not waiting to run", r.ID, r.State)
 		}
@@ -106,8 +106,8 @@ func (s Store) Begin(id, process string) (Request, error) {
 }
 
 // Finish records the end of an execution (Done, Failed or Refused).
-func (s Store) Finish(id string, st State, note string) (Request, error) {
-	return s.update(id, func(r *Request) error {
+func (s Store) Finish(ctx context.Context, id string, st State, note string) (Request, error) {
+	return s.update(ctx, id, func(r *Request) error {
 		r.State, r.Note = st, note
 		return nil
 	})
@@ -115,8 +115,8 @@ func (s Store) Finish(id string, st State, note string) (Request, error) {
 
 // Interrupt finishes a request that process was executing when it died,
 // only if it still is: of replicas noticing the same death, one does it.
-func (s Store) Interrupt(id, process, note string) (Request, error) {
-	return s.update(id, func(r *Request) error {
+func (s Store) Interrupt(ctx context.Context, id, process, note string) (Request, error) {
+	return s.update(ctx, id, func(r *Request) error {
 		if r.State != Executing || r.Process != process {
 			return fmt.Errorf("request %s is %s: %w", id, r.State, kv.ErrConflict)
 		}
@@ -126,12 +126,12 @@ func (s Store) Interrupt(id, process, note string) (Request, error) {
 }
 
 // SetMessage remembers the request message, to update it on decision.
-func (s Store) SetMessage(id, ts string) error {
-	_, err := s.update(id, func(r *Request) error { r.MessageTS = ts; return nil })
+func (s Store) SetMessage(ctx context.Context, id, ts string) error {
+	_, err := s.update(ctx, id, func(r *Request) error { r.MessageTS = ts; return nil })
 	return err
 }
 
 // All lists requests (for start-up checks and history).
-func (s Store) All() ([]Request, error) {
-	return kv.ListJSON[Request](context.Background(), s.KV, table)
+func (s Store) All(ctx context.Context) ([]Request, error) {
+	return kv.ListJSON[Request](ctx, s.KV, table)
 }

@@ -33,7 +33,7 @@ func (d Deps) backupNow(ctx context.Context, c Call) (Outcome, error) {
 }
 
 func (d Deps) points(ctx context.Context) ([]ops.Point, error) {
-	recs, err := d.Backups.Records.Backups()
+	recs, err := d.Backups.Records.Backups(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -74,7 +74,7 @@ func (s *Backups) Run(ctx context.Context, poster progress.Poster, r BackupReque
 		return nil, &UserError{Msg: "tarball backups need `backup.bucket` in the config. Nothing was run."}
 	}
 	b := &ops.Backup{ID: ops.NewBackupID(time.Now()), Method: method, Trigger: r.Trigger, Requester: r.Requester, Channel: r.Channel, Started: time.Now()}
-	unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: b.ID, What: map[string]string{"ebs": "EBS backup", "tarball": "tarball backup"}[method], Requester: r.Requester, Process: s.Store.Process()})
+	unlock, err := s.Store.TryLock(ctx, store.Lock{Key: s.lockKey(), OpID: b.ID, What: map[string]string{"ebs": "EBS backup", "tarball": "tarball backup"}[method], Requester: r.Requester, Process: s.Store.Process()})
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +118,7 @@ func (s *Backups) finish(ctx context.Context, st *progress.Stream, b *ops.Backup
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 	defer cancel()
-	_ = st.Wait(wctx)
+	_ = st.Wait(wctx) // a Slack message, not state: the stream keeps trying on its own
 }
 
 // BackupSummary is the closing sentence of a backup.
@@ -145,12 +145,12 @@ func BackupSummary(b *ops.Backup, slash string) string {
 // known are followed to the end; anything else is marked interrupted and
 // reported. Nothing is started again.
 func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) progress.Poster) {
-	recs, err := s.Records.Backups()
+	recs, err := s.Records.Backups(ctx)
 	if err != nil {
 		s.Log.Error("read backup records at start-up", "err", err)
 		return
 	}
-	locks, err := s.Store.Locks()
+	locks, err := s.Store.Locks(ctx)
 	if err != nil {
 		s.Log.Error("read locks at start-up", "err", err)
 		return
@@ -160,9 +160,11 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		// with a restart, or a replica whose heartbeat stopped) is stale.
 		// A journaled operation (op-…) keeps the box
 		// until it is resumed or given up.
-		if l.Key == s.lockKey() && !s.Store.Alive(l.Process) && !strings.HasPrefix(l.OpID, "op-") {
+		if l.Key == s.lockKey() && !s.Store.Alive(ctx, l.Process) && !strings.HasPrefix(l.OpID, "op-") {
 			s.Log.Warn("releasing a lock left by a previous run", "op", l.OpID, "since", l.Since)
-			_ = s.Store.Unlock(l.Key, l.OpID)
+			if err := s.Store.Unlock(ctx, l.Key, l.OpID); err != nil {
+				s.Log.Error("release a lock left by a previous run; tried again at the next check", "op", l.OpID, "lock", l.Key, "err", err)
+			}
 		}
 	}
 	for _, b := range recs {
@@ -173,10 +175,10 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		// until after it is final: taking the lock here means no live
 		// process (of this replica or another) is making it. The record
 		// is then read again, in case it finished meanwhile.
-		unlock, err := s.Store.TryLock(store.Lock{Key: s.lockKey(), OpID: b.ID, What: b.Method + " backup (resumed)", Requester: b.Requester, Process: s.Store.Process()})
+		unlock, err := s.Store.TryLock(ctx, store.Lock{Key: s.lockKey(), OpID: b.ID, What: b.Method + " backup (resumed)", Requester: b.Requester, Process: s.Store.Process()})
 		var held *store.HeldError
 		if errors.As(err, &held) {
-			if held.Holder.OpID != b.ID || !s.Store.Alive(held.Holder.Process) {
+			if held.Holder.OpID != b.ID || !s.Store.Alive(ctx, held.Holder.Process) {
 				s.Log.Warn("backup left running, but the box is held: looked at again later", "backup", b.ID, "holder", held.Holder.OpID)
 			}
 			continue
@@ -185,8 +187,10 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 			s.Log.Error("cannot resume backup", "backup", b.ID, "err", err)
 			continue
 		}
-		if fresh, err := s.Records.Backup(b.ID); err != nil || fresh.State != ops.StateRunning {
-			_ = unlock()
+		if fresh, err := s.Records.Backup(ctx, b.ID); err != nil || fresh.State != ops.StateRunning {
+			if err := unlock(); err != nil {
+				s.Log.Error("release backup lock", "backup", b.ID, "err", err)
+			}
 			continue
 		} else {
 			b = fresh
@@ -194,7 +198,11 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		poster := posterFor(b.Channel)
 		if b.Method == "ebs" && len(b.Snapshots) > 0 {
 			s.resumed.Go(func() {
-				defer unlock()
+				defer func() {
+					if err := unlock(); err != nil {
+						s.Log.Error("release backup lock", "backup", b.ID, "err", err)
+					}
+				}()
 				st := progress.Start(ctx, poster, progress.Options{OpID: b.ID, Title: "EBS backup of the Services box, resumed after a bot restart", Requester: b.Requester, Steps: ops.EBSSteps, Log: s.Log, MinInterval: s.MinInterval})
 				st.Done(0, "`"+b.Shape.InstanceID+"` (before the restart)")
 				st.Done(1, fmt.Sprintf("%d snapshots (before the restart)", len(b.Snapshots)))
@@ -209,10 +217,12 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 		}
 		b.State, b.Error, b.Finished = ops.StateInterrupted, "the bot stopped before the backup's snapshots or upload were recorded", time.Now()
 		b.Notes = append(b.Notes, cleaned...)
-		if err := s.Records.SaveBackup(b); err != nil {
+		if err := s.Records.SaveBackup(ctx, b); err != nil {
 			s.Log.Error("mark backup interrupted", "backup", b.ID, "err", err)
 		}
-		_ = unlock()
+		if err := unlock(); err != nil {
+			s.Log.Error("release backup lock", "backup", b.ID, "err", err)
+		}
 		msg := fmt.Sprintf(":warning: Backup `%s` (%s, requested by %s) was interrupted when the bot stopped, before its %s was recorded. It was not retried and is not a restore point. Run `%s backup now` to take a new one.",
 			b.ID, b.Method, chat.Who(b.Requester), map[string]string{"ebs": "snapshots", "tarball": "upload"}[b.Method], s.SlashCommand)
 		if len(cleaned) > 0 {

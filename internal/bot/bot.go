@@ -32,8 +32,8 @@ type Replier interface {
 
 // Auditor keeps the trail of who ran what.
 type Auditor interface {
-	Audit(store.AuditRecord) error
-	History(n int) ([]store.AuditRecord, error)
+	Audit(ctx context.Context, r store.AuditRecord) error
+	History(ctx context.Context, n int) ([]store.AuditRecord, error)
 }
 
 // Counter is told the outcome of every command (metrics).
@@ -120,7 +120,11 @@ func (b *Bot) Handle(ctx context.Context, req chat.Request, r Replier) {
 		rec.Outcome, rec.Detail = outcome, detail
 		b.count(name, outcome)
 		log.Info("command", "command", rec.Command, "outcome", outcome, "detail", detail)
-		if err := b.audit.Audit(rec); err != nil {
+		// Recorded even when the request's context ended (the bot is
+		// stopping): the command was run or refused all the same.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := b.audit.Audit(actx, rec); err != nil {
 			log.Error("audit write failed", "err", err)
 		}
 	}

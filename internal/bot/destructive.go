@@ -45,14 +45,14 @@ func (d Deps) request() Handler {
 		}
 		now := d.Approvals.now()
 		req := approvals.New(c.Cmd.Text(), plan, c.Req.UserID, c.Req.ChannelID, now, d.Approvals.TTL)
-		if err := d.Approvals.Store.Create(req); err != nil {
+		if err := d.Approvals.Store.Create(ctx, req); err != nil {
 			return Outcome{}, fmt.Errorf("save approval request: %w", err)
 		}
 		ref, err := c.Reply.Post(ctx, d.requestMessage(req, true, ""))
 		if err != nil {
 			return Outcome{}, fmt.Errorf("post approval request: %w", err)
 		}
-		if err := d.Approvals.Store.SetMessage(req.ID, ref.TS); err != nil {
+		if err := d.Approvals.Store.SetMessage(ctx, req.ID, ref.TS); err != nil {
 			return Outcome{}, err
 		}
 		return Outcome{Result: "ok", Detail: "requested " + req.ID + " plan " + approvals.Short(req.PlanHash)}, nil
@@ -95,7 +95,7 @@ func (d Deps) deny(ctx context.Context, c Call) (Outcome, error) {
 
 func (d Deps) decide(ctx context.Context, c Call, approve bool) (Outcome, error) {
 	user := c.Req.UserID
-	r, err := d.Approvals.Store.Decide(c.Cmd.ID, user, d.Policy.May(user, commands.ClassDecide), approve, d.Approvals.now())
+	r, err := d.Approvals.Store.Decide(ctx, c.Cmd.ID, user, d.Policy.May(user, commands.ClassDecide), approve, d.Approvals.now())
 	var ref *approvals.Refusal
 	switch {
 	case errors.Is(err, approvals.ErrNotFound):
@@ -118,7 +118,7 @@ func (d Deps) decide(ctx context.Context, c Call, approve bool) (Outcome, error)
 // through; the engine derives the plan again and runs it only if it
 // hashes as approved.
 func (d Deps) execute(ctx context.Context, c Call, r approvals.Request) (Outcome, error) {
-	if _, err := d.Approvals.Store.Begin(r.ID, d.Approvals.Process); err != nil {
+	if _, err := d.Approvals.Store.Begin(ctx, r.ID, d.Approvals.Process); err != nil {
 		return Outcome{Result: "refused", Detail: err.Error()}, nil
 	}
 	err := d.Engine.Execute(ctx, r, c.Reply)
@@ -126,19 +126,19 @@ func (d Deps) execute(ctx context.Context, c Call, r approvals.Request) (Outcome
 	var changed *engine.PlanChangedError
 	switch {
 	case errors.As(err, &changed):
-		d.finish(r.ID, approvals.Refused, changed.Error())
+		d.finish(ctx, r.ID, approvals.Refused, changed.Error())
 		msg := fmt.Sprintf(":warning: Request `%s` was approved but not run: %s. Nothing was changed. Make a new request to see the current plan.", r.ID, changed.Error())
 		d.updateRequest(ctx, c.Reply, msgRef, d.requestMessage(r, false, fmt.Sprintf(":warning: Approved by <@%s>, not run: %s. Make a new request to see the current plan.", r.Decider, changed.Error())))
 		_, perr := c.Reply.Post(ctx, chat.Text(msg))
 		return Outcome{Result: "refused", Detail: changed.Error()}, perr
 	case err != nil:
-		d.finish(r.ID, approvals.Failed, ops.Explain(err))
+		d.finish(ctx, r.ID, approvals.Failed, ops.Explain(err))
 		// The operation's own progress message may never have been posted
 		// (it can fail before starting): say it here too.
 		d.updateRequest(ctx, c.Reply, msgRef, d.requestMessage(r, false, fmt.Sprintf(":x: Approved by <@%s>; failed: %s", r.Decider, ops.Explain(err))))
 		return Outcome{}, &UserError{Msg: fmt.Sprintf("request `%s` failed: %s", r.ID, ops.Explain(err))}
 	}
-	d.finish(r.ID, approvals.Done, "")
+	d.finish(ctx, r.ID, approvals.Done, "")
 	d.updateRequest(ctx, c.Reply, msgRef, d.requestMessage(r, false, fmt.Sprintf(":white_check_mark: Approved by <@%s> and done.", r.Decider)))
 	return Outcome{Result: "ok", Detail: "ran " + r.ID}, nil
 }
@@ -146,8 +146,12 @@ func (d Deps) execute(ctx context.Context, c Call, r approvals.Request) (Outcome
 // finish records how an approved request ended. A failure to record it is
 // logged: the request then shows "executing" until the recovery path,
 // which sees its operation journaled (or its process gone), closes it.
-func (d Deps) finish(id string, st approvals.State, note string) {
-	if _, err := d.Approvals.Store.Finish(id, st, note); err != nil {
+func (d Deps) finish(ctx context.Context, id string, st approvals.State, note string) {
+	// Recorded even if ctx ended meanwhile (the bot shutting down as the
+	// operation stopped): the request must not stay "executing".
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := d.Approvals.Store.Finish(ctx, id, st, note); err != nil {
 		d.Log.Error("record how an approval request ended", "request", id, "state", st, "err", err)
 	}
 }

@@ -26,11 +26,15 @@ type DrillService struct {
 // Run takes one drill and posts its progress and result.
 func (s *DrillService) Run(ctx context.Context, p progress.Poster, trigger, requester, channel string) (*ops.Drill, error) {
 	d := &ops.Drill{ID: ops.NewDrillID(time.Now()), Trigger: trigger, Requester: requester, Channel: channel, Started: time.Now()}
-	unlock, err := s.Store.TryLock(store.Lock{Key: "drill", OpID: d.ID, What: "restore drill", Requester: requester, Process: s.Store.Process()})
+	unlock, err := s.Store.TryLock(ctx, store.Lock{Key: "drill", OpID: d.ID, What: "restore drill", Requester: requester, Process: s.Store.Process()})
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
+	defer func() {
+		if err := unlock(); err != nil {
+			s.Log.Error("release drill lock", "drill", d.ID, "err", err)
+		}
+	}()
 	st := progress.Start(ctx, p, progress.Options{OpID: d.ID, Title: "Restore drill (isolated; production is not touched)", Requester: requester, Steps: ops.DrillSteps, Log: s.Log, MinInterval: s.MinInterval})
 	err = s.Runner.Run(ctx, d, st)
 	cleanup := "removed: " + strings.Join(d.Cleanup, "; ")
@@ -47,7 +51,7 @@ func (s *DrillService) Run(ctx context.Context, p progress.Poster, trigger, requ
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 	defer cancel()
-	_ = st.Wait(wctx)
+	_ = st.Wait(wctx) // a Slack message, not state: the stream keeps trying on its own
 	return d, err
 }
 
@@ -62,31 +66,41 @@ func sourceName(s string) string {
 // It holds the drill lock meanwhile (a drill asked for during the sweep
 // is told one is running), and frees a lock a dead process left.
 func (s *DrillService) Sweep(ctx context.Context, p progress.Poster) {
-	if locks, err := s.Store.Locks(); err == nil {
+	if locks, err := s.Store.Locks(ctx); err == nil {
 		for _, l := range locks {
-			if l.Key == "drill" && !s.Store.Alive(l.Process) {
-				_ = s.Store.Unlock(l.Key, l.OpID)
+			if l.Key == "drill" && !s.Store.Alive(ctx, l.Process) {
+				if err := s.Store.Unlock(ctx, l.Key, l.OpID); err != nil {
+					s.Log.Error("release a drill lock left by a dead process; tried again at the next sweep", "op", l.OpID, "err", err)
+				}
 			}
 		}
 	}
-	unlock, err := s.Store.TryLock(store.Lock{Key: "drill", OpID: "sweep", What: "clean-up of interrupted drills", Requester: "the bot", Process: s.Store.Process()})
+	unlock, err := s.Store.TryLock(ctx, store.Lock{Key: "drill", OpID: "sweep", What: "clean-up of interrupted drills", Requester: "the bot", Process: s.Store.Process()})
 	if err != nil {
 		s.Log.Warn("drill sweep skipped: a drill is running", "err", err)
 		return
 	}
-	defer unlock()
+	defer func() {
+		if err := unlock(); err != nil {
+			s.Log.Error("release drill lock after a sweep", "err", err)
+		}
+	}()
 	said, err := s.Runner.Sweep(ctx)
 	if err != nil {
 		s.Log.Error("sweep drill leftovers", "err", err)
 		if p != nil {
-			_, _ = p.Post(ctx, chat.Text(":warning: Could not remove what an interrupted restore drill left behind: "+ops.Explain(err)+" Look for resources tagged `"+ops.TagDrill+"`."))
+			if _, perr := p.Post(ctx, chat.Text(":warning: Could not remove what an interrupted restore drill left behind: "+ops.Explain(err)+" Look for resources tagged `"+ops.TagDrill+"`.")); perr != nil {
+				s.Log.Error("report failed drill sweep", "err", perr)
+			}
 		}
 		return
 	}
 	for _, line := range said {
 		s.Log.Warn("drill sweep", "did", line)
 		if p != nil {
-			_, _ = p.Post(ctx, chat.Text(":broom: "+line))
+			if _, err := p.Post(ctx, chat.Text(":broom: "+line)); err != nil {
+				s.Log.Error("report drill sweep", "err", err)
+			}
 		}
 	}
 }

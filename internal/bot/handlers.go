@@ -95,7 +95,7 @@ func (d Deps) status(ctx context.Context, c Call) (Outcome, error) {
 }
 
 func (d Deps) history(ctx context.Context, c Call) (Outcome, error) {
-	recs, err := d.Audit.History(c.Cmd.Limit)
+	recs, err := d.Audit.History(ctx, c.Cmd.Limit)
 	if err != nil {
 		return Outcome{}, err
 	}

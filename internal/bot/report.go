@@ -54,7 +54,7 @@ func (s *Reports) Build(ctx context.Context) (ops.Report, error) {
 
 // Gather reads what the report is computed from: AWS and bbolt.
 func (s *Reports) Gather(ctx context.Context) (ops.ReportInput, error) {
-	recs, err := s.Records.Backups()
+	recs, err := s.Records.Backups(ctx)
 	if err != nil {
 		return ops.ReportInput{}, err
 	}
@@ -75,7 +75,7 @@ func (s *Reports) Gather(ctx context.Context) (ops.ReportInput, error) {
 		}
 		in.Prune = ops.Retain(pts, s.Policy, inUse)
 	}
-	if in.Drills, err = s.Drills.All(); err != nil {
+	if in.Drills, err = s.Drills.All(ctx); err != nil {
 		return ops.ReportInput{}, err
 	}
 	return in, nil
@@ -99,13 +99,13 @@ func (s *Reports) Send(ctx context.Context, p progress.Poster) error {
 	png, err := chart.PNG(r)
 	if err != nil {
 		s.Log.Error("draw the report chart", "err", err)
-		_, _ = p.PostThread(ctx, ref, chat.Text("The chart could not be drawn: "+err.Error()))
+		_, _ = p.PostThread(ctx, ref, chat.Text("The chart could not be drawn: "+err.Error())) // a Slack note on a failure logged above
 		return nil
 	}
 	name := "restore-points-" + r.Now.Format("2006-01-02") + ".png"
 	if err := up.UploadFile(ctx, ref, name, "Restore point age vs RPO, and sizes (30 days)", png); err != nil {
 		s.Log.Error("upload the report chart", "err", err)
-		_, _ = p.PostThread(ctx, ref, chat.Text("The chart could not be uploaded: "+ops.Explain(err)+" (the bot needs the `files:write` scope)."))
+		_, _ = p.PostThread(ctx, ref, chat.Text("The chart could not be uploaded: "+ops.Explain(err)+" (the bot needs the `files:write` scope).")) // as above
 	}
 	return nil
 }

@@ -93,14 +93,14 @@ func (e *Engine) Propose(ctx context.Context, cmd commands.Command) (approvals.P
 	if err := k.ready(); err != nil {
 		return approvals.Plan{}, err
 	}
-	if err := e.checkFree([]string{k.target()}); err != nil {
+	if err := e.checkFree(ctx, []string{k.target()}); err != nil {
 		return approvals.Plan{}, err
 	}
 	d, err := e.derive(ctx, k, cmd)
 	if err != nil {
 		return approvals.Plan{}, err
 	}
-	if err := e.checkFree(d.also); err != nil {
+	if err := e.checkFree(ctx, d.also); err != nil {
 		return approvals.Plan{}, err
 	}
 	return d.approval, nil
@@ -144,8 +144,8 @@ func refusal(err error) error {
 	return &Refusal{Msg: ops.Explain(err)}
 }
 
-func (e *Engine) checkFree(keys []string) error {
-	locks, err := e.Store.Locks()
+func (e *Engine) checkFree(ctx context.Context, keys []string) error {
+	locks, err := e.Store.Locks(ctx)
 	if err != nil {
 		return err
 	}
@@ -211,7 +211,7 @@ func (e *Engine) start(ctx context.Context, cmd commands.Command, req approvals.
 	now := time.Now()
 	opID := journal.NewID(now)
 	l := store.Lock{OpID: opID, What: k.what(), Requester: req.Requester, Process: e.Store.Process()}
-	release, err := e.lockAll([]string{k.target()}, l)
+	release, err := e.lockAll(ctx, []string{k.target()}, l)
 	if err != nil {
 		return err
 	}
@@ -229,7 +229,7 @@ func (e *Engine) start(ctx context.Context, cmd commands.Command, req approvals.
 		release()
 		return &PlanChangedError{Approved: req.PlanHash, Live: d.approval.Hash()}
 	}
-	releaseAlso, err := e.lockAll(d.also, l)
+	releaseAlso, err := e.lockAll(ctx, d.also, l)
 	if err != nil {
 		release()
 		return err
@@ -246,7 +246,7 @@ func (e *Engine) start(ctx context.Context, cmd commands.Command, req approvals.
 	for _, def := range b.steps(e.env(op, out)) {
 		op.Steps = append(op.Steps, journal.Step{Name: def.Name, State: journal.StepPending})
 	}
-	if err := e.Journal.Create(op); err != nil {
+	if err := e.Journal.Create(ctx, op); err != nil {
 		releaseAlso()
 		release()
 		return fmt.Errorf("journal the %s: %w", k.name(), err)
@@ -255,7 +255,7 @@ func (e *Engine) start(ctx context.Context, cmd commands.Command, req approvals.
 }
 
 // lockAll takes every key or none.
-func (e *Engine) lockAll(keys []string, l store.Lock) (release func(), err error) {
+func (e *Engine) lockAll(ctx context.Context, keys []string, l store.Lock) (release func(), err error) {
 	var unlocks []func() error
 	release = func() {
 		for _, u := range unlocks {
@@ -266,7 +266,7 @@ func (e *Engine) lockAll(keys []string, l store.Lock) (release func(), err error
 	}
 	for _, k := range keys {
 		l.Key = k
-		u, err := e.Store.TryLock(l)
+		u, err := e.Store.TryLock(ctx, l)
 		if err != nil {
 			release()
 			var held *store.HeldError
@@ -321,13 +321,13 @@ var legacyKinds = map[string]string{"snapshot": KindRestoreEBS, "tarball": KindR
 func (e *Engine) run(ctx context.Context, id string, out Out, note string) error {
 	e.running.Add(1)
 	defer e.running.Done()
-	op, err := e.Journal.Get(id)
+	op, err := e.Journal.Get(ctx, id)
 	if err != nil {
 		return err
 	}
 	k, b, err := e.bind(op)
 	if err != nil {
-		e.stopUnrunnable(op, err)
+		e.stopUnrunnable(ctx, op, err)
 		return err
 	}
 	defs := b.steps(e.env(op, out))
@@ -356,7 +356,7 @@ func (e *Engine) run(ctx context.Context, id string, out Out, note string) error
 	closed := false
 	switch {
 	case err == nil && op.State == journal.Done:
-		e.unlock(op)
+		e.unlock(ctx, op)
 		st.Finish(progress.Succeeded, b.summary(rec))
 	case errors.Is(err, journal.ErrTakenOver):
 		st.Finish(progress.Cancelled, takenOver(op.ID))
@@ -375,7 +375,7 @@ func (e *Engine) run(ctx context.Context, id string, out Out, note string) error
 		st.Finish(progress.Failed, fmt.Sprintf("%s Later steps did not run. %s %s", ops.Explain(err), e.boxLine(ctx, k, op), e.nextMoves(op)))
 	}
 	if closed {
-		e.close(op)
+		e.close(ctx, op)
 	}
 	e.Log.Info("operation", "op", op.ID, "kind", op.Kind, "state", op.State, "why", op.Why)
 	e.flush(ctx, op.ID, st)
@@ -407,8 +407,10 @@ func (e *Engine) flush(ctx context.Context, id string, st *progress.Stream) {
 
 // stopUnrunnable stops an operation this version cannot run (its kind is
 // unknown or not configured) so that it does not stay "running".
-func (e *Engine) stopUnrunnable(op *journal.Op, cause error) {
-	if _, err := e.Journal.Update(op.ID, func(o *journal.Op) error {
+func (e *Engine) stopUnrunnable(ctx context.Context, op *journal.Op, cause error) {
+	ctx, cancel := settled(ctx)
+	defer cancel()
+	if _, err := e.Journal.Update(ctx, op.ID, func(o *journal.Op) error {
 		if o.State != journal.Running || o.Process != e.Store.Process() {
 			return errors.New("not ours")
 		}
@@ -420,17 +422,21 @@ func (e *Engine) stopUnrunnable(op *journal.Op, cause error) {
 }
 
 // unlock frees every target of a finished or given-up operation.
-func (e *Engine) unlock(op *journal.Op) {
+func (e *Engine) unlock(ctx context.Context, op *journal.Op) {
+	ctx, cancel := settled(ctx)
+	defer cancel()
 	for _, k := range op.Targets() {
-		if err := e.Store.Unlock(k, op.ID); err != nil {
+		if err := e.Store.Unlock(ctx, k, op.ID); err != nil {
 			e.Log.Error("release a lock after an operation", "op", op.ID, "lock", k, "err", err)
 		}
 	}
 }
 
 // close ends a stopped operation of a kind that does not hold its target.
-func (e *Engine) close(op *journal.Op) {
-	if _, err := e.Journal.Update(op.ID, func(o *journal.Op) error {
+func (e *Engine) close(ctx context.Context, op *journal.Op) {
+	ctx, cancel := settled(ctx)
+	defer cancel()
+	if _, err := e.Journal.Update(ctx, op.ID, func(o *journal.Op) error {
 		if o.State != journal.Stopped {
 			return fmt.Errorf("operation %s is %s", o.ID, o.State)
 		}
@@ -440,7 +446,7 @@ func (e *Engine) close(op *journal.Op) {
 		e.Log.Error("close a stopped operation", "op", op.ID, "err", err)
 		return
 	}
-	e.unlock(op)
+	e.unlock(ctx, op)
 }
 
 // takenOver is the last word of a run whose operation another replica
@@ -501,10 +507,10 @@ func (e *Engine) boxLine(ctx context.Context, k kind, op *journal.Op) string {
 }
 
 // find looks an operation up by its ID or by the request that started it.
-func (e *Engine) find(id string) (*journal.Op, error) {
-	op, err := e.Journal.Get(id)
+func (e *Engine) find(ctx context.Context, id string) (*journal.Op, error) {
+	op, err := e.Journal.Get(ctx, id)
 	if errors.Is(err, journal.ErrNotFound) && strings.HasPrefix(id, "req-") {
-		op, err = e.Journal.ByRequest(id)
+		op, err = e.Journal.ByRequest(ctx, id)
 	}
 	if errors.Is(err, journal.ErrNotFound) {
 		return nil, refusef("there is no operation `%s`. Operation IDs (op-…) are in each operation's progress message.", id)
@@ -514,7 +520,7 @@ func (e *Engine) find(id string) (*journal.Op, error) {
 
 // Resume continues a stopped operation from its first unfinished step.
 func (e *Engine) Resume(ctx context.Context, id, user string, out Out) (string, error) {
-	op, err := e.find(id)
+	op, err := e.find(ctx, id)
 	if err != nil {
 		return "", err
 	}
@@ -527,12 +533,16 @@ func (e *Engine) Resume(ctx context.Context, id, user string, out Out) (string, 
 			return "", refusef("`%s` was not resumed: what it restores from changed (%s). `%s cancel %s` gives it up; then request a new one.", op.ID, ops.Explain(err), e.SlashCommand, op.ID)
 		}
 	}
-	op, err = e.Journal.Claim(op.ID, e.Store.Process())
+	op, err = e.Journal.Claim(ctx, op.ID, e.Store.Process())
 	if err != nil {
 		return "", &Refusal{Msg: err.Error() + "."}
 	}
-	if err := e.adopt(op); err != nil {
-		if _, uerr := e.Journal.Update(op.ID, func(o *journal.Op) error { o.State = journal.Stopped; return nil }); uerr != nil {
+	if err := e.adopt(ctx, op); err != nil {
+		// Given back even if ctx ended: claimed and not run, it must not
+		// stay "running" under a live process.
+		gctx, cancel := settled(ctx)
+		defer cancel()
+		if _, uerr := e.Journal.Update(gctx, op.ID, func(o *journal.Op) error { o.State = journal.Stopped; return nil }); uerr != nil {
 			e.Log.Error("give a claimed operation back", "op", op.ID, "err", uerr)
 		}
 		return "", err
@@ -546,9 +556,9 @@ func (e *Engine) Resume(ctx context.Context, id, user string, out Out) (string, 
 }
 
 // adopt makes this process the holder of the operation's targets.
-func (e *Engine) adopt(op *journal.Op) error {
+func (e *Engine) adopt(ctx context.Context, op *journal.Op) error {
 	for _, k := range op.Targets() {
-		err := e.Store.Adopt(store.Lock{Key: k, OpID: op.ID, What: op.Kind, Requester: op.Requester, Since: op.Created, Process: e.Store.Process()})
+		err := e.Store.Adopt(ctx, store.Lock{Key: k, OpID: op.ID, What: op.Kind, Requester: op.Requester, Since: op.Created, Process: e.Store.Process()})
 		var held *store.HeldError
 		if errors.As(err, &held) {
 			return &Refusal{Msg: e.heldMessage(held.Holder)}
@@ -563,11 +573,11 @@ func (e *Engine) adopt(op *journal.Op) error {
 // Cancel stops a running operation at its next step boundary, or gives up
 // a stopped one and frees its targets.
 func (e *Engine) Cancel(ctx context.Context, id, user string, out Out) (string, error) {
-	op, err := e.find(id)
+	op, err := e.find(ctx, id)
 	if err != nil {
 		return "", err
 	}
-	op, abandoned, err := e.Journal.RequestCancel(op.ID, user)
+	op, abandoned, err := e.Journal.RequestCancel(ctx, op.ID, user)
 	if err != nil {
 		return "", &Refusal{Msg: err.Error() + "; nothing to cancel."}
 	}
@@ -578,7 +588,7 @@ func (e *Engine) Cancel(ctx context.Context, id, user string, out Out) (string, 
 		return "cancel requested " + op.ID, err
 	}
 	for _, k := range op.Targets() {
-		if err := e.Store.Unlock(k, op.ID); err != nil {
+		if err := e.Store.Unlock(ctx, k, op.ID); err != nil {
 			return "", err
 		}
 	}
@@ -597,7 +607,14 @@ func (e *Engine) Cancel(ctx context.Context, id, user string, out Out) (string, 
 
 // Journaled reports whether an approval request became a journaled
 // operation (which then has its own resume path).
-func (e *Engine) Journaled(reqID string) bool {
-	_, err := e.Journal.ByRequest(reqID)
+func (e *Engine) Journaled(ctx context.Context, reqID string) bool {
+	_, err := e.Journal.ByRequest(ctx, reqID)
 	return err == nil
+}
+
+// settled is a context for writes that must land even after ctx ended
+// (the bot is shutting down): the record that an operation stopped, or
+// freed what it held. It keeps ctx's values and has its own deadline.
+func settled(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 }

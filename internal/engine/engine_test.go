@@ -181,7 +181,7 @@ func approve(t *testing.T, e *Engine, cmd string) approvals.Request {
 
 func locked(t *testing.T, st *store.Store) []string {
 	t.Helper()
-	ls, err := st.Locks()
+	ls, err := st.Locks(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func TestExecuteRunsTheApprovedPlanAndFreesTheTarget(t *testing.T) {
 	if got := strings.Join(w.ran, ","); got != "one,two,three" {
 		t.Errorf("ran %s", got)
 	}
-	op, err := e.Journal.ByRequest(r.ID)
+	op, err := e.Journal.ByRequest(context.Background(), r.ID)
 	if err != nil || op.State != journal.Done || op.Kind != "fake-restore" || op.Approver != "U0BOB" {
 		t.Fatalf("journal: %+v %v", op, err)
 	}
@@ -244,7 +244,7 @@ func TestExecuteRefusesAChangedPlanAndChangesNothing(t *testing.T) {
 	if len(w.ran) != 0 {
 		t.Errorf("steps ran: %v", w.ran)
 	}
-	if all, _ := e.Journal.All(); len(all) != 0 {
+	if all, _ := e.Journal.All(context.Background()); len(all) != 0 {
 		t.Errorf("journaled: %+v", all)
 	}
 	if l := locked(t, st); len(l) != 0 {
@@ -254,7 +254,7 @@ func TestExecuteRefusesAChangedPlanAndChangesNothing(t *testing.T) {
 
 func TestProposeRefusesABusyTargetNamingItsHolder(t *testing.T) {
 	e, st := newEngine(t, &world{})
-	unlock, err := st.TryLock(store.Lock{Key: "box/test", OpID: "bk-1", What: "EBS backup", Requester: "scheduler", Process: st.Process()})
+	unlock, err := st.TryLock(context.Background(), store.Lock{Key: "box/test", OpID: "bk-1", What: "EBS backup", Requester: "scheduler", Process: st.Process()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +275,7 @@ func TestAHoldingKindKeepsItsTargetAndResumesWhereItStopped(t *testing.T) {
 	if err := e.Execute(context.Background(), r, o); err == nil {
 		t.Fatal("a failed step did not stop the operation")
 	}
-	op, _ := e.Journal.ByRequest(r.ID)
+	op, _ := e.Journal.ByRequest(context.Background(), r.ID)
 	if op.State != journal.Stopped || op.Next() != 1 {
 		t.Fatalf("after the failure: %s at step %d", op.State, op.Next())
 	}
@@ -291,7 +291,7 @@ func TestAHoldingKindKeepsItsTargetAndResumesWhereItStopped(t *testing.T) {
 	if got := strings.Join(w.ran, ","); got != "one,two,two,three" {
 		t.Errorf("ran %s; a resume must not repeat a finished step", got)
 	}
-	if op, _ := e.Journal.Get(op.ID); op.State != journal.Done {
+	if op, _ := e.Journal.Get(context.Background(), op.ID); op.State != journal.Done {
 		t.Errorf("after resume: %s", op.State)
 	}
 	if l := locked(t, st); len(l) != 0 {
@@ -307,7 +307,7 @@ func TestANonHoldingKindClosesWhenItStops(t *testing.T) {
 	if err := e.Execute(context.Background(), r, o); err == nil {
 		t.Fatal("a failed step did not stop the operation")
 	}
-	op, _ := e.Journal.ByRequest(r.ID)
+	op, _ := e.Journal.ByRequest(context.Background(), r.ID)
 	if op.State != journal.Failed {
 		t.Fatalf("state %s, want failed (closed)", op.State)
 	}
@@ -334,7 +334,7 @@ func TestEmptyPlansAreRefusedOrSkipped(t *testing.T) {
 	if err := e.Start(context.Background(), c, "scheduler", "C1", &out{}); !errors.Is(err, ErrNothingToDo) {
 		t.Errorf("Start = %v, want ErrNothingToDo", err)
 	}
-	if all, _ := e.Journal.All(); len(all) != 0 {
+	if all, _ := e.Journal.All(context.Background()); len(all) != 0 {
 		t.Errorf("journaled: %+v", all)
 	}
 }
@@ -368,10 +368,10 @@ func TestRecoverAnnouncesWhatADeadProcessLeft(t *testing.T) {
 	} {
 		o.State, o.Process, o.Created, o.Updated = journal.Running, "dead-process", now, now
 		o.Steps = []journal.Step{{Name: "one", State: journal.StepDone}, {Name: "two", State: journal.StepRunning}, {Name: "three", State: journal.StepPending}}
-		if err := e.Journal.Create(o); err != nil {
+		if err := e.Journal.Create(context.Background(), o); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.TryLock(store.Lock{Key: o.Target, OpID: o.ID, Process: "dead-process"}); err != nil {
+		if _, err := st.TryLock(context.Background(), store.Lock{Key: o.Target, OpID: o.ID, Process: "dead-process"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -390,12 +390,12 @@ func TestRecoverAnnouncesWhatADeadProcessLeft(t *testing.T) {
 	if !o.said("`/circleci resume op-1` continues from step 2") || !o.said("Operation `op-2` (Fake prune) was interrupted during step 2 (two)") {
 		t.Errorf("announcements: %q", o.posts)
 	}
-	op1, _ := e.Journal.Get("op-1")
-	op2, _ := e.Journal.Get("op-2")
+	op1, _ := e.Journal.Get(context.Background(), "op-1")
+	op2, _ := e.Journal.Get(context.Background(), "op-2")
 	if op1.State != journal.Stopped || op2.State != journal.Failed {
 		t.Errorf("states: op-1 %s, op-2 %s", op1.State, op2.State)
 	}
-	ls, _ := st.Locks()
+	ls, _ := st.Locks(context.Background())
 	if len(ls) != 1 || ls[0].OpID != "op-1" || ls[0].Process != st.Process() {
 		t.Errorf("locks %+v: want only op-1's box, adopted by this process", ls)
 	}
@@ -413,7 +413,7 @@ func TestAnOperationFromBeforeTheEngineResumes(t *testing.T) {
 		Data:  map[string]string{"kind": "snapshot", "plan": `{"version":1}`},
 		State: journal.Stopped, Created: now, Updated: now,
 		Steps: []journal.Step{{Name: "one", State: journal.StepDone}, {Name: "two", State: journal.StepFailed}, {Name: "three", State: journal.StepPending}}}
-	if err := e.Journal.Create(op); err != nil {
+	if err := e.Journal.Create(context.Background(), op); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.Resume(context.Background(), "op-old", "U0CAROL", &out{}); err != nil {
@@ -438,7 +438,7 @@ func TestAPanickingStepStopsTheOperation(t *testing.T) {
 	if err := e.Execute(context.Background(), r, o); err == nil {
 		t.Fatal("a panicking step did not stop the operation")
 	}
-	op, _ := e.Journal.ByRequest(r.ID)
+	op, _ := e.Journal.ByRequest(context.Background(), r.ID)
 	if op.State != journal.Stopped || op.Steps[1].State != journal.StepFailed || !strings.Contains(op.Steps[1].Error, "panicked: nil map in two") {
 		t.Fatalf("journal: %s, step 2 %s %q", op.State, op.Steps[1].State, op.Steps[1].Error)
 	}

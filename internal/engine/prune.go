@@ -32,7 +32,7 @@ func (p PrunePlan) doomed() (points, snapshots []string) {
 type Retention struct {
 	EC2     ops.EC2
 	Prune   ops.PruneEC2
-	Records func() ([]*ops.Backup, error)
+	Records func(context.Context) ([]*ops.Backup, error)
 	Policy  ops.Policy
 }
 
@@ -49,7 +49,7 @@ func Prune(s Setup, r Retention) Kind[PrunePlan] {
 			return nil
 		},
 		Plan: func(ctx context.Context, _ commands.Command) (PrunePlan, error) {
-			recs, err := r.Records()
+			recs, err := r.Records(ctx)
 			if err != nil {
 				return PrunePlan{}, err
 			}

@@ -21,11 +21,11 @@ import (
 // once. Marking is a conditional write, so of several replicas noticing
 // one death, one announces it.
 func (e *Engine) Recover(ctx context.Context, postTo func(channel string) progress.Poster) {
-	if _, err := e.Journal.MarkInterrupted(e.Store.Alive); err != nil {
+	if _, err := e.Journal.MarkInterrupted(ctx, e.Store.Alive); err != nil {
 		e.Log.Error("read operations to recover", "err", err)
 		return
 	}
-	all, err := e.Journal.All()
+	all, err := e.Journal.All(ctx)
 	if err != nil {
 		e.Log.Error("read operations to recover", "err", err)
 		return
@@ -40,7 +40,7 @@ func (e *Engine) Recover(ctx context.Context, postTo func(channel string) progre
 		if k, _, err := e.bind(op); err == nil && !k.hold() {
 			continue // closed below, once announced
 		}
-		if err := e.adopt(op); err != nil {
+		if err := e.adopt(ctx, op); err != nil {
 			e.Log.Error("keep the target locked for a stopped operation", "op", op.ID, "err", err)
 		}
 	}
@@ -48,7 +48,7 @@ func (e *Engine) Recover(ctx context.Context, postTo func(channel string) progre
 		if !op.Unannounced || op.State != journal.Stopped {
 			continue
 		}
-		op, err := e.Journal.TakeAnnouncement(op.ID)
+		op, err := e.Journal.TakeAnnouncement(ctx, op.ID)
 		if err != nil {
 			continue // another replica has it
 		}
@@ -58,13 +58,13 @@ func (e *Engine) Recover(ctx context.Context, postTo func(channel string) progre
 		e.Log.Warn("interrupted operation", "op", op.ID, "why", op.Why)
 		if _, err := postTo(op.Channel).Post(ctx, chat.Text(msg)); err != nil {
 			e.Log.Error("announce an interrupted operation; trying again at the next round", "op", op.ID, "err", err)
-			if err := e.Journal.ReturnAnnouncement(op.ID); err != nil {
+			if err := e.Journal.ReturnAnnouncement(ctx, op.ID); err != nil {
 				e.Log.Error("give the announcement back", "op", op.ID, "err", err)
 			}
 			continue
 		}
 		if !held {
-			e.close(op)
+			e.close(ctx, op)
 		}
 	}
 	e.recoverRequests(ctx, postTo)
@@ -102,22 +102,22 @@ func (e *Engine) recoverRequests(ctx context.Context, postTo func(channel string
 	if e.Approvals == nil {
 		return
 	}
-	all, err := e.Approvals.All()
+	all, err := e.Approvals.All(ctx)
 	if err != nil {
 		e.Log.Error("read approval requests to recover", "err", err)
 		return
 	}
 	for _, r := range all {
-		if r.State != approvals.Executing || e.Store.Alive(r.Process) {
+		if r.State != approvals.Executing || e.Store.Alive(ctx, r.Process) {
 			continue
 		}
-		if e.Journaled(r.ID) {
-			if _, err := e.Approvals.Interrupt(r.ID, r.Process, "interrupted: the bot stopped while it ran; its operation can be resumed"); err != nil {
+		if e.Journaled(ctx, r.ID) {
+			if _, err := e.Approvals.Interrupt(ctx, r.ID, r.Process, "interrupted: the bot stopped while it ran; its operation can be resumed"); err != nil {
 				e.Log.Debug("close an interrupted request (another replica may have)", "request", r.ID, "err", err)
 			}
 			continue
 		}
-		if _, err := e.Approvals.Interrupt(r.ID, r.Process, "interrupted: the bot stopped while it ran"); err != nil {
+		if _, err := e.Approvals.Interrupt(ctx, r.ID, r.Process, "interrupted: the bot stopped while it ran"); err != nil {
 			continue // another replica said it, or it finished after all
 		}
 		msg := fmt.Sprintf(":warning: Request `%s` (`%s %s`, approved by <@%s>) was running when the bot stopped. It was not started again; check its last progress message, then make a new request if needed.", r.ID, e.SlashCommand, r.Command, r.Decider)

@@ -163,20 +163,20 @@ type Store struct{ KV kv.Store }
 
 const table = "operations"
 
-func (s Store) Create(o *Op) error {
+func (s Store) Create(ctx context.Context, o *Op) error {
 	val, err := json.Marshal(o)
 	if err != nil {
 		return err
 	}
-	_, err = s.KV.Put(context.Background(), table, o.ID, val, 0)
+	_, err = s.KV.Put(ctx, table, o.ID, val, 0)
 	if errors.Is(err, kv.ErrConflict) {
 		return fmt.Errorf("operation %s exists", o.ID)
 	}
 	return err
 }
 
-func (s Store) Get(id string) (*Op, error) {
-	it, err := s.KV.Get(context.Background(), table, id)
+func (s Store) Get(ctx context.Context, id string) (*Op, error) {
+	it, err := s.KV.Get(ctx, table, id)
 	if errors.Is(err, kv.ErrNotFound) {
 		return nil, ErrNotFound
 	}
@@ -195,8 +195,8 @@ func decode(id string, v []byte) (*Op, error) {
 }
 
 // ByRequest finds the operation an approval request started.
-func (s Store) ByRequest(reqID string) (*Op, error) {
-	all, err := s.All()
+func (s Store) ByRequest(ctx context.Context, reqID string) (*Op, error) {
+	all, err := s.All(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -211,9 +211,9 @@ func (s Store) ByRequest(reqID string) (*Op, error) {
 // Update applies fn to the stored operation atomically and returns the
 // result; an error from fn leaves the record unchanged. fn may run more
 // than once when another writer wins a race: it must only change the op.
-func (s Store) Update(id string, fn func(*Op) error) (*Op, error) {
+func (s Store) Update(ctx context.Context, id string, fn func(*Op) error) (*Op, error) {
 	var out *Op
-	_, err := kv.Update(context.Background(), s.KV, table, id, func(cur []byte, exists bool) ([]byte, error) {
+	_, err := kv.Update(ctx, s.KV, table, id, func(cur []byte, exists bool) ([]byte, error) {
 		if !exists {
 			return nil, ErrNotFound
 		}
@@ -233,14 +233,27 @@ func (s Store) Update(id string, fn func(*Op) error) (*Op, error) {
 }
 
 // All lists every operation, oldest first (IDs sort by time).
-func (s Store) All() ([]*Op, error) {
-	return kv.ListJSON[*Op](context.Background(), s.KV, table)
+func (s Store) All(ctx context.Context) ([]*Op, error) {
+	return kv.ListJSON[*Op](ctx, s.KV, table)
+}
+
+// recordTimeout bounds a write of what already happened (see settled).
+const recordTimeout = 10 * time.Second
+
+// settled is the context of a write that records what already happened
+// (a step that ended, a run that stopped) once ctx may have ended: the
+// record must land all the same, or the operation stays Running under a
+// live process and nobody can resume it. The write is still conditional
+// on this run owning the operation, so a replica that was taken over
+// writes nothing.
+func settled(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 }
 
 // Claim makes process the runner of a stopped (or new) operation, once: of
 // two `resume`s, one gets the operation and the other an error.
-func (s Store) Claim(id, process string) (*Op, error) {
-	return s.Update(id, func(o *Op) error {
+func (s Store) Claim(ctx context.Context, id, process string) (*Op, error) {
+	return s.Update(ctx, id, func(o *Op) error {
 		switch o.State {
 		case Stopped:
 		case Running:
@@ -256,8 +269,8 @@ func (s Store) Claim(id, process string) (*Op, error) {
 
 // RequestCancel asks a running operation to stop at its next step
 // boundary, or gives up a stopped one. It reports which happened.
-func (s Store) RequestCancel(id, user string) (op *Op, abandoned bool, err error) {
-	op, err = s.Update(id, func(o *Op) error {
+func (s Store) RequestCancel(ctx context.Context, id, user string) (op *Op, abandoned bool, err error) {
+	op, err = s.Update(ctx, id, func(o *Op) error {
 		switch o.State {
 		case Running:
 			o.CancelBy = user
@@ -304,8 +317,16 @@ func (e *StepError) Unwrap() error { return e.Err }
 // step is recorded as running before it starts and as done (with the data
 // it produced) after; a cancel is honoured between steps. On any stop the
 // operation is left Stopped with the reason, ready for resume or cancel.
+//
+// ctx (the work context) bounds the steps and the writes that start one;
+// what records a step's end or a stop is written even after ctx ended
+// (see settled).
 func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progress) (*Op, error) {
-	op, err := s.Get(id)
+	// Read even if ctx has ended: a run that cannot start is recorded as
+	// stopped at its first boundary, not left Running.
+	gctx, cancel := settled(ctx)
+	op, err := s.Get(gctx, id)
+	cancel()
 	if err != nil {
 		return nil, err
 	}
@@ -323,9 +344,9 @@ func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progre
 	for i := op.Next(); i < len(defs); i = op.Next() {
 		// The step boundary: a cancel and a shutdown are honoured here.
 		if ctx.Err() != nil {
-			return s.stop(op.ID, owner, fmt.Sprintf("interrupted before step %d (%s): %s", i+1, defs[i].Name, why(ctx)), ctx.Err())
+			return s.stop(ctx, op.ID, owner, fmt.Sprintf("interrupted before step %d (%s): %s", i+1, defs[i].Name, why(ctx)), ctx.Err())
 		}
-		op, err = s.Update(id, func(o *Op) error {
+		op, err = s.Update(ctx, id, func(o *Op) error {
 			if err := owned(o, owner); err != nil {
 				return err
 			}
@@ -337,7 +358,12 @@ func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progre
 			return nil
 		})
 		if errors.Is(err, ErrCancelled) {
-			return s.stop(id, owner, fmt.Sprintf("cancelled by <@%s> before step %d (%s)", op.CancelBy, i+1, defs[i].Name), ErrCancelled)
+			return s.stop(ctx, id, owner, fmt.Sprintf("cancelled by <@%s> before step %d (%s)", op.CancelBy, i+1, defs[i].Name), ErrCancelled)
+		}
+		if err != nil && ctx.Err() != nil {
+			// ctx ended as the step was about to start: a stop at the
+			// boundary, not a run left Running under a live process.
+			return s.stop(ctx, id, owner, fmt.Sprintf("interrupted before step %d (%s): %s", i+1, defs[i].Name, why(ctx)), ctx.Err())
 		}
 		if err != nil {
 			return op, fmt.Errorf("journal step %s of %s: %w", defs[i].Name, id, err)
@@ -352,7 +378,7 @@ func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progre
 			mu.Lock()
 			data[k] = v
 			mu.Unlock()
-			_, err := s.Update(id, func(o *Op) error {
+			_, err := s.Update(ctx, id, func(o *Op) error {
 				if err := owned(o, owner); err != nil {
 					return err
 				}
@@ -368,12 +394,15 @@ func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progre
 		if stepErr != nil {
 			if ctx.Err() != nil {
 				p.Fail(i, fmt.Errorf("interrupted: %w", stepErr))
-				return s.stopStep(id, owner, i, StepInterrupted, data, stepErr, fmt.Sprintf("interrupted during step %d (%s): %s", i+1, defs[i].Name, why(ctx)))
+				return s.stopStep(ctx, id, owner, i, StepInterrupted, data, stepErr, fmt.Sprintf("interrupted during step %d (%s): %s", i+1, defs[i].Name, why(ctx)))
 			}
 			p.Fail(i, stepErr)
-			return s.stopStep(id, owner, i, StepFailed, data, stepErr, fmt.Sprintf("step %d (%s) failed: %v", i+1, defs[i].Name, stepErr))
+			return s.stopStep(ctx, id, owner, i, StepFailed, data, stepErr, fmt.Sprintf("step %d (%s) failed: %v", i+1, defs[i].Name, stepErr))
 		}
-		op, err = s.Update(id, func(o *Op) error {
+		// The step happened: its end is recorded even if ctx ended as it
+		// finished.
+		sctx, cancel := settled(ctx)
+		op, err = s.Update(sctx, id, func(o *Op) error {
 			if err := owned(o, owner); err != nil {
 				return err
 			}
@@ -384,6 +413,7 @@ func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progre
 			}
 			return nil
 		})
+		cancel()
 		if err != nil {
 			return op, fmt.Errorf("journal step %s of %s: %w", defs[i].Name, id, err)
 		}
@@ -411,8 +441,11 @@ func runStep(ctx context.Context, d Def, op *Op, p Progress) (detail string, err
 	return d.Run(ctx, op, p)
 }
 
-func (s Store) stop(id, owner, why string, cause error) (*Op, error) {
-	op, err := s.Update(id, func(o *Op) error {
+// stop records that the run stopped, even after ctx ended (see settled).
+func (s Store) stop(ctx context.Context, id, owner, why string, cause error) (*Op, error) {
+	ctx, cancel := settled(ctx)
+	defer cancel()
+	op, err := s.Update(ctx, id, func(o *Op) error {
 		if err := owned(o, owner); err != nil {
 			return err
 		}
@@ -425,8 +458,11 @@ func (s Store) stop(id, owner, why string, cause error) (*Op, error) {
 	return op, cause
 }
 
-func (s Store) stopStep(id, owner string, i int, st StepState, data map[string]string, cause error, why string) (*Op, error) {
-	op, err := s.Update(id, func(o *Op) error {
+// stopStep records how a step ended, even after ctx ended (see settled).
+func (s Store) stopStep(ctx context.Context, id, owner string, i int, st StepState, data map[string]string, cause error, why string) (*Op, error) {
+	ctx, cancel := settled(ctx)
+	defer cancel()
+	op, err := s.Update(ctx, id, func(o *Op) error {
 		if err := owned(o, owner); err != nil {
 			return err
 		}
@@ -445,18 +481,18 @@ func (s Store) stopStep(id, owner string, i int, st StepState, data map[string]s
 // MarkInterrupted turns operations left Running by a process that is not
 // alive into Stopped ones, naming the step that was running. It returns
 // them.
-func (s Store) MarkInterrupted(alive func(process string) bool) ([]*Op, error) {
-	all, err := s.All()
+func (s Store) MarkInterrupted(ctx context.Context, alive func(ctx context.Context, process string) bool) ([]*Op, error) {
+	all, err := s.All(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var out []*Op
 	for _, o := range all {
-		if o.State != Running || alive(o.Process) {
+		if o.State != Running || alive(ctx, o.Process) {
 			continue
 		}
-		op, err := s.Update(o.ID, func(o *Op) error {
-			if o.State != Running || alive(o.Process) {
+		op, err := s.Update(ctx, o.ID, func(o *Op) error {
+			if o.State != Running || alive(ctx, o.Process) {
 				return errors.New("changed")
 			}
 			i := o.Next()
@@ -480,8 +516,8 @@ func (s Store) MarkInterrupted(alive func(process string) bool) ([]*Op, error) {
 // TakeAnnouncement claims saying an interrupted operation in its channel:
 // of the replicas that try, one gets it. A failed post gives it back
 // (ReturnAnnouncement) for the next round.
-func (s Store) TakeAnnouncement(id string) (*Op, error) {
-	return s.Update(id, func(o *Op) error {
+func (s Store) TakeAnnouncement(ctx context.Context, id string) (*Op, error) {
+	return s.Update(ctx, id, func(o *Op) error {
 		if !o.Unannounced {
 			return errors.New("announced already")
 		}
@@ -490,17 +526,24 @@ func (s Store) TakeAnnouncement(id string) (*Op, error) {
 	})
 }
 
-// ReturnAnnouncement marks the operation unannounced again.
-func (s Store) ReturnAnnouncement(id string) error {
-	_, err := s.Update(id, func(o *Op) error {
+// ReturnAnnouncement marks the operation unannounced again. An operation
+// that is no longer stopped (resumed or given up meanwhile) has nothing
+// left to announce: that is not an error.
+func (s Store) ReturnAnnouncement(ctx context.Context, id string) error {
+	_, err := s.Update(ctx, id, func(o *Op) error {
 		if o.State != Stopped {
-			return errors.New("no longer stopped")
+			return errNotStopped
 		}
 		o.Unannounced = true
 		return nil
 	})
+	if errors.Is(err, errNotStopped) {
+		return nil
+	}
 	return err
 }
+
+var errNotStopped = errors.New("no longer stopped")
 
 func cloneMap(m map[string]string) map[string]string {
 	out := make(map[string]string, len(m))

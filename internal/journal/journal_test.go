@@ -38,7 +38,7 @@ func newOp(t *testing.T, s Store, process string, n int) *Op {
 	for i := 0; i < n; i++ {
 		o.Steps = append(o.Steps, Step{Name: string(rune('a' + i)), State: StepPending})
 	}
-	if err := s.Create(o); err != nil {
+	if err := s.Create(t.Context(), o); err != nil {
 		t.Fatal(err)
 	}
 	return o
@@ -77,7 +77,7 @@ func TestResumeSkipsFinishedSteps(t *testing.T) {
 	if got.State != Stopped || got.Steps[0].State != StepDone || got.Steps[1].State != StepFailed || got.Steps[2].State != StepPending {
 		t.Fatalf("after failure: state %s steps %+v", got.State, got.Steps)
 	}
-	if _, err := s.Claim(o.ID, "p1"); err != nil {
+	if _, err := s.Claim(t.Context(), o.ID, "p1"); err != nil {
 		t.Fatal(err)
 	}
 	failB = false
@@ -105,7 +105,7 @@ func TestCancelAtStepBoundary(t *testing.T) {
 		defs[i] = Def{Name: "s", Run: func(context.Context, *Op, Progress) (string, error) {
 			ran++
 			if ran == 1 {
-				if _, abandoned, err := s.RequestCancel(o.ID, "U0BOB"); err != nil || abandoned {
+				if _, abandoned, err := s.RequestCancel(t.Context(), o.ID, "U0BOB"); err != nil || abandoned {
 					t.Errorf("cancel while running: abandoned=%v err=%v", abandoned, err)
 				}
 			}
@@ -116,11 +116,11 @@ func TestCancelAtStepBoundary(t *testing.T) {
 	if !errors.Is(err, ErrCancelled) || ran != 1 || got.State != Stopped || got.Next() != 1 {
 		t.Fatalf("err=%v ran=%d state=%s next=%d", err, ran, got.State, got.Next())
 	}
-	got, abandoned, err := s.RequestCancel(o.ID, "U0BOB")
+	got, abandoned, err := s.RequestCancel(t.Context(), o.ID, "U0BOB")
 	if err != nil || !abandoned || got.State != Abandoned || got.Open() {
 		t.Fatalf("second cancel: %v %v %s", err, abandoned, got.State)
 	}
-	if _, err := s.Claim(o.ID, "p1"); err == nil {
+	if _, err := s.Claim(t.Context(), o.ID, "p1"); err == nil {
 		t.Fatal("an abandoned operation was resumed")
 	}
 }
@@ -130,18 +130,18 @@ func TestCancelAtStepBoundary(t *testing.T) {
 func TestMarkInterrupted(t *testing.T) {
 	s := open(t)
 	o := newOp(t, s, "dead", 2)
-	if _, err := s.Update(o.ID, func(o *Op) error { o.Steps[0].State = StepRunning; return nil }); err != nil {
+	if _, err := s.Update(t.Context(), o.ID, func(o *Op) error { o.Steps[0].State = StepRunning; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	mine := newOp(t, s, "alive", 1)
-	got, err := s.MarkInterrupted(func(p string) bool { return p == "alive" })
+	got, err := s.MarkInterrupted(t.Context(), func(_ context.Context, p string) bool { return p == "alive" })
 	if err != nil || len(got) != 1 || got[0].ID != o.ID {
 		t.Fatalf("MarkInterrupted = %v, %v", got, err)
 	}
 	if got[0].State != Stopped || got[0].Steps[0].State != StepInterrupted || got[0].Why == "" {
 		t.Fatalf("interrupted op: %+v", got[0])
 	}
-	if m, _ := s.Get(mine.ID); m.State != Running {
+	if m, _ := s.Get(t.Context(), mine.ID); m.State != Running {
 		t.Fatalf("this process's own op was touched: %s", m.State)
 	}
 }
@@ -151,10 +151,10 @@ func TestMarkInterrupted(t *testing.T) {
 func TestRunningIsNotClaimed(t *testing.T) {
 	s := open(t)
 	o := newOp(t, s, "me", 2)
-	if _, err := s.Claim(o.ID, "me"); err == nil {
+	if _, err := s.Claim(t.Context(), o.ID, "me"); err == nil {
 		t.Fatal("a running operation was claimed by its own process")
 	}
-	if _, err := s.Claim(o.ID, "other"); err == nil {
+	if _, err := s.Claim(t.Context(), o.ID, "other"); err == nil {
 		t.Fatal("a running operation was claimed by another process")
 	}
 }
@@ -167,7 +167,7 @@ func TestRecordSavesAtOnce(t *testing.T) {
 		if err := op.Record("command", "cmd-1"); err != nil {
 			return "", err
 		}
-		if got, _ := s.Get(op.ID); got.Data["command"] != "cmd-1" {
+		if got, _ := s.Get(t.Context(), op.ID); got.Data["command"] != "cmd-1" {
 			t.Errorf("recorded item not saved during the step: %v", got.Data)
 		}
 		return "", errors.New("boom")
@@ -175,7 +175,7 @@ func TestRecordSavesAtOnce(t *testing.T) {
 	if err == nil {
 		t.Fatal("want the step's error")
 	}
-	if got, _ := s.Get(o.ID); got.Data["command"] != "cmd-1" {
+	if got, _ := s.Get(t.Context(), o.ID); got.Data["command"] != "cmd-1" {
 		t.Errorf("recorded item lost after the failure: %v", got.Data)
 	}
 }
@@ -191,7 +191,7 @@ func TestClaimOnce(t *testing.T) {
 	for name, s := range map[string]Store{"bbolt": open(t), "dynamodb": {KV: d}} {
 		t.Run(name, func(t *testing.T) {
 			o := newOp(t, s, "dead", 1)
-			if _, err := s.MarkInterrupted(func(p string) bool { return p == "me" }); err != nil {
+			if _, err := s.MarkInterrupted(t.Context(), func(_ context.Context, p string) bool { return p == "me" }); err != nil {
 				t.Fatal(err)
 			}
 			var wg sync.WaitGroup
@@ -199,7 +199,7 @@ func TestClaimOnce(t *testing.T) {
 			wins := 0
 			for i := range 20 {
 				wg.Go(func() {
-					if _, err := s.Claim(o.ID, "replica-"+string(rune('a'+i))); err == nil {
+					if _, err := s.Claim(t.Context(), o.ID, "replica-"+string(rune('a'+i))); err == nil {
 						mu.Lock()
 						wins++
 						mu.Unlock()
@@ -228,7 +228,7 @@ func TestRunStopsWhenTakenOver(t *testing.T) {
 		{"b", func(_ context.Context, op *Op, _ Progress) (string, error) {
 			ran++
 			// Meanwhile: marked interrupted and resumed by replica B.
-			if _, err := s.Update(op.ID, func(o *Op) error { o.Process = "replica-b"; return nil }); err != nil {
+			if _, err := s.Update(t.Context(), op.ID, func(o *Op) error { o.Process = "replica-b"; return nil }); err != nil {
 				t.Fatal(err)
 			}
 			if err := op.Record("made", "x"); !errors.Is(err, ErrTakenOver) {
@@ -242,7 +242,7 @@ func TestRunStopsWhenTakenOver(t *testing.T) {
 	if !errors.Is(err, ErrTakenOver) {
 		t.Fatalf("run: %v", err)
 	}
-	got, _ := s.Get(o.ID)
+	got, _ := s.Get(t.Context(), o.ID)
 	if ran != 2 || got.Steps[1].State != StepRunning || got.Process != "replica-b" || got.State != Running || got.Data["made"] != "" {
 		t.Errorf("after takeover: ran %d, step b %s, process %s, state %s, data %v", ran, got.Steps[1].State, got.Process, got.State, got.Data)
 	}
@@ -253,24 +253,135 @@ func TestRunStopsWhenTakenOver(t *testing.T) {
 func TestAnnouncementIsTakenOnce(t *testing.T) {
 	s := open(t)
 	o := newOp(t, s, "dead", 2)
-	if _, err := s.MarkInterrupted(func(p string) bool { return p != "dead" }); err != nil {
+	if _, err := s.MarkInterrupted(t.Context(), func(_ context.Context, p string) bool { return p != "dead" }); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.TakeAnnouncement(o.ID); err != nil {
+	if _, err := s.TakeAnnouncement(t.Context(), o.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.TakeAnnouncement(o.ID); err == nil {
+	if _, err := s.TakeAnnouncement(t.Context(), o.ID); err == nil {
 		t.Fatal("announced twice")
 	}
-	s.ReturnAnnouncement(o.ID) // the post failed
-	if _, err := s.TakeAnnouncement(o.ID); err != nil {
-		t.Fatalf("a failed announcement is not tried again: %v", err)
-	}
-	s.ReturnAnnouncement(o.ID)
-	if _, err := s.Claim(o.ID, "me"); err != nil {
+	if err := s.ReturnAnnouncement(t.Context(), o.ID); err != nil { // the post failed
 		t.Fatal(err)
 	}
-	if got, _ := s.Get(o.ID); got.Unannounced {
+	if _, err := s.TakeAnnouncement(t.Context(), o.ID); err != nil {
+		t.Fatalf("a failed announcement is not tried again: %v", err)
+	}
+	if err := s.ReturnAnnouncement(t.Context(), o.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Claim(t.Context(), o.ID, "me"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Get(t.Context(), o.ID); got.Unannounced {
 		t.Error("a resumed operation is still to be announced as interrupted")
+	}
+}
+
+// openBounded is a journal behind the guard the bot's store puts in
+// front of its state: calls on an ended context are refused.
+func openBounded(t *testing.T) Store {
+	t.Helper()
+	return Store{KV: kv.Bounded(open(t).KV, 0)}
+}
+
+// A journal call on a cancelled context returns its error and changes
+// nothing; Run records that it could not start.
+func TestCancelledContextWritesNothing(t *testing.T) {
+	s := openBounded(t)
+	o := newOp(t, s, "me", 1)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := s.Create(ctx, &Op{ID: "op-new", State: Running}); !errors.Is(err, context.Canceled) {
+		t.Errorf("create: %v", err)
+	}
+	if _, err := s.Get(t.Context(), "op-new"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("an operation created on a cancelled context exists: %v", err)
+	}
+	if _, _, err := s.RequestCancel(ctx, o.ID, "U0BOB"); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancel request: %v", err)
+	}
+	if got, _ := s.Get(t.Context(), o.ID); got.CancelBy != "" {
+		t.Errorf("a cancel asked for on a cancelled context was recorded: %+v", got)
+	}
+	// A run that cannot start is stopped before its first step, not left
+	// Running.
+	if _, err := s.Run(ctx, o.ID, "me", []Def{{"a", func(context.Context, *Op, Progress) (string, error) {
+		t.Error("a step ran on a cancelled context")
+		return "", nil
+	}}}, nopProgress{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("run: %v", err)
+	}
+	if got, _ := s.Get(t.Context(), o.ID); got.State != Stopped || got.Steps[0].State != StepPending {
+		t.Errorf("after a run on a cancelled context: state %s, step %s", got.State, got.Steps[0].State)
+	}
+}
+
+// The bot stops (or loses its heartbeat) while a step runs: the step's
+// end and the stop are still written, though the run's context ended,
+// so the operation is left Stopped for a resume rather than Running
+// under a live process.
+func TestStopIsRecordedAfterTheContextEnded(t *testing.T) {
+	for _, fail := range []bool{true, false} {
+		s := openBounded(t)
+		o := newOp(t, s, "me", 2)
+		ctx, cancel := context.WithCancel(t.Context())
+		defs := []Def{
+			{"a", func(ctx context.Context, op *Op, _ Progress) (string, error) {
+				op.Data["made"] = "x"
+				cancel()
+				if fail {
+					return "", ctx.Err()
+				}
+				return "made x", nil
+			}},
+			{"b", func(context.Context, *Op, Progress) (string, error) {
+				t.Error("a step started after the context ended")
+				return "", nil
+			}},
+		}
+		_, err := s.Run(ctx, o.ID, "me", defs, nopProgress{})
+		if err == nil {
+			t.Fatal("run went on after its context ended")
+		}
+		got, gerr := s.Get(t.Context(), o.ID)
+		if gerr != nil {
+			t.Fatal(gerr)
+		}
+		want := StepDone
+		if fail {
+			want = StepInterrupted
+		}
+		if got.State != Stopped || got.Steps[0].State != want || got.Data["made"] != "x" || got.Why == "" {
+			t.Errorf("failed step %v: state %s, step a %s, data %v, why %q", fail, got.State, got.Steps[0].State, got.Data, got.Why)
+		}
+	}
+}
+
+// ReturnAnnouncement says when the announcement could not be given back,
+// and not when there is nothing left to announce.
+func TestReturnAnnouncementReportsFailure(t *testing.T) {
+	s := openBounded(t)
+	o := newOp(t, s, "dead", 1)
+	if _, err := s.MarkInterrupted(t.Context(), func(_ context.Context, p string) bool { return p != "dead" }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.TakeAnnouncement(t.Context(), o.ID); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := s.ReturnAnnouncement(ctx, o.ID); err == nil {
+		t.Error("a failed give-back reported success")
+	}
+	if _, err := s.Claim(t.Context(), o.ID, "me"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReturnAnnouncement(t.Context(), o.ID); err != nil {
+		t.Errorf("give-back of a resumed operation: %v", err)
+	}
+	if err := s.ReturnAnnouncement(t.Context(), "op-none"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("give-back of an unknown operation: %v", err)
 	}
 }

@@ -128,7 +128,7 @@ func (m *Monitor) Tick(ctx context.Context) error {
 		if in.State.Name != "running" {
 			bad = 1
 		}
-		if held := m.operation(); bad == 1 && held != "" {
+		if held := m.operation(ctx); bad == 1 && held != "" {
 			// An approved restore or failover stops the box on purpose:
 			// its own messages say so; no page suggesting a failover.
 			m.Log.Info("box not running during an operation", "box", box, "op", held)
@@ -137,8 +137,8 @@ func (m *Monitor) Tick(ctx context.Context) error {
 		if err := m.evaluate(ctx, boxCheck, []float64{bad}, box, m.now(), "is "+string(in.State.Name)); err != nil {
 			return err
 		}
-	case errors.Is(err, ops.ErrNotFound) && m.operation() != "":
-		m.Log.Info("no Services box during an operation", "op", m.operation())
+	case errors.Is(err, ops.ErrNotFound) && m.operation(ctx) != "":
+		m.Log.Info("no Services box during an operation", "op", m.operation(ctx))
 	case errors.Is(err, ops.ErrNotFound):
 		if err := m.evaluate(ctx, boxCheck, []float64{1}, "", m.now(), "no instance is tagged Name="+m.NameTag); err != nil {
 			return err
@@ -249,7 +249,7 @@ func recovered(op string, v, clear float64) bool {
 // again next round.
 func (m *Monitor) evaluate(ctx context.Context, c config.Check, values []float64, box string, now time.Time, seen string) error {
 	var st State
-	if err := m.Store.Get(bucket, c.Name, &st); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err := m.Store.Get(ctx, bucket, c.Name, &st); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
 	st.Check = c.Name
@@ -266,7 +266,7 @@ func (m *Monitor) evaluate(ctx context.Context, c config.Check, values []float64
 	}
 	need := max(c.For, 1)
 	if len(values) < need {
-		return m.Store.Put(bucket, c.Name, st) // no (or not enough) data: nothing changes
+		return m.Store.Put(ctx, bucket, c.Name, st) // no (or not enough) data: nothing changes
 	}
 	recent := values[:need]
 	breach, clear := true, true
@@ -295,15 +295,15 @@ func (m *Monitor) evaluate(ctx context.Context, c config.Check, values []float64
 	case st.Alerting:
 		st.ClearSince = time.Time{} // not clear (yet, or again): the alert stays open
 	}
-	return m.Store.Put(bucket, c.Name, st)
+	return m.Store.Put(ctx, bucket, c.Name, st)
 }
 
 // operation names the operation running on the Services box right now
 // (a restore or failover stops it on purpose), if any. One that stopped
 // part-way does not count: the box is down and nobody is at it. The key is
 // the one the bot's operations lock: box/<Name tag>.
-func (m *Monitor) operation() string {
-	locks, err := m.Store.Locks()
+func (m *Monitor) operation(ctx context.Context) string {
+	locks, err := m.Store.Locks(ctx)
 	if err != nil {
 		return ""
 	}
@@ -311,7 +311,7 @@ func (m *Monitor) operation() string {
 		if l.Key != "box/"+m.NameTag || !strings.HasPrefix(l.OpID, "op-") {
 			continue
 		}
-		if op, err := (journal.Store{KV: m.Store.KV()}).Get(l.OpID); err == nil && op.State == journal.Running {
+		if op, err := (journal.Store{KV: m.Store.KV()}).Get(ctx, l.OpID); err == nil && op.State == journal.Running {
 			return l.OpID
 		}
 	}

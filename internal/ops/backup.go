@@ -138,7 +138,7 @@ func BackupDescription(t time.Time) string {
 
 // RecordStore keeps backup records durable before and after each step.
 type RecordStore interface {
-	SaveBackup(*Backup) error
+	SaveBackup(context.Context, *Backup) error
 }
 
 // EBSBackup snapshots every volume of the Services box as one
@@ -180,7 +180,7 @@ func (e *EBSBackup) Run(ctx context.Context, b *Backup, p Progress) error {
 	fail := func(step int, err error) error {
 		p.Fail(step, errors.New(Explain(err)))
 		b.State, b.Error, b.Finished = StateFailed, Explain(err), e.now()
-		if serr := e.Records.SaveBackup(b); serr != nil {
+		if serr := e.Records.SaveBackup(ctx, b); serr != nil {
 			return errors.Join(err, serr)
 		}
 		return err
@@ -193,7 +193,7 @@ func (e *EBSBackup) Run(ctx context.Context, b *Backup, p Progress) error {
 	}
 	b.Shape = ShapeOf(inst)
 	p.Done(0, fmt.Sprintf("`%s` %s, %s, %d volumes", b.Shape.InstanceID, b.Shape.PrivateIP, b.Shape.Type, len(inst.BlockDeviceMappings)))
-	if err := e.Records.SaveBackup(b); err != nil {
+	if err := e.Records.SaveBackup(ctx, b); err != nil {
 		return fail(0, err)
 	}
 
@@ -206,7 +206,7 @@ func (e *EBSBackup) Run(ctx context.Context, b *Backup, p Progress) error {
 		ids[i] = s.ID
 	}
 	p.Done(1, strings.Join(codes(ids), ", "))
-	if err := e.Records.SaveBackup(b); err != nil {
+	if err := e.Records.SaveBackup(ctx, b); err != nil {
 		return fail(1, err)
 	}
 	return e.Follow(ctx, b, p)
@@ -224,12 +224,12 @@ func (e *EBSBackup) Follow(ctx context.Context, b *Backup, p Progress) error {
 			// the next start picks the record up again.
 			b.State, b.Error, b.Finished = StateRunning, "", time.Time{}
 		}
-		return errors.Join(err, e.Records.SaveBackup(b))
+		return errors.Join(err, e.Records.SaveBackup(ctx, b))
 	}
 	p.Done(2, fmt.Sprintf("%d of %d snapshots completed", len(b.Snapshots), len(b.Snapshots)))
 	p.Begin(3, "")
 	b.State, b.Finished = StateCompleted, e.now()
-	if err := e.Records.SaveBackup(b); err != nil {
+	if err := e.Records.SaveBackup(ctx, b); err != nil {
 		p.Fail(3, err)
 		return err
 	}

@@ -179,7 +179,7 @@ type pvRecords struct {
 	saved []Backup
 }
 
-func (r *pvRecords) SaveBackup(b *Backup) error {
+func (r *pvRecords) SaveBackup(_ context.Context, b *Backup) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	raw, err := json.Marshal(b)

@@ -76,12 +76,14 @@ const bucketDrills = "drills"
 // Drills keeps drill records.
 type Drills struct{ Store *store.Store }
 
-func (d Drills) Save(dr *Drill) error { return d.Store.Put(bucketDrills, dr.ID, dr) }
+func (d Drills) Save(ctx context.Context, dr *Drill) error {
+	return d.Store.Put(ctx, bucketDrills, dr.ID, dr)
+}
 
 // All lists drills, newest first.
-func (d Drills) All() ([]Drill, error) {
+func (d Drills) All(ctx context.Context) ([]Drill, error) {
 	var out []Drill
-	err := d.Store.Each(bucketDrills, func(_ string, v []byte) error {
+	err := d.Store.Each(ctx, bucketDrills, func(_ string, v []byte) error {
 		var dr Drill
 		if err := json.Unmarshal(v, &dr); err != nil {
 			return err
@@ -112,7 +114,7 @@ type DrillRunner struct {
 	Poll          time.Duration
 	Timeout       time.Duration // image + launch + healthy
 	Process       string
-	Alive         func(process string) bool // default: only this process
+	Alive         func(ctx context.Context, process string) bool // default: only this process
 }
 
 // Progress is what a drill reports to.
@@ -127,9 +129,9 @@ func (r *DrillRunner) poll() time.Duration { return cmpOr(r.Poll, 5*time.Second)
 
 func (r *DrillRunner) owner() string { return r.Restore.NameTag }
 
-func (r *DrillRunner) alive(process string) bool {
+func (r *DrillRunner) alive(ctx context.Context, process string) bool {
 	if r.Alive != nil {
-		return r.Alive(process)
+		return r.Alive(ctx, process)
 	}
 	return process == r.Process
 }
@@ -145,7 +147,7 @@ func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err e
 	if d.Started.IsZero() {
 		d.Started = time.Now()
 	}
-	if err := r.Records.Save(d); err != nil {
+	if err := r.Records.Save(ctx, d); err != nil {
 		return err
 	}
 	step, reachedEnd := 0, false
@@ -179,7 +181,7 @@ func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err e
 			d.State, d.Error = DrillFailed, Explain(err)
 			p.Fail(step, errors.New(Explain(err)))
 		}
-		if serr := r.Records.Save(d); serr != nil && err == nil {
+		if serr := r.Records.Save(tctx, d); serr != nil && err == nil {
 			err = serr
 		}
 		if err == nil && terr != nil {
@@ -204,7 +206,7 @@ func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err e
 	for _, s := range plan.Snapshots {
 		d.Snapshots = append(d.Snapshots, s.ID)
 	}
-	_ = r.Records.Save(d)
+	_ = r.Records.Save(ctx, d) // progress only: the save when the drill ends reports a failure
 	p.Done(0, fmt.Sprintf("`%s` (%s UTC, %d snapshots)", plan.Source, plan.SourceTime.UTC().Format("2006-01-02 15:04"), len(plan.Snapshots)))
 
 	step = 1
@@ -213,7 +215,7 @@ func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err e
 	if d.ImageID, err = r.image(ctx, d, plan, deadline); err != nil {
 		return err
 	}
-	_ = r.Records.Save(d)
+	_ = r.Records.Save(ctx, d) // progress only, as above
 	p.Done(1, "`"+d.ImageID+"`")
 
 	step = 2
@@ -222,7 +224,7 @@ func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err e
 	if err != nil {
 		return err
 	}
-	_ = r.Records.Save(d)
+	_ = r.Records.Save(ctx, d) // progress only, as above
 	p.Done(2, fmt.Sprintf("`%s` at %s in `%s`", d.InstanceID, ip, r.Subnet))
 
 	step = 3
@@ -418,7 +420,7 @@ func (r *DrillRunner) teardown(ctx context.Context, id string) ([]string, error)
 // image) that no running drill of this process owns is removed. It
 // returns what it found and did, for the report channel.
 func (r *DrillRunner) Sweep(ctx context.Context) ([]string, error) {
-	all, err := r.Records.All()
+	all, err := r.Records.All(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -426,7 +428,7 @@ func (r *DrillRunner) Sweep(ctx context.Context) ([]string, error) {
 	var errs []error
 	for i := range all {
 		d := all[i]
-		if d.State != DrillRunning || r.alive(d.Process) {
+		if d.State != DrillRunning || r.alive(ctx, d.Process) {
 			continue
 		}
 		left, terr := r.teardownRetrying(ctx, d.ID)
@@ -436,7 +438,7 @@ func (r *DrillRunner) Sweep(ctx context.Context) ([]string, error) {
 			d.Cleanup = append(d.Cleanup, "teardown incomplete: "+Explain(terr))
 			errs = append(errs, terr)
 		}
-		_ = r.Records.Save(&d)
+		_ = r.Records.Save(ctx, &d) // unsaved, the next sweep finds the drill again and says it again
 		said = append(said, fmt.Sprintf("drill `%s` was cut off by a bot restart; removed: %s", d.ID, orNothing(left)))
 	}
 	// Leftovers of drills the bot has no record of (a lost data_dir).

@@ -121,7 +121,7 @@ func runOnce(ctx context.Context, op *journal.Op, key string, sh *Shell, comment
 	sh.OnSend = func(id string) {
 		op.Data[key] = id
 		if op.Record != nil {
-			_ = op.Record(key, id)
+			_ = op.Record(key, id) // unsaved, op.Data still has it for the step's end; only a crash before then loses it
 		}
 	}
 	return sh.Run(ctx, comment, script, timeout)

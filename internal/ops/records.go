@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,13 +16,15 @@ const bucketBackups = "backups"
 // Records keeps backup records in the bot's bbolt file.
 type Records struct{ Store *store.Store }
 
-func (r Records) SaveBackup(b *Backup) error { return r.Store.Put(bucketBackups, b.ID, b) }
+func (r Records) SaveBackup(ctx context.Context, b *Backup) error {
+	return r.Store.Put(ctx, bucketBackups, b.ID, b)
+}
 
 // Backup finds a record by backup ID, snapshot ID or s3:// URI.
-func (r Records) Backup(id string) (*Backup, error) {
+func (r Records) Backup(ctx context.Context, id string) (*Backup, error) {
 	if strings.HasPrefix(id, "bk-") {
 		var b Backup
-		if err := r.Store.Get(bucketBackups, id, &b); err != nil {
+		if err := r.Store.Get(ctx, bucketBackups, id, &b); err != nil {
 			if errors.Is(err, store.ErrNotFound) {
 				return nil, fmt.Errorf("backup %s: %w", id, ErrNotFound)
 			}
@@ -29,7 +32,7 @@ func (r Records) Backup(id string) (*Backup, error) {
 		}
 		return &b, nil
 	}
-	all, err := r.Backups()
+	all, err := r.Backups(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -47,9 +50,9 @@ func (r Records) Backup(id string) (*Backup, error) {
 }
 
 // Backups lists every record, newest first.
-func (r Records) Backups() ([]*Backup, error) {
+func (r Records) Backups(ctx context.Context) ([]*Backup, error) {
 	var out []*Backup
-	err := r.Store.Each(bucketBackups, func(_ string, v []byte) error {
+	err := r.Store.Each(ctx, bucketBackups, func(_ string, v []byte) error {
 		var b Backup
 		if err := json.Unmarshal(v, &b); err != nil {
 			return err

@@ -151,7 +151,7 @@ func refusef(format string, a ...any) error { return &RefusalError{Msg: fmt.Spri
 // Plan resolves snapshotID ("" = the newest completed EBS restore point)
 // into a full plan, or refuses with a reason.
 func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestorePlan, error) {
-	recs, err := r.Records.Backups()
+	recs, err := r.Records.Backups(ctx)
 	if err != nil {
 		return RestorePlan{}, err
 	}
@@ -201,7 +201,7 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 		if err != nil {
 			return RestorePlan{}, err
 		}
-		rec, _ = r.Records.Backup(id)
+		rec, _ = r.Records.Backup(ctx, id)
 	} else if strings.HasPrefix(aws.ToString(snap.Description), BackupDescriptionPrefix) {
 		members, err = r.describeSet(ctx, ec2types.Filter{Name: aws.String("description"), Values: []string{aws.ToString(snap.Description)}})
 		if err != nil {

@@ -93,7 +93,7 @@ type Status struct {
 	Target Target
 	Now    func() time.Time
 	// Records lists the bot's backup records (who made a set, tarballs).
-	Records func() ([]*Backup, error)
+	Records func(context.Context) ([]*Backup, error)
 }
 
 // StatusTimeout bounds the whole read: status is what people run first in
@@ -265,7 +265,7 @@ const BackupDescriptionPrefix = "CircleCI Services box Backup"
 func (s *Status) restorePoints(ctx context.Context) (newest *RestorePoint, completed, pending int, err error) {
 	var recs []*Backup
 	if s.Records != nil {
-		if recs, err = s.Records(); err != nil {
+		if recs, err = s.Records(ctx); err != nil {
 			return nil, 0, 0, err
 		}
 	}

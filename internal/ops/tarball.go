@@ -105,7 +105,7 @@ func (t *TarballBackup) Run(ctx context.Context, b *Backup, p Progress) error {
 		if ctx.Err() != nil {
 			b.State = StateInterrupted
 		}
-		return errors.Join(err, t.Records.SaveBackup(b))
+		return errors.Join(err, t.Records.SaveBackup(ctx, b))
 	}
 	p.Begin(0, "tag Name="+t.NameTag)
 	inst, err := FindBox(ctx, t.EC2, t.NameTag)
@@ -117,13 +117,13 @@ func (t *TarballBackup) Run(ctx context.Context, b *Backup, p Progress) error {
 		return fail(0, fmt.Errorf("the Services box %s is %s: circleci-backup needs it running", b.Shape.InstanceID, state))
 	}
 	b.Key = t.Prefix + b.ID + "/circleci-data-export.tar.bz2"
-	if err := t.Records.SaveBackup(b); err != nil {
+	if err := t.Records.SaveBackup(ctx, b); err != nil {
 		return fail(0, err)
 	}
 	p.Done(0, fmt.Sprintf("`%s` %s", b.Shape.InstanceID, b.Shape.PrivateIP))
 	sh = &Shell{SSM: t.SSM, Instance: b.Shape.InstanceID, Poll: t.Poll, OnSend: func(id string) {
 		b.CommandID = id
-		if err := t.Records.SaveBackup(b); err != nil {
+		if err := t.Records.SaveBackup(ctx, b); err != nil {
 			p.Log("could not record SSM command " + id + " in the backup record: " + Explain(err))
 		}
 	}}
@@ -177,7 +177,7 @@ echo "%ssha256=$(sha256sum "$f" | cut -d' ' -f1)"`, dir, resultPrefix, resultPre
 	if b.Size <= 0 || len(b.SHA256) != 64 {
 		return fail(2, fmt.Errorf("circleci-backup made no usable tarball (size %d, checksum %q)", b.Size, b.SHA256))
 	}
-	if err := t.Records.SaveBackup(b); err != nil {
+	if err := t.Records.SaveBackup(ctx, b); err != nil {
 		return fail(2, err)
 	}
 	p.Done(2, fmt.Sprintf("%d bytes, sha256 %s…", b.Size, b.SHA256[:12]))
@@ -208,7 +208,7 @@ echo "%ssha256=$(sha256sum "$f" | cut -d' ' -f1)"`, dir, resultPrefix, resultPre
 	t.cleanup(ctx, sh, b, dir, p)
 
 	b.State, b.Finished = StateCompleted, t.now()
-	return t.Records.SaveBackup(b)
+	return t.Records.SaveBackup(ctx, b)
 }
 
 // cleanup removes the bot's own scratch directory; failing to is a
@@ -248,7 +248,7 @@ func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir st
 		return "", fmt.Errorf("start upload to s3://%s/%s: %w", t.Bucket, b.Key, err)
 	}
 	b.UploadID = aws.ToString(mp.UploadId)
-	if err := t.Records.SaveBackup(b); err != nil {
+	if err := t.Records.SaveBackup(ctx, b); err != nil {
 		p.Log("could not record multipart upload " + b.UploadID + " in the backup record: " + Explain(err))
 	}
 	abort := func(cause error) error {

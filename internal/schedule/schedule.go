@@ -129,9 +129,12 @@ func (s *Scheduler) CheckMissed(ctx context.Context) {
 	now := s.now().UTC()
 	for _, j := range s.jobs {
 		var last Run
-		err := s.store.Get(bucket, j.Name, &last)
+		err := s.store.Get(ctx, bucket, j.Name, &last)
 		if errors.Is(err, store.ErrNotFound) {
-			_ = s.store.Put(bucket, j.Name, Run{Job: j.Name, Started: now, Finished: now, Result: "baseline"})
+			if err := s.store.Put(ctx, bucket, j.Name, Run{Job: j.Name, Started: now, Finished: now, Result: "baseline"}); err != nil {
+				// Without a baseline the next start baselines again: no run is reported missed meanwhile.
+				s.log.Error("record schedule baseline", "job", j.Name, "err", err)
+			}
 			continue
 		}
 		if err != nil {
@@ -140,7 +143,7 @@ func (s *Scheduler) CheckMissed(ctx context.Context) {
 		}
 		sched, _ := config.CronParser.Parse(j.Spec)
 		due := sched.Next(last.Started)
-		if last.Result == "running" && last.Process != "" && s.store.Alive(last.Process) {
+		if last.Result == "running" && last.Process != "" && s.store.Alive(ctx, last.Process) {
 			continue // another replica is running it (it lost the lease meanwhile)
 		}
 		if last.Result == "running" {
@@ -164,7 +167,9 @@ func (s *Scheduler) CheckMissed(ctx context.Context) {
 			s.report(ctx, fmt.Sprintf(":warning: Scheduled %s did not run: %d run(s) missed since %s UTC (schedule `%s`), because the bot was not running. The next one is at %s UTC; run it now by hand if needed.",
 				j.Name, missed, due.Format("2006-01-02 15:04"), j.Spec, sched.Next(now).Format("2006-01-02 15:04")))
 			// Record that the gap was reported, so it is said once.
-			_ = s.store.Put(bucket, j.Name, Run{Job: j.Name, Started: now, Finished: now, Result: fmt.Sprintf("missed %d", missed)})
+			if err := s.store.Put(ctx, bucket, j.Name, Run{Job: j.Name, Started: now, Finished: now, Result: fmt.Sprintf("missed %d", missed)}); err != nil {
+				s.log.Error("record a reported gap in the schedule; it may be reported again", "job", j.Name, "err", err)
+			}
 		}
 	}
 }
@@ -175,7 +180,7 @@ var errRan = errors.New("this run of the schedule has started already")
 // claim records the run as started, with a write conditional on no run
 // having started since the slot fell due: however many replicas (or
 // clock ticks) try one slot, one runs it.
-func (s *Scheduler) claim(j Job, r Run) error {
+func (s *Scheduler) claim(ctx context.Context, j Job, r Run) error {
 	sched, err := config.CronParser.Parse(j.Spec)
 	if err != nil {
 		return err
@@ -184,7 +189,7 @@ func (s *Scheduler) claim(j Job, r Run) error {
 	if err != nil {
 		return err
 	}
-	_, err = kv.Update(context.Background(), s.store.KV(), bucket, j.Name, func(cur []byte, exists bool) ([]byte, error) {
+	_, err = kv.Update(ctx, s.store.KV(), bucket, j.Name, func(cur []byte, exists bool) ([]byte, error) {
 		if exists {
 			var last Run
 			if json.Unmarshal(cur, &last) == nil && sched.Next(last.Started).After(r.Started) {
@@ -202,10 +207,10 @@ func (s *Scheduler) claim(j Job, r Run) error {
 func (s *Scheduler) CheckCutOff(ctx context.Context) {
 	for _, j := range s.jobs {
 		var last Run
-		if err := s.store.Get(bucket, j.Name, &last); err != nil || last.Result != "running" {
+		if err := s.store.Get(ctx, bucket, j.Name, &last); err != nil || last.Result != "running" {
 			continue
 		}
-		if last.Process == s.store.Process() || (last.Process != "" && s.store.Alive(last.Process)) {
+		if last.Process == s.store.Process() || (last.Process != "" && s.store.Alive(ctx, last.Process)) {
 			continue
 		}
 		s.cutOff(ctx, j, s.now().UTC())
@@ -226,6 +231,9 @@ func (s *Scheduler) cutOff(ctx context.Context, j Job, now time.Time) {
 		return json.Marshal(last)
 	})
 	if err != nil {
+		if !errors.Is(err, errRan) {
+			s.log.Error("mark a cut-off schedule run interrupted; tried again at the next check", "job", j.Name, "err", err)
+		}
 		return
 	}
 	s.report(ctx, fmt.Sprintf(":warning: The scheduled %s that started at %s UTC was cut off when the bot stopped; it was not run again.", j.Name, started.Format("2006-01-02 15:04")))
@@ -239,7 +247,7 @@ func (s *Scheduler) run(j Job) {
 	if ctx == nil || ctx.Err() != nil {
 		return // stopping: the slot is left to whoever leads next
 	}
-	if err := s.claim(j, r); errors.Is(err, errRan) {
+	if err := s.claim(ctx, j, r); errors.Is(err, errRan) {
 		s.log.Info("scheduled job already started for this slot (by another replica or an earlier tick)", "job", j.Name)
 		return
 	} else if err != nil && s.Leader != nil {
@@ -271,7 +279,11 @@ func (s *Scheduler) run(j Job) {
 			s.report(ctx, fmt.Sprintf(":x: Scheduled %s failed: %s", j.Name, err.Error()))
 		}
 	}
-	if err := s.store.Put(bucket, j.Name, r); err != nil {
+	// The outcome is recorded even when the bot is stopping (ctx ended):
+	// the job ran, and a record left "running" reads as cut off.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), kv.DefaultTimeout)
+	defer cancel()
+	if err := s.store.Put(rctx, bucket, j.Name, r); err != nil {
 		s.log.Error("record schedule run", "job", j.Name, "err", err)
 	}
 }
@@ -285,8 +297,8 @@ func (r Reported) Error() string { return r.Err.Error() }
 func (r Reported) Unwrap() error { return r.Err }
 
 // Last returns the last recorded run of a job.
-func (s *Scheduler) Last(name string) (Run, error) {
+func (s *Scheduler) Last(ctx context.Context, name string) (Run, error) {
 	var r Run
-	err := s.store.Get(bucket, name, &r)
+	err := s.store.Get(ctx, bucket, name, &r)
 	return r, err
 }

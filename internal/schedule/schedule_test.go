@@ -74,7 +74,7 @@ func TestFailedRunIsReportedAndRecorded(t *testing.T) {
 	if got := r.all(); len(got) != 1 || !strings.Contains(got[0], "Scheduled backup failed: no instance tagged") {
 		t.Fatalf("reports: %v", got)
 	}
-	last, _ := s.Last("backup")
+	last, _ := s.Last(t.Context(), "backup")
 	if !strings.HasPrefix(last.Result, "failed:") {
 		t.Fatalf("record: %+v", last)
 	}
@@ -89,7 +89,7 @@ func TestRunCutOffByACrashIsReported(t *testing.T) {
 	st, _ := store.Open(t.TempDir())
 	defer st.Close()
 	now := time.Date(2026, 11, 28, 6, 0, 30, 0, time.UTC)
-	st.Put(bucket, "backup", Run{Job: "backup", Started: now, Result: "running"})
+	st.Put(t.Context(), bucket, "backup", Run{Job: "backup", Started: now, Result: "running"})
 	s, r := newSched(t, st, now.Add(time.Minute))
 	s.Add(Job{Name: "backup", Spec: "0 */6 * * *", Run: func(context.Context) error { return nil }})
 	s.CheckMissed(context.Background())
@@ -108,7 +108,7 @@ func TestASlotRunsOnceHoweverManyStrike(t *testing.T) {
 	var mu sync.Mutex
 	runs := 0
 	job := Job{Name: "backup", Spec: "0 */6 * * *", Run: func(context.Context) error { mu.Lock(); runs++; mu.Unlock(); return nil }}
-	if err := st.Put(bucket, "backup", Run{Job: "backup", Started: due.Add(-6 * time.Hour), Result: "ok"}); err != nil {
+	if err := st.Put(t.Context(), bucket, "backup", Run{Job: "backup", Started: due.Add(-6 * time.Hour), Result: "ok"}); err != nil {
 		t.Fatal(err)
 	}
 	var scheds []*Scheduler
@@ -149,7 +149,7 @@ func TestNewLeaderCatchesUpOnlyTheHandover(t *testing.T) {
 		st, _ := store.Open(t.TempDir())
 		ran := make(chan struct{}, 1)
 		job := Job{Name: "backup", Spec: "0 */6 * * *", Run: func(context.Context) error { ran <- struct{}{}; return nil }}
-		st.Put(bucket, "backup", Run{Job: "backup", Started: due.Add(-6 * time.Hour), Result: "ok"})
+		st.Put(t.Context(), bucket, "backup", Run{Job: "backup", Started: due.Add(-6 * time.Hour), Result: "ok"})
 		s, r := newSched(t, st, due.Add(tc.late))
 		s.CatchUp = 2*30*time.Second + time.Minute
 		s.Add(job)
@@ -164,5 +164,32 @@ func TestNewLeaderCatchesUpOnlyTheHandover(t *testing.T) {
 			t.Errorf("%s late: reports %q", tc.late, msgs)
 		}
 		st.Close()
+	}
+}
+
+// The bot stops while a scheduled job runs: the run's outcome is still
+// recorded, not left "running" for the next start to report as cut off.
+func TestRunIsRecordedWhenTheBotStopsDuringIt(t *testing.T) {
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s, r := newSched(t, st, time.Now())
+	ctx, cancel := context.WithCancel(t.Context())
+	s.ctx = ctx
+	s.run(Job{Name: "backup", Spec: "@daily", Run: func(ctx context.Context) error {
+		cancel() // the bot is shutting down
+		return ctx.Err()
+	}})
+	last, err := s.Last(t.Context(), "backup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(last.Result, "failed: context canceled") || last.Finished.IsZero() {
+		t.Fatalf("record after a stop mid-run: %+v", last)
+	}
+	if got := r.all(); len(got) != 0 {
+		t.Errorf("a run cut off by a shutdown was reported as failed: %v", got)
 	}
 }

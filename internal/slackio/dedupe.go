@@ -46,6 +46,8 @@ func (d *Dedupe) First(key string) bool {
 		return true
 	}
 	// Slack waits 3 s for the ack; the shared answer must come well before.
+	// Both transports call First on their ack path with no context to
+	// hand: this one second is the call's only bound, and all it needs.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	first, err := d.Shared.ClaimOnce(ctx, key, d.ttl)

@@ -38,7 +38,12 @@ func (e *HeldError) Error() string {
 // however many race, on one replica or several sharing the state store),
 // or returns a *HeldError naming the holder. The returned func releases
 // it, only if it is still ours.
-func (s *Store) TryLock(l Lock) (unlock func() error, err error) {
+//
+// The release does not end with ctx: it is called when the work ctx
+// bounded is over, often because ctx ended (a shutdown, a lost heartbeat),
+// and a lock left behind refuses every new operation on the target until
+// the next start. It keeps ctx's values and has its own deadline.
+func (s *Store) TryLock(ctx context.Context, l Lock) (unlock func() error, err error) {
 	if l.Replica == "" && s.hb != nil {
 		l.Replica = s.hb.opt.Name
 	}
@@ -49,11 +54,15 @@ func (s *Store) TryLock(l Lock) (unlock func() error, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: encode lock: %w", err)
 	}
-	ctx := context.Background()
+	release := context.WithoutCancel(ctx)
 	for attempt := 0; attempt < 3; attempt++ {
 		_, err = s.KV().Put(ctx, tableLocks, l.Key, val, 0)
 		if err == nil {
-			return func() error { return s.Unlock(l.Key, l.OpID) }, nil
+			return func() error {
+				ctx, cancel := context.WithTimeout(release, kv.DefaultTimeout)
+				defer cancel()
+				return s.Unlock(ctx, l.Key, l.OpID)
+			}, nil
 		}
 		if !errors.Is(err, kv.ErrConflict) {
 			return nil, fmt.Errorf("store: lock %s: %w", l.Key, err)
@@ -75,8 +84,7 @@ func (s *Store) TryLock(l Lock) (unlock func() error, err error) {
 }
 
 // Unlock releases key if opID holds it.
-func (s *Store) Unlock(key, opID string) error {
-	ctx := context.Background()
+func (s *Store) Unlock(ctx context.Context, key, opID string) error {
 	cur, err := s.KV().Get(ctx, tableLocks, key)
 	if errors.Is(err, kv.ErrNotFound) {
 		return nil
@@ -96,18 +104,18 @@ func (s *Store) Unlock(key, opID string) error {
 }
 
 // Locks lists every held lock.
-func (s *Store) Locks() ([]Lock, error) {
-	return kv.ListJSON[Lock](context.Background(), s.KV(), tableLocks)
+func (s *Store) Locks(ctx context.Context) ([]Lock, error) {
+	return kv.ListJSON[Lock](ctx, s.KV(), tableLocks)
 }
 
 // Put stores v as JSON under bucket/key, durably, before returning
 // (last writer wins: these are records one operation owns).
-func (s *Store) Put(bucket, key string, v any) error {
+func (s *Store) Put(ctx context.Context, bucket, key string, v any) error {
 	val, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("store: encode %s/%s: %w", bucket, key, err)
 	}
-	_, err = kv.Update(context.Background(), s.KV(), bucket, key, func([]byte, bool) ([]byte, error) { return val, nil })
+	_, err = kv.Update(ctx, s.KV(), bucket, key, func([]byte, bool) ([]byte, error) { return val, nil })
 	if err != nil {
 		return fmt.Errorf("store: write %s/%s: %w", bucket, key, err)
 	}
@@ -117,8 +125,8 @@ func (s *Store) Put(bucket, key string, v any) error {
 // ErrNotFound is returned by Get for a missing key.
 var ErrNotFound = errors.New("not found")
 
-func (s *Store) Get(bucket, key string, v any) error {
-	it, err := s.KV().Get(context.Background(), bucket, key)
+func (s *Store) Get(ctx context.Context, bucket, key string, v any) error {
+	it, err := s.KV().Get(ctx, bucket, key)
 	if errors.Is(err, kv.ErrNotFound) {
 		return ErrNotFound
 	}
@@ -129,8 +137,8 @@ func (s *Store) Get(bucket, key string, v any) error {
 }
 
 // Each calls fn for every value in bucket, in key order.
-func (s *Store) Each(bucket string, fn func(key string, val []byte) error) error {
-	items, err := s.KV().List(context.Background(), bucket)
+func (s *Store) Each(ctx context.Context, bucket string, fn func(key string, val []byte) error) error {
+	items, err := s.KV().List(ctx, bucket)
 	if err != nil {
 		return err
 	}
@@ -147,7 +155,7 @@ var errSame = errors.New("already held so")
 // Adopt takes key for l.OpID whether it is free or already held by that
 // operation (under another, dead process): a stopped operation keeps its
 // target across restarts. Held by another operation is a *HeldError.
-func (s *Store) Adopt(l Lock) error {
+func (s *Store) Adopt(ctx context.Context, l Lock) error {
 	if l.Replica == "" && s.hb != nil {
 		l.Replica = s.hb.opt.Name
 	}
@@ -159,7 +167,7 @@ func (s *Store) Adopt(l Lock) error {
 		return fmt.Errorf("store: encode lock: %w", err)
 	}
 	var held *HeldError
-	_, err = kv.Update(context.Background(), s.KV(), tableLocks, l.Key, func(cur []byte, exists bool) ([]byte, error) {
+	_, err = kv.Update(ctx, s.KV(), tableLocks, l.Key, func(cur []byte, exists bool) ([]byte, error) {
 		if exists {
 			var h Lock
 			if err := json.Unmarshal(cur, &h); err != nil {

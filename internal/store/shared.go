@@ -53,7 +53,7 @@ func OpenShared(ctx context.Context, st kv.Store, o SharedOptions) (*Store, erro
 		o.Now = time.Now
 	}
 	f := &fenced{Store: st}
-	s := &Store{kv: f, proc: newProcess(), fence: f}
+	s := &Store{kv: kv.Bounded(f, 0), proc: newProcess(), fence: f}
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.hb = &heartbeat{kv: st, opt: o, me: Replica{Process: s.proc, Name: o.Name, Started: o.Now()}, cancel: cancel}
 	if err := s.hb.beat(ctx); err != nil {
@@ -66,11 +66,11 @@ func OpenShared(ctx context.Context, st kv.Store, o SharedOptions) (*Store, erro
 }
 
 // Replicas lists the heartbeats in the shared store (none on bbolt).
-func (s *Store) Replicas() ([]Replica, error) {
+func (s *Store) Replicas(ctx context.Context) ([]Replica, error) {
 	if s.hb == nil {
 		return nil, nil
 	}
-	return kv.ListJSON[Replica](context.Background(), s.kv, tableReplicas)
+	return kv.ListJSON[Replica](ctx, s.kv, tableReplicas)
 }
 
 type heartbeat struct {
@@ -101,6 +101,7 @@ var ErrHeartbeatLost = errors.New("this bot replica lost its heartbeat to the sh
 // starts a new epoch of work if the last one was lost.
 func (h *heartbeat) arm() {
 	if h.lost == nil || h.lost.Err() != nil {
+		// Not a caller's context: an epoch that only the watchdog ends.
 		h.lost, h.lose = context.WithCancelCause(context.Background())
 	}
 	lose := h.lose
@@ -192,14 +193,17 @@ func (h *heartbeat) healthy() error {
 // alive reads another replica's heartbeat. When the table cannot be read
 // the answer is "alive": taking over a live replica's work is the worse
 // mistake, and the question is asked again.
-func (h *heartbeat) alive(process string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+func (h *heartbeat) alive(ctx context.Context, process string) bool {
+	cctx, cancel := context.WithTimeout(ctx, kv.DefaultTimeout)
 	defer cancel()
-	it, err := h.kv.Get(ctx, tableReplicas, process)
+	it, err := h.kv.Get(cctx, tableReplicas, process)
 	if errors.Is(err, kv.ErrNotFound) {
 		return false
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			return true // the caller is stopping: it takes nothing over
+		}
 		h.opt.Log.Warn("cannot read a replica's heartbeat; taking it for alive", "process", process, "err", err)
 		return true
 	}
@@ -223,11 +227,15 @@ func (h *heartbeat) stop() {
 	if h.killed.Load() {
 		return
 	}
+	// Close has no caller's context: this is the process's last word.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	it, err := h.kv.Get(ctx, tableReplicas, h.me.Process)
 	if err == nil {
-		_ = h.kv.Delete(ctx, tableReplicas, h.me.Process, it.Version)
+		err = h.kv.Delete(ctx, tableReplicas, h.me.Process, it.Version)
+	}
+	if err != nil && !errors.Is(err, kv.ErrNotFound) {
+		h.opt.Log.Warn("remove this replica's heartbeat on close; the others take it for dead when it expires", "ttl", h.opt.TTL, "err", err)
 	}
 }
 

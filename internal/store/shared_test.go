@@ -47,21 +47,21 @@ func TestHeartbeatsSayWhichReplicaIsAlive(t *testing.T) {
 	d := sharedTable(t)
 	const ttl = 1500 * time.Millisecond
 	a, b, c := openShared(t, d, "a", ttl), openShared(t, d, "b", ttl), openShared(t, d, "c", ttl)
-	if !b.Alive(a.Process()) || !a.Alive(b.Process()) {
+	if !b.Alive(t.Context(), a.Process()) || !a.Alive(t.Context(), b.Process()) {
 		t.Fatal("fresh replicas are not alive to each other")
 	}
-	if b.Alive("never-was") {
+	if b.Alive(t.Context(), "never-was") {
 		t.Fatal("an unknown process is alive")
 	}
 	// Alive across several renewals.
 	for deadline := time.Now().Add(3 * ttl); time.Now().Before(deadline); time.Sleep(ttl / 10) {
-		if !b.Alive(a.Process()) {
+		if !b.Alive(t.Context(), a.Process()) {
 			t.Fatal("a beating replica was taken for dead")
 		}
 	}
 	a.Kill()
 	deadline := time.Now().Add(3 * ttl)
-	for b.Alive(a.Process()) {
+	for b.Alive(t.Context(), a.Process()) {
 		if time.Now().After(deadline) {
 			t.Fatal("a crashed replica stayed alive past its TTL")
 		}
@@ -73,13 +73,13 @@ func TestHeartbeatsSayWhichReplicaIsAlive(t *testing.T) {
 	}
 	cp := c.Process()
 	c.Close()
-	if b.Alive(cp) {
+	if b.Alive(t.Context(), cp) {
 		t.Error("a replica that stopped cleanly is still alive")
 	}
 	if err := b.Ping(); err != nil {
 		t.Errorf("live replica unhealthy: %v", err)
 	}
-	reps, err := b.Replicas()
+	reps, err := b.Replicas(t.Context())
 	if err != nil || len(reps) != 2 { // b, and a's stale heartbeat
 		t.Errorf("replicas: %+v %v", reps, err)
 	}
@@ -185,7 +185,7 @@ func TestCutOffReplicaStopsItsWorkBeforeOthersTakeOver(t *testing.T) {
 	if !errors.Is(context.Cause(work), store.ErrHeartbeatLost) {
 		t.Errorf("cause: %v", context.Cause(work))
 	}
-	if !b.Alive(a.Process()) {
+	if !b.Alive(t.Context(), a.Process()) {
 		t.Error("the others took the replica for dead before its work stopped")
 	}
 	if a.Ping() == nil {

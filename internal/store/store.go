@@ -50,7 +50,7 @@ func Open(dir string) (*Store, error) {
 		}
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	return &Store{db: db, kv: kv.Bolt{DB: db}, proc: newProcess()}, nil
+	return &Store{db: db, kv: kv.Bounded(kv.Bolt{DB: db}, 0), proc: newProcess()}, nil
 }
 
 func newProcess() string {
@@ -68,14 +68,14 @@ func (s *Store) Process() string { return s.proc }
 // the file lock keeps any other out, so anything another process left is
 // from a process that is gone. A store shared by replicas answers from
 // each process's heartbeat.
-func (s *Store) Alive(process string) bool {
+func (s *Store) Alive(ctx context.Context, process string) bool {
 	if process == s.proc {
 		return true
 	}
 	if s.hb == nil {
 		return false
 	}
-	return s.hb.alive(process)
+	return s.hb.alive(ctx, process)
 }
 
 // Shared reports whether other replicas share this store.
@@ -109,7 +109,8 @@ func (s *Store) DB() *bolt.DB { return s.db }
 
 // KV is the same file as versioned items with conditional writes, where
 // approvals and the operation journal live (and, with DynamoDB behind the
-// same interface, what replicas will share).
+// same interface, what replicas will share). Every call through it has a
+// deadline: the caller's, or kv.DefaultTimeout (see kv.Bounded).
 func (s *Store) KV() kv.Store { return s.kv }
 
 // AuditRecord is one command, or one refusal, as it happened.
@@ -125,7 +126,7 @@ type AuditRecord struct {
 
 // Audit appends a record. Keys sort by time, then by a per-process sequence
 // so records within one nanosecond keep their order.
-func (s *Store) Audit(r AuditRecord) error {
+func (s *Store) Audit(ctx context.Context, r AuditRecord) error {
 	if r.At.IsZero() {
 		r.At = time.Now()
 	}
@@ -138,7 +139,7 @@ func (s *Store) Audit(r AuditRecord) error {
 	key := make([]byte, 16)
 	binary.BigEndian.PutUint64(key, uint64(r.At.UnixNano()))
 	binary.BigEndian.PutUint64(key[8:], s.seq.Add(1))
-	_, err = s.KV().Put(context.Background(), tableAudit, hex.EncodeToString(key)+"-"+s.proc[:8], val, 0)
+	_, err = s.KV().Put(ctx, tableAudit, hex.EncodeToString(key)+"-"+s.proc[:8], val, 0)
 	if err != nil {
 		return fmt.Errorf("store: write audit record: %w", err)
 	}
@@ -146,8 +147,8 @@ func (s *Store) Audit(r AuditRecord) error {
 }
 
 // History returns up to n audit records, newest first.
-func (s *Store) History(n int) ([]AuditRecord, error) {
-	items, err := s.KV().Last(context.Background(), tableAudit, n)
+func (s *Store) History(ctx context.Context, n int) ([]AuditRecord, error) {
+	items, err := s.KV().Last(ctx, tableAudit, n)
 	if err != nil {
 		return nil, fmt.Errorf("store: read history: %w", err)
 	}

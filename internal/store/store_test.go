@@ -17,11 +17,11 @@ func TestAuditHistoryNewestFirst(t *testing.T) {
 	defer s.Close()
 	at := time.Unix(1_790_000_000, 0)
 	for i := range 5 {
-		if err := s.Audit(AuditRecord{At: at, UserID: "U1", Command: fmt.Sprint("cmd", i), Outcome: "ok"}); err != nil {
+		if err := s.Audit(t.Context(), AuditRecord{At: at, UserID: "U1", Command: fmt.Sprint("cmd", i), Outcome: "ok"}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	h, err := s.History(3)
+	h, err := s.History(t.Context(), 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func TestAuditConcurrentAndDurable(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Go(func() {
-			if err := s.Audit(AuditRecord{UserID: "U1", Command: fmt.Sprint(i)}); err != nil {
+			if err := s.Audit(t.Context(), AuditRecord{UserID: "U1", Command: fmt.Sprint(i)}); err != nil {
 				t.Error(err)
 			}
 		})
@@ -51,7 +51,7 @@ func TestAuditConcurrentAndDurable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	h, _ := s.History(100)
+	h, _ := s.History(t.Context(), 100)
 	if len(h) != 20 {
 		t.Fatalf("after reopen: %d records", len(h))
 	}
@@ -84,7 +84,7 @@ func TestLocks(t *testing.T) {
 	won, held := 0, 0
 	for i := range 20 {
 		wg.Go(func() {
-			_, err := st.TryLock(Lock{Key: "box/x", OpID: fmt.Sprintf("op-%d", i), What: "restore"})
+			_, err := st.TryLock(t.Context(), Lock{Key: "box/x", OpID: fmt.Sprintf("op-%d", i), What: "restore"})
 			var he *HeldError
 			mu.Lock()
 			defer mu.Unlock()
@@ -102,24 +102,24 @@ func TestLocks(t *testing.T) {
 	if won != 1 || held != 19 {
 		t.Fatalf("%d won, %d told the holder; want 1 and 19", won, held)
 	}
-	locks, _ := st.Locks()
+	locks, _ := st.Locks(t.Context())
 	owner := locks[0].OpID
-	if err := st.Unlock("box/x", "op-nobody"); err != nil {
+	if err := st.Unlock(t.Context(), "box/x", "op-nobody"); err != nil {
 		t.Fatal(err)
 	}
-	if l, _ := st.Locks(); len(l) != 1 {
+	if l, _ := st.Locks(t.Context()); len(l) != 1 {
 		t.Fatal("a non-holder released the lock")
 	}
-	if err := st.Adopt(Lock{Key: "box/x", OpID: "op-other"}); err == nil {
+	if err := st.Adopt(t.Context(), Lock{Key: "box/x", OpID: "op-other"}); err == nil {
 		t.Fatal("another operation adopted a held lock")
 	}
-	if err := st.Adopt(Lock{Key: "box/x", OpID: owner, Process: "new"}); err != nil {
+	if err := st.Adopt(t.Context(), Lock{Key: "box/x", OpID: owner, Process: "new"}); err != nil {
 		t.Fatalf("the holder could not adopt its own lock: %v", err)
 	}
-	if err := st.Unlock("box/x", owner); err != nil {
+	if err := st.Unlock(t.Context(), "box/x", owner); err != nil {
 		t.Fatal(err)
 	}
-	if l, _ := st.Locks(); len(l) != 0 {
+	if l, _ := st.Locks(t.Context()); len(l) != 0 {
 		t.Fatalf("locks after release: %+v", l)
 	}
 }
