@@ -197,7 +197,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	passphrase := &ops.Passphrase{EC2: ec2c, SSM: ssmc, SM: secretsmanager.NewFromConfig(awsCfg), SecretID: cfg.Secret.SecretsManagerID, NameTag: cfg.ServicesBox.NameTag}
 	// The one table of operation kinds: adding an operation is one line
 	// here and one kind in internal/engine.
-	setup := engine.Setup{SlashCommand: cfg.Slack.Command, NameTag: cfg.ServicesBox.NameTag, RetryWait: func() time.Duration { return snapshot.Poll }}
+	setup := engine.Setup{SlashCommand: cfg.Slack.Command, NameTag: cfg.ServicesBox.NameTag, EC2: ec2c, RetryWait: func() time.Duration { return snapshot.Poll }}
 	kinds := &engine.Registry{}
 	engine.Register(kinds, engine.RestoreEBS(setup, snapshot))
 	engine.Register(kinds, engine.RestoreTarball(setup, tarballKind))
@@ -213,6 +213,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	eng := &engine.Engine{
 		Kinds: kinds, Journal: journal.Store{KV: st.KV()}, Store: st, Approvals: &apStore,
 		EC2: ec2c, NameTag: cfg.ServicesBox.NameTag, SlashCommand: cfg.Slack.Command, Log: o.Log,
+		ApprovalTTL: cfg.Approvals.TTL.D(),
 	}
 	backups.Engine = eng
 	reports := &bot.Reports{

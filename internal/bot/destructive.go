@@ -43,20 +43,26 @@ func (d Deps) request() Handler {
 			text := fmt.Sprintf("*Dry run of* `%s %s` — nothing was changed and no approval was requested.\n%s", d.SlashCommand, c.Cmd.Text(), approvals.Render(plan))
 			return Outcome{Result: "ok", Detail: "dry run " + approvals.Short(plan.Hash())}, c.Reply.Ephemeral(ctx, chat.Text(text))
 		}
-		now := d.Approvals.now()
-		req := approvals.New(c.Cmd.Text(), plan, c.Req.UserID, c.Req.ChannelID, now, d.Approvals.TTL)
-		if err := d.Approvals.Store.Create(ctx, req); err != nil {
-			return Outcome{}, fmt.Errorf("save approval request: %w", err)
-		}
-		ref, err := c.Reply.Post(ctx, d.requestMessage(req, true, ""))
-		if err != nil {
-			return Outcome{}, fmt.Errorf("post approval request: %w", err)
-		}
-		if err := d.Approvals.Store.SetMessage(ctx, req.ID, ref.TS); err != nil {
-			return Outcome{}, err
-		}
-		return Outcome{Result: "ok", Detail: "requested " + req.ID + " plan " + approvals.Short(req.PlanHash)}, nil
+		return d.ask(ctx, c, plan)
 	}
+}
+
+// ask makes the command with its plan a request that waits for a second
+// person, shown in the channel with its buttons.
+func (d Deps) ask(ctx context.Context, c Call, plan approvals.Plan) (Outcome, error) {
+	now := d.Approvals.now()
+	req := approvals.New(c.Cmd.Text(), plan, c.Req.UserID, c.Req.ChannelID, now, d.Approvals.TTL)
+	if err := d.Approvals.Store.Create(ctx, req); err != nil {
+		return Outcome{}, fmt.Errorf("save approval request: %w", err)
+	}
+	ref, err := c.Reply.Post(ctx, d.requestMessage(req, true, ""))
+	if err != nil {
+		return Outcome{}, fmt.Errorf("post approval request: %w", err)
+	}
+	if err := d.Approvals.Store.SetMessage(ctx, req.ID, ref.TS); err != nil {
+		return Outcome{}, err
+	}
+	return Outcome{Result: "ok", Detail: "requested " + req.ID + " plan " + approvals.Short(req.PlanHash)}, nil
 }
 
 // requestMessage shows the plan and, while pending, the buttons. The text

@@ -1,9 +1,21 @@
 package bot
 
-import "context"
+import (
+	"context"
+	"errors"
 
+	"github.com/circlebot/circlebot/internal/engine"
+)
+
+// resume continues a stopped operation at once when its approval stands
+// and nothing it acts on changed; otherwise it asks a second person again,
+// showing what changed.
 func (d Deps) resume(ctx context.Context, c Call) (Outcome, error) {
 	detail, err := d.Engine.Resume(ctx, c.Cmd.ID, c.Req.UserID, c.Reply)
+	var again *engine.NeedsApproval
+	if errors.As(err, &again) {
+		return d.ask(ctx, c, again.Plan)
+	}
 	if err != nil {
 		return Outcome{}, err
 	}

@@ -73,6 +73,9 @@ type Engine struct {
 	NameTag      string
 	SlashCommand string
 	Log          *slog.Logger
+	// ApprovalTTL is how long an approval stands: a stopped operation
+	// approved longer ago than that needs a second person again to go on.
+	ApprovalTTL time.Duration
 	// MinInterval paces progress updates (tests); zero means the default.
 	MinInterval time.Duration
 
@@ -199,6 +202,9 @@ func (e *Engine) Execute(ctx context.Context, req approvals.Request, out Out) er
 	cmd, err := commands.Parse(req.Command)
 	if err != nil {
 		return fmt.Errorf("request %s: command %q cannot be read by this version: %w", req.ID, req.Command, err)
+	}
+	if cmd.Name == commands.Resume {
+		return e.resumeApproved(ctx, cmd.ID, req, out)
 	}
 	return e.start(ctx, cmd, req, out, true)
 }
@@ -518,22 +524,106 @@ func (e *Engine) find(ctx context.Context, id string) (*journal.Op, error) {
 	return op, err
 }
 
+// NeedsApproval is a resume that a second person must approve first: the
+// approval is older than the TTL, or live state differs from what was
+// approved. Plan says what would run and what changed.
+type NeedsApproval struct {
+	Op   string
+	Plan approvals.Plan
+}
+
+func (n *NeedsApproval) Error() string {
+	return fmt.Sprintf("resuming %s needs a second person's approval", n.Op)
+}
+
 // Resume continues a stopped operation from its first unfinished step.
+// A resume is a continuation of what was approved, not a new authority:
+// if the approval is older than the TTL, or the live state of what the
+// remaining steps act on is not what was approved, it returns a
+// *NeedsApproval and changes nothing.
 func (e *Engine) Resume(ctx context.Context, id, user string, out Out) (string, error) {
-	op, err := e.find(ctx, id)
+	op, plan, err := e.resumePlan(ctx, id)
 	if err != nil {
 		return "", err
 	}
+	if plan != nil {
+		return "", &NeedsApproval{Op: op.ID, Plan: *plan}
+	}
+	return e.resume(ctx, op, out, fmt.Sprintf("Resumed by <@%s>", user))
+}
+
+// resumeApproved runs a resume that a second person approved, if what it
+// would do now still hashes as approved.
+func (e *Engine) resumeApproved(ctx context.Context, id string, req approvals.Request, out Out) error {
+	op, plan, err := e.resumePlan(ctx, id)
+	if err != nil {
+		return &PlanChangedError{Approved: req.PlanHash, Err: err}
+	}
+	live := approvals.Plan{}
+	if plan != nil {
+		live = *plan
+	}
+	if live.Hash() != req.PlanHash {
+		return &PlanChangedError{Approved: req.PlanHash, Live: live.Hash()}
+	}
+	_, err = e.resume(ctx, op, out, fmt.Sprintf("Resumed by <@%s>, approved by <@%s> (request `%s`)", req.Requester, req.Decider, req.ID))
+	return err
+}
+
+// resumePlan finds a stopped operation and says whether it may go on at
+// once (nil plan) or what must be approved first.
+func (e *Engine) resumePlan(ctx context.Context, id string) (*journal.Op, *approvals.Plan, error) {
+	op, err := e.find(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
 	_, b, err := e.bind(op)
 	if err != nil {
-		return "", refusal(err)
+		return nil, nil, refusal(err)
 	}
-	if op.State == journal.Stopped {
-		if err := b.recheck(ctx); err != nil {
-			return "", refusef("`%s` was not resumed: what it restores from changed (%s). `%s cancel %s` gives it up; then request a new one.", op.ID, ops.Explain(err), e.SlashCommand, op.ID)
-		}
+	if op.State != journal.Stopped {
+		// Claim says why (running, done, given up) when it refuses.
+		return op, nil, nil
 	}
-	op, err = e.Journal.Claim(ctx, op.ID, e.Store.Process())
+	changes, err := b.recheck(ctx, Record{Op: op})
+	if err != nil {
+		return nil, nil, refusef("`%s` was not resumed: what it works from changed (%s). `%s cancel %s` gives it up; then request a new one.", op.ID, strings.TrimSuffix(ops.Explain(err), "."), e.SlashCommand, op.ID)
+	}
+	approved := op.Created
+	stale := e.ApprovalTTL > 0 && time.Since(approved) > e.ApprovalTTL
+	if !stale && len(changes) == 0 {
+		return op, nil, nil
+	}
+	i := op.Next()
+	var rest []string
+	for j := i; j < len(op.Steps); j++ {
+		rest = append(rest, fmt.Sprintf("%d. %s", j+1, op.Steps[j].Name))
+	}
+	plan := &approvals.Plan{Action: "resume", Facts: map[string]string{
+		"operation": op.ID, "kind": op.Kind, "from_step": fmt.Sprint(i + 1), "approved": approved.UTC().Format(time.RFC3339),
+		"plan": approvals.Short(planHash(op)), "changed": strings.Join(changes, "; "),
+	}}
+	plan.Changes = append(plan.Changes, fmt.Sprintf("continue `%s` (%s) from step %d: %s", op.ID, op.Title, i+1, strings.Join(rest, ", ")))
+	if stale {
+		plan.Changes = append(plan.Changes, fmt.Sprintf("it was approved by <@%s> at %s UTC, %s ago: longer than `approvals.ttl` (%s), so it is approved again", op.Approver, approved.UTC().Format("2006-01-02 15:04"), chat.Age(time.Since(approved)), e.ApprovalTTL))
+	}
+	for _, c := range changes {
+		plan.Changes = append(plan.Changes, "changed since the approval: "+c)
+	}
+	plan.Keeps = []string{"the steps already done (" + e.leftBehind(op) + "): they are not run again"}
+	plan.Undo = []string{"the remaining steps act on the state as it is now, shown above"}
+	return op, plan, nil
+}
+
+// planHash identifies the approved plan an operation carries.
+func planHash(op *journal.Op) string {
+	return approvals.Plan{Action: op.Kind, Facts: op.Facts}.Hash()
+}
+
+// resume claims a stopped operation and runs it from its first unfinished
+// step.
+func (e *Engine) resume(ctx context.Context, op *journal.Op, out Out, by string) (string, error) {
+	op, err := e.Journal.Claim(ctx, op.ID, e.Store.Process())
 	if err != nil {
 		return "", &Refusal{Msg: err.Error() + "."}
 	}
@@ -548,7 +638,7 @@ func (e *Engine) Resume(ctx context.Context, id, user string, out Out) (string, 
 		return "", err
 	}
 	i := op.Next()
-	note := fmt.Sprintf("Resumed by <@%s> at step %d (%s); steps 1–%d are done and are not run again.", user, i+1, op.Steps[i].Name, i)
+	note := fmt.Sprintf("%s at step %d (%s); steps 1–%d are done and are not run again.", by, i+1, op.Steps[i].Name, i)
 	if err := e.run(ctx, op.ID, out, note); err != nil {
 		return "", err
 	}

@@ -108,6 +108,9 @@ func (o *out) Update(_ context.Context, _ chat.Ref, m chat.Message) error {
 }
 
 func (o *out) PostThread(_ context.Context, _ chat.Ref, m chat.Message) (chat.Ref, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.posts = append(o.posts, text(m))
 	return chat.Ref{}, nil
 }
 
@@ -450,5 +453,67 @@ func TestAPanickingStepStopsTheOperation(t *testing.T) {
 	}
 	if l := locked(t, st); len(l) != 0 {
 		t.Errorf("locks left: %v", l)
+	}
+}
+
+// A resume is a continuation, not a new authority: past the approval's
+// TTL, or with live state changed, it needs a second person, and changes
+// nothing until one approves the resume plan.
+func TestResumeAfterTheTTLOrAChangeNeedsApprovalAgain(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		ttl     time.Duration
+		changes []string
+		want    string
+	}{
+		{name: "within the TTL, unchanged", ttl: time.Hour},
+		{name: "past the TTL", ttl: time.Nanosecond, want: "longer than `approvals.ttl`"},
+		{name: "live state changed", ttl: time.Hour, changes: []string{"the Services box `i-1` was stopped when this was approved; it is running now"}, want: "changed since the approval: the Services box `i-1` was stopped"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &world{version: 1, fail: map[string]int{"two": 1}}
+			e, _ := newEngine(t, w)
+			e.ApprovalTTL = tc.ttl
+			k := fakeKind(w, "fake-restore", commands.Restore, true)
+			k.Recheck = func(context.Context, fakePlan, Record) ([]string, error) { return tc.changes, nil }
+			e.Kinds.kinds["fake-restore"] = k
+			r := approve(t, e, "restore latest")
+			_ = e.Execute(context.Background(), r, &out{}) // stops at step two
+			op, _ := e.Journal.ByRequest(context.Background(), r.ID)
+			_, err := e.Resume(context.Background(), op.ID, "U0ALICE", &out{})
+			var again *NeedsApproval
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("Resume = %v, want it to go on at once", err)
+				}
+				return
+			}
+			if !errors.As(err, &again) || !strings.Contains(strings.Join(again.Plan.Changes, "\n"), tc.want) {
+				t.Fatalf("Resume = %v, want a request saying %q", err, tc.want)
+			}
+			if got := strings.Join(w.ran, ","); got != "one,two" {
+				t.Fatalf("ran %s before a second person approved", got)
+			}
+			// The resume, approved by another person, runs; a plan that
+			// changed again since is refused.
+			req := approvals.New("resume "+op.ID, again.Plan, "U0ALICE", "C1", time.Now(), time.Hour)
+			req.Decider = "U0BOB"
+			stale := req
+			stale.PlanHash = "0000"
+			var changed *PlanChangedError
+			if err := e.Execute(context.Background(), stale, &out{}); !errors.As(err, &changed) {
+				t.Fatalf("a resume whose plan changed ran: %v", err)
+			}
+			o := &out{}
+			if err := e.Execute(context.Background(), req, o); err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(w.ran, ","); got != "one,two,two,three" {
+				t.Errorf("ran %s", got)
+			}
+			if !o.said("approved by <@U0BOB> (request `" + req.ID + "`)") {
+				t.Errorf("the progress does not say who approved the resume: %q", o.posts)
+			}
+		})
 	}
 }

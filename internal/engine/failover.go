@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+
 	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/commands"
 	"github.com/circlebot/circlebot/internal/journal"
@@ -34,6 +36,28 @@ func Failover(s Setup, f *ops.Failover) Kind[ops.FailoverPlan] {
 			return nil
 		},
 		Steps: func(p ops.FailoverPlan, _ Env) []journal.Def { return f.Steps(p) },
+		Recheck: func(ctx context.Context, p ops.FailoverPlan, op Record) ([]string, error) {
+			var changes []string
+			// Until the fence (step 1) is done, the old primary must be as
+			// approved: a box that was down and came back is a healthy
+			// Services box, and fencing it is a new decision.
+			if p.Primary != nil && !op.done(0) {
+				c, err := primaryChanged(ctx, s, p)
+				if err != nil {
+					return nil, err
+				}
+				changes = append(changes, c...)
+			}
+			// Until the replica is started (step 2), it must be as approved.
+			if !op.done(1) {
+				c, err := ops.Changed(ctx, s.EC2, "the replica", p.Replica.ID, p.Replica.State)
+				if err != nil {
+					return nil, err
+				}
+				changes = append(changes, nonEmpty(c)...)
+			}
+			return changes, nil
+		},
 		Summary: func(p ops.FailoverPlan, op Record) string {
 			var steps []string
 			for _, st := range op.Steps {
@@ -56,6 +80,20 @@ func Failover(s Setup, f *ops.Failover) Kind[ops.FailoverPlan] {
 		},
 		Hold: true, BoxLine: true,
 	}
+}
+
+func primaryChanged(ctx context.Context, s Setup, p ops.FailoverPlan) ([]string, error) {
+	if p.Primary.Unknown == "" {
+		c, err := ops.Changed(ctx, s.EC2, "the Services box", p.Primary.ID, p.Primary.State)
+		return nonEmpty(c), err
+	}
+	// It could not be read when approved: if it can be now, the risk the
+	// approver took is not the one in front of us.
+	box, err := ops.FindBox(ctx, s.EC2, s.NameTag)
+	if err != nil {
+		return nil, nil
+	}
+	return []string{fmt.Sprintf("the Services box could not be read when this was approved (%s); now `%s` is %s", strings.TrimSuffix(p.Primary.Unknown, "."), aws.ToString(box.InstanceId), box.State.Name)}, nil
 }
 
 func failoverApproval(p ops.FailoverPlan, stop time.Duration) approvals.Plan {

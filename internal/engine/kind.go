@@ -46,9 +46,12 @@ type Kind[P any] struct {
 	Empty func(P) string
 	// Steps are the journaled steps; each must be safe to run again.
 	Steps func(P, Env) []journal.Def
-	// Recheck says whether what the operation works from is still there
-	// before a stopped operation is resumed (nil: nothing to check).
-	Recheck func(ctx context.Context, p P) error
+	// Recheck runs before a stopped operation is resumed: an error means
+	// what it works from is gone and it cannot go on; changes are what
+	// differs in live state from what was approved (for the steps not yet
+	// done), which a second person must see and approve before it goes
+	// on. nil: only the approval's age counts.
+	Recheck func(ctx context.Context, p P, op Record) (changes []string, err error)
 	// Summary is the last word of a finished operation.
 	Summary func(p P, op Record) string
 	// LeftBehind names what a given-up operation made, for a person to
@@ -103,7 +106,7 @@ type derived struct {
 // engine needs of it.
 type bound struct {
 	steps      func(Env) []journal.Def
-	recheck    func(context.Context) error
+	recheck    func(context.Context, Record) ([]string, error)
 	summary    func(Record) string
 	leftBehind func(Record) []string
 }
@@ -153,14 +156,14 @@ func (k Kind[P]) bind(data string) (bound, error) {
 	}
 	b := bound{
 		steps:   func(env Env) []journal.Def { return k.Steps(p, env) },
-		recheck: func(context.Context) error { return nil },
+		recheck: func(context.Context, Record) ([]string, error) { return nil, nil },
 		summary: func(r Record) string { return k.Summary(p, r) },
 		leftBehind: func(Record) []string {
 			return nil
 		},
 	}
 	if k.Recheck != nil {
-		b.recheck = func(ctx context.Context) error { return k.Recheck(ctx, p) }
+		b.recheck = func(ctx context.Context, r Record) ([]string, error) { return k.Recheck(ctx, p, r) }
 	}
 	if k.LeftBehind != nil {
 		b.leftBehind = func(r Record) []string { return k.LeftBehind(p, r) }

@@ -34,6 +34,8 @@ func BoxLock(nameTag string) string { return "box/" + nameTag }
 type Setup struct {
 	SlashCommand string
 	NameTag      string
+	// EC2 reads live state when a stopped operation is resumed.
+	EC2 ops.EC2
 	// RetryWait is the first pause (read when used: tests tune it).
 	RetryWait func() time.Duration
 }
@@ -60,7 +62,19 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan] {
 		Title:    func(p ops.RestorePlan) string { return "Restore of the Services box from `" + p.Source + "`" },
 		Target:   s.box,
 		Steps:    func(p ops.RestorePlan, _ Env) []journal.Def { return r.Steps(p) },
-		Recheck:  r.Recheck,
+		Recheck: func(ctx context.Context, p ops.RestorePlan, op Record) ([]string, error) {
+			if err := r.Recheck(ctx, p); err != nil {
+				return nil, err
+			}
+			// Until step 4 (stop the old instance) is done, the old box
+			// must be as approved: a box that came back, or went, is a
+			// different decision.
+			if p.Old == nil || op.done(3) {
+				return nil, nil
+			}
+			c, err := ops.Changed(ctx, s.EC2, "the old Services box", p.Old.InstanceID, p.Old.State)
+			return nonEmpty(c), err
+		},
 		Summary: func(p ops.RestorePlan, op Record) string {
 			var b strings.Builder
 			fmt.Fprintf(&b, "Restored `%s` onto `%s` (%s, %s) in %s (approved by <@%s>).", p.Source, op.Data["instance_id"], op.Data["instance_type"], p.Shape.PrivateIP, op.Took, op.Approver)
@@ -155,9 +169,20 @@ func RestoreTarball(s Setup, t TarballRestorer) Kind[ops.TarballRestorePlan] {
 		Title: func(p ops.TarballRestorePlan) string {
 			return "Restore of the Services box from `s3://" + p.Bucket + "/" + p.Key + "`"
 		},
-		Target:  s.box,
-		Steps:   func(p ops.TarballRestorePlan, _ Env) []journal.Def { return t.Steps(p) },
-		Recheck: func(ctx context.Context, p ops.TarballRestorePlan) error { return t.Recheck(ctx, p) },
+		Target: s.box,
+		Steps:  func(p ops.TarballRestorePlan, _ Env) []journal.Def { return t.Steps(p) },
+		Recheck: func(ctx context.Context, p ops.TarballRestorePlan, op Record) ([]string, error) {
+			if err := t.Recheck(ctx, p); err != nil {
+				return nil, err
+			}
+			// Until step 4 (stop the app) is done, the box must be the
+			// running one the plan was approved for.
+			if op.done(3) {
+				return nil, nil
+			}
+			c, err := ops.Changed(ctx, s.EC2, "the Services box", p.InstanceID, "running")
+			return nonEmpty(c), err
+		},
 		Summary: func(p ops.TarballRestorePlan, op Record) string {
 			return fmt.Sprintf("Restored `s3://%s/%s` onto `%s` in %s (approved by <@%s>). The data that was there is in `%s` on the box: delete it once you have checked the restore. Next: take a backup (`%s backup now`); webhooks sent while the app was stopped were lost.",
 				p.Bucket, p.Key, p.InstanceID, op.Took, op.Approver, op.Data["moved_aside"], s.SlashCommand)
@@ -187,4 +212,17 @@ func tarballApproval(p ops.TarballRestorePlan) approvals.Plan {
 	ap.Keeps = []string{"the box's current data: circleci-restore moves it to `/data/circleci-restore-<time>` (delete that by hand once the restore is confirmed)", "the tarball in S3"}
 	ap.Undo = []string{fmt.Sprintf("the app runs on the data of %s UTC: builds and settings since then are not in it (the moved-aside data still has them)", p.Modified.UTC().Format("2006-01-02 15:04"))}
 	return ap
+}
+
+// done reports whether step i (from 0) of the operation finished.
+func (r Record) done(i int) bool { return i < len(r.Steps) && r.Steps[i].State == journal.StepDone }
+
+func nonEmpty(s ...string) []string {
+	var out []string
+	for _, v := range s {
+		if v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }
