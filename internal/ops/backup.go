@@ -13,7 +13,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
-	"github.com/aws/smithy-go"
 )
 
 // BackupEC2 is the part of EC2 an EBS backup uses.
@@ -237,36 +236,7 @@ func (e *EBSBackup) Follow(ctx context.Context, b *Backup, p Progress) error {
 	return nil
 }
 
-// FindBox returns the one running-or-stopped instance with the Name tag;
-// none or several is an error that says which.
-func FindBox(ctx context.Context, api EC2, tag string) (ec2types.Instance, error) {
-	insts, err := FindByName(ctx, api, tag)
-	if err != nil {
-		return ec2types.Instance{}, err
-	}
-	switch len(insts) {
-	case 0:
-		return ec2types.Instance{}, fmt.Errorf("find the Services box: no instance tagged Name=%s: %w", tag, ErrNotFound)
-	case 1:
-		return insts[0], nil
-	}
-	var ids []string
-	for _, in := range insts {
-		ids = append(ids, aws.ToString(in.InstanceId)+" ("+string(in.State.Name)+")")
-	}
-	return ec2types.Instance{}, &AmbiguousError{Tag: tag, Instances: ids}
-}
-
-// AmbiguousError: more than one instance carries the box's tag.
-type AmbiguousError struct {
-	Tag       string
-	Instances []string
-}
-
-func (e *AmbiguousError) Error() string {
-	return fmt.Sprintf("find the Services box: %d instances are tagged Name=%s (%s); retag or stop the extra one first", len(e.Instances), e.Tag, strings.Join(e.Instances, ", "))
-}
-
+// ShapeOf reads the launch shape of an instance.
 func ShapeOf(in ec2types.Instance) Shape {
 	s := Shape{
 		InstanceID:   aws.ToString(in.InstanceId),
@@ -319,10 +289,12 @@ func (e *EBSBackup) tags(b *Backup) []ec2types.Tag {
 	return out
 }
 
-// create makes the snapshot set. SDK retries are off for the create call:
-// a retried CreateSnapshots after an answer that was lost would make a
-// second set. Each retry first looks for snapshots already tagged with
-// this backup's ID and adopts them instead.
+// create makes the snapshot set. CreateSnapshots is never retried
+// blind: the SDK retries only throttled attempts (onceEC2), and an
+// attempt whose answer was lost (a 5xx, a time-out) may have made the
+// set. So each attempt after the first looks for snapshots already
+// tagged with this backup's ID and adopts them instead; if it cannot
+// look, it does not create.
 func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instance, p Progress) error {
 	devices := map[string]string{}
 	for _, bd := range inst.BlockDeviceMappings {
@@ -333,25 +305,20 @@ func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instanc
 	if len(devices) == 0 {
 		return fmt.Errorf("snapshot volumes: instance %s has no EBS volumes", b.Shape.InstanceID)
 	}
-	attempts := max(e.Attempts, 1)
-	backoff := cmpOr(e.Retry, time.Second)
-	var lastErr error
-	for attempt := 1; attempt <= attempts; attempt++ {
+	pol := policy{Attempts: max(e.Attempts, 1), Pause: cmpOr(e.Retry, time.Second), MaxPause: 30 * time.Second}
+	final, tries := false, 0 // final: an outcome that trying again would not change
+	err := again(ctx, pol, func(err error) bool {
+		return !final && (transient(err) || errors.Is(err, ErrSnapshotLimit))
+	}, func(attempt int) error {
+		tries = attempt
 		if attempt > 1 {
-			if err := sleep(ctx, backoff); err != nil {
-				return err
-			}
-			backoff = min(backoff*2, 30*time.Second)
-			// The last attempt may have created the set even though its
-			// answer was lost. Look before creating again; if we cannot
-			// look, do not create blind.
 			found, err := e.existing(ctx, b.ID)
 			if err != nil {
-				lastErr = err
-				p.Log(fmt.Sprintf("could not check for snapshots of an earlier attempt (%s); not creating blind, trying again", errorCode(err)))
-				continue
+				p.Log(fmt.Sprintf("could not check for snapshots of an earlier attempt (%s); not creating blind", failure(err)))
+				return err
 			}
 			if len(found) > 0 {
+				final = true
 				if len(found) != len(devices) {
 					return fmt.Errorf("snapshot volumes of %s: an earlier attempt left %d of %d snapshots (%s); refusing to call that a restore point", b.Shape.InstanceID, len(found), len(devices), snapshotIDs(found))
 				}
@@ -365,7 +332,7 @@ func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instanc
 			Description:           aws.String(BackupDescription(b.Started)),
 			CopyTagsFromSource:    ec2types.CopyTagsFromSourceVolume,
 			TagSpecifications:     []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeSnapshot, Tags: e.tags(b)}},
-		}, func(o *ec2.Options) { o.RetryMaxAttempts = 1 })
+		}, onceEC2)
 		if err == nil {
 			var refs []SnapshotRef
 			for _, s := range out.Snapshots {
@@ -375,28 +342,33 @@ func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instanc
 			e.tagDevices(ctx, b, p)
 			return nil
 		}
-		lastErr = err
-		code := errorCode(err)
-		switch {
-		case code == "UnsupportedOperation":
+		switch err = translate(err); {
+		case errors.Is(err, ErrUnsupported):
+			final = true
 			p.Log("CreateSnapshots is not available here; falling back to one snapshot per volume (not crash-consistent across volumes)")
 			b.Notes = append(b.Notes, "per-volume snapshots: not crash-consistent across volumes")
 			return e.perVolume(ctx, b, devices)
-		case retryable(code):
-			what := "AWS is throttling snapshot requests"
-			if code == "ConcurrentSnapshotLimitExceeded" || code == "SnapshotCreationPerVolumeRateExceeded" {
-				what = "the account is at its limit of snapshots in progress"
-			}
-			p.Log(fmt.Sprintf("%s (%s); waiting %s before attempt %d of %d", what, code, backoff, attempt+1, attempts))
-		case code == "" && ctx.Err() == nil:
-			// No answer at all (connection reset, time-out): the set may
-			// exist. The next round looks before it creates.
-			p.Log(fmt.Sprintf("no answer from EC2 (%s); checking whether the snapshots were made before trying again", firstLine(err)))
-		default:
-			return fmt.Errorf("snapshot volumes of %s: %w", b.Shape.InstanceID, err)
+		case errors.Is(err, ErrSnapshotLimit), errors.Is(err, ErrThrottled), transient(err):
+			return err
 		}
+		final = true
+		return fmt.Errorf("snapshot volumes of %s: %w", b.Shape.InstanceID, err)
+	}, func(err error, next int, pause time.Duration) {
+		what := "no answer from EC2"
+		switch {
+		case errors.Is(err, ErrSnapshotLimit):
+			what = "the account is at its limit of snapshots in progress"
+		case errors.Is(err, ErrThrottled):
+			what = "AWS is throttling snapshot requests"
+		case errors.Is(err, ErrUnavailable):
+			what = "EC2 failed the call"
+		}
+		p.Log(fmt.Sprintf("%s (%s); waiting %s, then checking whether the snapshots were made before attempt %d of %d", what, failure(err), pause, next, pol.Attempts))
+	})
+	if err != nil && !final {
+		return fmt.Errorf("snapshot volumes of %s after %d attempts: %w", b.Shape.InstanceID, tries, err)
 	}
-	return fmt.Errorf("snapshot volumes of %s after %d attempts: %w", b.Shape.InstanceID, attempts, lastErr)
+	return err
 }
 
 func snapshotIDs(refs []SnapshotRef) string {
@@ -418,9 +390,9 @@ func (e *EBSBackup) perVolume(ctx context.Context, b *Backup, devices map[string
 		out, err := e.EC2.CreateSnapshot(ctx, &ec2.CreateSnapshotInput{
 			VolumeId: aws.String(v), Description: aws.String(BackupDescription(b.Started)),
 			TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeSnapshot, Tags: tags}},
-		}, func(o *ec2.Options) { o.RetryMaxAttempts = 1 }) // a lost answer must not become a second snapshot
+		}, onceEC2) // a lost answer must not become a second snapshot
 		if err != nil {
-			return fmt.Errorf("snapshot volume %s: %w", v, err)
+			return fmt.Errorf("snapshot volume %s: %w", v, translate(err))
 		}
 		b.Snapshots = append(b.Snapshots, SnapshotRef{ID: aws.ToString(out.SnapshotId), VolumeID: v, Device: devices[v], SizeGiB: aws.ToInt32(out.VolumeSize), State: string(out.State)})
 	}
@@ -437,7 +409,7 @@ func (e *EBSBackup) tagDevices(ctx context.Context, b *Backup, p Progress) {
 			{Key: aws.String(TagDevice), Value: aws.String(s.Device)},
 		}})
 		if err != nil {
-			p.Log(fmt.Sprintf("could not tag %s with its device (%s); the bot's record keeps it", s.ID, errorCode(err)))
+			p.Log(fmt.Sprintf("could not tag %s with its device (%s); the bot's record keeps it", s.ID, failure(translate(err))))
 		}
 	}
 }
@@ -447,7 +419,7 @@ func (e *EBSBackup) existing(ctx context.Context, id string) ([]SnapshotRef, err
 		Filters: []ec2types.Filter{{Name: aws.String("tag:" + TagBackupID), Values: []string{id}}},
 	})
 	if err != nil {
-		return nil, err
+		return nil, translate(err)
 	}
 	var refs []SnapshotRef
 	for _, s := range out.Snapshots {
@@ -480,8 +452,10 @@ func (e *EBSBackup) wait(ctx context.Context, b *Backup, p Progress) error {
 		out, err := e.EC2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: ids})
 		// EC2 is eventually consistent: a snapshot just made can be "not
 		// found" for a little while.
-		young := errorCode(err) == "InvalidSnapshot.NotFound" && time.Since(start) < time.Minute
-		if err != nil && !retryable(errorCode(err)) && !young {
+		// (A transient failure is a poll that saw nothing, as in waitFor.)
+		err = translate(err)
+		young := errors.Is(err, ErrNotFound) && time.Since(start) < time.Minute
+		if err != nil && !transient(err) && !young {
 			return fmt.Errorf("read snapshot state: %w", err)
 		}
 		if err == nil {
@@ -531,41 +505,6 @@ func parsePct(s string) float64 {
 		return 0
 	}
 	return f
-}
-
-func errorCode(err error) string {
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		return ae.ErrorCode()
-	}
-	return ""
-}
-
-func retryable(code string) bool {
-	switch code {
-	case "RequestLimitExceeded", "Throttling", "ThrottlingException", "ConcurrentSnapshotLimitExceeded",
-		"SnapshotCreationPerVolumeRateExceeded", "InternalError", "InternalFailure", "InternalServerError", "ServiceUnavailable", "Unavailable":
-		return true
-	}
-	return false
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-func cmpOr(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
 }
 
 func codes(ids []string) []string {

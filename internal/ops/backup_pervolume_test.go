@@ -12,9 +12,11 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 )
 
 // pvEC2 is an EC2 where CreateSnapshots is not available (it answers
@@ -39,7 +41,7 @@ type pvCreate struct {
 	Volume, Description string
 	Resource            ec2types.ResourceType
 	Tags                map[string]string
-	Retries             int // the RetryMaxAttempts the call left the SDK
+	RetriesLost         bool // the SDK, as the call set it up, would send it again after a lost answer
 }
 
 func newPvEC2() *pvEC2 {
@@ -56,7 +58,7 @@ func newPvEC2() *pvEC2 {
 			BlockDeviceMappings: []ec2types.InstanceBlockDeviceMapping{dev("/dev/sdb", "vol-0a"), dev("/dev/sda1", "vol-0b"), dev("/dev/sdc", "vol-0c"), {DeviceName: aws.String("/dev/sdd")}},
 		},
 		sizes:               map[string]int32{"vol-0a": 100, "vol-0b": 50, "vol-0c": 200},
-		createSnapshotsErrs: []error{apiErr("UnsupportedOperation")},
+		createSnapshotsErrs: []error{groupErr("UnsupportedOperation")},
 		failVolume:          map[string]error{},
 		lostVolume:          map[string]bool{},
 	}
@@ -125,12 +127,13 @@ func (f *pvEC2) CreateSnapshots(context.Context, *ec2.CreateSnapshotsInput, ...f
 func (f *pvEC2) CreateSnapshot(_ context.Context, in *ec2.CreateSnapshotInput, opts ...func(*ec2.Options)) (*ec2.CreateSnapshotOutput, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	o := ec2.Options{RetryMaxAttempts: 3}
+	o := ec2.Options{RetryMaxAttempts: 3, Retryer: retry.NewStandard()}
 	for _, fn := range opts {
 		fn(&o)
 	}
 	vol := aws.ToString(in.VolumeId)
-	c := pvCreate{Volume: vol, Description: aws.ToString(in.Description), Tags: map[string]string{}, Retries: o.RetryMaxAttempts}
+	lost := &smithy.OperationError{ServiceID: "EC2", OperationName: "CreateSnapshot", Err: &smithyhttp.RequestSendError{Err: errors.New("connection reset by peer")}}
+	c := pvCreate{Volume: vol, Description: aws.ToString(in.Description), Tags: map[string]string{}, RetriesLost: o.Retryer.IsErrorRetryable(lost)}
 	var tags []ec2types.Tag
 	for _, ts := range in.TagSpecifications {
 		c.Resource = ts.ResourceType
@@ -226,15 +229,15 @@ func snapRefIDs(refs []SnapshotRef) []string {
 	return ids
 }
 
-// wantNoSecondSnapshot: every CreateSnapshot left the SDK one attempt (a
-// retry after a lost answer would make a second snapshot), and no volume
+// wantNoSecondSnapshot: no CreateSnapshot lets the SDK send it again after
+// a lost answer (that would make a second snapshot), and no volume
 // was snapshotted twice.
 func wantNoSecondSnapshot(t *testing.T, f *pvEC2) {
 	t.Helper()
 	seen := map[string]bool{}
 	for _, c := range f.creates {
-		if c.Retries != 1 {
-			t.Errorf("CreateSnapshot of %s left the SDK %d attempts; want 1", c.Volume, c.Retries)
+		if c.RetriesLost {
+			t.Errorf("CreateSnapshot of %s lets the SDK send it again after a lost answer", c.Volume)
 		}
 		if seen[c.Volume] {
 			t.Errorf("CreateSnapshot of %s called twice", c.Volume)
@@ -256,10 +259,10 @@ func TestPerVolumeSnapshotsEveryVolumeWithTheBackupsTags(t *testing.T) {
 		name string
 		errs []error
 	}{
-		{"CreateSnapshots unsupported", []error{apiErr("UnsupportedOperation")}},
+		{"CreateSnapshots unsupported", []error{groupErr("UnsupportedOperation")}},
 		// The first CreateSnapshots got no answer: the next attempt looks
 		// for its snapshots (none), then falls back.
-		{"after a CreateSnapshots without an answer", []error{errors.New("connection reset by peer"), apiErr("UnsupportedOperation")}},
+		{"after a CreateSnapshots without an answer", []error{&smithy.OperationError{ServiceID: "EC2", OperationName: "CreateSnapshots", Err: &smithyhttp.RequestSendError{Err: errors.New("connection reset by peer")}}, groupErr("UnsupportedOperation")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newPvEC2()
@@ -321,7 +324,7 @@ func TestPerVolumeSnapshotsEveryVolumeWithTheBackupsTags(t *testing.T) {
 // may try again.
 func TestPerVolumeFailureKeepsTheSnapshotsMadeAndIsNoRestorePoint(t *testing.T) {
 	f := newPvEC2()
-	f.failVolume["vol-0b"] = apiErr("IncorrectState")
+	f.failVolume["vol-0b"] = groupErr("IncorrectState")
 	recs, rec, err := runPerVolume(t, f)
 	if errorCodeOf(err) != "IncorrectState" {
 		t.Fatalf("err %v; want AWS's IncorrectState", err)

@@ -3,6 +3,7 @@ package ops
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -79,7 +80,7 @@ func DecodeRotationPlan(s string) (RotationPlan, error) {
 func (b *Builders) group(ctx context.Context) (asgtypes.AutoScalingGroup, error) {
 	out, err := b.ASG.DescribeAutoScalingGroups(ctx, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{b.Group}})
 	if err != nil {
-		return asgtypes.AutoScalingGroup{}, fmt.Errorf("read the builder group %s: %w", b.Group, err)
+		return asgtypes.AutoScalingGroup{}, fmt.Errorf("read the builder group %s: %w", b.Group, translate(err))
 	}
 	if len(out.AutoScalingGroups) == 0 {
 		return asgtypes.AutoScalingGroup{}, refusef("there is no Auto Scaling group `%s` (`builders.asg_name`).", b.Group)
@@ -177,14 +178,14 @@ func (b *Builders) replace(ctx context.Context, p RotationPlan, batch []string, 
 	target := p.Desired + int32(len(left))
 	if aws.ToInt32(g.DesiredCapacity) < target {
 		if _, err := b.ASG.SetDesiredCapacity(ctx, &autoscaling.SetDesiredCapacityInput{AutoScalingGroupName: aws.String(p.Group), DesiredCapacity: aws.Int32(target), HonorCooldown: aws.Bool(false)}); err != nil {
-			return "", fmt.Errorf("raise %s to %d for the new builders: %w", p.Group, target, err)
+			return "", fmt.Errorf("raise %s to %d for the new builders: %w", p.Group, target, translate(err))
 		}
 	}
 	deadline := time.Now().Add(cmpOr(b.Timeout, 15*time.Minute))
 	for {
 		g, err = b.group(ctx)
-		if err != nil && !Transient(err) {
-			return "", err
+		if err != nil && !transient(err) {
+			return "", err // (a transient failure is a poll that saw nothing, as in waitFor)
 		}
 		if err == nil && healthy(g) >= int(target) {
 			break
@@ -202,7 +203,7 @@ func (b *Builders) replace(ctx context.Context, p RotationPlan, batch []string, 
 	pr.Log(fmt.Sprintf("%s: %d healthy builders; retiring %s.", p.Group, healthy(g), strings.Join(left, ", ")))
 	for _, id := range left {
 		_, err := b.ASG.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{InstanceId: aws.String(id), ShouldDecrementDesiredCapacity: aws.Bool(true)})
-		if err != nil && !strings.Contains(err.Error(), "not part of Auto Scaling group") {
+		if err = translate(err); err != nil && !errors.Is(err, ErrNotInGroup) {
 			return "", fmt.Errorf("retire %s: %w", id, err)
 		}
 	}

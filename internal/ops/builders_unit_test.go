@@ -69,7 +69,14 @@ func validation(format string, a ...any) error {
 	return &smithy.GenericAPIError{Code: "ValidationError", Message: fmt.Sprintf(format, a...)}
 }
 
-func apiErr(code string) error {
+// notInGroup is Auto Scaling's answer for an instance that left the
+// group, as the SDK hands it over: inside the operation's error.
+func notInGroup(id, group string) error {
+	return &smithy.OperationError{ServiceID: "Auto Scaling", OperationName: "TerminateInstanceInAutoScalingGroup",
+		Err: validation("The instance %s is not part of Auto Scaling group %s.", id, group)}
+}
+
+func groupErr(code string) error {
 	return &smithy.GenericAPIError{Code: code, Message: "fake " + code}
 }
 
@@ -181,7 +188,7 @@ func (g *fakeGroup) TerminateInstanceInAutoScalingGroup(_ context.Context, in *a
 	}
 	i := slices.IndexFunc(g.insts, func(b *fakeBuilder) bool { return b.id == id && b.state != "Terminating" })
 	if i < 0 {
-		return nil, validation("The instance %s is not part of Auto Scaling group %s.", id, g.name)
+		return nil, notInGroup(id, g.name)
 	}
 	b := g.insts[i]
 	if aws.ToBool(in.ShouldDecrementDesiredCapacity) {
@@ -264,7 +271,7 @@ func plan(t *testing.T, b *Builders) RotationPlan {
 	return p
 }
 
-func wantCalls(t *testing.T, what string, got []string, want ...string) {
+func wantGroupCalls(t *testing.T, what string, got []string, want ...string) {
 	t.Helper()
 	if !slices.Equal(got, want) {
 		t.Errorf("%s: calls\n  %q\nwant\n  %q", what, got, want)
@@ -310,7 +317,7 @@ func TestBuildersPlanSizesTheBatchesToTheGroup(t *testing.T) {
 		if err != nil || fmt.Sprint(back) != fmt.Sprint(p) {
 			t.Errorf("decode(encode) = %+v, %v", back, err)
 		}
-		wantCalls(t, "plan", g.takeCalls())
+		wantGroupCalls(t, "plan", g.takeCalls())
 	})
 	t.Run("the max size limits the batch", func(t *testing.T) {
 		g := newFakeGroup(t, 4, 1, 5, "i-1", "i-2", "i-3", "i-4")
@@ -338,12 +345,12 @@ func TestBuildersPlanSizesTheBatchesToTheGroup(t *testing.T) {
 			t.Errorf("no such group: %v, want a refusal", err)
 		}
 		broken := newFakeGroup(t, 1, 0, 3, "i-1")
-		broken.describeErrs = []error{apiErr("AccessDenied")}
+		broken.describeErrs = []error{groupErr("AccessDenied")}
 		if _, err := newBuilders(broken, 1).Plan(ctx); err == nil || isRefusal(err) || errorCodeOf(err) != "AccessDenied" {
 			t.Errorf("unreadable group: %v, want AWS's error", err)
 		}
 		for _, g := range []*fakeGroup{full, empty, broken} {
-			wantCalls(t, "a refused plan", g.takeCalls())
+			wantGroupCalls(t, "a refused plan", g.takeCalls())
 		}
 	})
 }
@@ -373,16 +380,16 @@ func TestBuildersRotationSurgesWaitsAndRetiresEachBatch(t *testing.T) {
 	if err := runStep(t, steps[0]); err != nil {
 		t.Fatalf("batch 1: %v", err)
 	}
-	wantCalls(t, "batch 1", g.takeCalls(), setCall(6), termCall("i-old1"), termCall("i-old2"))
+	wantGroupCalls(t, "batch 1", g.takeCalls(), setCall(6), termCall("i-old1"), termCall("i-old2"))
 	wantMembers(t, g, 4, "i-old3", "i-old4", "i-new01", "i-new02")
 	if err := runStep(t, steps[1]); err != nil {
 		t.Fatalf("batch 2: %v", err)
 	}
-	wantCalls(t, "batch 2", g.takeCalls(), setCall(6), termCall("i-old3"), termCall("i-old4"))
+	wantGroupCalls(t, "batch 2", g.takeCalls(), setCall(6), termCall("i-old3"), termCall("i-old4"))
 	if err := runStep(t, steps[2]); err != nil {
 		t.Fatalf("verify: %v", err)
 	}
-	wantCalls(t, "verify", g.takeCalls())
+	wantGroupCalls(t, "verify", g.takeCalls())
 	wantMembers(t, g, 4, "i-new01", "i-new02", "i-new03", "i-new04")
 }
 
@@ -396,7 +403,7 @@ func TestBuildersRotationSurgesByTheBatchItReplaces(t *testing.T) {
 	if _, err := b.ReplaceAll(context.Background(), p, &quietProgress{}); err != nil {
 		t.Fatal(err)
 	}
-	wantCalls(t, "rotation", g.takeCalls(),
+	wantGroupCalls(t, "rotation", g.takeCalls(),
 		setCall(7), termCall("i-1"), termCall("i-2"),
 		setCall(7), termCall("i-3"), termCall("i-4"),
 		setCall(6), termCall("i-5"))
@@ -418,7 +425,7 @@ func TestBuildersRotationStaysWithinTheMaxSize(t *testing.T) {
 			t.Fatalf("step %d: %v", i+1, err)
 		}
 	}
-	wantCalls(t, "rotation", g.takeCalls(),
+	wantGroupCalls(t, "rotation", g.takeCalls(),
 		setCall(4), termCall("i-1"),
 		setCall(4), termCall("i-2"),
 		setCall(4), termCall("i-3"))
@@ -436,7 +443,7 @@ func TestBuildersRotationNeverLowersAHigherDesiredCapacity(t *testing.T) {
 	if err := runStep(t, b.Steps(p)[0]); err != nil {
 		t.Fatal(err)
 	}
-	wantCalls(t, "batch 1", g.takeCalls(), termCall("i-1"), termCall("i-2"))
+	wantGroupCalls(t, "batch 1", g.takeCalls(), termCall("i-1"), termCall("i-2"))
 	wantMembers(t, g, 5, "i-3", "i-4", "i-new01", "i-new02", "i-new03")
 }
 
@@ -454,13 +461,13 @@ func TestBuildersRotationSkipsABuilderThatLeftTheGroup(t *testing.T) {
 	if err := runStep(t, steps[0]); err != nil {
 		t.Fatal(err)
 	}
-	wantCalls(t, "batch 1", g.takeCalls(), setCall(5), termCall("i-2"))
+	wantGroupCalls(t, "batch 1", g.takeCalls(), setCall(5), termCall("i-2"))
 
-	g.terminateErrs["i-3"] = validation("The instance i-3 is not part of Auto Scaling group builders.")
+	g.terminateErrs["i-3"] = notInGroup("i-3", "builders")
 	if err := runStep(t, steps[1]); err != nil {
 		t.Fatalf("batch 2, i-3 gone meanwhile: %v", err)
 	}
-	wantCalls(t, "batch 2", g.takeCalls(), setCall(6), termCall("i-3"), termCall("i-4"))
+	wantGroupCalls(t, "batch 2", g.takeCalls(), setCall(6), termCall("i-3"), termCall("i-4"))
 }
 
 // A batch run again — after a crash, or a retry — does only what is left.
@@ -478,7 +485,7 @@ func TestBuildersRotationResumesABatch(t *testing.T) {
 		if err := runStep(t, step); err != nil {
 			t.Fatalf("again: %v", err)
 		}
-		wantCalls(t, "the batch run again", g.takeCalls())
+		wantGroupCalls(t, "the batch run again", g.takeCalls())
 		wantMembers(t, g, 4, "i-3", "i-4", "i-new01", "i-new02")
 	})
 	t.Run("stopped after the surge and one retirement", func(t *testing.T) {
@@ -494,13 +501,13 @@ func TestBuildersRotationResumesABatch(t *testing.T) {
 		if err := runStep(t, steps[0]); err != nil {
 			t.Fatal(err)
 		}
-		wantCalls(t, "the batch resumed", g.takeCalls(), termCall("i-2"))
+		wantGroupCalls(t, "the batch resumed", g.takeCalls(), termCall("i-2"))
 		for _, s := range steps[1:] {
 			if err := runStep(t, s); err != nil {
 				t.Fatal(err)
 			}
 		}
-		wantCalls(t, "the rest", g.takeCalls(), setCall(6), termCall("i-3"), termCall("i-4"))
+		wantGroupCalls(t, "the rest", g.takeCalls(), setCall(6), termCall("i-3"), termCall("i-4"))
 		wantMembers(t, g, 4, "i-n1", "i-n2", "i-new01", "i-new02")
 	})
 	t.Run("stopped after the surge, before the new builders were healthy", func(t *testing.T) {
@@ -512,7 +519,7 @@ func TestBuildersRotationResumesABatch(t *testing.T) {
 		if err := runStep(t, b.Steps(p)[0]); err != nil {
 			t.Fatal(err)
 		}
-		wantCalls(t, "the batch resumed", g.takeCalls(), termCall("i-1"), termCall("i-2"))
+		wantGroupCalls(t, "the batch resumed", g.takeCalls(), termCall("i-1"), termCall("i-2"))
 	})
 }
 
@@ -532,7 +539,7 @@ func TestBuildersUnhealthyBatchGivesTheSurgeBack(t *testing.T) {
 			t.Fatal("a batch whose builders never got healthy succeeded")
 		}
 		calls := g.takeCalls()
-		wantCalls(t, "the surge", calls[:1], setCall(6))
+		wantGroupCalls(t, "the surge", calls[:1], setCall(6))
 		wantSameCalls(t, "the surge given back", calls[1:], termCall("i-new01"), termCall("i-new02"))
 		wantMembers(t, g, 4, "i-1", "i-2", "i-3", "i-4")
 	})
@@ -552,7 +559,7 @@ func TestBuildersUnhealthyBatchGivesTheSurgeBack(t *testing.T) {
 			t.Fatal("a batch whose builders never got healthy succeeded")
 		}
 		calls := g.takeCalls()
-		wantCalls(t, "the surge", calls[:1], setCall(6))
+		wantGroupCalls(t, "the surge", calls[:1], setCall(6))
 		wantSameCalls(t, "the surge given back", calls[1:], termCall("i-new03"), termCall("i-new04"))
 		wantMembers(t, g, 4, "i-3", "i-4", "i-new01", "i-new02")
 	})
@@ -609,7 +616,7 @@ func wantSameCalls(t *testing.T, what string, got []string, want ...string) {
 	got, want = slices.Clone(got), slices.Clone(want)
 	slices.Sort(got)
 	slices.Sort(want)
-	wantCalls(t, what, got, want...)
+	wantGroupCalls(t, what, got, want...)
 }
 
 // New builders that never launch (a broken launch template, no capacity
@@ -626,7 +633,7 @@ func TestBuildersBatchThatNeverLaunchedGivesTheCapacityBack(t *testing.T) {
 		if err := runStep(t, b.Steps(p)[0]); err == nil {
 			t.Fatal("a batch with no new builders succeeded")
 		}
-		wantCalls(t, "batch 1", g.takeCalls(), setCall(6), setCall(4))
+		wantGroupCalls(t, "batch 1", g.takeCalls(), setCall(6), setCall(4))
 		wantMembers(t, g, 4, "i-1", "i-2", "i-3", "i-4")
 	})
 	t.Run("one of two launched", func(t *testing.T) {
@@ -640,13 +647,13 @@ func TestBuildersBatchThatNeverLaunchedGivesTheCapacityBack(t *testing.T) {
 		if err := runStep(t, b.Steps(p)[0]); err == nil {
 			t.Fatal("a batch with no healthy builders succeeded")
 		}
-		wantCalls(t, "batch 1", g.takeCalls(), setCall(6), termCall("i-new01"), setCall(4))
+		wantGroupCalls(t, "batch 1", g.takeCalls(), setCall(6), termCall("i-new01"), setCall(4))
 		wantMembers(t, g, 4, "i-1", "i-2", "i-3", "i-4")
 	})
 	t.Run("the capacity cannot be set back", func(t *testing.T) {
 		g := newFakeGroup(t, 4, 1, 6, "i-1", "i-2", "i-3", "i-4")
 		g.launchable = 0
-		g.setErrs = []error{nil, apiErr("AccessDenied")}
+		g.setErrs = []error{nil, groupErr("AccessDenied")}
 		b := newBuilders(g, 2)
 		p := plan(t, b)
 		b.Timeout = 20 * time.Millisecond
@@ -654,7 +661,7 @@ func TestBuildersBatchThatNeverLaunchedGivesTheCapacityBack(t *testing.T) {
 		if err == nil || !containsAll(err.Error(), "back to 4") {
 			t.Fatalf("err %v; want the capacity to set back by hand", err)
 		}
-		wantCalls(t, "batch 1", g.takeCalls(), setCall(6), setCall(4))
+		wantGroupCalls(t, "batch 1", g.takeCalls(), setCall(6), setCall(4))
 		wantMembers(t, g, 6, "i-1", "i-2", "i-3", "i-4")
 	})
 }
@@ -668,7 +675,7 @@ func TestBuildersUnsurgeSaysWhatIsLeftToDo(t *testing.T) {
 	t.Run("a termination fails", func(t *testing.T) {
 		g := newFakeGroup(t, 4, 1, 6, "i-1", "i-2", "i-3", "i-4")
 		g.never["i-new01"], g.never["i-new02"] = true, true
-		g.terminateErrs["i-new01"] = apiErr("AccessDenied")
+		g.terminateErrs["i-new01"] = groupErr("AccessDenied")
 		b := newBuilders(g, 2)
 		p := plan(t, b)
 		b.Timeout = 20 * time.Millisecond
@@ -687,11 +694,11 @@ func TestBuildersUnsurgeSaysWhatIsLeftToDo(t *testing.T) {
 		g := newFakeGroup(t, 6, 1, 6, "i-1", "i-2", "i-3", "i-4", "i-n1", "i-n2")
 		b := newBuilders(g, 2)
 		p := RotationPlan{Group: g.name, Desired: 4, Min: 1, Max: 6, Instances: []string{"i-1", "i-2", "i-3", "i-4"}, Batch: 2}
-		g.describeErrs = []error{apiErr("AccessDenied")}
+		g.describeErrs = []error{groupErr("AccessDenied")}
 		if msg := b.unsurge(ctx, p); !containsAll(msg, "back to 4") {
 			t.Errorf("unsurge said %q; want the capacity to set back by hand", msg)
 		}
-		wantCalls(t, "an unreadable group", g.takeCalls())
+		wantGroupCalls(t, "an unreadable group", g.takeCalls())
 	})
 	t.Run("a builder already terminating", func(t *testing.T) {
 		g := newFakeGroup(t, 6, 1, 6, "i-1", "i-2", "i-3", "i-4")
@@ -700,7 +707,7 @@ func TestBuildersUnsurgeSaysWhatIsLeftToDo(t *testing.T) {
 		b := newBuilders(g, 2)
 		p := RotationPlan{Group: g.name, Desired: 4, Min: 1, Max: 6, Instances: []string{"i-1", "i-2", "i-3", "i-4"}, Batch: 2}
 		b.unsurge(ctx, p)
-		wantCalls(t, "unsurge", g.takeCalls(), termCall("i-n2"), setCall(4))
+		wantGroupCalls(t, "unsurge", g.takeCalls(), termCall("i-n2"), setCall(4))
 		wantMembers(t, g, 4, "i-1", "i-2", "i-3", "i-4")
 	})
 	t.Run("nothing to give back", func(t *testing.T) {
@@ -708,7 +715,7 @@ func TestBuildersUnsurgeSaysWhatIsLeftToDo(t *testing.T) {
 		b := newBuilders(g, 2)
 		p := plan(t, b)
 		b.unsurge(ctx, p)
-		wantCalls(t, "a group as planned", g.takeCalls())
+		wantGroupCalls(t, "a group as planned", g.takeCalls())
 	})
 }
 
@@ -728,21 +735,21 @@ func TestBuildersRotationStopsOnFailures(t *testing.T) {
 		g := newFakeGroup(t, 4, 1, 6, "i-1", "i-2", "i-3", "i-4")
 		b := newBuilders(g, 2)
 		p := plan(t, b)
-		g.setErrs = []error{apiErr("AccessDenied")}
+		g.setErrs = []error{groupErr("AccessDenied")}
 		if err := runStep(t, b.Steps(p)[0]); errorCodeOf(err) != "AccessDenied" {
 			t.Fatalf("err %v, want AWS's AccessDenied", err)
 		}
-		wantCalls(t, "batch 1", g.takeCalls(), setCall(6))
+		wantGroupCalls(t, "batch 1", g.takeCalls(), setCall(6))
 	})
 	t.Run("an old builder cannot be retired", func(t *testing.T) {
 		g := newFakeGroup(t, 4, 1, 6, "i-1", "i-2", "i-3", "i-4")
 		b := newBuilders(g, 2)
 		p := plan(t, b)
-		g.terminateErrs["i-1"] = apiErr("AccessDenied")
+		g.terminateErrs["i-1"] = groupErr("AccessDenied")
 		if err := runStep(t, b.Steps(p)[0]); errorCodeOf(err) != "AccessDenied" {
 			t.Fatalf("err %v, want AWS's AccessDenied", err)
 		}
-		wantCalls(t, "batch 1", g.takeCalls(), setCall(6), termCall("i-1"))
+		wantGroupCalls(t, "batch 1", g.takeCalls(), setCall(6), termCall("i-1"))
 	})
 	t.Run("throttled reads are tried again", func(t *testing.T) {
 		g := newFakeGroup(t, 4, 1, 6, "i-1", "i-2", "i-3", "i-4")
@@ -750,21 +757,21 @@ func TestBuildersRotationStopsOnFailures(t *testing.T) {
 		p := plan(t, b)
 		g.floor = p.Desired
 		// The step's first read, then two reads while it waits.
-		g.describeErrs = []error{apiErr("Throttling"), nil, apiErr("Throttling"), apiErr("RequestLimitExceeded")}
+		g.describeErrs = []error{groupErr("Throttling"), nil, groupErr("Throttling"), groupErr("RequestLimitExceeded")}
 		if err := runStep(t, b.Steps(p)[0]); err != nil {
 			t.Fatal(err)
 		}
-		wantCalls(t, "batch 1", g.takeCalls(), setCall(6), termCall("i-1"), termCall("i-2"))
+		wantGroupCalls(t, "batch 1", g.takeCalls(), setCall(6), termCall("i-1"), termCall("i-2"))
 	})
 	t.Run("the group cannot be read while waiting", func(t *testing.T) {
 		g := newFakeGroup(t, 4, 1, 6, "i-1", "i-2", "i-3", "i-4")
 		b := newBuilders(g, 2)
 		p := plan(t, b)
-		g.describeErrs = []error{nil, apiErr("AccessDenied")}
+		g.describeErrs = []error{nil, groupErr("AccessDenied")}
 		if err := runStep(t, b.Steps(p)[0]); errorCodeOf(err) != "AccessDenied" {
 			t.Fatalf("err %v, want AWS's AccessDenied", err)
 		}
-		wantCalls(t, "batch 1", g.takeCalls(), setCall(6))
+		wantGroupCalls(t, "batch 1", g.takeCalls(), setCall(6))
 	})
 	t.Run("the group is gone", func(t *testing.T) {
 		g := newFakeGroup(t, 4, 1, 6, "i-1", "i-2", "i-3", "i-4")
@@ -774,7 +781,7 @@ func TestBuildersRotationStopsOnFailures(t *testing.T) {
 		if err := runStep(t, b.Steps(p)[0]); !isRefusal(err) {
 			t.Fatalf("err %v, want a refusal", err)
 		}
-		wantCalls(t, "batch 1", g.takeCalls())
+		wantGroupCalls(t, "batch 1", g.takeCalls())
 	})
 	t.Run("cancelled while waiting", func(t *testing.T) {
 		g := newFakeGroup(t, 4, 1, 6, "i-1", "i-2", "i-3", "i-4")
@@ -797,7 +804,7 @@ func TestBuildersRotationStopsOnFailures(t *testing.T) {
 		}
 		// A stop is not a failure: the journal resumes the batch, so the
 		// surge stays for it.
-		wantCalls(t, "batch 1", g.takeCalls(), setCall(6))
+		wantGroupCalls(t, "batch 1", g.takeCalls(), setCall(6))
 	})
 }
 
@@ -820,7 +827,7 @@ func TestBuildersVerifyFindsOldBuildersLeft(t *testing.T) {
 	if err == nil || !containsAll(err.Error(), "i-3", "i-4") || containsAll(err.Error(), "i-1") {
 		t.Errorf("verify after one batch of two: %v; want i-3 and i-4 named", err)
 	}
-	g.describeErrs = []error{apiErr("AccessDenied")}
+	g.describeErrs = []error{groupErr("AccessDenied")}
 	if err := runStep(t, steps[len(steps)-1]); errorCodeOf(err) != "AccessDenied" {
 		t.Errorf("verify of an unreadable group: %v", err)
 	}
@@ -836,7 +843,7 @@ func TestBuildersReplaceAllStopsAtAFailedBatch(t *testing.T) {
 	if _, err := b.ReplaceAll(context.Background(), p, &quietProgress{}); err == nil {
 		t.Fatal("ReplaceAll succeeded without new builders")
 	}
-	wantCalls(t, "the failed first batch, no second", g.takeCalls(), setCall(6), setCall(4))
+	wantGroupCalls(t, "the failed first batch, no second", g.takeCalls(), setCall(6), setCall(4))
 	wantMembers(t, g, 4, "i-1", "i-2", "i-3", "i-4")
 }
 
@@ -849,7 +856,7 @@ func TestBuildersStatusReadsTheFleet(t *testing.T) {
 	if s.Desired != 2 || s.Min != 1 || s.Max != 4 || len(s.Instances) != 2 || s.Instances[0].ID != "i-a" || s.Instances[0].State != "InService" || s.Instances[0].Health != "Healthy" {
 		t.Errorf("status %+v", s)
 	}
-	g.describeErrs = []error{apiErr("AccessDenied")}
+	g.describeErrs = []error{groupErr("AccessDenied")}
 	if _, err := newBuilders(g, 1).Status(context.Background()); err == nil {
 		t.Error("status of an unreadable group succeeded")
 	}

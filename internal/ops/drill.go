@@ -257,28 +257,35 @@ func (r *DrillRunner) image(ctx context.Context, d *Drill, plan RestorePlan, dea
 		Architecture: arch, RootDeviceName: aws.String(plan.Shape.RootDevice), VirtualizationType: aws.String("hvm"), EnaSupport: aws.Bool(true),
 		BlockDeviceMappings: bdm,
 		TagSpecifications:   []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeImage, Tags: r.tags(d.ID)}},
-	}, func(o *ec2.Options) { o.RetryMaxAttempts = 1 })
+	}, onceEC2) // a lost answer fails the drill; the teardown finds the image by its tag
 	if err != nil {
-		return "", fmt.Errorf("register the drill image: %w", err)
+		return "", fmt.Errorf("register the drill image: %w", translate(err))
 	}
 	id := aws.ToString(out.ImageId)
-	for {
+	err = waitFor(ctx, r.poll(), deadline, func() (bool, error) {
 		img, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{ImageIds: []string{id}})
-		if err == nil && len(img.Images) > 0 {
-			switch img.Images[0].State {
-			case ec2types.ImageStateAvailable:
-				return id, nil
-			case ec2types.ImageStateFailed, ec2types.ImageStateError, ec2types.ImageStateInvalid:
-				return id, fmt.Errorf("the drill image %s is %s: the restore point may not be restorable", id, img.Images[0].State)
-			}
+		if err = translate(err); errors.Is(err, ErrNotFound) {
+			return false, nil // just registered: EC2's reads lag its writes
 		}
-		if time.Now().After(deadline) {
-			return id, fmt.Errorf("the drill image %s is still pending at the drill's deadline", id)
+		if err != nil {
+			return false, fmt.Errorf("check the drill image %s: %w", id, err)
 		}
-		if err := sleep(ctx, r.poll()); err != nil {
-			return id, err
+		if len(img.Images) == 0 {
+			return false, nil
 		}
+		switch img.Images[0].State {
+		case ec2types.ImageStateAvailable:
+			return true, nil
+		case ec2types.ImageStateFailed, ec2types.ImageStateError, ec2types.ImageStateInvalid:
+			return false, fmt.Errorf("the drill image %s is %s: the restore point may not be restorable", id, img.Images[0].State)
+		}
+		return false, nil
+	})
+	var to *waitTimeout
+	if errors.As(err, &to) {
+		return id, fmt.Errorf("the drill image %s is still pending at the drill's deadline", id)
 	}
+	return id, err
 }
 
 func (r *DrillRunner) launch(ctx context.Context, d *Drill, plan RestorePlan) (string, error) {
@@ -293,56 +300,21 @@ func (r *DrillRunner) launch(ctx context.Context, d *Drill, plan RestorePlan) (s
 		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeInstance, Tags: tags}, {ResourceType: ec2types.ResourceTypeVolume, Tags: tags}},
 	})
 	if err != nil {
-		return "", fmt.Errorf("launch the drill instance: %w", err)
+		return "", fmt.Errorf("launch the drill instance: %w", translate(err))
 	}
 	in := out.Instances[0]
 	d.InstanceID = aws.ToString(in.InstanceId)
 	return aws.ToString(in.PrivateIpAddress), nil
 }
 
+// healthy waits for the drill instance's status checks and, when
+// configured, its health URL (health.go).
 func (r *DrillRunner) healthy(ctx context.Context, id, ip string, deadline time.Time) error {
-	url := strings.ReplaceAll(r.HealthURL, "{ip}", ip)
-	checks := false
-	last := "not checked yet"
-	for {
-		if !checks {
-			out, err := r.EC2.DescribeInstanceStatus(ctx, &ec2.DescribeInstanceStatusInput{InstanceIds: []string{id}, IncludeAllInstances: aws.Bool(true)})
-			if err == nil && len(out.InstanceStatuses) > 0 {
-				s := out.InstanceStatuses[0]
-				checks = s.InstanceState.Name == ec2types.InstanceStateNameRunning && s.SystemStatus != nil && s.SystemStatus.Status == ec2types.SummaryStatusOk && s.InstanceStatus != nil && s.InstanceStatus.Status == ec2types.SummaryStatusOk
-				last = "status checks not passed"
-			}
-		}
-		if checks {
-			if r.HealthURL == "" {
-				return nil
-			}
-			hc := r.HTTP
-			if hc == nil {
-				hc = &http.Client{Timeout: 10 * time.Second}
-			}
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-			if err != nil {
-				return fmt.Errorf("drill.health_url %q is not a usable URL: %w", url, err)
-			}
-			resp, err := hc.Do(req)
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode < 400 {
-					return nil
-				}
-				last = fmt.Sprintf("%s answered %d", url, resp.StatusCode)
-			} else {
-				last = err.Error()
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the drill instance did not become healthy in time: %s", last)
-		}
-		if err := sleep(ctx, r.poll()); err != nil {
-			return err
-		}
+	h := health{EC2: r.EC2, HTTP: r.HTTP, Poll: r.poll(), Deadline: deadline}
+	if err := h.wait(ctx, id, strings.ReplaceAll(r.HealthURL, "{ip}", ip)); err != nil {
+		return fmt.Errorf("the drill instance did not become healthy in time: %w", err)
 	}
+	return nil
 }
 
 // teardown removes everything drill id made: its instance (its volumes go
@@ -361,7 +333,7 @@ func (r *DrillRunner) teardown(ctx context.Context, id string) ([]string, error)
 	}
 	out, err := r.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: filter(TagDrill, id)})
 	if err != nil {
-		return did, fmt.Errorf("find the drill's instances: %w", err)
+		return did, fmt.Errorf("find the drill's instances: %w", translate(err))
 	}
 	var ids []string
 	for _, res := range out.Reservations {
@@ -373,7 +345,7 @@ func (r *DrillRunner) teardown(ctx context.Context, id string) ([]string, error)
 	}
 	if len(ids) > 0 {
 		if _, err := r.EC2.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: ids}); err != nil {
-			return did, fmt.Errorf("terminate %s: %w", strings.Join(ids, ", "), err)
+			return did, fmt.Errorf("terminate %s: %w", strings.Join(ids, ", "), translate(err))
 		}
 		for _, i := range ids {
 			if _, err := r.Restore.waitState(ctx, i, 5*time.Minute, ec2types.InstanceStateNameTerminated); err != nil {
@@ -384,14 +356,14 @@ func (r *DrillRunner) teardown(ctx context.Context, id string) ([]string, error)
 	}
 	vols, err := r.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: filter(TagDrill, id)})
 	if err != nil {
-		return did, fmt.Errorf("find the drill's volumes: %w", err)
+		return did, fmt.Errorf("find the drill's volumes: %w", translate(err))
 	}
 	for _, v := range vols.Volumes {
 		if v.State != ec2types.VolumeStateAvailable {
 			continue
 		}
 		if _, err := r.EC2.DeleteVolume(ctx, &ec2.DeleteVolumeInput{VolumeId: v.VolumeId}); err != nil {
-			return did, fmt.Errorf("delete drill volume %s: %w", aws.ToString(v.VolumeId), err)
+			return did, fmt.Errorf("delete drill volume %s: %w", aws.ToString(v.VolumeId), translate(err))
 		}
 		did = append(did, "deleted volume "+aws.ToString(v.VolumeId))
 	}
@@ -401,14 +373,14 @@ func (r *DrillRunner) teardown(ctx context.Context, id string) ([]string, error)
 	}
 	imgs, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"self"}, Filters: append(filter(TagDrill, id), ec2types.Filter{Name: aws.String("name"), Values: []string{name}})})
 	if err != nil {
-		return did, fmt.Errorf("find the drill's image: %w", err)
+		return did, fmt.Errorf("find the drill's image: %w", translate(err))
 	}
 	for _, img := range imgs.Images {
 		if img.State == ec2types.ImageStateDeregistered {
 			continue
 		}
 		if _, err := r.EC2.DeregisterImage(ctx, &ec2.DeregisterImageInput{ImageId: img.ImageId}); err != nil {
-			return did, fmt.Errorf("deregister drill image %s: %w", aws.ToString(img.ImageId), err)
+			return did, fmt.Errorf("deregister drill image %s: %w", aws.ToString(img.ImageId), translate(err))
 		}
 		did = append(did, "deregistered "+aws.ToString(img.ImageId))
 	}
@@ -452,22 +424,16 @@ func (r *DrillRunner) Sweep(ctx context.Context) ([]string, error) {
 	return said, errors.Join(errs...)
 }
 
-// teardownRetrying tries a teardown again after an AWS error: what it did
-// not reach the first time is found again by its tags.
+// teardownRetrying tries a teardown again (retry.go) when AWS failed it
+// with a transient error: what it did not reach the first time is found
+// again by its tags.
 func (r *DrillRunner) teardownRetrying(ctx context.Context, id string) ([]string, error) {
 	var did []string
-	var err error
-	for attempt := 1; attempt <= 3; attempt++ {
-		var left []string
-		left, err = r.teardown(ctx, id)
+	err := again(ctx, stepPolicy(r.poll()), transient, func(int) error {
+		left, err := r.teardown(ctx, id)
 		did = append(did, left...)
-		if err == nil || ctx.Err() != nil {
-			return did, err
-		}
-		if serr := sleep(ctx, r.poll()*time.Duration(attempt)); serr != nil {
-			return did, err
-		}
-	}
+		return err
+	}, nil)
 	return did, err
 }
 

@@ -166,8 +166,7 @@ func (f *Failover) Plan(ctx context.Context, to string, forceUnknown bool) (Fail
 		if ctx.Err() != nil {
 			return p, err
 		}
-		var ne net.Error
-		if !Transient(err) && !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &ne) && ne.Timeout()) {
+		if !transient(err) {
 			// AccessDenied, expired credentials…: not an outage, and no
 			// reason to fail over blind.
 			return p, refusef("the Services box cannot be read: %s Fix that first; a failover needs to see the box it fences.", Explain(err))
@@ -195,7 +194,7 @@ func (f *Failover) Plan(ctx context.Context, to string, forceUnknown bool) (Fail
 		p.Replica = nodeOf(rep)
 	} else {
 		out, err := f.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{to}})
-		if errorCode(err) == "InvalidInstanceID.NotFound" || errorCode(err) == "InvalidInstanceID.Malformed" || (err == nil && (len(out.Reservations) == 0 || len(out.Reservations[0].Instances) == 0)) {
+		if err = translate(err); errors.Is(err, ErrNotFound) || errors.Is(err, ErrMalformedID) || (err == nil && (len(out.Reservations) == 0 || len(out.Reservations[0].Instances) == 0)) {
 			return p, refusef("instance `%s` does not exist in %s.", to, f.Region)
 		}
 		if err != nil {
@@ -443,64 +442,44 @@ func (f *Failover) Steps(p FailoverPlan) []journal.Def {
 	return defs
 }
 
-// fence stops the old primary and confirms it stopped; a primary whose
-// state is unknown (approved with --force-unknown) gets a forced stop
-// attempt and the risk is said again.
+// fence stops the old primary and confirms it stopped (fence.go); a
+// primary whose state could not be read when the failover was planned
+// (approved with --force-unknown) gets a forced stop at once. With
+// --force-unknown, a stop that cannot be confirmed is a warning and the
+// failover goes on, as the approver accepted; without it, it stops the
+// failover before the address moves.
 func (f *Failover) fence(ctx context.Context, p FailoverPlan, pr journal.Progress) (string, error) {
 	if p.Primary == nil {
 		return "no Services box to fence (none is tagged Name=" + p.NameTag + ")", nil
 	}
-	start := time.Now()
-	if p.Primary.Unknown != "" {
-		if p.Primary.ID == "unknown" {
-			return "state unknown and ID unknown: not fenced (approved with --force-unknown); make sure the old box does not come back", nil
-		}
-		_, err := f.EC2.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{p.Primary.ID}, Force: aws.Bool(true)})
-		if err != nil {
-			pr.Log(fmt.Sprintf("Forced stop of `%s` failed (%s); going on as approved with --force-unknown.", p.Primary.ID, Explain(err)))
-			return fmt.Sprintf("`%s` could not be reached: not confirmed stopped (approved with --force-unknown)", p.Primary.ID), nil
-		}
-		if err := f.waitState(ctx, p.Primary.ID, cmpOr(f.StopTimeout, 2*time.Minute), ec2types.InstanceStateNameStopped, ec2types.InstanceStateNameTerminated); err != nil {
-			if ctx.Err() != nil {
-				return "", err
-			}
-			return fmt.Sprintf("`%s` forced stop sent, not confirmed (approved with --force-unknown)", p.Primary.ID), nil
-		}
-		return fmt.Sprintf("`%s` force-stopped and confirmed in %s", p.Primary.ID, since(start)), nil
+	id := p.Primary.ID
+	if p.Primary.Unknown != "" && id == "unknown" {
+		return "state unknown and ID unknown: not fenced (approved with --force-unknown); make sure the old box does not come back", nil
 	}
-	in, ok, err := f.describe(ctx, p.Primary.ID)
-	if err != nil {
-		return "", err
+	res, err := f.fencing(pr).run(ctx, id, p.Primary.Unknown != "", p.ForceUnknown)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("the old primary is not confirmed stopped; not moving the address: %w", err)
+	case res.Gone:
+		return fmt.Sprintf("`%s` is gone (AWS no longer knows it)", id), nil
+	case res.Already:
+		return fmt.Sprintf("`%s` was already %s", id, res.Before), nil
+	case res.Confirmed && res.Forced:
+		return fmt.Sprintf("`%s` force-stopped and confirmed in %s", id, res.Took.Round(time.Second)), nil
+	case res.Confirmed:
+		return fmt.Sprintf("`%s` stopped and confirmed in %s", id, res.Took.Round(time.Second)), nil
+	case !res.Sent:
+		// A zone in trouble may not take the stop at all; the approver
+		// accepted that risk with --force-unknown.
+		pr.Log(fmt.Sprintf("Forced stop of `%s` failed (%s); going on as approved with --force-unknown.", id, Explain(res.Why)))
+		return fmt.Sprintf("`%s` could not be reached: not confirmed stopped (approved with --force-unknown)", id), nil
 	}
-	if !ok {
-		return fmt.Sprintf("`%s` is gone (AWS no longer knows it)", p.Primary.ID), nil
-	}
-	if in.State.Name == ec2types.InstanceStateNameStopped || in.State.Name == ec2types.InstanceStateNameTerminated {
-		return fmt.Sprintf("`%s` was already %s", p.Primary.ID, in.State.Name), nil
-	}
-	if _, err := f.EC2.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{p.Primary.ID}}); err != nil {
-		return "", fmt.Errorf("stop %s: %w", p.Primary.ID, err)
-	}
-	timeout := cmpOr(f.StopTimeout, 2*time.Minute)
-	if err := f.waitState(ctx, p.Primary.ID, timeout, ec2types.InstanceStateNameStopped, ec2types.InstanceStateNameTerminated); err == nil {
-		return fmt.Sprintf("`%s` stopped and confirmed in %s", p.Primary.ID, since(start)), nil
-	} else if ctx.Err() != nil {
-		return "", err
-	}
-	pr.Log(fmt.Sprintf("`%s` did not stop within %s; forcing the stop.", p.Primary.ID, timeout))
-	if _, err := f.EC2.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{p.Primary.ID}, Force: aws.Bool(true)}); err != nil && !p.ForceUnknown {
-		return "", fmt.Errorf("force-stop %s: %w", p.Primary.ID, err)
-	}
-	if err := f.waitState(ctx, p.Primary.ID, timeout, ec2types.InstanceStateNameStopped, ec2types.InstanceStateNameTerminated); err != nil {
-		if p.ForceUnknown && ctx.Err() == nil {
-			// A zone in trouble may never confirm the stop; the approver
-			// accepted that risk with --force-unknown.
-			pr.Log(fmt.Sprintf(":warning: `%s` is not confirmed stopped (%s); going on as approved with --force-unknown.", p.Primary.ID, Explain(err)))
-			return fmt.Sprintf("`%s` stop sent, *not confirmed* (approved with --force-unknown)", p.Primary.ID), nil
-		}
-		return "", fmt.Errorf("the old primary is not stopped even after a forced stop; not moving the address: %w", err)
-	}
-	return fmt.Sprintf("`%s` force-stopped and confirmed in %s", p.Primary.ID, since(start)), nil
+	pr.Log(fmt.Sprintf(":warning: `%s` is not confirmed stopped (%s); going on as approved with --force-unknown.", id, Explain(res.Why)))
+	return fmt.Sprintf("`%s` stop sent, *not confirmed* (approved with --force-unknown)", id), nil
+}
+
+func (f *Failover) fencing(pr journal.Progress) fence {
+	return fence{EC2: f.EC2, Poll: f.poll(), Timeout: cmpOr(f.StopTimeout, 2*time.Minute), Log: pr.Log}
 }
 
 // ensureFenced is checked again before the address moves and before the
@@ -545,7 +524,7 @@ func (f *Failover) startReplica(ctx context.Context, p FailoverPlan) (string, er
 	start := time.Now()
 	if in.State.Name == ec2types.InstanceStateNameStopped {
 		if _, err := f.EC2.StartInstances(ctx, &ec2.StartInstancesInput{InstanceIds: []string{p.Replica.ID}}); err != nil {
-			return "", fmt.Errorf("start %s: %w", p.Replica.ID, err)
+			return "", fmt.Errorf("start %s: %w", p.Replica.ID, translate(err))
 		}
 	}
 	if err := f.waitState(ctx, p.Replica.ID, cmpOr(f.HealthTimeout, 10*time.Minute), ec2types.InstanceStateNameRunning); err != nil {
@@ -575,39 +554,9 @@ func (f *Failover) holders(ctx context.Context, ip, subnet string) ([]ec2types.N
 	return InterfacesHolding(ctx, f.EC2, ip, subnet, "")
 }
 
-// InterfacesHolding lists the network interfaces of subnet that hold ip,
-// as primary or secondary address. (It reads the subnet's interfaces and
-// matches here: the addresses.private-ip-address filter is not matched
-// the same way for secondary addresses everywhere.)
-func InterfacesHolding(ctx context.Context, api interface {
-	DescribeNetworkInterfaces(context.Context, *ec2.DescribeNetworkInterfacesInput, ...func(*ec2.Options)) (*ec2.DescribeNetworkInterfacesOutput, error)
-}, ip, subnet, vpc string) ([]ec2types.NetworkInterface, error) {
-	in := &ec2.DescribeNetworkInterfacesInput{}
-	if subnet != "" {
-		in.Filters = append(in.Filters, ec2types.Filter{Name: aws.String("subnet-id"), Values: []string{subnet}})
-	}
-	if vpc != "" {
-		in.Filters = append(in.Filters, ec2types.Filter{Name: aws.String("vpc-id"), Values: []string{vpc}})
-	}
-	var out []ec2types.NetworkInterface
-	pg := ec2.NewDescribeNetworkInterfacesPaginator(api, in)
-	for pg.HasMorePages() {
-		page, err := pg.NextPage(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("find the interfaces holding %s: %w", ip, err)
-		}
-		for _, n := range page.NetworkInterfaces {
-			for _, a := range n.PrivateIpAddresses {
-				if aws.ToString(a.PrivateIpAddress) == ip {
-					out = append(out, n)
-					break
-				}
-			}
-		}
-	}
-	return out, nil
-}
-
+// moveIP takes the secondary IP off every interface but the replica's,
+// puts it on the replica's, and reads back until it is there alone: on
+// AWS the remapping is asynchronous, so the first read may not show it.
 func (f *Failover) moveIP(ctx context.Context, p FailoverPlan) (string, error) {
 	ip := p.ServiceIP
 	hs, err := f.holders(ctx, ip, p.Replica.Subnet)
@@ -623,7 +572,8 @@ func (f *Failover) moveIP(ctx context.Context, p FailoverPlan) (string, error) {
 		}
 		// Take it off the old interface first: the old box is fenced, and
 		// an address on two interfaces would answer from both.
-		if _, err := f.EC2.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{NetworkInterfaceId: n.NetworkInterfaceId, PrivateIpAddresses: []string{ip}}); err != nil && errorCode(err) != "InvalidParameterValue" {
+		_, err := f.EC2.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{NetworkInterfaceId: n.NetworkInterfaceId, PrivateIpAddresses: []string{ip}})
+		if err = translate(err); err != nil && !errors.Is(err, ErrNotAssigned) {
 			if p.Primary != nil && p.Primary.Unknown != "" {
 				continue // AllowReassignment below takes it over
 			}
@@ -632,19 +582,28 @@ func (f *Failover) moveIP(ctx context.Context, p FailoverPlan) (string, error) {
 	}
 	if !onReplica {
 		if _, err := f.EC2.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: aws.String(p.Replica.ENI), PrivateIpAddresses: []string{ip}, AllowReassignment: aws.Bool(true)}); err != nil {
-			return "", fmt.Errorf("put %s on the replica's interface %s: %w", ip, p.Replica.ENI, err)
+			return "", fmt.Errorf("put %s on the replica's interface %s: %w", ip, p.Replica.ENI, translate(err))
 		}
 	}
-	hs, err = f.holders(ctx, ip, p.Replica.Subnet)
-	if err != nil {
-		return "", err
-	}
-	if len(hs) != 1 || aws.ToString(hs[0].NetworkInterfaceId) != p.Replica.ENI {
-		var ids []string
+	var ids []string
+	timeout := cmpOr(f.StopTimeout, 2*time.Minute)
+	err = waitFor(ctx, f.poll(), time.Now().Add(timeout), func() (bool, error) {
+		hs, err := f.holders(ctx, ip, p.Replica.Subnet)
+		if err != nil {
+			return false, err
+		}
+		ids = ids[:0]
 		for _, n := range hs {
 			ids = append(ids, aws.ToString(n.NetworkInterfaceId))
 		}
-		return "", fmt.Errorf("%s is on %v, not only on the replica's %s", ip, ids, p.Replica.ENI)
+		return len(ids) == 1 && ids[0] == p.Replica.ENI, nil
+	})
+	var to *waitTimeout
+	switch {
+	case errors.As(err, &to):
+		return "", fmt.Errorf("%s is on %v, not only on the replica's %s, %s after the move (%s)", ip, ids, p.Replica.ENI, timeout, to)
+	case err != nil:
+		return "", err
 	}
 	return fmt.Sprintf("%s moved to `%s` (%s) and gone from the old interface", ip, p.Replica.ENI, p.Replica.ID), nil
 }
@@ -652,8 +611,11 @@ func (f *Failover) moveIP(ctx context.Context, p FailoverPlan) (string, error) {
 func (f *Failover) moveENI(ctx context.Context, p FailoverPlan) (string, error) {
 	read := func() (ec2types.NetworkInterface, error) {
 		out, err := f.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{p.ENI}})
-		if err != nil || len(out.NetworkInterfaces) == 0 {
-			return ec2types.NetworkInterface{}, fmt.Errorf("read %s: %w", p.ENI, err)
+		if err == nil && len(out.NetworkInterfaces) == 0 {
+			err = ErrNotFound
+		}
+		if err != nil {
+			return ec2types.NetworkInterface{}, fmt.Errorf("read %s: %w", p.ENI, translate(err))
 		}
 		return out.NetworkInterfaces[0], nil
 	}
@@ -667,23 +629,23 @@ func (f *Failover) moveENI(ctx context.Context, p FailoverPlan) (string, error) 
 	if n.Attachment != nil {
 		_, err := f.EC2.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: n.Attachment.AttachmentId, Force: aws.Bool(p.Primary != nil && p.Primary.Unknown != "")})
 		if err != nil {
-			return "", fmt.Errorf("detach %s: %w", p.ENI, err)
+			return "", fmt.Errorf("detach %s: %w", p.ENI, translate(err))
 		}
-		deadline := time.Now().Add(cmpOr(f.StopTimeout, 2*time.Minute))
-		for {
-			if n, err = read(); err == nil && n.Status == ec2types.NetworkInterfaceStatusAvailable {
-				break
-			}
-			if time.Now().After(deadline) {
-				return "", fmt.Errorf("%s did not detach within %s", p.ENI, cmpOr(f.StopTimeout, 2*time.Minute))
-			}
-			if err := sleep(ctx, f.poll()); err != nil {
-				return "", err
-			}
+		timeout := cmpOr(f.StopTimeout, 2*time.Minute)
+		err = waitFor(ctx, f.poll(), time.Now().Add(timeout), func() (bool, error) {
+			n, err := read()
+			return err == nil && n.Status == ec2types.NetworkInterfaceStatusAvailable, err
+		})
+		var to *waitTimeout
+		switch {
+		case errors.As(err, &to):
+			return "", fmt.Errorf("%s did not detach within %s", p.ENI, timeout)
+		case err != nil:
+			return "", err
 		}
 	}
 	if _, err := f.EC2.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: aws.String(p.ENI), InstanceId: aws.String(p.Replica.ID), DeviceIndex: aws.Int32(1)}); err != nil {
-		return "", fmt.Errorf("attach %s to %s: %w", p.ENI, p.Replica.ID, err)
+		return "", fmt.Errorf("attach %s to %s: %w", p.ENI, p.Replica.ID, translate(err))
 	}
 	n, err = read()
 	if err != nil {
@@ -701,7 +663,7 @@ func (f *Failover) moveTargets(ctx context.Context, p FailoverPlan) (string, err
 		// or not), then the replica joins: never two boxes behind it.
 		out, err := f.ELB.DescribeTargetHealth(ctx, &elb.DescribeTargetHealthInput{TargetGroupArn: aws.String(tg)})
 		if err != nil {
-			return "", fmt.Errorf("read %s: %w", tg, err)
+			return "", fmt.Errorf("read %s: %w", tg, translate(err))
 		}
 		var others []elbtypes.TargetDescription
 		for _, d := range out.TargetHealthDescriptions {
@@ -711,15 +673,15 @@ func (f *Failover) moveTargets(ctx context.Context, p FailoverPlan) (string, err
 		}
 		if len(others) > 0 {
 			if _, err := f.ELB.DeregisterTargets(ctx, &elb.DeregisterTargetsInput{TargetGroupArn: aws.String(tg), Targets: others}); err != nil {
-				return "", fmt.Errorf("deregister the old targets from %s: %w", tg, err)
+				return "", fmt.Errorf("deregister the old targets from %s: %w", tg, translate(err))
 			}
 		}
 		if _, err := f.ELB.RegisterTargets(ctx, &elb.RegisterTargetsInput{TargetGroupArn: aws.String(tg), Targets: []elbtypes.TargetDescription{{Id: aws.String(p.Replica.ID)}}}); err != nil {
-			return "", fmt.Errorf("register %s in %s: %w", p.Replica.ID, tg, err)
+			return "", fmt.Errorf("register %s in %s: %w", p.Replica.ID, tg, translate(err))
 		}
 		out, err = f.ELB.DescribeTargetHealth(ctx, &elb.DescribeTargetHealthInput{TargetGroupArn: aws.String(tg)})
 		if err != nil {
-			return "", fmt.Errorf("read %s: %w", tg, err)
+			return "", fmt.Errorf("read %s: %w", tg, translate(err))
 		}
 		for _, d := range out.TargetHealthDescriptions {
 			if id := aws.ToString(d.Target.Id); id != p.Replica.ID && d.TargetHealth != nil && d.TargetHealth.State != elbtypes.TargetHealthStateEnumDraining {
@@ -738,15 +700,17 @@ func (f *Failover) retag(ctx context.Context, op *journal.Op, p FailoverPlan) (s
 		if _, err := f.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{p.Primary.ID}, Tags: []ec2types.Tag{
 			{Key: aws.String("Name"), Value: aws.String(p.NameTag + "-fenced")},
 			{Key: aws.String("circlebot:fenced-by"), Value: aws.String(op.ID)},
-		}}); err != nil && errorCode(err) != "InvalidInstanceID.NotFound" { // gone: nothing to rename
-			return "", fmt.Errorf("rename the old primary: %w", err)
+		}}); err != nil {
+			if err = translate(err); !errors.Is(err, ErrNotFound) { // gone: nothing to rename
+				return "", fmt.Errorf("rename the old primary: %w", err)
+			}
 		}
 	}
 	if _, err := f.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{p.Replica.ID}, Tags: []ec2types.Tag{
 		{Key: aws.String("Name"), Value: aws.String(p.NameTag)},
 		{Key: aws.String("circlebot:promoted-by"), Value: aws.String(op.ID)},
 	}}); err != nil {
-		return "", fmt.Errorf("name the replica %s: %w", p.NameTag, err)
+		return "", fmt.Errorf("name the replica %s: %w", p.NameTag, translate(err))
 	}
 	old := "none"
 	if p.Primary != nil {
@@ -766,61 +730,18 @@ func (f *Failover) startApp(ctx context.Context, op *journal.Op, p FailoverPlan,
 }
 
 // verify waits for the replica's status checks and, when configured, an
-// HTTP answer from the app.
+// HTTP answer from the app (health.go).
 func (f *Failover) verify(ctx context.Context, p FailoverPlan, pr journal.Progress) (string, error) {
 	start := time.Now()
 	timeout := cmpOr(f.HealthTimeout, 10*time.Minute)
-	deadline := start.Add(timeout)
-	checks, httpOK := false, p.HealthURL == ""
 	url := strings.ReplaceAll(p.HealthURL, "{ip}", p.Replica.IP)
-	last := ""
-	for {
-		if !checks {
-			out, err := f.EC2.DescribeInstanceStatus(ctx, &ec2.DescribeInstanceStatusInput{InstanceIds: []string{p.Replica.ID}, IncludeAllInstances: aws.Bool(true)})
-			if err == nil && len(out.InstanceStatuses) > 0 {
-				s := out.InstanceStatuses[0]
-				checks = s.InstanceState.Name == ec2types.InstanceStateNameRunning && s.SystemStatus != nil && s.SystemStatus.Status == ec2types.SummaryStatusOk && s.InstanceStatus != nil && s.InstanceStatus.Status == ec2types.SummaryStatusOk
-				last = "status checks not passed yet"
-			}
-		}
-		if checks && !httpOK {
-			code, err := f.get(ctx, url)
-			httpOK = err == nil && code < 400
-			if err != nil {
-				last = "HTTP check: " + err.Error()
-			} else {
-				last = fmt.Sprintf("HTTP check: %s answered %d", url, code)
-			}
-		}
-		if checks && httpOK {
-			d := fmt.Sprintf("`%s` status checks passed", p.Replica.ID)
-			if p.HealthURL != "" {
-				d += ", " + url + " answers"
-			}
-			return d + " after " + since(start), nil
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("the replica is not healthy after %s: %s", timeout, last)
-		}
-		if err := sleep(ctx, f.poll()); err != nil {
-			return "", err
-		}
+	h := health{EC2: f.EC2, HTTP: f.HTTP, Poll: f.poll(), Deadline: start.Add(timeout), Log: pr.Log}
+	if err := h.wait(ctx, p.Replica.ID, url); err != nil {
+		return "", fmt.Errorf("the replica is not healthy after %s: %w", since(start), err)
 	}
-}
-
-func (f *Failover) get(ctx context.Context, url string) (int, error) {
-	hc := f.HTTP
-	if hc == nil {
-		hc = &http.Client{Timeout: 10 * time.Second}
+	d := fmt.Sprintf("`%s` status checks passed", p.Replica.ID)
+	if p.HealthURL != "" {
+		d += ", " + url + " answers"
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	resp.Body.Close()
-	return resp.StatusCode, nil
+	return d + " after " + since(start), nil
 }

@@ -50,7 +50,7 @@ func RestorePoints(ctx context.Context, api EC2, recs []*Backup) ([]Point, error
 	for pg.HasMorePages() {
 		page, err := pg.NextPage(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("list backup snapshots: %w", err)
+			return nil, fmt.Errorf("list backup snapshots: %w", translate(err))
 		}
 		for _, s := range page.Snapshots {
 			key, bot := tag(s.Tags, TagBackupID), true

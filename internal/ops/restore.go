@@ -140,14 +140,6 @@ type SnapshotRestore struct {
 	HealthTimeout time.Duration
 }
 
-// RefusalError is a plan that cannot be made: its text says why, what
-// holds what, and what to do. Nothing was changed.
-type RefusalError struct{ Msg string }
-
-func (e *RefusalError) Error() string { return e.Msg }
-
-func refusef(format string, a ...any) error { return &RefusalError{Msg: fmt.Sprintf(format, a...)} }
-
 // Plan resolves snapshotID ("" = the newest completed EBS restore point)
 // into a full plan, or refuses with a reason.
 func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestorePlan, error) {
@@ -175,7 +167,7 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 		snapshotID = newest.Snapshots[0]
 	}
 	out, err := r.EC2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: []string{snapshotID}})
-	if errorCode(err) == "InvalidSnapshot.NotFound" || (err == nil && len(out.Snapshots) == 0) {
+	if err = translate(err); errors.Is(err, ErrNotFound) || errors.Is(err, ErrMalformedID) || (err == nil && len(out.Snapshots) == 0) {
 		return RestorePlan{}, refusef("snapshot `%s` does not exist in %s (or this account cannot see it). `backup list` shows the restore points.", snapshotID, r.Region)
 	}
 	if err != nil {
@@ -282,7 +274,7 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 		plan.Old = old
 	}
 	// The private IP must be free, or held by the box this restore replaces.
-	if holder, err := r.ipHolder(ctx, plan.Shape.PrivateIP, plan.Shape.SubnetID); err != nil {
+	if holder, err := ipHolderOf(ctx, r.EC2, plan.Shape.PrivateIP, plan.Shape.SubnetID); err != nil {
 		return RestorePlan{}, err
 	} else if holder != nil && (plan.Old == nil || holder.instance != plan.Old.InstanceID) {
 		return RestorePlan{}, refusef("the Services box's private IP %s is held by %s. The new box must keep that IP (builders use it): free it first (terminate that instance or delete the interface), then request the restore again.", plan.Shape.PrivateIP, holder)
@@ -296,7 +288,7 @@ func (r *SnapshotRestore) describeSet(ctx context.Context, f ec2types.Filter) ([
 	for pg.HasMorePages() {
 		page, err := pg.NextPage(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("list the restore point's snapshots: %w", err)
+			return nil, fmt.Errorf("list the restore point's snapshots: %w", translate(err))
 		}
 		out = append(out, page.Snapshots...)
 	}
@@ -312,53 +304,10 @@ func (r *SnapshotRestore) volumeOwner(ctx context.Context, volumeID string) stri
 		return ""
 	}
 	id := aws.ToString(out.Volumes[0].Attachments[0].InstanceId)
-	if name := r.instanceName(ctx, id); name != "" {
+	if name := instanceName(ctx, r.EC2, id); name != "" {
 		return fmt.Sprintf("`%s` (Name=%s)", id, name)
 	}
 	return "`" + id + "`"
-}
-
-func (r *SnapshotRestore) instanceName(ctx context.Context, id string) string {
-	out, err := r.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
-	if err != nil || len(out.Reservations) == 0 || len(out.Reservations[0].Instances) == 0 {
-		return ""
-	}
-	return tag(out.Reservations[0].Instances[0].Tags, "Name")
-}
-
-type ipHolder struct {
-	eni, instance, state, name string
-}
-
-func (h *ipHolder) String() string {
-	if h.instance == "" {
-		return fmt.Sprintf("network interface `%s` (not attached to an instance)", h.eni)
-	}
-	s := fmt.Sprintf("network interface `%s` of instance `%s`", h.eni, h.instance)
-	if h.name != "" {
-		s += " (Name=" + h.name + ")"
-	}
-	return s
-}
-
-// ipHolder finds the interface that holds ip in subnet, if any.
-func (r *SnapshotRestore) ipHolder(ctx context.Context, ip, subnet string) (*ipHolder, error) {
-	out, err := r.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{
-		{Name: aws.String("addresses.private-ip-address"), Values: []string{ip}},
-		{Name: aws.String("subnet-id"), Values: []string{subnet}},
-	}})
-	if err != nil {
-		return nil, fmt.Errorf("find what holds %s: %w", ip, err)
-	}
-	for _, n := range out.NetworkInterfaces {
-		h := &ipHolder{eni: aws.ToString(n.NetworkInterfaceId)}
-		if n.Attachment != nil {
-			h.instance = aws.ToString(n.Attachment.InstanceId)
-			h.name = r.instanceName(ctx, h.instance)
-		}
-		return h, nil
-	}
-	return nil, nil
 }
 
 // Steps returns the journal steps of a restore of plan, in order.
@@ -407,84 +356,6 @@ func (r *SnapshotRestore) Steps(plan RestorePlan) []journal.Def {
 	return defs
 }
 
-// Names lists the steps' names, for a journal entry.
-func Names(defs []journal.Def) []string {
-	out := make([]string, len(defs))
-	for i, d := range defs {
-		out[i] = d.Name
-	}
-	return out
-}
-
-// stepAttempts bounds how often a step is tried when AWS fails it with a
-// transient error after the SDK's own retries.
-const stepAttempts = 5
-
-// retrying runs an idempotent step again when AWS answered with a
-// throttling or server error: every step finds what an earlier attempt
-// made, so trying again is safe, and a restore should not stop at 3 a.m.
-// for one 500 too many.
-func retrying(f journal.StepFunc, wait time.Duration) journal.StepFunc {
-	return func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
-		for attempt := 1; ; attempt++ {
-			detail, err := f(ctx, op, p)
-			if err == nil || attempt == stepAttempts || !Transient(err) || ctx.Err() != nil {
-				return detail, explained(err)
-			}
-			p.Log(fmt.Sprintf("AWS failed a call (%s); trying the step again (%d of %d).", errorCode(err), attempt+1, stepAttempts))
-			if err := sleep(ctx, wait*time.Duration(attempt)); err != nil {
-				return "", err
-			}
-		}
-	}
-}
-
-// RetryRead calls a read-only f again while AWS answers with transient
-// errors (after the SDK's own retries): a plan derived for an approval
-// should not be refused for one 500.
-func RetryRead[T any](ctx context.Context, wait time.Duration, f func() (T, error)) (T, error) {
-	for attempt := 1; ; attempt++ {
-		v, err := f()
-		if err == nil || attempt == stepAttempts || !Transient(err) || ctx.Err() != nil {
-			return v, err
-		}
-		if err := sleep(ctx, wait*time.Duration(attempt)); err != nil {
-			return v, err
-		}
-	}
-}
-
-// explainedStep gives a step's error Explain's wording without retrying.
-func explainedStep(f journal.StepFunc) journal.StepFunc {
-	return func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
-		d, err := f(ctx, op, p)
-		return d, explained(err)
-	}
-}
-
-// explainedError reads as Explain's one sentence (no request IDs or HTTP
-// details in the journal and the channel) and unwraps to the cause.
-type explainedError struct{ err error }
-
-func (e *explainedError) Error() string { return strings.TrimSuffix(Explain(e.err), ".") }
-func (e *explainedError) Unwrap() error { return e.err }
-
-func explained(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &explainedError{err: err}
-}
-
-// Transient reports an AWS error that a later identical call may not get.
-func Transient(err error) bool {
-	switch errorCode(err) {
-	case "SlowDown", "RequestTimeout", "RequestTimeoutException", "InternalServerError", "ServerUnavailable":
-		return true
-	}
-	return retryable(errorCode(err))
-}
-
 func (r *SnapshotRestore) poll() time.Duration { return cmpOr(r.Poll, 2*time.Second) }
 
 // Recheck runs the plan's read-only checks again before a resume: the
@@ -501,7 +372,7 @@ func (r *SnapshotRestore) checkSource(ctx context.Context, plan RestorePlan) (st
 	}
 	out, err := r.EC2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: ids})
 	if err != nil {
-		return "", fmt.Errorf("check the snapshots: %w", err)
+		return "", fmt.Errorf("check the snapshots: %w", translate(err))
 	}
 	if len(out.Snapshots) != len(ids) {
 		return "", fmt.Errorf("%d of the %d snapshots of %s are gone", len(ids)-len(out.Snapshots), len(ids), plan.Source)
@@ -544,7 +415,7 @@ func (r *SnapshotRestore) protect(ctx context.Context, op *journal.Op, plan Rest
 			}},
 		})
 		if err != nil {
-			return "", fmt.Errorf("turn off DeleteOnTermination of %s (%s): %w", aws.ToString(m.Ebs.VolumeId), aws.ToString(m.DeviceName), err)
+			return "", fmt.Errorf("turn off DeleteOnTermination of %s (%s): %w", aws.ToString(m.Ebs.VolumeId), aws.ToString(m.DeviceName), translate(err))
 		}
 	}
 	if len(vols) > 0 {
@@ -553,7 +424,7 @@ func (r *SnapshotRestore) protect(ctx context.Context, op *journal.Op, plan Rest
 			{Key: aws.String(TagKeptFrom), Value: aws.String(plan.Old.InstanceID)},
 		}})
 		if err != nil {
-			return "", fmt.Errorf("tag the old volumes: %w", err)
+			return "", fmt.Errorf("tag the old volumes: %w", translate(err))
 		}
 	}
 	if err := r.checkProtected(ctx, plan.Old.InstanceID); err != nil {
@@ -586,42 +457,31 @@ func volList(vs []VolumeRef) string {
 	return strings.Join(ids, ", ")
 }
 
-// stopOld fences the old box: a normal stop, then a forced one after
-// StopTimeout. Two Services boxes must never run at once.
+// stopOld fences the old box (fence.go): a normal stop, then a forced
+// one after StopTimeout; anything short of a confirmed stop fails the
+// step. Two Services boxes must never run at once.
 func (r *SnapshotRestore) stopOld(ctx context.Context, plan RestorePlan, p journal.Progress) (string, error) {
 	if plan.Old == nil {
 		return "no old instance", nil
 	}
-	start := time.Now()
-	in, ok, err := r.describeInstance(ctx, plan.Old.InstanceID)
-	if err != nil {
-		return "", err
+	id := plan.Old.InstanceID
+	res, err := r.fencing(p).run(ctx, id, false, false)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("fence the old instance: %w", err)
+	case res.Gone:
+		return fmt.Sprintf("`%s` is gone (AWS no longer knows it)", id), nil
+	case res.Already:
+		return fmt.Sprintf("`%s` was already %s", id, res.Before), nil
+	case res.Forced:
+		return fmt.Sprintf("`%s` force-stopped in %s", id, res.Took.Round(time.Second)), nil
 	}
-	if !ok || in.State.Name == ec2types.InstanceStateNameStopped || in.State.Name == ec2types.InstanceStateNameTerminated {
-		return fmt.Sprintf("`%s` was already %s", plan.Old.InstanceID, in.State.Name), nil
-	}
-	if _, err := r.EC2.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{plan.Old.InstanceID}}); err != nil {
-		return "", fmt.Errorf("stop %s: %w", plan.Old.InstanceID, err)
-	}
-	timeout := cmpOr(r.StopTimeout, 5*time.Minute)
-	_, err = r.waitState(ctx, plan.Old.InstanceID, timeout, ec2types.InstanceStateNameStopped, ec2types.InstanceStateNameTerminated)
-	if err == nil {
-		return fmt.Sprintf("`%s` stopped in %s", plan.Old.InstanceID, since(start)), nil
-	}
-	if ctx.Err() != nil {
-		return "", err
-	}
-	p.Log(fmt.Sprintf("`%s` did not stop within %s; forcing the stop.", plan.Old.InstanceID, timeout))
-	if _, err := r.EC2.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{plan.Old.InstanceID}, Force: aws.Bool(true)}); err != nil {
-		return "", fmt.Errorf("force-stop %s: %w", plan.Old.InstanceID, err)
-	}
-	if _, err := r.waitState(ctx, plan.Old.InstanceID, timeout, ec2types.InstanceStateNameStopped, ec2types.InstanceStateNameTerminated); err != nil {
-		return "", fmt.Errorf("the old instance is not stopped even after a forced stop: %w", err)
-	}
-	return fmt.Sprintf("`%s` force-stopped in %s", plan.Old.InstanceID, since(start)), nil
+	return fmt.Sprintf("`%s` stopped in %s", id, res.Took.Round(time.Second)), nil
 }
 
-func since(t time.Time) string { return time.Since(t).Round(time.Second).String() }
+func (r *SnapshotRestore) fencing(p journal.Progress) fence {
+	return fence{EC2: r.EC2, Poll: r.poll(), Timeout: cmpOr(r.StopTimeout, 5*time.Minute), Log: p.Log}
+}
 
 // image registers (or finds, when run again) this restore's AMI of the
 // set and waits until it is available. A failed image is left as it is
@@ -642,38 +502,43 @@ func (r *SnapshotRestore) image(ctx context.Context, op *journal.Op, plan Restor
 	}
 	op.Data["image_id"] = id
 	timeout := cmpOr(r.ImageTimeout, 45*time.Minute)
-	deadline := time.Now().Add(timeout)
 	nextNote := time.Now().Add(5 * time.Minute)
-	for {
+	err = waitFor(ctx, r.poll(), time.Now().Add(timeout), func() (bool, error) {
 		out, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{ImageIds: []string{id}})
-		if err != nil && !Transient(err) && errorCode(err) != "InvalidAMIID.NotFound" {
-			return "", fmt.Errorf("check image %s: %w", id, err)
+		if err = translate(err); errors.Is(err, ErrNotFound) {
+			return false, nil // just registered: EC2's reads lag its writes
 		}
-		if err == nil && len(out.Images) > 0 {
+		if err != nil {
+			return false, fmt.Errorf("check image %s: %w", id, err)
+		}
+		if len(out.Images) > 0 {
 			img := out.Images[0]
 			switch img.State {
 			case ec2types.ImageStateAvailable:
-				return fmt.Sprintf("`%s` available in %s", id, since(start)), nil
+				return true, nil
 			case ec2types.ImageStateFailed, ec2types.ImageStateError, ec2types.ImageStateInvalid, ec2types.ImageStateDeregistered:
 				why := ""
 				if img.StateReason != nil {
 					why = ": " + aws.ToString(img.StateReason.Message)
 				}
 				delete(op.Data, "image_id") // a resume registers a new one
-				return "", fmt.Errorf("image %s is %s%s; the old box was not touched, and `resume` registers a new image", id, img.State, why)
+				return false, fmt.Errorf("image %s is %s%s; the old box was not touched, and `resume` registers a new image", id, img.State, why)
 			}
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("image %s is still pending after %s (restore.image_timeout); the old box was not touched, the image is kept, and `resume` waits for it again", id, timeout)
 		}
 		if time.Now().After(nextNote) {
 			p.Log(fmt.Sprintf("Image `%s` is still pending after %s; AWS copies the snapshots' data first. The old box keeps serving meanwhile. Waiting up to %s.", id, since(start), timeout))
 			nextNote = time.Now().Add(5 * time.Minute)
 		}
-		if err := sleep(ctx, r.poll()); err != nil {
-			return "", err
-		}
+		return false, nil
+	})
+	var to *waitTimeout
+	switch {
+	case errors.As(err, &to):
+		return "", fmt.Errorf("image %s is still pending after %s (restore.image_timeout); the old box was not touched, the image is kept, and `resume` waits for it again", id, timeout)
+	case err != nil:
+		return "", err
 	}
+	return fmt.Sprintf("`%s` available in %s", id, since(start)), nil
 }
 
 // findImage returns this restore's usable image (pending or available),
@@ -681,7 +546,7 @@ func (r *SnapshotRestore) image(ctx context.Context, op *journal.Op, plan Restor
 func (r *SnapshotRestore) findImage(ctx context.Context, opID string) (string, int, error) {
 	out, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"self"}, Filters: []ec2types.Filter{{Name: aws.String("tag:" + TagRestoreOp), Values: []string{opID}}}})
 	if err != nil {
-		return "", 0, fmt.Errorf("look for this restore's image: %w", err)
+		return "", 0, fmt.Errorf("look for this restore's image: %w", translate(err))
 	}
 	for _, img := range out.Images {
 		if img.State == ec2types.ImageStatePending || img.State == ec2types.ImageStateAvailable {
@@ -717,26 +582,32 @@ func (r *SnapshotRestore) register(ctx context.Context, op *journal.Op, plan Res
 			{Key: aws.String(TagRestoreOp), Value: aws.String(op.ID)}, {Key: aws.String("Name"), Value: aws.String(name)},
 		}}},
 	}
-	// No SDK retries: an answer lost on the way back is found by its tag
-	// (the name is taken, InvalidAMIName.Duplicate), never registered twice.
-	out, err := r.EC2.RegisterImage(ctx, in, func(o *ec2.Options) { o.RetryMaxAttempts = 1 })
+	// Never registered twice: the SDK retries only a throttled attempt
+	// (onceEC2), and an answer lost on the way back is found by its tag
+	// (or the name is taken: InvalidAMIName.Duplicate).
+	out, err := r.EC2.RegisterImage(ctx, in, onceEC2)
 	if err == nil {
 		return aws.ToString(out.ImageId), nil
 	}
-	if errorCode(err) != "InvalidAMIName.Duplicate" && !Transient(err) {
+	err = translate(err)
+	if !errors.Is(err, ErrDuplicate) && !errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrNoAnswer) {
 		return "", fmt.Errorf("register the image: %w", err)
 	}
 	// Registered, or maybe registered: DescribeImages may lag behind.
-	for attempt := 1; attempt <= stepAttempts; attempt++ {
-		if err := sleep(ctx, r.poll()*time.Duration(attempt)); err != nil {
-			return "", err
-		}
-		id, _, ferr := r.findImage(ctx, op.ID)
-		if ferr == nil && id != "" {
-			return id, nil
-		}
-	}
-	if errorCode(err) == "InvalidAMIName.Duplicate" {
+	// Look for a while (a read that lags, not a call tried again).
+	var found string
+	lerr := waitFor(ctx, r.poll(), time.Now().Add(readLag*r.poll()), func() (bool, error) {
+		id, _, err := r.findImage(ctx, op.ID)
+		found = id
+		return id != "", err
+	})
+	var to *waitTimeout
+	switch {
+	case found != "":
+		return found, nil
+	case lerr != nil && !errors.As(lerr, &to):
+		return "", lerr
+	case errors.Is(err, ErrDuplicate):
 		return "", fmt.Errorf("an image named %s exists but is not this restore's (no %s=%s tag): rename or deregister it, then resume", name, TagRestoreOp, op.ID)
 	}
 	return "", fmt.Errorf("register the image: %w", err)
@@ -759,7 +630,8 @@ func (r *SnapshotRestore) freeIP(ctx context.Context, plan RestorePlan, p journa
 			if err := r.checkProtected(ctx, plan.Old.InstanceID); err != nil {
 				return "", err
 			}
-			if _, err := r.EC2.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{plan.Old.InstanceID}}); err != nil {
+			_, err := r.EC2.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{plan.Old.InstanceID}})
+			if err = translate(err); err != nil && !errors.Is(err, ErrNotFound) {
 				return "", fmt.Errorf("terminate %s: %w", plan.Old.InstanceID, err)
 			}
 			if _, err := r.waitState(ctx, plan.Old.InstanceID, cmpOr(r.StopTimeout, 5*time.Minute), ec2types.InstanceStateNameTerminated); err != nil {
@@ -767,21 +639,21 @@ func (r *SnapshotRestore) freeIP(ctx context.Context, plan RestorePlan, p journa
 			}
 		}
 	}
-	deadline := time.Now().Add(cmpOr(r.StopTimeout, 5*time.Minute))
-	for {
-		h, err := r.ipHolder(ctx, ip, plan.Shape.SubnetID)
-		if err != nil && !retryable(errorCode(err)) {
-			return "", err
-		}
-		if err == nil && h == nil {
-			break
-		}
-		if err == nil && time.Now().After(deadline) {
-			return "", fmt.Errorf("%s is still held by %s; free it, then resume", ip, h)
-		}
-		if err := sleep(ctx, r.poll()); err != nil {
-			return "", err
-		}
+	// The interface goes some time after the instance.
+	var h *ipHolder
+	err := waitFor(ctx, r.poll(), time.Now().Add(cmpOr(r.StopTimeout, 5*time.Minute)), func() (bool, error) {
+		var err error
+		h, err = ipHolderOf(ctx, r.EC2, ip, plan.Shape.SubnetID)
+		return err == nil && h == nil, err
+	})
+	var to *waitTimeout
+	switch {
+	case errors.As(err, &to) && h != nil:
+		return "", fmt.Errorf("%s is still held by %s; free it, then resume", ip, h)
+	case errors.As(err, &to):
+		return "", fmt.Errorf("whether %s is free could not be read: %w", ip, to)
+	case err != nil:
+		return "", err
 	}
 	if plan.Old == nil {
 		return fmt.Sprintf("%s is free", ip), nil
@@ -809,16 +681,16 @@ func (r *SnapshotRestore) launch(ctx context.Context, op *journal.Op, plan Resto
 			if err == nil {
 				break
 			}
-			switch errorCode(err) {
-			case "InsufficientInstanceCapacity", "InstanceLimitExceeded", "Unsupported":
+			switch {
+			case errors.Is(err, ErrInsufficientCapacity), errors.Is(err, ErrInstanceLimit), errors.Is(err, ErrUnsupported):
 				if i+1 < len(types) {
-					p.Log(fmt.Sprintf("AWS has no %s capacity in %s (%s); trying %s.", typ, plan.Shape.AZ, errorCode(err), types[i+1]))
+					p.Log(fmt.Sprintf("AWS has no %s capacity in %s (%s); trying %s.", typ, plan.Shape.AZ, awsCode(err), types[i+1]))
 					continue
 				}
 				return "", fmt.Errorf("no capacity for %s in %s; add types to restore.fallback_instance_types or retry later with `resume`: %w", strings.Join(types, ", "), plan.Shape.AZ, err)
-			case "InvalidIPAddress.InUse":
+			case errors.Is(err, ErrIPInUse):
 				holder := "something else"
-				if h, herr := r.ipHolder(ctx, plan.Shape.PrivateIP, plan.Shape.SubnetID); herr == nil && h != nil {
+				if h, herr := ipHolderOf(ctx, r.EC2, plan.Shape.PrivateIP, plan.Shape.SubnetID); herr == nil && h != nil {
 					holder = h.String()
 				}
 				return "", fmt.Errorf("%s is in use by %s; free it (terminate that instance or delete the interface), then resume this restore (%s)", plan.Shape.PrivateIP, holder, op.ID)
@@ -848,7 +720,7 @@ func (r *SnapshotRestore) launched(ctx context.Context, opID string) (*ec2types.
 		{Name: aws.String("instance-state-name"), Values: []string{"pending", "running", "stopping", "stopped"}},
 	}})
 	if err != nil {
-		return nil, fmt.Errorf("look for this restore's instance: %w", err)
+		return nil, fmt.Errorf("look for this restore's instance: %w", translate(err))
 	}
 	for _, res := range out.Reservations {
 		for _, in := range res.Instances {
@@ -898,7 +770,7 @@ func (r *SnapshotRestore) run(ctx context.Context, op *journal.Op, plan RestoreP
 	}
 	out, err := r.EC2.RunInstances(ctx, in)
 	if err != nil {
-		return nil, err
+		return nil, translate(err)
 	}
 	if len(out.Instances) != 1 {
 		return nil, fmt.Errorf("RunInstances returned %d instances", len(out.Instances))
@@ -936,53 +808,26 @@ func (r *SnapshotRestore) secondaryIPs(ctx context.Context, in *ec2types.Instanc
 	}
 	_, err := r.EC2.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: eni.NetworkInterfaceId, PrivateIpAddresses: missing})
 	if err != nil {
-		return fmt.Errorf("give the new box its secondary IPs %s: %w", strings.Join(missing, ", "), err)
+		return fmt.Errorf("give the new box its secondary IPs %s: %w", strings.Join(missing, ", "), translate(err))
 	}
 	return nil
 }
 
-// waitHealthy waits until the new box runs and passes both status checks.
+// waitHealthy waits until the new box runs and passes both status checks
+// (health.go).
 func (r *SnapshotRestore) waitHealthy(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
 	id := op.Data["instance_id"]
 	start := time.Now()
 	timeout := cmpOr(r.HealthTimeout, 20*time.Minute)
-	deadline := start.Add(timeout)
-	last := ""
-	for {
-		out, err := r.EC2.DescribeInstanceStatus(ctx, &ec2.DescribeInstanceStatusInput{InstanceIds: []string{id}, IncludeAllInstances: aws.Bool(true)})
-		if err != nil && !retryable(errorCode(err)) {
-			return "", fmt.Errorf("check %s: %w", id, err)
+	h := health{EC2: r.EC2, Poll: r.poll(), Deadline: start.Add(timeout), Log: p.Log}
+	if err := h.statusChecks(ctx, id); err != nil {
+		var uh *unhealthyError
+		if errors.As(err, &uh) {
+			return "", fmt.Errorf("%w, within %s (restore.health_timeout)", err, timeout)
 		}
-		if err == nil && len(out.InstanceStatuses) > 0 {
-			s := out.InstanceStatuses[0]
-			state := string(s.InstanceState.Name)
-			sys, inst := "", ""
-			if s.SystemStatus != nil {
-				sys = string(s.SystemStatus.Status)
-			}
-			if s.InstanceStatus != nil {
-				inst = string(s.InstanceStatus.Status)
-			}
-			if state == "running" && sys == "ok" && inst == "ok" {
-				return fmt.Sprintf("`%s` running, status checks passed after %s", id, since(start)), nil
-			}
-			switch state {
-			case "terminated", "shutting-down", "stopped", "stopping":
-				return "", fmt.Errorf("the new box %s is %s", id, state)
-			}
-			now := fmt.Sprintf("%s, system %s, instance %s", state, sys, inst)
-			if now != last {
-				p.Log(fmt.Sprintf("`%s`: %s.", id, now))
-				last = now
-			}
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("%s did not pass its status checks within %s (restore.health_timeout): last seen %s", id, timeout, last)
-		}
-		if err := sleep(ctx, r.poll()); err != nil {
-			return "", err
-		}
+		return "", fmt.Errorf("the new box: %w", err)
 	}
+	return fmt.Sprintf("`%s` running, status checks passed after %s", id, since(start)), nil
 }
 
 // startApp runs the configured start command on the new box through SSM,

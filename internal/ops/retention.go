@@ -2,6 +2,7 @@ package ops
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -111,7 +112,7 @@ type PruneEC2 interface {
 func SnapshotsInUse(ctx context.Context, api PruneEC2) (map[string]bool, error) {
 	out, err := api.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"self"}})
 	if err != nil {
-		return nil, fmt.Errorf("list AMIs using backup snapshots: %w", err)
+		return nil, fmt.Errorf("list AMIs using backup snapshots: %w", translate(err))
 	}
 	used := map[string]bool{}
 	for _, img := range out.Images {
@@ -133,10 +134,11 @@ func Prune(ctx context.Context, api PruneEC2, verdicts []Verdict, p Progress) (d
 			continue
 		}
 		for _, s := range v.Point.Snapshots {
-			if _, err := api.DeleteSnapshot(ctx, &ec2.DeleteSnapshotInput{SnapshotId: aws.String(s)}); err != nil {
-				if errorCode(err) == "InvalidSnapshot.NotFound" {
-					continue
-				}
+			_, err := api.DeleteSnapshot(ctx, &ec2.DeleteSnapshotInput{SnapshotId: aws.String(s)})
+			if err = translate(err); errors.Is(err, ErrNotFound) {
+				continue // gone already
+			}
+			if err != nil {
 				return deleted, fmt.Errorf("delete snapshot %s of %s: %w", s, v.Point.ID, err)
 			}
 			deleted = append(deleted, s)

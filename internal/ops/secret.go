@@ -53,7 +53,7 @@ func (p *Passphrase) Read(ctx context.Context, source string) (string, error) {
 	case "secretsmanager":
 		out, err := p.SM.GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{SecretId: aws.String(id)})
 		if err != nil {
-			return "", fmt.Errorf("read secret %s: %w", id, err)
+			return "", fmt.Errorf("read secret %s: %w", id, translate(err))
 		}
 		v := strings.TrimSpace(aws.ToString(out.SecretString))
 		if strings.HasPrefix(v, "{") {

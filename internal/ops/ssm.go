@@ -4,23 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
-)
 
-// SSM is the part of Systems Manager the bot uses to run commands on the
-// Services box (circleci-backup, circleci-restore, replicated).
-type SSM interface {
-	SendCommand(context.Context, *ssm.SendCommandInput, ...func(*ssm.Options)) (*ssm.SendCommandOutput, error)
-	GetCommandInvocation(context.Context, *ssm.GetCommandInvocationInput, ...func(*ssm.Options)) (*ssm.GetCommandInvocationOutput, error)
-	CancelCommand(context.Context, *ssm.CancelCommandInput, ...func(*ssm.Options)) (*ssm.CancelCommandOutput, error)
-}
+	"github.com/circlebot/circlebot/internal/journal"
+)
 
 // Shell runs scripts on one instance through SSM Run Command and waits.
 type Shell struct {
@@ -30,8 +22,6 @@ type Shell struct {
 	// GetCommandInvocation calls, not tens of thousands.
 	Poll     time.Duration
 	Instance string
-	// Backoff is the first wait after a throttled SendCommand (default 1 s).
-	Backoff time.Duration
 	// OnSend, when set, learns each command's ID as soon as SSM accepts
 	// it, so that the caller can record what is running on the box.
 	OnSend func(commandID string)
@@ -43,10 +33,6 @@ type Shell struct {
 
 // MaxPoll caps the wait between result polls.
 const MaxPoll = 10 * time.Second
-
-// sendAttempts bounds SendCommand calls for one script, all but one of
-// them throttled.
-const sendAttempts = 6
 
 // Result of one script.
 type Result struct {
@@ -81,10 +67,10 @@ func (s *Shell) Run(ctx context.Context, comment, script string, timeout time.Du
 			"executionTimeout": {fmt.Sprint(secs)},
 		},
 	})
+	if errors.Is(err, ErrAgentOffline) {
+		return Result{}, fmt.Errorf("run %q on %s: the instance is not reachable through SSM (agent offline, no instance profile, or stopped): %w", comment, s.Instance, err)
+	}
 	if err != nil {
-		if errorCode(err) == "InvalidInstanceId" {
-			return Result{}, fmt.Errorf("run %q on %s: the instance is not reachable through SSM (agent offline, no instance profile, or stopped): %w", comment, s.Instance, err)
-		}
 		return Result{}, fmt.Errorf("run %q on %s: %w", comment, s.Instance, err)
 	}
 	id := aws.ToString(out.Command.CommandId)
@@ -101,12 +87,14 @@ func (s *Shell) Follow(ctx context.Context, id, comment string, timeout time.Dur
 	deadline := time.Now().Add(timeout + time.Minute)
 	for {
 		inv, err := s.SSM.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: aws.String(id), InstanceId: aws.String(s.Instance)})
-		switch {
+		switch err = translate(err); {
 		case err != nil && ctx.Err() != nil:
 			return Result{CommandID: id}, s.stop(ctx, id, fmt.Errorf("%q (%s) was stopped: %w", comment, id, ctx.Err()))
-		case err != nil && errorCode(err) == "InvocationDoesNotExist":
+		case errors.Is(err, ErrNotFound):
 			// SSM takes a moment to register a new command.
-		case err != nil && !retryable(errorCode(err)):
+		case err != nil && !transient(err):
+			// (A transient failure is a poll that saw nothing, as in
+			// waitFor: the command runs on regardless.)
 			return Result{CommandID: id}, fmt.Errorf("read result of %q (%s): %w", comment, id, err)
 		case err == nil:
 			r := Result{CommandID: id, Status: string(inv.Status), Code: inv.ResponseCode, Stdout: aws.ToString(inv.StandardOutputContent), Stderr: aws.ToString(inv.StandardErrorContent)}
@@ -129,36 +117,22 @@ func (s *Shell) Follow(ctx context.Context, id, comment string, timeout time.Dur
 	}
 }
 
-// send calls SendCommand without the SDK's retries: an answer lost on the
-// way back would make the SDK send the script again, and a second
-// circleci-backup would start next to the first. Only throttling is
-// retried here, as a throttled call was refused, not run.
+// send calls SendCommand once: an answer lost on the way back must not
+// make the SDK send the script again, or a second circleci-backup would
+// start next to the first. The SDK retries only throttled attempts
+// (onceSSM), which SSM refused without running.
 func (s *Shell) send(ctx context.Context, in *ssm.SendCommandInput) (*ssm.SendCommandOutput, error) {
-	wait := cmpOr(s.Backoff, time.Second)
-	for attempt := 1; ; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return nil, err // never sent
-		}
-		// A send in flight is not cut off when ctx ends: the command may
-		// already run on the box, and only its answer says which one to
-		// follow or cancel.
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		out, err := s.SSM.SendCommand(sctx, in, func(o *ssm.Options) { o.RetryMaxAttempts = 1 })
-		cancel()
-		if err == nil || attempt == sendAttempts || !throttled(err) {
-			return out, err
-		}
-		// Full jitter keeps several bots (or retries) from moving in step.
-		if serr := sleep(ctx, wait/2+rand.N(wait/2+1)); serr != nil {
-			return nil, errors.Join(err, serr)
-		}
-		wait = min(2*wait, 30*time.Second)
+	if err := ctx.Err(); err != nil {
+		return nil, err // never sent
 	}
-}
-
-func throttled(err error) bool {
-	_, ok := retry.DefaultThrottleErrorCodes[errorCode(err)]
-	return ok
+	// A send in flight is not cut off when ctx ends: the command may
+	// already run on the box, and only its answer says which one to
+	// follow or cancel. (Two minutes leave room for the SDK's backoff
+	// between throttled attempts.)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	out, err := s.SSM.SendCommand(sctx, in, onceSSM)
+	return out, translate(err)
 }
 
 // stop cancels command id after ctx ended or the wait ran out, and waits
@@ -173,7 +147,7 @@ func (s *Shell) stop(ctx context.Context, id string, cause error) error {
 	defer cancel()
 	_, err := s.SSM.CancelCommand(cctx, &ssm.CancelCommandInput{CommandId: aws.String(id), InstanceIds: []string{s.Instance}})
 	if err != nil {
-		return errors.Join(cause, fmt.Errorf("cancel SSM command %s: %w", id, err))
+		return errors.Join(cause, fmt.Errorf("cancel SSM command %s: %w", id, translate(err)))
 	}
 	// CancelCommand only asks the agent to stop the command.
 	poll := cmpOr(s.Poll, 500*time.Millisecond)
@@ -187,6 +161,53 @@ func (s *Shell) stop(ctx context.Context, id string, cause error) error {
 		}
 		poll = nextPoll(poll)
 	}
+}
+
+// startApp runs command on instance id through SSM, waiting (up to
+// timeout) for the agent of a new instance to register first. The
+// command runs once per operation (runOnce): a step run again follows it,
+// and a bot shutting down leaves it running.
+func startApp(ctx context.Context, api SSM, id string, op *journal.Op, command string, poll, timeout time.Duration, p journal.Progress) (string, error) {
+	sh := &Shell{SSM: api, Instance: id, Poll: poll, KeepOnCancel: true}
+	h := health{Poll: poll, Deadline: time.Now().Add(timeout), Log: p.Log}
+	res, err := h.online(ctx, id, func() (Result, error) {
+		return runOnce(ctx, op, "app_start_command", sh, "circlebot "+op.ID+": start the app", command, 10*time.Minute)
+	})
+	if err != nil {
+		return "", fmt.Errorf("start the app on %s: %w", id, err)
+	}
+	out := lastLine(res.Stdout)
+	if strings.TrimSpace(res.Stdout) == "" {
+		out = "exit 0"
+	}
+	return fmt.Sprintf("`%s`: %s", id, out), nil
+}
+
+// runOnce runs a script on the box at most once per operation step: its
+// command ID is recorded the moment SSM accepts it, and a step run again
+// (resume after a crash, a retry) follows that command instead of sending
+// another. Only a command that ended without success is sent again (its
+// failure stopped the step, visibly, before).
+func runOnce(ctx context.Context, op *journal.Op, key string, sh *Shell, comment, script string, timeout time.Duration) (Result, error) {
+	if id := op.Data[key]; id != "" {
+		inv, err := sh.SSM.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: aws.String(id), InstanceId: aws.String(sh.Instance)})
+		switch {
+		case err == nil && (running(inv.Status) || inv.Status == ssmtypes.CommandInvocationStatusSuccess):
+			return sh.Follow(ctx, id, comment, timeout)
+		case err == nil:
+			// It ended without success (cancelled, failed, timed out):
+			// run it again, visibly.
+		default:
+			return Result{CommandID: id}, fmt.Errorf("find the earlier command %s (%s): %w", id, comment, translate(err))
+		}
+	}
+	sh.OnSend = func(id string) {
+		op.Data[key] = id
+		if op.Record != nil {
+			_ = op.Record(key, id) // unsaved, op.Data still has it for the step's end; only a crash before then loses it
+		}
+	}
+	return sh.Run(ctx, comment, script, timeout)
 }
 
 func running(st ssmtypes.CommandInvocationStatus) bool {

@@ -1,6 +1,3 @@
-// Package ops owns what the bot does to the installation: status now, and
-// the backup, restore, failover and builder operations that follow. It talks
-// to AWS through the narrow interfaces declared next to their use.
 package ops
 
 import (
@@ -16,19 +13,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 )
-
-// EC2 is the part of the EC2 API status reads.
-type EC2 interface {
-	DescribeInstances(context.Context, *ec2.DescribeInstancesInput, ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error)
-	DescribeInstanceStatus(context.Context, *ec2.DescribeInstanceStatusInput, ...func(*ec2.Options)) (*ec2.DescribeInstanceStatusOutput, error)
-	DescribeVolumes(context.Context, *ec2.DescribeVolumesInput, ...func(*ec2.Options)) (*ec2.DescribeVolumesOutput, error)
-	DescribeSnapshots(context.Context, *ec2.DescribeSnapshotsInput, ...func(*ec2.Options)) (*ec2.DescribeSnapshotsOutput, error)
-}
-
-// AutoScaling is the part of the Auto Scaling API status reads.
-type AutoScaling interface {
-	DescribeAutoScalingGroups(context.Context, *autoscaling.DescribeAutoScalingGroupsInput, ...func(*autoscaling.Options)) (*autoscaling.DescribeAutoScalingGroupsOutput, error)
-}
 
 // Target says where the installation is.
 type Target struct {
@@ -167,30 +151,10 @@ func stateRank(s string) int {
 	return map[string]int{"running": 0, "pending": 1, "stopping": 2, "stopped": 3}[s]
 }
 
-// FindByName returns the non-terminated instances whose Name tag is tag.
-func FindByName(ctx context.Context, api EC2, tag string) ([]ec2types.Instance, error) {
-	in := &ec2.DescribeInstancesInput{Filters: []ec2types.Filter{
-		{Name: aws.String("tag:Name"), Values: []string{tag}},
-		{Name: aws.String("instance-state-name"), Values: []string{"pending", "running", "stopping", "stopped", "shutting-down"}},
-	}}
-	var out []ec2types.Instance
-	p := ec2.NewDescribeInstancesPaginator(api, in)
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("find instances tagged Name=%s: %w", tag, err)
-		}
-		for _, r := range page.Reservations {
-			out = append(out, r.Instances...)
-		}
-	}
-	return out, nil
-}
-
 func (s *Status) instanceStatus(ctx context.Context, ids []string) (map[string][2]string, error) {
 	out, err := s.EC2.DescribeInstanceStatus(ctx, &ec2.DescribeInstanceStatusInput{InstanceIds: ids, IncludeAllInstances: aws.Bool(true)})
 	if err != nil {
-		return nil, fmt.Errorf("read status checks: %w", err)
+		return nil, fmt.Errorf("read status checks: %w", translate(err))
 	}
 	m := map[string][2]string{}
 	for _, st := range out.InstanceStatuses {
@@ -209,7 +173,7 @@ func (s *Status) instanceStatus(ctx context.Context, ids []string) (map[string][
 func (s *Status) volumes(ctx context.Context, ids []string) (map[string]ec2types.Volume, error) {
 	out, err := s.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: ids})
 	if err != nil {
-		return nil, fmt.Errorf("read volumes: %w", err)
+		return nil, fmt.Errorf("read volumes: %w", translate(err))
 	}
 	m := map[string]ec2types.Volume{}
 	for _, v := range out.Volumes {
@@ -290,7 +254,7 @@ func (s *Status) restorePoints(ctx context.Context) (newest *RestorePoint, compl
 func (s *Status) fleet(ctx context.Context) (*Fleet, error) {
 	out, err := s.ASG.DescribeAutoScalingGroups(ctx, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{s.Target.BuilderASG}})
 	if err != nil {
-		return nil, fmt.Errorf("read builder group %s: %w", s.Target.BuilderASG, err)
+		return nil, fmt.Errorf("read builder group %s: %w", s.Target.BuilderASG, translate(err))
 	}
 	if len(out.AutoScalingGroups) == 0 {
 		return nil, fmt.Errorf("builder group %s: %w", s.Target.BuilderASG, ErrNotFound)

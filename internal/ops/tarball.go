@@ -140,7 +140,8 @@ echo "%sfree_kib=$(df -Pk "$d" | awk 'NR==2{print $4}')"`, dir, resultPrefix, re
 	if err != nil {
 		// A command SSM refused never ran and made no directory to clean
 		// up (the box is likely unreachable anyway).
-		scratch = r.CommandID != "" || errorCode(err) == ""
+		var refused smithy.APIError
+		scratch = r.CommandID != "" || !errors.As(err, &refused)
 		return fail(1, err)
 	}
 	dataKiB, derr := strconv.ParseInt(field(r.Stdout, resultPrefix+"data_kib"), 10, 64)
@@ -192,7 +193,7 @@ echo "%ssha256=$(sha256sum "$f" | cut -d' ' -f1)"`, dir, resultPrefix, resultPre
 	p.Begin(4, "")
 	head, err := t.S3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(t.Bucket), Key: aws.String(b.Key)})
 	if err != nil {
-		return fail(4, fmt.Errorf("verify s3://%s/%s: %w", t.Bucket, b.Key, err))
+		return fail(4, fmt.Errorf("verify s3://%s/%s: %w", t.Bucket, b.Key, translate(err)))
 	}
 	if got := aws.ToInt64(head.ContentLength); got != b.Size {
 		return fail(4, fmt.Errorf("s3://%s/%s holds %d bytes, the box made %d", t.Bucket, b.Key, got, b.Size))
@@ -245,7 +246,7 @@ func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir st
 		Metadata: map[string]string{"sha256": b.SHA256, "backup-id": b.ID, "source-instance": b.Shape.InstanceID, "requester": b.Requester},
 	})
 	if err != nil {
-		return "", fmt.Errorf("start upload to s3://%s/%s: %w", t.Bucket, b.Key, err)
+		return "", fmt.Errorf("start upload to s3://%s/%s: %w", t.Bucket, b.Key, translate(err))
 	}
 	b.UploadID = aws.ToString(mp.UploadId)
 	if err := t.Records.SaveBackup(ctx, b); err != nil {
@@ -256,7 +257,7 @@ func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir st
 		defer cancel()
 		_, aerr := t.S3.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{Bucket: aws.String(t.Bucket), Key: aws.String(b.Key), UploadId: mp.UploadId})
 		if aerr != nil {
-			aerr = fmt.Errorf("abort multipart upload %s of s3://%s/%s: %w", b.UploadID, t.Bucket, b.Key, aerr)
+			aerr = fmt.Errorf("abort multipart upload %s of s3://%s/%s: %w", b.UploadID, t.Bucket, b.Key, translate(aerr))
 		}
 		return errors.Join(cause, aerr)
 	}
@@ -326,7 +327,7 @@ func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir st
 		MultipartUpload: &s3types.CompletedMultipartUpload{Parts: parts},
 	})
 	if err != nil {
-		return "", abort(fmt.Errorf("complete upload: %w", err))
+		return "", abort(fmt.Errorf("complete upload: %w", translate(err)))
 	}
 	if !md5ETags {
 		return "", nil
@@ -350,8 +351,9 @@ var presignedURL = regexp.MustCompile(`https?://\S*X-Amz-\S*`)
 func redact(s string) string { return presignedURL.ReplaceAllString(s, "<presigned URL>") }
 
 // redactedError is an error with presigned URLs cut out of its text. It
-// unwraps only to what callers test for (cancellation, ErrRemote, the AWS
-// error code), as the original chain would still print the URLs.
+// unwraps only to what callers test for (cancellation, ErrRemote, the
+// kind translate gave the AWS error, the AWS error itself), as the
+// original chain would still print the URLs.
 type redactedError struct {
 	msg  string
 	errs []error
@@ -364,6 +366,7 @@ func redactURLs(err error) error {
 	if err == nil {
 		return nil
 	}
+	err = translate(err)
 	var ae smithy.APIError
 	isAPI := errors.As(err, &ae)
 	if !presignedURL.MatchString(err.Error()) && (!isAPI || !presignedURL.MatchString(ae.ErrorMessage())) {
@@ -374,6 +377,10 @@ func redactURLs(err error) error {
 		if errors.Is(err, target) {
 			out.errs = append(out.errs, target)
 		}
+	}
+	var known *awsError
+	if errors.As(err, &known) {
+		out.errs = append(out.errs, known.kind)
 	}
 	if isAPI {
 		out.errs = append(out.errs, &smithy.GenericAPIError{Code: ae.ErrorCode(), Message: redact(ae.ErrorMessage()), Fault: ae.ErrorFault()})
@@ -404,8 +411,8 @@ func (t *TarballBackup) Abandon(ctx context.Context, b *Backup) []string {
 	}
 	if b.UploadID != "" {
 		_, err := t.S3.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: aws.String(b.Bucket), Key: aws.String(b.Key), UploadId: aws.String(b.UploadID)})
-		switch {
-		case err == nil || errorCode(err) == "NoSuchUpload":
+		switch err = translate(err); {
+		case err == nil || errors.Is(err, ErrNotFound):
 			done = append(done, "aborted the unfinished upload to s3://"+b.Bucket+"/"+b.Key)
 		default:
 			done = append(done, "could not abort the upload "+b.UploadID+": "+Explain(err))

@@ -76,11 +76,11 @@ func DecodeTarballRestorePlan(s string) (TarballRestorePlan, error) {
 // Plan checks that the object exists and the box runs, or refuses.
 func (t *TarballRestore) Plan(ctx context.Context, bucket, key string) (TarballRestorePlan, error) {
 	head, err := t.S3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)})
-	switch code := errorCode(err); {
-	case code == "NotFound" || code == "NoSuchKey" || code == "NoSuchBucket":
-		return TarballRestorePlan{}, refusef("`s3://%s/%s` does not exist (%s). `backup list` shows the tarball restore points.", bucket, key, code)
-	case code == "Forbidden" || code == "AccessDenied":
-		return TarballRestorePlan{}, refusef("S3 refused to show `s3://%s/%s` (%s): either it does not exist (without s3:ListBucket, S3 says 403 for a missing object) or the bot's IAM policy does not cover it (see the README). `backup list` shows the tarball restore points.", bucket, key, code)
+	switch err = translate(err); {
+	case errors.Is(err, ErrNotFound):
+		return TarballRestorePlan{}, refusef("`s3://%s/%s` does not exist (%s). `backup list` shows the tarball restore points.", bucket, key, awsCode(err))
+	case errors.Is(err, ErrUnauthorized):
+		return TarballRestorePlan{}, refusef("S3 refused to show `s3://%s/%s` (%s): either it does not exist (without s3:ListBucket, S3 says 403 for a missing object) or the bot's IAM policy does not cover it (see the README). `backup list` shows the tarball restore points.", bucket, key, awsCode(err))
 	case err != nil:
 		return TarballRestorePlan{}, fmt.Errorf("look up s3://%s/%s: %w", bucket, key, err)
 	}
@@ -161,7 +161,7 @@ func (t *TarballRestore) Recheck(ctx context.Context, plan TarballRestorePlan) e
 func (t *TarballRestore) checkObject(ctx context.Context, plan TarballRestorePlan) (string, error) {
 	head, err := t.S3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(plan.Bucket), Key: aws.String(plan.Key)})
 	if err != nil {
-		return "", fmt.Errorf("check s3://%s/%s: %w", plan.Bucket, plan.Key, err)
+		return "", fmt.Errorf("check s3://%s/%s: %w", plan.Bucket, plan.Key, translate(err))
 	}
 	if got := strings.Trim(aws.ToString(head.ETag), `"`); got != plan.ETag {
 		return "", fmt.Errorf("s3://%s/%s changed since the plan (ETag %s, approved %s); cancel this restore and request a new one", plan.Bucket, plan.Key, got, plan.ETag)
@@ -221,7 +221,7 @@ func (t *TarballRestore) download(ctx context.Context, op *journal.Op, plan Tarb
 	req, err := t.Presign.PresignGetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(plan.Bucket), Key: aws.String(plan.Key)},
 		func(o *s3.PresignOptions) { o.Expires = expiry })
 	if err != nil {
-		return "", fmt.Errorf("sign the download: %w", err)
+		return "", fmt.Errorf("sign the download: %w", translate(err))
 	}
 	if strings.ContainsAny(req.URL, "'\n") {
 		return "", errors.New("the presigned download URL cannot be quoted for the shell")

@@ -4,12 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 	"github.com/aws/smithy-go"
@@ -57,33 +63,75 @@ func (f *fakeSSM) CancelCommand(context.Context, *ssm.CancelCommandInput, ...fun
 	return &ssm.CancelCommandOutput{}, nil
 }
 
+// SendCommand goes through a real SSM client to a server that throttles,
+// drops the connection or refuses: only throttled attempts (refused by
+// SSM, never run) are sent again, by the SDK (onceSSM).
 func TestTarballShellRetriesSendCommandOnlyWhenThrottled(t *testing.T) {
-	throttled := &smithy.GenericAPIError{Code: "ThrottlingException", Message: "Rate exceeded"}
 	for _, tc := range []struct {
 		name      string
-		errs      []error
+		faults    []string
 		sends     int
 		succeeded bool
 	}{
-		{"throttled twice", []error{throttled, throttled}, 3, true},
+		{"throttled twice", []string{"throttle", "throttle"}, 3, true},
 		// The answer was lost: the command may be running already.
-		{"connection reset", []error{errors.New("read tcp: connection reset by peer")}, 1, false},
-		{"refused", []error{&smithy.GenericAPIError{Code: "InvalidInstanceId", Message: "Instances not in a valid state"}}, 1, false},
+		{"connection reset", []string{"reset"}, 1, false},
+		{"refused", []string{"refuse"}, 1, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := &fakeSSM{sendErrs: tc.errs, status: ssmtypes.CommandInvocationStatusSuccess}
-			sh := &Shell{SSM: f, Instance: "i-1", Poll: time.Millisecond, Backoff: time.Millisecond}
-			r, err := sh.Run(context.Background(), "test", "true", time.Minute)
-			if (err == nil) != tc.succeeded || f.sends != tc.sends {
-				t.Fatalf("err %v after %d SendCommand calls", err, f.sends)
-			}
-			for _, n := range f.attempts {
-				if n != 1 {
-					t.Errorf("SendCommand let the SDK make %d attempts", n)
+			var mu sync.Mutex
+			faults, sends := slices.Clone(tc.faults), 0
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+				switch strings.TrimPrefix(r.Header.Get("X-Amz-Target"), "AmazonSSM.") {
+				case "SendCommand":
+					mu.Lock()
+					sends++
+					n, fault := sends, ""
+					if len(faults) > 0 {
+						fault, faults = faults[0], faults[1:]
+					}
+					mu.Unlock()
+					switch fault {
+					case "throttle":
+						w.WriteHeader(http.StatusBadRequest)
+						io.WriteString(w, `{"__type":"ThrottlingException","message":"Rate exceeded"}`)
+					case "reset":
+						conn, _, err := w.(http.Hijacker).Hijack()
+						if err == nil {
+							conn.Close()
+						}
+					case "refuse":
+						w.WriteHeader(http.StatusBadRequest)
+						io.WriteString(w, `{"__type":"InvalidInstanceId","message":"Instances not in a valid state"}`)
+					default:
+						fmt.Fprintf(w, `{"Command":{"CommandId":"cmd-%d"}}`, n)
+					}
+				case "GetCommandInvocation":
+					io.WriteString(w, `{"Status":"Success","StandardOutputContent":"circlebot:ok=yes\n"}`)
+				default:
+					w.WriteHeader(http.StatusBadRequest)
+					io.WriteString(w, `{"__type":"UnknownOperationException","message":"not here"}`)
 				}
+			}))
+			defer srv.Close()
+			client := ssm.NewFromConfig(aws.Config{
+				Region: "us-east-1", BaseEndpoint: aws.String(srv.URL),
+				Credentials: credentials.NewStaticCredentialsProvider("test", "test", ""),
+				Retryer:     func() aws.Retryer { return retry.AddWithMaxBackoffDelay(retry.NewStandard(), time.Millisecond) },
+			})
+			sh := &Shell{SSM: client, Instance: "i-1", Poll: time.Millisecond}
+			r, err := sh.Run(context.Background(), "test", "true", time.Minute)
+			mu.Lock()
+			defer mu.Unlock()
+			if (err == nil) != tc.succeeded || sends != tc.sends {
+				t.Fatalf("err %v after %d SendCommand calls", err, sends)
 			}
 			if tc.succeeded && field(r.Stdout, "circlebot:ok") != "yes" {
 				t.Errorf("stdout %q", r.Stdout)
+			}
+			if tc.name == "refused" && !errors.Is(err, ErrAgentOffline) {
+				t.Errorf("a refused send is not ErrAgentOffline: %v", err)
 			}
 		})
 	}
@@ -134,7 +182,8 @@ func TestTarballPresignedURLsAreCutFromErrors(t *testing.T) {
 			t.Errorf("not redacted: %s", s)
 		}
 	}
-	if !errors.Is(err, context.Canceled) || errorCode(err) != "ValidationException" {
+	var ae smithy.APIError
+	if !errors.Is(err, context.Canceled) || !errors.As(err, &ae) || ae.ErrorCode() != "ValidationException" {
 		t.Errorf("redaction lost the error's kind: %v", err)
 	}
 	plain := errors.New("no URL here")
