@@ -419,7 +419,8 @@ func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
 		t.Fatalf("a cancelled restore launched %d instances", n)
 	}
 	op, _ := r.app.Journal.ByRequest(t.Context(), req)
-	if op.State != journal.Stopped || op.Data["image_id"] == "" || op.Next() != 2 {
+	res, _ := ops.ResultOf[ops.RestoreResult](op)
+	if op.State != journal.Stopped || res.ImageID == "" || op.Next() != 2 {
 		t.Fatalf("cancelled op: %+v", op)
 	}
 	// The image step comes first: the old box was not touched.
@@ -428,7 +429,7 @@ func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
 	}
 	r.slash(alice, incident, "cancel "+op.ID)
 	txt := r.waitText("given up", "gave up `"+op.ID+"`")
-	for _, want := range []string{op.Data["image_id"], "is running"} {
+	for _, want := range []string{res.ImageID, "is running"} {
 		if !strings.Contains(txt, want) {
 			t.Errorf("give-up message lacks %q: %s", want, txt)
 		}
@@ -685,7 +686,8 @@ func TestRestoreWithAnImagePendingForLongResumes(t *testing.T) {
 		t.Fatalf("the old box is %s while the image was pending", st)
 	}
 	op, _ := r.app.Journal.ByRequest(t.Context(), req)
-	image := op.Data["image_id"]
+	res, _ := ops.ResultOf[ops.RestoreResult](op)
+	image := res.ImageID
 	if op.State != journal.Stopped || op.Next() != 1 || image == "" {
 		t.Fatalf("op after the timeout: %+v", op)
 	}

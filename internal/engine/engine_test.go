@@ -17,6 +17,7 @@ import (
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/commands"
 	"github.com/circlebot/circlebot/internal/journal"
+	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/store"
 )
 
@@ -30,8 +31,12 @@ type world struct {
 	ran     []string       // steps run, in order
 }
 
+type fakeResult struct {
+	Made map[string]string `json:"made"`
+}
+
 func (w *world) step(name string) journal.Def {
-	return journal.Def{Name: name, Run: func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+	return ops.Def(name, func(ctx context.Context, op *ops.Work[fakeResult], _ journal.Progress) (string, error) {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		w.ran = append(w.ran, name)
@@ -43,17 +48,20 @@ func (w *world) step(name string) journal.Def {
 			w.fail[name]--
 			return "", fmt.Errorf("%s broke", name)
 		}
-		op.Data[name] = "made"
+		if op.Result.Made == nil {
+			op.Result.Made = map[string]string{}
+		}
+		op.Result.Made[name] = "made"
 		return name + " ok", nil
-	}}
+	})
 }
 
 type fakePlan struct {
 	Version int `json:"version"`
 }
 
-func fakeKind(w *world, name string, cmd commands.Name, hold bool) Kind[fakePlan] {
-	return Kind[fakePlan]{
+func fakeKind(w *world, name string, cmd commands.Name, hold bool) Kind[fakePlan, fakeResult] {
+	return Kind[fakePlan, fakeResult]{
 		Name: name, Command: cmd,
 		Plan: func(context.Context, commands.Command) (fakePlan, error) {
 			w.mu.Lock()
@@ -74,9 +82,11 @@ func fakeKind(w *world, name string, cmd commands.Name, hold bool) Kind[fakePlan
 		Steps: func(fakePlan, Env) []journal.Def {
 			return []journal.Def{w.step("one"), w.step("two"), w.step("three")}
 		},
-		Summary: func(p fakePlan, op Record) string { return fmt.Sprintf("done v%d by %s", p.Version, op.Approver) },
-		LeftBehind: func(_ fakePlan, op Record) []string {
-			if op.Data["one"] != "" {
+		Summary: func(p fakePlan, _ fakeResult, op Record) string {
+			return fmt.Sprintf("done v%d by %s", p.Version, op.Approver)
+		},
+		LeftBehind: func(_ fakePlan, r fakeResult, _ Record) []string {
+			if r.Made["one"] != "" {
 				return []string{"thing one"}
 			}
 			return nil

@@ -17,8 +17,8 @@ import (
 // Failover is `failover [--to <i-…>] [--force-unknown]`: fence the
 // Services box, move the service address to the replica, start the app,
 // verify.
-func Failover(s Setup, f *ops.Failover) Kind[ops.FailoverPlan] {
-	return Kind[ops.FailoverPlan]{
+func Failover(s Setup, f *ops.Failover) Kind[ops.FailoverPlan, ops.FailoverResult] {
+	return Kind[ops.FailoverPlan, ops.FailoverResult]{
 		Name: KindFailover, What: "failover", Command: commands.Failover,
 		Plan: func(ctx context.Context, cmd commands.Command) (ops.FailoverPlan, error) {
 			return ops.RetryRead(ctx, s.wait(), func() (ops.FailoverPlan, error) { return f.Plan(ctx, cmd.Target, cmd.ForceUnknown) })
@@ -58,7 +58,7 @@ func Failover(s Setup, f *ops.Failover) Kind[ops.FailoverPlan] {
 			}
 			return changes, nil
 		},
-		Summary: func(p ops.FailoverPlan, op Record) string {
+		Summary: func(p ops.FailoverPlan, _ ops.FailoverResult, op Record) string {
 			var steps []string
 			for _, st := range op.Steps {
 				steps = append(steps, fmt.Sprintf("%s %s", st.Name, st.Finished.Sub(st.Started).Round(time.Second)))
@@ -160,8 +160,8 @@ func BuildersLock(group string) string { return "builders/" + group }
 // Rotate is `builders rotate`: replace every builder in batches, never
 // below the desired healthy count; b is nil when builders.asg_name is
 // unset.
-func Rotate(s Setup, b *ops.Builders) Kind[ops.RotationPlan] {
-	return Kind[ops.RotationPlan]{
+func Rotate(s Setup, b *ops.Builders) Kind[ops.RotationPlan, ops.NoResult] {
+	return Kind[ops.RotationPlan, ops.NoResult]{
 		Name: KindRotate, What: "builder rotation", Command: commands.BuildersRotate,
 		Ready: func() error {
 			if b == nil {
@@ -189,7 +189,7 @@ func Rotate(s Setup, b *ops.Builders) Kind[ops.RotationPlan] {
 			return BuildersLock(b.Group)
 		},
 		Steps: func(p ops.RotationPlan, _ Env) []journal.Def { return b.Steps(p) },
-		Summary: func(p ops.RotationPlan, op Record) string {
+		Summary: func(p ops.RotationPlan, _ ops.NoResult, op Record) string {
 			return fmt.Sprintf("Rotated the builders of `%s` in %s (approved by <@%s>): %s.", p.Group, op.Took, op.Approver, op.Steps[len(op.Steps)-1].Detail)
 		},
 		Hold: true,

@@ -11,12 +11,14 @@ import (
 	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/commands"
 	"github.com/circlebot/circlebot/internal/journal"
+	"github.com/circlebot/circlebot/internal/ops"
 )
 
-// Kind describes one operation kind with a typed plan P. It is written
-// once, next to the operation it runs, and registered with the engine;
-// nothing outside the kind knows what P holds.
-type Kind[P any] struct {
+// Kind describes one operation kind with a typed plan P and a typed
+// result R (what its steps hand on to each other and leave behind). It is
+// written once, next to the operation it runs, and registered with the
+// engine; nothing outside the kind knows what P and R hold.
+type Kind[P, R any] struct {
 	// Name is what the journal records (stable across versions: a
 	// stopped operation is found again by it after an upgrade).
 	Name string
@@ -53,10 +55,10 @@ type Kind[P any] struct {
 	// on. nil: only the approval's age counts.
 	Recheck func(ctx context.Context, p P, op Record) (changes []string, err error)
 	// Summary is the last word of a finished operation.
-	Summary func(p P, op Record) string
+	Summary func(p P, r R, op Record) string
 	// LeftBehind names what a given-up operation made, for a person to
 	// keep or remove (nil: nothing).
-	LeftBehind func(p P, op Record) []string
+	LeftBehind func(p P, r R, op Record) []string
 	// Hold keeps the target locked while the operation is stopped part-way
 	// (a half-done restore must not race a backup); without it, a stop
 	// closes the operation: nothing it left needs a resume.
@@ -111,23 +113,23 @@ type bound struct {
 	leftBehind func(Record) []string
 }
 
-func (k Kind[P]) name() string           { return k.Name }
-func (k Kind[P]) what() string           { return cmp.Or(k.What, k.Name) }
-func (k Kind[P]) command() commands.Name { return k.Command }
-func (k Kind[P]) hold() bool             { return k.Hold }
-func (k Kind[P]) target() string         { return k.Target() }
+func (k Kind[P, R]) name() string           { return k.Name }
+func (k Kind[P, R]) what() string           { return cmp.Or(k.What, k.Name) }
+func (k Kind[P, R]) command() commands.Name { return k.Command }
+func (k Kind[P, R]) hold() bool             { return k.Hold }
+func (k Kind[P, R]) target() string         { return k.Target() }
 
-func (k Kind[P]) ready() error {
+func (k Kind[P, R]) ready() error {
 	if k.Ready == nil {
 		return nil
 	}
 	return k.Ready()
 }
-func (k Kind[P]) boxLine() bool { return k.BoxLine }
+func (k Kind[P, R]) boxLine() bool { return k.BoxLine }
 
-func (k Kind[P]) matches(c commands.Command) bool { return k.Match == nil || k.Match(c) }
+func (k Kind[P, R]) matches(c commands.Command) bool { return k.Match == nil || k.Match(c) }
 
-func (k Kind[P]) derive(ctx context.Context, cmd commands.Command) (derived, error) {
+func (k Kind[P, R]) derive(ctx context.Context, cmd commands.Command) (derived, error) {
 	if err := k.ready(); err != nil {
 		return derived{}, err
 	}
@@ -149,7 +151,7 @@ func (k Kind[P]) derive(ctx context.Context, cmd commands.Command) (derived, err
 	return d, nil
 }
 
-func (k Kind[P]) bind(data string) (bound, error) {
+func (k Kind[P, R]) bind(data string) (bound, error) {
 	var p P
 	if err := json.Unmarshal([]byte(data), &p); err != nil {
 		return bound{}, fmt.Errorf("decode the %s plan: %w", k.Name, err)
@@ -157,23 +159,33 @@ func (k Kind[P]) bind(data string) (bound, error) {
 	b := bound{
 		steps:   func(env Env) []journal.Def { return k.Steps(p, env) },
 		recheck: func(context.Context, Record) ([]string, error) { return nil, nil },
-		summary: func(r Record) string { return k.Summary(p, r) },
-		leftBehind: func(Record) []string {
-			return nil
+		summary: func(rec Record) string {
+			r, err := ops.ResultOf[R](rec.Op)
+			if err != nil {
+				return "Finished; its result could not be read: " + err.Error()
+			}
+			return k.Summary(p, r, rec)
 		},
+		leftBehind: func(Record) []string { return nil },
 	}
 	if k.Recheck != nil {
 		b.recheck = func(ctx context.Context, r Record) ([]string, error) { return k.Recheck(ctx, p, r) }
 	}
 	if k.LeftBehind != nil {
-		b.leftBehind = func(r Record) []string { return k.LeftBehind(p, r) }
+		b.leftBehind = func(rec Record) []string {
+			r, err := ops.ResultOf[R](rec.Op)
+			if err != nil {
+				return []string{"(its result could not be read: " + err.Error() + ")"}
+			}
+			return k.LeftBehind(p, r, rec)
+		}
 	}
 	return b, nil
 }
 
 // validate fails start-up for a kind with a missing piece, rather than an
 // operation at 3 a.m.
-func (k Kind[P]) validate() error {
+func (k Kind[P, R]) validate() error {
 	var missing []string
 	for what, ok := range map[string]bool{
 		"Name": k.Name != "", "Command": k.Command != "", "Plan": k.Plan != nil, "Approval": k.Approval != nil,
@@ -198,7 +210,7 @@ type Registry struct {
 
 // Register adds a kind to r. A doubled name or a kind with a missing
 // piece is reported by Check.
-func Register[P any](r *Registry, k Kind[P]) {
+func Register[P, R any](r *Registry, k Kind[P, R]) {
 	if r.kinds == nil {
 		r.kinds, r.byCmd = map[string]kind{}, map[commands.Name][]kind{}
 	}

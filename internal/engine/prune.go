@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/circlebot/circlebot/internal/approvals"
@@ -28,6 +27,11 @@ func (p PrunePlan) doomed() (points, snapshots []string) {
 	return points, snapshots
 }
 
+// PruneResult is what a prune deleted.
+type PruneResult struct {
+	Deleted []string `json:"deleted,omitempty"`
+}
+
 // Retention is where pruning reads restore points and deletes snapshots.
 type Retention struct {
 	EC2     ops.EC2
@@ -39,8 +43,8 @@ type Retention struct {
 // Prune is `backup prune`, and retention after a scheduled backup (with
 // the policy in the config as its approval): delete the restore points
 // retention does not keep.
-func Prune(s Setup, r Retention) Kind[PrunePlan] {
-	return Kind[PrunePlan]{
+func Prune(s Setup, r Retention) Kind[PrunePlan, PruneResult] {
+	return Kind[PrunePlan, PruneResult]{
 		Name: KindPrune, What: "retention pruning", Command: commands.BackupPrune,
 		Ready: func() error {
 			if !r.Policy.Enabled() {
@@ -77,22 +81,22 @@ func Prune(s Setup, r Retention) Kind[PrunePlan] {
 		Title:    func(PrunePlan) string { return "Prune restore points past `backup.retention`" },
 		Target:   s.box,
 		Steps: func(p PrunePlan, _ Env) []journal.Def {
-			return []journal.Def{{Name: "Delete snapshots", Run: func(ctx context.Context, op *journal.Op, pr journal.Progress) (string, error) {
+			return []journal.Def{ops.Def("Delete snapshots", func(ctx context.Context, w *ops.Work[PruneResult], pr journal.Progress) (string, error) {
 				deleted, err := ops.Prune(ctx, r.Prune, p.Verdicts, logOnly{pr})
-				op.Data["deleted"] = strconv.Itoa(len(deleted))
+				w.Result.Deleted = append(w.Result.Deleted, deleted...)
 				if err != nil {
 					return "", fmt.Errorf("stopped after deleting %d snapshots (what was not deleted stays; the next run picks it up): %w", len(deleted), err)
 				}
 				return fmt.Sprintf("%d snapshots deleted", len(deleted)), nil
-			}}}
+			})}
 		},
-		Summary: func(p PrunePlan, op Record) string {
+		Summary: func(p PrunePlan, r PruneResult, op Record) string {
 			who := "the retention policy in the config"
 			if op.Approver != "" {
 				who = "<@" + op.Approver + ">"
 			}
 			pts, _ := p.doomed()
-			return fmt.Sprintf("Retention pruned %s (%s snapshots), approved by %s.", strings.Join(pts, ","), op.Data["deleted"], who)
+			return fmt.Sprintf("Retention pruned %s (%d snapshots), approved by %s.", strings.Join(pts, ","), len(r.Deleted), who)
 		},
 	}
 }
@@ -142,8 +146,8 @@ type SecretPlan struct {
 
 // Secret is `secret`: the passphrase, after approval, to the requester
 // only. It never reaches the journal, the channel or the log.
-func Secret(s Setup, pp Passphrase) Kind[SecretPlan] {
-	return Kind[SecretPlan]{
+func Secret(s Setup, pp Passphrase) Kind[SecretPlan, ops.NoResult] {
+	return Kind[SecretPlan, ops.NoResult]{
 		Name: KindSecret, What: "secret", Command: commands.Secret,
 		Plan: func(ctx context.Context, _ commands.Command) (SecretPlan, error) {
 			src, err := pp.Source(ctx)
@@ -171,7 +175,7 @@ func Secret(s Setup, pp Passphrase) Kind[SecretPlan] {
 				return "shown to <@" + op.Requester + "> only", nil
 			}}}
 		},
-		Summary: func(_ SecretPlan, op Record) string {
+		Summary: func(_ SecretPlan, _ ops.NoResult, op Record) string {
 			return fmt.Sprintf(":key: The passphrase was shown to <@%s> only (request `%s`, approved by <@%s>).", op.Requester, op.RequestID, op.Approver)
 		},
 	}

@@ -51,8 +51,8 @@ func (s Setup) wait() time.Duration {
 
 // RestoreEBS is `restore <snap-…|latest>`: a new Services box from an EBS
 // restore point, on the old one's private IP.
-func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan] {
-	return Kind[ops.RestorePlan]{
+func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.RestoreResult] {
+	return Kind[ops.RestorePlan, ops.RestoreResult]{
 		Name: KindRestoreEBS, What: "restore", Command: commands.Restore,
 		Match: func(c commands.Command) bool { return c.Source.Kind != commands.SourceS3 },
 		Plan: func(ctx context.Context, cmd commands.Command) (ops.RestorePlan, error) {
@@ -75,26 +75,26 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan] {
 			c, err := ops.Changed(ctx, s.EC2, "the old Services box", p.Old.InstanceID, p.Old.State)
 			return nonEmpty(c), err
 		},
-		Summary: func(p ops.RestorePlan, op Record) string {
+		Summary: func(p ops.RestorePlan, r ops.RestoreResult, op Record) string {
 			var b strings.Builder
-			fmt.Fprintf(&b, "Restored `%s` onto `%s` (%s, %s) in %s (approved by <@%s>).", p.Source, op.Data["instance_id"], op.Data["instance_type"], p.Shape.PrivateIP, op.Took, op.Approver)
-			if kept := op.Data["kept_volumes"]; kept != "" && p.Old != nil {
-				fmt.Fprintf(&b, " The old instance %s was terminated; its volumes %s are kept (tag %s=%s): delete them once you are sure.", p.Old.InstanceID, strings.ReplaceAll(kept, ",", ", "), ops.TagKeptBy, op.ID)
+			fmt.Fprintf(&b, "Restored `%s` onto `%s` (%s, %s) in %s (approved by <@%s>).", p.Source, r.InstanceID, r.InstanceType, p.Shape.PrivateIP, op.Took, op.Approver)
+			if len(r.KeptVolumes) > 0 && p.Old != nil {
+				fmt.Fprintf(&b, " The old instance %s was terminated; its volumes %s are kept (tag %s=%s): delete them once you are sure.", p.Old.InstanceID, strings.Join(r.KeptVolumes, ", "), ops.TagKeptBy, op.ID)
 			}
 			fmt.Fprintf(&b, " Image `%s` stays registered. Next: `%s builders rotate` so builders reconnect; webhooks sent while the box was down were lost; take a fresh backup with `%s backup now`.",
-				op.Data["image_id"], s.SlashCommand, s.SlashCommand)
+				r.ImageID, s.SlashCommand, s.SlashCommand)
 			return b.String()
 		},
-		LeftBehind: func(_ ops.RestorePlan, op Record) []string {
+		LeftBehind: func(_ ops.RestorePlan, r ops.RestoreResult, op Record) []string {
 			var h []string
-			if v := op.Data["kept_volumes"]; v != "" {
-				h = append(h, "old volumes "+v+" (tag "+ops.TagKeptBy+"="+op.ID+")")
+			if len(r.KeptVolumes) > 0 {
+				h = append(h, "old volumes "+strings.Join(r.KeptVolumes, ",")+" (tag "+ops.TagKeptBy+"="+op.ID+")")
 			}
-			if v := op.Data["image_id"]; v != "" {
-				h = append(h, "image `"+v+"`")
+			if r.ImageID != "" {
+				h = append(h, "image `"+r.ImageID+"`")
 			}
-			if v := op.Data["instance_id"]; v != "" {
-				h = append(h, "new instance `"+v+"`")
+			if r.InstanceID != "" {
+				h = append(h, "new instance `"+r.InstanceID+"`")
 			}
 			return h
 		},
@@ -152,8 +152,8 @@ type TarballRestorer interface {
 
 // RestoreTarball is `restore s3://bucket/key`: circleci-restore on the
 // Services box; t is nil when backup.bucket is unset.
-func RestoreTarball(s Setup, t TarballRestorer) Kind[ops.TarballRestorePlan] {
-	return Kind[ops.TarballRestorePlan]{
+func RestoreTarball(s Setup, t TarballRestorer) Kind[ops.TarballRestorePlan, ops.TarballRestoreResult] {
+	return Kind[ops.TarballRestorePlan, ops.TarballRestoreResult]{
 		Name: KindRestoreTarball, What: "restore", Command: commands.Restore,
 		Match: func(c commands.Command) bool { return c.Source.Kind == commands.SourceS3 },
 		Ready: func() error {
@@ -183,13 +183,13 @@ func RestoreTarball(s Setup, t TarballRestorer) Kind[ops.TarballRestorePlan] {
 			c, err := ops.Changed(ctx, s.EC2, "the Services box", p.InstanceID, "running")
 			return nonEmpty(c), err
 		},
-		Summary: func(p ops.TarballRestorePlan, op Record) string {
+		Summary: func(p ops.TarballRestorePlan, r ops.TarballRestoreResult, op Record) string {
 			return fmt.Sprintf("Restored `s3://%s/%s` onto `%s` in %s (approved by <@%s>). The data that was there is in `%s` on the box: delete it once you have checked the restore. Next: take a backup (`%s backup now`); webhooks sent while the app was stopped were lost.",
-				p.Bucket, p.Key, p.InstanceID, op.Took, op.Approver, op.Data["moved_aside"], s.SlashCommand)
+				p.Bucket, p.Key, p.InstanceID, op.Took, op.Approver, r.MovedAside, s.SlashCommand)
 		},
-		LeftBehind: func(_ ops.TarballRestorePlan, op Record) []string {
-			if v := op.Data["moved_aside"]; v != "" {
-				return []string{"moved-aside data `" + v + "` on the box"}
+		LeftBehind: func(_ ops.TarballRestorePlan, r ops.TarballRestoreResult, _ Record) []string {
+			if r.MovedAside != "" {
+				return []string{"moved-aside data `" + r.MovedAside + "` on the box"}
 			}
 			return nil
 		},

@@ -7,6 +7,7 @@
 package journal
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -70,10 +72,13 @@ type Op struct {
 	// Plan is the kind's typed plan, encoded: what the steps are made from
 	// again on a resume, on any replica.
 	Plan string `json:"plan,omitempty"`
-	// Data are values a step hands to later ones (image ID, instance ID);
-	// a step that is run again finds what it made the first time here or
-	// by its tags in AWS.
-	Data      map[string]string `json:"data"`
+	// Result is what the steps hand to later ones (image ID, instance
+	// ID…), the kind's typed result encoded: a step that is run again finds
+	// what it made the first time here or by its tags in AWS.
+	Result json.RawMessage `json:"result,omitempty"`
+	// Data is where versions before typed results kept the same, and the
+	// kind and plan before the engine: read, never written.
+	Data      map[string]string `json:"data,omitempty"`
 	Steps     []Step            `json:"steps"`
 	State     State             `json:"state"`
 	Why       string            `json:"why,omitempty"` // why it stopped
@@ -83,10 +88,10 @@ type Op struct {
 	// Unannounced: interrupted by a process's death and not yet said in
 	// its channel (a failed post is tried again).
 	Unannounced bool `json:"unannounced,omitempty"`
-	// Record, set by Run for the running step, saves one Data item at
-	// once: what a step must not lose if the bot dies mid-step (the ID of
-	// a command it started on the box).
-	Record func(key, value string) error `json:"-"`
+	// Save, set by Run for the running step, makes a result durable at
+	// once: what a step must not lose if the bot dies mid-step (the ID of a
+	// command it started on the box).
+	Save func(result json.RawMessage) error `json:"-"`
 
 	Created  time.Time `json:"created"`
 	Updated  time.Time `json:"updated"`
@@ -369,28 +374,33 @@ func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progre
 			return op, fmt.Errorf("journal step %s of %s: %w", defs[i].Name, id, err)
 		}
 		p.Begin(i, "")
-		data := cloneMap(op.Data)
 		work := &Op{}
 		*work = *op
-		work.Data = data
+		work.Result = slices.Clone(op.Result)
 		var mu sync.Mutex
-		work.Record = func(k, v string) error {
+		saved := work.Result
+		work.Save = func(b json.RawMessage) error {
 			mu.Lock()
-			data[k] = v
+			saved = slices.Clone(b)
 			mu.Unlock()
 			_, err := s.Update(ctx, id, func(o *Op) error {
 				if err := owned(o, owner); err != nil {
 					return err
 				}
-				if o.Data == nil {
-					o.Data = map[string]string{}
-				}
-				o.Data[k] = v
+				o.Result = b
 				return nil
 			})
 			return err
 		}
 		detail, stepErr := runStep(ctx, defs[i], work, p)
+		data := work.Result
+		if bytes.Equal(data, op.Result) {
+			// The step handed no result back (it only saved, or panicked
+			// first): keep what it saved last.
+			mu.Lock()
+			data = saved
+			mu.Unlock()
+		}
 		if stepErr != nil {
 			if ctx.Err() != nil {
 				p.Fail(i, fmt.Errorf("interrupted: %w", stepErr))
@@ -406,7 +416,7 @@ func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progre
 			if err := owned(o, owner); err != nil {
 				return err
 			}
-			o.Data = data
+			o.Result = data
 			o.Steps[i].State, o.Steps[i].Finished, o.Steps[i].Detail = StepDone, time.Now(), detail
 			if o.Next() == len(o.Steps) {
 				o.State, o.Finished = Done, time.Now()
@@ -459,7 +469,7 @@ func (s Store) stop(ctx context.Context, id, owner, why string, cause error) (*O
 }
 
 // stopStep records how a step ended, even after ctx ended (see settled).
-func (s Store) stopStep(ctx context.Context, id, owner string, i int, st StepState, data map[string]string, cause error, why string) (*Op, error) {
+func (s Store) stopStep(ctx context.Context, id, owner string, i int, st StepState, data json.RawMessage, cause error, why string) (*Op, error) {
 	ctx, cancel := settled(ctx)
 	defer cancel()
 	op, err := s.Update(ctx, id, func(o *Op) error {
@@ -467,7 +477,7 @@ func (s Store) stopStep(ctx context.Context, id, owner string, i int, st StepSta
 			return err
 		}
 		// What the step made before failing is kept: a resume finds it.
-		o.Data = data
+		o.Result = data
 		o.Steps[i].State, o.Steps[i].Finished, o.Steps[i].Error = st, time.Now(), cause.Error()
 		o.State, o.Why = Stopped, why
 		return nil
@@ -544,11 +554,3 @@ func (s Store) ReturnAnnouncement(ctx context.Context, id string) error {
 }
 
 var errNotStopped = errors.New("no longer stopped")
-
-func cloneMap(m map[string]string) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
-}

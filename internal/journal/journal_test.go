@@ -2,6 +2,7 @@ package journal
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"path/filepath"
 	"sync"
@@ -34,7 +35,7 @@ func (nopProgress) Log(string)        {}
 
 func newOp(t *testing.T, s Store, process string, n int) *Op {
 	t.Helper()
-	o := &Op{ID: NewID(time.Now()), Kind: "test", State: Running, Process: process, Data: map[string]string{}, Created: time.Now()}
+	o := &Op{ID: NewID(time.Now()), Kind: "test", State: Running, Process: process, Created: time.Now()}
 	for i := 0; i < n; i++ {
 		o.Steps = append(o.Steps, Step{Name: string(rune('a' + i)), State: StepPending})
 	}
@@ -54,13 +55,13 @@ func TestResumeSkipsFinishedSteps(t *testing.T) {
 	defs := []Def{
 		{"a", func(_ context.Context, op *Op, _ Progress) (string, error) {
 			runs["a"]++
-			op.Data["made"] = "thing-1"
+			op.Result = json.RawMessage(`{"made":"thing-1"}`)
 			return "made thing-1", nil
 		}},
 		{"b", func(_ context.Context, op *Op, _ Progress) (string, error) {
 			runs["b"]++
-			if op.Data["made"] != "thing-1" {
-				t.Errorf("step b saw data %v", op.Data)
+			if string(op.Result) != `{"made":"thing-1"}` {
+				t.Errorf("step b saw result %s", op.Result)
 			}
 			if failB {
 				return "", errors.New("boom")
@@ -159,24 +160,24 @@ func TestRunningIsNotClaimed(t *testing.T) {
 	}
 }
 
-// Record saves a data item before the step ends: a crash mid-step keeps it.
+// Save keeps a result before the step ends: a crash mid-step keeps it.
 func TestRecordSavesAtOnce(t *testing.T) {
 	s := open(t)
 	o := newOp(t, s, "me", 1)
 	_, err := s.Run(context.Background(), o.ID, o.Process, []Def{{"a", func(_ context.Context, op *Op, _ Progress) (string, error) {
-		if err := op.Record("command", "cmd-1"); err != nil {
+		if err := op.Save(json.RawMessage(`{"command":"cmd-1"}`)); err != nil {
 			return "", err
 		}
-		if got, _ := s.Get(t.Context(), op.ID); got.Data["command"] != "cmd-1" {
-			t.Errorf("recorded item not saved during the step: %v", got.Data)
+		if got, _ := s.Get(t.Context(), op.ID); string(got.Result) != `{"command":"cmd-1"}` {
+			t.Errorf("result not saved during the step: %s", got.Result)
 		}
 		return "", errors.New("boom")
 	}}}, nopProgress{})
 	if err == nil {
 		t.Fatal("want the step's error")
 	}
-	if got, _ := s.Get(t.Context(), o.ID); got.Data["command"] != "cmd-1" {
-		t.Errorf("recorded item lost after the failure: %v", got.Data)
+	if got, _ := s.Get(t.Context(), o.ID); string(got.Result) != `{"command":"cmd-1"}` {
+		t.Errorf("saved result lost after the failure: %s", got.Result)
 	}
 }
 
@@ -231,7 +232,7 @@ func TestRunStopsWhenTakenOver(t *testing.T) {
 			if _, err := s.Update(t.Context(), op.ID, func(o *Op) error { o.Process = "replica-b"; return nil }); err != nil {
 				t.Fatal(err)
 			}
-			if err := op.Record("made", "x"); !errors.Is(err, ErrTakenOver) {
+			if err := op.Save(json.RawMessage(`{"made":"x"}`)); !errors.Is(err, ErrTakenOver) {
 				t.Errorf("record after takeover: %v", err)
 			}
 			return "done by a", nil
@@ -243,8 +244,8 @@ func TestRunStopsWhenTakenOver(t *testing.T) {
 		t.Fatalf("run: %v", err)
 	}
 	got, _ := s.Get(t.Context(), o.ID)
-	if ran != 2 || got.Steps[1].State != StepRunning || got.Process != "replica-b" || got.State != Running || got.Data["made"] != "" {
-		t.Errorf("after takeover: ran %d, step b %s, process %s, state %s, data %v", ran, got.Steps[1].State, got.Process, got.State, got.Data)
+	if ran != 2 || got.Steps[1].State != StepRunning || got.Process != "replica-b" || got.State != Running || len(got.Result) != 0 {
+		t.Errorf("after takeover: ran %d, step b %s, process %s, state %s, result %s", ran, got.Steps[1].State, got.Process, got.State, got.Result)
 	}
 }
 
@@ -329,7 +330,7 @@ func TestStopIsRecordedAfterTheContextEnded(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defs := []Def{
 			{"a", func(ctx context.Context, op *Op, _ Progress) (string, error) {
-				op.Data["made"] = "x"
+				op.Result = json.RawMessage(`{"made":"x"}`)
 				cancel()
 				if fail {
 					return "", ctx.Err()
@@ -353,8 +354,8 @@ func TestStopIsRecordedAfterTheContextEnded(t *testing.T) {
 		if fail {
 			want = StepInterrupted
 		}
-		if got.State != Stopped || got.Steps[0].State != want || got.Data["made"] != "x" || got.Why == "" {
-			t.Errorf("failed step %v: state %s, step a %s, data %v, why %q", fail, got.State, got.Steps[0].State, got.Data, got.Why)
+		if got.State != Stopped || got.Steps[0].State != want || string(got.Result) != `{"made":"x"}` || got.Why == "" {
+			t.Errorf("failed step %v: state %s, step a %s, result %s, why %q", fail, got.State, got.Steps[0].State, got.Result, got.Why)
 		}
 	}
 }

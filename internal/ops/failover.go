@@ -403,27 +403,28 @@ func (f *Failover) waitState(ctx context.Context, id string, timeout time.Durati
 // the address only after the old box is confirmed stopped. The builder
 // rotation is there only in discovery mode none.
 func (f *Failover) Steps(p FailoverPlan) []journal.Def {
-	type fn = func(context.Context, *journal.Op, journal.Progress) (string, error)
+	type fn = StepFunc[FailoverResult]
+	type w = *Work[FailoverResult]
 	steps := []struct {
 		name string
 		run  fn
 	}{
-		{"Fence the old primary", func(ctx context.Context, _ *journal.Op, pr journal.Progress) (string, error) {
+		{"Fence the old primary", func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
 			return f.fence(ctx, p, pr)
 		}},
-		{"Start the replica instance", func(ctx context.Context, _ *journal.Op, _ journal.Progress) (string, error) {
+		{"Start the replica instance", func(ctx context.Context, _ w, _ journal.Progress) (string, error) {
 			return f.startReplica(ctx, p)
 		}},
-		{"Move the service address", func(ctx context.Context, _ *journal.Op, pr journal.Progress) (string, error) {
+		{"Move the service address", func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
 			return f.move(ctx, p, pr)
 		}},
-		{"Hand over the Name tag", func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		{"Hand over the Name tag", func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return f.retag(ctx, op, p)
 		}},
-		{"Start the app on the replica", func(ctx context.Context, op *journal.Op, pr journal.Progress) (string, error) {
+		{"Start the app on the replica", func(ctx context.Context, op w, pr journal.Progress) (string, error) {
 			return f.startApp(ctx, op, p, pr)
 		}},
-		{"Verify health", func(ctx context.Context, _ *journal.Op, pr journal.Progress) (string, error) {
+		{"Verify health", func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
 			return f.verify(ctx, p, pr)
 		}},
 	}
@@ -431,13 +432,13 @@ func (f *Failover) Steps(p FailoverPlan) []journal.Def {
 		steps = append(steps, struct {
 			name string
 			run  fn
-		}{"Rotate the builders", func(ctx context.Context, _ *journal.Op, pr journal.Progress) (string, error) {
+		}{"Rotate the builders", func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
 			return f.Builders.ReplaceAll(ctx, *p.BuilderPlan, pr)
 		}})
 	}
 	defs := make([]journal.Def, len(steps))
 	for i, st := range steps {
-		defs[i] = journal.Def{Name: st.name, Run: retrying(st.run, f.poll())}
+		defs[i] = journal.Def{Name: st.name, Run: retrying(typed(st.run), f.poll())}
 	}
 	return defs
 }
@@ -695,7 +696,7 @@ func (f *Failover) moveTargets(ctx context.Context, p FailoverPlan) (string, err
 // retag makes the replica the Services box by its Name tag (status,
 // backups and a later failover follow it) and renames the fenced box, so
 // two instances never carry the tag.
-func (f *Failover) retag(ctx context.Context, op *journal.Op, p FailoverPlan) (string, error) {
+func (f *Failover) retag(ctx context.Context, op *Work[FailoverResult], p FailoverPlan) (string, error) {
 	if p.Primary != nil && p.Primary.ID != "unknown" {
 		if _, err := f.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{p.Primary.ID}, Tags: []ec2types.Tag{
 			{Key: aws.String("Name"), Value: aws.String(p.NameTag + "-fenced")},
@@ -719,14 +720,14 @@ func (f *Failover) retag(ctx context.Context, op *journal.Op, p FailoverPlan) (s
 	return fmt.Sprintf("`%s` → Name=%s; %s", p.Replica.ID, p.NameTag, old), nil
 }
 
-func (f *Failover) startApp(ctx context.Context, op *journal.Op, p FailoverPlan, pr journal.Progress) (string, error) {
+func (f *Failover) startApp(ctx context.Context, op *Work[FailoverResult], p FailoverPlan, pr journal.Progress) (string, error) {
 	if p.AppStart == "" || f.SSM == nil {
 		return "skipped: no `services_box.app_start_command`; start the app from the admin console on port 8800", nil
 	}
 	if err := f.ensureFenced(ctx, p); err != nil {
 		return "", err
 	}
-	return startApp(ctx, f.SSM, p.Replica.ID, op, p.AppStart, f.poll(), cmpOr(f.HealthTimeout, 10*time.Minute), pr)
+	return startApp(ctx, f.SSM, p.Replica.ID, op, func(r *FailoverResult) *Commands { return &r.Commands }, p.AppStart, f.poll(), cmpOr(f.HealthTimeout, 10*time.Minute), pr)
 }
 
 // verify waits for the replica's status checks and, when configured, an

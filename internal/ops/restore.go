@@ -316,42 +316,42 @@ func (r *SnapshotRestore) volumeOwner(ctx context.Context, volumeID string) stri
 // (the first image of a large set), and the old box keeps serving
 // meanwhile; a failed image leaves production untouched.
 func (r *SnapshotRestore) Steps(plan RestorePlan) []journal.Def {
-	type fn = func(context.Context, *journal.Op, journal.Progress) (string, error)
+	type w = *Work[RestoreResult]
 	steps := []struct {
 		name string
-		run  fn
+		run  StepFunc[RestoreResult]
 	}{
-		{"Check the restore point", func(ctx context.Context, _ *journal.Op, _ journal.Progress) (string, error) {
+		{"Check the restore point", func(ctx context.Context, _ w, _ journal.Progress) (string, error) {
 			return r.checkSource(ctx, plan)
 		}},
-		{"Make an image of the restore point", func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+		{"Make an image of the restore point", func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.image(ctx, op, plan, p)
 		}},
-		{"Protect the old volumes", func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		{"Protect the old volumes", func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return r.protect(ctx, op, plan)
 		}},
-		{"Stop the old instance", func(ctx context.Context, _ *journal.Op, p journal.Progress) (string, error) {
+		{"Stop the old instance", func(ctx context.Context, _ w, p journal.Progress) (string, error) {
 			return r.stopOld(ctx, plan, p)
 		}},
-		{"Free the private IP", func(ctx context.Context, _ *journal.Op, p journal.Progress) (string, error) {
+		{"Free the private IP", func(ctx context.Context, _ w, p journal.Progress) (string, error) {
 			return r.freeIP(ctx, plan, p)
 		}},
-		{"Launch the new Services box", func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+		{"Launch the new Services box", func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.launch(ctx, op, plan, p)
 		}},
-		{"Wait for running and status checks", func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+		{"Wait for running and status checks", func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.waitHealthy(ctx, op, p)
 		}},
-		{"Start the app", func(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
+		{"Start the app", func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.startApp(ctx, op, plan, p)
 		}},
-		{"Verify the new Services box", func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		{"Verify the new Services box", func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return r.verify(ctx, op, plan)
 		}},
 	}
 	defs := make([]journal.Def, len(steps))
 	for i, st := range steps {
-		defs[i] = journal.Def{Name: st.name, Run: retrying(st.run, r.poll())}
+		defs[i] = journal.Def{Name: st.name, Run: retrying(typed(st.run), r.poll())}
 	}
 	return defs
 }
@@ -388,7 +388,7 @@ func (r *SnapshotRestore) checkSource(ctx context.Context, plan RestorePlan) (st
 // protect turns DeleteOnTermination off for every volume of the old
 // instance and tags them, then reads the mappings back: nothing is
 // stopped or terminated until AWS shows every volume protected.
-func (r *SnapshotRestore) protect(ctx context.Context, op *journal.Op, plan RestorePlan) (string, error) {
+func (r *SnapshotRestore) protect(ctx context.Context, op *Work[RestoreResult], plan RestorePlan) (string, error) {
 	if plan.Old == nil {
 		return "no old instance: nothing to protect", nil
 	}
@@ -430,7 +430,7 @@ func (r *SnapshotRestore) protect(ctx context.Context, op *journal.Op, plan Rest
 	if err := r.checkProtected(ctx, plan.Old.InstanceID); err != nil {
 		return "", err
 	}
-	op.Data["kept_volumes"] = strings.Join(vols, ",")
+	op.Result.KeptVolumes = vols
 	return fmt.Sprintf("%d volumes of `%s` kept on termination and tagged %s=%s: %s", len(vols), plan.Old.InstanceID, TagKeptBy, op.ID, strings.Join(vols, ", ")), nil
 }
 
@@ -486,7 +486,7 @@ func (r *SnapshotRestore) fencing(p journal.Progress) fence {
 // image registers (or finds, when run again) this restore's AMI of the
 // set and waits until it is available. A failed image is left as it is
 // (named, tagged) and a new one is registered on the next run.
-func (r *SnapshotRestore) image(ctx context.Context, op *journal.Op, plan RestorePlan, p journal.Progress) (string, error) {
+func (r *SnapshotRestore) image(ctx context.Context, op *Work[RestoreResult], plan RestorePlan, p journal.Progress) (string, error) {
 	start := time.Now()
 	id, attempts, err := r.findImage(ctx, op.ID)
 	if err != nil {
@@ -500,7 +500,7 @@ func (r *SnapshotRestore) image(ctx context.Context, op *journal.Op, plan Restor
 			return "", err
 		}
 	}
-	op.Data["image_id"] = id
+	op.Result.ImageID = id
 	timeout := cmpOr(r.ImageTimeout, 45*time.Minute)
 	nextNote := time.Now().Add(5 * time.Minute)
 	err = waitFor(ctx, r.poll(), time.Now().Add(timeout), func() (bool, error) {
@@ -521,7 +521,7 @@ func (r *SnapshotRestore) image(ctx context.Context, op *journal.Op, plan Restor
 				if img.StateReason != nil {
 					why = ": " + aws.ToString(img.StateReason.Message)
 				}
-				delete(op.Data, "image_id") // a resume registers a new one
+				op.Result.ImageID = "" // a resume registers a new one
 				return false, fmt.Errorf("image %s is %s%s; the old box was not touched, and `resume` registers a new image", id, img.State, why)
 			}
 		}
@@ -556,7 +556,7 @@ func (r *SnapshotRestore) findImage(ctx context.Context, opID string) (string, i
 	return "", len(out.Images), nil
 }
 
-func (r *SnapshotRestore) register(ctx context.Context, op *journal.Op, plan RestorePlan, n int) (string, error) {
+func (r *SnapshotRestore) register(ctx context.Context, op *Work[RestoreResult], plan RestorePlan, n int) (string, error) {
 	name := "circleci-restore-" + op.ID
 	if n > 1 {
 		name += fmt.Sprintf("-%d", n)
@@ -664,7 +664,7 @@ func (r *SnapshotRestore) freeIP(ctx context.Context, plan RestorePlan, p journa
 // launch starts the new Services box once: a box this restore launched
 // before (found by its tag) is reused, and each attempt carries a client
 // token so that an answer lost on the way back cannot make a second one.
-func (r *SnapshotRestore) launch(ctx context.Context, op *journal.Op, plan RestorePlan, p journal.Progress) (string, error) {
+func (r *SnapshotRestore) launch(ctx context.Context, op *Work[RestoreResult], plan RestorePlan, p journal.Progress) (string, error) {
 	in, err := r.launched(ctx, op.ID)
 	if err != nil {
 		return "", err
@@ -701,8 +701,7 @@ func (r *SnapshotRestore) launch(ctx context.Context, op *journal.Op, plan Resto
 		p.Log(fmt.Sprintf("Instance `%s` was launched by this restore before; using it.", aws.ToString(in.InstanceId)))
 	}
 	id := aws.ToString(in.InstanceId)
-	op.Data["instance_id"] = id
-	op.Data["instance_type"] = string(in.InstanceType)
+	op.Result.InstanceID, op.Result.InstanceType = id, string(in.InstanceType)
 	if err := r.secondaryIPs(ctx, in, plan); err != nil {
 		return "", err
 	}
@@ -730,7 +729,7 @@ func (r *SnapshotRestore) launched(ctx context.Context, opID string) (*ec2types.
 	return nil, nil
 }
 
-func (r *SnapshotRestore) run(ctx context.Context, op *journal.Op, plan RestorePlan, typ string) (*ec2types.Instance, error) {
+func (r *SnapshotRestore) run(ctx context.Context, op *Work[RestoreResult], plan RestorePlan, typ string) (*ec2types.Instance, error) {
 	var tags []ec2types.Tag
 	for k, v := range plan.Shape.Tags {
 		if strings.HasPrefix(k, "aws:") || strings.HasPrefix(k, "circlebot:") {
@@ -745,7 +744,7 @@ func (r *SnapshotRestore) run(ctx context.Context, op *journal.Op, plan RestoreP
 		ec2types.Tag{Key: aws.String("circlebot:restored-from"), Value: aws.String(plan.Source)})
 	slices.SortFunc(tags, func(a, b ec2types.Tag) int { return strings.Compare(*a.Key, *b.Key) })
 	in := &ec2.RunInstancesInput{
-		ImageId:          aws.String(op.Data["image_id"]),
+		ImageId:          aws.String(op.Result.ImageID),
 		InstanceType:     ec2types.InstanceType(typ),
 		MinCount:         aws.Int32(1),
 		MaxCount:         aws.Int32(1),
@@ -815,8 +814,8 @@ func (r *SnapshotRestore) secondaryIPs(ctx context.Context, in *ec2types.Instanc
 
 // waitHealthy waits until the new box runs and passes both status checks
 // (health.go).
-func (r *SnapshotRestore) waitHealthy(ctx context.Context, op *journal.Op, p journal.Progress) (string, error) {
-	id := op.Data["instance_id"]
+func (r *SnapshotRestore) waitHealthy(ctx context.Context, op *Work[RestoreResult], p journal.Progress) (string, error) {
+	id := op.Result.InstanceID
 	start := time.Now()
 	timeout := cmpOr(r.HealthTimeout, 20*time.Minute)
 	h := health{EC2: r.EC2, Poll: r.poll(), Deadline: start.Add(timeout), Log: p.Log}
@@ -832,11 +831,11 @@ func (r *SnapshotRestore) waitHealthy(ctx context.Context, op *journal.Op, p jou
 
 // startApp runs the configured start command on the new box through SSM,
 // once the box's SSM agent answers.
-func (r *SnapshotRestore) startApp(ctx context.Context, op *journal.Op, plan RestorePlan, p journal.Progress) (string, error) {
+func (r *SnapshotRestore) startApp(ctx context.Context, op *Work[RestoreResult], plan RestorePlan, p journal.Progress) (string, error) {
 	if plan.AppStart == "" {
 		return "skipped: no `services_box.app_start_command` (or no SSM); start the app from the admin console on port 8800", nil
 	}
-	return startApp(ctx, r.SSM, op.Data["instance_id"], op, plan.AppStart, r.poll(), cmpOr(r.HealthTimeout, 20*time.Minute), p)
+	return startApp(ctx, r.SSM, op.Result.InstanceID, op, func(r *RestoreResult) *Commands { return &r.Commands }, plan.AppStart, r.poll(), cmpOr(r.HealthTimeout, 20*time.Minute), p)
 }
 
 // describeInstance and waitState read through the shared helpers.
@@ -850,8 +849,8 @@ func (r *SnapshotRestore) waitState(ctx context.Context, id string, timeout time
 
 // verify reads the new box back: the recorded IP, running, and the only
 // instance carrying the Services box's Name tag.
-func (r *SnapshotRestore) verify(ctx context.Context, op *journal.Op, plan RestorePlan) (string, error) {
-	id := op.Data["instance_id"]
+func (r *SnapshotRestore) verify(ctx context.Context, op *Work[RestoreResult], plan RestorePlan) (string, error) {
+	id := op.Result.InstanceID
 	in, ok, err := r.describeInstance(ctx, id)
 	if err != nil {
 		return "", err

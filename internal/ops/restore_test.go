@@ -10,8 +10,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
-
-	"github.com/circlebot/circlebot/internal/journal"
 )
 
 // The restore's safety paths, on a fake EC2: the old box is stopped
@@ -203,8 +201,8 @@ func TestRestoreFreeIPWaitsForTheInterface(t *testing.T) {
 	}
 }
 
-func restoreOp() *journal.Op {
-	return &journal.Op{ID: "op-1", Data: map[string]string{"image_id": "ami-1"}}
+func restoreOp() *Work[RestoreResult] {
+	return &Work[RestoreResult]{ID: "op-1", Result: &RestoreResult{ImageID: "ami-1"}}
 }
 
 // No capacity of the recorded type: the next fallback type is tried,
@@ -223,8 +221,8 @@ func TestRestoreLaunchFallsBackWhenAWSHasNoCapacity(t *testing.T) {
 	}
 	op := restoreOp()
 	got, err := testRestore(f).launch(context.Background(), op, restorePlan(""), rec)
-	if err != nil || !strings.Contains(got, "(m4.xlarge) at "+restoreIP) || op.Data["instance_type"] != "m4.xlarge" || op.Data["instance_id"] == "" {
-		t.Fatalf("%q, %v, %v", got, err, op.Data)
+	if err != nil || !strings.Contains(got, "(m4.xlarge) at "+restoreIP) || op.Result.InstanceType != "m4.xlarge" || op.Result.InstanceID == "" {
+		t.Fatalf("%q, %v, %+v", got, err, op.Result)
 	}
 	wantCalls(t, f, "RunInstances m5.xlarge op-1/m5.xlarge", "RunInstances m5.2xlarge op-1/m5.2xlarge", "RunInstances m4.xlarge op-1/m4.xlarge")
 	if !rec.has("AWS has no m5.xlarge capacity in us-east-1a (InsufficientInstanceCapacity); trying m5.2xlarge.") {
@@ -269,7 +267,7 @@ func TestRestoreLaunchOnce(t *testing.T) {
 	in.Tags = append(in.Tags, ec2types.Tag{Key: aws.String(TagRestoreOp), Value: aws.String("op-1")})
 	in.PrivateIpAddress, in.InstanceType = aws.String(restoreIP), "m5.xlarge"
 	op := restoreOp()
-	if got, err := testRestore(f).launch(ctx, op, restorePlan(""), rec); err != nil || !strings.HasPrefix(got, "`i-mine`") || op.Data["instance_id"] != "i-mine" {
+	if got, err := testRestore(f).launch(ctx, op, restorePlan(""), rec); err != nil || !strings.HasPrefix(got, "`i-mine`") || op.Result.InstanceID != "i-mine" {
 		t.Errorf("%q, %v", got, err)
 	}
 	wantCalls(t, f)

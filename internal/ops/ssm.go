@@ -167,11 +167,11 @@ func (s *Shell) stop(ctx context.Context, id string, cause error) error {
 // timeout) for the agent of a new instance to register first. The
 // command runs once per operation (runOnce): a step run again follows it,
 // and a bot shutting down leaves it running.
-func startApp(ctx context.Context, api SSM, id string, op *journal.Op, command string, poll, timeout time.Duration, p journal.Progress) (string, error) {
+func startApp[R any](ctx context.Context, api SSM, id string, w *Work[R], cmds func(*R) *Commands, command string, poll, timeout time.Duration, p journal.Progress) (string, error) {
 	sh := &Shell{SSM: api, Instance: id, Poll: poll, KeepOnCancel: true}
 	h := health{Poll: poll, Deadline: time.Now().Add(timeout), Log: p.Log}
 	res, err := h.online(ctx, id, func() (Result, error) {
-		return runOnce(ctx, op, "app_start_command", sh, "circlebot "+op.ID+": start the app", command, 10*time.Minute)
+		return runOnce(ctx, w, cmds, "app_start_command", sh, "circlebot "+w.ID+": start the app", command, 10*time.Minute)
 	})
 	if err != nil {
 		return "", fmt.Errorf("start the app on %s: %w", id, err)
@@ -188,8 +188,11 @@ func startApp(ctx context.Context, api SSM, id string, op *journal.Op, command s
 // (resume after a crash, a retry) follows that command instead of sending
 // another. Only a command that ended without success is sent again (its
 // failure stopped the step, visibly, before).
-func runOnce(ctx context.Context, op *journal.Op, key string, sh *Shell, comment, script string, timeout time.Duration) (Result, error) {
-	if id := op.Data[key]; id != "" {
+func runOnce[R any](ctx context.Context, w *Work[R], cmds func(*R) *Commands, key string, sh *Shell, comment, script string, timeout time.Duration) (Result, error) {
+	w.mu.Lock()
+	id := (*cmds(w.Result))[key]
+	w.mu.Unlock()
+	if id != "" {
 		inv, err := sh.SSM.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: aws.String(id), InstanceId: aws.String(sh.Instance)})
 		switch {
 		case err == nil && (running(inv.Status) || inv.Status == ssmtypes.CommandInvocationStatusSuccess):
@@ -202,10 +205,16 @@ func runOnce(ctx context.Context, op *journal.Op, key string, sh *Shell, comment
 		}
 	}
 	sh.OnSend = func(id string) {
-		op.Data[key] = id
-		if op.Record != nil {
-			_ = op.Record(key, id) // unsaved, op.Data still has it for the step's end; only a crash before then loses it
+		w.mu.Lock()
+		c := cmds(w.Result)
+		if *c == nil {
+			*c = Commands{}
 		}
+		(*c)[key] = id
+		w.mu.Unlock()
+		// Unsaved, the result still has it at the step's end; only a crash
+		// before then loses it.
+		_ = w.Save()
 	}
 	return sh.Run(ctx, comment, script, timeout)
 }

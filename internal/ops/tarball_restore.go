@@ -108,40 +108,41 @@ func (t *TarballRestore) Plan(ctx context.Context, bucket, key string) (TarballR
 // whose answer was lost may have started the command. They find their
 // command by its recorded ID instead (runOnce), on resume.
 func (t *TarballRestore) Steps(plan TarballRestorePlan) []journal.Def {
-	type fn = func(context.Context, *journal.Op, journal.Progress) (string, error)
+	type fn = StepFunc[TarballRestoreResult]
+	type w = *Work[TarballRestoreResult]
 	wait := cmpOr(t.Poll, 2*time.Second)
 	steps := []struct {
 		name  string
 		retry bool
 		run   fn
 	}{
-		{"Check the tarball", true, func(ctx context.Context, _ *journal.Op, _ journal.Progress) (string, error) {
+		{"Check the tarball", true, func(ctx context.Context, _ w, _ journal.Progress) (string, error) {
 			return t.checkObject(ctx, plan)
 		}},
-		{"Check the Services box", true, func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		{"Check the Services box", true, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return t.checkBox(ctx, op, plan)
 		}},
-		{"Download the tarball onto the box", false, func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		{"Download the tarball onto the box", false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return t.download(ctx, op, plan)
 		}},
-		{"Stop the app", false, func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		{"Stop the app", false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return t.app(ctx, op, plan, plan.AppStop, "stop the app")
 		}},
-		{"Run circleci-restore", false, func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		{"Run circleci-restore", false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return t.restore(ctx, op, plan)
 		}},
-		{"Start the app", false, func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		{"Start the app", false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return t.app(ctx, op, plan, plan.AppStart, "start the app")
 		}},
-		{"Remove the downloaded tarball", false, func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
+		{"Remove the downloaded tarball", false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return t.cleanup(ctx, op, plan)
 		}},
 	}
 	defs := make([]journal.Def, len(steps))
 	for i, st := range steps {
-		run := explainedStep(st.run)
+		run := explainedStep(typed(st.run))
 		if st.retry {
-			run = retrying(st.run, wait)
+			run = retrying(typed(st.run), wait)
 		}
 		defs[i] = journal.Def{Name: st.name, Run: run}
 	}
@@ -172,7 +173,7 @@ func (t *TarballRestore) checkObject(ctx context.Context, plan TarballRestorePla
 // checkBox confirms it is the planned box, that SSM reaches it, and that
 // there is room for the download and the extracted data, and notes which
 // moved-aside directories exist already.
-func (t *TarballRestore) checkBox(ctx context.Context, op *journal.Op, plan TarballRestorePlan) (string, error) {
+func (t *TarballRestore) checkBox(ctx context.Context, op *Work[TarballRestoreResult], plan TarballRestorePlan) (string, error) {
 	box, err := FindBox(ctx, t.EC2, t.NameTag)
 	if err != nil {
 		return "", err
@@ -203,13 +204,13 @@ echo "%saside=$(cd "${BOX_ROOT:-}/data" && ls -d circleci-restore-* 2>/dev/null 
 	if dataFree < 3*sizeKiB {
 		return "", fmt.Errorf("not enough space in /data: %d MiB free, and the %d MiB tarball may expand to about %d MiB; free space or grow the volume first", dataFree>>10, sizeKiB>>10, 3*sizeKiB>>10)
 	}
-	op.Data["aside_before"] = strings.TrimSpace(field(r.Stdout, resultPrefix+"aside"))
+	op.Result.AsideBefore = strings.TrimSpace(field(r.Stdout, resultPrefix+"aside"))
 	return fmt.Sprintf("`%s` reachable; %d MiB free in /tmp, %d MiB in /data", plan.InstanceID, free>>10, dataFree>>10), nil
 }
 
 // download fetches the object onto the box through a presigned URL and
 // checks its size and, when known, its sha256.
-func (t *TarballRestore) download(ctx context.Context, op *journal.Op, plan TarballRestorePlan) (detail string, err error) {
+func (t *TarballRestore) download(ctx context.Context, op *Work[TarballRestoreResult], plan TarballRestorePlan) (detail string, err error) {
 	defer func() { err = redactURLs(err) }()
 	expiry := t.URLExpiry
 	if expiry <= 0 {
@@ -227,7 +228,7 @@ func (t *TarballRestore) download(ctx context.Context, op *journal.Op, plan Tarb
 		return "", errors.New("the presigned download URL cannot be quoted for the shell")
 	}
 	dir := scratchDir(op.ID)
-	r, err := runOnce(ctx, op, "download_command", t.shell(plan.InstanceID), "circlebot "+op.ID+": download the tarball", fmt.Sprintf(`d=%s
+	r, err := runOnce(ctx, op, tarballCommands, "download_command", t.shell(plan.InstanceID), "circlebot "+op.ID+": download the tarball", fmt.Sprintf(`d=%s
 mkdir -p "$d"
 f="$d/backup.tar.bz2"
 curl -fsS --retry 3 -o "$f" '%s'
@@ -251,11 +252,11 @@ echo "%ssha256=$(sha256sum "$f" | cut -d' ' -f1)"`, dir, req.URL, resultPrefix, 
 	return fmt.Sprintf("%d bytes, %s", size, checked), nil
 }
 
-func (t *TarballRestore) app(ctx context.Context, op *journal.Op, plan TarballRestorePlan, command, what string) (string, error) {
+func (t *TarballRestore) app(ctx context.Context, op *Work[TarballRestoreResult], plan TarballRestorePlan, command, what string) (string, error) {
 	if command == "" {
 		return "skipped: no command configured (`services_box.app_" + strings.Fields(what)[0] + "_command`)", nil
 	}
-	r, err := runOnce(ctx, op, strings.ReplaceAll(what, " ", "_")+"_command", t.shell(plan.InstanceID), "circlebot "+op.ID+": "+what, command, 10*time.Minute)
+	r, err := runOnce(ctx, op, tarballCommands, strings.ReplaceAll(what, " ", "_")+"_command", t.shell(plan.InstanceID), "circlebot "+op.ID+": "+what, command, 10*time.Minute)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", what, err)
 	}
@@ -269,14 +270,14 @@ func (t *TarballRestore) app(ctx context.Context, op *journal.Op, plan TarballRe
 // restore runs circleci-restore and finds the directory it moved the old
 // data into. Run again after a crash, it restores again: the
 // half-restored data is moved aside in turn, never deleted.
-func (t *TarballRestore) restore(ctx context.Context, op *journal.Op, plan TarballRestorePlan) (string, error) {
+func (t *TarballRestore) restore(ctx context.Context, op *Work[TarballRestoreResult], plan TarballRestorePlan) (string, error) {
 	dir := scratchDir(op.ID)
 	sh := t.shell(plan.InstanceID)
 	// A bot that stops mid-restore leaves circleci-restore running and
 	// follows it after the restart: cut in half, it would leave /data
 	// half-restored.
 	sh.KeepOnCancel = true
-	r, err := runOnce(ctx, op, "restore_command", sh, "circlebot "+op.ID+": circleci-restore", fmt.Sprintf(`d=%s
+	r, err := runOnce(ctx, op, tarballCommands, "restore_command", sh, "circlebot "+op.ID+": circleci-restore", fmt.Sprintf(`d=%s
 if ! circleci-restore "$d/backup.tar.bz2" >"$d/restore.log" 2>&1; then
 	echo "circleci-restore failed; the end of its output:" >&2
 	tail -n 20 "$d/restore.log" >&2
@@ -300,9 +301,9 @@ echo "%saside=$(cd "${BOX_ROOT:-}/data" && ls -d circleci-restore-* 2>/dev/null 
 
 // newAside records the moved-aside directories that were not there before
 // the restore.
-func (t *TarballRestore) newAside(op *journal.Op, now string) []string {
+func (t *TarballRestore) newAside(op *Work[TarballRestoreResult], now string) []string {
 	before := map[string]bool{}
-	for _, d := range strings.Fields(op.Data["aside_before"]) {
+	for _, d := range strings.Fields(op.Result.AsideBefore) {
 		before[d] = true
 	}
 	var made []string
@@ -312,12 +313,12 @@ func (t *TarballRestore) newAside(op *journal.Op, now string) []string {
 		}
 	}
 	if len(made) > 0 {
-		op.Data["moved_aside"] = strings.Join(made, " ")
+		op.Result.MovedAside = strings.Join(made, " ")
 	}
 	return made
 }
 
-func (t *TarballRestore) asideNow(ctx context.Context, sh *Shell, op *journal.Op) string {
+func (t *TarballRestore) asideNow(ctx context.Context, sh *Shell, op *Work[TarballRestoreResult]) string {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
 	r, err := (&Shell{SSM: sh.SSM, Instance: sh.Instance, Poll: sh.Poll}).Run(cctx, "circlebot "+op.ID+": where is the data", fmt.Sprintf(`echo "%saside=$(cd "${BOX_ROOT:-}/data" && ls -d circleci-restore-* 2>/dev/null | tr '\n' ' ')"`, resultPrefix), time.Minute)
@@ -330,9 +331,11 @@ func (t *TarballRestore) asideNow(ctx context.Context, sh *Shell, op *journal.Op
 	return "Nothing was moved aside: /data holds what was there before."
 }
 
-func (t *TarballRestore) cleanup(ctx context.Context, op *journal.Op, plan TarballRestorePlan) (string, error) {
+func (t *TarballRestore) cleanup(ctx context.Context, op *Work[TarballRestoreResult], plan TarballRestorePlan) (string, error) {
 	if _, err := t.shell(plan.InstanceID).Run(ctx, "circlebot "+op.ID+": clean up", `rm -rf -- `+scratchDir(op.ID), time.Minute); err != nil {
 		return "", errors.New("could not remove /tmp/circlebot-" + op.ID + " on the box: " + Explain(err))
 	}
 	return "removed /tmp/circlebot-" + op.ID, nil
 }
+
+func tarballCommands(r *TarballRestoreResult) *Commands { return &r.Commands }
