@@ -142,4 +142,6 @@ type NoResult struct{}
 
 // Def is a journal step made of a typed one, for steps defined outside
 // ops (the engine's own kinds).
-func Def[R any](name string, f StepFunc[R]) journal.Def { return journal.Def{Name: name, Run: typed(f)} }
+func Def[R any](name string, f StepFunc[R]) journal.Def {
+	return journal.Def{Name: name, Run: typed(f)}
+}
