@@ -76,7 +76,7 @@ func (d Deps) backupList(ctx context.Context, c Call) (Outcome, error) {
 func pointLine(p ops.Point, now time.Time) string {
 	state := map[string]string{ops.StateCompleted: ":white_check_mark:", ops.StateRunning: ":hourglass_flowing_sand:", ops.StateFailed: ":x:", ops.StateInterrupted: ":warning:"}[p.State]
 	size := fmt.Sprintf("%d GiB", p.SizeGiB)
-	if p.Method == "tarball" {
+	if p.Method == ops.MethodTarball {
 		size = chat.Bytes(p.Bytes)
 	}
 	by := "by hand (runbook)"

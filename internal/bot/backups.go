@@ -70,11 +70,11 @@ func (s *Backups) Run(ctx context.Context, poster progress.Poster, r BackupReque
 	if method == "" {
 		method = s.DefaultMethod
 	}
-	if method == "tarball" && s.Tarball == nil {
+	if method == ops.MethodTarball && s.Tarball == nil {
 		return nil, &UserError{Msg: "tarball backups need `backup.bucket` in the config. Nothing was run."}
 	}
 	b := &ops.Backup{ID: ops.NewBackupID(time.Now()), Method: method, Trigger: r.Trigger, Requester: r.Requester, Channel: r.Channel, Started: time.Now()}
-	unlock, err := s.Store.TryLock(ctx, store.Lock{Key: s.lockKey(), OpID: b.ID, What: map[string]string{"ebs": "EBS backup", "tarball": "tarball backup"}[method], Requester: r.Requester, Process: s.Store.Process()})
+	unlock, err := s.Store.TryLock(ctx, store.Lock{Key: s.lockKey(), OpID: b.ID, What: map[string]string{ops.MethodEBS: "EBS backup", ops.MethodTarball: "tarball backup"}[method], Requester: r.Requester, Process: s.Store.Process()})
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +84,7 @@ func (s *Backups) Run(ctx context.Context, poster progress.Poster, r BackupReque
 		}
 	}()
 	steps, title := ops.EBSSteps, "EBS backup of the Services box"
-	if method == "tarball" {
+	if method == ops.MethodTarball {
 		steps, title = s.Tarball.Steps(), "Tarball backup of the Services box"
 	}
 	st := progress.Start(ctx, poster, progress.Options{OpID: b.ID, Title: title + " (`" + s.NameTag + "`)", Requester: r.Requester, Steps: steps, Log: s.Log, MinInterval: s.MinInterval})
@@ -92,7 +92,7 @@ func (s *Backups) Run(ctx context.Context, poster progress.Poster, r BackupReque
 	// another replica takes it for abandoned.
 	wctx, cancel := s.Store.WorkContext(ctx)
 	defer cancel()
-	if method == "tarball" {
+	if method == ops.MethodTarball {
 		err = s.Tarball.Run(wctx, b, st)
 	} else {
 		err = s.EBS.Run(wctx, b, st)
@@ -108,7 +108,7 @@ func (s *Backups) finish(ctx context.Context, st *progress.Stream, b *ops.Backup
 	case err == nil:
 		st.Finish(progress.Succeeded, BackupSummary(b, s.SlashCommand))
 	case errors.Is(err, context.Canceled):
-		if b.Method == "ebs" && len(b.Snapshots) > 0 {
+		if b.Method == ops.MethodEBS && len(b.Snapshots) > 0 {
 			st.Finish(progress.Cancelled, "Stopped following the backup (the bot is shutting down). The snapshots go on in AWS; the bot follows them again when it starts.")
 		} else {
 			st.Finish(progress.Cancelled, "Stopped: the bot is shutting down. This backup is not a restore point and is not retried; take a new one when the bot is back.")
@@ -124,7 +124,7 @@ func (s *Backups) finish(ctx context.Context, st *progress.Stream, b *ops.Backup
 // BackupSummary is the closing sentence of a backup.
 func BackupSummary(b *ops.Backup, slash string) string {
 	switch b.Method {
-	case "tarball":
+	case ops.MethodTarball:
 		return fmt.Sprintf("Restore point `%s`: `s3://%s/%s`, %s, sha256 `%s`. Restore with `%s restore s3://%s/%s`.",
 			b.ID, b.Bucket, b.Key, chat.Bytes(b.Size), b.SHA256, slash, b.Bucket, b.Key)
 	default:
@@ -196,7 +196,7 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 			b = fresh
 		}
 		poster := posterFor(b.Channel)
-		if b.Method == "ebs" && len(b.Snapshots) > 0 {
+		if b.Method == ops.MethodEBS && len(b.Snapshots) > 0 {
 			s.resumed.Go(func() {
 				defer func() {
 					if err := unlock(); err != nil {
@@ -212,7 +212,7 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 			continue
 		}
 		var cleaned []string
-		if b.Method == "tarball" && s.Tarball != nil {
+		if b.Method == ops.MethodTarball && s.Tarball != nil {
 			cleaned = s.Tarball.Abandon(ctx, b)
 		}
 		b.State, b.Error, b.Finished = ops.StateInterrupted, "the bot stopped before the backup's snapshots or upload were recorded", time.Now()
@@ -224,7 +224,7 @@ func (s *Backups) Resume(ctx context.Context, posterFor func(channel string) pro
 			s.Log.Error("release backup lock", "backup", b.ID, "err", err)
 		}
 		msg := fmt.Sprintf(":warning: Backup `%s` (%s, requested by %s) was interrupted when the bot stopped, before its %s was recorded. It was not retried and is not a restore point. Run `%s backup now` to take a new one.",
-			b.ID, b.Method, chat.Who(b.Requester), map[string]string{"ebs": "snapshots", "tarball": "upload"}[b.Method], s.SlashCommand)
+			b.ID, b.Method, chat.Who(b.Requester), map[string]string{ops.MethodEBS: "snapshots", ops.MethodTarball: "upload"}[b.Method], s.SlashCommand)
 		if len(cleaned) > 0 {
 			msg += " Cleanup: " + strings.Join(cleaned, "; ") + "."
 		}

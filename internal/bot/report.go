@@ -127,7 +127,7 @@ func ReportText(r ops.Report, slash string) string {
 		var items []string
 		for _, p := range r.Recent {
 			size := fmt.Sprintf("%d GiB", p.SizeGiB)
-			if p.Method == "tarball" {
+			if p.Method == ops.MethodTarball {
 				size = chat.Bytes(p.Bytes)
 			}
 			who := p.Trigger

@@ -82,7 +82,7 @@ func RenderStatus(r *ops.StatusReport) chat.Message {
 	var facts []string
 	if r.Newest != nil {
 		size := fmt.Sprintf("%d GiB", r.Newest.SizeGiB)
-		if r.Newest.Kind == "tarball" {
+		if r.Newest.Kind == ops.MethodTarball {
 			size = chat.Bytes(r.Newest.Bytes)
 		}
 		facts = append(facts, fmt.Sprintf("*Newest restore point*\n`%s` (%s, %s), %s ago", r.Newest.ID, r.Newest.Kind, size, chat.Age(r.At.Sub(r.Newest.Started))))

@@ -48,6 +48,13 @@ const (
 	TagVersion   = "circlebot:version"
 )
 
+// Backup methods: EBS snapshots of every volume, or the circleci-backup
+// tarball in S3.
+const (
+	MethodEBS     = "ebs"
+	MethodTarball = "tarball"
+)
+
 // Backup states.
 const (
 	StateRunning     = "running"
@@ -172,7 +179,7 @@ func (e *EBSBackup) now() time.Time {
 // anything is created in AWS and after every change, so a crash leaves a
 // record that names the snapshots to follow.
 func (e *EBSBackup) Run(ctx context.Context, b *Backup, p Progress) error {
-	b.Method, b.State, b.Version = "ebs", StateRunning, e.Version
+	b.Method, b.State, b.Version = MethodEBS, StateRunning, e.Version
 	if b.Started.IsZero() {
 		b.Started = e.now()
 	}

@@ -133,6 +133,9 @@ func (p FailoverPlan) Facts() map[string]string {
 		if p.Primary.Unknown != "" {
 			f["primary"] = p.Primary.ID + " (state unknown)"
 		}
+		if p.Primary.Unreadable() {
+			f["primary"] = "none found (state unknown)"
+		}
 	}
 	return f
 }
@@ -172,7 +175,7 @@ func (f *Failover) Plan(ctx context.Context, to string, forceUnknown bool) (Fail
 			return p, refusef("the Services box cannot be read: %s Fix that first; a failover needs to see the box it fences.", Explain(err))
 		}
 		// AWS cannot answer for its zone: that is unknown, not dead.
-		p.Primary = &Node{ID: "unknown", Unknown: Explain(err)}
+		p.Primary = &Node{Unknown: Explain(err)}
 		if !forceUnknown {
 			return p, refusef("the Services box's state cannot be read (%s) — its zone may be down. Unknown is not dead: if it still runs, two Services boxes would serve at once. Check the AWS console or Health Dashboard; if you are sure it is down, request `failover --force-unknown` and the approver takes that risk.", strings.TrimSuffix(p.Primary.Unknown, "."))
 		}
@@ -299,7 +302,7 @@ func (f *Failover) lastKnownPrimary(ctx context.Context, p FailoverPlan) (string
 	holders = slices.DeleteFunc(holders, func(id string) bool { return id == p.Replica.ID })
 	switch len(holders) {
 	case 0:
-		return "unknown", nil // nothing serves the address: nothing to fence
+		return "", nil // nothing serves the address: nothing to fence
 	case 1:
 		return holders[0], nil
 	}
@@ -454,7 +457,7 @@ func (f *Failover) fence(ctx context.Context, p FailoverPlan, pr journal.Progres
 		return "no Services box to fence (none is tagged Name=" + p.NameTag + ")", nil
 	}
 	id := p.Primary.ID
-	if p.Primary.Unknown != "" && id == "unknown" {
+	if p.Primary.Unreadable() {
 		return "state unknown and ID unknown: not fenced (approved with --force-unknown); make sure the old box does not come back", nil
 	}
 	res, err := f.fencing(pr).run(ctx, id, p.Primary.Unknown != "", p.ForceUnknown)
@@ -487,7 +490,7 @@ func (f *Failover) fencing(pr journal.Progress) fence {
 // app starts: after a resume hours later, someone may have started the
 // old box again.
 func (f *Failover) ensureFenced(ctx context.Context, p FailoverPlan) error {
-	if p.Primary == nil || p.Primary.ID == "unknown" {
+	if p.Primary == nil || p.Primary.Unreadable() {
 		return nil
 	}
 	in, ok, err := f.describe(ctx, p.Primary.ID)
@@ -697,7 +700,7 @@ func (f *Failover) moveTargets(ctx context.Context, p FailoverPlan) (string, err
 // backups and a later failover follow it) and renames the fenced box, so
 // two instances never carry the tag.
 func (f *Failover) retag(ctx context.Context, op *Work[FailoverResult], p FailoverPlan) (string, error) {
-	if p.Primary != nil && p.Primary.ID != "unknown" {
+	if p.Primary != nil && !p.Primary.Unreadable() {
 		if _, err := f.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{p.Primary.ID}, Tags: []ec2types.Tag{
 			{Key: aws.String("Name"), Value: aws.String(p.NameTag + "-fenced")},
 			{Key: aws.String("circlebot:fenced-by"), Value: aws.String(op.ID)},

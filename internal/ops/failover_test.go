@@ -85,7 +85,7 @@ func TestFailoverForceUnknownWithAndWithoutAHolder(t *testing.T) {
 	f.describeErr = zoneDown
 	f.enis["eni-prim"].PrivateIpAddresses = f.enis["eni-prim"].PrivateIpAddresses[:1] // nothing holds the address
 	p, err = fo.Plan(ctx, "i-rep", true)
-	if err != nil || p.Primary == nil || p.Primary.ID != "unknown" {
+	if err != nil || p.Primary == nil || !p.Primary.Unreadable() {
 		t.Fatalf("plan without a holder: %+v, %v", p.Primary, err)
 	}
 	if got, err := fo.fence(ctx, p, rec); err != nil || !strings.Contains(got, "not fenced (approved with --force-unknown)") {

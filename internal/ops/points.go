@@ -61,7 +61,7 @@ func RestorePoints(ctx context.Context, api EC2, recs []*Backup) ([]Point, error
 			}
 			p := sets[key]
 			if p == nil {
-				p = &Point{ID: key, Method: "ebs", State: StateCompleted, Started: aws.ToTime(s.StartTime), MadeByBot: bot,
+				p = &Point{ID: key, Method: MethodEBS, State: StateCompleted, Started: aws.ToTime(s.StartTime), MadeByBot: bot,
 					Requester: tag(s.Tags, TagRequester), Trigger: tag(s.Tags, TagTrigger)}
 				sets[key] = p
 			}
@@ -112,7 +112,7 @@ func RestorePoints(ctx context.Context, api EC2, recs []*Backup) ([]Point, error
 				// Someone deleted part of the set: it no longer restores the box.
 				out[i].State, out[i].Error = StateFailed, fmt.Sprintf("incomplete: %d of its %d snapshots remain", len(out[i].Snapshots), len(r.Snapshots))
 			}
-		case r.Method == "tarball" || r.State != StateCompleted:
+		case r.Method == MethodTarball || r.State != StateCompleted:
 			// Tarballs live in S3; a failed or running EBS backup may have
 			// no snapshots left to find. A completed EBS record whose
 			// snapshots are gone from AWS is no restore point any more.

@@ -156,7 +156,7 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 		}
 		var newest *Point
 		for i := range pts {
-			if pts[i].Method == "ebs" && pts[i].Usable() {
+			if pts[i].Method == MethodEBS && pts[i].Usable() {
 				newest = &pts[i]
 				break
 			}

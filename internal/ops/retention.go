@@ -52,7 +52,7 @@ func Retain(points []Point, p Policy, inUse map[string]bool) []Verdict {
 		switch {
 		case !pt.MadeByBot:
 			v.Keep, v.Why = true, "not made by the bot"
-		case pt.Method != "ebs":
+		case pt.Method != MethodEBS:
 			v.Keep, v.Why = true, "tarballs are not pruned"
 		case pt.State != StateCompleted:
 			v.Keep, v.Why = true, "not completed ("+pt.State+")"

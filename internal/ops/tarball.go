@@ -89,7 +89,7 @@ func (t *TarballBackup) now() time.Time {
 }
 
 func (t *TarballBackup) Run(ctx context.Context, b *Backup, p Progress) error {
-	b.Method, b.State, b.Version, b.Bucket = "tarball", StateRunning, t.Version, t.Bucket
+	b.Method, b.State, b.Version, b.Bucket = MethodTarball, StateRunning, t.Version, t.Bucket
 	if b.Started.IsZero() {
 		b.Started = t.now()
 	}
