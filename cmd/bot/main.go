@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -48,7 +47,8 @@ func (e usageError) Error() string { return e.msg }
 const usage = `usage: bot [--config FILE] <command>
 
 commands:
-  serve         answer Slack (HTTP on "listen"; Socket Mode when SLACK_APP_TOKEN is set)
+  serve         answer Slack (HTTP on "listen"; Socket Mode when SLACK_APP_TOKEN is set),
+                /metrics on "metrics.listen"
   console       a local chat shell: type /circleci commands as any Slack user
   check-config  validate the config file and environment, then exit
   version       print the version
@@ -105,11 +105,11 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 			return err
 		}
 		defer a.Close()
-		ln, err := net.Listen("tcp", cfg.Listen)
+		ls, err := a.Listen()
 		if err != nil {
-			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+			return err
 		}
-		return a.Serve(ctx, ln)
+		return a.ServeAll(ctx, ls)
 	case "console":
 		cfg, err := config.Load(*cfgPath, env)
 		if err != nil {
@@ -151,7 +151,14 @@ func checkConfig(path string, env func(string) string, out io.Writer) error {
 		fmt.Fprintln(out, "(`bot console` needs no Slack secrets)")
 		return errors.New("not ready to serve")
 	}
-	fmt.Fprintf(out, "%s: ok; serve would answer Slack over %s at %s, Web API %s\n", path, mode, cfg.Listen, cfg.Secrets.APIURL)
+	metrics := "not served (metrics.listen is empty)"
+	if cfg.Metrics.Listen != "" {
+		metrics = "at " + cfg.Metrics.Listen
+		if !cfg.Secrets.MetricsToken.Empty() {
+			metrics += " (BOT_METRICS_TOKEN required)"
+		}
+	}
+	fmt.Fprintf(out, "%s: ok; serve would answer Slack over %s at %s, Web API %s; /metrics %s\n", path, mode, cfg.Listen, cfg.Secrets.APIURL, metrics)
 	return nil
 }
 

@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/circlebot/circlebot/internal/sandbox"
 	"github.com/circlebot/circlebot/internal/testenv/motoserver"
@@ -102,5 +106,96 @@ builders:
 	}
 	if t.Failed() {
 		t.Logf("console output:\n%s\nstderr:\n%s", got, errOut.String())
+	}
+}
+
+// awsAtMoto points the SDK's default chain (what `bot` uses) at moto.
+func awsAtMoto(t *testing.T, moto *motoserver.Server) {
+	t.Setenv("AWS_ENDPOINT_URL", moto.URL)
+	t.Setenv("AWS_ACCESS_KEY_ID", "test")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+	t.Setenv("AWS_REGION", "us-east-1")
+	t.Setenv("AWS_CONFIG_FILE", "/dev/null")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+}
+
+// `bot serve` answers Slack and /healthz on listen and /metrics on
+// metrics.listen only, and closes both when it stops.
+func TestServeKeepsMetricsOffThePublicListener(t *testing.T) {
+	awsAtMoto(t, motoserver.ForTest(t))
+	free := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
+	}
+	public, metrics := free(), free()
+	cfg := filepath.Join(t.TempDir(), "bot.yaml")
+	os.WriteFile(cfg, []byte("listen: "+public+"\nmetrics:\n  listen: "+metrics+"\ndata_dir: "+filepath.Join(t.TempDir(), "data")+"\n"), 0o600)
+	env := func(k string) string {
+		switch k {
+		case "SLACK_BOT_TOKEN":
+			return "xoxb-test"
+		case "SLACK_SIGNING_SECRET":
+			return "signing-secret"
+		case "SLACK_API_URL":
+			return "http://127.0.0.1:1/" // nothing is posted
+		}
+		return os.Getenv(k)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var out, errOut bytes.Buffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"serve", "--config", cfg}, env, nil, &out, &errOut) }()
+
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	get := func(url string) (int, string, error) {
+		resp, err := client.Get(url)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if code, _, err := get("http://" + public + "/healthz"); err == nil && code == http.StatusOK {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve ended: %v\n%s", err, errOut.String())
+		case <-time.After(20 * time.Millisecond): // poll interval
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("serve never answered /healthz")
+		}
+	}
+	if code, _, err := get("http://" + public + "/metrics"); err != nil || code != http.StatusNotFound {
+		t.Errorf("/metrics on listen: HTTP %d %v, want 404", code, err)
+	}
+	if code, body, err := get("http://" + metrics + "/metrics"); err != nil || code != http.StatusOK || !strings.Contains(body, "go_goroutines") {
+		t.Errorf("/metrics on metrics.listen: HTTP %d %v", code, err)
+	}
+	if code, _, err := get("http://" + metrics + "/healthz"); err != nil || code != http.StatusNotFound {
+		t.Errorf("/healthz on metrics.listen: HTTP %d %v, want 404", code, err)
+	}
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve: %v\n%s", err, errOut.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+	for _, u := range []string{"http://" + public + "/healthz", "http://" + metrics + "/metrics"} {
+		if _, _, err := get(u); err == nil {
+			t.Errorf("%s still answers after serve stopped", u)
+		}
 	}
 }
