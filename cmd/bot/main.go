@@ -49,13 +49,16 @@ const usage = `usage: bot [--config FILE] <command>
 commands:
   serve         answer Slack (HTTP on "listen"; Socket Mode when SLACK_APP_TOKEN is set),
                 /metrics on "metrics.listen"
-  console       a local chat shell: type /circleci commands as any Slack user
+  console       a local chat shell: type /circleci commands as a Slack user
+                (console.user on a shared store; /as switches users only on
+                bbolt or in the sandbox)
   check-config  validate the config file and environment, then exit
   version       print the version
 
 flags:
   --config FILE  the YAML config (default bot.yaml)
-  --user ID      console: the Slack user ID to act as (default: the first operator)
+  --user ID      console: the Slack user ID to act as (default: console.user, else
+                 the first operator; on a shared store only console.user)
   --channel ID   console: the channel ID to act in (default: the first allowed channel)
 `
 
@@ -115,6 +118,16 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 		if err != nil {
 			return err
 		}
+		// Who the console is, decided before it joins any state: on a
+		// shared store, console.user and nobody else.
+		sandbox, err := console.Sandbox(env)
+		if err != nil {
+			return err
+		}
+		who, allowAs, err := console.Identity(cfg, *user, sandbox)
+		if err != nil {
+			return err
+		}
 		// The console is interactive: keep log lines out of the chat unless
 		// asked for, they go to stderr at warning level.
 		if env("LOG_LEVEL") == "" {
@@ -125,8 +138,8 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 			return err
 		}
 		defer a.Close()
-		c := &console.Console{Bot: a.Bot, Roles: cfg.Roles, In: stdin, Out: stdout,
-			User: first(*user, cfg.Roles.Operators, "U0CONSOLE"), Channel: first(*channel, cfg.Slack.AllowedChannels, "C0CONSOLE")}
+		c := &console.Console{Bot: a.Bot, Roles: cfg.Roles, In: stdin, Out: stdout, Audit: a.Store,
+			User: who, AllowAs: allowAs, Channel: first(*channel, cfg.Slack.AllowedChannels, "C0CONSOLE")}
 		a.Resume(ctx, c.Poster)
 		return c.Run(ctx)
 	default:
