@@ -1,6 +1,10 @@
 # Build: docker build -t circlebot .
 # Run:   docker run -v circlebot-data:/data -e SLACK_BOT_TOKEN -e SLACK_SIGNING_SECRET \
 #          -v $PWD/bot.yaml:/etc/circlebot/bot.yaml:ro -p 8080:8080 circlebot
+# 8080 is `listen` (Slack, /healthz). /metrics is on `metrics.listen`, by
+# default 127.0.0.1:9090, which nothing outside the container reaches: to
+# scrape, set metrics.listen: ":9090", BOT_METRICS_TOKEN, and publish 9090
+# only to the monitoring network.
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./

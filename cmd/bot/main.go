@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -48,14 +47,18 @@ func (e usageError) Error() string { return e.msg }
 const usage = `usage: bot [--config FILE] <command>
 
 commands:
-  serve         answer Slack (HTTP on "listen"; Socket Mode when SLACK_APP_TOKEN is set)
-  console       a local chat shell: type /circleci commands as any Slack user
+  serve         answer Slack (HTTP on "listen"; Socket Mode when SLACK_APP_TOKEN is set),
+                /metrics on "metrics.listen"
+  console       a local chat shell: type /circleci commands as a Slack user
+                (console.user on a shared store; /as switches users only on
+                bbolt or in the sandbox)
   check-config  validate the config file and environment, then exit
   version       print the version
 
 flags:
   --config FILE  the YAML config (default bot.yaml)
-  --user ID      console: the Slack user ID to act as (default: the first operator)
+  --user ID      console: the Slack user ID to act as (default: console.user, else
+                 the first operator; on a shared store only console.user)
   --channel ID   console: the channel ID to act in (default: the first allowed channel)
 `
 
@@ -105,13 +108,23 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 			return err
 		}
 		defer a.Close()
-		ln, err := net.Listen("tcp", cfg.Listen)
+		ls, err := a.Listen()
 		if err != nil {
-			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+			return err
 		}
-		return a.Serve(ctx, ln)
+		return a.ServeAll(ctx, ls)
 	case "console":
 		cfg, err := config.Load(*cfgPath, env)
+		if err != nil {
+			return err
+		}
+		// Who the console is, decided before it joins any state: on a
+		// shared store, console.user and nobody else.
+		sandbox, err := console.Sandbox(env)
+		if err != nil {
+			return err
+		}
+		who, allowAs, err := console.Identity(cfg, *user, sandbox)
 		if err != nil {
 			return err
 		}
@@ -125,8 +138,8 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 			return err
 		}
 		defer a.Close()
-		c := &console.Console{Bot: a.Bot, Roles: cfg.Roles, In: stdin, Out: stdout,
-			User: first(*user, cfg.Roles.Operators, "U0CONSOLE"), Channel: first(*channel, cfg.Slack.AllowedChannels, "C0CONSOLE")}
+		c := &console.Console{Bot: a.Bot, Roles: cfg.Roles, In: stdin, Out: stdout, Audit: a.Store,
+			User: who, AllowAs: allowAs, Channel: first(*channel, cfg.Slack.AllowedChannels, "C0CONSOLE")}
 		a.Resume(ctx, c.Poster)
 		return c.Run(ctx)
 	default:
@@ -151,7 +164,14 @@ func checkConfig(path string, env func(string) string, out io.Writer) error {
 		fmt.Fprintln(out, "(`bot console` needs no Slack secrets)")
 		return errors.New("not ready to serve")
 	}
-	fmt.Fprintf(out, "%s: ok; serve would answer Slack over %s at %s, Web API %s\n", path, mode, cfg.Listen, cfg.Secrets.APIURL)
+	metrics := "not served (metrics.listen is empty)"
+	if cfg.Metrics.Listen != "" {
+		metrics = "at " + cfg.Metrics.Listen
+		if !cfg.Secrets.MetricsToken.Empty() {
+			metrics += " (BOT_METRICS_TOKEN required)"
+		}
+	}
+	fmt.Fprintf(out, "%s: ok; serve would answer Slack over %s at %s, Web API %s; /metrics %s\n", path, mode, cfg.Listen, cfg.Secrets.APIURL, metrics)
 	return nil
 }
 

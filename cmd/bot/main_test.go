@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/circlebot/circlebot/internal/sandbox"
 	"github.com/circlebot/circlebot/internal/testenv/motoserver"
@@ -102,5 +106,203 @@ builders:
 	}
 	if t.Failed() {
 		t.Logf("console output:\n%s\nstderr:\n%s", got, errOut.String())
+	}
+}
+
+// awsAtMoto points the SDK's default chain (what `bot` uses) at moto.
+func awsAtMoto(t *testing.T, moto *motoserver.Server) {
+	t.Setenv("AWS_ENDPOINT_URL", moto.URL)
+	t.Setenv("AWS_ACCESS_KEY_ID", "test")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+	t.Setenv("AWS_REGION", "us-east-1")
+	t.Setenv("AWS_CONFIG_FILE", "/dev/null")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+}
+
+// sharedConfig writes a config whose state lives in moto's DynamoDB, as
+// the production replicas' does.
+func sharedConfig(t *testing.T, consoleUser string) string {
+	cfg := filepath.Join(t.TempDir(), "bot.yaml")
+	raw := `store:
+  backend: dynamodb
+  table: circlebot-state
+slack:
+  allowed_channels: [C0INCIDENT]
+roles:
+  operators: [U0ALICE]
+  approvers: [U0BOB]
+`
+	if consoleUser != "" {
+		raw += "console:\n  user: " + consoleUser + "\n"
+	}
+	if err := os.WriteFile(cfg, []byte(raw), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// On the state the replicas share, the console is console.user and
+// nobody else: it does not start without it, --user cannot pick someone
+// else, /as is refused and changes nothing (the next command is still
+// console.user's), and the audit trail shows the console as the source of
+// its commands and of the refused /as.
+func TestConsoleOnASharedStoreActsAsConsoleUser(t *testing.T) {
+	awsAtMoto(t, motoserver.ForTest(t))
+	t.Setenv("CIRCLEBOT_SANDBOX", "")
+	var out, errOut bytes.Buffer
+
+	err := run(context.Background(), []string{"console", "--config", sharedConfig(t, "")}, os.Getenv, strings.NewReader("/quit\n"), &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "console.user") || !strings.Contains(err.Error(), "dynamodb") {
+		t.Fatalf("console on a shared store without console.user: %v", err)
+	}
+	cfg := sharedConfig(t, "U0ALICE")
+	err = run(context.Background(), []string{"console", "--config", cfg, "--user", "U0BOB"}, os.Getenv, strings.NewReader("/quit\n"), &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "console.user (U0ALICE)") {
+		t.Fatalf("--user someone else on a shared store: %v", err)
+	}
+	if out.Len() != 0 {
+		t.Fatalf("a refused console said something: %s", out.String())
+	}
+
+	in := strings.NewReader("/as U0BOB\n/whoami\n/circleci approve req-7f3a9c\n/circleci help\n/circleci history\n/quit\n")
+	if err := run(context.Background(), []string{"console", "--config", cfg}, os.Getenv, in, &out, &errOut); err != nil {
+		t.Fatalf("console: %v\n%s", err, errOut.String())
+	}
+	got := out.String()
+	for _, want := range []string{
+		"/as              off: you are U0ALICE (console.user)", // the banner says so
+		"/as is off",
+		"U0ALICE (viewer, operator) in #C0INCIDENT", // /whoami after /as
+		"`approve` needs the approver role",         // the bot still sees U0ALICE
+		"@U0ALICE in #C0INCIDENT (console): `help` → *ok*",
+		"@U0ALICE in #C0INCIDENT (console): `approve req-7f3a9c` → *refused*",
+		"@U0ALICE in #C0INCIDENT (console): `/as U0BOB` → *refused*",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("console output lacks %q", want)
+		}
+	}
+	if strings.Contains(got, "you are now") || strings.Contains(got, "@U0BOB in") {
+		t.Error("/as switched users on the shared store")
+	}
+	if t.Failed() {
+		t.Logf("console output:\n%s\nstderr:\n%s", got, errOut.String())
+	}
+}
+
+// The demo's launcher (cmd/sandbox) sets CIRCLEBOT_SANDBOX to its moto:
+// there /as switches users even on a shared store.
+func TestConsoleInTheSandboxMaySwitchUsers(t *testing.T) {
+	moto := motoserver.ForTest(t)
+	awsAtMoto(t, moto)
+	t.Setenv("CIRCLEBOT_SANDBOX", moto.URL)
+	in := strings.NewReader("/as U0BOB\n/circleci approve req-7f3a9c\n/circleci history\n/quit\n")
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"console", "--config", sharedConfig(t, "U0ALICE")}, os.Getenv, in, &out, &errOut); err != nil {
+		t.Fatalf("console: %v\n%s", err, errOut.String())
+	}
+	got := out.String()
+	for _, want := range []string{
+		"/as <user-id>     act as another Slack user",
+		"you are now U0BOB (viewer, approver)",
+		"@U0BOB in #C0INCIDENT (console): `approve req-7f3a9c`", // as bob, past the role check
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("console output lacks %q", want)
+		}
+	}
+	if strings.Contains(got, "/as is off") {
+		t.Error("/as refused in the sandbox")
+	}
+	if t.Failed() {
+		t.Logf("console output:\n%s\nstderr:\n%s", got, errOut.String())
+	}
+
+	// The variable outside the sandbox (AWS elsewhere) stops the console.
+	t.Setenv("AWS_ENDPOINT_URL", "")
+	err := run(context.Background(), []string{"console", "--config", sharedConfig(t, "U0ALICE")}, os.Getenv, strings.NewReader("/quit\n"), &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "CIRCLEBOT_SANDBOX") {
+		t.Fatalf("CIRCLEBOT_SANDBOX without the sandbox's moto: %v", err)
+	}
+}
+
+// `bot serve` answers Slack and /healthz on listen and /metrics on
+// metrics.listen only, and closes both when it stops.
+func TestServeKeepsMetricsOffThePublicListener(t *testing.T) {
+	awsAtMoto(t, motoserver.ForTest(t))
+	free := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
+	}
+	public, metrics := free(), free()
+	cfg := filepath.Join(t.TempDir(), "bot.yaml")
+	os.WriteFile(cfg, []byte("listen: "+public+"\nmetrics:\n  listen: "+metrics+"\ndata_dir: "+filepath.Join(t.TempDir(), "data")+"\n"), 0o600)
+	env := func(k string) string {
+		switch k {
+		case "SLACK_BOT_TOKEN":
+			return "xoxb-test"
+		case "SLACK_SIGNING_SECRET":
+			return "signing-secret"
+		case "SLACK_API_URL":
+			return "http://127.0.0.1:1/" // nothing is posted
+		}
+		return os.Getenv(k)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var out, errOut bytes.Buffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"serve", "--config", cfg}, env, nil, &out, &errOut) }()
+
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	get := func(url string) (int, string, error) {
+		resp, err := client.Get(url)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if code, _, err := get("http://" + public + "/healthz"); err == nil && code == http.StatusOK {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve ended: %v\n%s", err, errOut.String())
+		case <-time.After(20 * time.Millisecond): // poll interval
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("serve never answered /healthz")
+		}
+	}
+	if code, _, err := get("http://" + public + "/metrics"); err != nil || code != http.StatusNotFound {
+		t.Errorf("/metrics on listen: HTTP %d %v, want 404", code, err)
+	}
+	if code, body, err := get("http://" + metrics + "/metrics"); err != nil || code != http.StatusOK || !strings.Contains(body, "go_goroutines") {
+		t.Errorf("/metrics on metrics.listen: HTTP %d %v", code, err)
+	}
+	if code, _, err := get("http://" + metrics + "/healthz"); err != nil || code != http.StatusNotFound {
+		t.Errorf("/healthz on metrics.listen: HTTP %d %v, want 404", code, err)
+	}
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve: %v\n%s", err, errOut.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+	for _, u := range []string{"http://" + public + "/healthz", "http://" + metrics + "/metrics"} {
+		if _, _, err := get(u); err == nil {
+			t.Errorf("%s still answers after serve stopped", u)
+		}
 	}
 }

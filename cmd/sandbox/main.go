@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/circlebot/circlebot/internal/console"
 	"github.com/circlebot/circlebot/internal/sandbox"
 	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 )
@@ -87,10 +88,13 @@ func run() error {
 		"AWS_PROFILE=",
 		"AWS_CONFIG_FILE=/dev/null",
 		"AWS_SHARED_CREDENTIALS_FILE=/dev/null",
+		// The console may switch users with /as here even on a shared
+		// store: everybody in the sandbox is a demo user.
+		console.SandboxEnv+"="+srv.URL,
 	)
 
 	if flag.NArg() == 0 {
-		fmt.Printf("export AWS_ENDPOINT_URL=%s AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=%s\n", srv.URL, inst.Region)
+		fmt.Printf("export AWS_ENDPOINT_URL=%s AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=%s %s=%s\n", srv.URL, inst.Region, console.SandboxEnv, srv.URL)
 		fmt.Printf("# config: %s\n# moto stays up until Ctrl-C\n", cfgPath)
 		<-ctx.Done()
 		return nil
@@ -113,6 +117,8 @@ func run() error {
 func configFor(inst *sandbox.Install, dataDir string) string {
 	return fmt.Sprintf(`# Written by cmd/sandbox for the demo; see bot.example.yaml for every key.
 listen: "127.0.0.1:0"
+metrics:
+  listen: "127.0.0.1:0"
 data_dir: %q
 aws:
   region: %s

@@ -6,6 +6,8 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -383,9 +385,41 @@ func (a *App) NewServer(ctx context.Context) *Server {
 		h.Register(mux)
 	}
 	mux.HandleFunc("GET /healthz", a.healthz)
-	mux.Handle("GET /metrics", a.Metrics.Handler())
+	// Nothing else: this listener must be public in HTTP mode, and the
+	// metrics (command counts, AWS error codes) are served apart, by
+	// MetricsHandler on metrics.listen.
 	s.handle = mux
 	return s
+}
+
+// MetricsHandler serves GET /metrics and nothing else, for the listener
+// of its own (metrics.listen). With BOT_METRICS_TOKEN set, a request must
+// carry it as a bearer token.
+func (a *App) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	h := a.Metrics.Handler()
+	if tok := a.Config.Secrets.MetricsToken; !tok.Empty() {
+		h = bearer(tok.Reveal(), h)
+	}
+	mux.Handle("GET /metrics", h)
+	return mux
+}
+
+// bearer lets through requests with "Authorization: Bearer <token>". The
+// comparison is of SHA-256 digests in constant time: neither the token
+// nor its length shows in the time an answer takes.
+func bearer(token string, next http.Handler) http.Handler {
+	want := sha256.Sum256([]byte(token))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(got))
+		if subtle.ConstantTimeCompare(sum[:], want[:]) != 1 || !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="circlebot metrics"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (s *Server) Handler() http.Handler { return s.handle }
@@ -404,31 +438,75 @@ func (a *App) healthz(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(map[string]string{"status": "ok", "version": a.Version})
 }
 
-// Serve runs the HTTP endpoints (always: health and metrics) and Socket
-// Mode when an app token is set, until ctx ends; then it stops taking
-// requests and waits for the ones already acknowledged.
+// Listeners are where a serving bot answers.
+type Listeners struct {
+	// Slack is `listen`: Slack's endpoints and /healthz, nothing else
+	// (public in HTTP mode).
+	Slack net.Listener
+	// Metrics is `metrics.listen`: GET /metrics alone; nil: not served.
+	Metrics net.Listener
+}
+
+// Listen opens the listeners the config names; errors name the key.
+func (a *App) Listen() (Listeners, error) {
+	var ls Listeners
+	var err error
+	if ls.Slack, err = net.Listen("tcp", a.Config.Listen); err != nil {
+		return Listeners{}, fmt.Errorf("listen: %s: %w", a.Config.Listen, err)
+	}
+	if m := a.Config.Metrics.Listen; m != "" {
+		if ls.Metrics, err = net.Listen("tcp", m); err != nil {
+			ls.Slack.Close()
+			return Listeners{}, fmt.Errorf("metrics.listen: %s: %w", m, err)
+		}
+	}
+	return ls, nil
+}
+
+// Serve is ServeAll with the Slack listener alone: /metrics is not
+// served.
 func (a *App) Serve(ctx context.Context, ln net.Listener) error {
+	return a.ServeAll(ctx, Listeners{Slack: ln})
+}
+
+// ServeAll runs the HTTP endpoints (always: health; metrics on their own
+// listener when given) and Socket Mode when an app token is set, until
+// ctx ends; then it stops taking requests and waits for the ones already
+// acknowledged. It closes the listeners.
+func (a *App) ServeAll(ctx context.Context, ls Listeners) error {
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 	s := a.NewServer(workCtx)
-	srv := &http.Server{
-		Handler:           s.Handler(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(a.Log.Handler(), slog.LevelWarn),
-	}
-	errc := make(chan error, 2)
-	go func() {
-		a.Log.Info("listening", "addr", ln.Addr().String())
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("http: %w", err)
+	newServer := func(h http.Handler) *http.Server {
+		return &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(a.Log.Handler(), slog.LevelWarn),
 		}
-	}()
+	}
+	srv := newServer(s.Handler())
+	servers := []*http.Server{srv}
+	errc := make(chan error, 3)
+	serve := func(srv *http.Server, ln net.Listener, what string) {
+		a.Log.Info("listening", "addr", ln.Addr().String(), "serves", what)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http (%s): %w", what, err)
+		}
+	}
+	go serve(srv, ls.Slack, "slack")
+	if ls.Metrics != nil {
+		msrv := newServer(a.MetricsHandler())
+		servers = append(servers, msrv)
+		go serve(msrv, ls.Metrics, "metrics")
+	}
 	postTo := func(channel string) progress.Poster { return s.web.For(chat.Request{ChannelID: channel}) }
 	sched, err := a.Background(workCtx, postTo)
 	if err != nil {
-		srv.Close()
+		for _, srv := range servers {
+			srv.Close()
+		}
 		return err
 	}
 	sec := a.Config.Secrets
@@ -453,7 +531,9 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	// ctx has ended by now: the HTTP shutdown gets a bound of its own.
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_ = srv.Shutdown(shutCtx)
+	for _, srv := range servers {
+		_ = srv.Shutdown(shutCtx)
+	}
 	s.pool.Close()
 	// Operations get a grace period, then their context ends: a backup
 	// records where it is and the next start follows it again, so waiting

@@ -420,7 +420,18 @@ func TestHealthAndMetrics(t *testing.T) {
 		t.Fatalf("healthz: %v %v", resp, err)
 	}
 	resp.Body.Close()
+	// Not on the Slack-facing listener: it is public in HTTP mode.
 	resp, err = http.Get(e.http.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("/metrics on the public listener: HTTP %d, want 404", resp.StatusCode)
+	}
+	ms := httptest.NewServer(e.app.MetricsHandler())
+	defer ms.Close()
+	resp, err = http.Get(ms.URL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

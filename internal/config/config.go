@@ -33,6 +33,8 @@ type Config struct {
 	Monitor     Monitor     `yaml:"monitor"`
 	Failover    Failover    `yaml:"failover"`
 	Secret      SecretCfg   `yaml:"secret"`
+	Metrics     MetricsCfg  `yaml:"metrics"`
+	Console     ConsoleCfg  `yaml:"console"`
 
 	// Secrets come from the environment only, never from the file, so a
 	// config file can be committed and shared.
@@ -53,6 +55,25 @@ type StoreCfg struct {
 	LeaseTTL Duration `yaml:"lease_ttl"`
 	// Name is how this replica is named in messages (default: host name).
 	Name string `yaml:"name"`
+}
+
+// MetricsCfg says where GET /metrics is served: on a listener of its
+// own, never on `listen`, which Slack must reach and so is public in
+// HTTP mode. The metrics name commands and AWS error codes.
+type MetricsCfg struct {
+	// Listen is host:port of the metrics listener (default
+	// 127.0.0.1:9090: this host only); empty: /metrics is not served.
+	// BOT_METRICS_TOKEN, when set, is required as a bearer token.
+	Listen string `yaml:"listen"`
+}
+
+// ConsoleCfg is the console's identity where it shares the production
+// state.
+type ConsoleCfg struct {
+	// User is the Slack user ID `bot console` acts as when the store is
+	// shared (store.backend dynamodb): required there, and /as cannot
+	// change it, so nobody approves as somebody else from a shell.
+	User string `yaml:"user"`
 }
 
 type AWS struct {
@@ -210,8 +231,13 @@ func Defaults() Config {
 		Monitor:  Monitor{Interval: Duration(time.Minute), Cooldown: Duration(10 * time.Minute)},
 		Restore:  Restore{ImageTimeout: Duration(45 * time.Minute), StopTimeout: Duration(5 * time.Minute), HealthTimeout: Duration(20 * time.Minute)},
 		Backup:   Backup{Method: "ebs", RPO: Duration(24 * time.Hour)},
+		Metrics:  MetricsCfg{Listen: DefaultMetricsListen},
 	}
 }
+
+// DefaultMetricsListen keeps /metrics on this host unless the file says
+// otherwise.
+const DefaultMetricsListen = "127.0.0.1:9090"
 
 // DefaultAppCommand is `replicated app <id> <verb>` with the ID read from
 // `replicated apps` (first column of the first app row), so that it works

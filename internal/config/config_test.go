@@ -163,3 +163,100 @@ func TestSharedStoreSettings(t *testing.T) {
 		t.Errorf("dynamodb needs no data_dir: %v", err)
 	}
 }
+
+func TestMetricsListenerSettings(t *testing.T) {
+	cfg := Defaults()
+	if cfg.Metrics.Listen != "127.0.0.1:9090" {
+		t.Fatalf("metrics.listen defaults to %q, want this host only", cfg.Metrics.Listen)
+	}
+	for _, tc := range []struct {
+		listen, metrics string
+		bad             bool
+	}{
+		{":8080", "127.0.0.1:9090", false},
+		{":8080", "", false}, // not served
+		{":8080", ":9090", false},
+		{":8080", "nonsense", true},
+		{":8080", "127.0.0.1:", true},
+		{":8080", ":8080", true},
+		{":8080", "127.0.0.1:8080", true}, // listen takes every interface
+		{"10.0.0.5:8080", "0.0.0.0:8080", true},
+		{"10.0.0.5:8080", "127.0.0.1:8080", false},
+		{"127.0.0.1:0", "127.0.0.1:0", false}, // two ephemeral ports
+	} {
+		cfg, err := Parse([]byte("listen: \"" + tc.listen + "\"\nmetrics:\n  listen: \"" + tc.metrics + "\"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = cfg.Validate()
+		if !tc.bad {
+			if err != nil {
+				t.Errorf("listen %q, metrics.listen %q: %v", tc.listen, tc.metrics, err)
+			}
+			continue
+		}
+		if p := problems(t, err); len(p) != 1 || p[0].Key != "metrics.listen" {
+			t.Errorf("listen %q, metrics.listen %q: want one problem naming metrics.listen, got %+v", tc.listen, tc.metrics, p)
+		}
+	}
+}
+
+func TestMetricsTokenFromEnvAndWarning(t *testing.T) {
+	cfg, err := Parse([]byte("metrics:\n  listen: \":9090\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	warned := func() bool {
+		for _, w := range cfg.Warnings() {
+			if w.Key == "metrics.listen" && strings.Contains(w.Why, "BOT_METRICS_TOKEN") {
+				return true
+			}
+		}
+		return false
+	}
+	if !warned() {
+		t.Errorf("metrics on every interface without a token must be warned about: %+v", cfg.Warnings())
+	}
+	cfg.Secrets = SecretsFromEnv(func(k string) string { return map[string]string{"BOT_METRICS_TOKEN": " scrape-me \n"}[k] })
+	if cfg.Secrets.MetricsToken.Reveal() != "scrape-me" || strings.Contains(cfg.Secrets.MetricsToken.String(), "scrape") {
+		t.Fatalf("token: %q / %q", cfg.Secrets.MetricsToken.Reveal(), cfg.Secrets.MetricsToken)
+	}
+	if warned() {
+		t.Error("with a token the metrics listener may be reachable")
+	}
+	cfg = Defaults()
+	if warned() {
+		t.Error("the loopback default needs no token")
+	}
+}
+
+func TestConsoleUserOnASharedStore(t *testing.T) {
+	cfg, err := Parse([]byte("store:\n  backend: dynamodb\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("serving needs no console.user: %v", err)
+	}
+	if p := problems(t, cfg.ValidateConsole()); len(p) != 1 || p[0].Key != "console.user" || !strings.Contains(p[0].Why, "dynamodb") {
+		t.Fatalf("console on a shared store without console.user: %+v", p)
+	}
+	var warned bool
+	for _, w := range cfg.Warnings() {
+		warned = warned || w.Key == "console.user"
+	}
+	if !warned {
+		t.Error("check-config must say the console would refuse to start")
+	}
+	cfg.Console.User = "U0ALICE"
+	if err := cfg.ValidateConsole(); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Console.User = "alice"
+	if p := problems(t, cfg.Validate()); len(p) != 1 || p[0].Key != "console.user" {
+		t.Fatalf("console.user must be a user ID: %+v", p)
+	}
+	if def := Defaults(); def.ValidateConsole() != nil {
+		t.Fatal("bbolt: the console needs no console.user")
+	}
+}

@@ -31,6 +31,9 @@ type Secrets struct {
 	SigningSecret Secret // SLACK_SIGNING_SECRET
 	AppToken      Secret // SLACK_APP_TOKEN: Socket Mode when set
 	APIURL        string // SLACK_API_URL: not secret, but lives with them
+	// MetricsToken, when set, is the bearer token GET /metrics requires
+	// (BOT_METRICS_TOKEN).
+	MetricsToken Secret
 }
 
 const DefaultSlackAPIURL = "https://slack.com/api/"
@@ -41,6 +44,7 @@ func SecretsFromEnv(env func(string) string) Secrets {
 		SigningSecret: NewSecret(strings.TrimSpace(env("SLACK_SIGNING_SECRET"))),
 		AppToken:      NewSecret(strings.TrimSpace(env("SLACK_APP_TOKEN"))),
 		APIURL:        strings.TrimSpace(env("SLACK_API_URL")),
+		MetricsToken:  NewSecret(strings.TrimSpace(env("BOT_METRICS_TOKEN"))),
 	}
 	if s.APIURL == "" {
 		s.APIURL = DefaultSlackAPIURL

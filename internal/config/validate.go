@@ -56,6 +56,16 @@ func (c *Config) Validate() error {
 	if _, port, err := net.SplitHostPort(c.Listen); err != nil || port == "" {
 		bad("listen", "%q is not host:port (e.g. \":8080\")", c.Listen)
 	}
+	if m := c.Metrics.Listen; m != "" {
+		if _, port, err := net.SplitHostPort(m); err != nil || port == "" {
+			bad("metrics.listen", "%q is not host:port (e.g. \"127.0.0.1:9090\"; empty: /metrics is not served)", m)
+		} else if sameAddress(c.Listen, m) {
+			bad("metrics.listen", "%q is the address of listen, which Slack reaches: /metrics needs an address of its own", m)
+		}
+	}
+	if u := c.Console.User; u != "" && !userID.MatchString(u) {
+		bad("console.user", "%q is not a Slack user ID (U… or W…)", u)
+	}
 	switch c.Store.Backend {
 	case "bbolt":
 		if strings.TrimSpace(c.DataDir) == "" {
@@ -277,6 +287,41 @@ func (c *Config) ValidateServe() error {
 	return nil
 }
 
+// ValidateConsole checks what `bot console` needs on top of Validate. On
+// a shared store the console joins the production replicas' live state
+// (approvals included), so it acts as one configured person.
+func (c *Config) ValidateConsole() error {
+	if c.Store.Backend == "dynamodb" && c.Console.User == "" {
+		return &ValidationError{Problems: []Problem{{"console.user", "is not set: with store.backend dynamodb the console works on the production state and acts as one person, this Slack user ID (e.g. your own, U0…); it cannot switch users with /as"}}}
+	}
+	return nil
+}
+
+// sameAddress: two listen addresses would bind the same port on a common
+// interface (an empty host, 0.0.0.0 or :: is every interface).
+func sameAddress(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb || pa == "0" {
+		return false
+	}
+	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return ha == hb || wild(ha) || wild(hb)
+}
+
+// loopback: a listen address only this host can reach.
+func loopback(addr string) bool {
+	h, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
 // Warnings are legal but probably unintended settings; check-config prints them.
 func (c *Config) Warnings() []Problem {
 	var w []Problem
@@ -296,6 +341,12 @@ func (c *Config) Warnings() []Problem {
 	}
 	if c.Replica.NameTag == "" {
 		w = append(w, Problem{"replica.name_tag", "is empty: failover needs --to <instance-id>"})
+	}
+	if m := c.Metrics.Listen; m != "" && !loopback(m) && c.Secrets.MetricsToken.Empty() {
+		w = append(w, Problem{"metrics.listen", fmt.Sprintf("%q can be reached from other hosts and BOT_METRICS_TOKEN is not set: whoever reaches it reads command counts and AWS error codes", m)})
+	}
+	if err := c.ValidateConsole(); err != nil {
+		w = append(w, Problem{"console.user", "is not set: `bot console` refuses to start on the shared store (store.backend dynamodb) without it"})
 	}
 	return w
 }

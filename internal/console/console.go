@@ -1,7 +1,8 @@
 // Package console is a local chat shell, in the spirit of Hubot's shell
 // adapter: type slash commands as a chosen Slack user in a chosen channel,
-// switch users to play the second person, and read the bot's replies. It
-// drives the same bot.Handle as Slack does.
+// switch users to play the second person (in the sandbox, or on a bbolt
+// file of its own: see Identity), and read the bot's replies. It drives
+// the same bot.Handle as Slack does, with "console" as the source.
 package console
 
 import (
@@ -22,6 +23,7 @@ import (
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/progress"
+	"github.com/circlebot/circlebot/internal/store"
 )
 
 type Console struct {
@@ -31,6 +33,13 @@ type Console struct {
 	Out     io.Writer
 	User    string
 	Channel string
+	// AllowAs lets /as switch users. Set it only where nobody else's
+	// decisions are at stake (see Identity); otherwise the console is
+	// User alone and /as is refused.
+	AllowAs bool
+	// Audit, when set, records a refused /as: an attempt to act as
+	// somebody else belongs in the audit trail.
+	Audit bot.Auditor
 
 	mu  sync.Mutex // serialises output from background progress
 	seq atomic.Int64
@@ -70,6 +79,10 @@ func (c *Console) line(ctx context.Context, line string) (quit bool) {
 	case fields[0] == "/quit" || fields[0] == "/exit":
 		return true
 	case fields[0] == "/as":
+		if !c.AllowAs {
+			c.refuseAs(ctx, line)
+			return false
+		}
 		if len(fields) != 2 {
 			c.printf("usage: /as <slack-user-id>   e.g. /as %s\n", c.someone())
 			return false
@@ -102,7 +115,7 @@ func (c *Console) line(ctx context.Context, line string) (quit bool) {
 	n := c.seq.Add(1)
 	req := chat.Request{
 		ID:         "console-" + strconv.FormatInt(n, 10),
-		Source:     "console",
+		Source:     Source,
 		UserID:     c.User,
 		ChannelID:  c.Channel,
 		Command:    slash,
@@ -113,17 +126,41 @@ func (c *Console) line(ctx context.Context, line string) (quit bool) {
 	return false
 }
 
+// refuseAs answers /as where the console is one person, changes
+// nothing, and records the attempt.
+func (c *Console) refuseAs(ctx context.Context, line string) {
+	c.printf("/as is off: this console works on the state the bot's replicas share (store.backend dynamodb) and acts as %s (console.user) only, so nobody can approve as somebody else here. The second person approves in Slack, as themselves.\n", c.User)
+	if c.Audit == nil {
+		return
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	err := c.Audit.Audit(actx, store.AuditRecord{At: time.Now(), UserID: c.User, Channel: c.Channel, Source: Source,
+		Command: line, Outcome: "refused", Detail: "the console acts as console.user only on a shared store"})
+	if err != nil {
+		c.printf("(the refusal could not be recorded in the audit trail: %v)\n", err)
+	}
+}
+
+// Source is what the console's requests carry as their source, and so
+// what the audit trail and history show for them.
+const Source = "console"
+
 func (c *Console) banner() string {
 	slash := c.Bot.SlashCommand()
+	as := "/as <user-id>     act as another Slack user (e.g. the second person who approves)"
+	if !c.AllowAs {
+		as = "/as              off: you are " + c.User + " (console.user) on the shared state; a second person approves in Slack"
+	}
 	return fmt.Sprintf(`circlebot console — the bot as Slack would run it, without Slack.
 Type bot commands as in Slack, e.g. "%[1]s help" or "%[1]s status".
 Console commands:
-  /as <user-id>     act as another Slack user (e.g. the second person who approves)
+  %[6]s
   /in <channel-id>  move to another channel
   /whoami, /users   who you are; which users have which roles
   /quit             leave (Ctrl-D works too)
 You are %[2]s (%[3]s) in #%[4]s.
-%[5]s`, slash, c.User, c.rolesOf(c.User), c.Channel, c.userList())
+%[5]s`, slash, c.User, c.rolesOf(c.User), c.Channel, c.userList(), as)
 }
 
 func (c *Console) rolesOf(user string) string {
