@@ -140,7 +140,13 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 		defer a.Close()
 		c := &console.Console{Bot: a.Bot, Roles: cfg.Roles, In: stdin, Out: stdout, Audit: a.Store,
 			User: who, AllowAs: allowAs, Channel: first(*channel, cfg.Slack.AllowedChannels, "C0CONSOLE")}
-		a.Resume(ctx, c.Poster)
+		// On its own bbolt file the console is the only process: it deals
+		// with what the last one left. On a shared store the replicas'
+		// leader does, and announces it in Slack; a console taking that
+		// announcement would show it only in its own terminal.
+		if !a.Store.Shared() {
+			a.Resume(ctx, c.Poster)
+		}
 		return c.Run(ctx)
 	default:
 		return usageError{fmt.Sprintf("unknown command %q\n%s", rest[0], usage)}
