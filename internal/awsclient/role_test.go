@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
 
 	"github.com/circlebot/circlebot/internal/awsclient"
@@ -311,6 +312,30 @@ func TestSessionName(t *testing.T) {
 	} {
 		if got := awsclient.SessionName(in); got != want || len(got) > 64 {
 			t.Errorf("SessionName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// A tarball restore's download URL, presigned in the operation's context,
+// is signed by its role session too (README: the role needs s3:GetObject).
+func TestPresignedURLsOfAnOperationAreSignedByItsSession(t *testing.T) {
+	f := newFakeAWS(t)
+	cfg, _ := f.config()
+	presign := s3.NewPresignClient(s3.NewFromConfig(cfg, func(o *s3.Options) { o.UsePathStyle = true }))
+	in := &s3.GetObjectInput{Bucket: aws.String("backups"), Key: aws.String("circleci-backups/bk-1/x.tar.bz2")}
+	for _, tc := range []struct {
+		ctx  context.Context
+		want string
+	}{
+		{awsclient.WithOperation(context.Background(), opA), "X-Amz-Credential=ASIA1%2F"},
+		{context.Background(), "X-Amz-Credential=BASEKEY%2F"},
+	} {
+		req, err := presign.PresignGetObject(tc.ctx, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(req.URL, tc.want) {
+			t.Errorf("presigned URL %s lacks %s", req.URL, tc.want)
 		}
 	}
 }
