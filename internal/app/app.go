@@ -120,6 +120,14 @@ func New(ctx context.Context, o Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	// From here on, the calls of an approved operation's steps run in a
+	// role session naming its requester and approver (the engine marks
+	// their context); every other call keeps the bot's own credentials.
+	// The store above keeps them always.
+	if role := o.Config.Ops.RoleARN; role != "" {
+		awsCfg = awsclient.WithOperationRole(awsCfg, role)
+		o.Log.Info("approved operations act on AWS through a role session per operation", "role", role)
+	}
 	cfg := o.Config
 	policy := authz.New(cfg.Roles, cfg.Slack.AllowedChannels)
 	status := &ops.Status{

@@ -35,6 +35,7 @@ type Config struct {
 	Secret      SecretCfg   `yaml:"secret"`
 	Metrics     MetricsCfg  `yaml:"metrics"`
 	Console     ConsoleCfg  `yaml:"console"`
+	Ops         OpsCfg      `yaml:"ops"`
 
 	// Secrets come from the environment only, never from the file, so a
 	// config file can be committed and shared.
@@ -79,6 +80,16 @@ type ConsoleCfg struct {
 type AWS struct {
 	// Region overrides the SDK's default chain (AWS_REGION, profile, IMDS).
 	Region string `yaml:"region"`
+}
+
+// OpsCfg says how approved operations act on AWS.
+type OpsCfg struct {
+	// RoleARN, when set, is the IAM role every approved operation's AWS
+	// calls run under: a role session per operation whose SourceIdentity
+	// is the requester's Slack ID and whose session tags name the approver
+	// and the operation, so that CloudTrail names the people behind each
+	// call. Empty: operations use the bot's own credentials.
+	RoleARN string `yaml:"role_arn"`
 }
 
 type Slack struct {

@@ -260,3 +260,42 @@ func TestConsoleUserOnASharedStore(t *testing.T) {
 		t.Fatal("bbolt: the console needs no console.user")
 	}
 }
+
+func TestOpsRoleARN(t *testing.T) {
+	for _, ok := range []string{
+		"",
+		"arn:aws:iam::123456789012:role/circlebot-ops",
+		"arn:aws:iam::123456789012:role/ops/circlebot/circlebot-ops",
+		"arn:aws-us-gov:iam::123456789012:role/circlebot_ops.v2",
+	} {
+		cfg, err := Parse([]byte("ops:\n  role_arn: \"" + ok + "\"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+		if cfg.Ops.RoleARN != ok {
+			t.Errorf("read %q as %q", ok, cfg.Ops.RoleARN)
+		}
+	}
+	for _, bad := range []string{
+		"circlebot-ops",
+		"arn:aws:iam::123456789012:user/circlebot",
+		"arn:aws:iam::123456789012:role/",
+		"arn:aws:iam::12345:role/circlebot-ops",
+		"arn:aws:sts::123456789012:assumed-role/circlebot-ops/s",
+		"arn:aws:iam::123456789012:role/has space",
+	} {
+		cfg, err := Parse([]byte("ops:\n  role_arn: \"" + bad + "\"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := problems(t, cfg.Validate()); len(p) != 1 || p[0].Key != "ops.role_arn" || !strings.Contains(p[0].Why, "IAM role ARN") {
+			t.Errorf("%q: %+v", bad, p)
+		}
+	}
+	if _, err := Parse([]byte("ops:\n  rolearn: x\n")); err == nil || !strings.Contains(err.Error(), "ops.rolearn") {
+		t.Errorf("a misspelt key: %v", err)
+	}
+}

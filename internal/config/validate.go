@@ -43,6 +43,9 @@ var (
 // "@daily"; schedules are validated and run with the same parser.
 var instanceType = regexp.MustCompile(`^[a-z][a-z0-9-]*\.[a-z0-9]+$`)
 
+// roleARN is an IAM role's ARN: arn:<partition>:iam::<account>:role/<path/>name.
+var roleARN = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:role/(?:[\x21-\x7e]*/)?[\w+=,.@-]{1,64}$`)
+
 var dynamoTable = regexp.MustCompile(`^[A-Za-z0-9_.-]{3,255}$`)
 
 var CronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
@@ -262,6 +265,9 @@ func (c *Config) Validate() error {
 		bad("slack.report_channel", "is required when report.schedule is set")
 	} else if c.Backup.Schedule != "" && c.Slack.ReportChannel == "" {
 		bad("slack.report_channel", "is required when backup.schedule is set: scheduled backups report there, and so do missed ones")
+	}
+	if v := c.Ops.RoleARN; v != "" && !roleARN.MatchString(v) {
+		bad("ops.role_arn", "%q is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)", v)
 	}
 	if len(p) > 0 {
 		return &ValidationError{Problems: p}

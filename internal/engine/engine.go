@@ -12,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 
 	"github.com/circlebot/circlebot/internal/approvals"
+	"github.com/circlebot/circlebot/internal/awsclient"
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/commands"
 	"github.com/circlebot/circlebot/internal/journal"
@@ -345,7 +346,7 @@ func (e *Engine) run(ctx context.Context, id string, out Out, note string) error
 	// state stops here before another replica can resume the operation.
 	jctx, jcancel := e.Store.WorkContext(ctx)
 	defer jcancel()
-	op, err = e.Journal.Run(jctx, id, e.Store.Process(), defs, st)
+	op, err = e.Journal.Run(asItsPeople(jctx, op), id, e.Store.Process(), defs, st)
 	if op == nil {
 		if errors.Is(err, journal.ErrTakenOver) {
 			st.Finish(progress.Cancelled, takenOver(id))
@@ -389,6 +390,18 @@ func (e *Engine) run(ctx context.Context, id string, out Out, note string) error
 		return &Refusal{Msg: fmt.Sprintf("operation `%s` stopped: %s", op.ID, op.Why)}
 	}
 	return nil
+}
+
+// asItsPeople is the context an operation's steps run with: an approved
+// operation's AWS calls carry who requested and who approved it (with
+// ops.role_arn set they run in a role session naming them, see
+// awsclient.OperationCredentials). Work nobody approved — the scheduler's
+// retention — runs as the bot.
+func asItsPeople(ctx context.Context, op *journal.Op) context.Context {
+	if op.Approver == "" {
+		return ctx
+	}
+	return awsclient.WithOperation(ctx, awsclient.Operation{ID: op.ID, Requester: op.Requester, Approver: op.Approver})
 }
 
 func (e *Engine) stopReason(ctx context.Context, op *journal.Op, err error) string {

@@ -30,6 +30,10 @@ const (
 	// client gets a 500 instead of the answer — a response lost on the way
 	// back. What idempotency (client tokens, look-ups) must survive.
 	FaultLostAnswer = "lost-answer"
+	// FaultDenied: the call is answered with the service's access-denied
+	// error (403) and never reaches moto — a permission or role the
+	// account refuses (Faults.Deny).
+	FaultDenied = "denied"
 )
 
 // Faults chooses which calls go wrong. Each candidate call takes one draw u
@@ -59,6 +63,11 @@ type Faults struct {
 	// Match limits faults to calls it returns true for (nil: every call).
 	// It sees Service and Action only, and may be called concurrently.
 	Match func(Call) bool
+	// Deny answers every call it returns true for with FaultDenied,
+	// before and apart from the draws above (EC2 UnauthorizedOperation,
+	// S3 AccessDenied, awsJson AccessDeniedException, other query
+	// services AccessDenied). It sees the call as Match does, AccessKey too.
+	Deny func(Call) bool
 }
 
 // Call is one request the proxy received.
@@ -68,9 +77,13 @@ type Call struct {
 	// Params are a query-protocol call's parameters (EC2, Auto Scaling…),
 	// e.g. "Filter.1.Value.1", for a Match that faults only some calls.
 	Params url.Values
-	Fault  string // FaultNone, FaultThrottle, Fault5xx or FaultDelay
+	Fault  string // FaultNone, FaultThrottle, Fault5xx, FaultDelay, FaultLostAnswer or FaultDenied
 	Status int    // HTTP status the client got; 0 while still in flight or if the client went away
 	At     time.Time
+
+	// AccessKey is the access key ID the call was signed with (the
+	// credential scope's first part): whose credentials made it.
+	AccessKey string
 }
 
 // Proxy is a running fault-injecting reverse proxy.
@@ -189,9 +202,13 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.mu.Unlock()
 	// Match is the caller's code: run it outside the lock so it may use
 	// the proxy (Count, Calls) without deadlocking.
-	candidate := f.Match == nil || f.Match(call)
+	denied := f.Deny != nil && f.Deny(call)
+	candidate := !denied && (f.Match == nil || f.Match(call))
 
 	p.mu.Lock()
+	if denied {
+		call.Fault = FaultDenied
+	}
 	if candidate {
 		call.Fault = p.draw()
 	}
@@ -202,7 +219,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.mu.Unlock()
 
 	switch call.Fault {
-	case FaultThrottle, Fault5xx:
+	case FaultThrottle, Fault5xx, FaultDenied:
 		status := writeFault(w, r, call, reqID)
 		p.mu.Lock()
 		c.Status = status
@@ -249,7 +266,7 @@ func (p *Proxy) draw() string {
 // identify names the service and action of a request without consuming it:
 // a query-protocol body is read and put back for forwarding.
 func identify(r *http.Request) (Call, error) {
-	c := Call{Service: signingService(r.Header.Get("Authorization"))}
+	c := Call{Service: signingService(r.Header.Get("Authorization")), AccessKey: accessKey(r.Header.Get("Authorization"))}
 	if target := r.Header.Get("X-Amz-Target"); target != "" {
 		// awsJson: "AmazonSSM.SendCommand"
 		c.Action = target[strings.LastIndexByte(target, '.')+1:]
@@ -281,6 +298,16 @@ func identify(r *http.Request) (Call, error) {
 		c.Action = s3Action(r)
 	}
 	return c, nil
+}
+
+// accessKey reads the access key ID from a SigV4 Authorization header.
+func accessKey(auth string) string {
+	_, rest, ok := strings.Cut(auth, "Credential=")
+	if !ok {
+		return ""
+	}
+	key, _, _ := strings.Cut(rest, "/")
+	return key
 }
 
 // signingService reads the service from a SigV4 credential scope,
@@ -407,6 +434,8 @@ func writeFault(w http.ResponseWriter, r *http.Request, c Call, reqID string) in
 	throttle := c.Fault == FaultThrottle
 	var e errorShape
 	switch {
+	case c.Fault == FaultDenied:
+		e = deniedError(r, c, reqID)
 	case r.Header.Get("X-Amz-Target") != "":
 		e = jsonError(throttle)
 	case c.Service == "ec2":
@@ -464,6 +493,25 @@ func jsonError(throttle bool) errorShape {
 		status, code, msg = http.StatusBadRequest, "ThrottlingException", "Rate exceeded"
 	}
 	return errorShape{status, "application/x-amz-json-1.1", `{"__type":"` + code + `","message":"` + msg + `"}`}
+}
+
+// deniedError is the service's answer to a caller without the permission.
+func deniedError(r *http.Request, c Call, reqID string) errorShape {
+	msg := "User: arn:aws:iam::123456789012:user/faultproxy is not authorized to perform: " + c.Service + ":" + c.Action
+	switch {
+	case r.Header.Get("X-Amz-Target") != "":
+		return errorShape{http.StatusBadRequest, "application/x-amz-json-1.1", `{"__type":"AccessDeniedException","message":"` + msg + `"}`}
+	case c.Service == "ec2":
+		return errorShape{http.StatusForbidden, "text/xml;charset=UTF-8", `<?xml version="1.0" encoding="UTF-8"?>` +
+			`<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform this operation.</Message></Error></Errors>` +
+			`<RequestID>` + reqID + `</RequestID></Response>`}
+	case c.Service == "s3":
+		return errorShape{http.StatusForbidden, "application/xml", `<?xml version="1.0" encoding="UTF-8"?>` +
+			`<Error><Code>AccessDenied</Code><Message>Access Denied</Message><RequestId>` + reqID + `</RequestId></Error>`}
+	}
+	return errorShape{http.StatusForbidden, "text/xml", `<?xml version="1.0" encoding="UTF-8"?>` +
+		`<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>` + msg + `</Message></Error>` +
+		`<RequestId>` + reqID + `</RequestId></ErrorResponse>`}
 }
 
 func contextWithCall(r *http.Request, c *Call) context.Context {

@@ -458,3 +458,36 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestDenyLooksLikeTheServiceAndRecordsTheSigner(t *testing.T) {
+	want := map[string]struct {
+		code   string
+		status int
+	}{
+		"ec2":         {"UnauthorizedOperation", 403},
+		"ssm":         {"AccessDeniedException", 400},
+		"s3":          {"AccessDenied", 403},
+		"autoscaling": {"AccessDenied", 403},
+	}
+	e := newEnv(t, Faults{Deny: func(Call) bool { return true }, ThrottleRate: 1})
+	for _, tc := range protocolCases(t, e.moto) {
+		t.Run(tc.name, func(t *testing.T) {
+			e.proxy.Reset()
+			err := tc.call(ctxT(t), e.oneShot())
+			if err == nil {
+				t.Fatal("call succeeded through a proxy denying everything")
+			}
+			if got := apiCode(t, err); got != want[tc.service].code {
+				t.Errorf("ErrorCode() = %q, want %q (err: %v)", got, want[tc.service].code, err)
+			}
+			calls := e.proxy.Calls()
+			if len(calls) != 1 {
+				t.Fatalf("calls = %+v, want exactly one", calls)
+			}
+			// Deny comes before the draws: a denied call is not throttled.
+			if c := calls[0]; c.Fault != FaultDenied || c.Status != want[tc.service].status || c.AccessKey != "test" {
+				t.Errorf("call = %+v, want denied with status %d signed by test", c, want[tc.service].status)
+			}
+		})
+	}
+}
