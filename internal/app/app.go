@@ -252,7 +252,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		}), EC2: ec2c, Store: st, Checks: checks, NameTag: cfg.ServicesBox.NameTag, ASG: cfg.Builders.ASGName,
 		Cooldown: cfg.Monitor.Cooldown.D(), Slash: cfg.Slack.Command, Log: o.Log,
 	}
-	apr := &bot.Approvals{Store: apStore, TTL: cfg.Approvals.TTL.D(), Process: st.Process()}
+	apr := &bot.Approvals{Store: apStore, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Channel: cfg.Approvals.Channel}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
 		Policy:       policy,

@@ -18,12 +18,16 @@ import (
 
 var reqIDRE = regexp.MustCompile(`/circleci approve (req-[0-9a-f]{8})`)
 
-// pruneEnv has two completed bot backups, so keep_last 1 leaves one to prune.
-func pruneEnv(t *testing.T) (*env, *atomic.Int64, []*ops.Backup) {
+// pruneEnv has two completed bot backups, so keep_last 1 leaves one to
+// prune. edits change the config further.
+func pruneEnv(t *testing.T, edits ...func(*config.Config)) (*env, *atomic.Int64, []*ops.Backup) {
 	t.Helper()
 	e := newEnv(t, func(c *config.Config) {
 		c.Roles.Viewers = []string{vera}
 		c.Backup.Retention.KeepLast = 1
+		for _, edit := range edits {
+			edit(c)
+		}
 	})
 	var skew atomic.Int64
 	e.app.Approvals.Now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }

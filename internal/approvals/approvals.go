@@ -27,19 +27,31 @@ type Plan struct {
 	Undo    []string `json:"undo"`
 }
 
-// Hash is stable across runs: facts are sorted by key.
+// Hash is stable across runs: facts are sorted by key. It is the SHA-256
+// of Canonical, so anyone holding the full plan can check it.
 func (p Plan) Hash() string {
+	sum := sha256.Sum256([]byte(p.Canonical()))
+	return hex.EncodeToString(sum[:])
+}
+
+// Canonical is exactly what the hash covers: the action, then every fact
+// in key order, one "key=value" line each.
+func (p Plan) Canonical() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "action=%s\n", p.Action)
+	for _, k := range p.factKeys() {
+		fmt.Fprintf(&b, "%s=%s\n", k, p.Facts[k])
+	}
+	return b.String()
+}
+
+func (p Plan) factKeys() []string {
 	keys := make([]string, 0, len(p.Facts))
 	for k := range p.Facts {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	h := sha256.New()
-	fmt.Fprintf(h, "action=%s\n", p.Action)
-	for _, k := range keys {
-		fmt.Fprintf(h, "%s=%s\n", k, p.Facts[k])
-	}
-	return hex.EncodeToString(h.Sum(nil))
+	return keys
 }
 
 // Short is the first 12 hex digits, for messages.
@@ -48,6 +60,12 @@ func Short(hash string) string { return hash[:min(12, len(hash))] }
 type State string
 
 const (
+	// Posting: created, its message not yet (completely) posted. Nobody
+	// can decide it until SetMessage records the message: a request
+	// exists for people only once they can see it.
+	Posting State = "posting"
+	// Unposted: its message could not be posted; it can never be decided.
+	Unposted  State = "unposted"
 	Pending   State = "pending"
 	Approved  State = "approved" // decided; about to run
 	Denied    State = "denied"
@@ -73,7 +91,29 @@ type Request struct {
 	Decided   time.Time `json:"decided,omitzero"`
 	Note      string    `json:"note,omitempty"`
 	MessageTS string    `json:"message_ts,omitempty"`
-	Process   string    `json:"process,omitempty"` // the bot process that started executing it
+	// Copies are further posts of the request message, with its full
+	// plan, in other channels (approvals.channel); it may be decided there
+	// too.
+	Copies  []Copy `json:"copies,omitempty"`
+	Process string `json:"process,omitempty"` // the bot process that started executing it
+}
+
+// Copy is one further post of a request message.
+type Copy struct {
+	Channel string `json:"channel"`
+	TS      string `json:"ts"`
+}
+
+// Channels are where the request's plan was shown, and so where it may
+// be approved or denied: its own channel first, then its copies.
+func (r Request) Channels() []string {
+	out := []string{r.Channel}
+	for _, c := range r.Copies {
+		if !slices.Contains(out, c.Channel) {
+			out = append(out, c.Channel)
+		}
+	}
+	return out
 }
 
 // NewID makes "req-" + 8 hex digits: short enough to type at 3 a.m.
@@ -83,10 +123,19 @@ func NewID() string {
 	return "req-" + hex.EncodeToString(b[:])
 }
 
-// New binds a request to plan.
+// New binds a request to plan. It starts Posting: nobody can decide it
+// until its message is posted (Store.SetMessage).
 func New(cmd string, plan Plan, requester, channel string, now time.Time, ttl time.Duration) Request {
 	return Request{ID: NewID(), Command: cmd, Plan: plan, PlanHash: plan.Hash(), Requester: requester, Channel: channel,
-		Created: now, Expires: now.Add(ttl), State: Pending}
+		Created: now, Expires: now.Add(ttl), State: Posting}
+}
+
+// Decision is one person's approve or deny, and where it was given.
+type Decision struct {
+	User     string
+	Channel  string // where the command was typed or the button clicked
+	Approver bool   // the user is in roles.approvers
+	Approve  bool   // false: deny
 }
 
 // Refusal is a user-facing reason a decision was not taken.
@@ -97,14 +146,22 @@ func (r *Refusal) Error() string { return r.Reason }
 func refuse(format string, a ...any) *Refusal { return &Refusal{Reason: fmt.Sprintf(format, a...)} }
 
 // CheckDecision applies the two-person rule to one decision (approve or
-// deny) by user at now. It is pure; Store.Decide calls it inside the
-// transaction that records the decision.
-func CheckDecision(r Request, user string, isApprover bool, approve bool, now time.Time) *Refusal {
+// deny) at now. It is pure; Store.Decide calls it inside the conditional
+// write that records the decision.
+func CheckDecision(r Request, d Decision, now time.Time) *Refusal {
+	user, approve := d.User, d.Approve
 	verb := "deny"
 	if approve {
 		verb = "approve"
 	}
+	if ref := CheckChannel(r, d.Channel); ref != nil {
+		return ref
+	}
 	switch r.State {
+	case Posting:
+		return refuse("request `%s` cannot be decided yet: its message is still being posted. Try again in a moment.", r.ID)
+	case Unposted:
+		return refuse("request `%s` was never shown in full (%s), so it cannot be approved or denied. Make a new request.", r.ID, r.Note)
 	case Pending:
 	case Denied:
 		return refuse("request `%s` was denied by <@%s>; it cannot be revived. Make a new request.", r.ID, r.Decider)
@@ -120,7 +177,7 @@ func CheckDecision(r Request, user string, isApprover bool, approve bool, now ti
 	if !approve && user == r.Requester {
 		return nil
 	}
-	if !isApprover {
+	if !d.Approver {
 		return refuse("only approvers (`roles.approvers`) may %s `%s`.", verb, r.ID)
 	}
 	if approve && user == r.Requester {
@@ -129,48 +186,22 @@ func CheckDecision(r Request, user string, isApprover bool, approve bool, now ti
 	return nil
 }
 
+// CheckChannel refuses a decision given anywhere but where the request's
+// plan was shown: an approver approves what they can see, and the
+// request's channel sees who decided it.
+func CheckChannel(r Request, channel string) *Refusal {
+	chans := r.Channels()
+	if slices.Contains(chans, channel) {
+		return nil
+	}
+	where := make([]string, len(chans))
+	for i, c := range chans {
+		where[i] = "<#" + c + ">"
+	}
+	return refuse("request `%s` can be approved or denied only in %s, where its plan was shown, not here. Nothing was changed.", r.ID, strings.Join(where, " or "))
+}
+
 // Expire reports whether a pending request is past its time.
 func Expire(r Request, now time.Time) bool { return r.State == Pending && !now.Before(r.Expires) }
 
-// Render is the plan as Slack text: what changes, what is kept, what cannot
-// be undone, and the facts it is bound to.
-func Render(p Plan) string {
-	var b strings.Builder
-	section := func(title string, lines []string) {
-		if len(lines) == 0 {
-			return
-		}
-		b.WriteString("*" + title + "*\n")
-		for _, l := range lines {
-			b.WriteString("• " + l + "\n")
-		}
-	}
-	section("What changes", p.Changes)
-	section("What is kept", p.Keeps)
-	section("Cannot be undone", p.Undo)
-	keys := make([]string, 0, len(p.Facts))
-	for k := range p.Facts {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	var facts []string
-	for _, k := range keys {
-		facts = append(facts, k+": `"+abridge(p.Facts[k])+"`")
-	}
-	if len(facts) > 0 {
-		b.WriteString("*Bound to* " + strings.Join(facts, ", ") + "\n")
-	}
-	return b.String()
-}
-
 func encode(r Request) ([]byte, error) { return json.Marshal(r) }
-
-// abridge keeps a long list readable in the request message; the hash still
-// covers every item, and the plan's changes name each restore point.
-func abridge(v string) string {
-	items := strings.Split(v, ",")
-	if len(v) <= 120 || len(items) < 3 {
-		return v
-	}
-	return fmt.Sprintf("%d items: %s, …, %s", len(items), items[0], items[len(items)-1])
-}

@@ -2,7 +2,10 @@ package approvals
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -39,6 +42,7 @@ func TestPlanHashBindsFactsNotProse(t *testing.T) {
 
 func TestCheckDecision(t *testing.T) {
 	pending := New("backup prune", plan(), "U0ALICE", "C1", t0, 30*time.Minute)
+	pending.State = Pending // posted
 	decided := pending
 	decided.State, decided.Decider = Approved, "U0BOB"
 	denied := pending
@@ -65,7 +69,7 @@ func TestCheckDecision(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got := CheckDecision(c.r, c.user, c.isApprover, c.approve, c.at)
+			got := CheckDecision(c.r, Decision{User: c.user, Channel: "C1", Approver: c.isApprover, Approve: c.approve}, c.at)
 			switch {
 			case c.want == "" && got != nil:
 				t.Fatalf("refused: %s", got.Reason)
@@ -77,6 +81,22 @@ func TestCheckDecision(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { motoserver.Main(m) }
+
+// bob approves in the request's channel.
+var bob = Decision{User: "U0BOB", Channel: "C1", Approver: true, Approve: true}
+
+// create saves r and posts it: it is open for decisions.
+func create(t *testing.T, s Store, r Request) Request {
+	t.Helper()
+	if err := s.Create(t.Context(), r); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.SetMessage(t.Context(), r.ID, "1700000000.000100", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
 
 func newStore(t *testing.T) (Store, *store.Store) {
 	st, err := store.Open(t.TempDir())
@@ -108,17 +128,14 @@ func TestRacingApprovalsGiveOneExecution(t *testing.T) {
 }
 
 func racingApprovals(t *testing.T, s Store) {
-	r := New("backup prune", plan(), "U0ALICE", "C1", t0, time.Hour)
-	if err := s.Create(t.Context(), r); err != nil {
-		t.Fatal(err)
-	}
+	r := create(t, s, New("backup prune", plan(), "U0ALICE", "C1", t0, time.Hour))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	approved, began := 0, 0
 	for i := range 20 {
 		wg.Go(func() {
 			user := []string{"U0BOB", "U0CAROL"}[i%2]
-			if _, err := s.Decide(t.Context(), r.ID, user, true, true, t0.Add(time.Minute)); err == nil {
+			if _, err := s.Decide(t.Context(), r.ID, Decision{User: user, Channel: "C1", Approver: true, Approve: true}, t0.Add(time.Minute)); err == nil {
 				mu.Lock()
 				approved++
 				mu.Unlock()
@@ -143,9 +160,8 @@ func TestExpiredRequestIsMarkedAndStaysDeadAcrossRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := Store{KV: kv.Bolt{DB: st.DB()}}
-	r := New("backup prune", plan(), "U0ALICE", "C1", t0, time.Minute)
-	s.Create(t.Context(), r)
-	_, err = s.Decide(t.Context(), r.ID, "U0BOB", true, true, t0.Add(2*time.Minute))
+	r := create(t, s, New("backup prune", plan(), "U0ALICE", "C1", t0, time.Minute))
+	_, err = s.Decide(t.Context(), r.ID, bob, t0.Add(2*time.Minute))
 	var ref *Refusal
 	if !errors.As(err, &ref) || !strings.Contains(ref.Reason, "expired") {
 		t.Fatalf("got %v", err)
@@ -161,14 +177,14 @@ func TestExpiredRequestIsMarkedAndStaysDeadAcrossRestarts(t *testing.T) {
 	}
 	defer st.Close()
 	s = Store{KV: kv.Bolt{DB: st.DB()}}
-	if _, err := s.Decide(t.Context(), r.ID, "U0CAROL", true, true, t0.Add(3*time.Minute)); !errors.As(err, &ref) {
+	if _, err := s.Decide(t.Context(), r.ID, Decision{User: "U0CAROL", Channel: "C1", Approver: true, Approve: true}, t0.Add(3*time.Minute)); !errors.As(err, &ref) {
 		t.Fatalf("an expired request was revived after a restart: %v", err)
 	}
 }
 
 func TestUnknownRequest(t *testing.T) {
 	s, _ := newStore(t)
-	if _, err := s.Decide(t.Context(), "req-00000000", "U0BOB", true, true, t0); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Decide(t.Context(), "req-00000000", bob, t0); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("got %v", err)
 	}
 }
@@ -187,16 +203,14 @@ func TestCancelledContextDecidesNothing(t *testing.T) {
 	if _, err := s.Get(t.Context(), r.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("a request created on a cancelled context exists: %v", err)
 	}
-	if err := s.Create(t.Context(), r); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Decide(ctx, r.ID, "U0BOB", true, true, t0.Add(time.Minute)); !errors.Is(err, context.Canceled) {
+	r = create(t, s, r)
+	if _, err := s.Decide(ctx, r.ID, bob, t0.Add(time.Minute)); !errors.Is(err, context.Canceled) {
 		t.Fatalf("decide: %v", err)
 	}
 	if got, _ := s.Get(t.Context(), r.ID); got.State != Pending {
 		t.Fatalf("decided on a cancelled context: %s", got.State)
 	}
-	if _, err := s.Decide(t.Context(), r.ID, "U0BOB", true, true, t0.Add(time.Minute)); err != nil {
+	if _, err := s.Decide(t.Context(), r.ID, bob, t0.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Begin(ctx, r.ID, "p1"); !errors.Is(err, context.Canceled) {
@@ -207,5 +221,195 @@ func TestCancelledContextDecidesNothing(t *testing.T) {
 	}
 	if got, _ := s.Get(t.Context(), r.ID); got.State != Approved {
 		t.Fatalf("changed on a cancelled context: %s", got.State)
+	}
+}
+
+// A decision counts only where the request's plan was shown: its own
+// channel, or a channel it was copied to (approvals.channel). A request
+// still being posted, or never posted, cannot be decided at all.
+func TestCheckDecisionWhere(t *testing.T) {
+	pending := New("backup prune", plan(), "U0ALICE", "C1", t0, 30*time.Minute)
+	pending.State = Pending
+	copied := pending
+	copied.Copies = []Copy{{Channel: "C2", TS: "1.2"}}
+	posting := New("backup prune", plan(), "U0ALICE", "C1", t0, 30*time.Minute)
+	unposted := posting
+	unposted.State, unposted.Note = Unposted, "not_in_channel"
+	expired := pending
+	expired.State = Expired
+	cases := []struct {
+		name    string
+		r       Request
+		channel string
+		approve bool
+		want    string
+	}{
+		{"in the request's channel", pending, "C1", true, ""},
+		{"in another channel", pending, "C9", true, "only in <#C1>, where its plan was shown"},
+		{"denied in another channel", pending, "C9", false, "only in <#C1>"},
+		{"no channel", pending, "", true, "only in <#C1>"},
+		{"in the copy's channel", copied, "C2", true, ""},
+		{"copied, from a third channel", copied, "C9", true, "only in <#C1> or <#C2>"},
+		{"elsewhere, even when expired", expired, "C9", true, "only in <#C1>"},
+		{"still being posted", posting, "C1", true, "still being posted"},
+		{"withdrawn while being posted", posting, "C1", false, "still being posted"},
+		{"never posted", unposted, "C1", true, "never shown in full (not_in_channel)"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := CheckDecision(c.r, Decision{User: "U0BOB", Channel: c.channel, Approver: true, Approve: c.approve}, t0.Add(time.Minute))
+			switch {
+			case c.want == "" && got != nil:
+				t.Fatalf("refused: %s", got.Reason)
+			case c.want != "" && (got == nil || !strings.Contains(got.Reason, c.want)):
+				t.Fatalf("got %v, want a refusal containing %q", got, c.want)
+			}
+		})
+	}
+}
+
+// A decision from the wrong channel writes nothing: the request stays
+// pending (even past its expiry, it is not marked by a stranger) and the
+// approver in the right channel can still decide it.
+func TestDecisionElsewhereChangesNothing(t *testing.T) {
+	s, _ := newStore(t)
+	r := New("backup prune", plan(), "U0ALICE", "C1", t0, 30*time.Minute)
+	if err := s.Create(t.Context(), r); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetMessage(t.Context(), r.ID, "1.1", []Copy{{Channel: "C2", TS: "2.1"}}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := s.Get(t.Context(), r.ID)
+	var ref *Refusal
+	for _, at := range []time.Time{t0.Add(time.Minute), t0.Add(time.Hour)} {
+		_, err := s.Decide(t.Context(), r.ID, Decision{User: "U0BOB", Channel: "C9", Approver: true, Approve: true}, at)
+		if !errors.As(err, &ref) || !strings.Contains(ref.Reason, "<#C1> or <#C2>") {
+			t.Fatalf("decided from another channel: %v", err)
+		}
+		if after, _ := s.Get(t.Context(), r.ID); after.State != Pending || after.Decider != "" || !after.Decided.IsZero() || after.Note != before.Note {
+			t.Fatalf("a refused decision changed the request: %+v", after)
+		}
+	}
+	got, err := s.Decide(t.Context(), r.ID, Decision{User: "U0BOB", Channel: "C2", Approver: true, Approve: true}, t0.Add(time.Minute))
+	if err != nil || got.State != Approved || got.Decider != "U0BOB" {
+		t.Fatalf("approval in the copy's channel: %+v, %v", got, err)
+	}
+}
+
+// Until its message is posted a request cannot be decided, on any replica
+// sharing the store; once given up as unposted it never can be, and it
+// cannot be opened afterwards.
+func TestUnpostedRequestIsNeverDecided(t *testing.T) {
+	for name, s := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := t.Context()
+			r := New("backup prune", plan(), "U0ALICE", "C1", t0, time.Hour)
+			if err := s.Create(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+			var ref *Refusal
+			if _, err := s.Decide(ctx, r.ID, bob, t0.Add(time.Minute)); !errors.As(err, &ref) || !strings.Contains(ref.Reason, "still being posted") {
+				t.Fatalf("decided while being posted: %v", err)
+			}
+			if _, err := s.Void(ctx, r.ID, "the message could not be posted: not_in_channel"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.SetMessage(ctx, r.ID, "1.1", nil); !errors.Is(err, kv.ErrConflict) {
+				t.Fatalf("a voided request was opened: %v", err)
+			}
+			for _, d := range []Decision{bob, {User: "U0ALICE", Channel: "C1", Approve: false}} {
+				if _, err := s.Decide(ctx, r.ID, d, t0.Add(time.Minute)); !errors.As(err, &ref) || !strings.Contains(ref.Reason, "never shown in full") {
+					t.Fatalf("decided an unposted request: %v", err)
+				}
+			}
+			if got, _ := s.Get(ctx, r.ID); got.State != Unposted {
+				t.Fatalf("state %s", got.State)
+			}
+			// A decided request is not voided after the fact.
+			d := create(t, s, New("backup prune", plan(), "U0ALICE", "C1", t0, time.Hour))
+			if _, err := s.Decide(ctx, d.ID, bob, t0.Add(time.Minute)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Void(ctx, d.ID, "late"); !errors.Is(err, kv.ErrConflict) {
+				t.Fatalf("an approved request was voided: %v", err)
+			}
+		})
+	}
+}
+
+// bigPlan is a prune of n restore points with three snapshots each.
+func bigPlan(n int) Plan {
+	var pts, snaps, changes []string
+	for i := range n {
+		id := fmt.Sprintf("bk-%06d", i)
+		pts = append(pts, id)
+		for j := range 3 {
+			snaps = append(snaps, fmt.Sprintf("snap-%014x%03d", i, j))
+		}
+		changes = append(changes, fmt.Sprintf("delete `%s` (2026-01-01 00:00, 3 snapshots, 8 GiB) — past keep_last", id))
+	}
+	return Plan{Action: "backup prune", Facts: map[string]string{"policy": "keep_last=1 keep_daily=0 keep_weekly=0", "delete": strings.Join(pts, ","), "snapshots": strings.Join(snaps, ",")},
+		Changes: changes, Keeps: []string{"`bk-999999`, the newest completed restore point"}, Undo: []string{"deleted EBS snapshots cannot be recovered"}}
+}
+
+func TestSummaryCountsAndFullHasEveryItem(t *testing.T) {
+	p := bigPlan(2500)
+	text, complete := Summary(p, 20, 5000)
+	if complete || len(text) > 5000 {
+		t.Fatalf("complete %v, %d bytes", complete, len(text))
+	}
+	for _, want := range []string{"*What changes* (2,500; the first 20 shown)", "… and 2,480 more", "delete: `2,500 items: bk-000000, …, bk-002499`", "snapshots: `7,500 items:", "bk-000019", "newest completed restore point", "cannot be recovered"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("summary lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "bk-000020`") {
+		t.Error("the summary shows more than 20 changes")
+	}
+	// A budget too small for 20 lines shows fewer, never more bytes.
+	if small, _ := Summary(p, 20, 1500); len(small) > 1500 || !strings.Contains(small, "2,500") {
+		t.Errorf("small summary (%d bytes):\n%s", len(small), small)
+	}
+
+	full := Full(p)
+	for _, id := range append(strings.Split(p.Facts["delete"], ","), strings.Split(p.Facts["snapshots"], ",")...) {
+		if !strings.Contains(full, id) {
+			t.Fatalf("the full plan lacks %s", id)
+		}
+	}
+	for _, c := range p.Changes {
+		if !strings.Contains(full, c) {
+			t.Fatalf("the full plan lacks %q", c)
+		}
+	}
+	// Each long fact is there exactly, broken after commas.
+	for _, k := range []string{"delete", "snapshots"} {
+		parts := commaLines(p.Facts[k], factLine)
+		if strings.Join(parts, "") != p.Facts[k] {
+			t.Fatalf("%s does not join back to its value", k)
+		}
+		for _, part := range parts {
+			if len(part) > factLine || !strings.Contains(full, "`"+part+"`") {
+				t.Fatalf("%s line of %d bytes, or not in the full plan", k, len(part))
+			}
+		}
+	}
+
+	doc := Document(p)
+	_, rest, _ := strings.Cut(doc, "-----BEGIN PLAN-----\n")
+	hashed, _, _ := strings.Cut(rest, "-----END PLAN-----\n")
+	sum := sha256.Sum256([]byte(hashed))
+	if hex.EncodeToString(sum[:]) != p.Hash() || !strings.Contains(doc, p.Hash()) {
+		t.Fatal("the document's marked lines do not hash to the plan hash")
+	}
+}
+
+func TestSmallPlanSummaryIsComplete(t *testing.T) {
+	p := plan()
+	p.Changes = []string{"delete `bk-1`", "delete `bk-2`"}
+	text, complete := Summary(p, 20, 5000)
+	if !complete || text != Render(p) {
+		t.Fatalf("complete %v:\n%s", complete, text)
 	}
 }

@@ -66,23 +66,27 @@ func (s Store) update(ctx context.Context, id string, fn func(*Request) error) (
 	return out, err
 }
 
-// Decide records user's approval or denial if the rules allow it; a
-// *Refusal says why not. An expired request is marked so on the way.
-func (s Store) Decide(ctx context.Context, id, user string, isApprover, approve bool, now time.Time) (Request, error) {
+// Decide records a decision if the rules allow it; a *Refusal says why
+// not. A decision given outside the request's channels changes nothing;
+// otherwise an expired request is marked so on the way.
+func (s Store) Decide(ctx context.Context, id string, d Decision, now time.Time) (Request, error) {
 	var refusal *Refusal
 	r, err := s.update(ctx, id, func(r *Request) error {
+		if refusal = CheckChannel(*r, d.Channel); refusal != nil {
+			return refusal
+		}
 		if Expire(*r, now) {
 			r.State = Expired
 		}
-		if refusal = CheckDecision(*r, user, isApprover, approve, now); refusal != nil {
+		if refusal = CheckDecision(*r, d, now); refusal != nil {
 			if r.State == Expired {
 				return nil // keep the expiry, report the refusal
 			}
 			return refusal
 		}
-		r.Decider, r.Decided = user, now
+		r.Decider, r.Decided = d.User, now
 		r.State = Denied
-		if approve {
+		if d.Approve {
 			r.State = Approved
 		}
 		return nil
@@ -125,10 +129,31 @@ func (s Store) Interrupt(ctx context.Context, id, process, note string) (Request
 	})
 }
 
-// SetMessage remembers the request message, to update it on decision.
-func (s Store) SetMessage(ctx context.Context, id, ts string) error {
-	_, err := s.update(ctx, id, func(r *Request) error { r.MessageTS = ts; return nil })
-	return err
+// SetMessage records that the request's message is posted (ts in its
+// channel, and its copies elsewhere) with its full plan, and opens it for
+// decisions. It is conditional on the request still being Posting: one
+// that was given up as unposted stays so.
+func (s Store) SetMessage(ctx context.Context, id, ts string, copies []Copy) (Request, error) {
+	return s.update(ctx, id, func(r *Request) error {
+		if r.State != Posting {
+			return fmt.Errorf("request %s is %s, not being posted: %w", id, r.State, kv.ErrConflict)
+		}
+		r.State, r.MessageTS, r.Copies = Pending, ts, copies
+		return nil
+	})
+}
+
+// Void gives up a request whose message could not be posted: it can never
+// be decided. A request already opened for decisions (SetMessage wrote,
+// but its answer was lost) is voided too, as long as nobody decided it.
+func (s Store) Void(ctx context.Context, id, why string) (Request, error) {
+	return s.update(ctx, id, func(r *Request) error {
+		if r.State != Posting && r.State != Pending {
+			return fmt.Errorf("request %s is %s: %w", id, r.State, kv.ErrConflict)
+		}
+		r.State, r.Note = Unposted, why
+		return nil
+	})
 }
 
 // All lists requests (for start-up checks and history).

@@ -4,6 +4,7 @@
 package chat
 
 import (
+	"context"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -45,7 +46,31 @@ type Ref struct {
 const (
 	MaxSectionText = 3000
 	MaxBlocks      = 50
+	// MaxMessageText is what the text of one message's blocks may add up
+	// to. Slack documents no such total, but rejects a message whose
+	// blocks carry much more (msg_blocks_too_long, reported from about
+	// 13,000 characters), whatever the block count allows.
+	MaxMessageText = 12000
 )
+
+// Speaker is how the bot speaks in one channel: what each transport's
+// replier does (bot.Replier is the same set of methods).
+type Speaker interface {
+	// Ephemeral is seen by the person the replier answers only.
+	Ephemeral(ctx context.Context, m Message) error
+	// EphemeralTo is seen by user only, in the replier's channel.
+	EphemeralTo(ctx context.Context, user string, m Message) error
+	Post(ctx context.Context, m Message) (Ref, error)
+	Update(ctx context.Context, ref Ref, m Message) error
+	PostThread(ctx context.Context, parent Ref, m Message) (Ref, error)
+}
+
+// Relay is a replier that can also speak in another channel, as the bot,
+// for the same person: an approval given in approvals.channel runs and
+// reports in the channel the request was made in.
+type Relay interface {
+	In(channel string) Speaker
+}
 
 // Section is a mrkdwn section; text beyond Slack's limit is split over
 // several sections at line boundaries, never cut mid-line unless one line
@@ -93,6 +118,10 @@ func (m Message) Fit() Message {
 	m.Blocks = kept
 	return m
 }
+
+// Pages splits md at line boundaries into pieces of at most limit bytes
+// (a line longer than that is cut), for text that takes several messages.
+func Pages(md string, limit int) []string { return splitText(md, limit) }
 
 func splitText(s string, limit int) []string {
 	if len(s) <= limit {

@@ -41,3 +41,11 @@ func TestPlainTextReadsSlackMarkup(t *testing.T) {
 		t.Fatalf("%q", got)
 	}
 }
+
+func TestCount(t *testing.T) {
+	for n, want := range map[int]string{0: "0", 7: "7", 999: "999", 1000: "1,000", 1300: "1,300", 4100: "4,100", 1234567: "1,234,567", -2500: "-2,500"} {
+		if got := Count(n); got != want {
+			t.Errorf("Count(%d) = %q, want %q", n, got, want)
+		}
+	}
+}

@@ -106,6 +106,10 @@ type Roles struct {
 
 type Approvals struct {
 	TTL Duration `yaml:"ttl"`
+	// Channel, when set, is where every approval request is shown too
+	// (its full plan, with the buttons) and may be decided, besides the
+	// channel it was requested in. Decisions anywhere else are refused.
+	Channel string `yaml:"channel"`
 }
 
 type ServicesBox struct {

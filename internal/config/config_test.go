@@ -299,3 +299,31 @@ func TestOpsRoleARN(t *testing.T) {
 		t.Errorf("a misspelt key: %v", err)
 	}
 }
+
+// approvals.channel is a shared channel's ID, and one where the bot takes
+// commands: an approval there must not be refused by the channel list.
+func TestApprovalsChannel(t *testing.T) {
+	for _, c := range []struct{ yaml, want string }{
+		{"approvals:\n  channel: C0APPROVE\n", ""},
+		{"slack:\n  allowed_channels: [C0INCIDENT, C0APPROVE]\napprovals:\n  channel: C0APPROVE\n", ""},
+		{"slack:\n  allowed_channels: [C0INCIDENT]\napprovals:\n  channel: C0APPROVE\n", "not in slack.allowed_channels"},
+		{"approvals:\n  channel: \"#approvals\"\n", "not a Slack channel ID"},
+		{"approvals:\n  channel: D0DIRECT\n", "not a direct message"},
+	} {
+		cfg, err := Parse([]byte(c.yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = cfg.Validate()
+		if c.want == "" {
+			if err != nil {
+				t.Errorf("%q: %v", c.yaml, err)
+			}
+			continue
+		}
+		p := problems(t, err)
+		if len(p) != 1 || p[0].Key != "approvals.channel" || !strings.Contains(p[0].Why, c.want) {
+			t.Errorf("%q: %+v", c.yaml, p)
+		}
+	}
+}

@@ -35,8 +35,10 @@ func (e *ValidationError) Error() string {
 
 var (
 	channelID = regexp.MustCompile(`^[CGD][A-Z0-9]{2,}$`)
-	userID    = regexp.MustCompile(`^[UW][A-Z0-9]{2,}$`)
-	bucketRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+	// approvalChannel: a channel people share, never a direct message.
+	approvalChannel = regexp.MustCompile(`^[CG][A-Z0-9]{2,}$`)
+	userID          = regexp.MustCompile(`^[UW][A-Z0-9]{2,}$`)
+	bucketRE        = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
 )
 
 // CronParser accepts the standard five fields and descriptors such as
@@ -198,6 +200,13 @@ func (c *Config) Validate() error {
 	}
 	if ttl := c.Approvals.TTL.D(); ttl < time.Minute || ttl > 24*time.Hour {
 		bad("approvals.ttl", "%s is outside 1m..24h: an approval must not outlive the state it was given for", ttl)
+	}
+	switch ch := c.Approvals.Channel; {
+	case ch == "":
+	case !approvalChannel.MatchString(ch):
+		bad("approvals.channel", "%q is not a Slack channel ID (C… or G…; names change, IDs do not; not a direct message)", ch)
+	case len(c.Slack.AllowedChannels) > 0 && !slices.Contains(c.Slack.AllowedChannels, ch):
+		bad("approvals.channel", "%s is not in slack.allowed_channels: approvals there would be refused", ch)
 	}
 	if strings.TrimSpace(c.ServicesBox.NameTag) == "" {
 		bad("services_box.name_tag", "must be the Name tag of the Services box (default circleci_services)")

@@ -223,6 +223,11 @@ type replier struct {
 	user, channel string
 }
 
+// In speaks in another channel for the same user.
+func (r *replier) In(channel string) chat.Speaker {
+	return &replier{c: r.c, user: r.user, channel: channel}
+}
+
 func (r *replier) Ephemeral(_ context.Context, m chat.Message) error {
 	r.c.printf("\n[only visible to %s]\n%s\n", r.user, indent(chat.PlainText(m)))
 	return nil

@@ -46,6 +46,12 @@ type Replier struct {
 
 func (w *Web) For(req chat.Request) *Replier { return &Replier{w: w, req: req} }
 
+// In speaks in channel for the same person, through the Web API only (a
+// response_url belongs to the channel it came from).
+func (r *Replier) In(channel string) chat.Speaker {
+	return r.w.For(chat.Request{TeamID: r.req.TeamID, UserID: r.req.UserID, ChannelID: channel})
+}
+
 func (r *Replier) Ephemeral(ctx context.Context, m chat.Message) error {
 	m = m.Fit()
 	if r.req.ResponseURL != "" {
