@@ -3,7 +3,7 @@
 #   make test   everything CI runs: vet, and all tests with the race detector (starts moto itself)
 GO ?= go
 
-.PHONY: demo test build vet bench bench-backup bench-failover bench-report fuzz
+.PHONY: demo test build vet cover bench bench-backup bench-failover bench-report fuzz
 
 build:
 	$(GO) build -o bin/bot ./cmd/bot
@@ -16,6 +16,27 @@ vet:
 
 test: vet
 	$(GO) test -race -count=1 ./...
+
+# The safety-critical functions of internal/ops (file:function). `make cover`
+# runs the ops unit tests (small fakes, no moto) with a coverage profile,
+# prints each one's statement coverage and fails if one is below COVER_MIN%
+# or no longer in the profile.
+COVER_FUNCS = fence.go:run fence.go:stop fence.go:wait \
+	failover.go:fence failover.go:ensureFenced failover.go:move failover.go:moveIP failover.go:moveENI failover.go:moveTargets \
+	restore.go:protect restore.go:checkProtected restore.go:stopOld restore.go:freeIP restore.go:launch restore.go:run \
+	builders.go:replace builders.go:unsurge builders.go:ReplaceAll
+COVER_MIN = 90
+
+cover:
+	@mkdir -p bin
+	$(GO) test -coverprofile=bin/ops-cover.out ./internal/ops/
+	@$(GO) tool cover -func=bin/ops-cover.out | awk -v want='$(COVER_FUNCS)' -v min=$(COVER_MIN) ' \
+		{ f = $$1; sub(/:[0-9]+:$$/, "", f); sub(/.*\//, "", f); k = f ":" $$2 } \
+		!(k in pct) || $$3 + 0 < pct[k] { pct[k] = $$3 + 0 } \
+		END { n = split(want, w, " "); for (i = 1; i <= n; i++) { k = w[i]; \
+			if (!(k in pct)) { printf "%-26s missing from the profile\n", k; bad++; continue } \
+			low = pct[k] < min; bad += low; printf "%-26s %5.1f%%%s\n", k, pct[k], low ? "  below " min "%" : "" }; \
+			if (bad) { printf "FAIL: %d of %d safety-critical functions below %d%% or missing\n", bad, n, min; exit 1 } }'
 
 bench-backup:
 	$(GO) run ./bench/backup

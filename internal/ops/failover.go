@@ -380,6 +380,11 @@ func (f *Failover) planENI(ctx context.Context, p *FailoverPlan) error {
 	}
 	if a := n.Attachment; a != nil {
 		holder := aws.ToString(a.InstanceId)
+		if holder != p.Replica.ID && aws.ToInt32(a.DeviceIndex) == 0 {
+			// AWS never detaches an instance's primary interface: the
+			// failover would fence the box, then fail to move it.
+			return refusef("interface `%s` is the primary interface (device index 0) of `%s`, which AWS cannot detach: `failover.eni_id` must be a secondary interface that carries the service address.", f.ENI, holder)
+		}
 		if holder != p.Replica.ID && (p.Primary == nil || (p.Primary.ID != holder && p.Primary.Unknown == "")) {
 			return refusef("interface `%s` is attached to `%s`, which is not the Services box the bot reads by its tag: fix the Name tags (or fence `%s` by hand), then request again.", f.ENI, holder, holder)
 		}
@@ -500,11 +505,14 @@ func (f *Failover) ensureFenced(ctx context.Context, p FailoverPlan) error {
 		}
 		return fmt.Errorf("check that the old primary is still fenced: %w", err)
 	}
+	if !ok {
+		return nil // gone: AWS no longer knows it, so it cannot serve
+	}
 	running := in.State.Name == ec2types.InstanceStateNameRunning || in.State.Name == ec2types.InstanceStateNamePending
 	if p.ForceUnknown && !running {
 		return nil // stopping, or the like: what --force-unknown accepted
 	}
-	if ok && in.State.Name != ec2types.InstanceStateNameStopped && in.State.Name != ec2types.InstanceStateNameTerminated {
+	if in.State.Name != ec2types.InstanceStateNameStopped && in.State.Name != ec2types.InstanceStateNameTerminated {
 		return fmt.Errorf("the old primary %s is %s again: not going on while it may serve; stop it, then resume", p.Primary.ID, in.State.Name)
 	}
 	return nil
@@ -651,12 +659,19 @@ func (f *Failover) moveENI(ctx context.Context, p FailoverPlan) (string, error) 
 	if _, err := f.EC2.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: aws.String(p.ENI), InstanceId: aws.String(p.Replica.ID), DeviceIndex: aws.Int32(1)}); err != nil {
 		return "", fmt.Errorf("attach %s to %s: %w", p.ENI, p.Replica.ID, translate(err))
 	}
-	n, err = read()
-	if err != nil {
+	// Read back until AWS shows it on the replica: like the detach, the
+	// attach may not show in the first reads.
+	timeout := cmpOr(f.StopTimeout, 2*time.Minute)
+	err = waitFor(ctx, f.poll(), time.Now().Add(timeout), func() (bool, error) {
+		n, err := read()
+		return err == nil && n.Attachment != nil && aws.ToString(n.Attachment.InstanceId) == p.Replica.ID, err
+	})
+	var to *waitTimeout
+	switch {
+	case errors.As(err, &to):
+		return "", fmt.Errorf("%s is not attached to %s %s after the attach (%s)", p.ENI, p.Replica.ID, timeout, to)
+	case err != nil:
 		return "", err
-	}
-	if n.Attachment == nil || aws.ToString(n.Attachment.InstanceId) != p.Replica.ID {
-		return "", fmt.Errorf("%s is not attached to %s after the attach", p.ENI, p.Replica.ID)
 	}
 	return fmt.Sprintf("`%s` (%s) moved to `%s`", p.ENI, p.ServiceIP, p.Replica.ID), nil
 }

@@ -40,6 +40,13 @@ type fakeEC2 struct {
 	onUnassign   func(eni string) error
 	onAssign     func(eni string) error
 	describeENIs func(n int) error
+	onDetach     func(eni string, force bool) error
+	onAttach     func(eni, instance string) error
+	onModify     func(in *ec2.ModifyInstanceAttributeInput) error
+	onTags       func(in *ec2.CreateTagsInput) error
+	// ignoreModify: AWS takes ModifyInstanceAttribute but the instance
+	// reads back unchanged.
+	ignoreModify bool
 
 	// eniLag: after a write to an interface, this many reads still see
 	// the interfaces as they were before it (IP remapping on AWS is
@@ -88,7 +95,7 @@ func (f *fakeEC2) then(id string, states ...ec2types.InstanceStateName) {
 func (f *fakeEC2) addENI(id, subnet, vpc, instance string, ips ...string) *ec2types.NetworkInterface {
 	n := &ec2types.NetworkInterface{NetworkInterfaceId: aws.String(id), SubnetId: aws.String(subnet), VpcId: aws.String(vpc), Status: ec2types.NetworkInterfaceStatusInUse}
 	if instance != "" {
-		n.Attachment = &ec2types.NetworkInterfaceAttachment{InstanceId: aws.String(instance), DeviceIndex: aws.Int32(0)}
+		n.Attachment = &ec2types.NetworkInterfaceAttachment{AttachmentId: aws.String("attach-" + id), InstanceId: aws.String(instance), DeviceIndex: aws.Int32(0)}
 	}
 	for i, ip := range ips {
 		n.PrivateIpAddresses = append(n.PrivateIpAddresses, ec2types.NetworkInterfacePrivateIpAddress{PrivateIpAddress: aws.String(ip), Primary: aws.Bool(i == 0)})
@@ -380,7 +387,105 @@ func (f *fakeEC2) CreateTags(_ context.Context, in *ec2.CreateTagsInput, _ ...fu
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.record("CreateTags %s", strings.Join(in.Resources, ","))
+	if f.onTags != nil {
+		if err := f.onTags(in); err != nil {
+			return nil, err
+		}
+	}
 	return &ec2.CreateTagsOutput{}, nil
+}
+
+// DetachNetworkInterface detaches by attachment ID, as AWS does, and
+// refuses an instance's primary interface (device index 0) as AWS does.
+func (f *fakeEC2) DetachNetworkInterface(_ context.Context, in *ec2.DetachNetworkInterfaceInput, _ ...func(*ec2.Options)) (*ec2.DetachNetworkInterfaceOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var id string
+	for eid, n := range f.enis {
+		if n.Attachment != nil && aws.ToString(n.Attachment.AttachmentId) == aws.ToString(in.AttachmentId) {
+			id = eid
+		}
+	}
+	force := aws.ToBool(in.Force)
+	if force {
+		f.record("DetachNetworkInterface %s force", id)
+	} else {
+		f.record("DetachNetworkInterface %s", id)
+	}
+	if f.onDetach != nil {
+		if err := f.onDetach(id, force); err != nil {
+			return nil, err
+		}
+	}
+	n, ok := f.enis[id]
+	switch {
+	case !ok:
+		return nil, apiErr("DetachNetworkInterface", "InvalidAttachmentID.NotFound")
+	case aws.ToInt32(n.Attachment.DeviceIndex) == 0:
+		return nil, apiErr("DetachNetworkInterface", "OperationNotPermitted")
+	}
+	f.write()
+	n.Attachment, n.Status = nil, ec2types.NetworkInterfaceStatusAvailable
+	return &ec2.DetachNetworkInterfaceOutput{}, nil
+}
+
+func (f *fakeEC2) AttachNetworkInterface(_ context.Context, in *ec2.AttachNetworkInterfaceInput, _ ...func(*ec2.Options)) (*ec2.AttachNetworkInterfaceOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id, inst, idx := aws.ToString(in.NetworkInterfaceId), aws.ToString(in.InstanceId), aws.ToInt32(in.DeviceIndex)
+	f.record("AttachNetworkInterface %s %s %d", id, inst, idx)
+	if f.onAttach != nil {
+		if err := f.onAttach(id, inst); err != nil {
+			return nil, err
+		}
+	}
+	n, ok := f.enis[id]
+	switch {
+	case !ok:
+		return nil, apiErr("AttachNetworkInterface", "InvalidNetworkInterfaceID.NotFound")
+	case n.Attachment != nil:
+		return nil, apiErr("AttachNetworkInterface", "InvalidNetworkInterface.InUse")
+	}
+	f.write()
+	att := "attach-" + id + "-" + inst
+	n.Attachment = &ec2types.NetworkInterfaceAttachment{AttachmentId: &att, InstanceId: aws.String(inst), DeviceIndex: aws.Int32(idx)}
+	n.Status = ec2types.NetworkInterfaceStatusInUse
+	return &ec2.AttachNetworkInterfaceOutput{AttachmentId: &att}, nil
+}
+
+// ModifyInstanceAttribute sets DeleteOnTermination of the block device
+// mappings it names (all this fake knows of the call).
+func (f *fakeEC2) ModifyInstanceAttribute(_ context.Context, in *ec2.ModifyInstanceAttributeInput, _ ...func(*ec2.Options)) (*ec2.ModifyInstanceAttributeOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id := aws.ToString(in.InstanceId)
+	var devs []string
+	for _, m := range in.BlockDeviceMappings {
+		devs = append(devs, fmt.Sprintf("%s DeleteOnTermination=%v", aws.ToString(m.DeviceName), aws.ToBool(m.Ebs.DeleteOnTermination)))
+	}
+	f.record("ModifyInstanceAttribute %s %s", id, strings.Join(devs, ","))
+	if f.onModify != nil {
+		if err := f.onModify(in); err != nil {
+			return nil, err
+		}
+	}
+	fi, ok := f.insts[id]
+	if !ok {
+		return nil, apiErr("ModifyInstanceAttribute", "InvalidInstanceID.NotFound")
+	}
+	if f.ignoreModify {
+		return &ec2.ModifyInstanceAttributeOutput{}, nil
+	}
+	for _, m := range in.BlockDeviceMappings {
+		for i, have := range fi.BlockDeviceMappings {
+			if aws.ToString(have.DeviceName) == aws.ToString(m.DeviceName) && have.Ebs != nil {
+				ebs := *have.Ebs
+				ebs.DeleteOnTermination = m.Ebs.DeleteOnTermination
+				fi.BlockDeviceMappings[i].Ebs = &ebs
+			}
+		}
+	}
+	return &ec2.ModifyInstanceAttributeOutput{}, nil
 }
 
 // The rest of EC2 both embedded interfaces declare: not used by these
