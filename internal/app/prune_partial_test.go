@@ -1,24 +1,29 @@
 package app_test
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
 )
 
-// A prune that fails part-way leaves the set it was deleting partly
-// pruned: every snapshot left carries the prune's mark, `backup list`,
-// `backup status` and the daily report call it partly pruned (not a
-// failed restore point), and the next prune — whose plan says so —
-// deletes the rest although the policy alone would keep the set.
-func TestAPruneThatStopsPartWayIsFinishedByTheNext(t *testing.T) {
-	e := newEnv(t, func(c *config.Config) {
+// partlyPruned makes two backups and has an approved prune (keep_last 1)
+// stop at the 2nd DeleteSnapshot of the older one: it returns the two
+// backups, the older one's snapshots in the order a prune deletes them,
+// and the prune.
+func partlyPruned(t *testing.T, edit func(*config.Config)) (e *env, older, newer *ops.Backup, snaps []string, op string) {
+	t.Helper()
+	e = newEnv(t, func(c *config.Config) {
 		c.Backup.Retention.KeepLast = 1
+		if edit != nil {
+			edit(c)
+		}
 	})
 	var made []*ops.Backup
 	for range 2 {
@@ -34,8 +39,7 @@ func TestAPruneThatStopsPartWayIsFinishedByTheNext(t *testing.T) {
 	if len(made) != 2 {
 		t.Fatalf("made %d backups", len(made))
 	}
-	older, newer := made[0], made[1]
-	var snaps []string
+	older, newer = made[0], made[1]
 	for _, s := range older.Snapshots {
 		snaps = append(snaps, s.ID)
 	}
@@ -53,27 +57,37 @@ func TestAPruneThatStopsPartWayIsFinishedByTheNext(t *testing.T) {
 	e.waitText("the prune stops", "stopped after deleting 1 snapshots", "Nothing is held")
 	e.server.Wait()
 	e.proxy.SetFaults(faultproxy.Faults{})
-	op, err := e.app.Journal.ByRequest(t.Context(), first)
+	stopped, err := e.app.Journal.ByRequest(t.Context(), first)
 	if err != nil {
 		t.Fatal(err)
 	}
+	op = stopped.ID
 	left := e.snapshotsOf(older.ID)
 	if len(left) != 2 {
 		t.Fatalf("%d snapshots of %s left, want 2", len(left), older.ID)
 	}
 	for _, s := range left {
-		if tagOf(s.Tags, ops.TagPruning) != op.ID || tagOf(s.Tags, ops.TagSetSize) != "3" {
+		if tagOf(s.Tags, ops.TagPruning) != op || tagOf(s.Tags, ops.TagSetSize) != "3" {
 			t.Errorf("snapshot left unmarked: %v", s.Tags)
 		}
 	}
-	if rec, err := e.app.Backups.Records.Backup(t.Context(), older.ID); err != nil || rec.Pruning != op.ID || rec.State != ops.StateCompleted {
+	if rec, err := e.app.Backups.Records.Backup(t.Context(), older.ID); err != nil || rec.Pruning != op || rec.State != ops.StateCompleted {
 		t.Errorf("record %+v (%v)", rec, err)
 	}
+	return e, older, newer, snaps, op
+}
 
+// A prune that fails part-way leaves the set it was deleting partly
+// pruned: every snapshot left carries the prune's mark, `backup list`,
+// `backup status` and the daily report call it partly pruned (not a
+// failed restore point), and the next prune — whose plan says so —
+// deletes the rest although the policy alone would keep the set.
+func TestAPruneThatStopsPartWayIsFinishedByTheNext(t *testing.T) {
+	e, older, newer, snaps, op := partlyPruned(t, nil)
 	e.slash(alice, incident, "backup list")
 	list := e.slack.Text(e.waitPost(incident, "backup list", func(s string) bool { return strings.Contains(s, "Restore points") }))
 	line := lineWith(list, older.ID)
-	if !strings.Contains(line, ":wastebasket:") || !strings.Contains(line, "partly pruned: 2 of its 3 snapshots left by `"+op.ID+"`") || strings.Contains(line, ":x:") || strings.Contains(line, "incomplete") {
+	if !strings.Contains(line, ":wastebasket:") || !strings.Contains(line, "partly pruned: 2 of its 3 snapshots left by `"+op+"`") || strings.Contains(line, ":x:") || strings.Contains(line, "incomplete") {
 		t.Errorf("backup list shows %s as:\n%s\nin\n%s", older.ID, line, list)
 	}
 	if !strings.Contains(list, "Newest restore point `"+newer.ID+"`") {
@@ -81,7 +95,7 @@ func TestAPruneThatStopsPartWayIsFinishedByTheNext(t *testing.T) {
 	}
 	rid := e.slash(alice, incident, "backup status "+older.ID)
 	st := e.slack.Text(e.waitResponse(rid, "backup status"))
-	if !strings.Contains(st, "partly pruned") || !strings.Contains(st, snaps[0]+"`") || !strings.Contains(st, "deleted by `"+op.ID+"`") {
+	if !strings.Contains(st, "partly pruned") || !strings.Contains(st, snaps[0]+"`") || !strings.Contains(st, "deleted by `"+op+"`") {
 		t.Errorf("backup status:\n%s", st)
 	}
 	e.slash(alice, incident, "report now")
@@ -109,6 +123,29 @@ func TestAPruneThatStopsPartWayIsFinishedByTheNext(t *testing.T) {
 	}
 	if n := e.proxy.Count("CreateTags"); n != 0 {
 		t.Errorf("a partly pruned set was marked again (%d CreateTags)", n)
+	}
+}
+
+// The scheduled prune after a backup finishes a partly pruned set too,
+// with the policy in the config as its approval, while it prunes what
+// the policy says.
+func TestTheScheduledPruneFinishesAPartlyPrunedSet(t *testing.T) {
+	e, older, newer, _, _ := partlyPruned(t, func(c *config.Config) {
+		c.Slack.ReportChannel = incident
+		c.Backup.Schedule = "0 */6 * * *"
+	})
+	poster := e.web().For(chat.Request{ChannelID: incident})
+	if err := e.app.ScheduledBackup(context.Background(), poster); err != nil {
+		t.Fatal(err)
+	}
+	e.waitText("the summary", "Retention pruned "+newer.ID+" (3 snapshots) and finished pruning "+older.ID+" (2 snapshots a stopped prune left), approved by the retention policy in the config.")
+	for _, b := range []*ops.Backup{older, newer} {
+		if n := len(e.snapshotsOf(b.ID)); n != 0 {
+			t.Errorf("%d snapshots of %s left", n, b.ID)
+		}
+	}
+	if newest := e.lastBackup(ops.StateCompleted); len(e.snapshotsOf(newest.ID)) != 3 {
+		t.Errorf("the scheduled backup %s lost snapshots", newest.ID)
 	}
 }
 
