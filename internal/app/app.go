@@ -213,7 +213,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	engine.Register(kinds, engine.RestoreTarball(setup, tarballKind))
 	engine.Register(kinds, engine.Failover(setup, failover))
 	engine.Register(kinds, engine.Rotate(setup, builders))
-	engine.Register(kinds, engine.Prune(setup, engine.Retention{EC2: ec2c, Prune: ec2c, Records: records.Backups, Policy: retention}))
+	engine.Register(kinds, engine.Prune(setup, engine.Retention{EC2: ec2c, Prune: ec2c, Records: records.Backups, Mark: records.MarkPruning, Policy: retention}))
 	engine.Register(kinds, engine.Secret(setup, passphrase))
 	if err := kinds.Check(); err != nil {
 		st.Close()

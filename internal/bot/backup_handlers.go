@@ -57,7 +57,7 @@ func (d Deps) backupList(ctx context.Context, c Call) (Outcome, error) {
 		}
 		fmt.Fprintf(&b, "%s Newest restore point `%s` is %s old (RPO %s).\n", mark, newest.ID, chat.Age(age), chat.Age(d.RPO))
 	} else {
-		b.WriteString(":x: No completed restore point: every backup listed failed or is still running.\n")
+		b.WriteString(":x: No completed restore point: every backup listed failed, is still running or is partly pruned.\n")
 	}
 	const show = 25
 	for i, p := range pts {
@@ -74,7 +74,7 @@ func (d Deps) backupList(ctx context.Context, c Call) (Outcome, error) {
 }
 
 func pointLine(p ops.Point, now time.Time) string {
-	state := map[string]string{ops.StateCompleted: ":white_check_mark:", ops.StateRunning: ":hourglass_flowing_sand:", ops.StateFailed: ":x:", ops.StateInterrupted: ":warning:"}[p.State]
+	state := map[string]string{ops.StateCompleted: ":white_check_mark:", ops.StateRunning: ":hourglass_flowing_sand:", ops.StateFailed: ":x:", ops.StateInterrupted: ":warning:", ops.StatePartlyPruned: ":wastebasket:"}[p.State]
 	size := fmt.Sprintf("%d GiB", p.SizeGiB)
 	if p.Method == ops.MethodTarball {
 		size = chat.Bytes(p.Bytes)
@@ -86,6 +86,9 @@ func pointLine(p ops.Point, now time.Time) string {
 	line := fmt.Sprintf("%s `%s` %s, %s ago, %s, %s", state, p.ID, p.Method, chat.Age(now.Sub(p.Started)), size, by)
 	if p.State == ops.StateRunning {
 		line += fmt.Sprintf(", %.0f%%", p.Pct)
+	}
+	if p.PartlyPruned() {
+		line += fmt.Sprintf(" — partly pruned: %d of its %d snapshots left by `%s`, which stopped part-way; not a restore point, the next prune deletes them", len(p.Snapshots), p.SetSize, p.PrunedBy)
 	}
 	if p.Error != "" {
 		line += " — " + oneLine(p.Error, 120)
@@ -106,12 +109,19 @@ func (d Deps) backupStatus(ctx context.Context, c Call) (Outcome, error) {
 		var b strings.Builder
 		b.WriteString(pointLine(p, time.Now()) + "\n")
 		fmt.Fprintf(&b, "*Started* %s UTC\n", p.Started.UTC().Format("2006-01-02 15:04:05"))
+		if p.PrunedBy != "" && !p.PartlyPruned() {
+			fmt.Fprintf(&b, "*Marked for pruning* by `%s`, which stopped before deleting any of its snapshots; retention decides about it again at the next prune\n", p.PrunedBy)
+		}
 		if r := p.Record; r != nil {
 			fmt.Fprintf(&b, "*Source* `%s` %s (%s, %s, subnet `%s`)\n", r.Shape.InstanceID, r.Shape.PrivateIP, r.Shape.Type, r.Shape.AZ, r.Shape.SubnetID)
 			if !r.Finished.IsZero() {
 				fmt.Fprintf(&b, "*Took* %s\n", r.Finished.Sub(r.Started).Round(time.Second))
 			}
 			for _, s := range r.Snapshots {
+				if p.PartlyPruned() && !slices.Contains(p.Snapshots, s.ID) {
+					fmt.Fprintf(&b, "• `%s` %s (`%s`) %d GiB — deleted by `%s`\n", s.ID, s.Device, s.VolumeID, s.SizeGiB, p.PrunedBy)
+					continue
+				}
 				fmt.Fprintf(&b, "• `%s` %s (`%s`) %d GiB — %s %s\n", s.ID, s.Device, s.VolumeID, s.SizeGiB, s.State, s.Progress)
 			}
 			if r.SHA256 != "" {

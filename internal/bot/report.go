@@ -157,6 +157,10 @@ func ReportText(r ops.Report, slash string) string {
 	if len(r.PruneNext) > 0 {
 		var ids []string
 		for _, p := range r.PruneNext {
+			if p.PartlyPruned() {
+				ids = append(ids, fmt.Sprintf("`%s` (the %d snapshots a stopped prune left)", p.ID, len(p.Snapshots)))
+				continue
+			}
 			ids = append(ids, "`"+p.ID+"`")
 		}
 		fmt.Fprintf(&b, "*Retention would prune next:* %s (`%s backup prune --dry-run`).\n", strings.Join(ids, ", "), slash)

@@ -27,6 +27,17 @@ func (p PrunePlan) doomed() (points, snapshots []string) {
 	return points, snapshots
 }
 
+// finishing lists the partly pruned sets the plan finishes.
+func (p PrunePlan) finishing() []string {
+	var out []string
+	for _, v := range p.Verdicts {
+		if !v.Keep && v.Finish {
+			out = append(out, v.Point.ID)
+		}
+	}
+	return out
+}
+
 // PruneResult is what a prune deleted.
 type PruneResult struct {
 	Deleted []string `json:"deleted,omitempty"`
@@ -35,9 +46,12 @@ type PruneResult struct {
 // Retention is where pruning reads restore points and deletes snapshots.
 type Retention struct {
 	EC2     ops.EC2
-	Prune   ops.PruneEC2
+	Prune   ops.PrunerEC2
 	Records func(context.Context) ([]*ops.Backup, error)
-	Policy  ops.Policy
+	// Mark notes in a backup's record that a prune began deleting it
+	// (ops.Records.MarkPruning); nil: only the snapshots' tags do.
+	Mark   func(ctx context.Context, backupID, op string) error
+	Policy ops.Policy
 }
 
 // Prune is `backup prune`, and retention after a scheduled backup (with
@@ -82,10 +96,10 @@ func Prune(s Setup, r Retention) Kind[PrunePlan, PruneResult] {
 		Target:   s.box,
 		Steps: func(p PrunePlan, _ Env) []journal.Def {
 			return []journal.Def{ops.Def("Delete snapshots", func(ctx context.Context, w *ops.Work[PruneResult], pr journal.Progress) (string, error) {
-				deleted, err := ops.Prune(ctx, r.Prune, p.Verdicts, logOnly{pr})
+				deleted, err := ops.Pruner{EC2: r.Prune, Op: w.ID, Mark: r.Mark}.Prune(ctx, p.Verdicts, logOnly{pr})
 				w.Result.Deleted = append(w.Result.Deleted, deleted...)
 				if err != nil {
-					return "", fmt.Errorf("stopped after deleting %d snapshots (what was not deleted stays; the next run picks it up): %w", len(deleted), err)
+					return "", fmt.Errorf("stopped after deleting %d snapshots (what was not deleted stays: a set it began is marked partly pruned, and the next prune deletes the rest of it): %w", len(deleted), err)
 				}
 				return fmt.Sprintf("%d snapshots deleted", len(deleted)), nil
 			})}
@@ -95,10 +109,45 @@ func Prune(s Setup, r Retention) Kind[PrunePlan, PruneResult] {
 			if op.Approver != "" {
 				who = "<@" + op.Approver + ">"
 			}
-			pts, _ := p.doomed()
-			return fmt.Sprintf("Retention pruned %s (%d snapshots), approved by %s.", strings.Join(pts, ","), len(r.Deleted), who)
+			return fmt.Sprintf("Retention %s, approved by %s.", pruneOutcome(p, r), who)
 		},
 	}
+}
+
+// pruneOutcome says what a finished prune deleted: "pruned bk-a,bk-b (6
+// snapshots)", and for the partly pruned sets it finished "finished
+// pruning bk-c (2 snapshots)".
+func pruneOutcome(p PrunePlan, r PruneResult) string {
+	deleted := map[string]bool{}
+	for _, s := range r.Deleted {
+		deleted[s] = true
+	}
+	var pruned, finished []string
+	var nPruned, nFinished int
+	for _, v := range p.Verdicts {
+		if v.Keep {
+			continue
+		}
+		n := 0
+		for _, s := range v.Point.Snapshots {
+			if deleted[s] {
+				n++
+			}
+		}
+		if v.Finish {
+			finished, nFinished = append(finished, v.Point.ID), nFinished+n
+		} else {
+			pruned, nPruned = append(pruned, v.Point.ID), nPruned+n
+		}
+	}
+	var parts []string
+	if len(pruned) > 0 || len(finished) == 0 {
+		parts = append(parts, fmt.Sprintf("pruned %s (%d snapshots)", strings.Join(pruned, ","), nPruned))
+	}
+	if len(finished) > 0 {
+		parts = append(parts, fmt.Sprintf("finished pruning %s (%d snapshots a stopped prune left)", strings.Join(finished, ","), nFinished))
+	}
+	return strings.Join(parts, " and ")
 }
 
 func pruneApproval(p PrunePlan) approvals.Plan {
@@ -108,11 +157,18 @@ func pruneApproval(p PrunePlan) approvals.Plan {
 		"delete":    strings.Join(pts, ","),
 		"snapshots": strings.Join(snaps, ","),
 	}}
+	if fin := p.finishing(); len(fin) > 0 {
+		plan.Facts["finish"] = strings.Join(fin, ",")
+	}
 	for _, v := range p.Verdicts {
 		if v.Keep {
 			if v.Newest {
 				plan.Keeps = append(plan.Keeps, fmt.Sprintf("`%s`, the newest completed restore point", v.Point.ID))
 			}
+			continue
+		}
+		if v.Finish {
+			plan.Changes = append(plan.Changes, fmt.Sprintf("finish pruning `%s` (%d of %d snapshots left, %d GiB) — `%s` began deleting it and stopped; it is no restore point, so it goes whatever the policy says", v.Point.ID, len(v.Point.Snapshots), v.Point.SetSize, v.Point.SizeGiB, v.Point.PrunedBy))
 			continue
 		}
 		plan.Changes = append(plan.Changes, fmt.Sprintf("delete `%s` (%s, %d snapshots, %d GiB) — %s", v.Point.ID, v.Point.Started.UTC().Format("2006-01-02 15:04"), len(v.Point.Snapshots), v.Point.SizeGiB, v.Why))

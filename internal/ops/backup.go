@@ -117,6 +117,12 @@ type Backup struct {
 	CommandID string `json:"command_id,omitempty"`
 	// Notes are warnings worth keeping with the record (e.g. not crash-consistent).
 	Notes []string `json:"notes,omitempty"`
+	// Pruning is the operation (op-…) that began deleting this set's
+	// snapshots, recorded before it deleted any. State stays as it was (a
+	// completed backup was a restore point until then, which the report's
+	// history keeps); RestorePoints calls the set partly pruned once a
+	// snapshot is gone, and the next prune deletes the rest.
+	Pruning string `json:"pruning,omitempty"`
 }
 
 // SizeGiB is the provisioned size of all volumes in the set.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -29,10 +30,25 @@ type Point struct {
 	Pct       float64
 	Error     string
 	Record    *Backup // nil for hand-made sets
+	// PrunedBy is the prune (op-…) that marked the set before deleting
+	// any of its snapshots (TagPruning on every snapshot left, or the
+	// bot's record). With a snapshot gone the set is StatePartlyPruned.
+	PrunedBy string
+	// SetSize is how many snapshots the set had when it was made: the
+	// bot's record, else what the prune wrote (TagSetSize); 0 if unknown.
+	SetSize int
 }
+
+// StatePartlyPruned is a bot's set that a prune began deleting and did
+// not finish: it is no restore point (not a failed backup either), and
+// the next prune deletes what is left of it.
+const StatePartlyPruned = "partly pruned"
 
 // Usable reports whether a restore can start from p.
 func (p Point) Usable() bool { return p.State == StateCompleted }
+
+// PartlyPruned reports whether a prune stopped part-way through p.
+func (p Point) PartlyPruned() bool { return p.State == StatePartlyPruned }
 
 // RestorePoints lists restore points newest first. EBS sets come from AWS
 // (so a snapshot deleted by hand disappears, and the runbook's manual
@@ -46,6 +62,7 @@ func RestorePoints(ctx context.Context, api EC2, recs []*Backup) ([]Point, error
 		Filters:    []ec2types.Filter{{Name: aws.String("description"), Values: []string{BackupDescriptionPrefix + "*"}}},
 	}
 	sets := map[string]*Point{}
+	marked := map[string]int{} // snapshots of a set that carry TagPruning
 	pg := ec2.NewDescribeSnapshotsPaginator(api, in)
 	for pg.HasMorePages() {
 		page, err := pg.NextPage(ctx)
@@ -66,6 +83,13 @@ func RestorePoints(ctx context.Context, api EC2, recs []*Backup) ([]Point, error
 				sets[key] = p
 			}
 			id := aws.ToString(s.SnapshotId)
+			if op := tag(s.Tags, TagPruning); bot && op != "" {
+				marked[key]++
+				p.PrunedBy = op
+				if n, err := strconv.Atoi(tag(s.Tags, TagSetSize)); err == nil && n > p.SetSize {
+					p.SetSize = n
+				}
+			}
 			p.Snapshots = append(p.Snapshots, id)
 			p.SizeGiB += aws.ToInt32(s.VolumeSize)
 			if st := aws.ToTime(s.StartTime); st.Before(p.Started) {
@@ -85,11 +109,17 @@ func RestorePoints(ctx context.Context, api EC2, recs []*Backup) ([]Point, error
 		}
 	}
 	var out []Point
-	for _, p := range sets {
+	for key, p := range sets {
 		slices.Sort(p.Snapshots)
 		p.Pct /= float64(len(p.Snapshots))
 		if !p.MadeByBot {
 			p.ID = p.Snapshots[0]
+		}
+		if marked[key] < len(p.Snapshots) {
+			// A prune deletes only once every snapshot of the set
+			// carries its mark (or the record does, below); a partial
+			// tag is a write that failed part-way, and no mark.
+			p.PrunedBy, p.SetSize = "", 0
 		}
 		out = append(out, *p)
 	}
@@ -97,6 +127,7 @@ func RestorePoints(ctx context.Context, api EC2, recs []*Backup) ([]Point, error
 	for i := range out {
 		byID[out[i].ID] = i
 	}
+	inAWS := len(out)
 	for _, r := range recs {
 		i, ok := byID[r.ID]
 		switch {
@@ -105,6 +136,10 @@ func RestorePoints(ctx context.Context, api EC2, recs []*Backup) ([]Point, error
 			// AWS keeps start times to the second; two backups in one
 			// second must still sort in the order they were taken.
 			out[i].Started = r.Started
+			out[i].SetSize = len(r.Snapshots)
+			if out[i].PrunedBy == "" {
+				out[i].PrunedBy = r.Pruning
+			}
 			switch {
 			case r.State == StateFailed:
 				out[i].State, out[i].Error = StateFailed, r.Error
@@ -126,6 +161,14 @@ func RestorePoints(ctx context.Context, api EC2, recs []*Backup) ([]Point, error
 			}
 			p.SizeGiB = r.SizeGiB()
 			out = append(out, p)
+		}
+	}
+	for i := range out[:inAWS] {
+		// A set a prune marked and then deleted part of is that prune's
+		// unfinished work, not a failed backup; marked and whole (the
+		// prune stopped before its first deletion), it is what it was.
+		if p := &out[i]; p.MadeByBot && p.PrunedBy != "" && len(p.Snapshots) < p.SetSize {
+			p.State, p.Error = StatePartlyPruned, ""
 		}
 	}
 	slices.SortFunc(out, func(a, b Point) int { return cmp.Or(b.Started.Compare(a.Started), cmp.Compare(a.ID, b.ID)) })

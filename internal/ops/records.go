@@ -67,3 +67,21 @@ func (r Records) Backups(ctx context.Context) ([]*Backup, error) {
 	slices.SortStableFunc(out, func(a, b *Backup) int { return b.Started.Compare(a.Started) })
 	return out, nil
 }
+
+// MarkPruning notes in a backup's record that operation op began deleting
+// its snapshots (Backup.Pruning). A set without a record (made by hand,
+// or its record lost) gives ErrNotFound.
+func (r Records) MarkPruning(ctx context.Context, id, op string) error {
+	if !strings.HasPrefix(id, "bk-") {
+		return fmt.Errorf("backup %s: %w", id, ErrNotFound)
+	}
+	b, err := r.Backup(ctx, id)
+	if err != nil {
+		return err
+	}
+	b.Pruning = op
+	if err := r.SaveBackup(ctx, b); err != nil {
+		return fmt.Errorf("mark backup %s as being pruned: %w", id, err)
+	}
+	return nil
+}
