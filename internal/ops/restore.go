@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -194,6 +195,9 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 			return RestorePlan{}, err
 		}
 		rec, _ = r.Records.Backup(ctx, id)
+		if err := wholeSet(id, members, rec); err != nil {
+			return RestorePlan{}, err
+		}
 	} else if strings.HasPrefix(aws.ToString(snap.Description), BackupDescriptionPrefix) {
 		members, err = r.describeSet(ctx, ec2types.Filter{Name: aws.String("description"), Values: []string{aws.ToString(snap.Description)}})
 		if err != nil {
@@ -873,4 +877,34 @@ func (r *SnapshotRestore) verify(ctx context.Context, op *Work[RestoreResult], p
 		return "", fmt.Errorf("%d instances carry Name=%s (%s); there must be one Services box", len(boxes), plan.NameTag, strings.Join(ids, ", "))
 	}
 	return fmt.Sprintf("`%s` running at %s in %s, the only instance named %s", id, plan.Shape.PrivateIP, aws.ToString(in.Placement.AvailabilityZone), plan.NameTag), nil
+}
+
+// wholeSet refuses a bot restore point that is not every volume of the
+// box it was taken of: an image of part of a set boots a Services box
+// with missing datastores, and the restore then terminates the old one.
+// What the set should hold comes from the bot's record, else from the
+// set size a prune wrote on it.
+func wholeSet(id string, members []ec2types.Snapshot, rec *Backup) error {
+	for _, m := range members {
+		if op := tag(m.Tags, TagPruning); op != "" && (rec == nil || len(members) < len(rec.Snapshots)) {
+			return refusef("restore point `%s` is partly pruned (`%s` began deleting it): only %d of its snapshots are left. Pick another restore point (`backup list`).", id, op, len(members))
+		}
+	}
+	if rec == nil {
+		for _, m := range members {
+			if n, err := strconv.Atoi(tag(m.Tags, TagSetSize)); err == nil && len(members) < n {
+				return refusef("restore point `%s` has %d of its %d snapshots: it is incomplete. Pick another restore point (`backup list`).", id, len(members), n)
+			}
+		}
+		return nil
+	}
+	switch {
+	case rec.Pruning != "" && len(members) < len(rec.Snapshots):
+		return refusef("restore point `%s` is partly pruned (`%s` began deleting it): %d of its %d snapshots are left. Pick another restore point (`backup list`).", id, rec.Pruning, len(members), len(rec.Snapshots))
+	case rec.State == StateFailed || rec.State == StateInterrupted:
+		return refusef("backup `%s` %s (%s), so its snapshots may not cover every volume of the box. Pick another restore point (`backup list`).", id, rec.State, strings.TrimSuffix(rec.Error, "."))
+	case len(members) < len(rec.Snapshots):
+		return refusef("restore point `%s` has %d of its %d snapshots (the others were deleted): it is incomplete. Pick another restore point (`backup list`).", id, len(members), len(rec.Snapshots))
+	}
+	return nil
 }
