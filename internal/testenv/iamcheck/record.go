@@ -394,7 +394,18 @@ func (d *describer) run(service, op string, params any) {
 	case *ec2.RebootInstancesInput:
 		d.existing(action, in.InstanceIds, nil)
 	case *ec2.ModifyInstanceAttributeInput:
-		d.existing(action, []string{aws.ToString(in.InstanceId)}, nil)
+		id := aws.ToString(in.InstanceId)
+		ids := []string{id}
+		if len(in.BlockDeviceMappings) > 0 {
+			// Changing a mapping (DeleteOnTermination) acts on the volume
+			// too, which the Reference lists as a resource of the action.
+			vols, err := d.instanceVolumes(id, false, devices(in.BlockDeviceMappings)...)
+			if err != nil {
+				d.gap("volumes of %s unknown: %v", id, err)
+			}
+			ids = append(ids, vols...)
+		}
+		d.existing(action, ids, nil)
 	case *ec2.DeleteSnapshotInput:
 		d.existing(action, []string{aws.ToString(in.SnapshotId)}, nil)
 	case *ec2.DeleteVolumeInput:
@@ -673,10 +684,13 @@ func (d *describer) runInstances(action, op string, in *ec2.RunInstancesInput) {
 		}
 	}
 	if image != "" {
-		ks, err := d.look.imageKeys(d.ctx, image)
+		// An EBS-backed image launches from its snapshots: the launch is
+		// authorized against them too, and their keys are used.
+		snaps, ks, err := d.look.imageSnapshots(d.ctx, image)
 		if err != nil {
-			d.gap("encryption of image %s's snapshots unknown: %v", image, err)
+			d.gap("snapshots of image %s unknown: %v", image, err)
 		}
+		d.existing(action, snaps, nil)
 		for _, k := range ks {
 			keys[k] = true
 		}
@@ -702,11 +716,21 @@ func mapKeys(m map[string]bool) func(func(string) bool) {
 	}
 }
 
-func (d *describer) instanceVolumes(id string, excludeRoot bool) ([]string, error) {
+// instanceVolumes: the volumes attached to an instance (only those at
+// the given devices, when some are given).
+func (d *describer) instanceVolumes(id string, excludeRoot bool, devices ...string) ([]string, error) {
 	if d.look == nil {
 		return nil, errors.New("no Lookup")
 	}
-	return d.look.instanceVolumes(d.ctx, id, excludeRoot)
+	return d.look.instanceVolumes(d.ctx, id, excludeRoot, devices)
+}
+
+func devices(ms []ec2types.InstanceBlockDeviceMappingSpecification) []string {
+	var out []string
+	for _, m := range ms {
+		out = append(out, aws.ToString(m.DeviceName))
+	}
+	return out
 }
 
 func (d *describer) lookAttachment(id string) (eni, instance string, err error) {
@@ -763,7 +787,7 @@ func (l *lookup) ec2Tags(ctx context.Context, ids []string) (map[string]map[stri
 	return out, nil
 }
 
-func (l *lookup) instanceVolumes(ctx context.Context, id string, excludeRoot bool) ([]string, error) {
+func (l *lookup) instanceVolumes(ctx context.Context, id string, excludeRoot bool, devices []string) ([]string, error) {
 	out, err := l.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
 	if err != nil {
 		return nil, err
@@ -773,6 +797,9 @@ func (l *lookup) instanceVolumes(ctx context.Context, id string, excludeRoot boo
 		for _, in := range r.Instances {
 			for _, m := range in.BlockDeviceMappings {
 				if m.Ebs == nil || (excludeRoot && aws.ToString(m.DeviceName) == aws.ToString(in.RootDeviceName)) {
+					continue
+				}
+				if len(devices) > 0 && !slices.Contains(devices, aws.ToString(m.DeviceName)) {
 					continue
 				}
 				vols = append(vols, aws.ToString(m.Ebs.VolumeId))
@@ -795,17 +822,16 @@ func (l *lookup) attachment(ctx context.Context, id string) (string, string, err
 	return "", "", errors.New("no interface has it")
 }
 
-// imageKeys: the KMS keys of an image's encrypted snapshots.
-func (l *lookup) imageKeys(ctx context.Context, image string) ([]string, error) {
+// imageSnapshots: an image's snapshots, and the KMS keys of those
+// encrypted under one.
+func (l *lookup) imageSnapshots(ctx context.Context, image string) (snaps, keys []string, err error) {
 	if l == nil {
-		return nil, errors.New("no Lookup")
+		return nil, nil, errors.New("no Lookup")
 	}
 	out, err := l.ec2.DescribeImages(ctx, &ec2.DescribeImagesInput{ImageIds: []string{image}})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var snaps []string
-	var keys []string
 	for _, im := range out.Images {
 		for _, m := range im.BlockDeviceMappings {
 			if m.Ebs == nil {
@@ -813,23 +839,27 @@ func (l *lookup) imageKeys(ctx context.Context, image string) ([]string, error) 
 			}
 			if k := aws.ToString(m.Ebs.KmsKeyId); k != "" {
 				keys = append(keys, k)
-			} else if s := aws.ToString(m.Ebs.SnapshotId); s != "" {
+			}
+			if s := aws.ToString(m.Ebs.SnapshotId); s != "" {
 				snaps = append(snaps, s)
 			}
 		}
 	}
-	if len(snaps) > 0 {
-		so, err := l.ec2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: snaps})
-		if err != nil {
-			return nil, err
-		}
-		for _, s := range so.Snapshots {
-			if aws.ToBool(s.Encrypted) && aws.ToString(s.KmsKeyId) != "" {
-				keys = append(keys, aws.ToString(s.KmsKeyId))
-			}
+	if len(snaps) == 0 {
+		return nil, keys, nil
+	}
+	so, err := l.ec2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: snaps})
+	if err != nil {
+		// A public image's snapshots may not be readable: the launch is
+		// still checked against them, their keys stay unknown.
+		return snaps, keys, nil
+	}
+	for _, s := range so.Snapshots {
+		if aws.ToBool(s.Encrypted) && aws.ToString(s.KmsKeyId) != "" {
+			keys = append(keys, aws.ToString(s.KmsKeyId))
 		}
 	}
-	return keys, nil
+	return snaps, keys, nil
 }
 
 func (l *lookup) bucketEncryption(ctx context.Context, bucket string) (bucketEnc, error) {

@@ -154,6 +154,21 @@ func TestRecorderNamesWhatIAMAuthorizes(t *testing.T) {
 		t.Errorf("the tagging at creation: %+v", c)
 	}
 
+	// Keeping a volume past termination acts on the instance and that volume.
+	if _, err := w.ec2.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{InstanceId: aws.String(w.box),
+		BlockDeviceMappings: []ec2types.InstanceBlockDeviceMappingSpecification{{DeviceName: aws.String("/dev/sdf"), Ebs: &ec2types.EbsInstanceBlockDeviceSpecification{DeleteOnTermination: aws.Bool(false)}}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r = w.last(t, "ModifyInstanceAttribute")
+	var modified []string
+	for _, c := range r.Checks {
+		modified = append(modified, c.Resource)
+	}
+	if want := []string{instance(w.box), "arn:aws:ec2:us-east-1:123456789012:volume/" + w.boxVols[1]}; !slices.Equal(modified, want) || len(r.Gaps) > 0 {
+		t.Errorf("ModifyInstanceAttribute checked on %v (gaps %v), want %v", modified, r.Gaps, want)
+	}
+
 	// A launch: the image, what it creates, where, and the role it passes.
 	w.ses.opt.ProfileRoles = map[string]string{"box-profile": "arn:aws:iam::123456789012:role/circleci-services"}
 	_, err = w.ec2.RunInstances(ctx, &ec2.RunInstancesInput{
