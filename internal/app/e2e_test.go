@@ -35,7 +35,7 @@ import (
 // TestMain runs the tests, then judges every AWS call they made the bot
 // send against the IAM policy (see botAWS).
 func TestMain(m *testing.M) {
-	os.Exit(iamcheck.Default.Finish(motoserver.Main(m), os.Stderr, iamcheck.MainOptions{}))
+	os.Exit(iamcheck.Default.Finish(motoserver.Main(m), os.Stderr, iamcheck.FinishOptions{}))
 }
 
 const (

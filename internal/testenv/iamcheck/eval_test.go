@@ -1,6 +1,7 @@
 package iamcheck
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -343,5 +344,46 @@ func TestIssue12KMS(t *testing.T) {
 		if d := decide(t, with, c); d.Allowed {
 			t.Errorf("policy.json allows %s", c)
 		}
+	}
+}
+
+// What Finish reports: each refused call by test, what it needs, and the
+// statements nothing exercised that why.json does not explain.
+func TestSuiteReportsRefusalsAndIdleStatements(t *testing.T) {
+	tpl := []byte(`{"Version": "2012-10-17", "Statement": [
+		{"Sid": "Read", "Effect": "Allow", "Action": "ec2:DescribeSubnets", "Resource": "*"},
+		{"Sid": "Idle", "Effect": "Allow", "Action": "ec2:DescribeImages", "Resource": "*"},
+		{"Sid": "Explained", "Effect": "Allow", "Action": "ec2:DescribeVolumes", "Resource": "*"}
+	]}`)
+	s := &Suite{}
+	ses := &Session{opt: Options{Test: "TestX", Policy: func() ([]byte, error) { return tpl, nil }}}
+	ses.reqs = []Request{
+		{Test: "TestX", Service: "EC2", Operation: "DescribeSubnets", Checks: []Check{{Action: "ec2:DescribeSubnets", Resource: "*"}}},
+		{Test: "TestX", Service: "EC2", Operation: "StopInstances", Checks: []Check{{Action: "ec2:StopInstances", Type: "instance", Resource: instance("i-1")}}},
+		{Test: "TestX", Service: "EC2", Operation: "StopInstances", Checks: []Check{{Action: "ec2:StopInstances", Type: "instance", Resource: instance("i-1")}}},
+		{Test: "TestX", Service: "EC2", Operation: "AttachVolume", Gaps: []string{"the recorder does not know AttachVolume"}},
+	}
+	s.add(ses)
+	v, err := s.Evaluate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Findings) != 2 || v.Findings[0].Count != 2 || !strings.Contains(v.Findings[0].String(), "TestX: EC2 StopInstances: ec2:StopInstances on "+instance("i-1")+": no statement allows ec2:StopInstances (2 times)") ||
+		!strings.Contains(v.Findings[1].Why, "not judged") {
+		t.Errorf("findings: %v", v.Findings)
+	}
+	unexplained, stale, err := v.Unexercised(tpl, map[string]string{"Explained": "moto cannot show it", "Gone": "a statement since removed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(unexplained, []string{"Idle"}) || !slices.Equal(stale, []string{"Gone"}) {
+		t.Errorf("unexplained %v, stale %v", unexplained, stale)
+	}
+	var out strings.Builder
+	if code := s.Finish(0, &out, FinishOptions{Template: tpl, Why: map[string]string{"Explained": "moto cannot show it"}}); code == 0 {
+		t.Errorf("Finish passed a refused call:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "cannot judge, 2 of the AWS calls") {
+		t.Errorf("report:\n%s", out.String())
 	}
 }

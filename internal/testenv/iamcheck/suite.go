@@ -56,9 +56,9 @@ func (f Finding) String() string {
 type Verdict struct {
 	Requests, Checks int
 	Findings         []Finding
-	// Exercised counts, by Sid, the checks an Allow statement allowed, or
-	// the checks a Deny statement was in play for (action and resource
-	// matched; it denied none, or they would be findings).
+	// Exercised counts, by Sid, the checks an Allow statement allowed, and
+	// the checks a Deny statement was in play for (its action and resource
+	// matched, whatever its conditions said).
 	Exercised map[string]int
 }
 
@@ -183,8 +183,8 @@ func (v *Verdict) Unexercised(template []byte, why map[string]string) (unexplain
 	return unexplained, stale, nil
 }
 
-// Options of Main.
-type MainOptions struct {
+// FinishOptions change what Finish compares the record with.
+type FinishOptions struct {
 	// Template and Why are the policy template and why.json (default:
 	// deploy/iam's).
 	Template []byte
@@ -195,7 +195,7 @@ type MainOptions struct {
 // and reports to w; it returns the exit code: non-zero when a call was
 // denied or not judged, or — on a complete, passing run (no -run, -skip
 // or -short) — when a statement no test exercised has no why.
-func (s *Suite) Finish(code int, w io.Writer, o MainOptions) int {
+func (s *Suite) Finish(code int, w io.Writer, o FinishOptions) int {
 	if o.Template == nil {
 		o.Template = iam.Template
 	}
@@ -220,7 +220,7 @@ func (s *Suite) Finish(code int, w io.Writer, o MainOptions) int {
 	failed := false
 	if len(v.Findings) > 0 {
 		failed = true
-		fmt.Fprintf(w, "iamcheck: deploy/iam/policy.json does not allow %d of the AWS calls these tests made the bot send:\n", len(v.Findings))
+		fmt.Fprintf(w, "iamcheck: deploy/iam/policy.json refuses, or the recorder cannot judge, %d of the AWS calls these tests made the bot send:\n", len(v.Findings))
 		for _, f := range v.Findings {
 			fmt.Fprintln(w, "  "+f.String())
 		}
