@@ -1,6 +1,6 @@
 // Command bot is the CircleCI Services box disaster-recovery ChatOps bot.
 //
-//	bot [--config FILE] serve|console|check-config|version
+//	bot [--config FILE] serve|console|check-config|iam-policy|version
 package main
 
 import (
@@ -16,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/circlebot/circlebot/deploy/iam"
 	"github.com/circlebot/circlebot/internal/app"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/console"
@@ -53,6 +54,7 @@ commands:
                 (console.user on a shared store; /as switches users only on
                 bbolt or in the sandbox)
   check-config  validate the config file and environment, then exit
+  iam-policy    print the IAM policy the bot needs for this config (JSON, on stdout)
   version       print the version
 
 flags:
@@ -60,6 +62,7 @@ flags:
   --user ID      console: the Slack user ID to act as (default: console.user, else
                  the first operator; on a shared store only console.user)
   --channel ID   console: the channel ID to act in (default: the first allowed channel)
+  --account ID   iam-policy: the 12-digit AWS account the ARNs name (default: any)
 `
 
 func run(ctx context.Context, args []string, env func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -68,6 +71,7 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 	cfgPath := fs.String("config", "bot.yaml", "")
 	user := fs.String("user", "", "")
 	channel := fs.String("channel", "", "")
+	account := fs.String("account", "", "")
 	// Flags may come before or after the subcommand ("bot serve --config x").
 	var rest []string
 	for {
@@ -95,6 +99,8 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 		return nil
 	case "check-config":
 		return checkConfig(*cfgPath, env, stdout)
+	case "iam-policy":
+		return iamPolicy(*cfgPath, *account, env, stdout, stderr)
 	case "serve":
 		cfg, err := config.Load(*cfgPath, env)
 		if err != nil {
@@ -178,6 +184,41 @@ func checkConfig(path string, env func(string) string, out io.Writer) error {
 		}
 	}
 	fmt.Fprintf(out, "%s: ok; serve would answer Slack over %s at %s, Web API %s; /metrics %s\n", path, mode, cfg.Listen, cfg.Secrets.APIURL, metrics)
+	return nil
+}
+
+// iamPolicy prints deploy/iam/policy.json filled in for the config: the
+// one policy the bot needs, with nothing it does not (a statement whose
+// setting is unset is left out, and said so on stderr). It calls no AWS.
+func iamPolicy(path, account string, env func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := config.Load(path, env)
+	if err != nil {
+		return err
+	}
+	v, err := iam.ValuesFor(cfg, account)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	doc, omitted, err := iam.Render(iam.Template, v)
+	if err != nil {
+		return err
+	}
+	if _, err := stdout.Write(doc); err != nil {
+		return err
+	}
+	for _, o := range omitted {
+		var set []string
+		for _, n := range o.Needs {
+			set = append(set, iam.Needs[n])
+		}
+		fmt.Fprintf(stderr, "iam-policy: left out %s: it needs %s\n", o.Sid, strings.Join(set, " and "))
+	}
+	if account == "" {
+		fmt.Fprintln(stderr, "iam-policy: the ARNs name any account; --account <id> names yours")
+	}
+	if cfg.AWS.Region == "" {
+		fmt.Fprintln(stderr, "iam-policy: the ARNs name any region; aws.region names yours")
+	}
 	return nil
 }
 

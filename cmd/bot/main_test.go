@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/circlebot/circlebot/deploy/iam"
 	"github.com/circlebot/circlebot/internal/sandbox"
 	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 )
@@ -304,5 +305,62 @@ func TestServeKeepsMetricsOffThePublicListener(t *testing.T) {
 		if _, _, err := get(u); err == nil {
 			t.Errorf("%s still answers after serve stopped", u)
 		}
+	}
+}
+
+// `bot iam-policy` prints the policy for the config, filled in, on stdout
+// (and only JSON there); what it left out, and why, on stderr.
+func TestIAMPolicy(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "bot.yaml")
+	os.WriteFile(cfg, []byte(`aws:
+  region: eu-west-1
+  kms_key_arns: [arn:aws:kms:eu-west-1:111122223333:key/1111aaaa-2222-3333-4444-555566667777]
+services_box:
+  name_tag: ci_services
+  role_arn: arn:aws:iam::111122223333:role/ci-services
+backup:
+  bucket: acme-ci-backups
+builders:
+  asg_name: ci-builders
+`), 0o600)
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"iam-policy", "--config", cfg, "--account", "111122223333"}, noEnv, nil, &out, &errOut); err != nil {
+		t.Fatalf("iam-policy: %v\n%s", err, errOut.String())
+	}
+	p, err := iam.Parse(out.Bytes())
+	if err != nil {
+		t.Fatalf("stdout is not a policy: %v\n%s", err, out.String())
+	}
+	if len(p.Statement) < 10 {
+		t.Errorf("%d statements", len(p.Statement))
+	}
+	for _, want := range []string{
+		`"arn:aws:s3:::acme-ci-backups/circleci-backups/*"`,
+		`"arn:aws:autoscaling:eu-west-1:111122223333:autoScalingGroup:*:autoScalingGroupName/ci-builders"`,
+		`"arn:aws:iam::111122223333:role/ci-services"`,
+		`"arn:aws:kms:eu-west-1:111122223333:key/1111aaaa-2222-3333-4444-555566667777"`,
+		`"ci_services*"`,
+		`"ec2:DescribeSubnets"`,
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("policy lacks %s", want)
+		}
+	}
+	for _, want := range []string{"left out SharedState: it needs store.backend: dynamodb", "left out PassphraseFromSecretsManager: it needs secret.secrets_manager_id"} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut.String())
+		}
+	}
+	if strings.Contains(errOut.String(), "any account") || strings.Contains(errOut.String(), "any region") {
+		t.Errorf("account and region were given:\n%s", errOut.String())
+	}
+
+	err = run(context.Background(), []string{"iam-policy", "--config", cfg, "--account", "1111"}, noEnv, nil, &out, &errOut)
+	if _, ok := err.(usageError); !ok || !strings.Contains(err.Error(), "12-digit") {
+		t.Errorf("bad account: %v", err)
+	}
+	os.WriteFile(cfg, []byte("aws:\n  kms_key_arns: [alias/backups]\n"), 0o600)
+	if err := run(context.Background(), []string{"iam-policy", "--config", cfg}, noEnv, nil, &out, &errOut); err == nil || !strings.Contains(err.Error(), "aws.kms_key_arns[0]") {
+		t.Errorf("an alias for a key: %v", err)
 	}
 }

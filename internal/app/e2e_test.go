@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -26,11 +27,16 @@ import (
 	"github.com/circlebot/circlebot/internal/sandbox"
 	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
+	"github.com/circlebot/circlebot/internal/testenv/iamcheck"
 	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 	"github.com/circlebot/circlebot/internal/testenv/slackfake"
 )
 
-func TestMain(m *testing.M) { motoserver.Main(m) }
+// TestMain runs the tests, then judges every AWS call they made the bot
+// send against the IAM policy (see botAWS).
+func TestMain(m *testing.M) {
+	os.Exit(iamcheck.Default.Finish(motoserver.Main(m), os.Stderr, iamcheck.FinishOptions{}))
+}
 
 const (
 	signingSecret = "test-signing-secret"
@@ -53,6 +59,10 @@ type env struct {
 	server  *app.Server
 	http    *httptest.Server
 	trigger atomic.Int64
+	// iamCfg is the config the bot's AWS calls are judged by (botAWS),
+	// iamSes their record.
+	iamCfg *config.Config
+	iamSes *iamcheck.Session
 }
 
 func newEnv(t *testing.T, edit func(*config.Config)) *env {
@@ -101,11 +111,13 @@ func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config), 
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config: %v", err)
 	}
-	viaProxy := motoserver.AWSConfig(proxy.URL)
-	ao := app.Options{Config: cfg, Version: "test", AWS: &viaProxy, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	iamCfg := new(config.Config)
+	viaProxy, iamSes := recordedAWS(t, proxy.URL, direct, iamCfg)
+	ao := app.Options{Config: cfg, Version: "test", AWS: viaProxy, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for _, o := range opts {
 		o(&ao)
 	}
+	*iamCfg = ao.Config
 	a, err := app.New(ctx, ao)
 	if err != nil {
 		t.Fatal(err)
@@ -121,7 +133,7 @@ func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config), 
 		a.Close()
 	})
 	proxy.Reset()
-	return &env{t: t, moto: moto, inst: inst, aws: direct, proxy: proxy, slack: fake, app: a, server: srv, http: hs}
+	return &env{t: t, moto: moto, inst: inst, aws: direct, proxy: proxy, slack: fake, app: a, server: srv, http: hs, iamCfg: iamCfg, iamSes: iamSes}
 }
 
 // testSpeed sets an app's polling and progress pacing to test speed;

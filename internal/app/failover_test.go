@@ -450,6 +450,7 @@ func TestFailoverMovesAnInterfaceOrTheLoadBalancerTargets(t *testing.T) {
 			}
 		}
 		f.app.Failover.TargetGroups = tgs
+		f.iamCfg.Failover.TargetGroupARNs = tgs
 		req := f.request(alice, "failover --to "+f.standby)
 		f.proxy.Reset()
 		f.click(bob, "approve "+req, "lb.1")

@@ -19,7 +19,6 @@ import (
 	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/schedule"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
-	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 )
 
 const leaseTTL = 1500 * time.Millisecond
@@ -41,13 +40,15 @@ func (e *env) replica(opts ...func(*app.Options)) *env {
 	t.Helper()
 	proxy := faultproxy.New(e.moto.URL, faultproxy.Faults{})
 	t.Cleanup(proxy.Close)
-	viaProxy := motoserver.AWSConfig(proxy.URL)
 	cfg := e.app.Config
 	cfg.Store.Name = "replica-b"
-	ao := app.Options{Config: cfg, Version: "test", AWS: &viaProxy, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	iamCfg := new(config.Config)
+	viaProxy, iamSes := recordedAWS(t, proxy.URL, e.aws, iamCfg)
+	ao := app.Options{Config: cfg, Version: "test", AWS: viaProxy, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for _, o := range opts {
 		o(&ao)
 	}
+	*iamCfg = ao.Config
 	a, err := app.New(context.Background(), ao)
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +63,7 @@ func (e *env) replica(opts ...func(*app.Options)) *env {
 		cancel()
 		a.Close()
 	})
-	r := &env{t: t, moto: e.moto, inst: e.inst, aws: e.aws, proxy: proxy, slack: e.slack, app: a, server: srv, http: hs}
+	r := &env{t: t, moto: e.moto, inst: e.inst, aws: e.aws, proxy: proxy, slack: e.slack, app: a, server: srv, http: hs, iamCfg: iamCfg, iamSes: iamSes}
 	// Its own trigger IDs: one Slack never reuses them across replicas.
 	r.trigger.Store(1_000_000)
 	return r

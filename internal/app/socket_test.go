@@ -75,7 +75,7 @@ func TestSocketModeAcksAndAnswers(t *testing.T) {
 	cfg.Secrets = config.SecretsFromEnv(func(k string) string {
 		return map[string]string{"SLACK_BOT_TOKEN": botToken, "SLACK_APP_TOKEN": "xapp-test", "SLACK_API_URL": slack.srv.URL + "/"}[k]
 	})
-	a, err := app.New(context.Background(), app.Options{Config: cfg, Version: "test", AWS: &e.aws, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	a, err := app.New(context.Background(), app.Options{Config: cfg, Version: "test", AWS: botAWS(t, e.moto.URL, e.aws, &cfg), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -80,6 +80,11 @@ type ConsoleCfg struct {
 type AWS struct {
 	// Region overrides the SDK's default chain (AWS_REGION, profile, IMDS).
 	Region string `yaml:"region"`
+	// KMSKeyARNs are the customer-managed KMS keys that encrypt the
+	// Services box's volumes and snapshots or the tarball bucket. Only
+	// `bot iam-policy` reads them: the policy lets EC2 and S3 use exactly
+	// these keys on the bot's behalf.
+	KMSKeyARNs []string `yaml:"kms_key_arns"`
 }
 
 // OpsCfg says how approved operations act on AWS.
@@ -114,6 +119,10 @@ type Approvals struct {
 
 type ServicesBox struct {
 	NameTag string `yaml:"name_tag"`
+	// RoleARN is the IAM role of the Services box's instance profile,
+	// which a restore passes to the new box (iam:PassRole). Only `bot
+	// iam-policy` reads it.
+	RoleARN string `yaml:"role_arn"`
 	// AppStartCommand and AppStopCommand run on the box through SSM (the
 	// seed's `replicated app <id> start`); empty skips the step and says so.
 	AppStartCommand string `yaml:"app_start_command"`

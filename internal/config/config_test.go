@@ -327,3 +327,43 @@ func TestApprovalsChannel(t *testing.T) {
 		}
 	}
 }
+
+// The settings only `bot iam-policy` reads: KMS keys by ARN (an alias
+// cannot be granted), the box's role by ARN, names with no IAM wildcard.
+func TestIAMPolicySettings(t *testing.T) {
+	cfg, err := Parse([]byte(`
+aws:
+  kms_key_arns:
+    - arn:aws:kms:us-east-1:111122223333:key/1111aaaa-2222-3333-4444-555566667777
+    - arn:aws:kms:us-east-1:111122223333:alias/backups
+    - 1111aaaa-2222-3333-4444-555566667777
+    - arn:aws:kms:us-east-1:111122223333:key/1111aaaa-2222-3333-4444-555566667777
+services_box:
+  name_tag: "circleci_*"
+  role_arn: arn:aws:iam::111122223333:instance-profile/circleci
+replica:
+  name_tag: standby?
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, pr := range problems(t, cfg.Validate()) {
+		got[pr.Key] = pr.Why
+	}
+	for key, why := range map[string]string{
+		"aws.kms_key_arns[1]":   "is an alias",
+		"aws.kms_key_arns[2]":   "not a KMS key ARN",
+		"aws.kms_key_arns[3]":   "listed twice",
+		"services_box.name_tag": "wildcard",
+		"replica.name_tag":      "wildcard",
+		"services_box.role_arn": "not an IAM role ARN",
+	} {
+		if !strings.Contains(got[key], why) {
+			t.Errorf("%s: %q, want %q", key, got[key], why)
+		}
+	}
+	if _, ok := got["aws.kms_key_arns[0]"]; ok {
+		t.Errorf("a key ARN refused: %s", got["aws.kms_key_arns[0]"])
+	}
+}

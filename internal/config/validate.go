@@ -39,6 +39,7 @@ var (
 	approvalChannel = regexp.MustCompile(`^[CG][A-Z0-9]{2,}$`)
 	userID          = regexp.MustCompile(`^[UW][A-Z0-9]{2,}$`)
 	bucketRE        = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+	kmsKeyARN       = regexp.MustCompile(`^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$`)
 )
 
 // CronParser accepts the standard five fields and descriptors such as
@@ -210,6 +211,27 @@ func (c *Config) Validate() error {
 	}
 	if strings.TrimSpace(c.ServicesBox.NameTag) == "" {
 		bad("services_box.name_tag", "must be the Name tag of the Services box (default circleci_services)")
+	}
+	// The IAM policy matches the boxes by these names (StringLike): a
+	// wildcard in one would widen what the bot may stop and terminate.
+	for _, n := range []struct{ key, v string }{{"services_box.name_tag", c.ServicesBox.NameTag}, {"replica.name_tag", c.Replica.NameTag}} {
+		if strings.ContainsAny(n.v, "*?$") {
+			bad(n.key, "%q contains *, ? or $, which the IAM policy would read as a wildcard or a variable", n.v)
+		}
+	}
+	if v := c.ServicesBox.RoleARN; v != "" && !roleARN.MatchString(v) {
+		bad("services_box.role_arn", "%q is not an IAM role ARN (arn:aws:iam::<account>:role/<name>; the role, not the instance profile)", v)
+	}
+	for i, k := range c.AWS.KMSKeyARNs {
+		key := fmt.Sprintf("aws.kms_key_arns[%d]", i)
+		switch {
+		case strings.Contains(k, ":alias/"):
+			bad(key, "%q is an alias: give the key ARN (arn:aws:kms:<region>:<account>:key/<id>); IAM grants use of keys, not of aliases", k)
+		case !kmsKeyARN.MatchString(k):
+			bad(key, "%q is not a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)", k)
+		case slices.Index(c.AWS.KMSKeyARNs, k) != i:
+			bad(key, "%q is listed twice", k)
+		}
 	}
 	if c.Replica.NameTag != "" && c.Replica.NameTag == c.ServicesBox.NameTag {
 		bad("replica.name_tag", "must differ from services_box.name_tag, or the replica and the primary are indistinguishable")

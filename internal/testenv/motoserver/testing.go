@@ -78,18 +78,20 @@ func claim(t testing.TB) error {
 //	func TestMain(m *testing.M) { motoserver.Main(m) }
 //
 // When tests failed, moto's log (with the traceback behind any HTTP 500) is
-// kept and its path printed to stderr.
-func Main(m *testing.M) {
+// kept and its path printed to stderr. It returns m.Run's code, for a
+// TestMain with more to do after the tests.
+func Main(m *testing.M) int {
 	code := m.Run()
 	if shared.srv == nil {
-		return
+		return code
 	}
 	if code != 0 {
 		shared.srv.closeKeepLog()
 		fmt.Fprintf(os.Stderr, "motoserver: moto_server log kept at %s\n", shared.srv.LogPath)
-		return
+		return code
 	}
 	if err := shared.srv.Close(); err != nil {
 		fmt.Fprintf(os.Stderr, "%v\n", err)
 	}
+	return code
 }
