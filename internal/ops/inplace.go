@@ -127,7 +127,6 @@ type boxWork struct {
 	EC2       EC2
 	SSM       SSM
 	HTTP      *http.Client
-	AppStart  string
 	HealthURL string
 	Poll      time.Duration
 	Timeout   time.Duration // the health wait: agent, status checks, HTTP

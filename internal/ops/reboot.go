@@ -89,7 +89,7 @@ func (r *Reboot) Plan(ctx context.Context) (RebootPlan, error) {
 }
 
 func (r *Reboot) work() boxWork {
-	return boxWork{EC2: r.EC2, SSM: r.SSM, HTTP: r.HTTP, AppStart: r.AppStart, HealthURL: r.HealthURL, Poll: r.poll(), Timeout: r.timeout()}
+	return boxWork{EC2: r.EC2, SSM: r.SSM, HTTP: r.HTTP, HealthURL: r.HealthURL, Poll: r.poll(), Timeout: r.timeout()}
 }
 
 // Steps are the reboot's journaled steps.

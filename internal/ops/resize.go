@@ -274,7 +274,7 @@ func (r *Resize) Steps(p ResizePlan) []journal.Def {
 }
 
 func (r *Resize) work() boxWork {
-	return boxWork{EC2: r.EC2, SSM: r.SSM, HTTP: r.HTTP, AppStart: r.AppStart, HealthURL: r.HealthURL, Poll: r.poll(), Timeout: r.timeout()}
+	return boxWork{EC2: r.EC2, SSM: r.SSM, HTTP: r.HTTP, HealthURL: r.HealthURL, Poll: r.poll(), Timeout: r.timeout()}
 }
 
 // stop is the fence (fence.go): the type is not touched until AWS shows
