@@ -27,6 +27,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/aws/aws-sdk-go-v2/service/servicequotas"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/aws/smithy-go/transport/http/protocol/awsquery"
@@ -212,6 +213,8 @@ func New(ctx context.Context, o Options) (*App, error) {
 	engine.Register(kinds, engine.RestoreEBS(setup, snapshot))
 	engine.Register(kinds, engine.RestoreTarball(setup, tarballKind))
 	engine.Register(kinds, engine.Failover(setup, failover))
+	engine.Register(kinds, engine.Reboot(setup, journal.Store{KV: st.KV()}, &ops.Reboot{EC2: ec2c, SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region, AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL, Pace: setup.RetryWait, HealthTimeout: cfg.Failover.HealthTimeout.D()}))
+	engine.Register(kinds, engine.Resize(setup, journal.Store{KV: st.KV()}, &ops.Resize{EC2: ec2c, Quotas: servicequotas.NewFromConfig(awsCfg), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region, AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL, Pace: setup.RetryWait, StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Failover.HealthTimeout.D()}))
 	engine.Register(kinds, engine.Rotate(setup, builders))
 	engine.Register(kinds, engine.Prune(setup, engine.Retention{EC2: ec2c, Prune: ec2c, Records: records.Backups, Mark: records.MarkPruning, Policy: retention}))
 	engine.Register(kinds, engine.Secret(setup, passphrase))

@@ -22,6 +22,8 @@ const (
 	BackupPrune    Name = "backup prune"
 	Restore        Name = "restore"
 	Failover       Name = "failover"
+	Reboot         Name = "reboot"
+	Resize         Name = "resize"
 	BuildersStatus Name = "builders status"
 	BuildersRotate Name = "builders rotate"
 	Approve        Name = "approve"
@@ -53,7 +55,7 @@ type Class int
 const (
 	ClassRead        Class = iota // viewers and up: help, status, backup list, backup status, builders status, history
 	ClassOperate                  // operators, runs without approval: backup now, report now, drill now, cancel, resume
-	ClassDestructive              // an operator requests, a second person approves: restore, failover, builders rotate, backup prune, secret
+	ClassDestructive              // an operator requests, a second person approves: restore, failover, reboot, resize, builders rotate, backup prune, secret
 	ClassDecide                   // approvers: approve, deny
 )
 
@@ -97,6 +99,8 @@ var specs = []Spec{
 
 	{Restore, "restore <snapshot-id|latest|s3://bucket/key> [--dry-run]", "Rebuild the Services box from a backup.", ClassDestructive},
 	{Failover, "failover [--to <instance-id>] [--force-unknown] [--dry-run]", "Fence the Services box and promote the replica.", ClassDestructive},
+	{Reboot, "reboot [--dry-run]", "Reboot the Services box and wait until it is healthy.", ClassDestructive},
+	{Resize, "resize <instance-type> [--dry-run]", "Stop the Services box, change its instance type, start it.", ClassDestructive},
 	{BuildersRotate, "builders rotate [--dry-run]", "Replace every builder so all reconnect to the current Services box.", ClassDestructive},
 	{BackupPrune, "backup prune [--dry-run]", "Delete backups past the retention policy, never the newest good one.", ClassDestructive},
 	{Secret, "secret [--dry-run]", "Give new builders the Services box's CIRCLE_SECRET_PASSPHRASE.", ClassDestructive},
@@ -171,6 +175,7 @@ type Command struct {
 	Source       RestoreSource // restore
 	Target       string        // failover --to <instance-id> (empty: the configured replica)
 	ForceUnknown bool          // failover --force-unknown
+	InstanceType string        // resize <instance-type>, lowercased
 	Limit        int           // history [N] (DefaultHistoryLimit when not given)
 	Topic        Name          // help <command> (empty: all)
 }
@@ -198,6 +203,8 @@ func (c Command) Text() string {
 		add(c.ID)
 	case Restore:
 		add(c.Source.String())
+	case Resize:
+		add(c.InstanceType)
 	case Failover:
 		if c.Target != "" {
 			add("--to " + c.Target)

@@ -23,6 +23,7 @@ func FuzzParse(f *testing.F) {
 		"failover --to=--to", "—", "–––", "\u2212\u2212dry-run", "restore s3://bkt/k\u0085x",
 		"restore s3://bkt/é&#96;", "history +5", "history ٣", "restore snap-０１２３abcd",
 		"backup status s3://bkt/" + strings.Repeat("é", 600),
+		"resize M5.2XLARGE", "resize m5.ılarge", "resize -m5.xlarge", "resize m5.xlarge=1", "reboot --dry-run=yes",
 	} {
 		f.Add(s)
 	}

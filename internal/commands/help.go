@@ -51,6 +51,13 @@ var details = map[Name]string{
 		"`--to` picks an instance other than the configured replica. If the old box's state cannot be read (as in an AZ outage), failover refuses " +
 		"unless `--force-unknown` is given: use it only when you know the old box is down, or two Services boxes may run at once. " +
 		"`--dry-run` posts the plan and stops.",
+	Reboot: "Reboots the Services box (EC2 RebootInstances) and waits until it has really rebooted (its SSM agent answers with a boot time after the reboot), " +
+		"starts the app and checks the status checks and, if configured, the app's health URL. The plan states the expected downtime, measured on the last reboot. " +
+		"`--dry-run` posts the plan and stops.",
+	Resize: "Changes the Services box's instance type: stops it (forced if it does not stop in time), sets the new type, starts it and checks that it is healthy " +
+		"on the same private IP with the same volumes. The plan first checks that the type exists, is offered in the box's zone, has the box's architecture " +
+		"and presents network and disks as the box expects. If AWS cannot start the new type (no capacity), the box goes back to its old type and is started again. " +
+		"`--dry-run` posts the plan and stops.",
 	BuildersRotate: "Replaces every builder instance so that each reconnects to the current Services box; do it after a restore or failover. " +
 		"Builds running on old builders are retried. `--dry-run` posts the plan and stops.",
 	BackupPrune: "Deletes backups older than the retention policy, never the newest good one. `--dry-run` lists what would be deleted and stops.",

@@ -171,3 +171,23 @@ func BackupID(tok string) (string, bool) {
 	id := strings.ToLower(tok)
 	return id, backupIDRE.MatchString(id)
 }
+
+// instanceTypeRE is the shape of an EC2 instance type: a family (m5,
+// c6gn, u-6tb1, m7i-flex) and a size (xlarge, 2xlarge, metal,
+// metal-24xl), lowercased. Only the shape is checked here: whether AWS
+// has such a type, and offers it where the box runs, is the plan's to
+// find out.
+var instanceTypeRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,23}\.[a-z0-9][a-z0-9-]{0,23}$`)
+
+// parseInstanceType validates the argument of resize.
+func parseInstanceType(tok string) (string, string) {
+	t := asciiLower(tok)
+	if instanceTypeRE.MatchString(t) {
+		return t, ""
+	}
+	const shape = "family.size, e.g. m5.2xlarge"
+	if kind := awsKindOf(tok); kind != "" {
+		return "", fmt.Sprintf("%s is %s; resize takes an instance type (%s)", quote(tok), kind, shape)
+	}
+	return "", fmt.Sprintf("%s is not an instance type (expected %s)", quote(tok), shape)
+}

@@ -158,6 +158,8 @@ var argParsers = map[Name]func(c *Command, args []string) *UsageError{
 	BackupPrune:    noArgs,
 	Restore:        parseRestore,
 	Failover:       parseFailover,
+	Reboot:         noArgs,
+	Resize:         parseResize,
 	BuildersStatus: noArgs,
 	BuildersRotate: noArgs,
 	Approve:        parseRequestID,
@@ -275,6 +277,21 @@ func parseFailover(c *Command, args []string) *UsageError {
 		return problemf(c.Name, "unexpected argument %s; to fail over to that instance, write --to %s", quote(args[0]), id)
 	}
 	return extra(c.Name, args[0])
+}
+
+func parseResize(c *Command, args []string) *UsageError {
+	switch {
+	case len(args) == 0:
+		return problemf(c.Name, "resize needs an instance type, e.g. resize m5.2xlarge")
+	case len(args) > 1:
+		return problemf(c.Name, "unexpected extra argument %s; resize takes one instance type", quote(args[1]))
+	}
+	t, problem := parseInstanceType(args[0])
+	if problem != "" {
+		return problemf(c.Name, "%s", problem)
+	}
+	c.InstanceType = t
+	return nil
 }
 
 func parseRequestID(c *Command, args []string) *UsageError {

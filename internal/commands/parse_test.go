@@ -92,6 +92,19 @@ var validCases = []struct {
 	{"FAILOVER —force-unknown –to " + inst17 + " —dry-run", Command{Name: Failover, Target: inst17, ForceUnknown: true, DryRun: true}},
 	{"failover --dry-run --to=" + inst17 + " --force-unknown", Command{Name: Failover, Target: inst17, ForceUnknown: true, DryRun: true}},
 
+	// reboot and resize
+	{"reboot", Command{Name: Reboot}},
+	{"REBOOT --dry-run", Command{Name: Reboot, DryRun: true}},
+	{"reboot —dry-run", Command{Name: Reboot, DryRun: true}},
+	{"resize m5.4xlarge", Command{Name: Resize, InstanceType: "m5.4xlarge"}},
+	{"Resize M5.4XLARGE", Command{Name: Resize, InstanceType: "m5.4xlarge"}},
+	{"resize --dry-run c6gn.16xlarge", Command{Name: Resize, InstanceType: "c6gn.16xlarge", DryRun: true}},
+	{"resize m7i-flex.large —dry-run", Command{Name: Resize, InstanceType: "m7i-flex.large", DryRun: true}},
+	{"resize u-6tb1.metal", Command{Name: Resize, InstanceType: "u-6tb1.metal"}},
+	{"resize r8g.metal-24xl", Command{Name: Resize, InstanceType: "r8g.metal-24xl"}},
+	// The parser takes any plausible family.size; AWS decides whether it exists.
+	{"resize zz9.bogus", Command{Name: Resize, InstanceType: "zz9.bogus"}},
+
 	// builders
 	{"builders status", Command{Name: BuildersStatus}},
 	{"Builders Status", Command{Name: BuildersStatus}},
@@ -190,6 +203,23 @@ var invalidCases = []struct {
 	{"failover --to " + inst17 + " --to " + inst17, "--to is given twice"},
 	{"failover --force-unknown --force-unknown", "--force-unknown is given twice"},
 	{"failover --force-unknown=true", "--force-unknown takes no value"},
+
+	// reboot and resize
+	{"reboot now", `reboot takes no arguments, but got "now"`},
+	{"reboot --to " + inst17, "--to only applies to failover"},
+	{"resize", "resize needs an instance type, e.g. resize m5.2xlarge"},
+	{"resize --dry-run", "resize needs an instance type"},
+	{"resize m5", `"m5" is not an instance type (expected family.size, e.g. m5.2xlarge)`},
+	{"resize m5.", `"m5." is not an instance type`},
+	{"resize .xlarge", `".xlarge" is not an instance type`},
+	{"resize m5.2xlarge.big", "is not an instance type"},
+	{"resize m5_2xlarge", "is not an instance type"},
+	{"resize m5.2xlarge m5.4xlarge", `unexpected extra argument "m5.4xlarge"; resize takes one instance type`},
+	{"resize " + inst17, `"i-0123456789abcdef0" is an instance ID; resize takes an instance type`},
+	{"resize m５.xlarge", "is not an instance type"},
+	{"resize m5.xlarge`", "is not an instance type"},
+	{"resize " + strings.Repeat("m", 30) + ".xlarge", "is not an instance type"},
+	{"resize m5.xlarge --force-unknown", "--force-unknown only applies to failover"},
 
 	// backup now
 	{"backup now rsync", `"rsync" is not a backup method (expected ebs or tarball)`},
@@ -319,6 +349,7 @@ func TestTextCanonical(t *testing.T) {
 		"backup now Tarball":                 "backup now tarball",
 		"/circleci status":                   "status",
 		"approve REQ-1":                      "approve req-1",
+		"—DRY-RUN resize M5.XLARGE":          "resize m5.xlarge --dry-run",
 	} {
 		c, err := Parse(in)
 		if err != nil {

@@ -155,6 +155,19 @@ func (o *out) said(s string) bool {
 	return false
 }
 
+// otherDestructive are the destructive commands besides restore and
+// backup prune, for which the tests register a fake kind each (the
+// registry refuses a destructive command without one).
+func otherDestructive() []commands.Name {
+	var out []commands.Name
+	for _, s := range commands.Specs() {
+		if s.Class == commands.ClassDestructive && s.Name != commands.Restore && s.Name != commands.BackupPrune {
+			out = append(out, s.Name)
+		}
+	}
+	return out
+}
+
 func newEngine(t *testing.T, w *world) (*Engine, *store.Store) {
 	t.Helper()
 	st, err := store.Open(t.TempDir())
@@ -165,7 +178,7 @@ func newEngine(t *testing.T, w *world) (*Engine, *store.Store) {
 	r := &Registry{}
 	Register(r, fakeKind(w, "fake-restore", commands.Restore, true))
 	Register(r, fakeKind(w, "fake-prune", commands.BackupPrune, false))
-	for _, c := range []commands.Name{commands.Failover, commands.BuildersRotate, commands.Secret} {
+	for _, c := range otherDestructive() {
 		Register(r, fakeKind(w, "fake-"+string(c), c, true))
 	}
 	if err := r.Check(); err != nil {

@@ -71,7 +71,7 @@ func TestApprovedStepsCarryWhoAskedAndWhoApproved(t *testing.T) {
 	r := &Registry{}
 	Register(r, p.kind(w, "fake-restore", commands.Restore, true))
 	Register(r, p.kind(w, "fake-prune", commands.BackupPrune, false))
-	for _, c := range []commands.Name{commands.Failover, commands.BuildersRotate, commands.Secret} {
+	for _, c := range otherDestructive() {
 		Register(r, p.kind(w, "fake-"+string(c), c, true))
 	}
 	ap := approvals.Store{KV: st.KV()}

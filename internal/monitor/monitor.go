@@ -18,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
 	cwtypes "github.com/aws/aws-sdk-go-v2/service/cloudwatch/types"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/slack-go/slack"
 
 	"github.com/circlebot/circlebot/internal/chat"
@@ -40,15 +41,20 @@ type Poster interface {
 
 // DefaultChecks are the seed's "typical monitoring": the box's status
 // checks, CPU, and — when the CloudWatch agent publishes them — free disk
-// and memory; and builders in service.
+// and memory; and builders in service. Each names the fix that fits its
+// signal (the seed: "a simple rebooting of machine, scale up the machine,
+// or recovering from a backup"): a failed status check, a reboot; CPU or
+// memory exhausted, a bigger instance type (`resize` alone: the next size
+// of the box's family). A full disk has no button that fits: a bigger
+// instance type does not grow a volume.
 func DefaultChecks(withBuilders bool) []config.Check {
 	m := config.Duration(time.Minute)
 	c := []config.Check{
-		{Name: "Services box status checks", Namespace: "AWS/EC2", Metric: "StatusCheckFailed", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Maximum", Op: ">", Threshold: 0, Clear: 0, For: 2, Period: m, Action: "failover"},
+		{Name: "Services box status checks", Namespace: "AWS/EC2", Metric: "StatusCheckFailed", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Maximum", Op: ">", Threshold: 0, Clear: 0, For: 2, Period: m, Action: "reboot"},
 		// Basic monitoring publishes EC2 CPU every 5 minutes.
-		{Name: "Services box CPU", Namespace: "AWS/EC2", Metric: "CPUUtilization", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Average", Op: ">", Threshold: 90, Clear: 75, For: 2, Period: config.Duration(5 * time.Minute), Action: "status"},
+		{Name: "Services box CPU", Namespace: "AWS/EC2", Metric: "CPUUtilization", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Average", Op: ">", Threshold: 90, Clear: 75, For: 2, Period: config.Duration(5 * time.Minute), Action: "resize"},
 		{Name: "Services box disk used (/data)", Namespace: "CWAgent", Metric: "disk_used_percent", Dimensions: map[string]string{"InstanceId": "{box}", "path": "/data"}, Stat: "Maximum", Op: ">", Threshold: 85, Clear: 80, For: 3, Period: m, Action: "status"},
-		{Name: "Services box memory used", Namespace: "CWAgent", Metric: "mem_used_percent", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Average", Op: ">", Threshold: 95, Clear: 85, For: 3, Period: m, Action: "status"},
+		{Name: "Services box memory used", Namespace: "CWAgent", Metric: "mem_used_percent", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Average", Op: ">", Threshold: 95, Clear: 85, For: 3, Period: m, Action: "resize"},
 	}
 	if withBuilders {
 		c = append(c, config.Check{Name: "Builders in service", Namespace: "AWS/AutoScaling", Metric: "GroupInServiceInstances", Dimensions: map[string]string{"AutoScalingGroupName": "{asg}"}, Stat: "Minimum", Op: "<", Threshold: 1, Clear: 1, For: 3, Period: m, Action: "builders status"})
@@ -72,10 +78,17 @@ var boxCheck = config.Check{Name: "Services box running", Metric: "state", Stat:
 
 const bucket = "monitor"
 
+// EC2 is what the monitor reads: the box, and the instance types its
+// zone offers (for the alert's resize button).
+type EC2 interface {
+	ops.EC2
+	ops.TypeOfferings
+}
+
 // Monitor evaluates the checks every Interval.
 type Monitor struct {
 	CW       CloudWatch
-	EC2      ops.EC2
+	EC2      EC2
 	Store    *store.Store
 	Checks   []config.Check
 	NameTag  string
@@ -88,6 +101,9 @@ type Monitor struct {
 	// this is the only replica.
 	Leader func() bool
 	Now    func() time.Time
+
+	// seen is the box as this round read it (nil: none, or not one).
+	seen *ec2types.Instance
 }
 
 func (m *Monitor) now() time.Time {
@@ -121,9 +137,11 @@ func (m *Monitor) Tick(ctx context.Context) error {
 	box := ""
 	in, err := ops.FindBox(ctx, m.EC2, m.NameTag)
 	var amb *ops.AmbiguousError
+	m.seen = nil
 	switch {
 	case err == nil:
 		box = aws.ToString(in.InstanceId)
+		m.seen = &in
 		bad := 0.0
 		if in.State.Name != "running" {
 			bad = 1
@@ -278,7 +296,7 @@ func (m *Monitor) evaluate(ctx context.Context, c config.Check, values []float64
 	switch {
 	case !st.Alerting && breach:
 		st.Alerting, st.Since, st.ClearSince, st.Box = true, now, time.Time{}, box
-		if _, err := m.Post.Post(ctx, m.alert(c, st, need, seen)); err != nil {
+		if _, err := m.Post.Post(ctx, m.alert(ctx, c, st, need, seen)); err != nil {
 			return err
 		}
 	case st.Alerting && clear:
@@ -328,9 +346,9 @@ func num(v float64) string {
 	return strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%.2f", v), "0"), ".")
 }
 
-func (m *Monitor) alert(c config.Check, st State, need int, seen string) chat.Message {
+func (m *Monitor) alert(ctx context.Context, c config.Check, st State, need int, seen string) chat.Message {
 	where := ""
-	if st.Box != "" && (c.Name == boxCheck.Name || strings.Contains(fmt.Sprint(c.Dimensions), "{box}")) {
+	if st.Box != "" && aboutBox(c) {
 		where = " on `" + st.Box + "`"
 	}
 	text := fmt.Sprintf(":rotating_light: *%s*%s: %s %s is %s (alert %s %s) for %d period(s) of %s, since %s UTC.",
@@ -338,25 +356,136 @@ func (m *Monitor) alert(c config.Check, st State, need int, seen string) chat.Me
 	if seen != "" {
 		text = fmt.Sprintf(":rotating_light: *%s*%s: no — %s, since %s UTC.", c.Name, where, seen, st.Since.UTC().Format("15:04"))
 	}
-	if c.Action != "" {
-		text += fmt.Sprintf(" Suggested: `%s %s`", m.Slash, c.Action)
-		if c.Action == "failover" {
-			text += " (it asks a second person to approve, and refuses if the box's state cannot be read)"
+	var buttons []slack.BlockElement
+	if aboutBox(c) {
+		fit, fixes := m.fixes(ctx, c)
+		text += "\n" + fit
+		if len(fixes) > 0 {
+			text += "\nEach button asks for an ordinary request: nothing runs until a second person approves its plan."
 		}
-		text += "."
+		buttons = append(fixes, button("status", "Status", ""))
+	} else if c.Action != "" {
+		text += fmt.Sprintf(" Suggested: `%s %s`.", m.Slash, c.Action)
+		buttons = append(buttons, button(c.Action, "Request "+c.Action, ""))
+	}
+	if !aboutBox(c) && c.Action != "status" {
+		buttons = append(buttons, button("status", "Status", ""))
 	}
 	blocks := chat.Section(text)
-	var buttons []slack.BlockElement
-	if c.Action != "" {
-		b := slack.NewButtonBlockElement(slackio.ButtonActionID, c.Action, slack.NewTextBlockObject(slack.PlainTextType, "Request "+c.Action, false, false))
-		if c.Action == "failover" {
-			b = b.WithStyle(slack.StyleDanger)
-		}
-		buttons = append(buttons, b)
+	// One button per actions block: Slack wants the action IDs within a
+	// block to differ, and every command button carries the one action
+	// ID the transports read its command from.
+	for i, b := range buttons {
+		blocks = append(blocks, slack.NewActionBlock(fmt.Sprintf("alert-%d", i), b))
 	}
-	if c.Action != "status" {
-		buttons = append(buttons, slack.NewButtonBlockElement(slackio.ButtonActionID, "status", slack.NewTextBlockObject(slack.PlainTextType, "Status", false, false)))
-	}
-	blocks = append(blocks, slack.NewActionBlock("alert", buttons...))
 	return chat.Message{Text: fmt.Sprintf("Alert: %s %s is %s", c.Name, c.Metric, num(st.Value)), Blocks: blocks}
+}
+
+func button(command, label, style string) *slack.ButtonBlockElement {
+	b := slack.NewButtonBlockElement(slackio.ButtonActionID, command, slack.NewTextBlockObject(slack.PlainTextType, label, false, false))
+	if style != "" {
+		b = b.WithStyle(slack.Style(style))
+	}
+	return b
+}
+
+// fixes are the buttons an alert about the box carries — reboot (a
+// running box), resize to the next size of its family (when AWS offers
+// one in its zone), restore latest and failover — each a command that
+// opens an ordinary request, and the line that says which fits the
+// signal: the check's action (a failed status check: reboot; CPU or
+// memory: resize; the box not running: failover or restore).
+func (m *Monitor) fixes(ctx context.Context, c config.Check) (string, []slack.BlockElement) {
+	action := c.Action
+	if c.Name == boxCheck.Name {
+		action = "failover"
+	}
+	verb, arg, _ := strings.Cut(action, " ")
+	running := m.seen != nil && m.seen.State != nil && m.seen.State.Name == ec2types.InstanceStateNameRunning
+	resizeTo, noResize := "", ""
+	if verb == "resize" {
+		resizeTo = arg // a check may name the type
+	}
+	if resizeTo == "" && m.seen != nil {
+		resizeTo, noResize = m.nextSize(ctx)
+	}
+
+	fit, why := "", ""
+	switch {
+	case verb == "reboot" && running:
+		fit, why = "reboot", "a failed status check often clears with a reboot (same instance, IP and data); if it does not, failover or restore latest"
+	case verb == "resize" && resizeTo != "":
+		fit, why = "resize "+resizeTo, "the box is short of CPU or memory: a bigger instance type, stopped, changed and started on the same IP and volumes"
+	case verb == "resize":
+		why = fmt.Sprintf("a bigger instance type, but %s; choose one with `%s resize <type> --dry-run`", noResize, m.Slash)
+	case verb == "restore":
+		fit, why = "restore latest", "restore latest onto a new box, or failover to the replica"
+	case verb == "reboot", verb == "failover":
+		fit, why = "failover", "failover to the replica, or restore latest onto a new box"
+		if !running {
+			why = "the box is not running or cannot be found: " + why + "; a reboot cannot help"
+		}
+	case strings.Contains(c.Metric, "disk"):
+		why = "none of the buttons: a bigger instance type does not grow a full disk. Grow the volume (EBS ModifyVolume) and its filesystem, or free space; `status` shows the box's volumes"
+	default:
+		why = "none of the buttons for certain; `status` shows the box"
+	}
+	line := "*Fits this signal:* " + why + "."
+	if fit != "" {
+		line = fmt.Sprintf("*Fits this signal:* `%s %s` — %s.", m.Slash, fit, why)
+	}
+
+	var cmds []string
+	if running {
+		cmds = append(cmds, "reboot")
+	}
+	if resizeTo != "" {
+		cmds = append(cmds, "resize "+resizeTo)
+	}
+	cmds = append(cmds, "restore latest", "failover")
+	// The fitting fix first and marked; those that replace the box are
+	// marked dangerous otherwise.
+	slices.SortStableFunc(cmds, func(a, b string) int {
+		switch {
+		case a == fit && b != fit:
+			return -1
+		case b == fit && a != fit:
+			return 1
+		}
+		return 0
+	})
+	var out []slack.BlockElement
+	for _, cmd := range cmds {
+		style := ""
+		switch {
+		case cmd == fit:
+			style = string(slack.StylePrimary)
+		case cmd == "failover" || cmd == "restore latest":
+			style = string(slack.StyleDanger)
+		}
+		label := "Request " + cmd
+		if strings.HasPrefix(cmd, "resize ") {
+			label = "Request resize to " + strings.TrimPrefix(cmd, "resize ")
+		}
+		out = append(out, button(cmd, label, style))
+	}
+	return line, out
+}
+
+// nextSize is the next size of the box's family offered in its zone, or
+// why there is none.
+func (m *Monitor) nextSize(ctx context.Context) (next, none string) {
+	typ, az := string(m.seen.InstanceType), ""
+	if m.seen.Placement != nil {
+		az = aws.ToString(m.seen.Placement.AvailabilityZone)
+	}
+	next, err := ops.NextSize(ctx, m.EC2, typ, az)
+	switch {
+	case err != nil:
+		m.Log.Warn("outage detection: the next instance size cannot be read", "type", typ, "err", err)
+		return "", fmt.Sprintf("the next size of %s could not be read (%s)", typ, strings.TrimSuffix(ops.Explain(err), "."))
+	case next == "":
+		return "", fmt.Sprintf("no larger size of %s is offered in %s", typ, az)
+	}
+	return next, ""
 }

@@ -128,11 +128,14 @@ func (s *Server) AutoCompleteSnapshots(ctx context.Context, afterDescribes int) 
 		map[string]int{"complete_after_describes": afterDescribes}, nil)
 }
 
-// SetUnavailableTypes makes RunInstances of these instance types answer
+// SetUnavailableTypes makes RunInstances of these instance types, and
+// StartInstances of a stopped instance of one of them, answer
 // InsufficientInstanceCapacity, as AWS does when a zone has run out; an
 // empty list clears it. It needs a server started WithPatchedSnapshots
 // (whose launcher also frees a terminated instance's private IP, honours
-// ClientToken and RegisterImage's block-device mappings).
+// ClientToken and RegisterImage's block-device mappings, and refuses
+// ModifyInstanceAttribute InstanceType on an instance that is not stopped,
+// as AWS does and plain moto does not).
 func (s *Server) SetUnavailableTypes(ctx context.Context, types ...string) error {
 	if types == nil {
 		types = []string{}

@@ -262,3 +262,65 @@ func TestSnapshotControlNeedsPatchedLauncher(t *testing.T) {
 		t.Fatalf("SetSnapshotState on plain moto: err = %v, want a hint to use WithPatchedSnapshots", err)
 	}
 }
+
+// What a resize relies on, made as AWS does it: the type of an instance
+// changes only while it is stopped, to a type that exists, and a start of
+// a type without capacity is refused with the instance left stopped.
+func TestPatchedInstanceTypeChangesAndCapacity(t *testing.T) {
+	s, c := patchedServer(t)
+	ctx := ctxT(t)
+	imgs, err := c.DescribeImages(ctx, &ec2.DescribeImagesInput{})
+	if err != nil || len(imgs.Images) == 0 {
+		t.Fatalf("DescribeImages: %v (%d)", err, len(imgs.Images))
+	}
+	run, err := c.RunInstances(ctx, &ec2.RunInstancesInput{ImageId: imgs.Images[0].ImageId, InstanceType: types.InstanceTypeM5Xlarge, MinCount: aws.Int32(1), MaxCount: aws.Int32(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := aws.ToString(run.Instances[0].InstanceId)
+	setType := func(typ string) error {
+		_, err := c.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{InstanceId: &id, InstanceType: &types.AttributeValue{Value: aws.String(typ)}})
+		return err
+	}
+	read := func() types.Instance {
+		out, err := c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.Reservations[0].Instances[0]
+	}
+	if err := setType("m5.2xlarge"); err == nil || !strings.Contains(err.Error(), "IncorrectInstanceState") {
+		t.Fatalf("type change of a running instance: %v, want IncorrectInstanceState", err)
+	}
+	if _, err := c.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{id}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := setType("zz9.bogus"); err == nil || !strings.Contains(err.Error(), "InvalidParameterValue") {
+		t.Fatalf("type change to an unknown type: %v, want InvalidParameterValue", err)
+	}
+	if err := setType("m5.2xlarge"); err != nil {
+		t.Fatalf("type change of a stopped instance: %v", err)
+	}
+	if got := read().InstanceType; got != types.InstanceTypeM52xlarge {
+		t.Fatalf("type after the change: %s", got)
+	}
+	if err := s.SetUnavailableTypes(ctx, "m5.2xlarge"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.StartInstances(ctx, &ec2.StartInstancesInput{InstanceIds: []string{id}})
+	if err == nil || !strings.Contains(err.Error(), "InsufficientInstanceCapacity") {
+		t.Fatalf("start without capacity: %v, want InsufficientInstanceCapacity", err)
+	}
+	if st := read().State.Name; st != types.InstanceStateNameStopped {
+		t.Fatalf("after a refused start the instance is %s", st)
+	}
+	if err := s.SetUnavailableTypes(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.StartInstances(ctx, &ec2.StartInstancesInput{InstanceIds: []string{id}}); err != nil {
+		t.Fatalf("start once there is capacity: %v", err)
+	}
+	if st := read().State.Name; st != types.InstanceStateNameRunning {
+		t.Fatalf("after the start the instance is %s", st)
+	}
+}

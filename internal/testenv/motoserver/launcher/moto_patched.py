@@ -23,7 +23,13 @@ Patched behaviour:
       Architecture and the image's TagSpecifications; DescribeImages shows them and RunInstances from that
       image makes one volume per mapping from its snapshot.
     - Instance types named by POST /_circlebot/capacity answer
-      InsufficientInstanceCapacity.
+      InsufficientInstanceCapacity, in RunInstances and in StartInstances
+      of a stopped instance of that type.
+
+  * Instance types (what AWS refuses and moto 5.2.1 accepts):
+    - ModifyInstanceAttribute InstanceType on an instance that is not
+      stopped answers IncorrectInstanceState, and a type moto does not
+      know answers InvalidParameterValue.
 
 Control API on the same HTTP server (paths moto does not use):
   POST /_circlebot/snapshots
@@ -44,7 +50,9 @@ Control API on the same HTTP server (paths moto does not use):
        {"pending": true|false}           RegisterImage makes images that stay
                                          "pending"; false makes them available.
   POST /_circlebot/capacity
-       {"unavailable": ["m5.xlarge", ...]} RunInstances of these types answers
+       {"unavailable": ["m5.xlarge", ...]} RunInstances of these types, and
+                                         StartInstances of stopped instances of
+                                         them, answer
                                          InsufficientInstanceCapacity; [] clears.
   POST /moto-api/reset                  moto's reset, auto mode off, capacity
                                          and client tokens cleared.
@@ -206,6 +214,53 @@ def _run_instances(self, image_id, count, user_data, security_group_names, **kwa
 
 
 instance_models.InstanceBackend.run_instances = _run_instances
+
+
+def _no_capacity(itype):
+    return EC2ClientError(
+        "InsufficientInstanceCapacity",
+        f"We currently do not have sufficient {itype} capacity in the Availability Zone you requested.",
+    )
+
+
+_orig_start_instances = instance_models.InstanceBackend.start_instances
+
+
+def _start_instances(self, instance_ids):
+    # AWS refuses the whole call when a stopped instance's type has no
+    # capacity in its zone; nothing starts.
+    with _lock:
+        unavailable = set(_capacity["unavailable"])
+    for inst in self.get_multi_instances_by_id(instance_ids):
+        if inst._state.name == "stopped" and inst.instance_type in unavailable:
+            raise _no_capacity(inst.instance_type)
+    return _orig_start_instances(self, instance_ids)
+
+
+instance_models.InstanceBackend.start_instances = _start_instances
+
+_orig_modify_instance_attribute = instance_models.InstanceBackend.modify_instance_attribute
+
+
+def _modify_instance_attribute(self, instance_id, key, value):
+    if key == "instance_type":
+        from moto.ec2.models.instance_types import INSTANCE_TYPES
+
+        inst = self.get_instance(instance_id)
+        if inst._state.name != "stopped":
+            raise EC2ClientError(
+                "IncorrectInstanceState",
+                f"The instance '{instance_id}' is not in the 'stopped' state.",
+            )
+        if value not in INSTANCE_TYPES:
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"Value ({value}) for parameter instanceType is invalid.",
+            )
+    return _orig_modify_instance_attribute(self, instance_id, key, value)
+
+
+instance_models.InstanceBackend.modify_instance_attribute = _modify_instance_attribute
 
 _orig_terminate = instance_models.Instance.terminate
 
