@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/aws/aws-sdk-go-v2/service/servicequotas"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/middleware"
@@ -155,7 +156,8 @@ var knownActions = []string{
 	"ec2:CreateSnapshot", "ec2:CreateSnapshots", "ec2:RegisterImage", "ec2:RunInstances",
 	"ec2:DescribeInstances", "ec2:DescribeInstanceStatus", "ec2:DescribeVolumes", "ec2:DescribeSnapshots", "ec2:DescribeImages",
 	"ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets", "ec2:DescribeTags", "ec2:DescribeVpcs", "ec2:DescribeSecurityGroups",
-	"ec2:DescribeAvailabilityZones", "ec2:DescribeInstanceTypes", "ec2:DescribeLaunchTemplateVersions",
+	"ec2:DescribeAvailabilityZones", "ec2:DescribeInstanceTypes", "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeLaunchTemplateVersions",
+	"servicequotas:GetServiceQuota",
 	"ssm:SendCommand", "ssm:GetCommandInvocation", "ssm:CancelCommand", "ssm:ListCommandInvocations", "ssm:ListCommands",
 	"ssm:DescribeInstanceInformation",
 	"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:Scan",
@@ -191,6 +193,7 @@ var servicePrefix = map[string]string{
 	"EC2": "ec2", "S3": "s3", "SSM": "ssm", "Auto Scaling": "autoscaling",
 	"Elastic Load Balancing v2": "elasticloadbalancing", "CloudWatch": "cloudwatch",
 	"DynamoDB": "dynamodb", "Secrets Manager": "secretsmanager", "KMS": "kms", "IAM": "iam", "STS": "sts",
+	"Service Quotas": "servicequotas",
 }
 
 type describer struct {
@@ -450,8 +453,13 @@ func (d *describer) run(service, op string, params any) {
 	case *ec2.DescribeInstancesInput, *ec2.DescribeInstanceStatusInput, *ec2.DescribeVolumesInput,
 		*ec2.DescribeSnapshotsInput, *ec2.DescribeImagesInput, *ec2.DescribeNetworkInterfacesInput,
 		*ec2.DescribeSubnetsInput, *ec2.DescribeTagsInput, *ec2.DescribeVpcsInput, *ec2.DescribeSecurityGroupsInput,
-		*ec2.DescribeAvailabilityZonesInput, *ec2.DescribeInstanceTypesInput, *ec2.DescribeLaunchTemplateVersionsInput:
+		*ec2.DescribeAvailabilityZonesInput, *ec2.DescribeInstanceTypesInput, *ec2.DescribeInstanceTypeOfferingsInput,
+		*ec2.DescribeLaunchTemplateVersionsInput:
 		d.star(action)
+
+	// Service Quotas: a resize reads the vCPU quota of the new type's family.
+	case *servicequotas.GetServiceQuotaInput:
+		d.add(Check{Action: action, Type: "quota", Resource: fmt.Sprintf("arn:%s:servicequotas:%s:%s:%s/%s", d.partition, d.region, d.account, aws.ToString(in.ServiceCode), aws.ToString(in.QuotaCode))})
 
 	// Systems Manager
 	case *ssm.SendCommandInput:
