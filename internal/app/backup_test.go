@@ -85,6 +85,7 @@ func (e *env) finalMessage(id, outcome string) slackfake.Message {
 }
 
 func TestBackupNowSnapshotsEveryVolumeAsOneTaggedSet(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	e.slash(alice, incident, "backup now")
 	b := e.lastBackup(ops.StateCompleted)
@@ -146,6 +147,7 @@ func TestBackupNowSnapshotsEveryVolumeAsOneTaggedSet(t *testing.T) {
 }
 
 func TestBackupFollowsPendingSnapshotsAndRefusesASecond(t *testing.T) {
+	t.Parallel()
 	e := newEnvOn(t, patchedMoto(t), nil)
 	ctx := context.Background()
 	e.slash(alice, incident, "backup now")
@@ -198,6 +200,7 @@ func TestBackupFollowsPendingSnapshotsAndRefusesASecond(t *testing.T) {
 }
 
 func TestBackupWithSnapshotInErrorFails(t *testing.T) {
+	t.Parallel()
 	e := newEnvOn(t, patchedMoto(t), nil)
 	e.slash(alice, incident, "backup now")
 	var snaps []ec2types.Snapshot
@@ -231,6 +234,7 @@ func TestBackupWithSnapshotInErrorFails(t *testing.T) {
 }
 
 func TestBackupCompletesOnceUnderThrottling(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	e.proxy.SetFaults(faultproxy.Faults{ThrottleRate: 0.2, Seed: 7})
 	for i := range 3 {
@@ -257,6 +261,7 @@ func TestBackupCompletesOnceUnderThrottling(t *testing.T) {
 }
 
 func TestBackupListAndStatus(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	e.slash(alice, incident, "backup now")
 	b := e.lastBackup(ops.StateCompleted)
@@ -285,6 +290,7 @@ func TestBackupListAndStatus(t *testing.T) {
 }
 
 func TestScheduledBackupPrunesPerPolicyAndKeepsOthers(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(c *config.Config) {
 		c.Slack.ReportChannel = incident
 		c.Backup.Schedule = "0 */6 * * *"
@@ -324,6 +330,7 @@ func TestScheduledBackupPrunesPerPolicyAndKeepsOthers(t *testing.T) {
 }
 
 func TestBackupInterruptedByRestartIsFollowedToTheEnd(t *testing.T) {
+	t.Parallel()
 	moto := patchedMoto(t)
 	e := newEnvOn(t, moto, nil)
 	ctx, stop := context.WithCancel(context.Background())
@@ -406,6 +413,7 @@ func reopen(t *testing.T, e *env, cfg config.Config) *app.App {
 }
 
 func TestASetMissingASnapshotIsNoRestorePoint(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	e.slash(alice, incident, "backup now")
 	b := e.lastBackup(ops.StateCompleted)
@@ -430,6 +438,7 @@ func TestASetMissingASnapshotIsNoRestorePoint(t *testing.T) {
 }
 
 func TestShutdownDoesNotWaitForPendingSnapshots(t *testing.T) {
+	t.Parallel()
 	moto := patchedMoto(t)
 	e := newEnvOn(t, moto, nil)
 	a := reopenFresh(t, e)
