@@ -22,7 +22,6 @@ import (
 	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
-	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 	"github.com/circlebot/circlebot/internal/testenv/slackfake"
 )
 
@@ -401,7 +400,7 @@ func (e *env) slackPoster() progress.Poster {
 // reopen starts a second bot process's App on the first one's data_dir.
 func reopen(t *testing.T, e *env, cfg config.Config) *app.App {
 	t.Helper()
-	viaProxy := motoserver.AWSConfig(e.proxy.URL)
+	viaProxy := botAWS(e.proxy.URL)
 	a, err := app.New(context.Background(), app.Options{Config: cfg, Version: "test", AWS: &viaProxy, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

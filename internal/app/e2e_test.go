@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -96,7 +97,7 @@ func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config), 
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config: %v", err)
 	}
-	viaProxy := motoserver.AWSConfig(proxy.URL)
+	viaProxy := botAWS(proxy.URL)
 	ao := app.Options{Config: cfg, Version: "test", AWS: &viaProxy, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for _, o := range opts {
 		o(&ao)
@@ -117,6 +118,21 @@ func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config), 
 	})
 	proxy.Reset()
 	return &env{t: t, moto: moto, inst: inst, aws: direct, proxy: proxy, slack: fake, app: a, server: srv, http: hs}
+}
+
+// botAWS is the bot's AWS config, through the fault proxy at url. The
+// SDK retries after 50 ms instead of its jittered backoff (up to 2 s, then
+// 4 s): the faults the tests inject and the bot's handling of them are
+// what is under test, not how long the SDK sleeps. The attempts (3) are
+// the same.
+func botAWS(url string) aws.Config {
+	cfg := motoserver.AWSConfig(url)
+	cfg.Retryer = func() aws.Retryer {
+		return retry.NewStandard(func(o *retry.StandardOptions) {
+			o.Backoff = retry.BackoffDelayerFunc(func(int, error) (time.Duration, error) { return 50 * time.Millisecond, nil })
+		})
+	}
+	return cfg
 }
 
 // testSpeed sets an app's polling and progress pacing to test speed;

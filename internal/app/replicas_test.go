@@ -19,7 +19,6 @@ import (
 	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/schedule"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
-	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 )
 
 const leaseTTL = 1500 * time.Millisecond
@@ -47,7 +46,7 @@ func (e *env) replica(opts ...func(*app.Options)) *env {
 	t.Helper()
 	proxy := faultproxy.New(e.moto.URL, faultproxy.Faults{})
 	t.Cleanup(proxy.Close)
-	viaProxy := motoserver.AWSConfig(proxy.URL)
+	viaProxy := botAWS(proxy.URL)
 	cfg := e.app.Config
 	cfg.Store.Name = "replica-b"
 	ao := app.Options{Config: cfg, Version: "test", AWS: &viaProxy, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}

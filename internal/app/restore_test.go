@@ -22,7 +22,6 @@ import (
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
-	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 	"github.com/circlebot/circlebot/internal/testenv/ssmbox"
 )
 
@@ -309,7 +308,7 @@ func (r *restoreEnv) restart() {
 	r.http.Close()
 	cfg := r.app.Config
 	r.app.Close()
-	viaProxy := motoserver.AWSConfig(r.proxy.URL)
+	viaProxy := botAWS(r.proxy.URL)
 	a, err := app.New(context.Background(), app.Options{Config: cfg, Version: "test", AWS: &viaProxy, SSMEndpoint: r.ssm.URL, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
