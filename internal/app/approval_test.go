@@ -84,6 +84,7 @@ func (e *env) click(user, value, trigger string) {
 }
 
 func TestPruneNeedsASecondPersonAndRunsOnce(t *testing.T) {
+	t.Parallel()
 	e, _, made := pruneEnv(t)
 	older, newer := made[0], made[1]
 
@@ -139,6 +140,7 @@ func TestPruneNeedsASecondPersonAndRunsOnce(t *testing.T) {
 }
 
 func TestApprovalIsRefusedWhenThePlanChangedOrExpired(t *testing.T) {
+	t.Parallel()
 	e, skew, made := pruneEnv(t)
 	id := e.requestPrune()
 	// A newer backup changes what retention would delete.

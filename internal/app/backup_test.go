@@ -84,6 +84,7 @@ func (e *env) finalMessage(id, outcome string) slackfake.Message {
 }
 
 func TestBackupNowSnapshotsEveryVolumeAsOneTaggedSet(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	e.slash(alice, incident, "backup now")
 	b := e.lastBackup(ops.StateCompleted)
@@ -145,6 +146,7 @@ func TestBackupNowSnapshotsEveryVolumeAsOneTaggedSet(t *testing.T) {
 }
 
 func TestBackupFollowsPendingSnapshotsAndRefusesASecond(t *testing.T) {
+	t.Parallel()
 	e := newEnvOn(t, patchedMoto(t), nil)
 	ctx := context.Background()
 	e.slash(alice, incident, "backup now")
@@ -197,6 +199,7 @@ func TestBackupFollowsPendingSnapshotsAndRefusesASecond(t *testing.T) {
 }
 
 func TestBackupWithSnapshotInErrorFails(t *testing.T) {
+	t.Parallel()
 	e := newEnvOn(t, patchedMoto(t), nil)
 	e.slash(alice, incident, "backup now")
 	var snaps []ec2types.Snapshot
@@ -230,6 +233,7 @@ func TestBackupWithSnapshotInErrorFails(t *testing.T) {
 }
 
 func TestBackupCompletesOnceUnderThrottling(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	e.proxy.SetFaults(faultproxy.Faults{ThrottleRate: 0.2, Seed: 7})
 	for i := range 3 {
@@ -256,6 +260,7 @@ func TestBackupCompletesOnceUnderThrottling(t *testing.T) {
 }
 
 func TestBackupListAndStatus(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	e.slash(alice, incident, "backup now")
 	b := e.lastBackup(ops.StateCompleted)
@@ -284,6 +289,7 @@ func TestBackupListAndStatus(t *testing.T) {
 }
 
 func TestScheduledBackupPrunesPerPolicyAndKeepsOthers(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(c *config.Config) {
 		c.Slack.ReportChannel = incident
 		c.Backup.Schedule = "0 */6 * * *"
@@ -323,6 +329,7 @@ func TestScheduledBackupPrunesPerPolicyAndKeepsOthers(t *testing.T) {
 }
 
 func TestBackupInterruptedByRestartIsFollowedToTheEnd(t *testing.T) {
+	t.Parallel()
 	moto := patchedMoto(t)
 	e := newEnvOn(t, moto, nil)
 	ctx, stop := context.WithCancel(context.Background())
@@ -404,6 +411,7 @@ func reopen(t *testing.T, e *env, cfg config.Config) *app.App {
 }
 
 func TestASetMissingASnapshotIsNoRestorePoint(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	e.slash(alice, incident, "backup now")
 	b := e.lastBackup(ops.StateCompleted)
@@ -428,6 +436,7 @@ func TestASetMissingASnapshotIsNoRestorePoint(t *testing.T) {
 }
 
 func TestShutdownDoesNotWaitForPendingSnapshots(t *testing.T) {
+	t.Parallel()
 	moto := patchedMoto(t)
 	e := newEnvOn(t, moto, nil)
 	a := reopenFresh(t, e)

@@ -70,16 +70,11 @@ func newEnv(t *testing.T, edit func(*config.Config)) *env {
 	return newEnvOn(t, motoserver.ForTest(t), edit)
 }
 
-// patchedMoto is a private moto whose snapshots stay pending until the
-// test moves them.
+// patchedMoto is a moto of the test's own whose snapshots stay pending
+// until the test moves them.
 func patchedMoto(t *testing.T) *motoserver.Server {
 	t.Helper()
-	srv, err := motoserver.Start(context.Background(), motoserver.WithPatchedSnapshots())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	return srv
+	return motoserver.ForTest(t, motoserver.WithPatchedSnapshots())
 }
 
 func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config), opts ...func(*app.Options)) *env {
@@ -207,6 +202,7 @@ func (e *env) waitPost(channel, what string, pred func(text string) bool) slackf
 }
 
 func TestSignedStatusPostsTheBoxFromMoto(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	e.slash(alice, incident, "status")
 	box := e.inst.ServicesBox
@@ -238,6 +234,7 @@ func TestSignedStatusPostsTheBoxFromMoto(t *testing.T) {
 }
 
 func TestRefusedRequestsRunNothing(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	form, _ := e.slashForm(alice, incident, "status")
 	body := form.Encode()
@@ -280,6 +277,7 @@ func TestRefusedRequestsRunNothing(t *testing.T) {
 }
 
 func TestRolesAndChannels(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(c *config.Config) { c.Roles.Viewers = []string{vera} })
 
 	rid := e.slash(dave, incident, "status")
@@ -326,6 +324,7 @@ func TestRolesAndChannels(t *testing.T) {
 }
 
 func TestStatusExplainsMissingDuplicateAndBrokenAWS(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	ctx := context.Background()
 	api := ec2.NewFromConfig(e.aws)
@@ -383,6 +382,7 @@ func TestStatusExplainsMissingDuplicateAndBrokenAWS(t *testing.T) {
 }
 
 func TestButtonsRunAsTheClickerAndRetriesRunOnce(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(c *config.Config) { c.Roles.Viewers = []string{vera} })
 	payload, _ := json.Marshal(map[string]any{
 		"type":         "block_actions",
@@ -422,6 +422,7 @@ func TestButtonsRunAsTheClickerAndRetriesRunOnce(t *testing.T) {
 }
 
 func TestHealthAndMetrics(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	e.slash(alice, incident, "status")
 	e.waitPost(incident, "status", func(s string) bool { return strings.Contains(s, e.inst.ServicesBox.ID) })

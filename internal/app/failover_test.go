@@ -111,6 +111,7 @@ func callIndex(calls []faultproxy.Call, action, value string) int {
 }
 
 func TestFailoverFencesThePrimaryBeforeTheServiceIPMoves(t *testing.T) {
+	t.Parallel()
 	f := newFailoverEnv(t, nil)
 	primary, ip := f.inst.ServicesBox.ID, f.inst.ServicesBox.SecondaryIP
 	req := f.request(alice, "failover --to "+f.standby)
@@ -181,6 +182,7 @@ func TestFailoverFencesThePrimaryBeforeTheServiceIPMoves(t *testing.T) {
 // A primary whose state cannot be read is unknown, not dead: refused
 // without --force-unknown; with it, the plan says the risk.
 func TestFailoverRefusesCrossAZAndAnUnreadablePrimary(t *testing.T) {
+	t.Parallel()
 	f := newFailoverEnv(t, func(c *config.Config) { c.Failover.ServiceIP = "10.0.1.100" })
 	txt := f.answer(f.slash(alice, incident, "failover"))
 	for _, want := range []string{"cannot leave its subnet", "load-balancer", "none"} {
@@ -239,6 +241,7 @@ func TestFailoverRefusesCrossAZAndAnUnreadablePrimary(t *testing.T) {
 // box (its Name tag changed) is not taken: that instance would not be
 // fenced.
 func TestFailoverRefusesToTakeTheAddressFromAnUnfencedInstance(t *testing.T) {
+	t.Parallel()
 	f := newFailoverEnv(t, func(c *config.Config) { c.Failover.ServiceIP = "10.0.1.100" })
 	if _, err := ec2.NewFromConfig(f.aws).CreateTags(context.Background(), &ec2.CreateTagsInput{Resources: []string{f.inst.ServicesBox.ID},
 		Tags: []ec2types.Tag{{Key: aws.String("Name"), Value: aws.String("renamed-by-someone")}}}); err != nil {
@@ -256,6 +259,7 @@ func TestFailoverRefusesToTakeTheAddressFromAnUnfencedInstance(t *testing.T) {
 // A rotation replaces every builder, batch by batch, and the fleet never
 // has fewer healthy builders than its desired capacity.
 func TestBuildersRotateReplacesEveryBuilderNeverBelowDesired(t *testing.T) {
+	t.Parallel()
 	f := newFailoverEnv(t, func(c *config.Config) { c.Builders.RotateBatch = 2 })
 	asg := autoscaling.NewFromConfig(f.aws)
 	group := func() (desired int32, inService []string) {
@@ -357,6 +361,7 @@ func (s *syncBuffer) String() string {
 // The passphrase reaches the requester only, after a second person's
 // approval, and appears in no log line, channel message or audit record.
 func TestSecretReachesOnlyTheRequester(t *testing.T) {
+	t.Parallel()
 	var logs syncBuffer
 	f := newFailoverEnv(t, nil, func(o *app.Options) {
 		o.Log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -401,8 +406,10 @@ func TestSecretReachesOnlyTheRequester(t *testing.T) {
 // With a dedicated interface, the interface moves; with a load balancer,
 // the target groups swap the old box for the replica.
 func TestFailoverMovesAnInterfaceOrTheLoadBalancerTargets(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	t.Run("eni", func(t *testing.T) {
+		t.Parallel()
 		var eniID string
 		f := newFailoverEnv(t, func(c *config.Config) {
 			c.Failover.Discovery = "eni"
@@ -432,6 +439,7 @@ func TestFailoverMovesAnInterfaceOrTheLoadBalancerTargets(t *testing.T) {
 		}
 	})
 	t.Run("load-balancer", func(t *testing.T) {
+		t.Parallel()
 		var tgs []string
 		f := newFailoverEnv(t, func(c *config.Config) {
 			c.Failover.Discovery = "load-balancer"
@@ -479,6 +487,7 @@ func TestFailoverMovesAnInterfaceOrTheLoadBalancerTargets(t *testing.T) {
 // Discovery none: nothing moves; the plan says builders need the new IP
 // and rotates them, holding the builder group for the whole failover.
 func TestFailoverWithoutDiscoveryRotatesTheBuilders(t *testing.T) {
+	t.Parallel()
 	f := newFailoverEnv(t, func(c *config.Config) {
 		c.Failover.Discovery = "none"
 		c.Builders.RotateBatch = 3

@@ -4,8 +4,10 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 
 	"github.com/circlebot/circlebot/deploy/iam"
@@ -28,6 +30,13 @@ func botAWS(t testing.TB, endpoint string, direct aws.Config, cfg *config.Config
 
 func recordedAWS(t testing.TB, endpoint string, direct aws.Config, cfg *config.Config) (*aws.Config, *iamcheck.Session) {
 	c := motoserver.AWSConfig(endpoint)
+	// The SDK's own retries wait 50 ms instead of its jittered backoff:
+	// the fault tests retry often, and the backoff is the SDK's, not ours.
+	c.Retryer = func() aws.Retryer {
+		return retry.NewStandard(func(o *retry.StandardOptions) {
+			o.Backoff = retry.BackoffDelayerFunc(func(int, error) (time.Duration, error) { return 50 * time.Millisecond, nil })
+		})
+	}
 	ses := iamcheck.Record(&c, iamcheck.Options{
 		Test:   t.Name(),
 		Lookup: direct,

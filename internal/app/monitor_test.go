@@ -86,6 +86,7 @@ func (r *monitorRig) count(parts ...string) int {
 // one alert open; a value between the clear level and the threshold does
 // not recover (hysteresis); a new crossing after recovery alerts at once.
 func TestOutageDetectionAlertsOnceAndRecoversOnce(t *testing.T) {
+	t.Parallel()
 	r := newMonitorRig(t)
 	m := r.app.Monitor
 	alerts := func() int { return r.count(":rotating_light: *Services box status checks*") }
@@ -167,6 +168,7 @@ func TestOutageDetectionAlertsOnceAndRecoversOnce(t *testing.T) {
 // except while an approved operation that stops it on purpose runs; once
 // that operation has stopped part-way, the down box alerts.
 func TestOutageDetectionAlertsOnAStoppedBox(t *testing.T) {
+	t.Parallel()
 	r := newMonitorRig(t)
 	m := r.app.Monitor
 	if _, err := ec2.NewFromConfig(r.aws).StopInstances(context.Background(), &ec2.StopInstancesInput{InstanceIds: []string{r.inst.ServicesBox.ID}}); err != nil {

@@ -24,6 +24,12 @@ import (
 const leaseTTL = 1500 * time.Millisecond
 
 // sharedState puts the bot's state in moto's DynamoDB, with short TTLs.
+//
+// The tests that use it do not call t.Parallel: with a 1 s heartbeat a
+// replica gives up its work when two renewals (TTL/3 each) miss, and the
+// handover is measured against the lease TTL, so CPU taken by other tests
+// of the package (moto, the race detector) makes them fail. Non-parallel
+// tests run before the parallel ones, alone in the binary.
 func sharedState(c *config.Config) {
 	c.Store.Backend = "dynamodb"
 	c.Store.Table = "circlebot-state"
@@ -122,7 +128,7 @@ func (e *env) backups() []*ops.Backup {
 
 // newRestoreReplicas is the restore sandbox with two replicas sharing
 // state, both running their background work: A (the restore env's own
-// app) and B.
+// app) and B. Tests using it are not parallel (see sharedState).
 func newRestoreReplicas(t *testing.T) (*restoreEnv, *env, *env) {
 	t.Helper()
 	ra := newRestoreEnv(t, sharedState)
@@ -138,6 +144,7 @@ func newRestoreReplicas(t *testing.T) (*restoreEnv, *env, *env) {
 // The leader then dies as the next run falls due: the other replica
 // takes the lease within the TTL and runs it, late, once.
 func TestReplicasRunAScheduledBackupOnceAndHandOver(t *testing.T) {
+	// Not parallel: see sharedState.
 	// 29 February: the real cron never strikes during the test; the
 	// scheduler's own clock is set to just after midnight of one.
 	due := time.Date(2028, 2, 29, 0, 0, 0, 0, time.UTC)
@@ -211,6 +218,7 @@ func TestReplicasRunAScheduledBackupOnceAndHandOver(t *testing.T) {
 // is dropped; while the restore runs, a second destructive request on
 // either replica is refused naming the operation that holds the box.
 func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
+	// Not parallel: see newRestoreReplicas.
 	ra, a, b := newRestoreReplicas(t)
 
 	req := a.request(alice, "restore latest")
@@ -286,6 +294,7 @@ func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
 // its heartbeat stop, announces the operation, and `resume` there
 // finishes it without a second instance.
 func TestReplicaKilledMidRestoreIsResumedOnTheOther(t *testing.T) {
+	// Not parallel: see newRestoreReplicas.
 	ra, a, b := newRestoreReplicas(t)
 	req := a.request(alice, "restore latest")
 

@@ -29,6 +29,7 @@ import (
 // `report now` posts the report and attaches the chart through Slack's
 // external upload flow; the PNG decodes.
 func TestReportNowPostsTheReportAndTheChart(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	e.slash(alice, incident, "backup now")
 	b := e.lastBackup(ops.StateCompleted)
@@ -119,6 +120,7 @@ func (e *env) leftovers() []string {
 // measures it, and leaves no instance, image or volume behind; the
 // restore point itself is untouched; the next report shows the drill.
 func TestDrillMeasuresAndLeavesNothingBehind(t *testing.T) {
+	t.Parallel()
 	d := newDrillEnv(t)
 	d.slash(alice, incident, "drill now")
 	d.waitText("drill result", "restores: healthy in")
@@ -144,6 +146,7 @@ func TestDrillMeasuresAndLeavesNothingBehind(t *testing.T) {
 // A drill whose bot dies mid-way (it hangs here, as a dead process would)
 // is swept at the next start: nothing is left and the record says so.
 func TestInterruptedDrillIsSweptAtStartUp(t *testing.T) {
+	t.Parallel()
 	d := newDrillEnv(t)
 	hang := make(chan struct{})
 	var once sync.Once

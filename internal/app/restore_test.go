@@ -228,6 +228,7 @@ func (r *restoreEnv) checkRestored() ec2types.Instance {
 }
 
 func TestRestoreNeedsAnApproverAndKeepsTheIPAndTheOldVolumes(t *testing.T) {
+	t.Parallel()
 	r := newRestoreEnv(t, nil)
 
 	// A request that expires cannot be approved.
@@ -331,6 +332,7 @@ func (r *restoreEnv) restart() {
 // after RunInstances; a new process announces the interrupted restore
 // with its state, and `resume` finishes it without a second instance.
 func TestRestoreInterruptedMidStepResumesWithoutASecondInstance(t *testing.T) {
+	t.Parallel()
 	r := newRestoreEnv(t, nil)
 	req := r.request(alice, "restore latest")
 
@@ -389,6 +391,7 @@ func TestRestoreInterruptedMidStepResumesWithoutASecondInstance(t *testing.T) {
 // cancelling the stopped restore gives it up, and what it made is listed,
 // not deleted.
 func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
+	t.Parallel()
 	r := newRestoreEnv(t, nil)
 	req := r.request(alice, "restore latest")
 	var once sync.Once
@@ -444,6 +447,7 @@ func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
 // With a fifth of EC2 calls throttled or failing, the restore completes,
 // once.
 func TestRestoreCompletesOnceUnderAWSFaults(t *testing.T) {
+	t.Parallel()
 	r := newRestoreEnv(t, nil)
 	req := r.request(alice, "restore latest")
 	r.proxy.SetFaults(faultproxy.Faults{ThrottleRate: 0.1, ServerErrorRate: 0.1, Seed: 7,
@@ -469,6 +473,7 @@ func TestRestoreCompletesOnceUnderAWSFaults(t *testing.T) {
 // TerminateInstances are lost after AWS acted on them: the restore still
 // makes one image and one instance (tag look-ups, client tokens).
 func TestRestoreSurvivesLostAnswers(t *testing.T) {
+	t.Parallel()
 	r := newRestoreEnv(t, nil)
 	req := r.request(alice, "restore latest")
 	var mu sync.Mutex
@@ -507,6 +512,7 @@ func TestRestoreSurvivesLostAnswers(t *testing.T) {
 
 // Bad input is refused with a reason, and nothing is requested or changed.
 func TestRestoreRefusesBadSources(t *testing.T) {
+	t.Parallel()
 	r := newRestoreEnv(t, func(c *config.Config) { c.Backup.Bucket = "circleci-backups-sandbox" })
 	ctx := context.Background()
 	api := ec2.NewFromConfig(r.aws)
@@ -551,6 +557,7 @@ func TestRestoreRefusesBadSources(t *testing.T) {
 
 // Without capacity for the recorded type, the fallback type is launched.
 func TestRestoreFallsBackToAnotherInstanceType(t *testing.T) {
+	t.Parallel()
 	r := newRestoreEnv(t, func(c *config.Config) { c.Restore.FallbackInstanceTypes = []string{"m5a.2xlarge"} })
 	if err := r.moto.SetUnavailableTypes(context.Background(), r.backup.Shape.Type); err != nil {
 		t.Fatal(err)
@@ -570,6 +577,7 @@ func TestRestoreFallsBackToAnotherInstanceType(t *testing.T) {
 // backup's again, what was there is moved aside (never deleted), the app
 // is stopped for it and started after, and the download is removed.
 func TestTarballRestoreMovesTheDataAsideAndRestartsTheApp(t *testing.T) {
+	t.Parallel()
 	e, box, ssmSrv := tarballEnvSSM(t)
 	e.app.Engine.MinInterval = 20 * time.Millisecond
 	e.app.Tarball.Poll = 20 * time.Millisecond
@@ -633,6 +641,7 @@ func TestTarballRestoreMovesTheDataAsideAndRestartsTheApp(t *testing.T) {
 // `--dry-run` shows the plan and requests nothing; a plan that changed
 // before the approval (a newer restore point for `latest`) runs nothing.
 func TestRestoreDryRunAndStalePlan(t *testing.T) {
+	t.Parallel()
 	r := newRestoreEnv(t, nil)
 	txt := r.answer(r.slash(alice, incident, "restore latest --dry-run"))
 	if !strings.Contains(txt, "Dry run") || !strings.Contains(txt, r.backup.ID) || !strings.Contains(txt, r.inst.ServicesBox.PrivateIP) {
@@ -670,6 +679,7 @@ func TestRestoreDryRunAndStalePlan(t *testing.T) {
 // the old box is touched; once AWS finishes the image, resume goes on
 // with the same image and completes.
 func TestRestoreWithAnImagePendingForLongResumes(t *testing.T) {
+	t.Parallel()
 	r := newRestoreEnv(t, nil)
 	ctx := context.Background()
 	if err := r.moto.SetImagesPending(ctx, true); err != nil {

@@ -66,6 +66,7 @@ func newSocketSlack(t *testing.T, fake *slackfake.Server) *socketSlack {
 }
 
 func TestSocketModeAcksAndAnswers(t *testing.T) {
+	t.Parallel()
 	fake := slackfake.New()
 	t.Cleanup(fake.Close)
 	slack := newSocketSlack(t, fake)

@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"archive/tar"
+	"bytes"
 	"compress/bzip2"
 	"context"
 	"crypto/sha256"
@@ -49,6 +50,7 @@ func tarballEnvSSM(t *testing.T) (*env, *ssmbox.Box, *ssmbox.Server) {
 }
 
 func TestTarballBackupRunsOnTheBoxAndLandsVerifiedInS3(t *testing.T) {
+	t.Parallel()
 	e, box := tarballEnv(t)
 	e.slash(alice, incident, "backup now tarball")
 	b := e.lastBackup(ops.StateCompleted)
@@ -94,6 +96,7 @@ func TestTarballBackupRunsOnTheBoxAndLandsVerifiedInS3(t *testing.T) {
 }
 
 func TestTarballBackupWithoutScratchSpaceFailsClearly(t *testing.T) {
+	t.Parallel()
 	e, box := tarballEnv(t)
 	box.SetFreeSpace(1024)
 	e.slash(alice, incident, "backup now tarball")
@@ -105,6 +108,7 @@ func TestTarballBackupWithoutScratchSpaceFailsClearly(t *testing.T) {
 }
 
 func TestTarballBackupOfAnUnreachableBoxFails(t *testing.T) {
+	t.Parallel()
 	e, box := tarballEnv(t)
 	box.SetOnline(false)
 	e.slash(alice, incident, "backup now tarball")
@@ -115,6 +119,7 @@ func TestTarballBackupOfAnUnreachableBoxFails(t *testing.T) {
 }
 
 func TestTarballBackupSurvivesAChattyCircleciBackup(t *testing.T) {
+	t.Parallel()
 	e, box := tarballEnv(t)
 	// SSM keeps the first 24,000 characters of stdout: this much chatter,
 	// some of it looking like results, must not hide the bot's own.
@@ -143,6 +148,7 @@ exec circleci-backup-real "$@"
 }
 
 func TestTarballBackupThatFailsToUploadCleansUp(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name, command, script, want string
 	}{
@@ -152,6 +158,7 @@ func TestTarballBackupThatFailsToUploadCleansUp(t *testing.T) {
 		{"content differs", "md5sum", "#!/bin/sh\necho \"00000000000000000000000000000000  $1\"\n", "damaged"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			e, box, _ := tarballEnvSSM(t)
 			box.WriteCommand(tc.command, tc.script)
 			tb, b, p := directTarball(e)
@@ -180,6 +187,7 @@ func TestTarballBackupThatFailsToUploadCleansUp(t *testing.T) {
 }
 
 func TestCancelledTarballBackupCancelsTheCommandAndCleansUp(t *testing.T) {
+	t.Parallel()
 	e, box, srv := tarballEnvSSM(t)
 	box.WriteCommand("circleci-backup", "#!/bin/bash\ntouch \"$1/started\"\nexec sleep 300\n")
 	tb, b, p := directTarball(e)
@@ -265,11 +273,31 @@ func (e *env) object(b *ops.Backup) []byte {
 		e.t.Fatal(err)
 	}
 	defer obj.Body.Close()
-	body, err := io.ReadAll(obj.Body)
+	// Read into a buffer of the object's size: io.ReadAll's regrowing
+	// copies of a big object cost seconds under the race detector.
+	var body bytes.Buffer
+	body.Grow(int(aws.ToInt64(obj.ContentLength)) + bytes.MinRead)
+	if _, err := body.ReadFrom(obj.Body); err != nil {
+		e.t.Fatal(err)
+	}
+	return body.Bytes()
+}
+
+// objectDigest streams the object of b and returns its length and SHA-256
+// (hex), without holding it in memory.
+func (e *env) objectDigest(b *ops.Backup) (int64, string) {
+	e.t.Helper()
+	obj, err := e.s3().GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(b.Bucket), Key: aws.String(b.Key)})
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return body
+	defer obj.Body.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, obj.Body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return n, hex.EncodeToString(h.Sum(nil))
 }
 
 func (e *env) noUploadsLeft(b *ops.Backup) {
@@ -294,6 +322,7 @@ func noScratchLeft(t *testing.T, box *ssmbox.Box) {
 }
 
 func TestBigTarballGoesUpInBatchesOfFreshURLs(t *testing.T) {
+	t.Parallel()
 	e, box, srv := tarballEnvSSM(t)
 	// 6 parts of 16 MiB: two upload commands, each with its own URLs.
 	box.WriteCommand("circleci-backup", "#!/bin/bash\nhead -c 90000000 /dev/urandom >\"$1/circleci-data-export.tar.bz2\"\n")
@@ -301,10 +330,8 @@ func TestBigTarballGoesUpInBatchesOfFreshURLs(t *testing.T) {
 	if err := tb.Run(context.Background(), b, p); err != nil {
 		t.Fatal(err)
 	}
-	body := e.object(b)
-	sum := sha256.Sum256(body)
-	if int64(len(body)) != b.Size || hex.EncodeToString(sum[:]) != b.SHA256 {
-		t.Fatalf("object: %d bytes, sha %x; record %d %s", len(body), sum, b.Size, b.SHA256)
+	if size, sum := e.objectDigest(b); size != b.Size || sum != b.SHA256 {
+		t.Fatalf("object: %d bytes, sha %s; record %d %s", size, sum, b.Size, b.SHA256)
 	}
 	var batches []int
 	for _, c := range srv.Commands() {
@@ -333,6 +360,7 @@ func TestBigTarballGoesUpInBatchesOfFreshURLs(t *testing.T) {
 // box, an unfinished multipart upload and a scratch directory. The next
 // start cleans all three up, reports it, and does not retry the backup.
 func TestTarballLeftByACrashIsCleanedUpAtStart(t *testing.T) {
+	t.Parallel()
 	e, box := tarballEnv(t)
 	ctx := context.Background()
 	tb := e.app.Backups.Tarball.(*ops.TarballBackup)

@@ -55,7 +55,11 @@ type Server struct {
 
 type options struct {
 	launcher string
+	amis     string // $MOTO_AMIS_PATH for the process, if set
 }
+
+// poolKey tells apart servers ForTest may not give for one another.
+func (o options) poolKey() string { return o.launcher + "\x00" + o.amis }
 
 // Option changes how Start launches moto.
 type Option func(*options)
@@ -72,8 +76,9 @@ var errAddrInUse = errors.New("address already in use")
 // Start launches moto_server on a free 127.0.0.1 port and returns once it
 // answers HTTP. ctx bounds only the start-up (at most ~30 s); the process
 // lives until Close. The binary is $MOTO_SERVER if set, else moto_server on
-// PATH. The process runs in its own process group so Close also stops any
-// children (a wrapper or shim may fork Python rather than exec it).
+// PATH; a pyenv shim is resolved once to what it runs (see unshim). The
+// process runs in its own process group so Close also stops any children
+// (a wrapper or shim may fork Python rather than exec it).
 func Start(ctx context.Context, opts ...Option) (*Server, error) {
 	var o options
 	for _, opt := range opts {
@@ -92,7 +97,7 @@ func Start(ctx context.Context, opts ...Option) (*Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("motoserver: pick a free port: %w", err)
 		}
-		s, err := launch(ctx, name, slices.Concat(args, []string{"-H", "127.0.0.1", "-p", strconv.Itoa(port)}), port)
+		s, err := launch(ctx, name, slices.Concat(args, []string{"-H", "127.0.0.1", "-p", strconv.Itoa(port)}), port, o.env())
 		if err == nil {
 			return s, nil
 		}
@@ -113,20 +118,20 @@ func command(o options) (string, []string, error) {
 		if err != nil {
 			return "", nil, fmt.Errorf("motoserver: python3 not found on PATH (needed for launcher %s): %w", o.launcher, err)
 		}
-		return py, []string{o.launcher}, nil
+		return unshim(py), []string{o.launcher}, nil
 	}
 	if bin := os.Getenv("MOTO_SERVER"); bin != "" {
 		path, err := exec.LookPath(bin)
 		if err != nil {
 			return "", nil, fmt.Errorf("motoserver: $MOTO_SERVER=%q is not an executable: %w", bin, err)
 		}
-		return path, nil, nil
+		return unshim(path), nil, nil
 	}
 	path, err := exec.LookPath("moto_server")
 	if err != nil {
 		return "", nil, fmt.Errorf("motoserver: moto_server not found on PATH: install Python moto[server] (pip install 'moto[server]') or set $MOTO_SERVER to its path: %w", err)
 	}
-	return path, nil, nil
+	return unshim(path), nil, nil
 }
 
 func freePort() (int, error) {
@@ -138,7 +143,15 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func launch(ctx context.Context, name string, args []string, port int) (*Server, error) {
+// env is what the options add to the process's environment.
+func (o options) env() []string {
+	if o.amis == "" {
+		return nil
+	}
+	return []string{"MOTO_AMIS_PATH=" + o.amis}
+}
+
+func launch(ctx context.Context, name string, args []string, port int, env []string) (*Server, error) {
 	logf, err := os.CreateTemp("", "moto_server-*.log")
 	if err != nil {
 		return nil, fmt.Errorf("motoserver: create log file: %w", err)
@@ -149,7 +162,7 @@ func launch(ctx context.Context, name string, args []string, port int) (*Server,
 	cmd.Stderr = logf
 	// moto builds some URLs (presigned S3, SQS queue URLs) from $MOTO_PORT
 	// and keeps an inherited value, which would point them at another server.
-	cmd.Env = append(os.Environ(), "MOTO_PORT="+strconv.Itoa(port))
+	cmd.Env = slices.Concat(os.Environ(), []string{"MOTO_PORT=" + strconv.Itoa(port)}, env)
 	cmd.SysProcAttr = sysProcAttr()
 	s := &Server{
 		URL:     "http://127.0.0.1:" + strconv.Itoa(port),

@@ -12,11 +12,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 )
 
-// patchedServer is one launcher process shared by the tests in this file
-// (each resets it), since a moto start costs about a second.
+// patchedServer is a launcher process of the test's own from the pool
+// (reset for it), since a moto start costs about a second.
 func patchedServer(t *testing.T) (*Server, *ec2.Client) {
 	t.Helper()
-	s := startT(t, WithPatchedSnapshots())
+	s := ForTest(t, WithPatchedSnapshots())
 	return s, ec2.NewFromConfig(AWSConfig(s.URL))
 }
 
@@ -55,6 +55,7 @@ func wantSnapshot(t *testing.T, got types.Snapshot, state types.SnapshotState, p
 }
 
 func TestPatchedSnapshots(t *testing.T) {
+	t.Parallel()
 	s, c := patchedServer(t)
 	ctx := ctxT(t)
 
@@ -195,6 +196,7 @@ func TestPatchedSnapshots(t *testing.T) {
 }
 
 func TestPatchedSnapshotsAutoCompleteAndReset(t *testing.T) {
+	t.Parallel()
 	s, c := patchedServer(t)
 	ctx := ctxT(t)
 	vol := createVolume(t, c)
@@ -256,6 +258,7 @@ func TestPatchedSnapshotsAutoCompleteAndReset(t *testing.T) {
 }
 
 func TestSnapshotControlNeedsPatchedLauncher(t *testing.T) {
+	t.Parallel()
 	s := ForTest(t)
 	err := s.SetSnapshotState(ctxT(t), "snap-1", SnapshotCompleted, "")
 	if err == nil || !strings.Contains(err.Error(), "WithPatchedSnapshots") {
