@@ -690,11 +690,8 @@ func (e *Engine) Cancel(ctx context.Context, id, user string, out Out) (string, 
 		_, err := out.Post(ctx, chat.Text(msg))
 		return "cancel requested " + op.ID, err
 	}
-	for _, k := range op.Targets() {
-		if err := e.Store.Unlock(ctx, k, op.ID); err != nil {
-			return "", err
-		}
-	}
+	// Given up: its targets are freed even if the request's ctx ends now.
+	e.unlock(ctx, op)
 	hints, line := "", ""
 	if k, b, err := e.bind(op); err == nil {
 		if h := b.leftBehind(Record{Op: op}); len(h) > 0 {
@@ -710,9 +707,12 @@ func (e *Engine) Cancel(ctx context.Context, id, user string, out Out) (string, 
 
 // Journaled reports whether an approval request became a journaled
 // operation (which then has its own resume path).
-func (e *Engine) Journaled(ctx context.Context, reqID string) bool {
+func (e *Engine) Journaled(ctx context.Context, reqID string) (bool, error) {
 	_, err := e.Journal.ByRequest(ctx, reqID)
-	return err == nil
+	if errors.Is(err, journal.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // settled is a context for writes that must land even after ctx ended

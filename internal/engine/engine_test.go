@@ -465,11 +465,14 @@ func TestAPanickingStepStopsTheOperation(t *testing.T) {
 		t.Fatal("a panicking step did not stop the operation")
 	}
 	op, _ := e.Journal.ByRequest(context.Background(), r.ID)
-	if op.State != journal.Stopped || op.Steps[1].State != journal.StepFailed || !strings.Contains(op.Steps[1].Error, "panicked: nil map in two") {
+	if op.State != journal.Stopped || op.Steps[1].State != journal.StepFailed || !strings.Contains(op.Steps[1].Error, "panicked") {
 		t.Fatalf("journal: %s, step 2 %s %q", op.State, op.Steps[1].State, op.Steps[1].Error)
 	}
 	if !o.said("panicked") || !o.said("resume "+op.ID) {
 		t.Errorf("last word: %q", o.posts)
+	}
+	if o.said("nil map") {
+		t.Errorf("the panic's value reached the channel: %q", o.posts)
 	}
 	if _, err := e.Cancel(context.Background(), op.ID, "U0CAROL", o); err != nil {
 		t.Fatalf("cancel after a panic: %v", err)
@@ -538,5 +541,29 @@ func TestResumeAfterTheTTLOrAChangeNeedsApprovalAgain(t *testing.T) {
 				t.Errorf("the progress does not say who approved the resume: %q", o.posts)
 			}
 		})
+	}
+}
+
+// A non-holding operation stopped by a replica that lost its heartbeat is
+// Stopped but never marked for announcement: recovery closes it anyway, so
+// it does not keep the box locked.
+func TestRecoverClosesAStoppedOperationThatHoldsNothing(t *testing.T) {
+	e, st := newEngine(t, &world{version: 1})
+	now := time.Now()
+	o := &journal.Op{ID: "op-3", Kind: "fake-prune", Plan: `{"version":1}`, Target: "box/test", Channel: "C1", Requester: "scheduler", Title: "Fake prune",
+		State: journal.Stopped, Process: "cut-off-replica", Why: "interrupted during step 1 (one): heartbeat lost", Created: now, Updated: now,
+		Steps: []journal.Step{{Name: "one", State: journal.StepInterrupted}, {Name: "two"}, {Name: "three"}}}
+	if err := e.Journal.Create(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.TryLock(context.Background(), store.Lock{Key: "box/test", OpID: "op-3", Process: "cut-off-replica"}); err != nil {
+		t.Fatal(err)
+	}
+	e.Recover(context.Background(), func(string) Out { return &out{} })
+	if got, _ := e.Journal.Get(context.Background(), "op-3"); got.State != journal.Failed {
+		t.Errorf("state %s, want failed (closed)", got.State)
+	}
+	if l := locked(t, st); len(l) != 0 {
+		t.Errorf("locks left: %v", l)
 	}
 }

@@ -38,14 +38,18 @@ func (e *Engine) Recover(ctx context.Context, postTo func(channel string) progre
 			continue
 		}
 		if k, _, err := e.bind(op); err == nil && !k.hold() {
-			continue // closed below, once announced
+			// It holds nothing for a resume: closed now, whether or not
+			// its announcement below reaches Slack (or it has none: a
+			// replica that lost its heartbeat stopped it).
+			e.close(ctx, op)
+			continue
 		}
 		if err := e.adopt(ctx, op); err != nil {
 			e.Log.Error("keep the target locked for a stopped operation", "op", op.ID, "err", err)
 		}
 	}
 	for _, op := range all {
-		if !op.Unannounced || op.State != journal.Stopped {
+		if !op.Unannounced || (op.State != journal.Stopped && op.State != journal.Failed) {
 			continue
 		}
 		op, err := e.Journal.TakeAnnouncement(ctx, op.ID)
@@ -58,13 +62,15 @@ func (e *Engine) Recover(ctx context.Context, postTo func(channel string) progre
 		e.Log.Warn("interrupted operation", "op", op.ID, "why", op.Why)
 		if _, err := postTo(op.Channel).Post(ctx, chat.Text(msg)); err != nil {
 			e.Log.Error("announce an interrupted operation; trying again at the next round", "op", op.ID, "err", err)
-			if err := e.Journal.ReturnAnnouncement(ctx, op.ID); err != nil {
+			// Given back even if ctx ended (a shutdown as it posted), or
+			// it would never be announced.
+			rctx, cancel := settled(ctx)
+			err := e.Journal.ReturnAnnouncement(rctx, op.ID)
+			cancel()
+			if err != nil {
 				e.Log.Error("give the announcement back", "op", op.ID, "err", err)
 			}
 			continue
-		}
-		if !held {
-			e.close(ctx, op)
 		}
 	}
 	e.recoverRequests(ctx, postTo)
@@ -111,7 +117,12 @@ func (e *Engine) recoverRequests(ctx context.Context, postTo func(channel string
 		if r.State != approvals.Executing || e.Store.Alive(ctx, r.Process) {
 			continue
 		}
-		if e.Journaled(ctx, r.ID) {
+		journaled, err := e.Journaled(ctx, r.ID)
+		if err != nil {
+			e.Log.Warn("could not tell whether an interrupted request became an operation; looked at again next round", "request", r.ID, "err", err)
+			continue
+		}
+		if journaled {
 			if _, err := e.Approvals.Interrupt(ctx, r.ID, r.Process, "interrupted: the bot stopped while it ran; its operation can be resumed"); err != nil {
 				e.Log.Debug("close an interrupted request (another replica may have)", "request", r.ID, "err", err)
 			}

@@ -336,7 +336,8 @@ func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progre
 		return nil, err
 	}
 	if len(op.Steps) != len(defs) {
-		return op, fmt.Errorf("operation %s has %d steps recorded, this version runs %d", id, len(op.Steps), len(defs))
+		return s.stop(ctx, id, process, fmt.Sprintf("it has %d steps recorded and this version of the bot runs %d", len(op.Steps), len(defs)),
+			fmt.Errorf("operation %s has %d steps recorded, this version runs %d", id, len(op.Steps), len(defs)))
 	}
 	for i := range defs {
 		if op.Steps[i].State == StepDone {
@@ -371,7 +372,9 @@ func (s Store) Run(ctx context.Context, id, process string, defs []Def, p Progre
 			return s.stop(ctx, id, owner, fmt.Sprintf("interrupted before step %d (%s): %s", i+1, defs[i].Name, why(ctx)), ctx.Err())
 		}
 		if err != nil {
-			return op, fmt.Errorf("journal step %s of %s: %w", defs[i].Name, id, err)
+			// Not started, and not to stay Running under a live process:
+			// stopped at the boundary (if the store lets us say so).
+			return s.stop(ctx, id, owner, fmt.Sprintf("step %d (%s) could not be journaled: %v", i+1, defs[i].Name, err), fmt.Errorf("journal step %s of %s: %w", defs[i].Name, id, err))
 		}
 		p.Begin(i, "")
 		work := &Op{}
@@ -440,7 +443,9 @@ type PanicError struct {
 	Stack []byte // for the log, never for a channel
 }
 
-func (e *PanicError) Error() string { return fmt.Sprintf("the step panicked: %v", e.Value) }
+// Error says what happened without the panic's value (logged with the
+// stack): it may carry internals, and this text reaches the channel.
+func (e *PanicError) Error() string { return "the step panicked (a bug in the bot: the details are in its log)" }
 
 func runStep(ctx context.Context, d Def, op *Op, p Progress) (detail string, err error) {
 	defer func() {
@@ -541,7 +546,7 @@ func (s Store) TakeAnnouncement(ctx context.Context, id string) (*Op, error) {
 // left to announce: that is not an error.
 func (s Store) ReturnAnnouncement(ctx context.Context, id string) error {
 	_, err := s.Update(ctx, id, func(o *Op) error {
-		if o.State != Stopped {
+		if o.State != Stopped && o.State != Failed {
 			return errNotStopped
 		}
 		o.Unannounced = true
