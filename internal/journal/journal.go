@@ -445,7 +445,9 @@ type PanicError struct {
 
 // Error says what happened without the panic's value (logged with the
 // stack): it may carry internals, and this text reaches the channel.
-func (e *PanicError) Error() string { return "the step panicked (a bug in the bot: the details are in its log)" }
+func (e *PanicError) Error() string {
+	return "the step panicked (a bug in the bot: the details are in its log)"
+}
 
 func runStep(ctx context.Context, d Def, op *Op, p Progress) (detail string, err error) {
 	defer func() {
