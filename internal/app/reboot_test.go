@@ -45,6 +45,25 @@ type boxEnv struct {
 	// old boot (the OS shutting down); upAfter how long after that it
 	// answers again, booted.
 	downAfter, upAfter time.Duration
+	// closed: the test ended; what the box does later (timers) is dropped,
+	// and the cleanup waits for what already runs (its directory goes next).
+	closed  bool
+	running sync.WaitGroup
+}
+
+// later does f after d, as the box would, unless the test has ended.
+func (b *boxEnv) later(d time.Duration, f func()) {
+	time.AfterFunc(d, func() {
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			return
+		}
+		b.running.Add(1)
+		b.mu.Unlock()
+		defer b.running.Done()
+		f()
+	})
 }
 
 func newBoxEnv(t *testing.T, moto *motoserver.Server, edit func(*config.Config)) *boxEnv {
@@ -56,6 +75,14 @@ func newBoxEnv(t *testing.T, moto *motoserver.Server, edit func(*config.Config))
 		b.mu.Unlock()
 	}))
 	t.Cleanup(b.health.Close)
+	// Registered after ssmbox.New's: runs before the box's directory is
+	// removed.
+	t.Cleanup(func() {
+		b.mu.Lock()
+		b.closed = true
+		b.mu.Unlock()
+		b.running.Wait()
+	})
 	b.env = newEnvOn(t, moto, func(c *config.Config) {
 		c.Failover.HealthURL = b.health.URL + "/healthz?ip={ip}"
 		if edit != nil {
@@ -95,15 +122,15 @@ func (b *boxEnv) follow(c faultproxy.Call) {
 		b.box.SetOnline(false)
 		b.box.SetAppState(ssmbox.AppStopped)
 	case "StartInstances":
-		time.AfterFunc(up, func() { b.setBoot(time.Now()); b.box.SetOnline(true) })
+		b.later(up, func() { b.setBoot(time.Now()); b.box.SetOnline(true) })
 	case "RebootInstances":
 		b.mu.Lock()
 		b.reboots++
 		b.mu.Unlock()
-		time.AfterFunc(down, func() {
+		b.later(down, func() {
 			b.box.SetOnline(false)
 			b.box.SetAppState(ssmbox.AppStopped)
-			time.AfterFunc(up, func() { b.setBoot(time.Now()); b.box.SetOnline(true) })
+			b.later(up, func() { b.setBoot(time.Now()); b.box.SetOnline(true) })
 		})
 	}
 }
