@@ -25,15 +25,19 @@ const leaseTTL = 1500 * time.Millisecond
 
 // sharedState puts the bot's state in moto's DynamoDB, with short TTLs.
 //
-// The tests that use it do not call t.Parallel: with a 1 s heartbeat a
-// replica gives up its work when two renewals (TTL/3 each) miss, and the
-// handover is measured against the lease TTL, so CPU taken by other tests
-// of the package (moto, the race detector) makes them fail. Non-parallel
-// tests run before the parallel ones, alone in the binary.
+// A replica gives up its work when its heartbeat has not landed for 3/4
+// of the heartbeat TTL (renewals every TTL/3, each with TTL/3 to land), and
+// the handover is measured against the lease TTL: both are wall-clock
+// deadlines that CPU starvation breaks. With a 1 s heartbeat a replica
+// lost its heartbeat when other test binaries and moto starts took the
+// CPU; 3 s leaves a DynamoDB write 1 s. The tests that use it do not call
+// t.Parallel either: other tests of the package running beside them made
+// them fail. Non-parallel tests run before the parallel ones, alone in
+// the binary.
 func sharedState(c *config.Config) {
 	c.Store.Backend = "dynamodb"
 	c.Store.Table = "circlebot-state"
-	c.Store.HeartbeatTTL = config.Duration(time.Second)
+	c.Store.HeartbeatTTL = config.Duration(3 * time.Second)
 	c.Store.LeaseTTL = config.Duration(leaseTTL)
 	c.Store.Name = "replica-a"
 }

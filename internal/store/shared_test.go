@@ -43,7 +43,11 @@ func openShared(t *testing.T, d kv.Dynamo, name string, ttl time.Duration) *stor
 // A replica sees the other alive while it beats; a crashed one (no
 // renewal) is dead once its heartbeat expires, a cleanly stopped one at
 // once.
+//
+// Parallel with TestSecondOpenFailsClearly, which only waits: most of
+// this test is waiting out TTLs too.
 func TestHeartbeatsSayWhichReplicaIsAlive(t *testing.T) {
+	t.Parallel()
 	d := sharedTable(t)
 	const ttl = 1500 * time.Millisecond
 	a, b, c := openShared(t, d, "a", ttl), openShared(t, d, "b", ttl), openShared(t, d, "c", ttl)

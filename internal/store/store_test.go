@@ -57,7 +57,9 @@ func TestAuditConcurrentAndDurable(t *testing.T) {
 	}
 }
 
+// Parallel: the second Open waits out bbolt's 3 s lock timeout, idle.
 func TestSecondOpenFailsClearly(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s, err := Open(dir)
 	if err != nil {

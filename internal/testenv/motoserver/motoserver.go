@@ -58,9 +58,6 @@ type options struct {
 	amis     string // $MOTO_AMIS_PATH for the process, if set
 }
 
-// poolKey tells apart servers ForTest may not give for one another.
-func (o options) poolKey() string { return o.launcher + "\x00" + o.amis }
-
 // Option changes how Start launches moto.
 type Option func(*options)
 

@@ -269,6 +269,23 @@ func TestForTestSharesAndResets(t *testing.T) {
 	}
 }
 
+// A server started from another command (here a test's $MOTO_SERVER) is
+// not given to a test that asks for the usual one, nor the other way round.
+func TestForTestKeysThePoolByCommand(t *testing.T) {
+	real, err := exec.LookPath("moto_server")
+	if err != nil {
+		t.Fatalf("moto_server not on PATH: %v", err)
+	}
+	var plain *Server
+	t.Run("plain", func(t *testing.T) { plain = ForTest(t) })
+	t.Setenv("MOTO_SERVER", writeScript(t, "exec '"+real+"' \"$@\"\n"))
+	t.Run("wrapped", func(t *testing.T) {
+		if s := ForTest(t); s == plain {
+			t.Errorf("ForTest gave the server of moto_server to a test whose $MOTO_SERVER is a wrapper")
+		}
+	})
+}
+
 func TestForTestGivesParallelTestsTheirOwnServers(t *testing.T) {
 	t.Parallel()
 	a := make(chan *Server)

@@ -26,7 +26,7 @@ import (
 // subtests wait for one.
 var pool struct {
 	mu      sync.Mutex
-	idle    map[string][]*Server // by options (poolKey)
+	idle    map[string][]*Server // by poolKey
 	all     []*Server
 	held    map[heldKey]*Server
 	keepLog map[*Server]bool // used by a failed test: the log outlives Main
@@ -61,7 +61,11 @@ func ForTest(t testing.TB, opts ...Option) *Server {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	key := heldKey{t, o.poolKey()}
+	pk, err := poolKey(o)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	key := heldKey{t, pk}
 
 	pool.mu.Lock()
 	s := pool.held[key]
@@ -73,7 +77,7 @@ func ForTest(t testing.TB, opts ...Option) *Server {
 		return s
 	}
 
-	s, err := take(key.key, opts)
+	s, err = take(key.key, opts)
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
@@ -105,6 +109,16 @@ func ForTest(t testing.TB, opts ...Option) *Server {
 		pool.idle[key.key] = append(pool.idle[key.key], s)
 	})
 	return s
+}
+
+// poolKey tells apart servers ForTest may not give for one another: the
+// command (which a test's $MOTO_SERVER may change) and the AMI catalogue.
+func poolKey(o options) (string, error) {
+	name, args, err := command(o)
+	if err != nil {
+		return "", err
+	}
+	return strings.Join(append([]string{name, o.amis}, args...), "\x00"), nil
 }
 
 // take returns an idle server started with these options, reset, or a new
