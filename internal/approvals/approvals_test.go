@@ -112,7 +112,7 @@ func newStore(t *testing.T) (Store, *store.Store) {
 func stores(t *testing.T) map[string]Store {
 	s, _ := newStore(t)
 	moto := motoserver.ForTest(t)
-	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(moto.URL)), Table: "circlebot-state"}
+	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(motoserver.Serialized(t, moto.URL))), Table: "circlebot-state"}
 	if err := d.EnsureTable(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -185,7 +185,7 @@ func TestRecordSavesAtOnce(t *testing.T) {
 // exactly one claims the operation.
 func TestClaimOnce(t *testing.T) {
 	moto := motoserver.ForTest(t)
-	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(moto.URL)), Table: "circlebot-state"}
+	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(motoserver.Serialized(t, moto.URL))), Table: "circlebot-state"}
 	if err := d.EnsureTable(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,7 @@ func backends(tb testing.TB) map[string]Store {
 	}
 	tb.Cleanup(func() { db.Close() })
 	moto := motoserver.ForTest(tb)
-	d := Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(moto.URL)), Table: "circlebot-state"}
+	d := Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(motoserver.Serialized(tb, moto.URL))), Table: "circlebot-state"}
 	if err := d.EnsureTable(context.Background()); err != nil {
 		tb.Fatal(err)
 	}

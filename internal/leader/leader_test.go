@@ -20,7 +20,7 @@ func TestMain(m *testing.M) { motoserver.Main(m) }
 func electors(t *testing.T, ttl time.Duration, names ...string) []*leader.Elector {
 	t.Helper()
 	moto := motoserver.ForTest(t)
-	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(moto.URL)), Table: "circlebot-state"}
+	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(motoserver.Serialized(t, moto.URL))), Table: "circlebot-state"}
 	if err := d.EnsureTable(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ func TestMain(m *testing.M) { motoserver.Main(m) }
 func sharedTable(t *testing.T) kv.Dynamo {
 	t.Helper()
 	moto := motoserver.ForTest(t)
-	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(moto.URL)), Table: "circlebot-state"}
+	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(motoserver.Serialized(t, moto.URL))), Table: "circlebot-state"}
 	if err := d.EnsureTable(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +135,7 @@ func BenchmarkClaimOnce(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer moto.Close()
-	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(moto.URL)), Table: "circlebot-state"}
+	d := kv.Dynamo{API: dynamodb.NewFromConfig(motoserver.AWSConfig(motoserver.Serialized(b, moto.URL))), Table: "circlebot-state"}
 	if err := d.EnsureTable(context.Background()); err != nil {
 		b.Fatal(err)
 	}
