@@ -70,13 +70,20 @@ func (e *env) requestPrune() string {
 	return reqIDRE.FindStringSubmatch(e.slack.Text(c))[1]
 }
 
+// approvalButtonID is the action ID of the request message's button that
+// carries value ("approve req-…" or "deny req-…").
+func approvalButtonID(value string) string {
+	verb, _, _ := strings.Cut(value, " ")
+	return slackio.ButtonID(verb)
+}
+
 func (e *env) click(user, value, trigger string) {
 	e.t.Helper()
 	payload, _ := json.Marshal(map[string]any{
 		"type": "block_actions", "trigger_id": trigger,
 		"user": map[string]string{"id": user}, "channel": map[string]string{"id": incident}, "team": map[string]string{"id": "T0001"},
 		"response_url": e.slack.ResponseURL(trigger),
-		"actions":      []map[string]string{{"action_id": slackio.ButtonActionID, "block_id": "approval", "value": value, "type": "button"}},
+		"actions":      []map[string]string{{"action_id": approvalButtonID(value), "block_id": "approval", "value": value, "type": "button"}},
 	})
 	if r := e.post("/slack/interactions", url.Values{"payload": {string(payload)}}.Encode(), time.Now(), signingSecret); r.StatusCode != http.StatusOK {
 		e.t.Fatalf("click: HTTP %d", r.StatusCode)

@@ -10,7 +10,6 @@ import (
 
 	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/config"
-	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/testenv/slackfake"
 )
 
@@ -31,7 +30,7 @@ func (e *env) clickIn(user, channel, value, trigger string) {
 		"type": "block_actions", "trigger_id": trigger,
 		"user": map[string]string{"id": user}, "channel": map[string]string{"id": channel}, "team": map[string]string{"id": "T0001"},
 		"response_url": e.slack.ResponseURL(trigger),
-		"actions":      []map[string]string{{"action_id": slackio.ButtonActionID, "block_id": "approval", "value": value, "type": "button"}},
+		"actions":      []map[string]string{{"action_id": approvalButtonID(value), "block_id": "approval", "value": value, "type": "button"}},
 	})
 	if r := e.post("/slack/interactions", url.Values{"payload": {string(payload)}}.Encode(), time.Now(), signingSecret); r.StatusCode != http.StatusOK {
 		e.t.Fatalf("click: HTTP %d", r.StatusCode)

@@ -225,13 +225,13 @@ func (d Deps) requestMessage(r approvals.Request, status string) chat.Message {
 	}
 	blocks = append(blocks, chat.Context(fmt.Sprintf("Request `%s` · plan `%s` · expires %s UTC · in %s, an approver other than the requester: `%s approve %s` or `%s deny %s`",
 		r.ID, approvals.Short(r.PlanHash), r.Expires.UTC().Format("15:04"), strings.Join(where, " or "), d.SlashCommand, r.ID, d.SlashCommand, r.ID)))
-	approve := slack.NewButtonBlockElement(slackio.ButtonActionID, "approve "+r.ID, slack.NewTextBlockObject(slack.PlainTextType, "Approve", false, false)).WithStyle(slack.StylePrimary)
+	approve := slack.NewButtonBlockElement(slackio.ButtonID("approve"), "approve "+r.ID, slack.NewTextBlockObject(slack.PlainTextType, "Approve", false, false)).WithStyle(slack.StylePrimary)
 	approve.Confirm = slack.NewConfirmationBlockObject(
 		slack.NewTextBlockObject(slack.PlainTextType, "Run this plan?", false, false),
 		slack.NewTextBlockObject(slack.MarkdownType, fmt.Sprintf("`%s` will run as planned (plan `%s`). It is checked against AWS again first.", chat.Truncate(r.Command, 150), approvals.Short(r.PlanHash)), false, false),
 		slack.NewTextBlockObject(slack.PlainTextType, "Approve and run", false, false),
 		slack.NewTextBlockObject(slack.PlainTextType, "Cancel", false, false))
-	deny := slack.NewButtonBlockElement(slackio.ButtonActionID, "deny "+r.ID, slack.NewTextBlockObject(slack.PlainTextType, "Deny", false, false)).WithStyle(slack.StyleDanger)
+	deny := slack.NewButtonBlockElement(slackio.ButtonID("deny"), "deny "+r.ID, slack.NewTextBlockObject(slack.PlainTextType, "Deny", false, false)).WithStyle(slack.StyleDanger)
 	blocks = append(blocks, slack.NewActionBlock("approval", approve, deny))
 	text := fmt.Sprintf("Approval needed: %s (request %s) — %s approve %s", chat.Truncate(r.Command, 300), r.ID, d.SlashCommand, r.ID)
 	return chat.Message{Text: text, Blocks: blocks}

@@ -85,6 +85,21 @@ func check(m chat.Message) error {
 	if len(m.Blocks) > chat.MaxBlocks {
 		return fmt.Errorf("invalid_blocks: %d blocks", len(m.Blocks))
 	}
+	for _, b := range m.Blocks {
+		a, ok := b.(*slack.ActionBlock)
+		if !ok || a.Elements == nil {
+			continue
+		}
+		seen := map[string]bool{}
+		for _, el := range a.Elements.ElementSet {
+			if btn, ok := el.(*slack.ButtonBlockElement); ok {
+				if seen[btn.ActionID] {
+					return fmt.Errorf("invalid_blocks: action_id %q twice in block %q", btn.ActionID, a.BlockID)
+				}
+				seen[btn.ActionID] = true
+			}
+		}
+	}
 	total := 0
 	for _, t := range blockTexts(m) {
 		if utf8.RuneCountInString(t) > chat.MaxSectionText {

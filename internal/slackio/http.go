@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/slack-go/slack"
@@ -24,8 +25,17 @@ import (
 const MaxBody = 256 << 10
 
 // ButtonActionID marks buttons whose value is a command text to run as the
-// clicker (re-authorised on every click).
+// clicker (re-authorised on every click). Slack wants the action IDs within
+// one block to differ, so buttons that share a block carry it with a suffix
+// (ButtonID); both forms are read.
 const ButtonActionID = "circlebot:cmd"
+
+// ButtonID is ButtonActionID for one of several buttons in a block.
+func ButtonID(name string) string { return ButtonActionID + ":" + name }
+
+func isButtonID(id string) bool {
+	return id == ButtonActionID || strings.HasPrefix(id, ButtonActionID+":")
+}
 
 const busyText = "I am at capacity right now and did not run that. Please try again in a few seconds."
 
@@ -137,7 +147,7 @@ func FromInteraction(cb slack.InteractionCallback) (chat.Request, bool) {
 		return chat.Request{}, false
 	}
 	a := cb.ActionCallback.BlockActions[0]
-	if a.ActionID != ButtonActionID || a.Value == "" {
+	if !isButtonID(a.ActionID) || a.Value == "" {
 		return chat.Request{}, false
 	}
 	id := cb.TriggerID

@@ -92,6 +92,19 @@ func validateBlocks(raw string) []string {
 			if len(els) > maxActionElements {
 				bad(p+"/elements", "no more than %d items allowed", maxActionElements)
 			}
+			// Slack refuses a block whose elements share an action_id.
+			seen := map[string]bool{}
+			for j, el := range els {
+				m, _ := el.(map[string]any)
+				id, _ := m["action_id"].(string)
+				if id == "" {
+					continue
+				}
+				if seen[id] {
+					bad(fmt.Sprintf("%s/elements/%d/action_id", p, j), "action_id %q is already used in this block", id)
+				}
+				seen[id] = true
+			}
 		}
 	}
 	return msgs

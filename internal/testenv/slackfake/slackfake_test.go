@@ -461,6 +461,18 @@ func TestBlockLimits(t *testing.T) {
 	if got := slackErr(t, err); got != "invalid_blocks" {
 		t.Fatalf("51 blocks: %q", got)
 	}
+	// Two buttons of one actions block with the same action_id (as the
+	// approval message once had) are refused; distinct IDs pass.
+	btn := func(id, v string) slack.BlockElement {
+		return slack.NewButtonBlockElement(id, v, slack.NewTextBlockObject(slack.PlainTextType, v, false, false))
+	}
+	_, _, err = api.PostMessage("C1", slack.MsgOptionBlocks(slack.NewActionBlock("a", btn("x", "approve"), btn("x", "deny"))))
+	if got := slackErr(t, err); got != "invalid_blocks" {
+		t.Fatalf("duplicate action_id: %q", got)
+	}
+	if _, _, err = api.PostMessage("C1", slack.MsgOptionBlocks(slack.NewActionBlock("a", btn("x:1", "approve"), btn("x:2", "deny")))); err != nil {
+		t.Fatalf("distinct action_ids: %v", err)
+	}
 	_, _, err = api.PostMessage("C1")
 	if got := slackErr(t, err); got != "no_text" {
 		t.Fatalf("empty message: %q", got)
