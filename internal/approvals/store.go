@@ -156,6 +156,19 @@ func (s Store) Void(ctx context.Context, id, why string) (Request, error) {
 	})
 }
 
+// Abandon voids a request still Posting (only): the bot that was posting
+// it stopped before it could, so it will never be opened. A request that
+// was opened in the meantime is left as it is.
+func (s Store) Abandon(ctx context.Context, id, why string) (Request, error) {
+	return s.update(ctx, id, func(r *Request) error {
+		if r.State != Posting {
+			return fmt.Errorf("request %s is %s, not being posted: %w", id, r.State, kv.ErrConflict)
+		}
+		r.State, r.Note = Unposted, why
+		return nil
+	})
+}
+
 // All lists requests (for start-up checks and history).
 func (s Store) All(ctx context.Context) ([]Request, error) {
 	return kv.ListJSON[Request](ctx, s.KV, table)

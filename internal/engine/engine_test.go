@@ -427,6 +427,44 @@ func TestRecoverAnnouncesWhatADeadProcessLeft(t *testing.T) {
 	}
 }
 
+// A request whose bot died between saving it and posting it is voided
+// once it is past PostingLimit and its requester told, once; a fresh one
+// being posted is left alone.
+func TestRecoverAbandonsARequestThatWasNeverPosted(t *testing.T) {
+	e, _ := newEngine(t, &world{version: 1})
+	ctx := context.Background()
+	plan := approvals.Plan{Action: "restore"}
+	stale := approvals.New("restore latest", plan, "U0ALICE", "C1", time.Now().Add(-PostingLimit-time.Minute), time.Hour)
+	fresh := approvals.New("restore latest", plan, "U0ALICE", "C1", time.Now(), time.Hour)
+	for _, r := range []approvals.Request{stale, fresh} {
+		if err := e.Approvals.Create(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := &out{}
+	e.Recover(ctx, func(string) Out { return o })
+	e.Recover(ctx, func(string) Out { return o })
+	n := 0
+	for _, p := range o.posts {
+		if strings.Contains(p, stale.ID) {
+			n++
+		}
+	}
+	if n != 1 || !o.said("was never shown for approval") {
+		t.Errorf("stale request reported %d times: %q", n, o.posts)
+	}
+	got, _ := e.Approvals.Get(ctx, stale.ID)
+	if got.State != approvals.Unposted {
+		t.Errorf("stale request is %s, want unposted", got.State)
+	}
+	if got, _ := e.Approvals.Get(ctx, fresh.ID); got.State != approvals.Posting {
+		t.Errorf("fresh request is %s, want still posting", got.State)
+	}
+	if _, err := e.Approvals.SetMessage(ctx, stale.ID, "1.1", nil); err == nil {
+		t.Error("an abandoned request was opened")
+	}
+}
+
 // Operations journaled before the engine kept their kind and plan in
 // Data: they are still found and resumed.
 func TestAnOperationFromBeforeTheEngineResumes(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/chat"
@@ -114,6 +115,10 @@ func (e *Engine) recoverRequests(ctx context.Context, postTo func(channel string
 		return
 	}
 	for _, r := range all {
+		if r.State == approvals.Posting {
+			e.abandonUnposted(ctx, r, postTo)
+			continue
+		}
 		if r.State != approvals.Executing || e.Store.Alive(ctx, r.Process) {
 			continue
 		}
@@ -135,5 +140,29 @@ func (e *Engine) recoverRequests(ctx context.Context, postTo func(channel string
 		if _, err := postTo(r.Channel).Post(ctx, chat.Text(msg)); err != nil {
 			e.Log.Error("report an interrupted request", "request", r.ID, "err", err)
 		}
+	}
+}
+
+// PostingLimit is how long a request may stay Posting: posting its message
+// (and the plan's file) is a few Slack calls, each bounded well within it.
+// Past it, the bot that was posting has stopped.
+const PostingLimit = 5 * time.Minute
+
+// abandonUnposted voids a request whose bot stopped before posting it (it
+// could never be decided) and tells its channel once: its requester saw
+// nothing, and would otherwise wait for an approval that cannot come.
+func (e *Engine) abandonUnposted(ctx context.Context, r approvals.Request, postTo func(channel string) progress.Poster) {
+	if time.Since(r.Created) < PostingLimit {
+		return
+	}
+	why := "the bot stopped before its message was posted"
+	if _, err := e.Approvals.Abandon(ctx, r.ID, why); err != nil {
+		return // opened after all, or another replica abandoned it
+	}
+	e.Log.Warn("approval request abandoned: never posted", "request", r.ID)
+	msg := fmt.Sprintf(":warning: <@%s>, your request `%s` (`%s %s`) was never shown for approval: %s. Nobody can approve it and nothing was changed; make a new request if it is still needed.",
+		r.Requester, r.ID, e.SlashCommand, r.Command, why)
+	if _, err := postTo(r.Channel).Post(ctx, chat.Text(msg)); err != nil {
+		e.Log.Error("report a request that was never posted", "request", r.ID, "err", err)
 	}
 }
