@@ -139,7 +139,7 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 		if env("LOG_LEVEL") == "" {
 			log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		}
-		a, err := app.New(ctx, app.Options{Config: cfg, Version: Version(), Log: log})
+		a, err := app.New(ctx, app.Options{Config: cfg, Version: Version(), Log: log, Console: true})
 		if err != nil {
 			return err
 		}

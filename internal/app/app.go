@@ -65,6 +65,9 @@ type Options struct {
 	// that really runs the commands; the SDK's AWS_ENDPOINT_URL_SSM does
 	// the same from the environment).
 	SSMEndpoint string
+	// Console: this process is an operator's console, not a replica
+	// (status does not count it as one).
+	Console bool
 }
 
 type App struct {
@@ -117,7 +120,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 			return nil, err
 		}
 	}
-	st, elector, err := openStore(ctx, o.Config, awsCfg, o.Log)
+	st, elector, err := openStore(ctx, o.Config, awsCfg, o.Log, o.Console)
 	if err != nil {
 		return nil, err
 	}
@@ -291,7 +294,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 // openStore opens the state store the config names: the bbolt file, or
 // the shared DynamoDB table (created if missing) with this replica's
 // heartbeat and its bid for leadership.
-func openStore(ctx context.Context, cfg config.Config, awsCfg aws.Config, log *slog.Logger) (*store.Store, *leader.Elector, error) {
+func openStore(ctx context.Context, cfg config.Config, awsCfg aws.Config, log *slog.Logger, console bool) (*store.Store, *leader.Elector, error) {
 	if cfg.Store.Backend != "dynamodb" {
 		st, err := store.Open(cfg.DataDir)
 		return st, nil, err
@@ -304,7 +307,11 @@ func openStore(ctx context.Context, cfg config.Config, awsCfg aws.Config, log *s
 	if name == "" {
 		name, _ = os.Hostname()
 	}
-	st, err := store.OpenShared(ctx, table, store.SharedOptions{TTL: cfg.Store.HeartbeatTTL.D(), Name: name, Log: log})
+	role := ""
+	if console {
+		role = store.RoleConsole
+	}
+	st, err := store.OpenShared(ctx, table, store.SharedOptions{TTL: cfg.Store.HeartbeatTTL.D(), Name: name, Role: role, Log: log})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -328,29 +335,43 @@ func replicasLine(st *store.Store, el *leader.Elector) func(context.Context) str
 			return ":warning: Bot replicas: cannot read the shared state: " + err.Error()
 		}
 		holder, _, _ := el.Lease.Current(ctx)
-		var alive []string
-		for _, r := range reps {
-			if !st.Alive(ctx, r.Process) {
-				continue
-			}
-			s := "`" + r.Name + "`"
-			if r.Process == holder {
-				s += " (leader)"
-			}
-			if r.Process == st.Process() {
-				s += " (answering)"
-			}
-			alive = append(alive, s)
-		}
-		line := fmt.Sprintf("Bot replicas alive: %s; state shared in DynamoDB.", strings.Join(alive, ", "))
-		if holder == "" {
-			line += " :warning: No leader at the moment: scheduled work waits for one (up to the lease TTL)."
-		}
-		if len(alive) < 2 {
-			line += " :warning: Only one replica is alive: an outage of its zone takes the bot down."
-		}
-		return line
+		return describeReplicas(reps, func(p string) bool { return st.Alive(ctx, p) }, holder, st.Process())
 	}
+}
+
+// describeReplicas is status's line about the live replicas: which leads,
+// which answers, and the consoles attached (not replicas: they serve no
+// Slack and never lead).
+func describeReplicas(reps []store.Replica, alive func(process string) bool, holder, me string) string {
+	var replicas, consoles []string
+	for _, r := range reps {
+		if !alive(r.Process) {
+			continue
+		}
+		s := "`" + r.Name + "`"
+		if r.Process == holder {
+			s += " (leader)"
+		}
+		if r.Process == me {
+			s += " (answering)"
+		}
+		if r.Role == store.RoleConsole {
+			consoles = append(consoles, s)
+			continue
+		}
+		replicas = append(replicas, s)
+	}
+	line := fmt.Sprintf("Bot replicas alive: %s; state shared in DynamoDB.", strings.Join(replicas, ", "))
+	if len(consoles) > 0 {
+		line += fmt.Sprintf(" Consoles attached: %s.", strings.Join(consoles, ", "))
+	}
+	if holder == "" {
+		line += " :warning: No leader at the moment: scheduled work waits for one (up to the lease TTL)."
+	}
+	if len(replicas) < 2 {
+		line += " :warning: Only one replica is alive: an outage of its zone takes the bot down."
+	}
+	return line
 }
 
 func (a *App) Close() error { return a.Store.Close() }

@@ -26,14 +26,23 @@ type SharedOptions struct {
 	// renews every TTL/3, so two lost renewals in a row are survived.
 	TTL  time.Duration
 	Name string // how people see this replica (host name, task ID)
+	// Role is RoleConsole for an operator's console: it beats (its
+	// operations' locks must be told alive or dead like any replica's)
+	// but it serves no Slack, runs no schedule and never leads, so it is
+	// not counted as a replica.
+	Role string
 	Log  *slog.Logger
 	Now  func() time.Time
 }
+
+// RoleConsole marks a console's heartbeat (SharedOptions.Role).
+const RoleConsole = "console"
 
 // Replica is one replica's heartbeat.
 type Replica struct {
 	Process string    `json:"process"`
 	Name    string    `json:"name"`
+	Role    string    `json:"role,omitempty"` // "" (a replica) or RoleConsole
 	Started time.Time `json:"started"`
 	Beat    time.Time `json:"beat"`
 	Expires time.Time `json:"expires"`
@@ -55,7 +64,7 @@ func OpenShared(ctx context.Context, st kv.Store, o SharedOptions) (*Store, erro
 	f := &fenced{Store: st}
 	s := &Store{kv: kv.Bounded(f, 0), proc: newProcess(), fence: f}
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.hb = &heartbeat{kv: st, opt: o, me: Replica{Process: s.proc, Name: o.Name, Started: o.Now()}, cancel: cancel}
+	s.hb = &heartbeat{kv: st, opt: o, me: Replica{Process: s.proc, Name: o.Name, Role: o.Role, Started: o.Now()}, cancel: cancel}
 	if err := s.hb.beat(ctx); err != nil {
 		cancel()
 		return nil, fmt.Errorf("store: first heartbeat to the shared state: %w", err)
