@@ -27,7 +27,9 @@ combinations AWS refuses. This module patches moto in-process so that:
   * A snapshot of an encrypted volume keeps the volume's KMS key, and a
     volume made from it is encrypted under that key unless another is
     given (as on AWS).
-  * gp3 volumes made without Throughput have AWS's baseline 125 MiB/s.
+  * gp3 volumes made without Throughput have AWS's baseline 125 MiB/s,
+    and ModifyVolume to another type drops throughput (and IOPS where the
+    new type has none).
 """
 
 import threading
@@ -122,6 +124,23 @@ def _create_volume(self, size, zone_name, snapshot_id=None, encrypted=False, kms
 
 
 ebs_models.EBSBackend.create_volume = _create_volume
+
+
+_prev_volume_modify = ebs_models.Volume.modify
+
+
+def _volume_modify(self, *args, **kwargs):
+    result = _prev_volume_modify(self, *args, **kwargs)
+    # AWS keeps throughput only on gp3 and provisioned IOPS only where the
+    # type has them (gp2's are its baseline, not a setting).
+    if self.volume_type not in THROUGHPUT_TYPES:
+        self.throughput = None
+    if self.volume_type not in IOPS_TYPES:
+        self.iops = None
+    return result
+
+
+ebs_models.Volume.modify = _volume_modify
 
 
 # --- RegisterImage ---------------------------------------------------------------
