@@ -102,6 +102,13 @@ func TestRestoreBringsEveryVolumeBackAsItWas(t *testing.T) {
 	if _, err := api.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: enc.VolumeId, InstanceId: aws.String(box.ID), Device: aws.String("/dev/sdh")}); err != nil {
 		t.Fatal(err)
 	}
+	// IMDSv2 only, with a hop limit for containers: the new box must serve
+	// its metadata the same way.
+	if _, err := api.ModifyInstanceMetadataOptions(ctx, &ec2.ModifyInstanceMetadataOptionsInput{InstanceId: aws.String(box.ID),
+		HttpTokens: ec2types.HttpTokensStateRequired, HttpPutResponseHopLimit: aws.Int32(2)}); err != nil {
+		t.Fatal(err)
+	}
+	oldBox := e.instance(box.ID)
 	before := volumeSpecs(t, api, box.ID)
 	for dev, want := range map[string]string{"/dev/sda1": "gp3 30 GiB, 3000 IOPS, 250 MiB/s", "/dev/sdf": "io2 100 GiB, 4000 IOPS", "/dev/sdh": "encrypted true, key \"" + keyARN} {
 		if !strings.Contains(before[dev], want) {
@@ -132,6 +139,22 @@ func TestRestoreBringsEveryVolumeBackAsItWas(t *testing.T) {
 		if after[dev] != want {
 			t.Errorf("%s came back as %s; it was %s", dev, after[dev], want)
 		}
+	}
+	nb := got[0]
+	if m := nb.MetadataOptions; m == nil || m.HttpTokens != ec2types.HttpTokensStateRequired || aws.ToInt32(m.HttpPutResponseHopLimit) != 2 {
+		t.Errorf("the new box's metadata options %+v, want tokens required and hop limit 2 as the old box had", m)
+	}
+	// moto shows no boot mode on the seeded box: its AMI's is what it boots.
+	wantMode := oldBox.BootMode
+	if wantMode == "" {
+		imgs, err := api.DescribeImages(ctx, &ec2.DescribeImagesInput{ImageIds: []string{aws.ToString(oldBox.ImageId)}})
+		if err != nil || len(imgs.Images) != 1 {
+			t.Fatalf("the seeded box's AMI: %v", err)
+		}
+		wantMode = imgs.Images[0].BootMode
+	}
+	if nb.BootMode != wantMode || oldBox.EnaSupport != nil && aws.ToBool(nb.EnaSupport) != aws.ToBool(oldBox.EnaSupport) {
+		t.Errorf("the new box boots %q with ENA %v; the old one %q (its AMI %q) with ENA %v", nb.BootMode, aws.ToBool(nb.EnaSupport), oldBox.BootMode, wantMode, aws.ToBool(oldBox.EnaSupport))
 	}
 	if len(after) != len(before) {
 		t.Errorf("the new box has %d volumes, the old one had %d: %v", len(after), len(before), after)
