@@ -104,10 +104,6 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 
 func snapshotApproval(p ops.RestorePlan) approvals.Plan {
 	sh := p.Shape
-	var snaps []string
-	for _, s := range p.Snapshots {
-		snaps = append(snaps, fmt.Sprintf("%s=`%s` (%d GiB)", s.Device, s.ID, s.SizeGiB))
-	}
 	ap := approvals.Plan{Action: "restore", Facts: p.Facts()}
 	if p.Old != nil {
 		ap.Changes = append(ap.Changes,
@@ -115,7 +111,13 @@ func snapshotApproval(p ops.RestorePlan) approvals.Plan {
 			fmt.Sprintf("terminate `%s` (now %s) so that %s is free for the new box", p.Old.InstanceID, p.Old.State, sh.PrivateIP))
 	}
 	ap.Changes = append(ap.Changes,
-		fmt.Sprintf("register image `circleci-restore-op-…` from restore point `%s` (%s): %s", p.Source, p.SourceTime.UTC().Format("2006-01-02 15:04 UTC"), strings.Join(snaps, ", ")),
+		fmt.Sprintf("register image `circleci-restore-op-…` from restore point `%s` (%s), %d volumes:", p.Source, p.SourceTime.UTC().Format("2006-01-02 15:04 UTC"), len(p.Snapshots)))
+	// Each device on a line of its own with the volume it becomes (type,
+	// size, IOPS, throughput, encryption and key), then the boot settings.
+	for _, l := range p.VolumeLines() {
+		ap.Changes = append(ap.Changes, "volume "+l)
+	}
+	ap.Changes = append(ap.Changes, "boot: "+p.BootLine(),
 		fmt.Sprintf("launch the new Services box: %s in `%s` (%s), private IP %s%s, security groups %s (launch shape %s)",
 			strings.Join(append([]string{sh.Type}, p.Fallbacks...), " or "), sh.SubnetID, sh.AZ, sh.PrivateIP, secondaries(sh.SecondaryIPs), strings.Join(sh.SecurityGroups, ", "), p.ShapeFrom))
 	if p.AppStart != "" {

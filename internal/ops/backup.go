@@ -80,6 +80,12 @@ type Shape struct {
 	RootDevice     string            `json:"root_device"`
 	Architecture   string            `json:"architecture,omitempty"`
 	Tags           map[string]string `json:"tags,omitempty"`
+	// Volumes are the box's EBS volumes as the backup found them, in
+	// device order, and Boot how it boots: what a restore registers its
+	// image and launches with. Records made before they were kept have
+	// neither; a restore then reads what it can (volumes.go).
+	Volumes []VolumeSpec `json:"volumes,omitempty"`
+	Boot    *BootSpec    `json:"boot,omitempty"`
 }
 
 type SnapshotRef struct {
@@ -204,13 +210,14 @@ func (e *EBSBackup) Run(ctx context.Context, b *Backup, p Progress) error {
 		return fail(0, err)
 	}
 	b.Shape = ShapeOf(inst)
+	volTags := e.recordVolumes(ctx, b, inst, p)
 	p.Done(0, fmt.Sprintf("`%s` %s, %s, %d volumes", b.Shape.InstanceID, b.Shape.PrivateIP, b.Shape.Type, len(inst.BlockDeviceMappings)))
 	if err := e.Records.SaveBackup(ctx, b); err != nil {
 		return fail(0, err)
 	}
 
 	p.Begin(1, "")
-	if err := e.create(ctx, b, inst, p); err != nil {
+	if err := e.create(ctx, b, inst, volTags, p); err != nil {
 		return fail(1, err)
 	}
 	ids := make([]string, len(b.Snapshots))
@@ -261,6 +268,7 @@ func ShapeOf(in ec2types.Instance) Shape {
 		RootDevice:   aws.ToString(in.RootDeviceName),
 		Architecture: string(in.Architecture),
 		Tags:         map[string]string{},
+		Boot:         bootOf(in),
 	}
 	if in.Placement != nil {
 		s.AZ = aws.ToString(in.Placement.AvailabilityZone)
@@ -308,7 +316,7 @@ func (e *EBSBackup) tags(b *Backup) []ec2types.Tag {
 // set. So each attempt after the first looks for snapshots already
 // tagged with this backup's ID and adopts them instead; if it cannot
 // look, it does not create.
-func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instance, p Progress) error {
+func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instance, volTags map[string][]ec2types.Tag, p Progress) error {
 	devices := map[string]string{}
 	for _, bd := range inst.BlockDeviceMappings {
 		if bd.Ebs != nil {
@@ -340,12 +348,18 @@ func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instanc
 				return nil
 			}
 		}
-		out, err := e.EC2.CreateSnapshots(ctx, &ec2.CreateSnapshotsInput{
+		in := &ec2.CreateSnapshotsInput{
 			InstanceSpecification: &ec2types.InstanceSpecification{InstanceId: inst.InstanceId, ExcludeBootVolume: aws.Bool(false)},
 			Description:           aws.String(BackupDescription(b.Started)),
-			CopyTagsFromSource:    ec2types.CopyTagsFromSourceVolume,
 			TagSpecifications:     []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeSnapshot, Tags: e.tags(b)}},
-		}, onceEC2)
+		}
+		// A snapshot holds 50 tags: a volume with more than the bot's
+		// tags leave room for gets a trimmed copy afterwards (copyTags).
+		fit := tagsFit(volTags)
+		if fit {
+			in.CopyTagsFromSource = ec2types.CopyTagsFromSourceVolume
+		}
+		out, err := e.EC2.CreateSnapshots(ctx, in, onceEC2)
 		if err == nil {
 			var refs []SnapshotRef
 			for _, s := range out.Snapshots {
@@ -353,6 +367,9 @@ func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instanc
 			}
 			b.Snapshots = withDevices(refs, devices)
 			e.tagDevices(ctx, b, p)
+			if !fit {
+				e.copyTags(ctx, b, volTags, p)
+			}
 			return nil
 		}
 		switch err = translate(err); {
@@ -360,7 +377,7 @@ func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instanc
 			final = true
 			p.Log("CreateSnapshots is not available here; falling back to one snapshot per volume (not crash-consistent across volumes)")
 			b.Notes = append(b.Notes, "per-volume snapshots: not crash-consistent across volumes")
-			return e.perVolume(ctx, b, devices)
+			return e.perVolume(ctx, b, devices, volTags, p)
 		case errors.Is(err, ErrSnapshotLimit), errors.Is(err, ErrThrottled), transient(err):
 			return err
 		}
@@ -392,7 +409,7 @@ func snapshotIDs(refs []SnapshotRef) string {
 	return strings.Join(ids, ", ")
 }
 
-func (e *EBSBackup) perVolume(ctx context.Context, b *Backup, devices map[string]string) error {
+func (e *EBSBackup) perVolume(ctx context.Context, b *Backup, devices map[string]string, volTags map[string][]ec2types.Tag, p Progress) error {
 	vols := make([]string, 0, len(devices))
 	for v := range devices {
 		vols = append(vols, v)
@@ -400,6 +417,9 @@ func (e *EBSBackup) perVolume(ctx context.Context, b *Backup, devices map[string
 	sort.Strings(vols)
 	for _, v := range vols {
 		tags := append(e.tags(b), ec2types.Tag{Key: aws.String(TagVolume), Value: aws.String(v)}, ec2types.Tag{Key: aws.String(TagDevice), Value: aws.String(devices[v])})
+		copied, left := copyableTags(volTags[v], maxTagsPerResource-len(tags))
+		tags = append(tags, copied...)
+		e.trimmed(b, v, devices[v], len(copied), left, p)
 		out, err := e.EC2.CreateSnapshot(ctx, &ec2.CreateSnapshotInput{
 			VolumeId: aws.String(v), Description: aws.String(BackupDescription(b.Started)),
 			TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeSnapshot, Tags: tags}},

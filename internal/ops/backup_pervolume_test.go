@@ -34,6 +34,8 @@ type pvEC2 struct {
 	creates             []pvCreate
 	snaps               []ec2types.Snapshot
 	createTags          int
+	volTags             map[string][]ec2types.Tag // each volume's own tags
+	taggedAfter         map[string][]ec2types.Tag // CreateTags by resource
 }
 
 // pvCreate is one CreateSnapshot call as the fake saw it.
@@ -72,8 +74,17 @@ func (f *pvEC2) DescribeInstanceStatus(context.Context, *ec2.DescribeInstanceSta
 	return nil, errors.New("pvEC2: DescribeInstanceStatus is not used by a backup")
 }
 
-func (f *pvEC2) DescribeVolumes(context.Context, *ec2.DescribeVolumesInput, ...func(*ec2.Options)) (*ec2.DescribeVolumesOutput, error) {
-	return nil, errors.New("pvEC2: DescribeVolumes is not used by a backup")
+func (f *pvEC2) DescribeVolumes(_ context.Context, in *ec2.DescribeVolumesInput, _ ...func(*ec2.Options)) (*ec2.DescribeVolumesOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []ec2types.Volume
+	for _, id := range in.VolumeIds {
+		if size, ok := f.sizes[id]; ok {
+			out = append(out, ec2types.Volume{VolumeId: aws.String(id), Size: aws.Int32(size), VolumeType: ec2types.VolumeTypeGp3,
+				Iops: aws.Int32(3000), Throughput: aws.Int32(125), Encrypted: aws.Bool(false), Tags: f.volTags[id]})
+		}
+	}
+	return &ec2.DescribeVolumesOutput{Volumes: out}, nil
 }
 
 func (f *pvEC2) DescribeSnapshots(_ context.Context, in *ec2.DescribeSnapshotsInput, _ ...func(*ec2.Options)) (*ec2.DescribeSnapshotsOutput, error) {
@@ -158,10 +169,16 @@ func (f *pvEC2) CreateSnapshot(_ context.Context, in *ec2.CreateSnapshotInput, o
 	return &ec2.CreateSnapshotOutput{SnapshotId: s.SnapshotId, VolumeId: s.VolumeId, VolumeSize: s.VolumeSize, State: s.State, Progress: s.Progress}, nil
 }
 
-func (f *pvEC2) CreateTags(context.Context, *ec2.CreateTagsInput, ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error) {
+func (f *pvEC2) CreateTags(_ context.Context, in *ec2.CreateTagsInput, _ ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.createTags++
+	if f.taggedAfter == nil {
+		f.taggedAfter = map[string][]ec2types.Tag{}
+	}
+	for _, r := range in.Resources {
+		f.taggedAfter[r] = append(f.taggedAfter[r], in.Tags...)
+	}
 	return &ec2.CreateTagsOutput{}, nil
 }
 

@@ -88,6 +88,18 @@ func (b *Builders) group(ctx context.Context) (asgtypes.AutoScalingGroup, error)
 	return out.AutoScalingGroups[0], nil
 }
 
+// stillIn reports whether instance id is in the group and not on its way
+// out; a group that cannot be read counts as still holding it.
+func (b *Builders) stillIn(ctx context.Context, id string) bool {
+	g, err := b.group(ctx)
+	if err != nil {
+		return true
+	}
+	return slices.ContainsFunc(g.Instances, func(i asgtypes.Instance) bool {
+		return aws.ToString(i.InstanceId) == id && !strings.HasPrefix(string(i.LifecycleState), "Terminat")
+	})
+}
+
 // Plan records the fleet and sizes the batches: each batch must fit
 // between the desired capacity and the group's maximum.
 func (b *Builders) Plan(ctx context.Context) (RotationPlan, error) {
@@ -203,7 +215,11 @@ func (b *Builders) replace(ctx context.Context, p RotationPlan, batch []string, 
 	pr.Log(fmt.Sprintf("%s: %d healthy builders; retiring %s.", p.Group, healthy(g), strings.Join(left, ", ")))
 	for _, id := range left {
 		_, err := b.ASG.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{InstanceId: aws.String(id), ShouldDecrementDesiredCapacity: aws.Bool(true)})
-		if err = translate(err); err != nil && !errors.Is(err, ErrNotInGroup) {
+		// ValidationError is Auto Scaling's code for "not in the group"
+		// and for other refusals too (a min size the termination would
+		// break): it counts as gone only when the group says so, never
+		// by the message's text.
+		if err = translate(err); err != nil && (!errors.Is(err, ErrNotInGroup) || b.stillIn(ctx, id)) {
 			return "", fmt.Errorf("retire %s: %w", id, err)
 		}
 	}

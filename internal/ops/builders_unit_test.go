@@ -38,6 +38,9 @@ type fakeGroup struct {
 	describeErrs  []error
 	setErrs       []error
 	terminateErrs map[string]error
+	// leaveOnTerminate leaves the group as its termination is asked for
+	// (answering terminateErrs): it went meanwhile.
+	leaveOnTerminate string
 	// floor: no call may leave the desired capacity below it, nor
 	// terminate a healthy builder while fewer than floor others are
 	// healthy (0: not checked).
@@ -184,6 +187,9 @@ func (g *fakeGroup) TerminateInstanceInAutoScalingGroup(_ context.Context, in *a
 	id := aws.ToString(in.InstanceId)
 	g.calls = append(g.calls, fmt.Sprintf("TerminateInstanceInAutoScalingGroup(%s, ShouldDecrementDesiredCapacity=%t)", id, aws.ToBool(in.ShouldDecrementDesiredCapacity)))
 	if err := g.terminateErrs[id]; err != nil {
+		if id == g.leaveOnTerminate {
+			g.insts = slices.DeleteFunc(g.insts, func(b *fakeBuilder) bool { return b.id == id })
+		}
 		return nil, err
 	}
 	i := slices.IndexFunc(g.insts, func(b *fakeBuilder) bool { return b.id == id && b.state != "Terminating" })
@@ -463,7 +469,9 @@ func TestBuildersRotationSkipsABuilderThatLeftTheGroup(t *testing.T) {
 	}
 	wantGroupCalls(t, "batch 1", g.takeCalls(), setCall(5), termCall("i-2"))
 
+	// i-3 leaves the group between the step's read and its termination.
 	g.terminateErrs["i-3"] = notInGroup("i-3", "builders")
+	g.leaveOnTerminate = "i-3"
 	if err := runStep(t, steps[1]); err != nil {
 		t.Fatalf("batch 2, i-3 gone meanwhile: %v", err)
 	}
@@ -750,6 +758,19 @@ func TestBuildersRotationStopsOnFailures(t *testing.T) {
 			t.Fatalf("err %v, want AWS's AccessDenied", err)
 		}
 		wantGroupCalls(t, "batch 1", g.takeCalls(), setCall(6), termCall("i-1"))
+	})
+	t.Run("a ValidationError for a builder still in the group", func(t *testing.T) {
+		// Auto Scaling answers ValidationError both for an instance that
+		// left the group and for one whose termination would break the
+		// group's min size: only the group itself tells them apart.
+		g := newFakeGroup(t, 4, 1, 6, "i-1", "i-2", "i-3", "i-4")
+		b := newBuilders(g, 2)
+		p := plan(t, b)
+		g.terminateErrs["i-1"] = &smithy.OperationError{ServiceID: "Auto Scaling", OperationName: "TerminateInstanceInAutoScalingGroup",
+			Err: validation("Currently, desiredSize equals minSize (4). Terminating instance without replacement will violate group's min size constraint.")}
+		if err := runStep(t, b.Steps(p)[0]); errorCodeOf(err) != "ValidationError" {
+			t.Fatalf("err %v, want AWS's ValidationError: i-1 is still in the group", err)
+		}
 	})
 	t.Run("throttled reads are tried again", func(t *testing.T) {
 		g := newFakeGroup(t, 4, 1, 6, "i-1", "i-2", "i-3", "i-4")

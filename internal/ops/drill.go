@@ -207,6 +207,10 @@ func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err e
 		d.Snapshots = append(d.Snapshots, s.ID)
 	}
 	_ = r.Records.Save(ctx, d) // progress only: the save when the drill ends reports a failure
+	for _, l := range plan.VolumeLines() {
+		p.Log("volume " + l)
+	}
+	p.Log("boot: " + plan.BootLine())
 	p.Done(0, fmt.Sprintf("`%s` (%s UTC, %d snapshots)", plan.Source, plan.SourceTime.UTC().Format("2006-01-02 15:04"), len(plan.Snapshots)))
 
 	step = 1
@@ -243,21 +247,8 @@ func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err e
 }
 
 func (r *DrillRunner) image(ctx context.Context, d *Drill, plan RestorePlan, deadline time.Time) (string, error) {
-	var bdm []ec2types.BlockDeviceMapping
-	for _, s := range plan.Snapshots {
-		// A drill's volumes go with its instance.
-		bdm = append(bdm, ec2types.BlockDeviceMapping{DeviceName: aws.String(s.Device), Ebs: &ec2types.EbsBlockDevice{SnapshotId: aws.String(s.ID), DeleteOnTermination: aws.Bool(true)}})
-	}
-	arch := ec2types.ArchitectureValues(plan.Shape.Architecture)
-	if arch == "" {
-		arch = ec2types.ArchitectureValuesX8664
-	}
-	out, err := r.EC2.RegisterImage(ctx, &ec2.RegisterImageInput{
-		Name: aws.String(drillImagePrefix + d.ID), Description: aws.String("circlebot restore drill " + d.ID + " of " + plan.Source),
-		Architecture: arch, RootDeviceName: aws.String(plan.Shape.RootDevice), VirtualizationType: aws.String("hvm"), EnaSupport: aws.Bool(true),
-		BlockDeviceMappings: bdm,
-		TagSpecifications:   []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeImage, Tags: r.tags(d.ID)}},
-	}, onceEC2) // a lost answer fails the drill; the teardown finds the image by its tag
+	// A drill's volumes go with its instance.
+	out, err := r.EC2.RegisterImage(ctx, imageInput(plan, drillImagePrefix+d.ID, "circlebot restore drill "+d.ID+" of "+plan.Source, true, r.tags(d.ID)), onceEC2) // a lost answer fails the drill; the teardown finds the image by its tag
 	if err != nil {
 		return "", fmt.Errorf("register the drill image: %w", translate(err))
 	}
@@ -297,6 +288,7 @@ func (r *DrillRunner) launch(ctx context.Context, d *Drill, plan RestorePlan) (s
 	out, err := r.EC2.RunInstances(ctx, &ec2.RunInstancesInput{
 		ImageId: aws.String(d.ImageID), InstanceType: ec2types.InstanceType(typ), MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
 		ClientToken: aws.String(d.ID), SubnetId: aws.String(r.Subnet), SecurityGroupIds: []string{r.SecurityGroup},
+		BlockDeviceMappings: launchMappings(plan.Snapshots), MetadataOptions: metadataOptions(plan.Shape.Boot),
 		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeInstance, Tags: tags}, {ResourceType: ec2types.ResourceTypeVolume, Tags: tags}},
 	})
 	if err != nil {

@@ -54,12 +54,17 @@ type RestorePlan struct {
 	AppStart   string            `json:"app_start,omitempty"`
 	Region     string            `json:"region"`
 	NameTag    string            `json:"name_tag"`
+	// BootNote says why the boot settings could not be read, if so.
+	BootNote string `json:"boot_note,omitempty"`
 }
 
 type RestoreSnapshot struct {
 	ID      string `json:"id"`
 	Device  string `json:"device"`
 	SizeGiB int32  `json:"size_gib"`
+	// Volume is what the device's new volume will be: recorded with the
+	// backup, or read from the snapshot and the old volume (VolumeSpec.From).
+	Volume VolumeSpec `json:"volume"`
 }
 
 // OldBox is the Services box a restore replaces.
@@ -98,6 +103,8 @@ func (p RestorePlan) Facts() map[string]string {
 		"key_name":        p.Shape.KeyName,
 		"app_start":       p.AppStart,
 		"old_instance":    "none",
+		"volumes":         volumesFact(p.Snapshots),
+		"boot":            bootFact(p.Shape.Boot),
 	}
 	if p.Old != nil {
 		var vols []string
@@ -259,8 +266,17 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 		if dev == "" {
 			return RestorePlan{}, refusef("snapshot `%s` of restore point `%s` was not made by the bot and its volume `%s` is not attached to the Services box, so the device it belongs on is unknown.", aws.ToString(m.SnapshotId), plan.Source, aws.ToString(m.VolumeId))
 		}
-		plan.Snapshots = append(plan.Snapshots, RestoreSnapshot{ID: aws.ToString(m.SnapshotId), Device: dev, SizeGiB: aws.ToInt32(m.VolumeSize)})
+		spec, ok := VolumeSpecOf(rec, dev)
+		if !ok {
+			spec = specFromSnapshot(ctx, r.EC2, dev, m)
+		}
+		plan.Snapshots = append(plan.Snapshots, RestoreSnapshot{ID: aws.ToString(m.SnapshotId), Device: dev, SizeGiB: aws.ToInt32(m.VolumeSize), Volume: spec})
 	}
+	var live *ec2types.Instance
+	if haveBox {
+		live = &box
+	}
+	fillBoot(ctx, r.EC2, &plan, live)
 	slices.SortFunc(plan.Snapshots, func(a, b RestoreSnapshot) int { return strings.Compare(a.Device, b.Device) })
 	if plan.Shape.RootDevice == "" {
 		plan.Shape.RootDevice = "/dev/sda1"
@@ -565,27 +581,10 @@ func (r *SnapshotRestore) register(ctx context.Context, op *Work[RestoreResult],
 	if n > 1 {
 		name += fmt.Sprintf("-%d", n)
 	}
-	var bdm []ec2types.BlockDeviceMapping
-	for _, s := range plan.Snapshots {
-		// The restored box's volumes survive an accidental terminate.
-		bdm = append(bdm, ec2types.BlockDeviceMapping{DeviceName: aws.String(s.Device), Ebs: &ec2types.EbsBlockDevice{SnapshotId: aws.String(s.ID), DeleteOnTermination: aws.Bool(false)}})
-	}
-	arch := ec2types.ArchitectureValues(plan.Shape.Architecture)
-	if arch == "" {
-		arch = ec2types.ArchitectureValuesX8664
-	}
-	in := &ec2.RegisterImageInput{
-		Name:                aws.String(name),
-		Description:         aws.String(fmt.Sprintf("CircleCI Services Box restored from %s by circlebot %s", plan.Source, op.ID)),
-		Architecture:        arch,
-		RootDeviceName:      aws.String(plan.Shape.RootDevice),
-		VirtualizationType:  aws.String("hvm"),
-		EnaSupport:          aws.Bool(true),
-		BlockDeviceMappings: bdm,
-		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeImage, Tags: []ec2types.Tag{
-			{Key: aws.String(TagRestoreOp), Value: aws.String(op.ID)}, {Key: aws.String("Name"), Value: aws.String(name)},
-		}}},
-	}
+	// The restored box's volumes survive an accidental terminate.
+	in := imageInput(plan, name, fmt.Sprintf("CircleCI Services Box restored from %s by circlebot %s", plan.Source, op.ID), false, []ec2types.Tag{
+		{Key: aws.String(TagRestoreOp), Value: aws.String(op.ID)}, {Key: aws.String("Name"), Value: aws.String(name)},
+	})
 	// Never registered twice: the SDK retries only a throttled attempt
 	// (onceEC2), and an answer lost on the way back is found by its tag
 	// (or the name is taken: InvalidAMIName.Duplicate).
@@ -756,6 +755,10 @@ func (r *SnapshotRestore) run(ctx context.Context, op *Work[RestoreResult], plan
 		SubnetId:         aws.String(plan.Shape.SubnetID),
 		PrivateIpAddress: aws.String(plan.Shape.PrivateIP),
 		SecurityGroupIds: plan.Shape.SecurityGroups,
+		// The KMS key of each encrypted volume (RegisterImage cannot
+		// state it) and the recorded IMDS settings.
+		BlockDeviceMappings: launchMappings(plan.Snapshots),
+		MetadataOptions:     metadataOptions(plan.Shape.Boot),
 		TagSpecifications: []ec2types.TagSpecification{
 			{ResourceType: ec2types.ResourceTypeInstance, Tags: tags},
 			{ResourceType: ec2types.ResourceTypeVolume, Tags: []ec2types.Tag{{Key: aws.String(TagRestoreOp), Value: aws.String(op.ID)}}},

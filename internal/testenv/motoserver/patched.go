@@ -35,7 +35,7 @@ const launcherHeader = "X-Circlebot-Launcher"
 // directory first on sys.path) and left there for later runs.
 func WithPatchedSnapshots() Option {
 	return func(o *options) {
-		path, err := writeAsset("launcher", "moto_patched.py", patchedLauncher)
+		path, err := writeLauncher()
 		if err != nil {
 			// Start's os.Stat of the launcher then fails and reports the path;
 			// keep the real cause in the name so it is not lost.

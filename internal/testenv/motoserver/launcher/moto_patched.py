@@ -497,5 +497,9 @@ def _dispatcher(create_app):
 
 moto_server_module.DomainDispatcherApplication = _dispatcher
 
+# Block-device and boot settings as AWS keeps them: a module of its own in
+# this directory (see its docstring).
+import circlebot_volumes  # noqa: E402,F401
+
 if __name__ == "__main__":
     moto_server_module.main(sys.argv[1:])
