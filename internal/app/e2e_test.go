@@ -23,7 +23,6 @@ import (
 
 	"github.com/circlebot/circlebot/internal/app"
 	"github.com/circlebot/circlebot/internal/config"
-	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/sandbox"
 	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
@@ -135,9 +134,9 @@ func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config), 
 // Slack's pacing is tested in progress.
 func testSpeed(a *app.App) {
 	if a.Backups.Tarball != nil {
-		a.Backups.Tarball.(*ops.TarballBackup).Poll = 20 * time.Millisecond
+		a.Backups.Tarball.Poll = 20 * time.Millisecond
 	}
-	a.Backups.MinInterval = 20 * time.Millisecond
+	a.Engine.MinInterval = 20 * time.Millisecond
 	a.Backups.EBS.PollMin, a.Backups.EBS.PollMax = 20*time.Millisecond, 100*time.Millisecond
 	a.Backups.EBS.Retry = 10 * time.Millisecond
 }

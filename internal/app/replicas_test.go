@@ -92,7 +92,7 @@ func (e *env) background() *schedule.Scheduler {
 	e.t.Cleanup(func() {
 		cancel()
 		e.app.WaitBackground()
-		e.app.Backups.Wait()
+		e.app.Engine.Wait()
 		sched.Stop()
 	})
 	return sched

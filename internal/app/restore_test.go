@@ -313,7 +313,7 @@ func (r *restoreEnv) restart() {
 		t.Fatal(err)
 	}
 	r.tune(a)
-	a.Backups.MinInterval = 20 * time.Millisecond
+	a.Engine.MinInterval = 20 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	srv := a.NewServer(ctx)
 	hs := httptest.NewServer(srv.Handler())
