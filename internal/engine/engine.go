@@ -404,8 +404,9 @@ func (e *Engine) run(ctx context.Context, id string, out Out, note string) error
 	case cut && k.recovery() == Continue:
 		// Taken up again where it stopped by the next recovery, here
 		// after a restart or on another replica; its target is free
-		// meanwhile (recovery takes it again).
-		e.unlock(ctx, op)
+		// meanwhile (recovery takes it again), unless a replica has
+		// taken the operation over already.
+		e.unlockOwn(ctx, op)
 		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped following it (%s). The bot takes it up again where it stopped when it is back, or another replica does: nothing done is done twice.", op.Why))
 	case lostHeartbeat && k.recovery() == Abandon:
 		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped: this bot replica lost its connection to the shared state (%s). Another replica cleans up what it left and says so here.", op.Why))
@@ -505,6 +506,18 @@ func (e *Engine) unlock(ctx context.Context, op *journal.Op) {
 	for _, k := range op.Targets() {
 		if err := e.Store.Unlock(ctx, k, op.ID); err != nil {
 			e.Log.Error("release a lock after an operation", "op", op.ID, "lock", k, "err", err)
+		}
+	}
+}
+
+// unlockOwn frees the targets of an operation this process stopped,
+// only where this process still holds them.
+func (e *Engine) unlockOwn(ctx context.Context, op *journal.Op) {
+	ctx, cancel := settled(ctx)
+	defer cancel()
+	for _, k := range op.Targets() {
+		if err := e.Store.UnlockOwn(ctx, k, op.ID); err != nil {
+			e.Log.Error("release a lock after an operation stopped", "op", op.ID, "lock", k, "err", err)
 		}
 	}
 }
