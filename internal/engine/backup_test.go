@@ -506,3 +506,16 @@ func TestABackupFromBeforeTheEngineIsFollowed(t *testing.T) {
 		t.Errorf("locks left: %v", l)
 	}
 }
+
+// Recover is the one call for every record a dead process may leave:
+// what is not an operation (the schedule's run records) is checked in it
+// too, after the operations.
+func TestRecoverAlsoChecksWhatIsNotAnOperation(t *testing.T) {
+	e, _ := newEngine(t, &world{})
+	n := 0
+	e.AlsoRecover = []func(context.Context){func(context.Context) { n++ }}
+	e.Recover(context.Background(), func(string) Out { return &out{} })
+	if n != 1 {
+		t.Errorf("AlsoRecover ran %d times, want 1", n)
+	}
+}

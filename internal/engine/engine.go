@@ -732,7 +732,11 @@ func (e *Engine) resume(ctx context.Context, op *journal.Op, out Out, by string)
 // adopt makes this process the holder of the operation's targets.
 func (e *Engine) adopt(ctx context.Context, op *journal.Op) error {
 	for _, k := range op.Targets() {
-		err := e.Store.Adopt(ctx, store.Lock{Key: k, OpID: op.ID, What: op.Kind, Requester: op.Requester, Since: op.Created, Process: e.Store.Process()})
+		what := op.Kind
+		if kd, ok := e.Kinds.kinds[op.Kind]; ok {
+			what = kd.what() // as a refusal names it ("EBS backup")
+		}
+		err := e.Store.Adopt(ctx, store.Lock{Key: k, OpID: op.ID, What: what, Requester: op.Requester, Since: op.Created, Process: e.Store.Process()})
 		var held *store.HeldError
 		if errors.As(err, &held) {
 			return &Refusal{Msg: e.heldMessage(held.Holder)}
