@@ -52,8 +52,8 @@ func (s *Backups) Run(ctx context.Context, poster progress.Poster, r BackupReque
 	defer cancel()
 	b, rerr := s.Records.Backup(rctx, id)
 	if rerr != nil {
-		// It stopped before its record was written (the box was not
-		// found): what the record would say is in the error.
+		// Its record could not be written or read (the store failed):
+		// what it would say is in the error.
 		return &ops.Backup{ID: id, State: ops.StateFailed}, errors.Join(err, rerr)
 	}
 	return b, err
