@@ -83,7 +83,7 @@ func newRig(ctx context.Context, moto *motoserver.Server) (*rig, error) {
 func (r *rig) close() { r.app.Close(); r.slack.Close(); os.RemoveAll(r.dir) }
 
 func (r *rig) backup(ctx context.Context) (*ops.Backup, error) {
-	return r.app.Backups.Run(ctx, r.web.For(chat.Request{ChannelID: "C0INCIDENT"}), bot.BackupRequest{Trigger: "manual", Requester: "U0ALICE", Channel: "C0INCIDENT"})
+	return r.app.Backups.Run(ctx, r.web.For(chat.Request{ChannelID: "C0INCIDENT"}), bot.BackupRequest{Requester: "U0ALICE", Channel: "C0INCIDENT"})
 }
 
 func run(runs, samples int) error {

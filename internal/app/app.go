@@ -160,12 +160,8 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Retry: 2 * time.Second, Attempts: 6,
 		},
 		Records:       records,
-		Store:         st,
 		EC2:           ec2c,
 		Policy:        retention,
-		NameTag:       cfg.ServicesBox.NameTag,
-		DefaultMethod: cfg.Backup.Method,
-		SlashCommand:  cfg.Slack.Command,
 		ReportChannel: cfg.Slack.ReportChannel,
 		Log:           o.Log,
 	}
@@ -221,6 +217,15 @@ func New(ctx context.Context, o Options) (*App, error) {
 	engine.Register(kinds, engine.Rotate(setup, builders))
 	engine.Register(kinds, engine.Prune(setup, engine.Retention{EC2: ec2c, Prune: ec2c, Records: records.Backups, Mark: records.MarkPruning, Policy: retention}))
 	engine.Register(kinds, engine.Secret(setup, passphrase))
+	backupKinds := engine.Backups{EBS: backups.EBS, Tarball: backups.Tarball, Records: records, DefaultMethod: cfg.Backup.Method}
+	engine.Register(kinds, engine.BackupEBS(setup, backupKinds))
+	engine.Register(kinds, engine.BackupTarball(setup, backupKinds))
+	drillRunner := &ops.DrillRunner{
+		EC2: ec2c, Restore: snapshot, Records: ops.Drills{Store: st},
+		Subnet: cfg.Drill.SubnetID, SecurityGroup: cfg.Drill.SecurityGroupID, InstanceType: cfg.Drill.InstanceType,
+		HealthURL: cfg.Drill.HealthURL, Timeout: cfg.Drill.Timeout.D(), Process: st.Process(),
+	}
+	engine.Register(kinds, engine.Drill(setup, drillRunner, drillRunner.Records))
 	if err := kinds.Check(); err != nil {
 		st.Close()
 		return nil, err
@@ -236,14 +241,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		EC2: ec2c, Prune: ec2c, Records: records, Drills: ops.Drills{Store: st}, Policy: backups.Policy,
 		Schedule: cfg.Backup.Schedule, RPO: cfg.Backup.RPO.D(), SlashCommand: cfg.Slack.Command, Log: o.Log,
 	}
-	drills := &bot.DrillService{
-		Runner: &ops.DrillRunner{
-			EC2: ec2c, Restore: snapshot, Records: ops.Drills{Store: st},
-			Subnet: cfg.Drill.SubnetID, SecurityGroup: cfg.Drill.SecurityGroupID, InstanceType: cfg.Drill.InstanceType,
-			HealthURL: cfg.Drill.HealthURL, Timeout: cfg.Drill.Timeout.D(), Process: st.Process(), Alive: st.Alive,
-		},
-		Store: st, SlashCommand: cfg.Slack.Command, Log: o.Log,
-	}
+	drills := &bot.DrillService{Runner: drillRunner, Engine: eng}
 	checks := cfg.Monitor.Checks
 	if len(checks) == 0 {
 		checks = monitor.DefaultChecks(cfg.Builders.ASGName != "")
@@ -578,13 +576,12 @@ func (a *App) ServeAll(ctx context.Context, ls Listeners) error {
 	grace := time.AfterFunc(wait, cancelWork)
 	defer grace.Stop()
 	s.Wait()
-	a.Backups.Wait()
 	a.Engine.Wait()
 	// Then the leader's own loop (the lease is given up here), and what
 	// it may have started meanwhile, before the clock stops.
 	cancelWork()
 	a.WaitBackground()
-	a.Backups.Wait()
+	a.Engine.Wait()
 	sched.Stop()
 	return err
 }
@@ -594,11 +591,18 @@ func (a *App) ServeAll(ctx context.Context, ls Listeners) error {
 // leadership (replicas) and outage detection, all until ctx ends. The
 // scheduler it returns is stopped by the caller after ctx ends.
 func (a *App) Background(ctx context.Context, postTo func(string) progress.Poster) (*schedule.Scheduler, error) {
-	a.Resume(ctx, postTo)
 	sched, err := a.Scheduler(ctx, postTo)
 	if err != nil {
 		return nil, err
 	}
+	// The schedule's run records are bookkeeping of the clock, not work:
+	// whether the 02:00 slot was started, which CheckMissed reads. A run
+	// cut off with its process is said by the scheduler (the report job
+	// has nothing else to say it), while the backup or drill the run
+	// started is an operation the engine recovers. Both within one
+	// recovery: Engine.Recover runs the check after the operations.
+	a.Engine.AlsoRecover = []func(context.Context){sched.CheckCutOff}
+	a.Resume(ctx, postTo)
 	if a.ScheduleClock != nil {
 		sched.SetClock(a.ScheduleClock)
 	}
@@ -636,21 +640,18 @@ func (a *App) WaitBackground() {
 }
 
 // lead is the leader's own work besides the clock, for as long as it
-// leads (ctx): catch up what fell due in the handover, clean up after a
-// dead replica's drill, and keep watching for replicas that die with an
-// operation, a backup or an approved request in hand. What it starts
-// runs under work, so losing the lease does not cut a backup off.
+// leads (ctx): catch up what fell due in the handover, and keep watching
+// for replicas that die with work in hand — operations of every kind
+// (a backup is continued, a drill torn down, a restore announced),
+// approved requests and schedule runs, all through the engine's one
+// recovery. What it starts runs under work, so losing the lease does not
+// cut a backup off.
 func (a *App) lead(ctx, work context.Context, sched *schedule.Scheduler, postTo func(string) progress.Poster) {
 	sched.Elected(ctx)
-	var reportTo progress.Poster
-	if ch := a.Config.Slack.ReportChannel; ch != "" {
-		reportTo = postTo(ch)
-	}
-	a.Drills.Sweep(work, reportTo)
 	every := a.Config.Store.HeartbeatTTL.D() / 2
 	t := time.NewTicker(every)
 	defer t.Stop()
-	lastSweep, lastDrills := time.Now(), time.Now()
+	lastSweep := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -658,14 +659,6 @@ func (a *App) lead(ctx, work context.Context, sched *schedule.Scheduler, postTo 
 		case <-t.C:
 		}
 		a.Engine.Recover(work, postTo)
-		a.Backups.Resume(work, postTo)
-		sched.CheckCutOff(ctx)
-		// A dead replica's drill: its lock and resources (AWS calls, so
-		// not every round).
-		if time.Since(lastDrills) > time.Minute {
-			lastDrills = time.Now()
-			a.Drills.Sweep(work, reportTo)
-		}
 		if time.Since(lastSweep) > 10*time.Minute {
 			lastSweep = time.Now()
 			if n, err := a.Store.SweepClaims(work); err != nil {
@@ -728,7 +721,7 @@ func (a *App) Scheduler(ctx context.Context, postTo func(string) progress.Poster
 	}
 	if spec := a.Config.Drill.Schedule; spec != "" {
 		err := sched.Add(schedule.Job{Name: "drill", Spec: spec, Run: func(ctx context.Context) error {
-			d, err := a.Drills.Run(ctx, postTo(report), "scheduled", "scheduler", report)
+			d, err := a.Drills.Run(ctx, postTo(report), engine.Scheduler, report)
 			if err != nil && d != nil {
 				return schedule.Reported{Err: err} // its message says it
 			}
@@ -744,7 +737,7 @@ func (a *App) Scheduler(ctx context.Context, postTo func(string) progress.Poster
 // ScheduledBackup is one run of the backup schedule: a backup as the
 // scheduler, then retention when a policy is configured.
 func (a *App) ScheduledBackup(ctx context.Context, poster progress.Poster) error {
-	b, err := a.Backups.Run(ctx, poster, bot.BackupRequest{Trigger: "scheduled", Requester: "scheduler", Channel: a.Config.Slack.ReportChannel})
+	b, err := a.Backups.Run(ctx, poster, bot.BackupRequest{Requester: engine.Scheduler, Channel: a.Config.Slack.ReportChannel})
 	var held *store.HeldError
 	if errors.As(err, &held) {
 		return fmt.Errorf("skipped: %w", err)
@@ -768,15 +761,10 @@ func (a *App) ScheduledBackup(ctx context.Context, poster progress.Poster) error
 	return nil
 }
 
-// Resume deals with what a previous bot process left behind: running
-// backups are followed to the end, operations cut off mid-way are reported
-// and never started again.
+// Resume deals with what a previous bot process left behind, through the
+// engine's one recovery: an EBS backup is followed to the end, a tarball
+// backup or a drill is cleaned up and reported, a destructive operation
+// is reported and waits for a person; none is started again.
 func (a *App) Resume(ctx context.Context, postTo func(string) progress.Poster) {
 	a.Engine.Recover(ctx, postTo)
-	a.Backups.Resume(ctx, postTo)
-	var reportTo progress.Poster
-	if ch := a.Config.Slack.ReportChannel; ch != "" {
-		reportTo = postTo(ch)
-	}
-	a.Drills.Sweep(ctx, reportTo)
 }

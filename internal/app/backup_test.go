@@ -333,7 +333,7 @@ func TestBackupInterruptedByRestartIsFollowedToTheEnd(t *testing.T) {
 	moto := patchedMoto(t)
 	e := newEnvOn(t, moto, nil)
 	ctx, stop := context.WithCancel(context.Background())
-	go e.app.Backups.Run(ctx, discardPoster{}, bot.BackupRequest{Trigger: "manual", Requester: alice, Channel: incident})
+	go e.app.Backups.Run(ctx, discardPoster{}, bot.BackupRequest{Requester: alice, Channel: incident})
 	var rec *ops.Backup
 	deadline := time.Now().Add(30 * time.Second)
 	for rec == nil && time.Now().Before(deadline) {
@@ -361,7 +361,7 @@ func TestBackupInterruptedByRestartIsFollowedToTheEnd(t *testing.T) {
 	cfg := e.app.Config
 	e.app.Close()
 	a2 := reopen(t, e, cfg)
-	a2.Backups.Resume(context.Background(), func(string) progress.Poster { return e.slackPoster() })
+	a2.Resume(context.Background(), func(string) progress.Poster { return e.slackPoster() })
 	deadline = time.Now().Add(30 * time.Second)
 	var got ops.Backup
 	for time.Now().Before(deadline) {
@@ -404,7 +404,7 @@ func reopen(t *testing.T, e *env, cfg config.Config) *app.App {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.Backups.MinInterval = 20 * time.Millisecond
+	a.Engine.MinInterval = 20 * time.Millisecond
 	a.Backups.EBS.PollMin, a.Backups.EBS.PollMax = 20*time.Millisecond, 100*time.Millisecond
 	t.Cleanup(func() { a.Close() })
 	return a
@@ -448,7 +448,7 @@ func TestShutdownDoesNotWaitForPendingSnapshots(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- a.Serve(ctx, ln) }()
-	go a.Backups.Run(ctx, discardPoster{}, bot.BackupRequest{Trigger: "manual", Requester: alice, Channel: incident})
+	go a.Backups.Run(ctx, discardPoster{}, bot.BackupRequest{Requester: alice, Channel: incident})
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		if recs, _ := a.Backups.Records.Backups(t.Context()); len(recs) > 0 && len(recs[0].Snapshots) == 3 {

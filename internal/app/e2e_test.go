@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -23,7 +24,8 @@ import (
 
 	"github.com/circlebot/circlebot/internal/app"
 	"github.com/circlebot/circlebot/internal/config"
-	"github.com/circlebot/circlebot/internal/ops"
+	"github.com/circlebot/circlebot/internal/engine"
+	"github.com/circlebot/circlebot/internal/journal"
 	"github.com/circlebot/circlebot/internal/sandbox"
 	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
@@ -135,9 +137,9 @@ func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config), 
 // Slack's pacing is tested in progress.
 func testSpeed(a *app.App) {
 	if a.Backups.Tarball != nil {
-		a.Backups.Tarball.(*ops.TarballBackup).Poll = 20 * time.Millisecond
+		a.Backups.Tarball.Poll = 20 * time.Millisecond
 	}
-	a.Backups.MinInterval = 20 * time.Millisecond
+	a.Engine.MinInterval = 20 * time.Millisecond
 	a.Backups.EBS.PollMin, a.Backups.EBS.PollMax = 20*time.Millisecond, 100*time.Millisecond
 	a.Backups.EBS.Retry = 10 * time.Millisecond
 }
@@ -455,4 +457,14 @@ func TestHealthAndMetrics(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
+}
+
+// destructiveOps are the journaled operations of a, without the backups
+// and drills the tests take to have a restore point (the engine journals
+// those too).
+func destructiveOps(ctx context.Context, a *app.App) ([]*journal.Op, error) {
+	all, err := a.Journal.All(ctx)
+	return slices.DeleteFunc(all, func(op *journal.Op) bool {
+		return op.Kind == engine.KindBackupEBS || op.Kind == engine.KindBackupTarball || op.Kind == engine.KindDrill
+	}), err
 }

@@ -92,7 +92,7 @@ func (e *env) background() *schedule.Scheduler {
 	e.t.Cleanup(func() {
 		cancel()
 		e.app.WaitBackground()
-		e.app.Backups.Wait()
+		e.app.Engine.Wait()
 		sched.Stop()
 	})
 	return sched
@@ -255,7 +255,7 @@ func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the approved restore did not reach its launch on B")
 	}
-	all, err := b.app.Journal.All(t.Context())
+	all, err := destructiveOps(t.Context(), b.app)
 	if err != nil || len(all) != 1 {
 		t.Fatalf("journal: %d ops, %v", len(all), err)
 	}
@@ -315,7 +315,7 @@ func TestReplicaKilledMidRestoreIsResumedOnTheOther(t *testing.T) {
 	a.app.Bot.Handle(ctx, chat.Request{ID: "t1", UserID: bob, ChannelID: incident, Text: "approve " + req, Source: "test"},
 		web.For(chat.Request{ChannelID: incident, UserID: bob}))
 
-	all, err := b.app.Journal.All(t.Context())
+	all, err := destructiveOps(t.Context(), b.app)
 	if err != nil || len(all) != 1 {
 		t.Fatalf("journal: %d ops, %v", len(all), err)
 	}

@@ -79,7 +79,7 @@ func newDrillEnv(t *testing.T) *drillEnv {
 func (d *drillEnv) setDrill(a *app.App) {
 	a.Drills.Runner.Subnet, a.Drills.Runner.SecurityGroup = d.subnet, d.sg
 	a.Drills.Runner.Poll = 20 * time.Millisecond
-	a.Drills.MinInterval = 20 * time.Millisecond
+	a.Engine.MinInterval = 20 * time.Millisecond
 }
 
 // leftovers lists what drills left in AWS.
@@ -221,7 +221,7 @@ func TestInterruptedDrillIsSweptAtStartUp(t *testing.T) {
 	d.waitText("sweep notice", "cut off by a bot restart")
 	// The dead drill's lock is gone: the next drill runs.
 	d.proxy.SetFaults(faultproxy.Faults{})
-	if dr, err := a.Drills.Run(context.Background(), d.slackPoster(), "manual", alice, incident); err != nil || dr.State != ops.DrillPassed {
+	if dr, err := a.Drills.Run(context.Background(), d.slackPoster(), alice, incident); err != nil || dr.State != ops.DrillPassed {
 		t.Errorf("a drill after the restart: %v %+v", err, dr)
 	}
 	close(hang)

@@ -313,7 +313,7 @@ func (r *restoreEnv) restart() {
 		t.Fatal(err)
 	}
 	r.tune(a)
-	a.Backups.MinInterval = 20 * time.Millisecond
+	a.Engine.MinInterval = 20 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	srv := a.NewServer(ctx)
 	hs := httptest.NewServer(srv.Handler())
@@ -349,7 +349,7 @@ func TestRestoreInterruptedMidStepResumesWithoutASecondInstance(t *testing.T) {
 		web.For(chat.Request{ChannelID: incident, UserID: bob}))
 	r.proxy.SetFaults(faultproxy.Faults{})
 
-	ops_, err := r.app.Journal.All(t.Context())
+	ops_, err := destructiveOps(t.Context(), r.app)
 	if err != nil || len(ops_) != 1 {
 		t.Fatalf("journal: %v %d ops", err, len(ops_))
 	}
@@ -400,7 +400,7 @@ func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
 			once.Do(func() {
 				// `cancel` while the image step runs; hold the step until
 				// the cancel is recorded, so the boundary is the next one.
-				ops_, _ := r.app.Journal.All(t.Context())
+				ops_, _ := destructiveOps(t.Context(), r.app)
 				r.slash(alice, incident, "cancel "+ops_[0].ID)
 				for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 					if o, _ := r.app.Journal.Get(t.Context(), ops_[0].ID); o.CancelBy != "" {

@@ -232,7 +232,7 @@ func TestCancelledTarballBackupCancelsTheCommandAndCleansUp(t *testing.T) {
 // directTarball is the app's tarball backup, run without Slack so that a
 // test holds its context and sees its progress.
 func directTarball(e *env) (*ops.TarballBackup, *ops.Backup, *recProgress) {
-	tb := *e.app.Backups.Tarball.(*ops.TarballBackup)
+	tb := *e.app.Backups.Tarball
 	return &tb, &ops.Backup{ID: ops.NewBackupID(time.Now()), Trigger: "manual", Requester: alice}, &recProgress{}
 }
 
@@ -363,7 +363,7 @@ func TestTarballLeftByACrashIsCleanedUpAtStart(t *testing.T) {
 	t.Parallel()
 	e, box := tarballEnv(t)
 	ctx := context.Background()
-	tb := e.app.Backups.Tarball.(*ops.TarballBackup)
+	tb := e.app.Backups.Tarball
 	id := ops.NewBackupID(time.Now())
 	scratch := box.Path("/tmp/circlebot-" + id)
 	if err := os.MkdirAll(scratch, 0o755); err != nil {

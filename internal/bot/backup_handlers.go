@@ -2,7 +2,6 @@ package bot
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -12,20 +11,14 @@ import (
 
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/ops"
-	"github.com/circlebot/circlebot/internal/store"
 )
 
 func (d Deps) backupNow(ctx context.Context, c Call) (Outcome, error) {
-	b, err := d.Backups.Run(ctx, c.Reply, BackupRequest{Method: string(c.Cmd.Method), Trigger: "manual", Requester: c.Req.UserID, Channel: c.Req.ChannelID})
-	var held *store.HeldError
-	if errors.As(err, &held) {
-		return Outcome{}, &UserError{Msg: d.Engine.HeldMessage(held)}
+	b, err := d.Backups.Run(ctx, c.Reply, BackupRequest{Method: string(c.Cmd.Method), Requester: c.Req.UserID, Channel: c.Req.ChannelID})
+	if b == nil {
+		return Outcome{}, err // refused: nothing was started
 	}
 	if err != nil {
-		var ue *UserError
-		if errors.As(err, &ue) || b == nil {
-			return Outcome{}, err
-		}
 		// The progress message already says what failed, in the channel.
 		return Outcome{Result: "failed", Detail: b.ID + ": " + ops.Explain(err)}, nil
 	}

@@ -53,6 +53,24 @@ func (e *PlanChangedError) Error() string {
 
 func (e *PlanChangedError) Unwrap() error { return e.Err }
 
+// BusyError is a start refused because another operation holds its
+// target: nothing was started. It reads as a Refusal (its text says who
+// holds it and what to do) and unwraps to the store's *HeldError.
+type BusyError struct {
+	Msg  string
+	Held *store.HeldError
+}
+
+func (e *BusyError) Error() string { return e.Msg }
+func (e *BusyError) Unwrap() error { return e.Held }
+func (e *BusyError) As(target any) bool {
+	if r, ok := target.(**Refusal); ok {
+		*r = &Refusal{Msg: e.Msg}
+		return true
+	}
+	return false
+}
+
 // ErrNothingToDo: the plan derived now has nothing in it (retention would
 // prune nothing); nothing was journaled.
 var ErrNothingToDo = errors.New("nothing to do")
@@ -79,6 +97,11 @@ type Engine struct {
 	ApprovalTTL time.Duration
 	// MinInterval paces progress updates (tests); zero means the default.
 	MinInterval time.Duration
+	// AlsoRecover are records of work that is not an operation, which a
+	// dead process may have left "running" (the schedule's run records):
+	// Recover runs them after the operations, so that one call recovers
+	// everything.
+	AlsoRecover []func(context.Context)
 
 	running sync.WaitGroup
 }
@@ -169,6 +192,8 @@ func (e *Engine) heldMessage(h store.Lock) string {
 	switch {
 	case strings.HasPrefix(h.OpID, "bk-"):
 		follow = fmt.Sprintf("Follow it in its message, or `%s backup status %s`.", e.SlashCommand, h.OpID)
+	case strings.HasPrefix(h.OpID, "dr-"):
+		// A drill holds only itself: it never stops part-way holding it.
 	case strings.HasPrefix(h.OpID, "op-"):
 		// A journaled operation keeps the box while it is stopped part-way.
 		verb = "holds it (running, or stopped part-way)"
@@ -189,10 +214,14 @@ func (e *Engine) heldMessage(h store.Lock) string {
 // HeldMessage explains a *store.HeldError to a person.
 func (e *Engine) HeldMessage(held *store.HeldError) string { return e.heldMessage(held.Holder) }
 
-// Start is how work that needs no second person enters the engine: the
-// scheduler's retention, whose approval is the policy in the config.
-func (e *Engine) Start(ctx context.Context, cmd commands.Command, requester, channel string, out Out) error {
-	return e.start(ctx, cmd, approvals.Request{Command: cmd.Text(), Requester: requester, Channel: channel}, out, false)
+// Start is how work that needs no second person enters the engine:
+// backups and drills, and the scheduler's retention (whose approval is
+// the policy in the config). It returns the operation's ID once it was
+// journaled ("" if it never started), with how it ended.
+func (e *Engine) Start(ctx context.Context, cmd commands.Command, requester, channel string, out Out) (string, error) {
+	var id string
+	err := e.start(ctx, cmd, approvals.Request{Command: cmd.Text(), Requester: requester, Channel: channel}, out, false, &id)
+	return id, err
 }
 
 // Execute runs an approved request once: the target is locked, the plan
@@ -207,16 +236,16 @@ func (e *Engine) Execute(ctx context.Context, req approvals.Request, out Out) er
 	if cmd.Name == commands.Resume {
 		return e.resumeApproved(ctx, cmd.ID, req, out)
 	}
-	return e.start(ctx, cmd, req, out, true)
+	return e.start(ctx, cmd, req, out, true, nil)
 }
 
-func (e *Engine) start(ctx context.Context, cmd commands.Command, req approvals.Request, out Out, approved bool) error {
+func (e *Engine) start(ctx context.Context, cmd commands.Command, req approvals.Request, out Out, approved bool, started *string) error {
 	k, err := e.Kinds.forCommand(cmd)
 	if err != nil {
 		return err
 	}
 	now := time.Now()
-	opID := journal.NewID(now)
+	opID := k.newID(now)
 	l := store.Lock{OpID: opID, What: k.what(), Requester: req.Requester, Process: e.Store.Process()}
 	release, err := e.lockAll(ctx, []string{k.target()}, l)
 	if err != nil {
@@ -258,6 +287,9 @@ func (e *Engine) start(ctx context.Context, cmd commands.Command, req approvals.
 		release()
 		return fmt.Errorf("journal the %s: %w", k.name(), err)
 	}
+	if started != nil {
+		*started = op.ID
+	}
 	return e.run(ctx, op.ID, out, "")
 }
 
@@ -278,7 +310,7 @@ func (e *Engine) lockAll(ctx context.Context, keys []string, l store.Lock) (rele
 			release()
 			var held *store.HeldError
 			if errors.As(err, &held) {
-				return nil, &Refusal{Msg: e.heldMessage(held.Holder)}
+				return nil, &BusyError{Msg: e.heldMessage(held.Holder), Held: held}
 			}
 			return nil, err
 		}
@@ -289,7 +321,7 @@ func (e *Engine) lockAll(ctx context.Context, keys []string, l store.Lock) (rele
 
 func (e *Engine) env(op *journal.Op, out Out) Env {
 	requester := op.Requester
-	return Env{Private: func(ctx context.Context, text string) error {
+	return Env{Requester: requester, Channel: op.Channel, Private: func(ctx context.Context, text string) error {
 		p, ok := out.(Private)
 		if !ok {
 			return errors.New("this operation was resumed where no private message can be shown: run it again from Slack")
@@ -361,19 +393,46 @@ func (e *Engine) run(ctx context.Context, id string, out Out, note string) error
 	}
 	rec := Record{Op: op, Took: op.Elapsed(time.Now()).Round(time.Second)}
 	closed := false
+	lostHeartbeat := errors.Is(context.Cause(jctx), store.ErrHeartbeatLost)
+	cut := !errors.Is(err, journal.ErrCancelled) && (ctx.Err() != nil || lostHeartbeat)
 	switch {
 	case err == nil && op.State == journal.Done:
 		e.unlock(ctx, op)
 		st.Finish(progress.Succeeded, b.summary(rec))
 	case errors.Is(err, journal.ErrTakenOver):
 		st.Finish(progress.Cancelled, takenOver(op.ID))
-	case errors.Is(context.Cause(jctx), store.ErrHeartbeatLost):
+	case cut && k.recovery() == Continue:
+		// Taken up again where it stopped by the next recovery, here
+		// after a restart or on another replica; its target is free
+		// meanwhile (recovery takes it again), unless a replica has
+		// taken the operation over already.
+		e.unlockOwn(ctx, op)
+		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped following it (%s). The bot takes it up again where it stopped when it is back, or another replica does: nothing done is done twice.", op.Why))
+	case lostHeartbeat && k.recovery() == Abandon:
+		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped: this bot replica lost its connection to the shared state (%s). Another replica cleans up what it left and says so here.", op.Why))
+	case lostHeartbeat:
 		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped: this bot replica lost its connection to the shared state (%s). Another replica announces it and can `%s resume %s`.", op.Why, e.SlashCommand, op.ID))
 	case !k.hold():
-		// Nothing it left needs a resume: the operation is closed and its
-		// target freed for the next request or scheduled run.
+		// Nothing it left needs a resume: what it made is cleaned up as
+		// its kind says, the operation is closed and its target freed for
+		// the next request or scheduled run.
 		closed = true
-		st.Finish(progress.Failed, fmt.Sprintf("%s Later steps did not run. Done so far: %s. Nothing is held: a new request starts afresh.", e.stopReason(ctx, op, err), e.leftBehind(op)))
+		cleaned := ""
+		if b.cleanup != nil {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+			if did := b.cleanup(cctx, rec, cut); len(did) > 0 {
+				cleaned = " Cleaned up: " + strings.Join(did, "; ") + "."
+			}
+			cancel()
+		}
+		last := ""
+		if b.failed != nil {
+			last = b.failed(rec)
+		}
+		if last == "" {
+			last = fmt.Sprintf("%s Later steps did not run. Done so far: %s. Nothing is held: a new request starts afresh.", e.stopReason(ctx, op, err), e.leftBehind(op))
+		}
+		st.Finish(progress.Failed, last+cleaned)
 	case errors.Is(err, journal.ErrCancelled):
 		st.Finish(progress.Cancelled, fmt.Sprintf("Stopped by <@%s> at a step boundary: %s. %s %s", op.CancelBy, op.Why, e.boxLine(ctx, k, op), e.nextMoves(op)))
 	case ctx.Err() != nil:
@@ -447,6 +506,18 @@ func (e *Engine) unlock(ctx context.Context, op *journal.Op) {
 	for _, k := range op.Targets() {
 		if err := e.Store.Unlock(ctx, k, op.ID); err != nil {
 			e.Log.Error("release a lock after an operation", "op", op.ID, "lock", k, "err", err)
+		}
+	}
+}
+
+// unlockOwn frees the targets of an operation this process stopped,
+// only where this process still holds them.
+func (e *Engine) unlockOwn(ctx context.Context, op *journal.Op) {
+	ctx, cancel := settled(ctx)
+	defer cancel()
+	for _, k := range op.Targets() {
+		if err := e.Store.UnlockOwn(ctx, k, op.ID); err != nil {
+			e.Log.Error("release a lock after an operation stopped", "op", op.ID, "lock", k, "err", err)
 		}
 	}
 }
@@ -661,7 +732,11 @@ func (e *Engine) resume(ctx context.Context, op *journal.Op, out Out, by string)
 // adopt makes this process the holder of the operation's targets.
 func (e *Engine) adopt(ctx context.Context, op *journal.Op) error {
 	for _, k := range op.Targets() {
-		err := e.Store.Adopt(ctx, store.Lock{Key: k, OpID: op.ID, What: op.Kind, Requester: op.Requester, Since: op.Created, Process: e.Store.Process()})
+		what := op.Kind
+		if kd, ok := e.Kinds.kinds[op.Kind]; ok {
+			what = kd.what() // as a refusal names it ("EBS backup")
+		}
+		err := e.Store.Adopt(ctx, store.Lock{Key: k, OpID: op.ID, What: what, Requester: op.Requester, Since: op.Created, Process: e.Store.Process()})
 		var held *store.HeldError
 		if errors.As(err, &held) {
 			return &Refusal{Msg: e.heldMessage(held.Holder)}
@@ -714,6 +789,10 @@ func (e *Engine) Journaled(ctx context.Context, reqID string) (bool, error) {
 	}
 	return err == nil, err
 }
+
+// cleanupTimeout bounds a kind's Cleanup: a drill's teardown waits for
+// its instance to terminate.
+const cleanupTimeout = 10 * time.Minute
 
 // settled is a context for writes that must land even after ctx ended
 // (the bot is shutting down): the record that an operation stopped, or

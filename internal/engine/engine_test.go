@@ -357,7 +357,7 @@ func TestEmptyPlansAreRefusedOrSkipped(t *testing.T) {
 	if !errors.As(err, &r) || r.Msg != "nothing to do here." {
 		t.Errorf("Propose = %v, want the kind's refusal", err)
 	}
-	if err := e.Start(context.Background(), c, "scheduler", "C1", &out{}); !errors.Is(err, ErrNothingToDo) {
+	if _, err := e.Start(context.Background(), c, "scheduler", "C1", &out{}); !errors.Is(err, ErrNothingToDo) {
 		t.Errorf("Start = %v, want ErrNothingToDo", err)
 	}
 	if all, _ := e.Journal.All(context.Background()); len(all) != 0 {

@@ -97,7 +97,7 @@ func TestApprovedStepsCarryWhoAskedAndWhoApproved(t *testing.T) {
 	}
 
 	c, _ := commands.Parse("backup prune")
-	if err := e.Start(ctx, c, "scheduler", "C1", &out{}); err != nil {
+	if _, err := e.Start(ctx, c, "scheduler", "C1", &out{}); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := p.take(), []string{"one -", "two -", "three -"}; !slices.Equal(got, want) {

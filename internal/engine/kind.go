@@ -65,11 +65,72 @@ type Kind[P, R any] struct {
 	Hold bool
 	// BoxLine asks, when it stops, whether the Services box is running.
 	BoxLine bool
+
+	// Recover is what recovery does with an operation of this kind that
+	// a dead process (or replica) left, or that a shutdown or a lost
+	// heartbeat stopped part-way (zero: Announce).
+	Recover Recovery
+	// Cleanup undoes what an operation of a kind that does not hold its
+	// target left, when it ends without finishing: a step failed or was
+	// cancelled, the bot shut down under it, or (Abandon) recovery found
+	// it left by a dead process. It is not called for a Continue kind
+	// that was only cut off: that one is taken up again. cut: the bot
+	// stopped under it (not a failed step). It returns what it did, in
+	// words, for the last word or the announcement; ctx has a deadline of
+	// its own (a shutdown must still clean up).
+	Cleanup func(ctx context.Context, p P, r R, op Record, cut bool) []string
+	// Failed is the last word of an operation of this kind that failed
+	// (nil: the engine's own "Later steps did not run …").
+	Failed func(p P, r R, op Record) string
+	// NewID names a new operation (nil: journal.NewID, op-…): a backup
+	// is its restore point's bk-… ID, so that one ID finds both.
+	NewID func(time.Time) string
+	// Legacy lists work of this kind that a version of the bot before the
+	// engine recorded outside the journal and left unfinished (a backup
+	// record still "running"): recovery journals each as a stopped
+	// operation, then recovers it like any other.
+	Legacy func(ctx context.Context) ([]Legacy[P, R], error)
+}
+
+// Recovery is what the one recovery path does with a stopped operation
+// of a kind.
+type Recovery int
+
+const (
+	// Announce says it in its channel and runs nothing: a kind that holds
+	// its target keeps it until a person resumes or gives it up; any
+	// other is closed. Destructive work: a person decides.
+	Announce Recovery = iota
+	// Continue takes it up again at once, on whichever replica finds it,
+	// from its first unfinished step: non-destructive work whose steps
+	// are safe to run again (a backup following its snapshots).
+	Continue
+	// Abandon runs its Cleanup, closes it and says in its channel what
+	// was cleaned up; it is never run again (a tarball backup whose
+	// command died with the bot, a drill).
+	Abandon
+)
+
+// Legacy is one piece of unfinished work an earlier version recorded
+// outside the journal, as this version's kind would have journaled it.
+type Legacy[P, R any] struct {
+	ID        string // its ID then (bk-…, dr-…): the operation's ID now
+	Title     string
+	Channel   string
+	Requester string
+	Created   time.Time
+	Plan      P
+	Result    R
+	// Done is how many of the kind's steps it had finished.
+	Done int
 }
 
 // Env is what an operation's steps may use besides AWS: where private
 // answers for the requester go.
 type Env struct {
+	// Requester and Channel are who asked for the operation and where it
+	// reports ("scheduler" and the report channel for scheduled work).
+	Requester, Channel string
 	// Private shows text to the requester only (a revealed secret).
 	Private func(ctx context.Context, text string) error
 }
@@ -93,6 +154,9 @@ type kind interface {
 	hold() bool
 	boxLine() bool
 	validate() error
+	recovery() Recovery
+	newID(time.Time) string
+	legacy(ctx context.Context) ([]*journal.Op, error)
 }
 
 // derived is a plan made from live state, ready to approve or run.
@@ -111,6 +175,9 @@ type bound struct {
 	recheck    func(context.Context, Record) ([]string, error)
 	summary    func(Record) string
 	leftBehind func(Record) []string
+	// cleanup is the kind's Cleanup (nil: none); failed its Failed.
+	cleanup func(ctx context.Context, rec Record, cut bool) []string
+	failed  func(Record) string
 }
 
 func (k Kind[P, R]) name() string           { return k.Name }
@@ -126,6 +193,51 @@ func (k Kind[P, R]) ready() error {
 	return k.Ready()
 }
 func (k Kind[P, R]) boxLine() bool { return k.BoxLine }
+
+func (k Kind[P, R]) recovery() Recovery { return k.Recover }
+
+func (k Kind[P, R]) newID(t time.Time) string {
+	if k.NewID == nil {
+		return journal.NewID(t)
+	}
+	return k.NewID(t)
+}
+
+// legacy journals what an earlier version left as stopped operations of
+// this kind (not yet stored: the engine creates them).
+func (k Kind[P, R]) legacy(ctx context.Context) ([]*journal.Op, error) {
+	if k.Legacy == nil {
+		return nil, nil
+	}
+	found, err := k.Legacy(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []*journal.Op
+	for _, l := range found {
+		plan, err := json.Marshal(l.Plan)
+		if err != nil {
+			return nil, fmt.Errorf("encode the %s plan of %s: %w", k.Name, l.ID, err)
+		}
+		res, err := json.Marshal(l.Result)
+		if err != nil {
+			return nil, fmt.Errorf("encode what %s made: %w", l.ID, err)
+		}
+		now := time.Now()
+		op := &journal.Op{ID: l.ID, Kind: k.Name, Title: l.Title, Target: k.target(), Command: string(k.Command), Channel: l.Channel,
+			Requester: l.Requester, Plan: string(plan), Result: res, State: journal.Stopped, Unannounced: true,
+			Why: "interrupted: the bot stopped (it was started by an earlier version of the bot)", Created: cmp.Or(l.Created, now), Updated: now}
+		for i, d := range k.Steps(l.Plan, Env{}) {
+			st := journal.Step{Name: d.Name, State: journal.StepPending}
+			if i < l.Done {
+				st.State = journal.StepDone
+			}
+			op.Steps = append(op.Steps, st)
+		}
+		out = append(out, op)
+	}
+	return out, nil
+}
 
 func (k Kind[P, R]) matches(c commands.Command) bool { return k.Match == nil || k.Match(c) }
 
@@ -171,6 +283,24 @@ func (k Kind[P, R]) bind(data string) (bound, error) {
 	if k.Recheck != nil {
 		b.recheck = func(ctx context.Context, r Record) ([]string, error) { return k.Recheck(ctx, p, r) }
 	}
+	if k.Cleanup != nil {
+		b.cleanup = func(ctx context.Context, rec Record, cut bool) []string {
+			r, err := ops.ResultOf[R](rec.Op)
+			if err != nil {
+				return []string{"nothing could be cleaned up: its result could not be read: " + err.Error()}
+			}
+			return k.Cleanup(ctx, p, r, rec, cut)
+		}
+	}
+	if k.Failed != nil {
+		b.failed = func(rec Record) string {
+			r, err := ops.ResultOf[R](rec.Op)
+			if err != nil {
+				return ""
+			}
+			return k.Failed(p, r, rec)
+		}
+	}
 	if k.LeftBehind != nil {
 		b.leftBehind = func(rec Record) []string {
 			r, err := ops.ResultOf[R](rec.Op)
@@ -197,6 +327,14 @@ func (k Kind[P, R]) validate() error {
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("engine: kind %q lacks %v", k.Name, missing)
+	}
+	switch {
+	case k.Recover != Announce && k.Hold:
+		// Held for a person's resume, or taken up (or given up) on its
+		// own: not both.
+		return fmt.Errorf("engine: kind %q holds its target for a resume and recovers on its own", k.Name)
+	case k.Recover == Abandon && k.Cleanup == nil:
+		return fmt.Errorf("engine: kind %q is abandoned at recovery but has no Cleanup", k.Name)
 	}
 	return nil
 }
@@ -238,11 +376,19 @@ func (r *Registry) Check() error {
 	return errors.Join(errs...)
 }
 
-// Commands lists the commands the registry runs.
+// Commands lists the commands the registry runs that a second person
+// approves (the destructive class); the others (a backup, a drill) are
+// started with Start.
 func (r *Registry) Commands() []commands.Name {
+	destructive := map[commands.Name]bool{}
+	for _, s := range commands.Specs() {
+		destructive[s.Name] = s.Class == commands.ClassDestructive
+	}
 	var out []commands.Name
 	for c := range r.byCmd {
-		out = append(out, c)
+		if destructive[c] {
+			out = append(out, c)
+		}
 	}
 	return out
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -13,6 +14,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/circlebot/circlebot/internal/journal"
 )
 
 // BackupEC2 is the part of EC2 an EBS backup uses.
@@ -176,9 +179,6 @@ type EBSBackup struct {
 	Now      func() time.Time
 }
 
-// EBS backup steps, as shown in the progress message.
-var EBSSteps = []string{"Find the Services box", "Snapshot every volume", "Wait for the snapshots to complete", "Record the restore point"}
-
 func (e *EBSBackup) now() time.Time {
 	if e.Now != nil {
 		return e.Now()
@@ -186,74 +186,236 @@ func (e *EBSBackup) now() time.Time {
 	return time.Now()
 }
 
-// Run takes the backup described by b (ID, trigger, requester set by the
-// caller) and returns it completed or failed. The record is saved before
-// anything is created in AWS and after every change, so a crash leaves a
-// record that names the snapshots to follow.
-func (e *EBSBackup) Run(ctx context.Context, b *Backup, p Progress) error {
-	b.Method, b.State, b.Version = MethodEBS, StateRunning, e.Version
-	if b.Started.IsZero() {
-		b.Started = e.now()
-	}
-	fail := func(step int, err error) error {
-		p.Fail(step, errors.New(Explain(err)))
-		b.State, b.Error, b.Finished = StateFailed, Explain(err), e.now()
-		if serr := e.Records.SaveBackup(ctx, b); serr != nil {
-			return errors.Join(err, serr)
-		}
-		return err
-	}
-
-	p.Begin(0, "tag Name="+e.NameTag)
-	inst, err := FindBox(ctx, e.EC2, e.NameTag)
-	if err != nil {
-		return fail(0, err)
-	}
-	b.Shape = ShapeOf(inst)
-	volTags := e.recordVolumes(ctx, b, inst, p)
-	p.Done(0, fmt.Sprintf("`%s` %s, %s, %d volumes", b.Shape.InstanceID, b.Shape.PrivateIP, b.Shape.Type, len(inst.BlockDeviceMappings)))
-	if err := e.Records.SaveBackup(ctx, b); err != nil {
-		return fail(0, err)
-	}
-
-	p.Begin(1, "")
-	if err := e.create(ctx, b, inst, volTags, p); err != nil {
-		return fail(1, err)
-	}
-	ids := make([]string, len(b.Snapshots))
-	for i, s := range b.Snapshots {
-		ids[i] = s.ID
-	}
-	p.Done(1, strings.Join(codes(ids), ", "))
-	if err := e.Records.SaveBackup(ctx, b); err != nil {
-		return fail(1, err)
-	}
-	return e.Follow(ctx, b, p)
+// BackupRequest says who asked for a backup and where it reports.
+type BackupRequest struct {
+	Trigger   string // manual | scheduled
+	Requester string // a Slack user ID, or "scheduler"
+	Channel   string
 }
 
-// Follow waits for b's snapshots and records the outcome (steps 2 and 3).
-// It is also how a backup interrupted by a restart is resumed.
-func (e *EBSBackup) Follow(ctx context.Context, b *Backup, p Progress) error {
-	p.Begin(2, "")
-	if err := e.wait(ctx, b, p); err != nil {
-		p.Fail(2, errors.New(Explain(err)))
-		b.State, b.Error, b.Finished = StateFailed, Explain(err), e.now()
-		if errors.Is(err, context.Canceled) {
-			// Not a failure of the backup: the snapshots go on in AWS and
-			// the next start picks the record up again.
-			b.State, b.Error, b.Finished = StateRunning, "", time.Time{}
+// BackupWork is what a backup's steps hand on to each other (the
+// journal keeps it): the backup's record — the catalogue entry `backup
+// list`, the report and retention read, saved to the store as it changes
+// — and what a step run again after a crash must know.
+type BackupWork struct {
+	Record Backup `json:"record"`
+	// Sent: the snapshot set was asked for (journaled before the call).
+	// The step run again after a crash or a lost answer adopts what that
+	// call made, found by the backup's tag, instead of asking blind.
+	Sent bool `json:"sent,omitempty"`
+	// Tarball backups: the scratch directory may exist on the box, and
+	// the ETag the uploaded object must have ("" : length only).
+	Scratch  bool   `json:"scratch,omitempty"`
+	WantETag string `json:"want_etag,omitempty"`
+
+	saver func() error // journals the work now (nil: run without a journal)
+}
+
+// save makes the work durable before the step ends.
+func (w *BackupWork) save() error {
+	if w.saver == nil {
+		return nil
+	}
+	return w.saver()
+}
+
+// backupStep is one step of a backup: a name and what it does to the
+// backup's work. The same steps run journaled (Steps, under the engine)
+// and directly (Run).
+type backupStep struct {
+	name string
+	run  func(ctx context.Context, w *BackupWork, p Progress) (string, error)
+}
+
+// EBS backup steps, as shown in the progress message.
+var EBSSteps = []string{"Find the Services box", "Snapshot every volume", "Tag each snapshot with its device", "Wait for the snapshots to complete", "Record the restore point"}
+
+// perVolumeNote marks a set made one snapshot per volume: each carries
+// its volume and device tags from its create call.
+const perVolumeNote = "per-volume snapshots: not crash-consistent across volumes"
+
+// ebsWaitStep is the step that follows the snapshots: where a backup cut
+// off by a restart is taken up again.
+const ebsWaitStep = 3
+
+func (e *EBSBackup) steps(req BackupRequest) []backupStep {
+	return []backupStep{
+		{EBSSteps[0], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
+			b := &w.Record
+			b.Method, b.State, b.Version = MethodEBS, StateRunning, e.Version
+			b.Trigger, b.Requester, b.Channel = req.Trigger, req.Requester, req.Channel
+			if b.Started.IsZero() {
+				b.Started = e.now()
+			}
+			p.Log("tag Name=" + e.NameTag)
+			inst, err := FindBox(ctx, e.EC2, e.NameTag)
+			if err != nil {
+				return "", err
+			}
+			b.Shape = ShapeOf(inst)
+			e.recordVolumes(ctx, b, inst, p)
+			if err := e.Records.SaveBackup(ctx, b); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("`%s` %s, %s, %d volumes", b.Shape.InstanceID, b.Shape.PrivateIP, b.Shape.Type, len(inst.BlockDeviceMappings)), nil
+		}},
+		{EBSSteps[1], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
+			b := &w.Record
+			inst, err := FindBox(ctx, e.EC2, e.NameTag)
+			if err != nil {
+				return "", err
+			}
+			if id := aws.ToString(inst.InstanceId); id != b.Shape.InstanceID {
+				return "", fmt.Errorf("the Services box is now %s, not %s as when this backup began: take a new backup", id, b.Shape.InstanceID)
+			}
+			again := w.Sent
+			if !again {
+				// Durable before the call: if the bot dies before the
+				// answer is journaled, the step run again looks first.
+				w.Sent = true
+				if err := w.save(); err != nil {
+					return "", err
+				}
+			}
+			b.Snapshots = nil
+			// The volumes' own tags, to copy onto their snapshots (not
+			// journaled: read again if this step runs again).
+			_, volTags, err := BoxVolumes(ctx, e.EC2, inst)
+			if err != nil {
+				p.Log("could not read the volumes' tags (" + failure(err) + "); CreateSnapshots copies them")
+				volTags = nil
+			}
+			if err := e.create(ctx, b, inst, volTags, p, again); err != nil {
+				return "", err
+			}
+			if err := e.Records.SaveBackup(ctx, b); err != nil {
+				return "", err
+			}
+			ids := make([]string, len(b.Snapshots))
+			for i, s := range b.Snapshots {
+				ids[i] = s.ID
+			}
+			return strings.Join(codes(ids), ", "), nil
+		}},
+		{EBSSteps[2], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
+			if slices.Contains(w.Record.Notes, perVolumeNote) {
+				return "tagged as they were made", nil
+			}
+			n := e.tagDevices(ctx, &w.Record, p)
+			return fmt.Sprintf("%d of %d tagged", n, len(w.Record.Snapshots)), nil
+		}},
+		{EBSSteps[3], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
+			b := &w.Record
+			if err := e.wait(ctx, b, p); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("%d of %d snapshots completed", len(b.Snapshots), len(b.Snapshots)), nil
+		}},
+		{EBSSteps[4], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
+			b := &w.Record
+			b.State, b.Finished = StateCompleted, e.now()
+			if err := e.Records.SaveBackup(ctx, b); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("`%s`, %d GiB in %d snapshots", b.ID, b.SizeGiB(), len(b.Snapshots)), nil
+		}},
+	}
+}
+
+// Steps are the EBS backup's journaled steps, for the engine. A step
+// that fails (not cut off by a shutdown) records the backup as failed
+// before it returns: it is never offered as a restore point.
+func (e *EBSBackup) Steps(req BackupRequest) []journal.Def {
+	return journaled(e.steps(req), e.Records, e.now)
+}
+
+// Run takes the backup described by b (ID, trigger, requester set by the
+// caller) and returns it completed or failed, without a journal: the
+// same steps as Steps, one after the other.
+func (e *EBSBackup) Run(ctx context.Context, b *Backup, p Progress) error {
+	w := &BackupWork{Record: *b}
+	err := direct(ctx, w, e.steps(BackupRequest{Trigger: b.Trigger, Requester: b.Requester, Channel: b.Channel}), e.Records, e.now, p)
+	*b = w.Record
+	return err
+}
+
+// LegacyBackup is how an EBS backup record an earlier version left
+// "running" is journaled: with its snapshots known, the steps up to the
+// wait are done and it is followed from there; without, it starts from
+// the snapshot step, which finds by the backup's tag a set that version
+// made and did not record.
+func LegacyBackup(b *Backup) (work BackupWork, done int) {
+	w := BackupWork{Record: *b, Sent: true}
+	switch {
+	case b.Method == MethodEBS && len(b.Snapshots) > 0:
+		return w, ebsWaitStep
+	case b.Shape.InstanceID != "":
+		return w, 1
+	}
+	return w, 0
+}
+
+// journaled makes backup steps journal steps: the typed result is the
+// work, and a step that fails (not because the bot stopped) marks the
+// record failed first.
+func journaled(steps []backupStep, recs RecordStore, now func() time.Time) []journal.Def {
+	defs := make([]journal.Def, len(steps))
+	for i, s := range steps {
+		defs[i] = Def(s.name, func(ctx context.Context, w *Work[BackupWork], p journal.Progress) (string, error) {
+			w.Result.Record.ID = w.ID
+			w.Result.saver = w.Save
+			defer func() { w.Result.saver = nil }()
+			detail, err := s.run(ctx, w.Result, stepProgress{p, i})
+			if err != nil && ctx.Err() == nil {
+				failBackup(ctx, &w.Result.Record, err, recs, now)
+			}
+			return detail, err
+		})
+	}
+	return defs
+}
+
+// direct runs backup steps one after the other, reporting to p, and
+// records the outcome: what Run does without a journal.
+func direct(ctx context.Context, w *BackupWork, steps []backupStep, recs RecordStore, now func() time.Time, p Progress) error {
+	for i, s := range steps {
+		p.Begin(i, "")
+		detail, err := s.run(ctx, w, p)
+		if err != nil {
+			p.Fail(i, errors.New(Explain(err)))
+			if ctx.Err() != nil {
+				return err // cut off: the record stays as it was, to be followed again
+			}
+			return errors.Join(err, failBackup(ctx, &w.Record, err, recs, now))
 		}
-		return errors.Join(err, e.Records.SaveBackup(ctx, b))
+		p.Done(i, detail)
 	}
-	p.Done(2, fmt.Sprintf("%d of %d snapshots completed", len(b.Snapshots), len(b.Snapshots)))
-	p.Begin(3, "")
-	b.State, b.Finished = StateCompleted, e.now()
-	if err := e.Records.SaveBackup(ctx, b); err != nil {
-		p.Fail(3, err)
-		return err
-	}
-	p.Done(3, fmt.Sprintf("`%s`, %d GiB in %d snapshots", b.ID, b.SizeGiB(), len(b.Snapshots)))
 	return nil
+}
+
+// failBackup records a backup as failed: never a restore point.
+func failBackup(ctx context.Context, b *Backup, err error, recs RecordStore, now func() time.Time) error {
+	b.State, b.Error, b.Finished = StateFailed, Explain(err), now()
+	return recs.SaveBackup(ctx, b)
+}
+
+// stepProgress is a journal step's progress seen as ops.Progress: the
+// step's own index for its percentage, skips as log lines.
+type stepProgress struct {
+	p journal.Progress
+	i int
+}
+
+func (s stepProgress) Begin(i int, detail string) { s.p.Begin(i, detail) }
+func (s stepProgress) Done(i int, detail string)  { s.p.Done(i, detail) }
+func (s stepProgress) Fail(i int, err error)      { s.p.Fail(i, err) }
+func (s stepProgress) Log(line string)            { s.p.Log(line) }
+func (s stepProgress) Skip(_ int, why string)     { s.p.Log(why) }
+
+func (s stepProgress) Progress(_ int, pct float64, detail string) {
+	if pp, ok := s.p.(interface{ Progress(int, float64, string) }); ok {
+		pp.Progress(s.i, pct, detail)
+	}
 }
 
 // ShapeOf reads the launch shape of an instance.
@@ -316,7 +478,10 @@ func (e *EBSBackup) tags(b *Backup) []ec2types.Tag {
 // set. So each attempt after the first looks for snapshots already
 // tagged with this backup's ID and adopts them instead; if it cannot
 // look, it does not create.
-func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instance, volTags map[string][]ec2types.Tag, p Progress) error {
+//
+// rerun: the step runs again after a crash or a lost answer (the call
+// may have been made): the first attempt looks too.
+func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instance, volTags map[string][]ec2types.Tag, p Progress, rerun bool) error {
 	devices := map[string]string{}
 	for _, bd := range inst.BlockDeviceMappings {
 		if bd.Ebs != nil {
@@ -332,7 +497,7 @@ func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instanc
 		return !final && (transient(err) || errors.Is(err, ErrSnapshotLimit))
 	}, func(attempt int) error {
 		tries = attempt
-		if attempt > 1 {
+		if attempt > 1 || rerun {
 			found, err := e.existing(ctx, b.ID)
 			if err != nil {
 				p.Log(fmt.Sprintf("could not check for snapshots of an earlier attempt (%s); not creating blind", failure(err)))
@@ -366,7 +531,6 @@ func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instanc
 				refs = append(refs, SnapshotRef{ID: aws.ToString(s.SnapshotId), VolumeID: aws.ToString(s.VolumeId), SizeGiB: aws.ToInt32(s.VolumeSize), State: string(s.State), Progress: aws.ToString(s.Progress)})
 			}
 			b.Snapshots = withDevices(refs, devices)
-			e.tagDevices(ctx, b, p)
 			if !fit {
 				e.copyTags(ctx, b, volTags, p)
 			}
@@ -376,7 +540,7 @@ func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instanc
 		case errors.Is(err, ErrUnsupported):
 			final = true
 			p.Log("CreateSnapshots is not available here; falling back to one snapshot per volume (not crash-consistent across volumes)")
-			b.Notes = append(b.Notes, "per-volume snapshots: not crash-consistent across volumes")
+			b.Notes = append(b.Notes, perVolumeNote)
 			return e.perVolume(ctx, b, devices, volTags, p)
 		case errors.Is(err, ErrSnapshotLimit), errors.Is(err, ErrThrottled), transient(err):
 			return err
@@ -433,9 +597,12 @@ func (e *EBSBackup) perVolume(ctx context.Context, b *Backup, devices map[string
 }
 
 // tagDevices records which device each snapshot came from, which a
-// restore needs to rebuild the block device mapping. A failure here is
-// logged, not fatal: the record in bbolt holds the same mapping.
-func (e *EBSBackup) tagDevices(ctx context.Context, b *Backup, p Progress) {
+// restore needs to rebuild the block device mapping; it returns how many
+// it tagged. A failure here is logged, not fatal: the bot's record holds
+// the same mapping. Tagging again is harmless, so a step run again after
+// a crash simply tags again.
+func (e *EBSBackup) tagDevices(ctx context.Context, b *Backup, p Progress) int {
+	n := 0
 	for _, s := range b.Snapshots {
 		_, err := e.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{s.ID}, Tags: []ec2types.Tag{
 			{Key: aws.String(TagVolume), Value: aws.String(s.VolumeID)},
@@ -443,8 +610,11 @@ func (e *EBSBackup) tagDevices(ctx context.Context, b *Backup, p Progress) {
 		}})
 		if err != nil {
 			p.Log(fmt.Sprintf("could not tag %s with its device (%s); the bot's record keeps it", s.ID, failure(translate(err))))
+			continue
 		}
+		n++
 	}
+	return n
 }
 
 func (e *EBSBackup) existing(ctx context.Context, id string) ([]SnapshotRef, error) {
@@ -521,7 +691,7 @@ func (e *EBSBackup) wait(ctx context.Context, b *Backup, p Progress) error {
 			}
 			pct /= float64(len(b.Snapshots))
 			if pct != lastPct {
-				p.Progress(2, pct, fmt.Sprintf("%d of %d snapshots completed", done, len(b.Snapshots)))
+				p.Progress(ebsWaitStep, pct, fmt.Sprintf("%d of %d snapshots completed", done, len(b.Snapshots)))
 				lastPct = pct
 			}
 		}

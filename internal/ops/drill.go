@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/circlebot/circlebot/internal/journal"
 	"github.com/circlebot/circlebot/internal/store"
 )
 
@@ -80,6 +81,18 @@ func (d Drills) Save(ctx context.Context, dr *Drill) error {
 	return d.Store.Put(ctx, bucketDrills, dr.ID, dr)
 }
 
+// Get reads one drill's record.
+func (d Drills) Get(ctx context.Context, id string) (*Drill, error) {
+	var dr Drill
+	if err := d.Store.Get(ctx, bucketDrills, id, &dr); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("drill %s: %w", id, ErrNotFound)
+		}
+		return nil, err
+	}
+	return &dr, nil
+}
+
 // All lists drills, newest first.
 func (d Drills) All(ctx context.Context) ([]Drill, error) {
 	var out []Drill
@@ -114,136 +127,200 @@ type DrillRunner struct {
 	Poll          time.Duration
 	Timeout       time.Duration // image + launch + healthy
 	Process       string
-	Alive         func(ctx context.Context, process string) bool // default: only this process
-}
-
-// Progress is what a drill reports to.
-type DrillProgress interface {
-	Begin(step int, detail string)
-	Done(step int, detail string)
-	Fail(step int, err error)
-	Log(line string)
 }
 
 func (r *DrillRunner) poll() time.Duration { return cmpOr(r.Poll, 5*time.Second) }
 
 func (r *DrillRunner) owner() string { return r.Restore.NameTag }
 
-func (r *DrillRunner) alive(ctx context.Context, process string) bool {
-	if r.Alive != nil {
-		return r.Alive(ctx, process)
-	}
-	return process == r.Process
-}
-
 func (r *DrillRunner) tags(id string) []ec2types.Tag {
 	return []ec2types.Tag{{Key: aws.String(TagDrill), Value: aws.String(id)}, {Key: aws.String(TagDrillOwner), Value: aws.String(r.owner())}}
 }
 
-// Run runs one drill; the teardown runs whatever happened before it, on
-// its own clock. The record says what was measured and what was removed.
-func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err error) {
-	d.State, d.Process = DrillRunning, r.Process
-	if d.Started.IsZero() {
-		d.Started = time.Now()
-	}
-	if err := r.Records.Save(ctx, d); err != nil {
-		return err
-	}
-	step, reachedEnd := 0, false
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("the drill crashed in step %d: %v", step+1, p)
-		}
-		// Tear down always; a bot that is shutting down still removes
-		// what the drill made (a crash is swept at the next start).
-		p.Begin(4, "")
-		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
-		defer cancel()
-		left, terr := r.teardown(tctx, d.ID)
-		d.Cleanup = append(d.Cleanup, left...)
-		if terr != nil {
-			p.Fail(4, errors.New(Explain(terr)))
-			d.Cleanup = append(d.Cleanup, "teardown incomplete: "+Explain(terr))
-		} else {
-			p.Done(4, strings.Join(left, "; "))
-		}
-		d.Finished = time.Now()
-		switch {
-		case err == nil && reachedEnd:
-			d.State = DrillPassed
-		case err == nil:
-			d.State, d.Error = DrillFailed, "the drill stopped before it was measured"
-			err = errors.New(d.Error)
-		case ctx.Err() != nil:
-			d.State, d.Error = DrillInterrupted, "the bot stopped during step "+fmt.Sprint(step+1)
-		default:
-			d.State, d.Error = DrillFailed, Explain(err)
-			p.Fail(step, errors.New(Explain(err)))
-		}
-		if serr := r.Records.Save(tctx, d); serr != nil && err == nil {
-			err = serr
-		}
-		if err == nil && terr != nil {
-			err = terr
-		}
-	}()
+// Ready refuses drills where they could touch production.
+func (r *DrillRunner) Ready() error {
 	if r.Subnet == "" || r.SecurityGroup == "" {
 		return refusef("restore drills need an isolated `drill.subnet_id` and `drill.security_group_id`.")
 	}
-	p.Begin(0, "")
-	plan, err := r.Restore.Plan(ctx, "")
-	if err != nil {
-		return err
-	}
-	if plan.Shape.SubnetID == r.Subnet {
-		return refusef("`drill.subnet_id` is the Services box's own subnet (%s): a drill must run isolated from production.", r.Subnet)
-	}
-	if slices.Contains(plan.Shape.SecurityGroups, r.SecurityGroup) {
-		return refusef("`drill.security_group_id` is the Services box's own security group: builders could reach the drill instance.")
-	}
-	d.Source = plan.Source
-	for _, s := range plan.Snapshots {
-		d.Snapshots = append(d.Snapshots, s.ID)
-	}
-	_ = r.Records.Save(ctx, d) // progress only: the save when the drill ends reports a failure
-	for _, l := range plan.VolumeLines() {
-		p.Log("volume " + l)
-	}
-	p.Log("boot: " + plan.BootLine())
-	p.Done(0, fmt.Sprintf("`%s` (%s UTC, %d snapshots)", plan.Source, plan.SourceTime.UTC().Format("2006-01-02 15:04"), len(plan.Snapshots)))
-
-	step = 1
-	p.Begin(1, "")
-	deadline := time.Now().Add(cmpOr(r.Timeout, time.Hour))
-	if d.ImageID, err = r.image(ctx, d, plan, deadline); err != nil {
-		return err
-	}
-	_ = r.Records.Save(ctx, d) // progress only, as above
-	p.Done(1, "`"+d.ImageID+"`")
-
-	step = 2
-	p.Begin(2, "")
-	ip, err := r.launch(ctx, d, plan)
-	if err != nil {
-		return err
-	}
-	_ = r.Records.Save(ctx, d) // progress only, as above
-	p.Done(2, fmt.Sprintf("`%s` at %s in `%s`", d.InstanceID, ip, r.Subnet))
-
-	step = 3
-	p.Begin(3, "")
-	if err := r.healthy(ctx, d.InstanceID, ip, deadline); err != nil {
-		return err
-	}
-	d.RestoreTime = time.Since(d.Started)
-	what := "status checks and " + r.HealthURL
-	if r.HealthURL == "" {
-		what = "EC2 status checks only (no drill.health_url: the app itself was not probed)"
-	}
-	p.Done(3, "healthy ("+what+"); restore time "+d.RestoreTime.Round(time.Second).String())
-	reachedEnd = true
 	return nil
+}
+
+// DrillWork is what a drill's steps hand on (the journal keeps it): its
+// record, as saved in the store, and what later steps need.
+type DrillWork struct {
+	Drill Drill        `json:"drill"`
+	Plan  *RestorePlan `json:"plan,omitempty"`
+	IP    string       `json:"ip,omitempty"`
+}
+
+// DrillRequest says who asked for a drill and where it reports.
+type DrillRequest struct{ Trigger, Requester, Channel string }
+
+func (r *DrillRunner) deadline(d *Drill) time.Time { return d.Started.Add(cmpOr(r.Timeout, time.Hour)) }
+
+// Steps are a drill's journaled steps, for the engine. The last tears
+// down what the drill made; a drill that stops before it is torn down by
+// its kind's cleanup (Close), here or, after a crash, on whichever
+// replica recovers it. A step that fails records the drill as failed.
+func (r *DrillRunner) Steps(req DrillRequest) []journal.Def {
+	step := func(name string, f func(ctx context.Context, w *DrillWork, p journal.Progress) (string, error)) journal.Def {
+		return Def(name, func(ctx context.Context, w *Work[DrillWork], p journal.Progress) (string, error) {
+			w.Result.Drill.ID = w.ID
+			detail, err := f(ctx, w.Result, p)
+			if err != nil && ctx.Err() == nil {
+				d := &w.Result.Drill
+				d.State, d.Error, d.Finished = DrillFailed, Explain(err), time.Now()
+				if serr := r.Records.Save(ctx, d); serr != nil {
+					p.Log("could not record the drill as failed: " + Explain(serr))
+				}
+			}
+			return detail, err
+		})
+	}
+	return []journal.Def{
+		step(DrillSteps[0], func(ctx context.Context, w *DrillWork, p journal.Progress) (string, error) {
+			d := &w.Drill
+			d.State, d.Process = DrillRunning, r.Process
+			d.Trigger, d.Requester, d.Channel = req.Trigger, req.Requester, req.Channel
+			if d.Started.IsZero() {
+				d.Started = time.Now()
+			}
+			if err := r.Records.Save(ctx, d); err != nil {
+				return "", err
+			}
+			if err := r.Ready(); err != nil {
+				return "", err
+			}
+			plan, err := r.Restore.Plan(ctx, "")
+			if err != nil {
+				return "", err
+			}
+			if plan.Shape.SubnetID == r.Subnet {
+				return "", refusef("`drill.subnet_id` is the Services box's own subnet (%s): a drill must run isolated from production.", r.Subnet)
+			}
+			if slices.Contains(plan.Shape.SecurityGroups, r.SecurityGroup) {
+				return "", refusef("`drill.security_group_id` is the Services box's own security group: builders could reach the drill instance.")
+			}
+			d.Source, d.Snapshots = plan.Source, nil
+			for _, s := range plan.Snapshots {
+				d.Snapshots = append(d.Snapshots, s.ID)
+			}
+			w.Plan = &plan
+			if err := r.Records.Save(ctx, d); err != nil {
+				return "", err
+			}
+			for _, l := range plan.VolumeLines() {
+				p.Log("volume " + l)
+			}
+			p.Log("boot: " + plan.BootLine())
+			return fmt.Sprintf("`%s` (%s UTC, %d snapshots)", plan.Source, plan.SourceTime.UTC().Format("2006-01-02 15:04"), len(plan.Snapshots)), nil
+		}),
+		step(DrillSteps[1], func(ctx context.Context, w *DrillWork, p journal.Progress) (string, error) {
+			d := &w.Drill
+			var err error
+			if d.ImageID, err = r.image(ctx, d, *w.Plan, r.deadline(d)); err != nil {
+				return "", err
+			}
+			if err := r.Records.Save(ctx, d); err != nil {
+				return "", err
+			}
+			return "`" + d.ImageID + "`", nil
+		}),
+		step(DrillSteps[2], func(ctx context.Context, w *DrillWork, p journal.Progress) (string, error) {
+			d := &w.Drill
+			ip, err := r.launch(ctx, d, *w.Plan)
+			if err != nil {
+				return "", err
+			}
+			w.IP = ip
+			if err := r.Records.Save(ctx, d); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("`%s` at %s in `%s`", d.InstanceID, ip, r.Subnet), nil
+		}),
+		step(DrillSteps[3], func(ctx context.Context, w *DrillWork, p journal.Progress) (string, error) {
+			d := &w.Drill
+			if err := r.healthy(ctx, d.InstanceID, w.IP, r.deadline(d)); err != nil {
+				return "", err
+			}
+			d.RestoreTime = time.Since(d.Started)
+			if err := r.Records.Save(ctx, d); err != nil {
+				return "", err
+			}
+			what := "status checks and " + r.HealthURL
+			if r.HealthURL == "" {
+				what = "EC2 status checks only (no drill.health_url: the app itself was not probed)"
+			}
+			return "healthy (" + what + "); restore time " + d.RestoreTime.Round(time.Second).String(), nil
+		}),
+		// A bot that is shutting down still removes what the drill made:
+		// the teardown runs on its own clock.
+		step(DrillSteps[4], func(ctx context.Context, w *DrillWork, p journal.Progress) (string, error) {
+			d := &w.Drill
+			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+			defer cancel()
+			left, err := r.teardownRetrying(tctx, d.ID)
+			d.Cleanup = append(d.Cleanup, left...)
+			if err != nil {
+				return "", err
+			}
+			d.State, d.Finished = DrillPassed, time.Now()
+			if err := r.Records.Save(tctx, d); err != nil {
+				return "", err
+			}
+			return strings.Join(left, "; "), nil
+		}),
+	}
+}
+
+// Close is the end of a drill that did not finish, whatever stopped it
+// (a failed step, a shutdown, or a dead bot found by recovery): what it
+// made is torn down, found by its tags, and the record says how it
+// ended. cut: the bot stopped under it; then leftovers of drills the bot
+// has no record of (a lost data_dir) are swept too — the caller holds
+// the drill lock, so no running drill's resources are among them. It
+// returns what it did, in words.
+func (r *DrillRunner) Close(ctx context.Context, d *Drill, cut bool) []string {
+	left, terr := r.teardownRetrying(ctx, d.ID)
+	d.Cleanup = append(d.Cleanup, left...)
+	var said []string
+	if cut {
+		said = append(said, fmt.Sprintf("drill `%s` was cut off by a bot restart; removed: %s", d.ID, orNothing(left)))
+	} else if len(left) > 0 {
+		said = append(said, "removed: "+strings.Join(left, "; "))
+	}
+	if terr != nil {
+		d.Cleanup = append(d.Cleanup, "teardown incomplete: "+Explain(terr))
+		said = append(said, "teardown incomplete: "+Explain(terr)+" Look for resources tagged `"+TagDrill+"`.")
+	}
+	if cut {
+		more, err := r.teardownRetrying(ctx, "*")
+		if len(more) > 0 {
+			said = append(said, "removed drill leftovers: "+strings.Join(more, "; "))
+		}
+		if err != nil {
+			said = append(said, "could not sweep drill leftovers: "+Explain(err))
+		}
+	}
+	switch {
+	case cut && d.State != DrillFailed:
+		d.State, d.Error = DrillInterrupted, "the bot stopped during the drill"
+	case d.State == DrillRunning || d.State == "":
+		d.State = DrillFailed
+		if d.Error == "" {
+			d.Error = "the drill stopped before it was measured"
+		}
+	}
+	if d.Finished.IsZero() {
+		d.Finished = time.Now()
+	}
+	if d.Started.IsZero() {
+		d.Started = d.Finished
+	}
+	if err := r.Records.Save(ctx, d); err != nil {
+		said = append(said, "could not record it: "+Explain(err))
+	}
+	return said
 }
 
 func (r *DrillRunner) image(ctx context.Context, d *Drill, plan RestorePlan, deadline time.Time) (string, error) {
@@ -377,43 +454,6 @@ func (r *DrillRunner) teardown(ctx context.Context, id string) ([]string, error)
 		did = append(did, "deregistered "+aws.ToString(img.ImageId))
 	}
 	return did, nil
-}
-
-// Sweep runs at start-up: drills a dead process left running are marked
-// interrupted, and anything tagged as a drill's (or named like a drill's
-// image) that no running drill of this process owns is removed. It
-// returns what it found and did, for the report channel.
-func (r *DrillRunner) Sweep(ctx context.Context) ([]string, error) {
-	all, err := r.Records.All(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var said []string
-	var errs []error
-	for i := range all {
-		d := all[i]
-		if d.State != DrillRunning || r.alive(ctx, d.Process) {
-			continue
-		}
-		left, terr := r.teardownRetrying(ctx, d.ID)
-		d.State, d.Finished, d.Error = DrillInterrupted, time.Now(), "the bot stopped during the drill"
-		d.Cleanup = append(d.Cleanup, left...)
-		if terr != nil {
-			d.Cleanup = append(d.Cleanup, "teardown incomplete: "+Explain(terr))
-			errs = append(errs, terr)
-		}
-		_ = r.Records.Save(ctx, &d) // unsaved, the next sweep finds the drill again and says it again
-		said = append(said, fmt.Sprintf("drill `%s` was cut off by a bot restart; removed: %s", d.ID, orNothing(left)))
-	}
-	// Leftovers of drills the bot has no record of (a lost data_dir).
-	left, err := r.teardownRetrying(ctx, "*")
-	if err != nil {
-		errs = append(errs, err)
-	}
-	if len(left) > 0 {
-		said = append(said, "removed drill leftovers: "+strings.Join(left, "; "))
-	}
-	return said, errors.Join(errs...)
 }
 
 // teardownRetrying tries a teardown again (retry.go) when AWS failed it

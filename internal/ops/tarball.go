@@ -17,6 +17,8 @@ import (
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/smithy-go"
+
+	"github.com/circlebot/circlebot/internal/journal"
 )
 
 // S3 is what the tarball backup does in S3 itself; the Services box only
@@ -79,8 +81,6 @@ const resultPrefix = "circlebot:"
 
 var TarballSteps = []string{"Find the Services box", "Check scratch space", "Run circleci-backup", "Upload to S3", "Verify the object", "Clean up scratch space"}
 
-func (t *TarballBackup) Steps() []string { return TarballSteps }
-
 func (t *TarballBackup) now() time.Time {
 	if t.Now != nil {
 		return t.Now()
@@ -88,80 +88,81 @@ func (t *TarballBackup) now() time.Time {
 	return time.Now()
 }
 
-func (t *TarballBackup) Run(ctx context.Context, b *Backup, p Progress) error {
-	b.Method, b.State, b.Version, b.Bucket = MethodTarball, StateRunning, t.Version, t.Bucket
-	if b.Started.IsZero() {
-		b.Started = t.now()
-	}
-	var sh *Shell
-	dir := scratchDir(b.ID)
-	scratch := false // the scratch directory may exist on the box
-	fail := func(step int, err error) error {
-		p.Fail(step, errors.New(Explain(err)))
-		if scratch {
-			t.cleanup(ctx, sh, b, dir, p)
-		}
-		b.State, b.Error, b.Finished = StateFailed, Explain(err), t.now()
-		if ctx.Err() != nil {
-			b.State = StateInterrupted
-		}
-		return errors.Join(err, t.Records.SaveBackup(ctx, b))
-	}
-	p.Begin(0, "tag Name="+t.NameTag)
-	inst, err := FindBox(ctx, t.EC2, t.NameTag)
-	if err != nil {
-		return fail(0, err)
-	}
-	b.Shape = ShapeOf(inst)
-	if state := string(inst.State.Name); state != "running" {
-		return fail(0, fmt.Errorf("the Services box %s is %s: circleci-backup needs it running", b.Shape.InstanceID, state))
-	}
-	b.Key = t.Prefix + b.ID + "/circleci-data-export.tar.bz2"
-	if err := t.Records.SaveBackup(ctx, b); err != nil {
-		return fail(0, err)
-	}
-	p.Done(0, fmt.Sprintf("`%s` %s", b.Shape.InstanceID, b.Shape.PrivateIP))
-	sh = &Shell{SSM: t.SSM, Instance: b.Shape.InstanceID, Poll: t.Poll, OnSend: func(id string) {
+// shell runs the backup's commands on the box, recording each command
+// it sends in the backup's record (what to cancel if the bot dies).
+func (t *TarballBackup) shell(ctx context.Context, b *Backup, p Progress) *Shell {
+	return &Shell{SSM: t.SSM, Instance: b.Shape.InstanceID, Poll: t.Poll, OnSend: func(id string) {
 		b.CommandID = id
 		if err := t.Records.SaveBackup(ctx, b); err != nil {
 			p.Log("could not record SSM command " + id + " in the backup record: " + Explain(err))
 		}
 	}}
+}
 
-	// The seed warns that circleci-backup needs room for the tarball and
-	// its scratch files next to the data: ask for the data's size free.
-	// du reads every inode of a big datastore, hence the long timeout.
-	p.Begin(1, "")
-	scratch = true
-	r, err := sh.Run(ctx, "circlebot "+b.ID+": check space", fmt.Sprintf(`d=%s
+func (t *TarballBackup) steps(req BackupRequest) []backupStep {
+	return []backupStep{
+		{TarballSteps[0], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
+			b := &w.Record
+			b.Method, b.State, b.Version, b.Bucket = MethodTarball, StateRunning, t.Version, t.Bucket
+			b.Trigger, b.Requester, b.Channel = req.Trigger, req.Requester, req.Channel
+			if b.Started.IsZero() {
+				b.Started = t.now()
+			}
+			p.Log("tag Name=" + t.NameTag)
+			inst, err := FindBox(ctx, t.EC2, t.NameTag)
+			if err != nil {
+				return "", err
+			}
+			b.Shape = ShapeOf(inst)
+			if state := string(inst.State.Name); state != "running" {
+				return "", fmt.Errorf("the Services box %s is %s: circleci-backup needs it running", b.Shape.InstanceID, state)
+			}
+			b.Key = t.Prefix + b.ID + "/circleci-data-export.tar.bz2"
+			if err := t.Records.SaveBackup(ctx, b); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("`%s` %s", b.Shape.InstanceID, b.Shape.PrivateIP), nil
+		}},
+		// The seed warns that circleci-backup needs room for the tarball
+		// and its scratch files next to the data: ask for the data's size
+		// free. du reads every inode of a big datastore, hence the long
+		// timeout.
+		{TarballSteps[1], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
+			b := &w.Record
+			w.Scratch = true
+			if err := w.save(); err != nil {
+				return "", err
+			}
+			r, err := t.shell(ctx, b, p).Run(ctx, "circlebot "+b.ID+": check space", fmt.Sprintf(`d=%s
 mkdir -p "$d"
 echo "%sdata_kib=$(du -sk "${BOX_ROOT:-}/data" | cut -f1)"
-echo "%sfree_kib=$(df -Pk "$d" | awk 'NR==2{print $4}')"`, dir, resultPrefix, resultPrefix), 30*time.Minute)
-	if err != nil {
-		// A command SSM refused never ran and made no directory to clean
-		// up (the box is likely unreachable anyway).
-		var refused smithy.APIError
-		scratch = r.CommandID != "" || !errors.As(err, &refused)
-		return fail(1, err)
-	}
-	dataKiB, derr := strconv.ParseInt(field(r.Stdout, resultPrefix+"data_kib"), 10, 64)
-	freeKiB, ferr := strconv.ParseInt(field(r.Stdout, resultPrefix+"free_kib"), 10, 64)
-	if derr != nil || ferr != nil {
-		// SSM said the script succeeded but it printed nothing usable: the
-		// command did not really run (or /data is missing). Never go on
-		// blind into a 6-hour backup.
-		return fail(1, fmt.Errorf("the Services box did not report its disk space (SSM command %s printed %q): check that the SSM agent runs commands and that /data exists", r.CommandID, trimTo(r.Stdout, 200)))
-	}
-	if freeKiB < dataKiB {
-		return fail(1, fmt.Errorf("not enough scratch space on the Services box: %d MiB free in /tmp for %d MiB of /data; free space or attach a volume (the runbook's advice)", freeKiB>>10, dataKiB>>10))
-	}
-	p.Done(1, fmt.Sprintf("%d MiB of data, %d MiB free", dataKiB>>10, freeKiB>>10))
-
-	// circleci-backup's own output goes to a log: SSM keeps only the first
-	// 24,000 characters of stdout, and a chatty export would push the
-	// size and checksum out of them.
-	p.Begin(2, "")
-	r, err = sh.Run(ctx, "circlebot "+b.ID+": circleci-backup", fmt.Sprintf(`d=%s
+echo "%sfree_kib=$(df -Pk "$d" | awk 'NR==2{print $4}')"`, scratchDir(b.ID), resultPrefix, resultPrefix), 30*time.Minute)
+			if err != nil {
+				// A command SSM refused never ran and made no directory to
+				// clean up (the box is likely unreachable anyway).
+				var refused smithy.APIError
+				w.Scratch = r.CommandID != "" || !errors.As(err, &refused)
+				return "", err
+			}
+			dataKiB, derr := strconv.ParseInt(field(r.Stdout, resultPrefix+"data_kib"), 10, 64)
+			freeKiB, ferr := strconv.ParseInt(field(r.Stdout, resultPrefix+"free_kib"), 10, 64)
+			if derr != nil || ferr != nil {
+				// SSM said the script succeeded but it printed nothing
+				// usable: the command did not really run (or /data is
+				// missing). Never go on blind into a 6-hour backup.
+				return "", fmt.Errorf("the Services box did not report its disk space (SSM command %s printed %q): check that the SSM agent runs commands and that /data exists", r.CommandID, trimTo(r.Stdout, 200))
+			}
+			if freeKiB < dataKiB {
+				return "", fmt.Errorf("not enough scratch space on the Services box: %d MiB free in /tmp for %d MiB of /data; free space or attach a volume (the runbook's advice)", freeKiB>>10, dataKiB>>10)
+			}
+			return fmt.Sprintf("%d MiB of data, %d MiB free", dataKiB>>10, freeKiB>>10), nil
+		}},
+		// circleci-backup's own output goes to a log: SSM keeps only the
+		// first 24,000 characters of stdout, and a chatty export would
+		// push the size and checksum out of them.
+		{TarballSteps[2], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
+			b := &w.Record
+			r, err := t.shell(ctx, b, p).Run(ctx, "circlebot "+b.ID+": circleci-backup", fmt.Sprintf(`d=%s
 if ! circleci-backup "$d" >"$d/backup.log" 2>&1; then
 	echo "circleci-backup failed; the end of its output:" >&2
 	tail -n 20 "$d/backup.log" >&2
@@ -169,63 +170,117 @@ if ! circleci-backup "$d" >"$d/backup.log" 2>&1; then
 fi
 f="$d/circleci-data-export.tar.bz2"
 echo "%ssize=$(stat -c %%s "$f")"
-echo "%ssha256=$(sha256sum "$f" | cut -d' ' -f1)"`, dir, resultPrefix, resultPrefix), 6*time.Hour)
-	if err != nil {
-		return fail(2, err)
+echo "%ssha256=$(sha256sum "$f" | cut -d' ' -f1)"`, scratchDir(b.ID), resultPrefix, resultPrefix), 6*time.Hour)
+			if err != nil {
+				return "", err
+			}
+			b.Size, _ = strconv.ParseInt(field(r.Stdout, resultPrefix+"size"), 10, 64)
+			b.SHA256 = field(r.Stdout, resultPrefix+"sha256")
+			if b.Size <= 0 || len(b.SHA256) != 64 {
+				return "", fmt.Errorf("circleci-backup made no usable tarball (size %d, checksum %q)", b.Size, b.SHA256)
+			}
+			if err := t.Records.SaveBackup(ctx, b); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("%d bytes, sha256 %s…", b.Size, b.SHA256[:12]), nil
+		}},
+		{TarballSteps[3], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
+			b := &w.Record
+			p.Log(fmt.Sprintf("uploading to s3://%s/%s", t.Bucket, b.Key))
+			etag, err := t.upload(ctx, t.shell(ctx, b, p), b, scratchDir(b.ID), p)
+			if err != nil {
+				return "", err
+			}
+			w.WantETag = etag
+			return fmt.Sprintf("`s3://%s/%s`", t.Bucket, b.Key), nil
+		}},
+		{TarballSteps[4], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
+			b := &w.Record
+			head, err := t.S3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(t.Bucket), Key: aws.String(b.Key)})
+			if err != nil {
+				return "", fmt.Errorf("verify s3://%s/%s: %w", t.Bucket, b.Key, translate(err))
+			}
+			if got := aws.ToInt64(head.ContentLength); got != b.Size {
+				return "", fmt.Errorf("s3://%s/%s holds %d bytes, the box made %d", t.Bucket, b.Key, got, b.Size)
+			}
+			checked := "length only"
+			if w.WantETag != "" {
+				if got := strings.Trim(aws.ToString(head.ETag), `"`); got != w.WantETag {
+					return "", fmt.Errorf("s3://%s/%s has ETag %s, the MD5s of the box's parts make %s: the object is not what the box sent", t.Bucket, b.Key, got, w.WantETag)
+				}
+				checked = "content matches the box's MD5s"
+			}
+			return fmt.Sprintf("%d bytes, %s", b.Size, checked), nil
+		}},
+		// Failing to clean up is a warning, never a failed backup.
+		{TarballSteps[5], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
+			b := &w.Record
+			detail := ""
+			if err := t.cleanup(ctx, t.shell(ctx, b, p), b); err != nil {
+				detail = "could not remove the scratch directory: " + Explain(err)
+			}
+			w.Scratch = false
+			b.State, b.Finished = StateCompleted, t.now()
+			return detail, t.Records.SaveBackup(ctx, b)
+		}},
 	}
-	b.Size, _ = strconv.ParseInt(field(r.Stdout, resultPrefix+"size"), 10, 64)
-	b.SHA256 = field(r.Stdout, resultPrefix+"sha256")
-	if b.Size <= 0 || len(b.SHA256) != 64 {
-		return fail(2, fmt.Errorf("circleci-backup made no usable tarball (size %d, checksum %q)", b.Size, b.SHA256))
-	}
-	if err := t.Records.SaveBackup(ctx, b); err != nil {
-		return fail(2, err)
-	}
-	p.Done(2, fmt.Sprintf("%d bytes, sha256 %s…", b.Size, b.SHA256[:12]))
-
-	p.Begin(3, fmt.Sprintf("s3://%s/%s", t.Bucket, b.Key))
-	wantETag, err := t.upload(ctx, sh, b, dir, p)
-	if err != nil {
-		return fail(3, err)
-	}
-	p.Done(3, fmt.Sprintf("`s3://%s/%s`", t.Bucket, b.Key))
-
-	p.Begin(4, "")
-	head, err := t.S3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(t.Bucket), Key: aws.String(b.Key)})
-	if err != nil {
-		return fail(4, fmt.Errorf("verify s3://%s/%s: %w", t.Bucket, b.Key, translate(err)))
-	}
-	if got := aws.ToInt64(head.ContentLength); got != b.Size {
-		return fail(4, fmt.Errorf("s3://%s/%s holds %d bytes, the box made %d", t.Bucket, b.Key, got, b.Size))
-	}
-	checked := "length only"
-	if wantETag != "" {
-		if got := strings.Trim(aws.ToString(head.ETag), `"`); got != wantETag {
-			return fail(4, fmt.Errorf("s3://%s/%s has ETag %s, the MD5s of the box's parts make %s: the object is not what the box sent", t.Bucket, b.Key, got, wantETag))
-		}
-		checked = "content matches the box's MD5s"
-	}
-	p.Done(4, fmt.Sprintf("%d bytes, %s", b.Size, checked))
-	t.cleanup(ctx, sh, b, dir, p)
-
-	b.State, b.Finished = StateCompleted, t.now()
-	return t.Records.SaveBackup(ctx, b)
 }
 
-// cleanup removes the bot's own scratch directory; failing to is a
-// warning, never a failed backup. It runs on its own clock: a backup
-// stopped because the bot is shutting down must still not leave a tarball
-// the size of /data behind in /tmp.
-func (t *TarballBackup) cleanup(ctx context.Context, sh *Shell, b *Backup, dir string, p Progress) {
-	p.Begin(5, "")
+// Steps are the tarball backup's journaled steps, for the engine. A step
+// that fails records the backup as failed; what it left on the box and
+// in S3 is for the kind's cleanup (Abandon).
+func (t *TarballBackup) Steps(req BackupRequest) []journal.Def {
+	return journaled(t.steps(req), t.Records, t.now)
+}
+
+// Run takes the backup described by b without a journal: the steps of
+// Steps one after the other; a step that fails or is cut off removes the
+// scratch directory on its way out.
+func (t *TarballBackup) Run(ctx context.Context, b *Backup, p Progress) error {
+	w := &BackupWork{Record: *b}
+	err := direct(ctx, w, t.steps(BackupRequest{Trigger: b.Trigger, Requester: b.Requester, Channel: b.Channel}), t.Records, t.now, p)
+	if err != nil {
+		if w.Scratch {
+			last := len(TarballSteps) - 1
+			p.Begin(last, "")
+			if cerr := t.cleanup(ctx, t.shell(ctx, &w.Record, p), &w.Record); cerr != nil {
+				p.Skip(last, "could not remove the scratch directory: "+Explain(cerr))
+			} else {
+				p.Done(last, "")
+			}
+		}
+		if ctx.Err() != nil {
+			t.interrupted(ctx, &w.Record)
+		}
+	}
+	*b = w.Record
+	return err
+}
+
+// interrupted records a backup the bot stopped under: not a restore
+// point, and never retried.
+func (t *TarballBackup) interrupted(ctx context.Context, b *Backup) {
+	b.State, b.Finished = StateInterrupted, t.now()
+	if b.Error == "" {
+		b.Error = "the bot stopped during the backup"
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	_ = t.Records.SaveBackup(sctx, b) // the engine's cleanup records it again
+}
+
+// cleanup removes the bot's own scratch directory. It runs on its own
+// clock: a backup stopped because the bot is shutting down must still
+// not leave a tarball the size of /data behind in /tmp. A failure is
+// noted in the record.
+func (t *TarballBackup) cleanup(ctx context.Context, sh *Shell, b *Backup) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Minute)
 	defer cancel()
-	if _, err := sh.Run(cctx, "circlebot "+b.ID+": clean up", `rm -rf -- `+dir, time.Minute); err != nil {
-		p.Skip(5, "could not remove the scratch directory: "+Explain(err))
+	if _, err := sh.Run(cctx, "circlebot "+b.ID+": clean up", `rm -rf -- `+scratchDir(b.ID), time.Minute); err != nil {
 		b.Notes = append(b.Notes, "scratch directory /tmp/circlebot-"+b.ID+" left on the box")
-		return
+		return err
 	}
-	p.Done(5, "")
+	return nil
 }
 
 // upload sends the tarball as a multipart upload and completes it. It
@@ -418,6 +473,11 @@ func (t *TarballBackup) Abandon(ctx context.Context, b *Backup) []string {
 			done = append(done, "could not abort the upload "+b.UploadID+": "+Explain(err))
 		}
 	}
+	if b.CommandID == "" {
+		// No command of this backup ever reached the box: no scratch
+		// directory either (and the box may be unreachable).
+		return append(done, "no command of it had reached the box")
+	}
 	dir := scratchDir(b.ID)
 	if _, err := sh.Run(ctx, "circlebot "+b.ID+": clean up after a restart", `rm -rf -- `+dir, time.Minute); err != nil {
 		done = append(done, "could not remove /tmp/circlebot-"+b.ID+" on the box: "+Explain(err))
@@ -425,6 +485,35 @@ func (t *TarballBackup) Abandon(ctx context.Context, b *Backup) []string {
 		done = append(done, "removed /tmp/circlebot-"+b.ID+" on the box")
 	}
 	return done
+}
+
+// Close is the end of a tarball backup that did not finish, whatever
+// stopped it (a failed step, a cancel, a shutdown, or a dead bot found by
+// recovery): what it left is undone (Abandon) and the record says it is
+// no restore point — interrupted when the bot stopped under it (cut),
+// failed otherwise — with what was cleaned up. It returns that, in words.
+func (t *TarballBackup) Close(ctx context.Context, b *Backup, cut bool) []string {
+	did := t.Abandon(ctx, b)
+	switch {
+	case cut && b.State != StateFailed:
+		b.State = StateInterrupted
+		if b.Error == "" {
+			b.Error = "the bot stopped during the backup; it was not retried"
+		}
+	case b.State == StateRunning || b.State == "":
+		b.State = StateFailed
+		if b.Error == "" {
+			b.Error = "stopped before it finished"
+		}
+	}
+	if b.Finished.IsZero() {
+		b.Finished = t.now()
+	}
+	b.Notes = append(b.Notes, did...)
+	if err := t.Records.SaveBackup(ctx, b); err != nil {
+		did = append(did, "could not record it in the backup record: "+Explain(err))
+	}
+	return did
 }
 
 // scratchDir is a backup's scratch directory on the box, quoted for the

@@ -201,9 +201,14 @@ func (s *Scheduler) claim(ctx context.Context, j Job, r Run) error {
 	return err
 }
 
-// CheckCutOff reports runs whose replica died while running them (the
-// leader calls it now and then: at election the dead one's heartbeat may
-// not have expired yet).
+// CheckCutOff reports runs whose replica died while running them. It
+// runs inside the engine's one recovery (engine.Engine.AlsoRecover), at
+// start-up and on the leader every round (at election the dead one's
+// heartbeat may not have expired yet). A run record is bookkeeping of the
+// clock — whether a slot was started, which CheckMissed reads — not work:
+// the backup or drill a run started is an engine operation, which the
+// engine recovers by its kind's policy; a report run is nothing else, so
+// this is the only place its loss is said.
 func (s *Scheduler) CheckCutOff(ctx context.Context) {
 	for _, j := range s.jobs {
 		var last Run

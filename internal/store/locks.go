@@ -85,6 +85,17 @@ func (s *Store) TryLock(ctx context.Context, l Lock) (unlock func() error, err e
 
 // Unlock releases key if opID holds it.
 func (s *Store) Unlock(ctx context.Context, key, opID string) error {
+	return s.unlock(ctx, key, opID, "")
+}
+
+// UnlockOwn releases key if opID holds it under this process: not once
+// another process adopted the operation's lock (it took the operation
+// over). The check and the delete are one conditional write.
+func (s *Store) UnlockOwn(ctx context.Context, key, opID string) error {
+	return s.unlock(ctx, key, opID, s.Process())
+}
+
+func (s *Store) unlock(ctx context.Context, key, opID, process string) error {
 	cur, err := s.KV().Get(ctx, tableLocks, key)
 	if errors.Is(err, kv.ErrNotFound) {
 		return nil
@@ -93,7 +104,7 @@ func (s *Store) Unlock(ctx context.Context, key, opID string) error {
 		return fmt.Errorf("store: read lock %s: %w", key, err)
 	}
 	var h Lock
-	if err := json.Unmarshal(cur.Value, &h); err != nil || h.OpID != opID {
+	if err := json.Unmarshal(cur.Value, &h); err != nil || h.OpID != opID || (process != "" && h.Process != process) {
 		return nil
 	}
 	err = s.KV().Delete(ctx, tableLocks, key, cur.Version)
