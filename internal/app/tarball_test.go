@@ -352,7 +352,9 @@ func TestBigTarballGoesUpInBatchesOfFreshURLs(t *testing.T) {
 	if !slices.Equal(batches, []int{4, 2}) {
 		t.Errorf("part URLs per upload command: %v", batches)
 	}
-	if !slices.ContainsFunc(p.all(), func(s string) bool { return strings.HasPrefix(s, "done 4 ") && strings.Contains(s, "SHA-256 of the parts matches") }) {
+	if !slices.ContainsFunc(p.all(), func(s string) bool {
+		return strings.HasPrefix(s, "done 4 ") && strings.Contains(s, "SHA-256 of the parts matches")
+	}) {
 		t.Errorf("the object's content was not checked: %q", p.all())
 	}
 	noScratchLeft(t, box)
