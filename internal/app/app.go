@@ -191,6 +191,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		tarball = &ops.TarballRestore{
 			EC2: ec2c, S3: s3c, Presign: s3.NewPresignClient(s3c), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region,
 			AppStart: cfg.ServicesBox.AppStartCommand, AppStop: cfg.ServicesBox.AppStopCommand,
+			Records: records,
 		}
 		tarballKind = tarball
 	}

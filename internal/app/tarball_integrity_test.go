@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/md5"
 	"crypto/sha256"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -163,5 +165,30 @@ exec "$real" "$@"
 	e.noUploadsLeft(b)
 	if _, err := e.s3().HeadObject(context.Background(), &s3.HeadObjectInput{Bucket: aws.String(b.Bucket), Key: aws.String(b.Key)}); err == nil {
 		t.Errorf("s3://%s/%s exists", b.Bucket, b.Key)
+	}
+}
+
+// A tarball replaced in S3 after the backup (same size, its metadata lost)
+// is refused by the restore: the download's SHA-256 is checked against the
+// backup record, and circleci-restore never runs.
+func TestTarballRestoreChecksTheDownloadAgainstTheRecord(t *testing.T) {
+	t.Parallel()
+	e, box := strictTarballEnv(t, "", nil)
+	e.app.Engine.MinInterval = 20 * time.Millisecond
+	e.app.Tarball.Poll = 20 * time.Millisecond
+	e.slash(alice, incident, "backup now tarball")
+	b := e.lastBackup(ops.StateCompleted)
+	e.server.Wait()
+	other := bytes.Repeat([]byte{0x5a}, int(b.Size))
+	if _, err := e.s3().PutObject(context.Background(), &s3.PutObjectInput{Bucket: aws.String(b.Bucket), Key: aws.String(b.Key), Body: bytes.NewReader(other)}); err != nil {
+		t.Fatal(err)
+	}
+	uri := "s3://" + b.Bucket + "/" + b.Key
+	req := e.request(alice, "restore "+uri)
+	e.click(bob, "approve "+req, "tar.1")
+	e.waitText("refused download", "the backup recorded "+b.SHA256)
+	e.server.Wait()
+	if aside := box.RestoreAsideDirs(); len(aside) != 0 {
+		t.Errorf("circleci-restore ran: %v", aside)
 	}
 }
