@@ -253,7 +253,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 			// speaks only query, and the bot should talk to AWS as it is
 			// tested.
 			o.Protocol = awsquery.New(cwschemas.GraniteServiceVersion20100801)
-		}), EC2: ec2c, Store: st, Checks: checks, NameTag: cfg.ServicesBox.NameTag, ASG: cfg.Builders.ASGName,
+		}), EC2: ec2c, Store: st, Checks: checks, NameTag: cfg.ServicesBox.NameTag, ASG: cfg.Builders.ASGName, ASGAPI: autoscaling.NewFromConfig(awsCfg),
 		Cooldown: cfg.Monitor.Cooldown.D(), Slash: cfg.Slack.Command, Log: o.Log,
 	}
 	apr := &bot.Approvals{Store: apStore, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Channel: cfg.Approvals.Channel}
