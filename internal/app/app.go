@@ -190,6 +190,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		tarball = &ops.TarballRestore{
 			EC2: ec2c, S3: s3c, Presign: s3.NewPresignClient(s3c), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region,
 			AppStart: cfg.ServicesBox.AppStartCommand, AppStop: cfg.ServicesBox.AppStopCommand,
+			Records: records,
 		}
 		tarballKind = tarball
 	}
@@ -253,7 +254,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 			// speaks only query, and the bot should talk to AWS as it is
 			// tested.
 			o.Protocol = awsquery.New(cwschemas.GraniteServiceVersion20100801)
-		}), EC2: ec2c, Store: st, Checks: checks, NameTag: cfg.ServicesBox.NameTag, ASG: cfg.Builders.ASGName,
+		}), EC2: ec2c, Store: st, Checks: checks, NameTag: cfg.ServicesBox.NameTag, ASG: cfg.Builders.ASGName, ASGAPI: autoscaling.NewFromConfig(awsCfg),
 		Cooldown: cfg.Monitor.Cooldown.D(), Slash: cfg.Slack.Command, Log: o.Log,
 	}
 	apr := &bot.Approvals{Store: apStore, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Channel: cfg.Approvals.Channel}

@@ -29,9 +29,11 @@ import (
 	"github.com/circlebot/circlebot/internal/store"
 )
 
-// CloudWatch is the one call the monitor makes.
+// CloudWatch is what the monitor reads: the metrics a box publishes
+// (ListMetrics) and their data.
 type CloudWatch interface {
 	GetMetricData(context.Context, *cloudwatch.GetMetricDataInput, ...func(*cloudwatch.Options)) (*cloudwatch.GetMetricDataOutput, error)
+	ListMetrics(context.Context, *cloudwatch.ListMetricsInput, ...func(*cloudwatch.Options)) (*cloudwatch.ListMetricsOutput, error)
 }
 
 // Poster posts into the incident channel.
@@ -53,7 +55,8 @@ func DefaultChecks(withBuilders bool) []config.Check {
 		{Name: "Services box status checks", Namespace: "AWS/EC2", Metric: "StatusCheckFailed", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Maximum", Op: ">", Threshold: 0, Clear: 0, For: 2, Period: m, Action: "reboot"},
 		// Basic monitoring publishes EC2 CPU every 5 minutes.
 		{Name: "Services box CPU", Namespace: "AWS/EC2", Metric: "CPUUtilization", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Average", Op: ">", Threshold: 90, Clear: 75, For: 2, Period: config.Duration(5 * time.Minute), Action: "resize"},
-		{Name: "Services box disk used (/data)", Namespace: "CWAgent", Metric: "disk_used_percent", Dimensions: map[string]string{"InstanceId": "{box}", "path": "/data"}, Stat: "Maximum", Op: ">", Threshold: 85, Clear: 80, For: 3, Period: m, Action: "status"},
+		// Every filesystem the agent reports, each by its path (see expand).
+		{Name: "Services box disk used", Namespace: "CWAgent", Metric: "disk_used_percent", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Maximum", Op: ">", Threshold: 85, Clear: 80, For: 3, Period: m, Action: "status"},
 		{Name: "Services box memory used", Namespace: "CWAgent", Metric: "mem_used_percent", Dimensions: map[string]string{"InstanceId": "{box}"}, Stat: "Average", Op: ">", Threshold: 95, Clear: 85, For: 3, Period: m, Action: "resize"},
 	}
 	if withBuilders {
@@ -87,12 +90,15 @@ type EC2 interface {
 
 // Monitor evaluates the checks every Interval.
 type Monitor struct {
-	CW       CloudWatch
-	EC2      EC2
-	Store    *store.Store
-	Checks   []config.Check
-	NameTag  string
-	ASG      string
+	CW      CloudWatch
+	EC2     EC2
+	Store   *store.Store
+	Checks  []config.Check
+	NameTag string
+	ASG     string
+	// ASGAPI reads whether the builder group collects the metrics its
+	// checks watch; nil: not checked.
+	ASGAPI   AutoScaling
 	Cooldown time.Duration
 	Post     Poster
 	Slash    string
@@ -171,24 +177,26 @@ func (m *Monitor) Tick(ctx context.Context) error {
 		m.Log.Warn("outage detection: cannot read the Services box", "err", err)
 	}
 	var queries []cwtypes.MetricDataQuery
-	var checks []config.Check
+	var checks []watched
 	longest := time.Duration(0)
 	for _, c := range m.Checks {
 		dims, ok := m.dimensions(c, box)
 		if !ok {
 			continue
 		}
-		checks = append(checks, c)
-		period := max(c.Period.D(), time.Minute)
-		// CloudWatch publishes a few minutes late: look back that much more.
-		longest = max(longest, period*time.Duration(max(c.For, 1))+5*time.Minute)
-		queries = append(queries, cwtypes.MetricDataQuery{
-			Id: aws.String(fmt.Sprintf("m%d", len(queries))),
-			MetricStat: &cwtypes.MetricStat{
-				Metric: &cwtypes.Metric{Namespace: aws.String(c.Namespace), MetricName: aws.String(c.Metric), Dimensions: dims},
-				Period: aws.Int32(int32(period.Seconds())), Stat: aws.String(c.Stat),
-			},
-		})
+		for _, w := range m.expand(ctx, c, dims) {
+			checks = append(checks, w)
+			period := max(c.Period.D(), time.Minute)
+			// CloudWatch publishes a few minutes late: look back that much more.
+			longest = max(longest, period*time.Duration(max(c.For, 1))+5*time.Minute)
+			queries = append(queries, cwtypes.MetricDataQuery{
+				Id: aws.String(fmt.Sprintf("m%d", len(queries))),
+				MetricStat: &cwtypes.MetricStat{
+					Metric: &cwtypes.Metric{Namespace: aws.String(c.Namespace), MetricName: aws.String(c.Metric), Dimensions: w.dims},
+					Period: aws.Int32(int32(period.Seconds())), Stat: aws.String(c.Stat),
+				},
+			})
+		}
 	}
 	if len(queries) == 0 {
 		return nil
@@ -199,6 +207,7 @@ func (m *Monitor) Tick(ctx context.Context) error {
 		return fmt.Errorf("read CloudWatch: %w", err)
 	}
 	values := map[string][]float64{} // newest first
+	newest := map[string]time.Time{}
 	for _, r := range out.MetricDataResults {
 		type point struct {
 			t time.Time
@@ -211,12 +220,20 @@ func (m *Monitor) Tick(ctx context.Context) error {
 			}
 		}
 		slices.SortFunc(pts, func(a, b point) int { return b.t.Compare(a.t) })
+		if len(pts) > 0 && pts[0].t.After(newest[aws.ToString(r.Id)]) {
+			newest[aws.ToString(r.Id)] = pts[0].t
+		}
 		for _, p := range pts {
 			values[aws.ToString(r.Id)] = append(values[aws.ToString(r.Id)], p.v)
 		}
 	}
-	for i, c := range checks {
-		if err := m.evaluate(ctx, c, values[fmt.Sprintf("m%d", i)], box, now, ""); err != nil {
+	boxUp := m.seen != nil && m.seen.State != nil && m.seen.State.Name == ec2types.InstanceStateNameRunning && m.operation(ctx) == ""
+	for i, w := range checks {
+		id := fmt.Sprintf("m%d", i)
+		if err := m.watchData(ctx, w, newest[id], now, boxUp); err != nil {
+			return err
+		}
+		if err := m.evaluate(ctx, w.c, values[id], box, now, ""); err != nil {
 			return err
 		}
 	}

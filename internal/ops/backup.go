@@ -204,9 +204,10 @@ type BackupWork struct {
 	// call made, found by the backup's tag, instead of asking blind.
 	Sent bool `json:"sent,omitempty"`
 	// Tarball backups: the scratch directory may exist on the box, and
-	// the ETag the uploaded object must have ("" : length only).
-	Scratch  bool   `json:"scratch,omitempty"`
-	WantETag string `json:"want_etag,omitempty"`
+	// the composite SHA-256 S3 must report for the uploaded object (the
+	// box's part checksums combined).
+	Scratch      bool   `json:"scratch,omitempty"`
+	WantChecksum string `json:"want_checksum,omitempty"`
 
 	saver func() error // journals the work now (nil: run without a journal)
 }

@@ -2,7 +2,8 @@ package ops
 
 import (
 	"context"
-	"crypto/md5"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -187,30 +188,16 @@ echo "%ssha256=$(sha256sum "$f" | cut -d' ' -f1)"`, scratchDir(b.ID), resultPref
 		{TarballSteps[3], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
 			b := &w.Record
 			p.Log(fmt.Sprintf("uploading to s3://%s/%s", t.Bucket, b.Key))
-			etag, err := t.upload(ctx, t.shell(ctx, b, p), b, scratchDir(b.ID), p)
+			want, err := t.upload(ctx, t.shell(ctx, b, p), b, scratchDir(b.ID), p)
 			if err != nil {
 				return "", err
 			}
-			w.WantETag = etag
+			w.WantChecksum = want
 			return fmt.Sprintf("`s3://%s/%s`", t.Bucket, b.Key), nil
 		}},
 		{TarballSteps[4], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
 			b := &w.Record
-			head, err := t.S3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(t.Bucket), Key: aws.String(b.Key)})
-			if err != nil {
-				return "", fmt.Errorf("verify s3://%s/%s: %w", t.Bucket, b.Key, translate(err))
-			}
-			if got := aws.ToInt64(head.ContentLength); got != b.Size {
-				return "", fmt.Errorf("s3://%s/%s holds %d bytes, the box made %d", t.Bucket, b.Key, got, b.Size)
-			}
-			checked := "length only"
-			if w.WantETag != "" {
-				if got := strings.Trim(aws.ToString(head.ETag), `"`); got != w.WantETag {
-					return "", fmt.Errorf("s3://%s/%s has ETag %s, the MD5s of the box's parts make %s: the object is not what the box sent", t.Bucket, b.Key, got, w.WantETag)
-				}
-				checked = "content matches the box's MD5s"
-			}
-			return fmt.Sprintf("%d bytes, %s", b.Size, checked), nil
+			return t.verifyObject(ctx, b, w.WantChecksum)
 		}},
 		// Failing to clean up is a warning, never a failed backup.
 		{TarballSteps[5], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
@@ -283,11 +270,22 @@ func (t *TarballBackup) cleanup(ctx context.Context, sh *Shell, b *Backup) error
 	return nil
 }
 
-// upload sends the tarball as a multipart upload and completes it. It
-// returns the ETag S3 must give the whole object if the parts arrived as
-// the box read them, or "" when S3's ETags are not MD5s and only the
-// length can be checked.
-func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir string, p Progress) (wantETag string, err error) {
+// upload sends the tarball as a multipart upload and completes it, and
+// returns the checksum S3 must report for the whole object: the composite
+// SHA-256 of the parts as the box read them ("<base64>-<parts>").
+//
+// Integrity does not rest on ETags, which are MD5s only for unencrypted
+// and SSE-S3 objects (with SSE-KMS or SSE-C they are not). Instead the box
+// first hashes each part (SHA-256), the bot signs that checksum into the
+// part's presigned URL (x-amz-checksum-sha256 is a signed header), the box
+// sends it with the part and S3 refuses a part whose data does not match
+// (BadDigest). The same header satisfies Object Lock buckets, which refuse
+// parts without Content-MD5 or a checksum. CompleteMultipartUpload names
+// every part's checksum, and S3's composite checksum of the object is the
+// SHA-256 of the parts' SHA-256 digests, which the bot computes from the
+// box's hashes (S3 User Guide, "Checking object integrity": SHA-256
+// multipart checksums are COMPOSITE).
+func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir string, p Progress) (want string, err error) {
 	// The part URLs are bearer credentials for the bucket: whatever SSM,
 	// curl or S3 echoes of them must not reach the record or Slack.
 	defer func() { err = redactURLs(err) }()
@@ -296,8 +294,14 @@ func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir st
 		return "", fmt.Errorf("the tarball is %d GiB, over the %d GiB this upload supports; use EBS backups", b.Size>>30, (MaxParts*int64(maxPartSize))>>30)
 	}
 	n := int((b.Size + part - 1) / part)
+	sums, err := t.hashParts(ctx, sh, b, dir, part, n)
+	if err != nil {
+		return "", err
+	}
+	want = compositeSHA256(sums)
 	mp, err := t.S3.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
 		Bucket: aws.String(t.Bucket), Key: aws.String(b.Key),
+		ChecksumAlgorithm: s3types.ChecksumAlgorithmSha256, ChecksumType: s3types.ChecksumTypeComposite,
 		Metadata: map[string]string{"sha256": b.SHA256, "backup-id": b.ID, "source-instance": b.Shape.InstanceID, "requester": b.Requester},
 	})
 	if err != nil {
@@ -317,12 +321,8 @@ func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir st
 		return errors.Join(cause, aerr)
 	}
 	expiry := cmpOr(t.URLExpiry, time.Hour)
-	p.Log(fmt.Sprintf("uploading %d bytes in %d part(s) of up to %d MiB, %d part(s) per SSM command", b.Size, n, part>>20, partsPerCommand))
-	var (
-		parts    []s3types.CompletedPart
-		digests  []byte // the parts' MD5s, for the whole object's ETag
-		md5ETags = true
-	)
+	p.Log(fmt.Sprintf("uploading %d bytes in %d part(s) of up to %d MiB, %d part(s) per SSM command, each checked by S3 against the SHA-256 the box computed", b.Size, n, part>>20, partsPerCommand))
+	var parts []s3types.CompletedPart
 	for first := 0; first < n; first += partsPerCommand {
 		last := min(first+partsPerCommand, n)
 		var script strings.Builder
@@ -331,6 +331,7 @@ func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir st
 		for i := first; i < last; i++ {
 			req, err := t.Presign.PresignUploadPart(ctx, &s3.UploadPartInput{
 				Bucket: aws.String(t.Bucket), Key: aws.String(b.Key), UploadId: mp.UploadId, PartNumber: aws.Int32(int32(i + 1)),
+				ChecksumSHA256: aws.String(sums[i]),
 			}, s3.WithPresignExpires(expiry))
 			if err != nil {
 				return "", abort(fmt.Errorf("presign part %d: %w", i+1, err))
@@ -342,38 +343,24 @@ func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir st
 			// presigned PUTs require (no chunked uploads). The curl flags are
 			// all in curl 7.35 (Ubuntu 14.04): --retry covers timeouts and 5xx,
 			// --speed-limit/--speed-time turn a stalled transfer into a timeout.
+			// Without --fail curl keeps S3's error document, whose code
+			// (BadDigest, AccessDenied, …) the failure then names.
 			fmt.Fprintf(&script, "dd if=\"$f\" of=\"$part\" bs=1M iflag=skip_bytes,count_bytes skip=%d count=%d status=none\n", int64(i)*part, part)
-			fmt.Fprintf(&script, "echo \"%spart%d.md5=$(md5sum \"$part\" | cut -d' ' -f1)\"\n", resultPrefix, i+1)
-			fmt.Fprintf(&script, "etag=$(curl --fail -sS --retry 5 --connect-timeout 30 --speed-limit 1024 --speed-time 120 -T \"$part\" -D - -o /dev/null '%s' | tr -d '\\r' | awk 'tolower($1)==\"etag:\"{e=$2} END{print e}')\n", req.URL)
-			fmt.Fprintf(&script, "echo \"%spart%d.etag=$etag\"\n", resultPrefix, i+1)
+			fmt.Fprintf(&script, "code=$(curl -sS --retry 5 --connect-timeout 30 --speed-limit 1024 --speed-time 120 -H 'x-amz-checksum-sha256: %s' -T \"$part\" -D \"$d/part.head\" -o \"$d/part.body\" -w '%%{http_code}' '%s' 2>\"$d/part.err\") || { echo \"part %d did not reach S3: $(tail -n 1 \"$d/part.err\")\" >&2; exit 1; }\n", sums[i], req.URL, i+1)
+			fmt.Fprintf(&script, "if [ \"$code\" != 200 ]; then echo \"S3 refused part %d: HTTP $code $(sed -n 's:.*<Code>\\(.*\\)</Code>.*:\\1:p' \"$d/part.body\" | head -n 1): $(sed -n 's:.*<Message>\\(.*\\)</Message>.*:\\1:p' \"$d/part.body\" | head -n 1)\" >&2; exit 1; fi\n", i+1)
+			fmt.Fprintf(&script, "echo \"%spart%d.etag=$(tr -d '\\r' <\"$d/part.head\" | awk 'tolower($1)==\"etag:\"{e=$2} END{print e}')\"\n", resultPrefix, i+1)
 		}
-		script.WriteString("rm -f -- \"$part\"\n")
+		script.WriteString("rm -f -- \"$part\" \"$d/part.head\" \"$d/part.body\" \"$d/part.err\"\n")
 		r, err := sh.Run(ctx, fmt.Sprintf("circlebot %s: upload parts %d-%d of %d", b.ID, first+1, last, n), script.String(), expiry)
 		if err != nil {
 			return "", abort(err)
 		}
 		for i := first; i < last; i++ {
 			etag := field(r.Stdout, fmt.Sprintf("%spart%d.etag", resultPrefix, i+1))
-			sum := field(r.Stdout, fmt.Sprintf("%spart%d.md5", resultPrefix, i+1))
 			if etag == "" {
 				return "", abort(fmt.Errorf("part %d: S3 returned no ETag to the box", i+1))
 			}
-			digest, derr := hex.DecodeString(sum)
-			if derr != nil || len(digest) != md5.Size {
-				return "", abort(fmt.Errorf("part %d: the box reported no MD5 of it (%q)", i+1, sum))
-			}
-			// S3's ETag of a part is its MD5 unless the bucket encrypts with
-			// KMS (or the object with a customer key).
-			if bare := strings.Trim(etag, `"`); isMD5Hex(bare) {
-				if !strings.EqualFold(bare, sum) {
-					return "", abort(fmt.Errorf("part %d arrived in S3 damaged: its ETag is %s, the box sent data with MD5 %s", i+1, bare, sum))
-				}
-			} else if md5ETags {
-				md5ETags = false
-				p.Log("S3's part ETags are not MD5s (as with SSE-KMS): per-part content verification was not possible, so the upload is checked by length only")
-			}
-			digests = append(digests, digest...)
-			parts = append(parts, s3types.CompletedPart{ETag: aws.String(etag), PartNumber: aws.Int32(int32(i + 1))})
+			parts = append(parts, s3types.CompletedPart{ETag: aws.String(etag), PartNumber: aws.Int32(int32(i + 1)), ChecksumSHA256: aws.String(sums[i])})
 		}
 		p.Progress(3, 100*float64(last)/float64(n), fmt.Sprintf("%d of %d parts", last, n))
 	}
@@ -384,21 +371,76 @@ func (t *TarballBackup) upload(ctx context.Context, sh *Shell, b *Backup, dir st
 	if err != nil {
 		return "", abort(fmt.Errorf("complete upload: %w", translate(err)))
 	}
-	if !md5ETags {
-		return "", nil
-	}
-	// A multipart object's ETag is the MD5 of its parts' MD5s, then "-"
-	// and the number of parts.
-	whole := md5.Sum(digests)
-	return fmt.Sprintf("%s-%d", hex.EncodeToString(whole[:]), n), nil
+	return want, nil
 }
 
-func isMD5Hex(s string) bool {
-	if len(s) != 2*md5.Size {
-		return false
+// hashParts has the box compute each part's SHA-256 before anything is
+// sent, so the bot can sign them into the part URLs. It returns them
+// base64-encoded, as S3's checksum headers carry them.
+func (t *TarballBackup) hashParts(ctx context.Context, sh *Shell, b *Backup, dir string, part int64, n int) ([]string, error) {
+	var script strings.Builder
+	fmt.Fprintf(&script, "d=%s\nf=\"$d/circleci-data-export.tar.bz2\"\n", dir)
+	for i := range n {
+		fmt.Fprintf(&script, "echo \"%spart%d.sha256=$(dd if=\"$f\" bs=1M iflag=skip_bytes,count_bytes skip=%d count=%d status=none | sha256sum | cut -d' ' -f1)\"\n", resultPrefix, i+1, int64(i)*part, part)
 	}
-	_, err := hex.DecodeString(s)
-	return err == nil
+	// Reading the whole tarball once more: as long as circleci-backup's
+	// own checksum took, at most.
+	r, err := sh.Run(ctx, fmt.Sprintf("circlebot %s: hash %d part(s)", b.ID, n), script.String(), 3*time.Hour)
+	if err != nil {
+		return nil, fmt.Errorf("hash the parts on the box: %w", err)
+	}
+	sums := make([]string, n)
+	for i := range n {
+		raw := field(r.Stdout, fmt.Sprintf("%spart%d.sha256", resultPrefix, i+1))
+		digest, derr := hex.DecodeString(raw)
+		if derr != nil || len(digest) != sha256.Size {
+			return nil, fmt.Errorf("the box reported no SHA-256 of part %d (%q)", i+1, trimTo(raw, 80))
+		}
+		sums[i] = base64.StdEncoding.EncodeToString(digest)
+	}
+	return sums, nil
+}
+
+// compositeSHA256 is the checksum S3 gives a multipart object uploaded with
+// SHA-256 part checksums: the SHA-256 of the concatenated part digests,
+// base64, then "-" and the number of parts.
+func compositeSHA256(parts []string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		d, _ := base64.StdEncoding.DecodeString(p)
+		h.Write(d)
+	}
+	return fmt.Sprintf("%s-%d", base64.StdEncoding.EncodeToString(h.Sum(nil)), len(parts))
+}
+
+// verifyObject reads the completed object's length and checksum back from
+// S3 and compares them with what the box sent. HeadObject returns the
+// checksum only when asked (ChecksumMode ENABLED).
+func (t *TarballBackup) verifyObject(ctx context.Context, b *Backup, want string) (string, error) {
+	head, err := t.S3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(t.Bucket), Key: aws.String(b.Key), ChecksumMode: s3types.ChecksumModeEnabled})
+	if err != nil {
+		return "", fmt.Errorf("verify s3://%s/%s: %w", t.Bucket, b.Key, translate(err))
+	}
+	if got := aws.ToInt64(head.ContentLength); got != b.Size {
+		return "", fmt.Errorf("s3://%s/%s holds %d bytes, the box made %d", t.Bucket, b.Key, got, b.Size)
+	}
+	got := aws.ToString(head.ChecksumSHA256)
+	if !sameComposite(got, want) {
+		if got == "" {
+			got = "none"
+		}
+		return "", fmt.Errorf("s3://%s/%s has SHA-256 checksum %s, the box's parts make %s: the object is not what the box sent", t.Bucket, b.Key, got, want)
+	}
+	return fmt.Sprintf("%d bytes; S3's SHA-256 of the parts matches the box's (%s)", b.Size, want), nil
+}
+
+// sameComposite compares two composite checksums; the part count after
+// the "-" is compared when both carry one (S3 documents it on HeadObject,
+// and some answers give the bare value).
+func sameComposite(got, want string) bool {
+	gv, gn, gok := strings.Cut(got, "-")
+	wv, wn, wok := strings.Cut(want, "-")
+	return gv != "" && gv == wv && (!gok || !wok || gn == wn)
 }
 
 var presignedURL = regexp.MustCompile(`https?://\S*X-Amz-\S*`)

@@ -38,6 +38,12 @@ type TarballRestore struct {
 	AppStop   string
 	Poll      time.Duration
 	URLExpiry time.Duration // default 15 min: S3 checks it when the download starts
+	// Records, when set, gives the SHA-256 the backup recorded for an
+	// object the bot made: the download is checked against it even when
+	// the object's metadata was lost (a copy, a re-upload by hand).
+	Records interface {
+		Backup(ctx context.Context, id string) (*Backup, error)
+	}
 }
 
 // TarballRestorePlan is what a tarball restore will use.
@@ -56,10 +62,14 @@ type TarballRestorePlan struct {
 }
 
 func (p TarballRestorePlan) Facts() map[string]string {
-	return map[string]string{
+	f := map[string]string{
 		"region": p.Region, "bucket": p.Bucket, "key": p.Key, "etag": p.ETag, "size": strconv.FormatInt(p.Size, 10),
 		"instance": p.InstanceID, "private_ip": p.PrivateIP, "app_start": p.AppStart, "app_stop": p.AppStop,
 	}
+	if p.SHA256 != "" {
+		f["sha256"] = p.SHA256 // what the download is checked against
+	}
+	return f
 }
 
 func (p TarballRestorePlan) Encode() string {
@@ -94,13 +104,39 @@ func (t *TarballRestore) Plan(ctx context.Context, bucket, key string) (TarballR
 	if box.State.Name != "running" {
 		return TarballRestorePlan{}, refusef("the Services box `%s` is %s: a tarball restore runs circleci-restore on it, so it must be running. Start it first, or restore from a snapshot.", aws.ToString(box.InstanceId), box.State.Name)
 	}
+	sum, err := t.recordedSHA256(ctx, bucket, key, head.Metadata["sha256"])
+	if err != nil {
+		return TarballRestorePlan{}, err
+	}
 	p := TarballRestorePlan{
 		Bucket: bucket, Key: key, ETag: strings.Trim(aws.ToString(head.ETag), `"`), Size: aws.ToInt64(head.ContentLength),
-		SHA256: head.Metadata["sha256"], Modified: aws.ToTime(head.LastModified),
+		SHA256: sum, Modified: aws.ToTime(head.LastModified),
 		InstanceID: aws.ToString(box.InstanceId), PrivateIP: aws.ToString(box.PrivateIpAddress),
 		AppStart: t.AppStart, AppStop: t.AppStop, Region: t.Region,
 	}
 	return p, nil
+}
+
+// recordedSHA256 is the SHA-256 the download must have: the one the
+// backup record holds for this object, else the one in the object's
+// metadata (which the bot writes from the record), else "" (a hand-made
+// tarball: size only). A record and metadata that disagree are refused.
+func (t *TarballRestore) recordedSHA256(ctx context.Context, bucket, key, meta string) (string, error) {
+	if t.Records == nil {
+		return meta, nil
+	}
+	rec, err := t.Records.Backup(ctx, "s3://"+bucket+"/"+key)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return meta, nil
+	case err != nil:
+		return "", fmt.Errorf("look up the backup record of s3://%s/%s: %w", bucket, key, err)
+	case rec.State != StateCompleted || rec.SHA256 == "":
+		return meta, nil
+	case meta != "" && meta != rec.SHA256:
+		return "", refusef("`s3://%s/%s` says its SHA-256 is %s, but backup %s recorded %s: the object is not the one the bot uploaded. Not restoring it.", bucket, key, meta, rec.ID, rec.SHA256)
+	}
+	return rec.SHA256, nil
 }
 
 // Steps returns the journal steps of plan, in order. Steps that send

@@ -166,7 +166,7 @@ var knownActions = []string{
 	"autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup",
 	"elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets",
 	"elasticloadbalancing:DescribeTargetHealth", "elasticloadbalancing:DescribeTargetGroups",
-	"cloudwatch:GetMetricData", "secretsmanager:GetSecretValue",
+	"cloudwatch:GetMetricData", "cloudwatch:ListMetrics", "secretsmanager:GetSecretValue",
 }
 
 // operationActions maps SDK "Service Operation" to its IAM action where
@@ -533,8 +533,8 @@ func (d *describer) run(service, op string, params any) {
 	case *elb.DescribeTargetHealthInput, *elb.DescribeTargetGroupsInput:
 		d.star(action)
 
-	// CloudWatch: GetMetricData names no dataset.
-	case *cloudwatch.GetMetricDataInput:
+	// CloudWatch: GetMetricData and ListMetrics name no dataset.
+	case *cloudwatch.GetMetricDataInput, *cloudwatch.ListMetricsInput:
 		d.star(action)
 
 	// Secrets Manager

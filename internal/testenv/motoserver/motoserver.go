@@ -56,6 +56,7 @@ type Server struct {
 type options struct {
 	launcher string
 	amis     string // $MOTO_AMIS_PATH for the process, if set
+	s3strict string // WithStrictS3's script, run in front of the rest
 }
 
 // Option changes how Start launches moto.
@@ -107,6 +108,9 @@ func Start(ctx context.Context, opts ...Option) (*Server, error) {
 }
 
 func command(o options) (string, []string, error) {
+	if o.s3strict != "" {
+		return o.strictCommand()
+	}
 	if o.launcher != "" {
 		if _, err := os.Stat(o.launcher); err != nil {
 			return "", nil, fmt.Errorf("motoserver: launcher script: %w", err)
@@ -142,10 +146,11 @@ func freePort() (int, error) {
 
 // env is what the options add to the process's environment.
 func (o options) env() []string {
-	if o.amis == "" {
-		return nil
+	env := o.strictEnv()
+	if o.amis != "" {
+		env = append(env, "MOTO_AMIS_PATH="+o.amis)
 	}
-	return []string{"MOTO_AMIS_PATH=" + o.amis}
+	return env
 }
 
 func launch(ctx context.Context, name string, args []string, port int, env []string) (*Server, error) {

@@ -118,7 +118,8 @@ func poolKey(o options) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return strings.Join(append([]string{name, o.amis}, args...), "\x00"), nil
+	// env: a strict-S3 server names the launcher it hands over to there.
+	return strings.Join(slices.Concat([]string{name}, o.env(), args), "\x00"), nil
 }
 
 // take returns an idle server started with these options, reset, or a new
