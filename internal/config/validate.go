@@ -2,13 +2,14 @@ package config
 
 import (
 	"fmt"
-	"github.com/circlebot/circlebot/internal/commands"
 	"net"
 	"net/url"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/circlebot/circlebot/internal/commands"
 
 	"github.com/robfig/cron/v3"
 )
