@@ -120,10 +120,12 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 			return err
 		}
 		defer a.Close()
+		served := make(chan struct{})
+		defer close(served)
 		go func() {
 			for {
 				select {
-				case <-ctx.Done():
+				case <-served:
 					return
 				case <-hup:
 					log.Info("SIGHUP: reading the Slack secrets again")

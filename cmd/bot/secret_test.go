@@ -129,7 +129,21 @@ func TestServeReadsTheSlackSecretAndReloadsItOnSIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline = time.Now().Add(30 * time.Second)
-	for !strings.Contains(errOut.String(), `"changed":"bot_token,signing_secret"`) {
+	// The second read (the first was at start) with both fields changed.
+	reread := func() bool {
+		lines := strings.Split(errOut.String(), "\n")
+		n := 0
+		for _, l := range lines {
+			if strings.Contains(l, `"msg":"Slack secret read"`) {
+				n++
+				if n == 2 {
+					return strings.Contains(l, `"changed":"bot_token,signing_secret"`)
+				}
+			}
+		}
+		return false
+	}
+	for !reread() {
 		if time.Now().After(deadline) {
 			t.Fatalf("no second read of the secret after SIGHUP:\n%s", errOut.String())
 		}
