@@ -49,7 +49,8 @@ const usage = `usage: bot [--config FILE] <command>
 
 commands:
   serve         answer Slack (HTTP on "listen"; Socket Mode when SLACK_APP_TOKEN is set),
-                /metrics on "metrics.listen"
+                /metrics on "metrics.listen"; with SLACK_SECRET_ARN the Slack tokens
+                come from that Secrets Manager secret, read again on SIGHUP
   console       a local chat shell: type /circleci commands as a Slack user
                 (console.user on a shared store; /as switches users only on
                 bbolt or in the sandbox)
@@ -109,11 +110,29 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 		if err := cfg.ValidateServe(); err != nil {
 			return fmt.Errorf("config: %w", err)
 		}
+		// Registered before app.New reads the secret: a SIGHUP from here on
+		// reloads it rather than ending the process (SIGHUP's default).
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
 		a, err := app.New(ctx, app.Options{Config: cfg, Version: Version(), Log: log})
 		if err != nil {
 			return err
 		}
 		defer a.Close()
+		served := make(chan struct{})
+		defer close(served)
+		go func() {
+			for {
+				select {
+				case <-served:
+					return
+				case <-hup:
+					log.Info("SIGHUP: reading the Slack secrets again")
+					a.ReloadSlack(ctx)
+				}
+			}
+		}()
 		ls, err := a.Listen()
 		if err != nil {
 			return err
@@ -139,6 +158,9 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 		if env("LOG_LEVEL") == "" {
 			log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		}
+		// The console talks to no Slack: it needs no Slack secret, and
+		// reading one would need a right it has no use for.
+		cfg.Secrets.SecretARN = ""
 		a, err := app.New(ctx, app.Options{Config: cfg, Version: Version(), Log: log, Console: true})
 		if err != nil {
 			return err
@@ -170,6 +192,11 @@ func checkConfig(path string, env func(string) string, out io.Writer) error {
 	mode := "HTTP (/slack/commands, /slack/interactions)"
 	if !cfg.Secrets.AppToken.Empty() {
 		mode = "Socket Mode"
+	}
+	if arn := cfg.Secrets.SecretARN; arn != "" {
+		// check-config calls no AWS: the secret's fields are checked when
+		// serve starts, and serve refuses to start if they are wrong.
+		mode = "Socket Mode or HTTP (as the Slack secret " + arn + " says: app_token, signing_secret; read and checked when serve starts)"
 	}
 	if err := cfg.ValidateServe(); err != nil {
 		fmt.Fprintf(out, "%s: settings are valid; `bot serve` would refuse to start: %v\n", path, err)

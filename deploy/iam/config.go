@@ -22,6 +22,7 @@ var Needs = map[string]string{
 	"ReplicaTag":      "replica.name_tag",
 	"SecretArn":       "secret.secrets_manager_id",
 	"ServicesBoxRole": "services_box.role_arn",
+	"SlackSecret":     "SLACK_SECRET_ARN (the Slack tokens' secret)",
 	"Table":           "store.backend: dynamodb (and store.table)",
 	"TargetGroups":    "failover.discovery: load-balancer (and failover.target_group_arns)",
 }
@@ -61,9 +62,12 @@ func ValuesFor(c config.Config, account string) (Values, error) {
 		"ServicesBoxRole": one(c.ServicesBox.RoleARN),
 		"OpsRole":         one(c.Ops.RoleARN),
 		"KmsKeys":         append([]string(nil), c.AWS.KMSKeyARNs...),
-		"SecretArn":       nil,
-		"Table":           nil,
-		"TargetGroups":    nil,
+		// The Slack tokens' secret is a full ARN (SLACK_SECRET_ARN), so
+		// it names exactly that secret.
+		"SlackSecret":  one(c.Secrets.SecretARN),
+		"SecretArn":    nil,
+		"Table":        nil,
+		"TargetGroups": nil,
 	}
 	if c.Store.Backend == "dynamodb" {
 		v["Table"] = one(c.Store.Table)

@@ -21,6 +21,7 @@ func fullConfig() config.Config {
 	c.Store.Backend = "dynamodb"
 	c.Store.Table = "circlebot-state"
 	c.Secret.SecretsManagerID = "circleci/passphrase"
+	c.Secrets.SecretARN = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:circlebot/slack-AbCdEf"
 	c.Ops.RoleARN = "arn:aws:iam::111122223333:role/circlebot-operations"
 	c.Failover.Discovery = "load-balancer"
 	c.Failover.TargetGroupARNs = []string{
@@ -110,7 +111,7 @@ func TestUnsetSettingsLeaveTheirStatementsOut(t *testing.T) {
 		left = append(left, o.Sid)
 	}
 	want := []string{"TarballBackupsGoUnderTheirPrefix", "TarballRestoresReadTheBucket", "BuilderRotation", "FailoverMovesLoadBalancerTargets", "PassphraseFromSecretsManager",
-		"SharedState", "LaunchWithTheServicesBoxRole", "KmsForEncryptedVolumes", "KmsGrantsForEncryptedVolumes", "KmsForTheTarballBucket", "AssumeTheOperationsRole"}
+		"SlackTokensFromSecretsManager", "SharedState", "LaunchWithTheServicesBoxRole", "KmsForEncryptedVolumes", "KmsGrantsForEncryptedVolumes", "KmsForTheTarballBucket", "AssumeTheOperationsRole"}
 	slices.Sort(left)
 	slices.Sort(want)
 	if !slices.Equal(left, want) {

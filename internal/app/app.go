@@ -29,6 +29,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/servicequotas"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/slack-go/slack/socketmode"
 
 	"github.com/aws/smithy-go/transport/http/protocol/awsquery"
 
@@ -47,6 +48,7 @@ import (
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/progress"
 	"github.com/circlebot/circlebot/internal/schedule"
+	"github.com/circlebot/circlebot/internal/slackcreds"
 	"github.com/circlebot/circlebot/internal/slackio"
 	"github.com/circlebot/circlebot/internal/store"
 )
@@ -98,6 +100,12 @@ type App struct {
 	Grace  time.Duration
 	bgDone chan struct{} // closed when the leadership loop has ended
 
+	// SlackKeys are the Slack tokens in force: the environment's, or
+	// those of the Secrets Manager secret SLACK_SECRET_ARN (slackSecret),
+	// read again on ReloadSlack and when Slack rejects one.
+	SlackKeys   slackio.Keys
+	slackSecret *slackcreds.Source
+
 	// ScheduleClock replaces the scheduler's clock (tests of what falls
 	// due when; the cron itself keeps real time).
 	ScheduleClock func() time.Time
@@ -119,6 +127,22 @@ func New(ctx context.Context, o Options) (*App, error) {
 		if awsCfg, err = awsclient.Load(ctx, o.Config.AWS.Region, count); err != nil {
 			return nil, err
 		}
+	}
+	var keys slackio.Keys = slackio.StaticKeys(o.Config.Secrets)
+	var slackSecret *slackcreds.Source
+	if arn := o.Config.Secrets.SecretARN; arn != "" {
+		// With the bot's own credentials, in the secret's region (which
+		// its ARN names; it may differ from aws.region).
+		sm := secretsmanager.NewFromConfig(awsCfg, func(so *secretsmanager.Options) {
+			if r := arnRegion(arn); r != "" {
+				so.Region = r
+			}
+		})
+		slackSecret = slackcreds.New(sm, arn, o.Config.Secrets, o.Log)
+		if err := slackSecret.Load(ctx); err != nil {
+			return nil, err
+		}
+		keys = slackSecret
 	}
 	st, elector, err := openStore(ctx, o.Config, awsCfg, o.Log, o.Console)
 	if err != nil {
@@ -287,7 +311,28 @@ func New(ctx context.Context, o Options) (*App, error) {
 	}
 	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr,
 		Engine: eng, Journal: eng.Journal, Snapshot: snapshot, Tarball: tarball, Failover: failover, Builders: builders,
-		Reports: reports, Drills: drills, Monitor: mon, Leader: elector}, nil
+		Reports: reports, Drills: drills, Monitor: mon, Leader: elector, SlackKeys: keys, slackSecret: slackSecret}, nil
+}
+
+// ReloadSlack reads the Slack secret again (SIGHUP): after a rotation in
+// Secrets Manager the next call to Slack uses the new tokens and requests
+// are verified with the new signing secret, without a restart. Tokens from
+// the environment cannot change while the bot runs.
+func (a *App) ReloadSlack(ctx context.Context) {
+	if a.slackSecret == nil {
+		a.Log.Info("reload asked for: the Slack tokens come from the environment, nothing to reload (set SLACK_SECRET_ARN to rotate without a restart)")
+		return
+	}
+	a.slackSecret.Reload(ctx)
+}
+
+// arnRegion is the region field of an ARN ("" if it has none).
+func arnRegion(arn string) string {
+	parts := strings.SplitN(arn, ":", 6)
+	if len(parts) < 6 {
+		return ""
+	}
+	return parts[3]
 }
 
 // openStore opens the state store the config names: the bbolt file, or
@@ -398,6 +443,12 @@ type Server struct {
 func (a *App) NewServer(ctx context.Context) *Server {
 	sec := a.Config.Secrets
 	web := slackio.NewWeb(sec.BotToken.Reveal(), sec.APIURL, a.Log)
+	var keys slackio.Keys // nil: the environment's, fixed
+	if a.slackSecret != nil {
+		keys = a.slackSecret
+		web = slackio.NewWebWith(keys, sec.APIURL, a.Log)
+		sec = keys.Slack()
+	}
 	s := &Server{app: a, web: web}
 	s.pool = slackio.NewPool(ctx, 32, func(ctx context.Context, req chat.Request) {
 		a.Bot.Handle(ctx, req, web.For(req))
@@ -405,6 +456,7 @@ func (a *App) NewServer(ctx context.Context) *Server {
 	mux := http.NewServeMux()
 	h := &slackio.HTTP{
 		Secret:  sec.SigningSecret,
+		Keys:    keys,
 		Submit:  s.pool.Submit,
 		Dedupe:  a.dedupe(),
 		Metrics: a.Metrics,
@@ -541,9 +593,16 @@ func (a *App) ServeAll(ctx context.Context, ls Listeners) error {
 		return err
 	}
 	sec := a.Config.Secrets
+	client := func() *socketmode.Client {
+		return slackio.NewSocketClient(sec.BotToken.Reveal(), sec.AppToken.Reveal(), sec.APIURL)
+	}
+	if a.slackSecret != nil {
+		sec = a.slackSecret.Slack()
+		client = func() *socketmode.Client { return slackio.NewSocketClientWith(a.slackSecret, sec.APIURL) }
+	}
 	if !sec.AppToken.Empty() {
 		sock := &slackio.Socket{
-			Client:  slackio.NewSocketClient(sec.BotToken.Reveal(), sec.AppToken.Reveal(), sec.APIURL),
+			Client:  client(),
 			Submit:  s.pool.Submit,
 			Dedupe:  a.dedupe(),
 			Metrics: a.Metrics,

@@ -367,3 +367,25 @@ replica:
 		t.Errorf("a key ARN refused: %s", got["aws.kms_key_arns[0]"])
 	}
 }
+
+// Issue 17: SLACK_SECRET_ARN alone is ready to serve (the tokens are read
+// at start); a malformed ARN, or a token in the environment as well, is
+// refused by name.
+func TestValidateServeWithASlackSecret(t *testing.T) {
+	const arn = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:circlebot/slack-AbCdEf"
+	c := Defaults()
+	c.Secrets = SecretsFromEnv(func(k string) string { return map[string]string{"SLACK_SECRET_ARN": arn}[k] })
+	if err := c.ValidateServe(); err != nil {
+		t.Fatalf("SLACK_SECRET_ARN alone: %v", err)
+	}
+	c.Secrets = SecretsFromEnv(func(k string) string {
+		return map[string]string{"SLACK_SECRET_ARN": "circlebot/slack", "SLACK_BOT_TOKEN": "xoxb-x"}[k]
+	})
+	var ve *ValidationError
+	if err := c.ValidateServe(); !errors.As(err, &ve) || len(ve.Problems) != 2 || ve.Problems[0].Key != "SLACK_SECRET_ARN" || ve.Problems[1].Key != "SLACK_BOT_TOKEN" {
+		t.Fatalf("a name for an ARN and a token beside it: %v", err)
+	}
+	if strings.Contains(c.ValidateServe().Error(), "xoxb-x") {
+		t.Error("the error shows the token")
+	}
+}

@@ -2,13 +2,14 @@ package config
 
 import (
 	"fmt"
-	"github.com/circlebot/circlebot/internal/commands"
 	"net"
 	"net/url"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/circlebot/circlebot/internal/commands"
 
 	"github.com/robfig/cron/v3"
 )
@@ -306,23 +307,64 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// ValidateServe checks what serving Slack needs on top of Validate.
+// ValidateServe checks what serving Slack needs on top of Validate. With
+// SLACK_SECRET_ARN the tokens are read from Secrets Manager when the bot
+// starts (and checked by CheckSlackTokens then); here only the ARN's shape.
 func (c *Config) ValidateServe() error {
 	var p []Problem
-	if c.Secrets.BotToken.Empty() {
-		p = append(p, Problem{"SLACK_BOT_TOKEN", "is not set: the bot cannot post replies"})
-	}
-	if c.Secrets.AppToken.Empty() && c.Secrets.SigningSecret.Empty() {
-		p = append(p, Problem{"SLACK_SIGNING_SECRET", "is not set: HTTP requests from Slack cannot be verified (or set SLACK_APP_TOKEN for Socket Mode)"})
-	}
-	if !c.Secrets.AppToken.Empty() && !strings.HasPrefix(c.Secrets.AppToken.Reveal(), "xapp-") {
-		p = append(p, Problem{"SLACK_APP_TOKEN", "must be an app-level token (xapp-…) with connections:write"})
+	if arn := c.Secrets.SecretARN; arn != "" {
+		if !secretARN.MatchString(arn) {
+			p = append(p, Problem{"SLACK_SECRET_ARN", fmt.Sprintf("%q is not a Secrets Manager secret ARN (arn:aws:secretsmanager:<region>:<account>:secret:<name>-<6 characters>)", arn)})
+		}
+		// One source of truth: a token in the environment next to the
+		// secret would be ignored, and whoever set it would not know.
+		for _, e := range []struct {
+			name string
+			s    Secret
+		}{{"SLACK_BOT_TOKEN", c.Secrets.BotToken}, {"SLACK_SIGNING_SECRET", c.Secrets.SigningSecret}, {"SLACK_APP_TOKEN", c.Secrets.AppToken}} {
+			if !e.s.Empty() {
+				p = append(p, Problem{e.name, "is set as well as SLACK_SECRET_ARN: the tokens come from one place, unset one of them"})
+			}
+		}
+	} else {
+		p = append(p, CheckSlackTokens(c.Secrets, "")...)
 	}
 	if len(p) > 0 {
 		return &ValidationError{Problems: p}
 	}
 	return nil
 }
+
+// CheckSlackTokens is what serving needs of the Slack tokens, wherever
+// they came from; from names the source in the problems ("" for the
+// environment, whose variable names are the keys).
+func CheckSlackTokens(s Secrets, from string) []Problem {
+	key := func(env, field string) string {
+		if from == "" {
+			return env
+		}
+		return from + ": " + field
+	}
+	var p []Problem
+	if s.BotToken.Empty() {
+		p = append(p, Problem{key("SLACK_BOT_TOKEN", "bot_token"), "is not set: the bot cannot post replies"})
+	}
+	if s.AppToken.Empty() && s.SigningSecret.Empty() {
+		socket := "set SLACK_APP_TOKEN"
+		if from != "" {
+			socket = "give an app_token"
+		}
+		p = append(p, Problem{key("SLACK_SIGNING_SECRET", "signing_secret"), "is not set: HTTP requests from Slack cannot be verified (or " + socket + " for Socket Mode)"})
+	}
+	if !s.AppToken.Empty() && !strings.HasPrefix(s.AppToken.Reveal(), "xapp-") {
+		p = append(p, Problem{key("SLACK_APP_TOKEN", "app_token"), "must be an app-level token (xapp-…) with connections:write"})
+	}
+	return p
+}
+
+// secretARN is a Secrets Manager secret's full ARN: the name, then the
+// hyphen and six characters Secrets Manager appends.
+var secretARN = regexp.MustCompile(`^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$`)
 
 // ValidateConsole checks what `bot console` needs on top of Validate. On
 // a shared store the console joins the production replicas' live state

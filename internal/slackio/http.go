@@ -45,7 +45,12 @@ type Submit func(chat.Request) bool
 
 // HTTP serves Slack's HTTP endpoints.
 type HTTP struct {
-	Secret  config.Secret
+	Secret config.Secret
+	// Keys, when set, gives the signing secret in force instead of
+	// Secret: a signature that does not match makes it read the keys again
+	// (rotated in Secrets Manager, Slack signs with the new secret at
+	// once) and check once more.
+	Keys    Keys
 	Submit  Submit
 	Dedupe  *Dedupe
 	Metrics *metrics.Metrics
@@ -75,7 +80,8 @@ func (h *HTTP) verified(w http.ResponseWriter, r *http.Request) (url.Values, []b
 	if h.Now != nil {
 		now = h.Now()
 	}
-	if err := Verify([]byte(h.Secret.Reveal()), r.Header, body, now); err != nil {
+	err = h.verify(r, body, now)
+	if err != nil {
 		reason := "signature"
 		if errors.Is(err, ErrStale) {
 			reason = "stale"
@@ -90,6 +96,22 @@ func (h *HTTP) verified(w http.ResponseWriter, r *http.Request) (url.Values, []b
 		return nil, nil, false
 	}
 	return form, body, true
+}
+
+func (h *HTTP) verify(r *http.Request, body []byte, now time.Time) error {
+	if h.Keys == nil {
+		return Verify([]byte(h.Secret.Reveal()), r.Header, body, now)
+	}
+	used := h.Keys.Slack().SigningSecret
+	err := Verify([]byte(used.Reveal()), r.Header, body, now)
+	if !errors.Is(err, ErrForged) {
+		return err
+	}
+	h.Keys.Refresh(r.Context())
+	if next := h.Keys.Slack().SigningSecret; next.Reveal() != used.Reveal() {
+		return Verify([]byte(next.Reveal()), r.Header, body, now)
+	}
+	return err
 }
 
 func (h *HTTP) reject(w http.ResponseWriter, status int, reason string) {

@@ -30,6 +30,11 @@ const launcherHeader = "X-Circlebot-Launcher"
 // SetSnapshotState or AutoCompleteSnapshots. Snapshots moto makes behind an
 // AMI, and CopySnapshot copies, stay "completed" as in plain moto.
 //
+// Its CloudFormation is stricter too, as AWS is (see the script: NoValue in
+// lists, inline role policies as JSON, a table's PITR, alarms, and a
+// resource type moto cannot create failing the stack); deploy/cloudformation's
+// stack test relies on it.
+//
 // The script is written once per content hash to its own directory under
 // os.TempDir() (its own directory, because Python puts the script's
 // directory first on sys.path) and left there for later runs.

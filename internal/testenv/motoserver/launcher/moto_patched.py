@@ -31,6 +31,18 @@ Patched behaviour:
       stopped answers IncorrectInstanceState, and a type moto does not
       know answers InvalidParameterValue.
 
+  * CloudFormation (what the stack test, deploy/cloudformation, needs and
+    moto 5.2.1 gets wrong; AWS does as patched):
+    - {"Ref": "AWS::NoValue"} in a list removes the element (plain moto
+      leaves a null in the list, e.g. a null IAM statement).
+    - AWS::IAM::Role's inline Policies are stored as JSON (plain moto
+      stores the Python repr of the document).
+    - AWS::DynamoDB::Table's PointInTimeRecoverySpecification is applied.
+    - AWS::CloudWatch::Alarm is created (plain moto skips it).
+    - A resource type moto cannot create fails the stack (plain moto
+      skips it with a warning and reports the stack complete, so a test
+      could never see the resource is missing).
+
 Control API on the same HTTP server (paths moto does not use):
   POST /_circlebot/snapshots
        {"snapshot_id": "snap-...", "state": "completed|pending|error",
@@ -337,6 +349,154 @@ def _ami_bdm(self):
 
 
 ami_models.Ami.block_device_mappings = property(_ami_bdm)
+
+
+# --- CloudFormation patches --------------------------------------------------
+#
+# Applied when moto first imports moto.cloudformation.parsing (the first
+# CloudFormation request): that module imports every service's models, which
+# costs seconds of CPU, and most tests never use CloudFormation.
+
+import importlib.abc
+import importlib.machinery
+
+
+def _patch_cloudformation(cfn_parsing):
+    from moto.cloudformation.exceptions import ValidationError as CfnValidationError
+    from moto.core.common_models import CloudFormationModel
+    from moto.cloudwatch.models import cloudwatch_backends
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.dynamodb.models import table as ddb_table_models
+    from moto.iam import models as iam_models
+
+    _orig_clean_json = cfn_parsing.clean_json
+
+
+    def _clean_json(resource_json, resources_map):
+        value = _orig_clean_json(resource_json, resources_map)
+        if isinstance(resource_json, list) and isinstance(value, list):
+            return [v for v in value if v is not None]
+        return value
+
+
+    cfn_parsing.clean_json = _clean_json
+
+    _orig_role_create = iam_models.Role.create_from_cloudformation_json.__func__
+
+
+    def _role_create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        for policy in cloudformation_json.get("Properties", {}).get("Policies", []) or []:
+            if not isinstance(policy.get("PolicyDocument"), str):
+                policy["PolicyDocument"] = json.dumps(policy["PolicyDocument"])
+        return _orig_role_create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+
+
+    iam_models.Role.create_from_cloudformation_json = classmethod(_role_create)
+
+    _orig_table_create = ddb_table_models.Table.create_from_cloudformation_json.__func__
+
+
+    def _table_create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        table = _orig_table_create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        spec = cloudformation_json.get("Properties", {}).get("PointInTimeRecoverySpecification")
+        if spec and str(spec.get("PointInTimeRecoveryEnabled")).lower() == "true":
+            dynamodb_backends[account_id][region_name].update_continuous_backups(
+                table.name, {"PointInTimeRecoveryEnabled": True}
+            )
+        return table
+
+
+    ddb_table_models.Table.create_from_cloudformation_json = classmethod(_table_create)
+
+
+    class _CfnAlarm(CloudFormationModel):
+        """AWS::CloudWatch::Alarm over moto's own PutMetricAlarm."""
+
+        # moto files its models by the module's second name (moto.<service>).
+        __module__ = "moto.cloudwatch.circlebot_patched"
+
+        def __init__(self, alarm):
+            self.alarm = alarm
+
+        @property
+        def physical_resource_id(self):
+            return self.alarm.name
+
+        @staticmethod
+        def cloudformation_name_type():
+            return "AlarmName"
+
+        @staticmethod
+        def cloudformation_type():
+            return "AWS::CloudWatch::Alarm"
+
+        @classmethod
+        def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+            p = cloudformation_json["Properties"]
+            alarm = cloudwatch_backends[account_id][region_name].put_metric_alarm(
+                name=resource_name,
+                namespace=p.get("Namespace"),
+                metric_name=p.get("MetricName"),
+                comparison_operator=p.get("ComparisonOperator"),
+                evaluation_periods=int(p.get("EvaluationPeriods")),
+                period=int(p.get("Period")),
+                threshold=float(p.get("Threshold")),
+                statistic=p.get("Statistic"),
+                description=p.get("AlarmDescription"),
+                dimensions=[{"Name": d["Name"], "Value": d["Value"]} for d in p.get("Dimensions", [])],
+                alarm_actions=p.get("AlarmActions", []),
+                ok_actions=p.get("OKActions", []),
+                datapoints_to_alarm=int(p["DatapointsToAlarm"]) if "DatapointsToAlarm" in p else None,
+                treat_missing_data=p.get("TreatMissingData"),
+            )
+            return cls(alarm)
+
+        @classmethod
+        def delete_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name):
+            cloudwatch_backends[account_id][region_name].delete_alarms([resource_name])
+
+
+    cfn_parsing.get_model_list.cache_clear()
+    cfn_parsing.get_model_map.cache_clear()
+    cfn_parsing.get_name_type_map.cache_clear()
+
+    _orig_resource_class = cfn_parsing.resource_class_from_type
+
+
+    def _resource_class_from_type(resource_type):
+        cls = _orig_resource_class(resource_type)
+        if cls is None and resource_type not in cfn_parsing.NULL_MODELS:
+            raise CfnValidationError(message=f"moto (patched) cannot create {resource_type}: the test could not check it")
+        return cls
+
+
+    cfn_parsing.resource_class_from_type = _resource_class_from_type
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Runs patch(module) right after the named module is first executed."""
+
+    def __init__(self, name, patch):
+        self.name, self.patch, self.done = name, patch, False
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name or self.done:
+            return None
+        self.done = True
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            self.patch(module)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+sys.meta_path.insert(0, _PatchOnImport("moto.cloudformation.parsing", _patch_cloudformation))
 
 
 # --- control API -------------------------------------------------------------
