@@ -140,6 +140,8 @@ func New(ctx context.Context, o Options) (*App, error) {
 			ReplicaTag: cfg.Replica.NameTag,
 			BuilderASG: cfg.Builders.ASGName,
 			RPO:        cfg.Backup.RPO.D(),
+
+			ReplicaMaxAge: cfg.Replica.MaxAge.D(),
 		},
 		Records: ops.Records{Store: st}.Backups,
 	}
@@ -215,6 +217,13 @@ func New(ctx context.Context, o Options) (*App, error) {
 	engine.Register(kinds, engine.Failover(setup, failover))
 	engine.Register(kinds, engine.Reboot(setup, journal.Store{KV: st.KV()}, &ops.Reboot{EC2: ec2c, SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region, AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL, Pace: setup.RetryWait, HealthTimeout: cfg.Failover.HealthTimeout.D()}))
 	engine.Register(kinds, engine.Resize(setup, journal.Store{KV: st.KV()}, &ops.Resize{EC2: ec2c, Quotas: servicequotas.NewFromConfig(awsCfg), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region, AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL, Pace: setup.RetryWait, StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Failover.HealthTimeout.D()}))
+	replicas := &ops.Replicas{
+		EC2: ec2c, NameTag: cfg.ServicesBox.NameTag, ReplicaTag: cfg.Replica.NameTag, Region: awsCfg.Region,
+		Subnet: cfg.Replica.Subnet, Retire: cfg.Replica.Retire, ImageReboot: cfg.Replica.ImageReboot, Pace: setup.RetryWait,
+		ImageTimeout: cfg.Replica.ImageTimeout.D(), Timeout: cfg.Failover.HealthTimeout.D(),
+	}
+	engine.Register(kinds, engine.ReplicaBuild(setup, replicas))
+	engine.Register(kinds, engine.ReplicaRefresh(setup, replicas))
 	engine.Register(kinds, engine.Rotate(setup, builders))
 	engine.Register(kinds, engine.Prune(setup, engine.Retention{EC2: ec2c, Prune: ec2c, Records: records.Backups, Mark: records.MarkPruning, Policy: retention}))
 	engine.Register(kinds, engine.Secret(setup, passphrase))
@@ -232,6 +241,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	reports := &bot.Reports{
 		EC2: ec2c, Prune: ec2c, Records: records, Drills: ops.Drills{Store: st}, Policy: backups.Policy,
 		Schedule: cfg.Backup.Schedule, RPO: cfg.Backup.RPO.D(), SlashCommand: cfg.Slack.Command, Log: o.Log,
+		Replica: func(ctx context.Context) []string { return bot.ReplicaReportLines(ctx, status) },
 	}
 	drills := &bot.DrillService{
 		Runner: &ops.DrillRunner{

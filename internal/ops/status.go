@@ -21,6 +21,8 @@ type Target struct {
 	ReplicaTag string // empty: no replica configured
 	BuilderASG string // empty: builders not managed
 	RPO        time.Duration
+	// ReplicaMaxAge is replica.max_age (0: no limit).
+	ReplicaMaxAge time.Duration
 }
 
 type Volume struct {
@@ -41,6 +43,7 @@ type Box struct {
 	Tag       string
 	Instances []Instance // non-terminated instances with the tag, running first
 	Err       error
+	raw       []ec2types.Instance
 }
 
 type RestorePoint struct {
@@ -57,16 +60,18 @@ type Fleet struct {
 }
 
 type StatusReport struct {
-	Target   Target
-	At       time.Time
-	Box      Box
-	Replica  *Box // nil: not configured
-	Newest   *RestorePoint
-	Pending  int // restore points still being made
-	Points   int // completed restore points found
-	PointErr error
-	Fleet    *Fleet // nil: not configured
-	FleetErr error
+	Target  Target
+	At      time.Time
+	Box     Box
+	Replica *Box // nil: not configured
+	// ReplicaAge is the replica's against the box's (nil: not one of each).
+	ReplicaAge *ReplicaAge
+	Newest     *RestorePoint
+	Pending    int // restore points still being made
+	Points     int // completed restore points found
+	PointErr   error
+	Fleet      *Fleet // nil: not configured
+	FleetErr   error
 }
 
 // Status reads the installation. Each part fails on its own: a broken
@@ -102,6 +107,10 @@ func (s *Status) Run(ctx context.Context) *StatusReport {
 		wg.Go(func() { r.Fleet, r.FleetErr = s.fleet(ctx) })
 	}
 	wg.Wait()
+	if r.Replica != nil && len(r.Box.raw) == 1 && len(r.Replica.raw) == 1 {
+		a := AgeOf(r.Box.raw[0], r.Replica.raw[0], s.Target.ReplicaMaxAge, r.At)
+		r.ReplicaAge = &a
+	}
 	return r
 }
 
@@ -112,6 +121,7 @@ func (s *Status) box(ctx context.Context, tag string) Box {
 		b.Err = err
 		return b
 	}
+	b.raw = insts
 	var ids []string
 	var volIDs []string
 	for _, in := range insts {
