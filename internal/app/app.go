@@ -381,6 +381,7 @@ type Server struct {
 	web    *slackio.Web
 	pool   *slackio.Pool
 	handle http.Handler
+	api    *backupAPI // nil: BOT_API_TOKEN unset
 }
 
 // NewServer makes the Slack transports. ctx bounds the background work of
@@ -406,6 +407,17 @@ func (a *App) NewServer(ctx context.Context) *Server {
 		h.Register(mux)
 	}
 	mux.HandleFunc("GET /healthz", a.healthz)
+	// The backup API, only with a token to require: this listener is
+	// public in HTTP mode.
+	if tok := sec.APIToken; !tok.Empty() {
+		s.api = &backupAPI{
+			token: sha256.Sum256([]byte(tok.Reveal())), backups: a.Backups, kv: a.Store.KV(), audit: a.Store,
+			channel: a.Config.Slack.ReportChannel, heldText: a.Engine.HeldMessage, log: a.Log, work: ctx,
+			postTo: func(channel string) progress.Poster { return web.For(chat.Request{ChannelID: channel}) },
+		}
+		mux.HandleFunc("POST /api/v1/backups", s.api.post)
+		mux.HandleFunc("GET /api/v1/backups/{id}", s.api.get)
+	}
 	// Nothing else: this listener must be public in HTTP mode, and the
 	// metrics (command counts, AWS error codes) are served apart, by
 	// MetricsHandler on metrics.listen.
@@ -445,8 +457,14 @@ func bearer(token string, next http.Handler) http.Handler {
 
 func (s *Server) Handler() http.Handler { return s.handle }
 
-// Wait blocks until every acknowledged request has been answered.
-func (s *Server) Wait() { s.pool.Wait() }
+// Wait blocks until every acknowledged request has been answered, and
+// every backup the API started has ended.
+func (s *Server) Wait() {
+	s.pool.Wait()
+	if s.api != nil {
+		s.api.running.Wait()
+	}
+}
 
 func (a *App) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")

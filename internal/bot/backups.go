@@ -61,6 +61,13 @@ type BackupRequest struct {
 	Trigger   string // manual | scheduled
 	Requester string // Slack user ID or "scheduler"
 	Channel   string
+	// ID, when set, is the backup's ID (the API gives it out before the
+	// backup starts); Reason is recorded with it.
+	ID     string
+	Reason string
+	// Started, when set, hears the backup's ID once it holds the box, before
+	// any work: the caller may answer its requester then.
+	Started func(id string)
 }
 
 // Run takes one backup and returns its record. A backup already running
@@ -73,7 +80,11 @@ func (s *Backups) Run(ctx context.Context, poster progress.Poster, r BackupReque
 	if method == ops.MethodTarball && s.Tarball == nil {
 		return nil, &UserError{Msg: "tarball backups need `backup.bucket` in the config. Nothing was run."}
 	}
-	b := &ops.Backup{ID: ops.NewBackupID(time.Now()), Method: method, Trigger: r.Trigger, Requester: r.Requester, Channel: r.Channel, Started: time.Now()}
+	id := r.ID
+	if id == "" {
+		id = ops.NewBackupID(time.Now())
+	}
+	b := &ops.Backup{ID: id, Method: method, Trigger: r.Trigger, Requester: r.Requester, Reason: r.Reason, Channel: r.Channel, Started: time.Now()}
 	unlock, err := s.Store.TryLock(ctx, store.Lock{Key: s.lockKey(), OpID: b.ID, What: map[string]string{ops.MethodEBS: "EBS backup", ops.MethodTarball: "tarball backup"}[method], Requester: r.Requester, Process: s.Store.Process()})
 	if err != nil {
 		return nil, err
@@ -83,6 +94,9 @@ func (s *Backups) Run(ctx context.Context, poster progress.Poster, r BackupReque
 			s.Log.Error("release backup lock", "backup", b.ID, "err", err)
 		}
 	}()
+	if r.Started != nil {
+		r.Started(b.ID)
+	}
 	steps, title := ops.EBSSteps, "EBS backup of the Services box"
 	if method == ops.MethodTarball {
 		steps, title = s.Tarball.Steps(), "Tarball backup of the Services box"

@@ -93,11 +93,13 @@ type SnapshotRef struct {
 
 // Backup is one restore point as the bot recorded it.
 type Backup struct {
-	ID        string        `json:"id"`
-	Method    string        `json:"method"` // ebs | tarball
-	State     string        `json:"state"`
-	Trigger   string        `json:"trigger"` // manual | scheduled
-	Requester string        `json:"requester"`
+	ID        string `json:"id"`
+	Method    string `json:"method"` // ebs | tarball
+	State     string `json:"state"`
+	Trigger   string `json:"trigger"` // manual | scheduled
+	Requester string `json:"requester"`
+	// Reason is why it was taken, when the caller said (the backup API).
+	Reason    string        `json:"reason,omitempty"`
 	Channel   string        `json:"channel,omitempty"`
 	Started   time.Time     `json:"started"`
 	Finished  time.Time     `json:"finished,omitzero"`
