@@ -349,7 +349,9 @@ func (a *backupAPI) state(ctx context.Context, id string) (BackupState, bool) {
 // discard is where a backup's progress goes without a report channel.
 type discard struct{}
 
-func (discard) Post(context.Context, chat.Message) (chat.Ref, error) { return chat.Ref{Channel: "-", TS: "0"}, nil }
+func (discard) Post(context.Context, chat.Message) (chat.Ref, error) {
+	return chat.Ref{Channel: "-", TS: "0"}, nil
+}
 func (discard) Update(context.Context, chat.Ref, chat.Message) error { return nil }
 func (discard) PostThread(context.Context, chat.Ref, chat.Message) (chat.Ref, error) {
 	return chat.Ref{Channel: "-", TS: "0"}, nil
