@@ -196,7 +196,13 @@ func New(ctx context.Context, o Options) (*App, error) {
 		}
 		tarballKind = tarball
 	}
+	var lag *ops.LagCheck
+	if c := cfg.Replica.ReplicationCheckCommand; c != "" {
+		lag = &ops.LagCheck{SSM: ssmc, Command: c}
+		status.Lag = lag.Check
+	}
 	failover := &ops.Failover{
+		Lag: lag, RequireInSync: cfg.Failover.RequireInSync,
 		EC2: ec2c, ELB: elasticloadbalancingv2.NewFromConfig(awsCfg), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, ReplicaTag: cfg.Replica.NameTag, Region: awsCfg.Region,
 		Discovery: cfg.Failover.Discovery, ServiceIP: cfg.Failover.ServiceIP, ENI: cfg.Failover.ENI, TargetGroups: cfg.Failover.TargetGroupARNs,
 		AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL,

@@ -12,9 +12,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
+	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 )
 
 const replicaTag = "circleci_services_replica"
@@ -310,5 +312,72 @@ func TestReplicaRefreshTerminatesAndResumes(t *testing.T) {
 	}
 	if l, _ := e.app.Store.Locks(t.Context()); len(l) != 0 {
 		t.Errorf("locks left: %+v", l)
+	}
+}
+
+// The replication check runs on the replica through SSM. With
+// failover.require_in_sync, a replica 42 seconds behind is refused, and
+// the refusal says how much and how to go on; --force-stale is accepted
+// and its plan says what is lost; a check that fails is "unknown" and
+// refused too; once the replica is in sync the plan says so. Status and
+// the daily report show the verdict.
+func TestFailoverRequiresTheReplicaInSyncUnlessForceStale(t *testing.T) {
+	b := newBoxEnv(t, motoserver.ForTest(t), func(c *config.Config) {
+		c.Replica.ReplicationCheckCommand = "replication-lag"
+		c.Failover.RequireInSync = true
+		c.Failover.Discovery = "none" // the seeded replica is in another subnet
+		c.Slack.ReportChannel = incident
+	})
+	rep := b.ssm.AddBox(b.inst.Replica.ID)
+	rep.WriteCommand("replication-lag", "#!/bin/sh\necho 42\n")
+
+	refused := b.answer(b.slash(alice, incident, "failover --dry-run"))
+	for _, want := range []string{"not known to be in sync", "42 seconds behind", "--force-stale", b.inst.Replica.ID} {
+		if !strings.Contains(refused, want) {
+			t.Errorf("refusal lacks %q: %s", want, refused)
+		}
+	}
+	forced := b.answer(b.slash(alice, incident, "failover --force-stale --dry-run"))
+	for _, want := range []string{"Dry run of", "42 seconds behind", "--force-stale", "is lost"} {
+		if !strings.Contains(forced, want) {
+			t.Errorf("forced plan lacks %q: %s", want, forced)
+		}
+	}
+	b.slash(alice, incident, "status")
+	if st := b.waitText("status", "Replication: the replica is 42 seconds behind"); !strings.Contains(st, ":warning: Replication") {
+		t.Errorf("status: %s", st)
+	}
+	if err := b.app.Reports.Send(t.Context(), b.web().For(chat.Request{ChannelID: incident})); err != nil {
+		t.Fatal(err)
+	}
+	b.waitText("report", "Daily backup report", "42 seconds behind")
+
+	rep.WriteCommand("replication-lag", "#!/bin/sh\necho 'cannot reach the primary' >&2\nexit 3\n")
+	if txt := b.answer(b.slash(alice, incident, "failover --dry-run")); !strings.Contains(txt, "unknown (the check exited 3: cannot reach the primary)") {
+		t.Errorf("a failing check: %s", txt)
+	}
+	rep.WriteCommand("replication-lag", "#!/bin/sh\necho 'in sync'\n")
+	if plan := b.answer(b.slash(alice, incident, "failover --dry-run")); !strings.Contains(plan, "Dry run of") || !strings.Contains(plan, "the replica is in sync") {
+		t.Errorf("in sync: %s", plan)
+	}
+	b.server.Wait()
+	if all, _ := b.app.Approvals.Store.All(t.Context()); len(all) != 0 {
+		t.Errorf("dry runs and refusals made %d requests", len(all))
+	}
+}
+
+func TestParseLag(t *testing.T) {
+	now := time.Now()
+	for out, want := range map[string]string{
+		"in sync\n": "in sync", "0": "in sync", "12.5": "12.5 seconds behind", "300s": "300 seconds behind",
+		"r0 role:Secondary\n  disk:UpToDate\n  peer role:Primary\n    replication:Established peer-disk:UpToDate": "in sync",
+		"r0 role:Secondary\n  disk:Inconsistent\n  peer replication:SyncTarget":                                   "not in sync (DRBD: Inconsistent)",
+		"":      "unknown (the check printed nothing)",
+		"hello": "unknown (unrecognised output: hello)",
+		"-3":    "unknown (unrecognised output: -3)",
+	} {
+		if got := ops.ParseLag(out, now).String(); got != want {
+			t.Errorf("ParseLag(%q) = %q, want %q", out, got, want)
+		}
 	}
 }

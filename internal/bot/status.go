@@ -60,6 +60,9 @@ func RenderStatus(r *ops.StatusReport) chat.Message {
 				warn = append(warn, ":warning: Replica: "+w+".")
 			}
 		}
+		if l := r.Lag; l != nil && l.State != ops.LagInSync {
+			warn = append(warn, ":warning: Replication: the replica is "+l.String()+".")
+		}
 	}
 	if r.FleetErr != nil {
 		warn = append(warn, ":warning: Builders: "+ops.Explain(r.FleetErr))
@@ -86,6 +89,9 @@ func RenderStatus(r *ops.StatusReport) chat.Message {
 		}
 		if line := ReplicaAgeLine(r.ReplicaAge, r.At); line != "" {
 			blocks = append(blocks, chat.Context(line))
+		}
+		if l := r.Lag; l != nil {
+			blocks = append(blocks, chat.Context(LagLine(*l)))
 		}
 	}
 	blocks = append(blocks, chat.Divider())
@@ -219,5 +225,17 @@ func ReplicaReportLines(ctx context.Context, st *ops.Status) []string {
 			lines = append(lines, ":warning: *Replica:* "+w+".")
 		}
 	}
+	if l := r.Lag; l != nil {
+		mark := ":white_check_mark:"
+		if l.State != ops.LagInSync {
+			mark = ":warning:"
+		}
+		lines = append(lines, mark+" *"+LagLine(*l)+"*")
+	}
 	return lines
+}
+
+// LagLine is the replication verdict in one line.
+func LagLine(l ops.Lag) string {
+	return fmt.Sprintf("Replication: the replica is %s (checked %s UTC through replica.replication_check_command).", l, l.At.UTC().Format("15:04:05"))
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -684,4 +685,108 @@ func AgeOf(box, replica ec2types.Instance, maxAge time.Duration, now time.Time) 
 		a.Warnings = append(a.Warnings, fmt.Sprintf("the replica is %s old, more than replica.max_age (%s): `replica refresh`", Span(now.Sub(a.AsOf)), Span(maxAge)))
 	}
 	return a
+}
+
+// Replication lag: replica.replication_check_command runs on the replica
+// through SSM (e.g. `drbdadm status`, or a script printing the seconds
+// the replica is behind) and its answer becomes a verdict.
+
+// Lag verdicts.
+const (
+	LagInSync  = "in-sync"
+	LagBehind  = "behind"
+	LagUnknown = "unknown"
+)
+
+// Lag is what the replication check found.
+type Lag struct {
+	State string `json:"state"`
+	// Seconds behind, when the check said (State behind; -1: not said).
+	Seconds float64 `json:"seconds,omitempty"`
+	// Why: what the check printed (behind), or why it could not tell
+	// (unknown).
+	Why string    `json:"why,omitempty"`
+	At  time.Time `json:"at,omitzero"`
+}
+
+func (l Lag) String() string {
+	switch l.State {
+	case LagInSync:
+		return "in sync"
+	case LagBehind:
+		if l.Seconds >= 0 {
+			return fmt.Sprintf("%s seconds behind", strconv.FormatFloat(l.Seconds, 'f', -1, 64))
+		}
+		return "not in sync (" + l.Why + ")"
+	}
+	return "unknown (" + l.Why + ")"
+}
+
+// LagCheck runs the replication check on an instance.
+type LagCheck struct {
+	SSM     SSM
+	Command string
+	Poll    time.Duration
+	Timeout time.Duration // default 1m
+}
+
+// Check runs the command on the instance and reads its verdict. It never
+// fails: what cannot be told is "unknown", with why.
+func (c LagCheck) Check(ctx context.Context, instanceID string) Lag {
+	l := Lag{State: LagUnknown, At: time.Now()}
+	if c.SSM == nil || strings.TrimSpace(c.Command) == "" {
+		l.Why = "no replica.replication_check_command"
+		return l
+	}
+	sh := &Shell{SSM: c.SSM, Instance: instanceID, Poll: c.Poll}
+	res, err := sh.Run(ctx, "circlebot: replication check", c.Command, cmpOr(c.Timeout, time.Minute))
+	if err != nil {
+		why := Explain(err)
+		if errors.Is(err, ErrRemote) {
+			why = fmt.Sprintf("the check exited %d: %s", res.Code, cmpOrStr(lastLine(res.Stderr), lastLine(res.Stdout)))
+		}
+		l.Why = strings.TrimSuffix(why, ".")
+		return l
+	}
+	return ParseLag(res.Stdout, l.At)
+}
+
+// ParseLag reads a check's output: "in sync" (or 0) is in sync; a number
+// is the seconds behind; `drbdadm status` output is in sync when every
+// disk is UpToDate, and behind when one is syncing, outdated or
+// inconsistent; anything else is unknown.
+func ParseLag(out string, at time.Time) Lag {
+	l := Lag{State: LagUnknown, At: at}
+	s := strings.TrimSpace(out)
+	low := strings.ToLower(s)
+	switch {
+	case s == "":
+		l.Why = "the check printed nothing"
+		return l
+	case low == "in sync" || low == "in-sync" || low == "insync" || low == "ok":
+		l.State = LagInSync
+		return l
+	}
+	if n, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSuffix(low, "s"), " seconds"), 64); err == nil && n >= 0 {
+		if n == 0 {
+			l.State = LagInSync
+		} else {
+			l.State, l.Seconds = LagBehind, n
+		}
+		return l
+	}
+	if strings.Contains(s, "disk:") {
+		for _, bad := range []string{"Inconsistent", "Outdated", "SyncSource", "SyncTarget", "DUnknown", "Diskless", "StandAlone", "Connecting"} {
+			if strings.Contains(s, bad) {
+				l.State, l.Seconds, l.Why = LagBehind, -1, "DRBD: "+bad
+				return l
+			}
+		}
+		if strings.Contains(s, "UpToDate") {
+			l.State = LagInSync
+			return l
+		}
+	}
+	l.Why = "unrecognised output: " + trimTo(lastLine(s), 80)
+	return l
 }

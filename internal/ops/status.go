@@ -66,12 +66,14 @@ type StatusReport struct {
 	Replica *Box // nil: not configured
 	// ReplicaAge is the replica's against the box's (nil: not one of each).
 	ReplicaAge *ReplicaAge
-	Newest     *RestorePoint
-	Pending    int // restore points still being made
-	Points     int // completed restore points found
-	PointErr   error
-	Fleet      *Fleet // nil: not configured
-	FleetErr   error
+	// Lag is the replica's replication (nil: not checked).
+	Lag      *Lag
+	Newest   *RestorePoint
+	Pending  int // restore points still being made
+	Points   int // completed restore points found
+	PointErr error
+	Fleet    *Fleet // nil: not configured
+	FleetErr error
 }
 
 // Status reads the installation. Each part fails on its own: a broken
@@ -83,6 +85,8 @@ type Status struct {
 	Now    func() time.Time
 	// Records lists the bot's backup records (who made a set, tarballs).
 	Records func(context.Context) ([]*Backup, error)
+	// Lag checks the replica's replication (nil: no check configured).
+	Lag func(ctx context.Context, instanceID string) Lag
 }
 
 // StatusTimeout bounds the whole read: status is what people run first in
@@ -110,6 +114,13 @@ func (s *Status) Run(ctx context.Context) *StatusReport {
 	if r.Replica != nil && len(r.Box.raw) == 1 && len(r.Replica.raw) == 1 {
 		a := AgeOf(r.Box.raw[0], r.Replica.raw[0], s.Target.ReplicaMaxAge, r.At)
 		r.ReplicaAge = &a
+	}
+	if s.Lag != nil && r.Replica != nil && len(r.Replica.Instances) == 1 {
+		l := Lag{State: LagUnknown, At: r.At, Why: "the replica is " + r.Replica.Instances[0].State}
+		if r.Replica.Instances[0].State == "running" {
+			l = s.Lag(ctx, r.Replica.Instances[0].ID)
+		}
+		r.Lag = &l
 	}
 	return r
 }
