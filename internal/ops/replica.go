@@ -673,7 +673,7 @@ func AgeOf(box, replica ec2types.Instance, maxAge time.Duration, now time.Time) 
 	boxType, boxImage := string(box.InstanceType), aws.ToString(box.ImageId)
 	builtType := cmpOrStr(tagValue(replica.Tags, TagBoxType), string(replica.InstanceType))
 	if boxType != "" && builtType != boxType {
-		a.Warnings = append(a.Warnings, fmt.Sprintf("the Services box is %s now, the replica was built from a %s: `replica refresh`", boxType, builtType))
+		a.Warnings = append(a.Warnings, fmt.Sprintf("the Services box is %s now; the replica was built when it was %s: `replica refresh`", boxType, builtType))
 	}
 	if img := tagValue(replica.Tags, TagBoxImage); img != "" && boxImage != "" && img != boxImage {
 		a.Warnings = append(a.Warnings, fmt.Sprintf("the Services box runs a new AMI (%s; the replica was built from a box on %s): `replica refresh`", boxImage, img))
