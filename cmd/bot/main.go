@@ -1,6 +1,7 @@
 // Command bot is the CircleCI Services box disaster-recovery ChatOps bot.
 //
 //	bot [--config FILE] serve|console|check-config|iam-policy|version
+//	bot backup --reason "..." [--wait] [--method ebs|tarball] [--url URL]
 package main
 
 import (
@@ -57,6 +58,7 @@ commands:
   check-config  validate the config file and environment, then exit
   iam-policy    print the IAM policy the bot needs for this config (JSON, on stdout)
   version       print the version
+  backup        ask a running bot for a backup through its API (bot backup --help)
 
 flags:
   --config FILE  the YAML config (default bot.yaml)
@@ -67,6 +69,10 @@ flags:
 `
 
 func run(ctx context.Context, args []string, env func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	// `bot backup` is a client of a running bot with flags of its own.
+	if len(args) > 0 && args[0] == "backup" {
+		return backupCmd(ctx, args[1:], env, stdout, stderr)
+	}
 	fs := flag.NewFlagSet("bot", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	cfgPath := fs.String("config", "bot.yaml", "")

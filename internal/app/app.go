@@ -5,6 +5,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -167,6 +168,8 @@ func New(ctx context.Context, o Options) (*App, error) {
 			ReplicaTag: cfg.Replica.NameTag,
 			BuilderASG: cfg.Builders.ASGName,
 			RPO:        cfg.Backup.RPO.D(),
+
+			ReplicaMaxAge: cfg.Replica.MaxAge.D(),
 		},
 		Records: ops.Records{Store: st}.Backups,
 	}
@@ -218,7 +221,13 @@ func New(ctx context.Context, o Options) (*App, error) {
 		}
 		tarballKind = tarball
 	}
+	var lag *ops.LagCheck
+	if c := cfg.Replica.ReplicationCheckCommand; c != "" {
+		lag = &ops.LagCheck{SSM: ssmc, Command: c}
+		status.Lag = lag.Check
+	}
 	failover := &ops.Failover{
+		Lag: lag, RequireInSync: cfg.Failover.RequireInSync,
 		EC2: ec2c, ELB: elasticloadbalancingv2.NewFromConfig(awsCfg), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, ReplicaTag: cfg.Replica.NameTag, Region: awsCfg.Region,
 		Discovery: cfg.Failover.Discovery, ServiceIP: cfg.Failover.ServiceIP, ENI: cfg.Failover.ENI, TargetGroups: cfg.Failover.TargetGroupARNs,
 		AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL,
@@ -239,6 +248,13 @@ func New(ctx context.Context, o Options) (*App, error) {
 	engine.Register(kinds, engine.Failover(setup, failover))
 	engine.Register(kinds, engine.Reboot(setup, journal.Store{KV: st.KV()}, &ops.Reboot{EC2: ec2c, SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region, AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL, Pace: setup.RetryWait, HealthTimeout: cfg.Failover.HealthTimeout.D()}))
 	engine.Register(kinds, engine.Resize(setup, journal.Store{KV: st.KV()}, &ops.Resize{EC2: ec2c, Quotas: servicequotas.NewFromConfig(awsCfg), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region, AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL, Pace: setup.RetryWait, StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Failover.HealthTimeout.D()}))
+	replicas := &ops.Replicas{
+		EC2: ec2c, NameTag: cfg.ServicesBox.NameTag, ReplicaTag: cfg.Replica.NameTag, Region: awsCfg.Region,
+		Subnet: cfg.Replica.Subnet, Retire: cfg.Replica.Retire, ImageReboot: cfg.Replica.ImageReboot, Pace: setup.RetryWait,
+		ImageTimeout: cfg.Replica.ImageTimeout.D(), Timeout: cfg.Failover.HealthTimeout.D(),
+	}
+	engine.Register(kinds, engine.ReplicaBuild(setup, replicas))
+	engine.Register(kinds, engine.ReplicaRefresh(setup, replicas))
 	engine.Register(kinds, engine.Rotate(setup, builders))
 	engine.Register(kinds, engine.Prune(setup, engine.Retention{EC2: ec2c, Prune: ec2c, Records: records.Backups, Mark: records.MarkPruning, Policy: retention}))
 	engine.Register(kinds, engine.Secret(setup, passphrase))
@@ -265,6 +281,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	reports := &bot.Reports{
 		EC2: ec2c, Prune: ec2c, Records: records, Drills: ops.Drills{Store: st}, Policy: backups.Policy,
 		Schedule: cfg.Backup.Schedule, RPO: cfg.Backup.RPO.D(), SlashCommand: cfg.Slack.Command, Log: o.Log,
+		Replica: func(ctx context.Context) []string { return bot.ReplicaReportLines(ctx, status) },
 	}
 	drills := &bot.DrillService{Runner: drillRunner, Engine: eng}
 	checks := cfg.Monitor.Checks
@@ -436,6 +453,7 @@ type Server struct {
 	web    *slackio.Web
 	pool   *slackio.Pool
 	handle http.Handler
+	api    *backupAPI // nil: BOT_API_TOKEN unset
 }
 
 // NewServer makes the Slack transports. ctx bounds the background work of
@@ -468,6 +486,17 @@ func (a *App) NewServer(ctx context.Context) *Server {
 		h.Register(mux)
 	}
 	mux.HandleFunc("GET /healthz", a.healthz)
+	// The backup API, only with a token to require: this listener is
+	// public in HTTP mode.
+	if tok := sec.APIToken; !tok.Empty() {
+		s.api = &backupAPI{
+			token: sha256.Sum256([]byte(tok.Reveal())), backups: a.Backups, method: cmp.Or(a.Config.Backup.Method, ops.MethodEBS), kv: a.Store.KV(), audit: a.Store,
+			channel: a.Config.Slack.ReportChannel, heldText: a.Engine.HeldMessage, log: a.Log, work: ctx,
+			postTo: func(channel string) progress.Poster { return web.For(chat.Request{ChannelID: channel}) },
+		}
+		mux.HandleFunc("POST /api/v1/backups", s.api.post)
+		mux.HandleFunc("GET /api/v1/backups/{id}", s.api.get)
+	}
 	// Nothing else: this listener must be public in HTTP mode, and the
 	// metrics (command counts, AWS error codes) are served apart, by
 	// MetricsHandler on metrics.listen.
@@ -507,8 +536,14 @@ func bearer(token string, next http.Handler) http.Handler {
 
 func (s *Server) Handler() http.Handler { return s.handle }
 
-// Wait blocks until every acknowledged request has been answered.
-func (s *Server) Wait() { s.pool.Wait() }
+// Wait blocks until every acknowledged request has been answered, and
+// every backup the API started has ended.
+func (s *Server) Wait() {
+	s.pool.Wait()
+	if s.api != nil {
+		s.api.running.Wait()
+	}
+}
 
 func (a *App) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")

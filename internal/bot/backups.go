@@ -37,6 +37,15 @@ type BackupRequest struct {
 	Method    string // "" = default
 	Requester string // Slack user ID, or engine.Scheduler (a scheduled backup)
 	Channel   string
+	// Trigger is "api" for the backup API ("": from the requester).
+	Trigger string
+	// ID, when set, is the backup's ID (the API gives it out before the
+	// backup starts); Reason is recorded with it.
+	ID     string
+	Reason string
+	// Started, when set, hears the backup's ID once it holds the box, before
+	// any work: the caller may answer its requester then.
+	Started func(id string)
 }
 
 // Run takes one backup and returns its record. A backup or other
@@ -44,7 +53,7 @@ type BackupRequest struct {
 // is started.
 func (s *Backups) Run(ctx context.Context, poster progress.Poster, r BackupRequest) (*ops.Backup, error) {
 	cmd := commands.Command{Name: commands.BackupNow, Method: commands.BackupMethod(r.Method)}
-	id, err := s.Engine.Start(ctx, cmd, r.Requester, r.Channel, poster)
+	id, err := s.Engine.StartWith(ctx, cmd, r.Requester, r.Channel, poster, engine.StartOptions{ID: r.ID, Trigger: r.Trigger, Reason: r.Reason, Started: r.Started})
 	if id == "" {
 		return nil, err
 	}

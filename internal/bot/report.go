@@ -34,6 +34,9 @@ type Reports struct {
 	SlashCommand string
 	Log          *slog.Logger
 	Now          func() time.Time
+	// Replica, when set, gives the report's lines on the replica: its age
+	// and what changed on the box since, its replication lag.
+	Replica func(ctx context.Context) []string
 }
 
 func (s *Reports) now() time.Time {
@@ -88,6 +91,11 @@ func (s *Reports) Send(ctx context.Context, p progress.Poster) error {
 		return err
 	}
 	text := ReportText(r, s.SlashCommand)
+	if s.Replica != nil {
+		for _, l := range s.Replica(ctx) {
+			text += l + "\n"
+		}
+	}
 	ref, err := p.Post(ctx, chat.Message{Text: "Daily backup report", Blocks: chat.Section(text)})
 	if err != nil {
 		return fmt.Errorf("post the report: %w", err)

@@ -1,8 +1,10 @@
 package bot
 
 import (
+	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/slack-go/slack"
 
@@ -53,6 +55,14 @@ func RenderStatus(r *ops.StatusReport) chat.Message {
 		case len(r.Replica.Instances) > 1:
 			warn = append(warn, fmt.Sprintf(":warning: %d instances are tagged `Name=%s`: %s.", len(r.Replica.Instances), r.Replica.Tag, instanceList(r.Replica.Instances)))
 		}
+		if a := r.ReplicaAge; a != nil {
+			for _, w := range a.Warnings {
+				warn = append(warn, ":warning: Replica: "+w+".")
+			}
+		}
+		if l := r.Lag; l != nil && l.State != ops.LagInSync {
+			warn = append(warn, ":warning: Replication: the replica is "+l.String()+".")
+		}
 	}
 	if r.FleetErr != nil {
 		warn = append(warn, ":warning: Builders: "+ops.Explain(r.FleetErr))
@@ -76,6 +86,12 @@ func RenderStatus(r *ops.StatusReport) chat.Message {
 	if r.Replica != nil {
 		for _, in := range r.Replica.Instances {
 			blocks = append(blocks, instanceBlocks("Replica", in)...)
+		}
+		if line := ReplicaAgeLine(r.ReplicaAge, r.At); line != "" {
+			blocks = append(blocks, chat.Context(line))
+		}
+		if l := r.Lag; l != nil {
+			blocks = append(blocks, chat.Context(LagLine(*l)))
 		}
 	}
 	blocks = append(blocks, chat.Divider())
@@ -162,4 +178,64 @@ func orDash(s string) string {
 		return "—"
 	}
 	return s
+}
+
+// ReplicaAgeLine says how old the replica's data is ("" when unknown).
+func ReplicaAgeLine(a *ops.ReplicaAge, now time.Time) string {
+	if a == nil || a.AsOf.IsZero() {
+		return ""
+	}
+	how := "launched"
+	if a.Built {
+		how = "the box imaged for it"
+	}
+	line := fmt.Sprintf("Replica's data as of %s UTC (%s), %s old", a.AsOf.UTC().Format("2006-01-02 15:04"), how, chat.Age(now.Sub(a.AsOf)))
+	if len(a.Warnings) == 0 {
+		line += "; the box has not changed since."
+	} else {
+		line += fmt.Sprintf("; %d warning(s) above.", len(a.Warnings))
+	}
+	return line
+}
+
+// ReplicaReportLines are the daily report's lines on the replica, read as
+// status reads it.
+func ReplicaReportLines(ctx context.Context, st *ops.Status) []string {
+	if st == nil || st.Target.ReplicaTag == "" {
+		return nil
+	}
+	r := st.Run(ctx)
+	switch {
+	case r.Replica == nil:
+		return nil
+	case r.Replica.Err != nil && len(r.Replica.Instances) == 0:
+		return []string{":warning: *Replica:* " + ops.Explain(r.Replica.Err)}
+	case len(r.Replica.Instances) == 0:
+		return []string{fmt.Sprintf(":warning: *Replica:* none is tagged `Name=%s`: a failover has nowhere to go.", r.Replica.Tag)}
+	case len(r.Replica.Instances) > 1:
+		return []string{fmt.Sprintf(":warning: *Replica:* %d instances are tagged `Name=%s`: %s.", len(r.Replica.Instances), r.Replica.Tag, instanceList(r.Replica.Instances))}
+	}
+	in := r.Replica.Instances[0]
+	lines := []string{fmt.Sprintf("*Replica:* `%s` (%s, %s, %s).", in.ID, in.State, in.AZ, in.Type)}
+	if line := ReplicaAgeLine(r.ReplicaAge, r.At); line != "" {
+		lines[0] += " " + line
+	}
+	if a := r.ReplicaAge; a != nil {
+		for _, w := range a.Warnings {
+			lines = append(lines, ":warning: *Replica:* "+w+".")
+		}
+	}
+	if l := r.Lag; l != nil {
+		mark := ":white_check_mark:"
+		if l.State != ops.LagInSync {
+			mark = ":warning:"
+		}
+		lines = append(lines, mark+" *"+LagLine(*l)+"*")
+	}
+	return lines
+}
+
+// LagLine is the replication verdict in one line.
+func LagLine(l ops.Lag) string {
+	return fmt.Sprintf("Replication: the replica is %s (checked %s UTC through replica.replication_check_command).", l, l.At.UTC().Format("15:04:05"))
 }

@@ -24,6 +24,8 @@ const (
 	Failover       Name = "failover"
 	Reboot         Name = "reboot"
 	Resize         Name = "resize"
+	ReplicaBuild   Name = "replica build"
+	ReplicaRefresh Name = "replica refresh"
 	BuildersStatus Name = "builders status"
 	BuildersRotate Name = "builders rotate"
 	Approve        Name = "approve"
@@ -55,7 +57,7 @@ type Class int
 const (
 	ClassRead        Class = iota // viewers and up: help, status, backup list, backup status, builders status, history
 	ClassOperate                  // operators, runs without approval: backup now, report now, drill now, cancel, resume
-	ClassDestructive              // an operator requests, a second person approves: restore, failover, reboot, resize, builders rotate, backup prune, secret
+	ClassDestructive              // an operator requests, a second person approves: restore, failover, reboot, resize, replica build/refresh, builders rotate, backup prune, secret
 	ClassDecide                   // approvers: approve, deny
 )
 
@@ -98,9 +100,11 @@ var specs = []Spec{
 	{Resume, "resume <op-id>", "Continue an operation that stopped part-way, from its first unfinished step.", ClassOperate},
 
 	{Restore, "restore <snapshot-id|latest|s3://bucket/key> [--dry-run]", "Rebuild the Services box from a backup.", ClassDestructive},
-	{Failover, "failover [--to <instance-id>] [--force-unknown] [--dry-run]", "Fence the Services box and promote the replica.", ClassDestructive},
+	{Failover, "failover [--to <instance-id>] [--force-unknown] [--force-stale] [--dry-run]", "Fence the Services box and promote the replica.", ClassDestructive},
 	{Reboot, "reboot [--dry-run]", "Reboot the Services box and wait until it is healthy.", ClassDestructive},
 	{Resize, "resize <instance-type> [--dry-run]", "Stop the Services box, change its instance type, start it.", ClassDestructive},
+	{ReplicaBuild, "replica build [--subnet <subnet-id>] [--dry-run]", "Make an image of the Services box and launch the replica from it.", ClassDestructive},
+	{ReplicaRefresh, "replica refresh [--dry-run]", "Build a new replica from the Services box, then retire the old one.", ClassDestructive},
 	{BuildersRotate, "builders rotate [--dry-run]", "Replace every builder so all reconnect to the current Services box.", ClassDestructive},
 	{BackupPrune, "backup prune [--dry-run]", "Delete backups past the retention policy, never the newest good one.", ClassDestructive},
 	{Secret, "secret [--dry-run]", "Give new builders the Services box's CIRCLE_SECRET_PASSPHRASE.", ClassDestructive},
@@ -175,6 +179,8 @@ type Command struct {
 	Source       RestoreSource // restore
 	Target       string        // failover --to <instance-id> (empty: the configured replica)
 	ForceUnknown bool          // failover --force-unknown
+	ForceStale   bool          // failover --force-stale
+	Subnet       string        // replica build --subnet <subnet-id>
 	InstanceType string        // resize <instance-type>, lowercased
 	Limit        int           // history [N] (DefaultHistoryLimit when not given)
 	Topic        Name          // help <command> (empty: all)
@@ -211,6 +217,13 @@ func (c Command) Text() string {
 		}
 		if c.ForceUnknown {
 			add("--force-unknown")
+		}
+		if c.ForceStale {
+			add("--force-stale")
+		}
+	case ReplicaBuild:
+		if c.Subnet != "" {
+			add("--subnet " + c.Subnet)
 		}
 	case History:
 		if c.Limit != 0 && c.Limit != DefaultHistoryLimit {

@@ -6,6 +6,8 @@ const (
 	flagDryRun       = "--dry-run"
 	flagTo           = "--to"
 	flagForceUnknown = "--force-unknown"
+	flagForceStale   = "--force-stale"
+	flagSubnet       = "--subnet"
 	flagHelp         = "--help"
 )
 
@@ -34,7 +36,7 @@ func splitWords(toks []string) (words []string, flags []flag) {
 			continue
 		}
 		f := parseFlag(toks[i])
-		if f.name == flagTo && !f.hasValue && i+1 < len(toks) && !isFlag(toks[i+1]) {
+		if (f.name == flagTo || f.name == flagSubnet) && !f.hasValue && i+1 < len(toks) && !isFlag(toks[i+1]) {
 			f.value, f.hasValue = toks[i+1], true
 			i++
 		}
@@ -59,7 +61,10 @@ func flagsOf(s Spec) []string {
 		fs = append(fs, flagDryRun)
 	}
 	if s.Name == Failover {
-		fs = append(fs, flagTo, flagForceUnknown)
+		fs = append(fs, flagTo, flagForceUnknown, flagForceStale)
+	}
+	if s.Name == ReplicaBuild {
+		fs = append(fs, flagSubnet)
 	}
 	return fs
 }
@@ -81,7 +86,7 @@ func applyFlags(c *Command, flags []flag) *UsageError {
 	seen := make(map[string]bool, len(flags))
 	for _, f := range flags {
 		switch f.name {
-		case flagDryRun, flagTo, flagForceUnknown, flagHelp:
+		case flagDryRun, flagTo, flagForceUnknown, flagForceStale, flagSubnet, flagHelp:
 		default:
 			return problemf(c.Name, "unknown flag %s%s", quote(f.typed), didYouMean(f.name, flagsOf(spec)))
 		}
@@ -89,7 +94,7 @@ func applyFlags(c *Command, flags []flag) *UsageError {
 			return problemf(c.Name, "%s is given twice", f.name)
 		}
 		seen[f.name] = true
-		if f.name != flagTo && f.hasValue {
+		if f.name != flagTo && f.name != flagSubnet && f.hasValue {
 			return problemf(c.Name, "%s takes no value", f.name)
 		}
 		switch f.name {
@@ -103,6 +108,23 @@ func applyFlags(c *Command, flags []flag) *UsageError {
 				return problemf(c.Name, "--force-unknown only applies to failover")
 			}
 			c.ForceUnknown = true
+		case flagForceStale:
+			if c.Name != Failover {
+				return problemf(c.Name, "--force-stale only applies to failover")
+			}
+			c.ForceStale = true
+		case flagSubnet:
+			if c.Name != ReplicaBuild {
+				return problemf(c.Name, "--subnet only applies to replica build")
+			}
+			if f.value == "" {
+				return problemf(c.Name, "--subnet needs a subnet ID, e.g. --subnet subnet-0123456789abcdef0")
+			}
+			id, ok := awsID(f.value, "subnet-")
+			if !ok {
+				return problemf(c.Name, "%s is not a subnet ID (subnet- and 8 or 17 hex digits, e.g. subnet-0123456789abcdef0)", quote(f.value))
+			}
+			c.Subnet = id
 		case flagTo:
 			if c.Name != Failover {
 				return problemf(c.Name, "--to only applies to failover")

@@ -50,6 +50,7 @@ var details = map[Name]string{
 	Failover: "Cold failover: makes sure the current Services box is stopped (fencing), moves its private IP to the replica and starts CircleCI there. " +
 		"`--to` picks an instance other than the configured replica. If the old box's state cannot be read (as in an AZ outage), failover refuses " +
 		"unless `--force-unknown` is given: use it only when you know the old box is down, or two Services boxes may run at once. " +
+		"With `failover.require_in_sync`, a replica that `replica.replication_check_command` does not find in sync is refused unless `--force-stale` is given. " +
 		"`--dry-run` posts the plan and stops.",
 	Reboot: "Reboots the Services box (EC2 RebootInstances) and waits until it has really rebooted (its SSM agent answers with a boot time after the reboot), " +
 		"starts the app and checks the status checks and, if configured, the app's health URL. The plan states the expected downtime, measured on the last reboot. " +
@@ -58,6 +59,12 @@ var details = map[Name]string{
 		"on the same private IP with the same volumes. The plan first checks that the type exists, is offered in the box's zone, has the box's architecture " +
 		"and presents network and disks as the box expects. If AWS cannot start the new type (no capacity), the box goes back to its old type and is started again. " +
 		"`--dry-run` posts the plan and stops.",
+	ReplicaBuild: "Prepares the cold-failover replica as the runbook does: makes an image of the running Services box (EC2 CreateImage; without a reboot unless " +
+		"`replica.image_reboot` is set, so the image is crash-consistent, as after a power cut) and launches the replica from it with the box's instance type, " +
+		"volumes, security groups and instance profile, in `--subnet` or `replica.subnet` (another zone than the box's), tagged with `replica.name_tag`. " +
+		"Refused when a replica exists already (use refresh). `--dry-run` posts the plan and stops.",
+	ReplicaRefresh: "Recreates the replica, e.g. after an upgrade: builds a new one from an image of the Services box, then retires the old one " +
+		"(stopped and kept as `<name_tag>-retired`, or terminated, per `replica.retire`). `--dry-run` posts the plan and stops.",
 	BuildersRotate: "Replaces every builder instance so that each reconnects to the current Services box; do it after a restore or failover. " +
 		"Builds running on old builders are retried. `--dry-run` posts the plan and stops.",
 	BackupPrune: "Deletes backups older than the retention policy, never the newest good one. `--dry-run` lists what would be deleted and stops.",

@@ -168,7 +168,7 @@ func TestClasses(t *testing.T) {
 	want := map[Name]Class{
 		Help: ClassRead, Status: ClassRead, BackupList: ClassRead, BackupStatus: ClassRead, BuildersStatus: ClassRead, History: ClassRead,
 		BackupNow: ClassOperate, ReportNow: ClassOperate, DrillNow: ClassOperate, Cancel: ClassOperate, Resume: ClassOperate,
-		Restore: ClassDestructive, Failover: ClassDestructive, Reboot: ClassDestructive, Resize: ClassDestructive, BuildersRotate: ClassDestructive, BackupPrune: ClassDestructive, Secret: ClassDestructive,
+		Restore: ClassDestructive, Failover: ClassDestructive, Reboot: ClassDestructive, Resize: ClassDestructive, ReplicaBuild: ClassDestructive, ReplicaRefresh: ClassDestructive, BuildersRotate: ClassDestructive, BackupPrune: ClassDestructive, Secret: ClassDestructive,
 		Approve: ClassDecide, Deny: ClassDecide,
 	}
 	if len(want) != len(Specs()) {

@@ -160,6 +160,8 @@ var argParsers = map[Name]func(c *Command, args []string) *UsageError{
 	Failover:       parseFailover,
 	Reboot:         noArgs,
 	Resize:         parseResize,
+	ReplicaBuild:   noArgs,
+	ReplicaRefresh: noArgs,
 	BuildersStatus: noArgs,
 	BuildersRotate: noArgs,
 	Approve:        parseRequestID,

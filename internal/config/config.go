@@ -142,8 +142,32 @@ type Restore struct {
 	HealthTimeout Duration `yaml:"health_timeout"`
 }
 
+// Replica is the cold standby a failover promotes, and how `replica
+// build` and `replica refresh` make it.
 type Replica struct {
 	NameTag string `yaml:"name_tag"`
+	// Subnet is where `replica build` and `replica refresh` launch the
+	// replica (a subnet of the Services box's VPC, best in another zone);
+	// --subnet overrides it. Empty: build refuses without --subnet, and a
+	// refresh uses the old replica's subnet.
+	Subnet string `yaml:"subnet"`
+	// Retire is what a refresh does with the old replica once the new one
+	// runs: stop (kept, renamed <name_tag>-retired) or terminate.
+	Retire string `yaml:"retire"`
+	// MaxAge: status and the report warn about a replica older than this
+	// (0: only the box's changes count).
+	MaxAge Duration `yaml:"max_age"`
+	// ImageReboot: the image of the box is made with a reboot (EC2's
+	// default, file-system consistent, minutes of downtime); false, the
+	// default, makes it without one (NoReboot: no downtime, crash-
+	// consistent like a power cut).
+	ImageReboot bool `yaml:"image_reboot"`
+	// ImageTimeout bounds the wait for the box's image.
+	ImageTimeout Duration `yaml:"image_timeout"`
+	// ReplicationCheckCommand runs on the replica through SSM before a
+	// failover, in status and in the report: it prints "in sync", or the
+	// seconds the replica is behind (a number), or exits non-zero.
+	ReplicationCheckCommand string `yaml:"replication_check_command"`
 }
 
 type Builders struct {
@@ -173,6 +197,10 @@ type Failover struct {
 	HealthURL     string   `yaml:"health_url"`
 	StopTimeout   Duration `yaml:"stop_timeout"`
 	HealthTimeout Duration `yaml:"health_timeout"`
+	// RequireInSync refuses a failover to a replica that
+	// replica.replication_check_command does not find in sync, unless
+	// --force-stale is given.
+	RequireInSync bool `yaml:"require_in_sync"`
 }
 
 // SecretCfg says where `secret` reads CIRCLE_SECRET_PASSPHRASE: Secrets
@@ -252,6 +280,7 @@ func Defaults() Config {
 		Failover: Failover{Discovery: "secondary-ip", StopTimeout: Duration(2 * time.Minute), HealthTimeout: Duration(10 * time.Minute)},
 		Builders: Builders{RotateTimeout: Duration(15 * time.Minute)},
 		Drill:    Drill{Timeout: Duration(2 * time.Hour)},
+		Replica:  Replica{Retire: "stop", ImageTimeout: Duration(45 * time.Minute)},
 		Monitor:  Monitor{Interval: Duration(time.Minute), Cooldown: Duration(10 * time.Minute)},
 		Restore:  Restore{ImageTimeout: Duration(45 * time.Minute), StopTimeout: Duration(5 * time.Minute), HealthTimeout: Duration(20 * time.Minute)},
 		Backup:   Backup{Method: "ebs", RPO: Duration(24 * time.Hour)},

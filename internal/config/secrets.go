@@ -41,6 +41,9 @@ type Secrets struct {
 	// MetricsToken, when set, is the bearer token GET /metrics requires
 	// (BOT_METRICS_TOKEN).
 	MetricsToken Secret
+	// APIToken, when set, turns on the backup API (POST /api/v1/backups
+	// on `listen`) and is the bearer token it requires (BOT_API_TOKEN).
+	APIToken Secret
 }
 
 const DefaultSlackAPIURL = "https://slack.com/api/"
@@ -53,6 +56,7 @@ func SecretsFromEnv(env func(string) string) Secrets {
 		SecretARN:     strings.TrimSpace(env("SLACK_SECRET_ARN")),
 		APIURL:        strings.TrimSpace(env("SLACK_API_URL")),
 		MetricsToken:  NewSecret(strings.TrimSpace(env("BOT_METRICS_TOKEN"))),
+		APIToken:      NewSecret(strings.TrimSpace(env("BOT_API_TOKEN"))),
 	}
 	if s.APIURL == "" {
 		s.APIURL = DefaultSlackAPIURL

@@ -50,6 +50,8 @@ var instanceType = regexp.MustCompile(`^[a-z][a-z0-9-]*\.[a-z0-9]+$`)
 // roleARN is an IAM role's ARN: arn:<partition>:iam::<account>:role/<path/>name.
 var roleARN = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:role/(?:[\x21-\x7e]*/)?[\w+=,.@-]{1,64}$`)
 
+var subnetID = regexp.MustCompile(`^subnet-[0-9a-f]{8,17}$`)
+
 var dynamoTable = regexp.MustCompile(`^[A-Za-z0-9_.-]{3,255}$`)
 
 var CronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
@@ -236,6 +238,23 @@ func (c *Config) Validate() error {
 	}
 	if c.Replica.NameTag != "" && c.Replica.NameTag == c.ServicesBox.NameTag {
 		bad("replica.name_tag", "must differ from services_box.name_tag, or the replica and the primary are indistinguishable")
+	}
+	if v := c.Replica.Subnet; v != "" && !subnetID.MatchString(v) {
+		bad("replica.subnet", "%q is not a subnet ID (subnet-…)", v)
+	}
+	switch c.Replica.Retire {
+	case "stop", "terminate":
+	default:
+		bad("replica.retire", "%q must be stop (the old replica is stopped and kept) or terminate", c.Replica.Retire)
+	}
+	if d := c.Replica.MaxAge.D(); d < 0 {
+		bad("replica.max_age", "%s is negative (0: no age limit)", d)
+	}
+	if d := c.Replica.ImageTimeout.D(); d < time.Minute || d > 24*time.Hour {
+		bad("replica.image_timeout", "%s is outside 1m..24h", d)
+	}
+	if c.Failover.RequireInSync && strings.TrimSpace(c.Replica.ReplicationCheckCommand) == "" {
+		bad("failover.require_in_sync", "needs replica.replication_check_command: without it the replica's lag is unknown and every failover would need --force-stale")
 	}
 	switch c.Backup.Method {
 	case "ebs", "tarball":

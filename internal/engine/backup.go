@@ -28,6 +28,9 @@ const Scheduler = "scheduler"
 const DrillLock = "drill"
 
 func trigger(env Env) string {
+	if env.Trigger != "" {
+		return env.Trigger
+	}
 	if env.Requester == Scheduler {
 		return "scheduled"
 	}
@@ -123,7 +126,7 @@ func BackupEBS(s Setup, b Backups) Kind[BackupPlan, ops.BackupWork] {
 		Target:   s.box,
 		NewID:    ops.NewBackupID,
 		Steps: func(_ BackupPlan, env Env) []journal.Def {
-			return b.EBS.Steps(ops.BackupRequest{Trigger: trigger(env), Requester: env.Requester, Channel: env.Channel})
+			return b.EBS.Steps(ops.BackupRequest{Trigger: trigger(env), Requester: env.Requester, Channel: env.Channel, Reason: env.Reason})
 		},
 		Summary: func(_ BackupPlan, r ops.BackupWork, op Record) string {
 			rec := r.Record
@@ -177,7 +180,7 @@ func BackupTarball(s Setup, b Backups) Kind[BackupPlan, ops.BackupWork] {
 		Target:   s.box,
 		NewID:    ops.NewBackupID,
 		Steps: func(_ BackupPlan, env Env) []journal.Def {
-			return b.Tarball.Steps(ops.BackupRequest{Trigger: trigger(env), Requester: env.Requester, Channel: env.Channel})
+			return b.Tarball.Steps(ops.BackupRequest{Trigger: trigger(env), Requester: env.Requester, Channel: env.Channel, Reason: env.Reason})
 		},
 		Summary: func(_ BackupPlan, r ops.BackupWork, op Record) string {
 			rec := r.Record

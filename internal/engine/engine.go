@@ -219,8 +219,27 @@ func (e *Engine) HeldMessage(held *store.HeldError) string { return e.heldMessag
 // the policy in the config). It returns the operation's ID once it was
 // journaled ("" if it never started), with how it ended.
 func (e *Engine) Start(ctx context.Context, cmd commands.Command, requester, channel string, out Out) (string, error) {
+	return e.StartWith(ctx, cmd, requester, channel, out, StartOptions{})
+}
+
+// StartOptions are what a caller outside Slack (the backup API) adds to
+// Start.
+type StartOptions struct {
+	// ID is the operation's ID when the caller gave it out before the
+	// work began ("": a new one).
+	ID string
+	// Trigger ("api") and Reason are journaled with the operation and
+	// handed to its steps (Env).
+	Trigger, Reason string
+	// Started hears the ID once the operation holds its target and is
+	// journaled, before its first step: the caller may answer then.
+	Started func(id string)
+}
+
+// StartWith is Start with o.
+func (e *Engine) StartWith(ctx context.Context, cmd commands.Command, requester, channel string, out Out, o StartOptions) (string, error) {
 	var id string
-	err := e.start(ctx, cmd, approvals.Request{Command: cmd.Text(), Requester: requester, Channel: channel}, out, false, &id)
+	err := e.start(ctx, cmd, approvals.Request{Command: cmd.Text(), Requester: requester, Channel: channel}, out, false, &id, o)
 	return id, err
 }
 
@@ -236,16 +255,19 @@ func (e *Engine) Execute(ctx context.Context, req approvals.Request, out Out) er
 	if cmd.Name == commands.Resume {
 		return e.resumeApproved(ctx, cmd.ID, req, out)
 	}
-	return e.start(ctx, cmd, req, out, true, nil)
+	return e.start(ctx, cmd, req, out, true, nil, StartOptions{})
 }
 
-func (e *Engine) start(ctx context.Context, cmd commands.Command, req approvals.Request, out Out, approved bool, started *string) error {
+func (e *Engine) start(ctx context.Context, cmd commands.Command, req approvals.Request, out Out, approved bool, started *string, o StartOptions) error {
 	k, err := e.Kinds.forCommand(cmd)
 	if err != nil {
 		return err
 	}
 	now := time.Now()
 	opID := k.newID(now)
+	if o.ID != "" {
+		opID = o.ID
+	}
 	l := store.Lock{OpID: opID, What: k.what(), Requester: req.Requester, Process: e.Store.Process()}
 	release, err := e.lockAll(ctx, []string{k.target()}, l)
 	if err != nil {
@@ -278,6 +300,7 @@ func (e *Engine) start(ctx context.Context, cmd commands.Command, req approvals.
 	}
 	op := &journal.Op{ID: opID, Kind: k.name(), Title: d.title, Target: k.target(), Also: d.also, RequestID: req.ID, Command: req.Command,
 		Channel: req.Channel, Requester: req.Requester, Approver: req.Decider, Facts: d.approval.Facts, Plan: d.plan,
+		Trigger: o.Trigger, Reason: o.Reason,
 		State: journal.Running, Process: e.Store.Process(), Created: now, Updated: now}
 	for _, def := range b.steps(e.env(op, out)) {
 		op.Steps = append(op.Steps, journal.Step{Name: def.Name, State: journal.StepPending})
@@ -289,6 +312,9 @@ func (e *Engine) start(ctx context.Context, cmd commands.Command, req approvals.
 	}
 	if started != nil {
 		*started = op.ID
+	}
+	if o.Started != nil {
+		o.Started(op.ID)
 	}
 	return e.run(ctx, op.ID, out, "")
 }
@@ -321,7 +347,7 @@ func (e *Engine) lockAll(ctx context.Context, keys []string, l store.Lock) (rele
 
 func (e *Engine) env(op *journal.Op, out Out) Env {
 	requester := op.Requester
-	return Env{Requester: requester, Channel: op.Channel, Private: func(ctx context.Context, text string) error {
+	return Env{Requester: requester, Channel: op.Channel, Trigger: op.Trigger, Reason: op.Reason, Private: func(ctx context.Context, text string) error {
 		p, ok := out.(Private)
 		if !ok {
 			return errors.New("this operation was resumed where no private message can be shown: run it again from Slack")

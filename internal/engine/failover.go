@@ -21,7 +21,7 @@ func Failover(s Setup, f *ops.Failover) Kind[ops.FailoverPlan, ops.FailoverResul
 	return Kind[ops.FailoverPlan, ops.FailoverResult]{
 		Name: KindFailover, What: "failover", Command: commands.Failover,
 		Plan: func(ctx context.Context, cmd commands.Command) (ops.FailoverPlan, error) {
-			return ops.RetryRead(ctx, s.wait(), func() (ops.FailoverPlan, error) { return f.Plan(ctx, cmd.Target, cmd.ForceUnknown) })
+			return ops.RetryRead(ctx, s.wait(), func() (ops.FailoverPlan, error) { return f.PlanWith(ctx, cmd.Target, cmd.ForceUnknown, cmd.ForceStale) })
 		},
 		Approval: func(p ops.FailoverPlan) approvals.Plan { return failoverApproval(p, f.StopTimeout) },
 		Title: func(p ops.FailoverPlan) string {
@@ -137,6 +137,16 @@ func failoverApproval(p ops.FailoverPlan, stop time.Duration) approvals.Plan {
 	}
 	ap.Changes = append(ap.Changes, "verify "+check)
 	ap.Keeps = []string{"the old box and its volumes (stopped, renamed, not terminated)", "the replica's data as the replication left it"}
+	if l := p.Lag; l != nil {
+		switch {
+		case l.State == ops.LagInSync:
+			ap.Keeps = append(ap.Keeps, fmt.Sprintf("replication: the replica is in sync (checked %s UTC)", l.At.UTC().Format("15:04:05")))
+		case p.ForceStale:
+			ap.Changes = append([]string{fmt.Sprintf(":warning: replication: the replica is %s (checked %s UTC). *`--force-stale`*: it is promoted anyway — what it has not received is lost.", l, l.At.UTC().Format("15:04:05"))}, ap.Changes...)
+		default:
+			ap.Changes = append([]string{fmt.Sprintf(":warning: replication: the replica is %s (checked %s UTC): what it has not received is lost", l, l.At.UTC().Format("15:04:05"))}, ap.Changes...)
+		}
+	}
 	ap.Undo = []string{
 		fmt.Sprintf("expected downtime: the fence (≤ %s), seconds to move the address, then the app's start (typically 5–15 minutes)", stop),
 		"webhooks sent during the outage are lost; running builds are retried",

@@ -131,6 +131,8 @@ type Env struct {
 	// Requester and Channel are who asked for the operation and where it
 	// reports ("scheduler" and the report channel for scheduled work).
 	Requester, Channel string
+	// Trigger and Reason, when the work was started with StartOptions.
+	Trigger, Reason string
 	// Private shows text to the requester only (a revealed secret).
 	Private func(ctx context.Context, text string) error
 }

@@ -62,8 +62,12 @@ type Op struct {
 	Target string `json:"target"` // the lock key it holds, e.g. box/circleci_services
 	// Also are further lock keys it holds (a failover that rotates the
 	// builders holds builders/<group> too).
-	Also      []string          `json:"also,omitempty"`
-	RequestID string            `json:"request_id,omitempty"`
+	Also      []string `json:"also,omitempty"`
+	RequestID string   `json:"request_id,omitempty"`
+	// Trigger and Reason: how work that needs no approval was asked for
+	// when not from Slack or the schedule ("api"), and why.
+	Trigger   string            `json:"trigger,omitempty"`
+	Reason    string            `json:"reason,omitempty"`
 	Command   string            `json:"command"`
 	Channel   string            `json:"channel"`
 	Requester string            `json:"requester"`

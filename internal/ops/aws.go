@@ -110,6 +110,7 @@ var errorCodes = map[string]error{
 	"InvalidAMIID.NotFound":                 ErrNotFound,
 	"InvalidNetworkInterfaceID.NotFound":    ErrNotFound,
 	"InvalidVolume.NotFound":                ErrNotFound,
+	"InvalidSubnetID.NotFound":              ErrNotFound,
 	"NotFound":                              ErrNotFound, // S3 HEAD: no body, no code of its own
 	"NoSuchKey":                             ErrNotFound,
 	"NoSuchBucket":                          ErrNotFound,
@@ -119,6 +120,7 @@ var errorCodes = map[string]error{
 	"InvalidInstanceID.Malformed":           ErrMalformedID,
 	"InvalidSnapshotID.Malformed":           ErrMalformedID,
 	"InvalidAMIID.Malformed":                ErrMalformedID,
+	"InvalidSubnetID.Malformed":             ErrMalformedID,
 	"InternalError":                         ErrUnavailable,
 	"InternalFailure":                       ErrUnavailable,
 	"InternalServerError":                   ErrUnavailable,

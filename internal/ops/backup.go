@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -102,11 +103,13 @@ type SnapshotRef struct {
 
 // Backup is one restore point as the bot recorded it.
 type Backup struct {
-	ID        string        `json:"id"`
-	Method    string        `json:"method"` // ebs | tarball
-	State     string        `json:"state"`
-	Trigger   string        `json:"trigger"` // manual | scheduled
-	Requester string        `json:"requester"`
+	ID        string `json:"id"`
+	Method    string `json:"method"` // ebs | tarball
+	State     string `json:"state"`
+	Trigger   string `json:"trigger"` // manual | scheduled
+	Requester string `json:"requester"`
+	// Reason is why it was taken, when the caller said (the backup API).
+	Reason    string        `json:"reason,omitempty"`
 	Channel   string        `json:"channel,omitempty"`
 	Started   time.Time     `json:"started"`
 	Finished  time.Time     `json:"finished,omitzero"`
@@ -188,9 +191,10 @@ func (e *EBSBackup) now() time.Time {
 
 // BackupRequest says who asked for a backup and where it reports.
 type BackupRequest struct {
-	Trigger   string // manual | scheduled
+	Trigger   string // manual | scheduled | api
 	Requester string // a Slack user ID, or "scheduler"
 	Channel   string
+	Reason    string // why, when the caller said (the backup API)
 }
 
 // BackupWork is what a backup's steps hand on to each other (the
@@ -244,7 +248,7 @@ func (e *EBSBackup) steps(req BackupRequest) []backupStep {
 		{EBSSteps[0], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
 			b := &w.Record
 			b.Method, b.State, b.Version = MethodEBS, StateRunning, e.Version
-			b.Trigger, b.Requester, b.Channel = req.Trigger, req.Requester, req.Channel
+			b.Trigger, b.Requester, b.Channel, b.Reason = req.Trigger, req.Requester, req.Channel, cmp.Or(req.Reason, b.Reason)
 			if b.Started.IsZero() {
 				b.Started = e.now()
 			}
@@ -335,7 +339,7 @@ func (e *EBSBackup) Steps(req BackupRequest) []journal.Def {
 // same steps as Steps, one after the other.
 func (e *EBSBackup) Run(ctx context.Context, b *Backup, p Progress) error {
 	w := &BackupWork{Record: *b}
-	err := direct(ctx, w, e.steps(BackupRequest{Trigger: b.Trigger, Requester: b.Requester, Channel: b.Channel}), e.Records, e.now, p)
+	err := direct(ctx, w, e.steps(BackupRequest{Trigger: b.Trigger, Requester: b.Requester, Channel: b.Channel, Reason: b.Reason}), e.Records, e.now, p)
 	*b = w.Record
 	return err
 }

@@ -73,6 +73,10 @@ type Failover struct {
 	HealthTimeout time.Duration
 	// Builders rotates the fleet when discovery is "none".
 	Builders *Builders
+	// Lag checks the replica's replication (nil: not configured);
+	// RequireInSync refuses a replica not in sync without --force-stale.
+	Lag           *LagCheck
+	RequireInSync bool
 }
 
 // Node is one side of a failover as the plan saw it.
@@ -116,6 +120,11 @@ type FailoverPlan struct {
 	HealthURL    string        `json:"health_url,omitempty"`
 	Builders     []string      `json:"builders,omitempty"` // rotated when discovery is none
 	BuilderPlan  *RotationPlan `json:"builder_plan,omitempty"`
+	// Lag is the replica's replication verdict (nil: no check configured);
+	// ForceStale: --force-stale, a replica not in sync is accepted.
+	Lag           *Lag `json:"lag,omitempty"`
+	RequireInSync bool `json:"require_in_sync,omitempty"`
+	ForceStale    bool `json:"force_stale,omitempty"`
 }
 
 func (p FailoverPlan) Facts() map[string]string {
@@ -124,6 +133,13 @@ func (p FailoverPlan) Facts() map[string]string {
 		"discovery": p.Discovery, "service_ip": p.ServiceIP, "eni": p.ENI, "target_groups": strings.Join(p.TargetGroups, ","),
 		"force_unknown": fmt.Sprint(p.ForceUnknown), "app_start": p.AppStart, "health_url": p.HealthURL,
 		"primary": "none", "rotate_builders": "",
+	}
+	if p.Lag != nil {
+		// The verdict itself is not bound: seconds behind change between
+		// the request and the run. What is bound is whether a replica not
+		// in sync was accepted; the plan made again before running checks
+		// the replica again.
+		f["require_in_sync"], f["force_stale"] = fmt.Sprint(p.RequireInSync), fmt.Sprint(p.ForceStale)
 	}
 	if p.BuilderPlan != nil {
 		f["rotate_builders"] = p.BuilderPlan.Group + " batch " + fmt.Sprint(p.BuilderPlan.Batch)
@@ -154,7 +170,13 @@ func (f *Failover) poll() time.Duration { return cmpOr(f.Poll, 2*time.Second) }
 // be done safely: an unreadable primary without --force-unknown, a
 // secondary IP or interface that cannot reach the replica's subnet.
 func (f *Failover) Plan(ctx context.Context, to string, forceUnknown bool) (FailoverPlan, error) {
-	p := FailoverPlan{Region: f.Region, NameTag: f.NameTag, Discovery: f.Discovery, ForceUnknown: forceUnknown, AppStart: f.AppStart, HealthURL: f.HealthURL}
+	return f.PlanWith(ctx, to, forceUnknown, false)
+}
+
+// PlanWith is Plan with --force-stale: a replica the replication check
+// does not find in sync is accepted even with failover.require_in_sync.
+func (f *Failover) PlanWith(ctx context.Context, to string, forceUnknown, forceStale bool) (FailoverPlan, error) {
+	p := FailoverPlan{ForceStale: forceStale, RequireInSync: f.RequireInSync, Region: f.Region, NameTag: f.NameTag, Discovery: f.Discovery, ForceUnknown: forceUnknown, AppStart: f.AppStart, HealthURL: f.HealthURL}
 	if p.Discovery == "" {
 		p.Discovery = DiscoverySecondaryIP
 	}
@@ -212,6 +234,16 @@ func (f *Failover) Plan(ctx context.Context, to string, forceUnknown bool) (Fail
 	}
 	if p.Primary != nil && p.Primary.ID == p.Replica.ID {
 		return p, refusef("`%s` is the Services box itself, not a replica.", p.Replica.ID)
+	}
+	if f.Lag != nil {
+		l := Lag{State: LagUnknown, At: time.Now(), Why: fmt.Sprintf("the replica is %s: its replication is not checked", p.Replica.State)}
+		if p.Replica.State == "running" {
+			l = f.Lag.Check(ctx, p.Replica.ID)
+		}
+		p.Lag = &l
+		if f.RequireInSync && l.State != LagInSync && !forceStale {
+			return p, refusef("the replica `%s` is not known to be in sync: replication %s (`replica.replication_check_command`). A failover to it now loses what it has not received. Wait until it catches up, or, if losing that is better than staying down, request `failover --force-stale` and the approver takes that risk.", p.Replica.ID, l)
+		}
 	}
 	if p.Primary != nil && p.Primary.Unknown != "" {
 		// Which box holds the service address now is what gets fenced.

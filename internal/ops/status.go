@@ -21,6 +21,8 @@ type Target struct {
 	ReplicaTag string // empty: no replica configured
 	BuilderASG string // empty: builders not managed
 	RPO        time.Duration
+	// ReplicaMaxAge is replica.max_age (0: no limit).
+	ReplicaMaxAge time.Duration
 }
 
 type Volume struct {
@@ -41,6 +43,7 @@ type Box struct {
 	Tag       string
 	Instances []Instance // non-terminated instances with the tag, running first
 	Err       error
+	raw       []ec2types.Instance
 }
 
 type RestorePoint struct {
@@ -57,10 +60,14 @@ type Fleet struct {
 }
 
 type StatusReport struct {
-	Target   Target
-	At       time.Time
-	Box      Box
-	Replica  *Box // nil: not configured
+	Target  Target
+	At      time.Time
+	Box     Box
+	Replica *Box // nil: not configured
+	// ReplicaAge is the replica's against the box's (nil: not one of each).
+	ReplicaAge *ReplicaAge
+	// Lag is the replica's replication (nil: not checked).
+	Lag      *Lag
 	Newest   *RestorePoint
 	Pending  int // restore points still being made
 	Points   int // completed restore points found
@@ -78,6 +85,8 @@ type Status struct {
 	Now    func() time.Time
 	// Records lists the bot's backup records (who made a set, tarballs).
 	Records func(context.Context) ([]*Backup, error)
+	// Lag checks the replica's replication (nil: no check configured).
+	Lag func(ctx context.Context, instanceID string) Lag
 }
 
 // StatusTimeout bounds the whole read: status is what people run first in
@@ -102,6 +111,17 @@ func (s *Status) Run(ctx context.Context) *StatusReport {
 		wg.Go(func() { r.Fleet, r.FleetErr = s.fleet(ctx) })
 	}
 	wg.Wait()
+	if r.Replica != nil && len(r.Box.raw) == 1 && len(r.Replica.raw) == 1 {
+		a := AgeOf(r.Box.raw[0], r.Replica.raw[0], s.Target.ReplicaMaxAge, r.At)
+		r.ReplicaAge = &a
+	}
+	if s.Lag != nil && r.Replica != nil && len(r.Replica.Instances) == 1 {
+		l := Lag{State: LagUnknown, At: r.At, Why: "the replica is " + r.Replica.Instances[0].State}
+		if r.Replica.Instances[0].State == "running" {
+			l = s.Lag(ctx, r.Replica.Instances[0].ID)
+		}
+		r.Lag = &l
+	}
 	return r
 }
 
@@ -112,6 +132,7 @@ func (s *Status) box(ctx context.Context, tag string) Box {
 		b.Err = err
 		return b
 	}
+	b.raw = insts
 	var ids []string
 	var volIDs []string
 	for _, in := range insts {

@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -105,7 +106,7 @@ func (t *TarballBackup) steps(req BackupRequest) []backupStep {
 		{TarballSteps[0], func(ctx context.Context, w *BackupWork, p Progress) (string, error) {
 			b := &w.Record
 			b.Method, b.State, b.Version, b.Bucket = MethodTarball, StateRunning, t.Version, t.Bucket
-			b.Trigger, b.Requester, b.Channel = req.Trigger, req.Requester, req.Channel
+			b.Trigger, b.Requester, b.Channel, b.Reason = req.Trigger, req.Requester, req.Channel, cmp.Or(req.Reason, b.Reason)
 			if b.Started.IsZero() {
 				b.Started = t.now()
 			}
@@ -225,7 +226,7 @@ func (t *TarballBackup) Steps(req BackupRequest) []journal.Def {
 // scratch directory on its way out.
 func (t *TarballBackup) Run(ctx context.Context, b *Backup, p Progress) error {
 	w := &BackupWork{Record: *b}
-	err := direct(ctx, w, t.steps(BackupRequest{Trigger: b.Trigger, Requester: b.Requester, Channel: b.Channel}), t.Records, t.now, p)
+	err := direct(ctx, w, t.steps(BackupRequest{Trigger: b.Trigger, Requester: b.Requester, Channel: b.Channel, Reason: b.Reason}), t.Records, t.now, p)
 	if err != nil {
 		if w.Scratch {
 			last := len(TarballSteps) - 1

@@ -153,7 +153,7 @@ var knownActions = []string{
 	"ec2:CreateTags", "ec2:StopInstances", "ec2:StartInstances", "ec2:TerminateInstances", "ec2:RebootInstances",
 	"ec2:ModifyInstanceAttribute", "ec2:DeleteSnapshot", "ec2:DeleteVolume", "ec2:DeregisterImage",
 	"ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses", "ec2:AttachNetworkInterface", "ec2:DetachNetworkInterface",
-	"ec2:CreateSnapshot", "ec2:CreateSnapshots", "ec2:RegisterImage", "ec2:RunInstances",
+	"ec2:CreateSnapshot", "ec2:CreateSnapshots", "ec2:RegisterImage", "ec2:CreateImage", "ec2:RunInstances",
 	"ec2:DescribeInstances", "ec2:DescribeInstanceStatus", "ec2:DescribeVolumes", "ec2:DescribeSnapshots", "ec2:DescribeImages",
 	"ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets", "ec2:DescribeTags", "ec2:DescribeVpcs", "ec2:DescribeSecurityGroups",
 	"ec2:DescribeAvailabilityZones", "ec2:DescribeInstanceTypes", "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeLaunchTemplateVersions",
@@ -448,6 +448,11 @@ func (d *describer) run(service, op string, params any) {
 		}
 		d.existing(action, snaps, nil)
 		d.created(action, op, []string{"image"}, in.TagSpecifications)
+	case *ec2.CreateImageInput:
+		// The instance imaged, and what the call makes: the image and a
+		// snapshot per volume, each tagged as its TagSpecifications say.
+		d.existing(action, []string{aws.ToString(in.InstanceId)}, nil)
+		d.created(action, op, []string{"image", "snapshot"}, in.TagSpecifications)
 	case *ec2.RunInstancesInput:
 		d.runInstances(action, op, in)
 	case *ec2.DescribeInstancesInput, *ec2.DescribeInstanceStatusInput, *ec2.DescribeVolumesInput,

@@ -22,6 +22,15 @@ Patched behaviour:
     - RegisterImage keeps BlockDeviceMappings, RootDeviceName,
       Architecture and the image's TagSpecifications; DescribeImages shows them and RunInstances from that
       image makes one volume per mapping from its snapshot.
+    - CreateImage (moto 5.2.1 keeps no volumes and fails on snapshot tags)
+      snapshots each EBS volume of the instance (completed, as snapshots
+      behind an AMI are), keeps the mapping (device, size, type,
+      DeleteOnTermination) as RegisterImage does, tags the image and the
+      snapshots from TagSpecifications (other resource types answer
+      InvalidParameterValue), answers InvalidAMIName.Duplicate for a name
+      the account uses and IncorrectInstanceState for an instance that is
+      neither running nor stopped; POST /_circlebot/images holds it pending
+      too.
     - Instance types named by POST /_circlebot/capacity answer
       InsufficientInstanceCapacity, in RunInstances and in StartInstances
       of a stopped instance of that type.
@@ -337,6 +346,55 @@ def _register_image(self):
 
 
 ami_responses.AmisResponse.register_image = _register_image
+
+
+def _create_image(self):
+    name = self._get_param("Name")
+    description = self._get_param("Description", "")
+    instance_id = self._get_param("InstanceId")
+    self.error_on_dryrun()
+    backend = self.ec2_backend
+    inst = backend.get_instance(instance_id)
+    if inst._state.name not in ("running", "stopped"):
+        raise EC2ClientError(
+            "IncorrectInstanceState",
+            f"The instance '{instance_id}' is not in a state from which it can be imaged.",
+        )
+    for other in list(backend.amis.values()):
+        if other.name == name and other.owner_id == backend.account_id and other.state != "deregistered":
+            raise EC2ClientError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {other.id}")
+    specs = {}
+    for spec in self._get_param("TagSpecifications", []) or []:
+        rt = spec.get("ResourceType")
+        if rt not in ("image", "snapshot"):
+            raise EC2ClientError("InvalidParameterValue", f"'{rt}' is not a valid taggable resource type for this operation.")
+        specs.setdefault(rt, {}).update({t["Key"]: t["Value"] for t in spec.get("Tags", []) or []})
+    image = backend.create_image(instance_id, name, description, tag_specifications=[])
+    image.root_device_name = inst.root_device_name
+    image.root_device_type = "ebs"
+    bdm = []
+    for dev, block in sorted(inst.block_device_mapping.items()):
+        vol = backend.get_volume(block.volume_id)
+        snap = backend.create_snapshot(vol.id, f"Created by CreateImage({instance_id}) for {image.id}", from_ami=image.id)
+        if specs.get("snapshot"):
+            snap.add_tags(specs["snapshot"])
+        bdm.append({"DeviceName": dev, "Ebs": {
+            "SnapshotId": snap.id, "VolumeSize": vol.size,
+            "DeleteOnTermination": bool(block.delete_on_termination),
+            "VolumeType": getattr(vol, "volume_type", None) or "gp3",
+        }})
+    if bdm:
+        image._circlebot_bdm = bdm
+    if specs.get("image"):
+        image.add_tags(specs["image"])
+    with _lock:
+        if _images["pending"]:
+            image.state = "pending"
+            image._circlebot_pending = True
+    return ami_responses.ActionResult({"ImageId": image.id})
+
+
+ami_responses.AmisResponse.create_image = _create_image
 
 _orig_ami_bdm = ami_models.Ami.block_device_mappings
 
