@@ -55,7 +55,8 @@ type Server struct {
 
 type options struct {
 	launcher string
-	amis     string // $MOTO_AMIS_PATH for the process, if set
+	amis     string   // $MOTO_AMIS_PATH for the process, if set
+	extraEnv []string // further KEY=value for the process (WithTiming)
 }
 
 // Option changes how Start launches moto.
@@ -142,10 +143,11 @@ func freePort() (int, error) {
 
 // env is what the options add to the process's environment.
 func (o options) env() []string {
-	if o.amis == "" {
-		return nil
+	env := o.extraEnv
+	if o.amis != "" {
+		env = append(env, "MOTO_AMIS_PATH="+o.amis)
 	}
-	return []string{"MOTO_AMIS_PATH=" + o.amis}
+	return env
 }
 
 func launch(ctx context.Context, name string, args []string, port int, env []string) (*Server, error) {

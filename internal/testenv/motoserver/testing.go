@@ -112,13 +112,14 @@ func ForTest(t testing.TB, opts ...Option) *Server {
 }
 
 // poolKey tells apart servers ForTest may not give for one another: the
-// command (which a test's $MOTO_SERVER may change) and the AMI catalogue.
+// command (which a test's $MOTO_SERVER may change), the AMI catalogue and
+// the environment (the timing model's scale).
 func poolKey(o options) (string, error) {
 	name, args, err := command(o)
 	if err != nil {
 		return "", err
 	}
-	return strings.Join(append([]string{name, o.amis}, args...), "\x00"), nil
+	return strings.Join(append(append([]string{name, o.amis}, o.extraEnv...), args...), "\x00"), nil
 }
 
 // take returns an idle server started with these options, reset, or a new
