@@ -97,7 +97,7 @@ var specs = []Spec{
 	{Cancel, "cancel <op-id>", "Stop a running operation at the next safe point between steps.", ClassOperate},
 	{Resume, "resume <op-id>", "Continue an operation that stopped part-way, from its first unfinished step.", ClassOperate},
 
-	{Restore, "restore <snapshot-id|latest|s3://bucket/key> [--dry-run]", "Rebuild the Services box from a backup.", ClassDestructive},
+	{Restore, "restore <snapshot-id|latest|s3://bucket/key> [--rebuild] [--dry-run]", "Restore the Services box from a backup: in place when its instance is there, else onto a new one (--rebuild: always a new one).", ClassDestructive},
 	{Failover, "failover [--to <instance-id>] [--force-unknown] [--dry-run]", "Fence the Services box and promote the replica.", ClassDestructive},
 	{Reboot, "reboot [--dry-run]", "Reboot the Services box and wait until it is healthy.", ClassDestructive},
 	{Resize, "resize <instance-type> [--dry-run]", "Stop the Services box, change its instance type, start it.", ClassDestructive},
@@ -175,6 +175,7 @@ type Command struct {
 	Source       RestoreSource // restore
 	Target       string        // failover --to <instance-id> (empty: the configured replica)
 	ForceUnknown bool          // failover --force-unknown
+	Rebuild      bool          // restore --rebuild: a new instance even when the box could be restored in place
 	InstanceType string        // resize <instance-type>, lowercased
 	Limit        int           // history [N] (DefaultHistoryLimit when not given)
 	Topic        Name          // help <command> (empty: all)
@@ -203,6 +204,9 @@ func (c Command) Text() string {
 		add(c.ID)
 	case Restore:
 		add(c.Source.String())
+		if c.Rebuild {
+			add("--rebuild")
+		}
 	case Resize:
 		add(c.InstanceType)
 	case Failover:

@@ -6,6 +6,7 @@ const (
 	flagDryRun       = "--dry-run"
 	flagTo           = "--to"
 	flagForceUnknown = "--force-unknown"
+	flagRebuild      = "--rebuild"
 	flagHelp         = "--help"
 )
 
@@ -61,6 +62,9 @@ func flagsOf(s Spec) []string {
 	if s.Name == Failover {
 		fs = append(fs, flagTo, flagForceUnknown)
 	}
+	if s.Name == Restore {
+		fs = append(fs, flagRebuild)
+	}
 	return fs
 }
 
@@ -81,7 +85,7 @@ func applyFlags(c *Command, flags []flag) *UsageError {
 	seen := make(map[string]bool, len(flags))
 	for _, f := range flags {
 		switch f.name {
-		case flagDryRun, flagTo, flagForceUnknown, flagHelp:
+		case flagDryRun, flagTo, flagForceUnknown, flagRebuild, flagHelp:
 		default:
 			return problemf(c.Name, "unknown flag %s%s", quote(f.typed), didYouMean(f.name, flagsOf(spec)))
 		}
@@ -98,6 +102,11 @@ func applyFlags(c *Command, flags []flag) *UsageError {
 				return problemf(c.Name, "--dry-run only applies to commands that change things and need a second person's approval (%s)", destructiveNames)
 			}
 			c.DryRun = true
+		case flagRebuild:
+			if c.Name != Restore {
+				return problemf(c.Name, "--rebuild only applies to restore")
+			}
+			c.Rebuild = true
 		case flagForceUnknown:
 			if c.Name != Failover {
 				return problemf(c.Name, "--force-unknown only applies to failover")

@@ -56,19 +56,24 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 		Name: KindRestoreEBS, What: "restore", Command: commands.Restore,
 		Match: func(c commands.Command) bool { return c.Source.Kind != commands.SourceS3 },
 		Plan: func(ctx context.Context, cmd commands.Command) (ops.RestorePlan, error) {
-			return ops.RetryRead(ctx, s.wait(), func() (ops.RestorePlan, error) { return r.Plan(ctx, cmd.Source.SnapshotID) })
+			return ops.RetryRead(ctx, s.wait(), func() (ops.RestorePlan, error) { return r.Plan(ctx, cmd.Source.SnapshotID, cmd.Rebuild) })
 		},
 		Approval: snapshotApproval,
-		Title:    func(p ops.RestorePlan) string { return "Restore of the Services box from `" + p.Source + "`" },
-		Target:   s.box,
-		Steps:    func(p ops.RestorePlan, _ Env) []journal.Def { return r.Steps(p) },
+		Title: func(p ops.RestorePlan) string {
+			if p.IsInPlace() {
+				return "In-place restore of the Services box from `" + p.Source + "`"
+			}
+			return "Restore of the Services box from `" + p.Source + "`"
+		},
+		Target: s.box,
+		Steps:  func(p ops.RestorePlan, _ Env) []journal.Def { return r.Steps(p) },
 		Recheck: func(ctx context.Context, p ops.RestorePlan, op Record) ([]string, error) {
 			if err := r.Recheck(ctx, p); err != nil {
 				return nil, err
 			}
-			// Until step 4 (stop the old instance) is done, the old box
-			// must be as approved: a box that came back, or went, is a
-			// different decision.
+			// Until step 4 (stop the old instance, in place as in a
+			// rebuild) is done, the old box must be as approved: a box
+			// that came back, or went, is a different decision.
 			if p.Old == nil || op.done(3) {
 				return nil, nil
 			}
@@ -76,6 +81,9 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 			return nonEmpty(c), err
 		},
 		Summary: func(p ops.RestorePlan, r ops.RestoreResult, op Record) string {
+			if p.IsInPlace() {
+				return inPlaceSummary(s, p, r, op)
+			}
 			var b strings.Builder
 			fmt.Fprintf(&b, "Restored `%s` onto `%s` (%s, %s) in %s (approved by <@%s>).", p.Source, r.InstanceID, r.InstanceType, p.Shape.PrivateIP, op.Took, op.Approver)
 			if len(r.KeptVolumes) > 0 && p.Old != nil {
@@ -85,8 +93,11 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 				r.ImageID, s.SlashCommand, s.SlashCommand)
 			return b.String()
 		},
-		LeftBehind: func(_ ops.RestorePlan, r ops.RestoreResult, op Record) []string {
+		LeftBehind: func(p ops.RestorePlan, r ops.RestoreResult, op Record) []string {
 			var h []string
+			if p.IsInPlace() {
+				return inPlaceLeftBehind(p, r, op)
+			}
 			if len(r.KeptVolumes) > 0 {
 				h = append(h, "old volumes "+strings.Join(r.KeptVolumes, ",")+" (tag "+ops.TagKeptBy+"="+op.ID+")")
 			}
@@ -103,12 +114,18 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 }
 
 func snapshotApproval(p ops.RestorePlan) approvals.Plan {
+	if p.IsInPlace() {
+		return inPlaceApproval(p)
+	}
 	sh := p.Shape
 	var snaps []string
 	for _, s := range p.Snapshots {
 		snaps = append(snaps, fmt.Sprintf("%s=`%s` (%d GiB)", s.Device, s.ID, s.SizeGiB))
 	}
 	ap := approvals.Plan{Action: "restore", Facts: p.Facts()}
+	if p.Why != "" {
+		ap.Changes = append(ap.Changes, "rebuild: "+p.Why)
+	}
 	if p.Old != nil {
 		ap.Changes = append(ap.Changes,
 			fmt.Sprintf("turn off DeleteOnTermination on every volume of `%s` and tag them, then stop it (forced after `restore.stop_timeout`)", p.Old.InstanceID),

@@ -192,7 +192,7 @@ func (r *DrillRunner) Run(ctx context.Context, d *Drill, p DrillProgress) (err e
 		return refusef("restore drills need an isolated `drill.subnet_id` and `drill.security_group_id`.")
 	}
 	p.Begin(0, "")
-	plan, err := r.Restore.Plan(ctx, "")
+	plan, err := r.Restore.Plan(ctx, "", true) // a drill builds a new box in its own subnet
 	if err != nil {
 		return err
 	}
