@@ -436,11 +436,10 @@ func inPlace(ctx context.Context, moto *motoserver.Server) (row, error) {
 	if err != nil {
 		return row{}, err
 	}
-	n := len(r.inst.ServicesBox.Volumes)
 	// The volumes are created while the box stops (overlap 1), so
 	// volume_create is off the critical path; the app starts when the
 	// agent answers (overlap 2), before the status checks.
-	waits := m("stop") + time.Duration(n)*(m("volume_detach")+m("volume_attach")) + m("start") + m("agent")
+	waits := m("stop") + m("volume_detach") + m("volume_attach") + m("start") + m("agent") // detaches, then attaches, at once
 	return row{name: "bot: restore in place (swap the volumes)", appStart: real(d), awsWaits: waits, overheadP: true, note: "volumes made while it stops; app at agent online"}, nil
 }
 

@@ -327,36 +327,53 @@ func (r *SnapshotRestore) swapVolumes(ctx context.Context, op *Work[RestoreResul
 		}
 		return m, nil
 	}
+	// Every old volume is detached, then every new one attached: the
+	// detaches (and then the attaches) run at once, so the swap takes one
+	// detach and one attach, not one of each per device.
 	var replaced []string
+	now, err := attached()
+	if err != nil {
+		return "", err
+	}
+	var detaching []string
 	for _, v := range plan.InPlace.Volumes {
-		newID := aws.ToString(vols[v.Device].VolumeId)
-		now, err := attached()
-		if err != nil {
-			return "", err
-		}
-		if now[v.Device] == newID {
+		old := now[v.Device]
+		if old == "" || old == aws.ToString(vols[v.Device].VolumeId) {
 			continue
 		}
-		if old := now[v.Device]; old != "" {
-			if _, err := r.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{old}, Tags: []ec2types.Tag{
-				{Key: aws.String(TagReplacedBy), Value: aws.String(op.ID)}, {Key: aws.String(TagKeptBy), Value: aws.String(op.ID)}, {Key: aws.String(TagKeptFrom), Value: aws.String(id)},
-			}}); err != nil {
-				return "", fmt.Errorf("tag the old volume %s: %w", old, translate(err))
-			}
-			_, err := r.EC2.DetachVolume(ctx, &ec2.DetachVolumeInput{VolumeId: aws.String(old), InstanceId: aws.String(id), Device: aws.String(v.Device)})
-			if err = translate(err); err != nil {
-				// A detach whose answer was lost, or that an earlier run
-				// sent, makes this one fail: what counts is whether the
-				// volume is still attached.
-				if inst, _, _, rerr := r.attachmentOf(ctx, old); rerr != nil || inst == id {
-					return "", fmt.Errorf("detach %s from %s: %w", old, v.Device, err)
-				}
-			}
-			if err := r.waitVolume(ctx, old, timeout, ec2types.VolumeStateAvailable); err != nil {
+		if _, err := r.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{old}, Tags: []ec2types.Tag{
+			{Key: aws.String(TagReplacedBy), Value: aws.String(op.ID)}, {Key: aws.String(TagKeptBy), Value: aws.String(op.ID)}, {Key: aws.String(TagKeptFrom), Value: aws.String(id)},
+		}}); err != nil {
+			return "", fmt.Errorf("tag the old volume %s: %w", old, translate(err))
+		}
+		_, err := r.EC2.DetachVolume(ctx, &ec2.DetachVolumeInput{VolumeId: aws.String(old), InstanceId: aws.String(id), Device: aws.String(v.Device)})
+		if err = translate(err); err != nil {
+			// A detach whose answer was lost, or that an earlier run
+			// sent, makes this one fail: what counts is whether the
+			// volume is still attached.
+			if inst, _, st, rerr := r.attachmentOf(ctx, old); rerr != nil || (inst == id && st != ec2types.VolumeAttachmentStateDetaching) {
 				return "", fmt.Errorf("detach %s from %s: %w", old, v.Device, err)
 			}
-			replaced = append(replaced, old)
-			p.Log(fmt.Sprintf("%s: `%s` detached (kept, tagged %s=%s).", v.Device, old, TagReplacedBy, op.ID))
+		}
+		detaching = append(detaching, old)
+	}
+	for _, old := range detaching {
+		if err := r.waitVolume(ctx, old, timeout, ec2types.VolumeStateAvailable); err != nil {
+			return "", fmt.Errorf("detach %s: %w", old, err)
+		}
+		replaced = append(replaced, old)
+	}
+	if len(replaced) > 0 {
+		p.Log(fmt.Sprintf("`%s` detached (kept, tagged %s=%s).", strings.Join(replaced, "`, `"), TagReplacedBy, op.ID))
+	}
+	if now, err = attached(); err != nil {
+		return "", err
+	}
+	var attaching []string
+	for _, v := range plan.InPlace.Volumes {
+		newID := aws.ToString(vols[v.Device].VolumeId)
+		if now[v.Device] == newID {
+			continue
 		}
 		_, err = r.EC2.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: aws.String(newID), InstanceId: aws.String(id), Device: aws.String(v.Device)})
 		if err = translate(err); err != nil {
@@ -365,12 +382,14 @@ func (r *SnapshotRestore) swapVolumes(ctx context.Context, op *Work[RestoreResul
 				return "", fmt.Errorf("attach %s at %s: %w", newID, v.Device, err)
 			}
 		}
+		attaching = append(attaching, newID)
+	}
+	for _, newID := range attaching {
 		if err := r.waitVolume(ctx, newID, timeout, ec2types.VolumeStateInUse); err != nil {
-			return "", fmt.Errorf("attach %s at %s: %w", newID, v.Device, err)
+			return "", fmt.Errorf("attach %s: %w", newID, err)
 		}
 	}
-	now, err := attached()
-	if err != nil {
+	if now, err = attached(); err != nil {
 		return "", err
 	}
 	for _, v := range plan.InPlace.Volumes {
