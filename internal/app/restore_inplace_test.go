@@ -94,15 +94,21 @@ func TestRestoreInPlaceKeepsTheInstanceAndItsIP(t *testing.T) {
 	r.oldBox.SetAppState(ssmbox.AppStopped) // a start after the swap must start it
 	req := r.request(alice, "restore latest")
 	plan := r.waitText("the plan", req, "in place: the Services box `"+r.inst.ServicesBox.ID+"` is running")
-	for _, want := range []string{"create volumes in", "root included", ops.TagReplacedBy, "`--rebuild`"} {
+	for _, want := range []string{"create volumes in", "root included", ops.TagReplacedBy, "`--rebuild`",
+		"predicted time to the app starting: about 4m — the AWS timing model's default"} {
 		if !strings.Contains(plan, want) {
 			t.Errorf("plan lacks %q:\n%s", want, plan)
 		}
 	}
 	r.click(bob, "approve "+req, "inplace.1")
-	r.waitText("summary", "Restored `"+r.backup.ID+"` in place onto `"+r.inst.ServicesBox.ID+"`")
+	r.waitText("summary", "Restored `"+r.backup.ID+"` in place onto `"+r.inst.ServicesBox.ID+"`", "The app started", "(predicted 4m)")
 	r.server.Wait()
 	r.checkRestoredInPlace()
+	// The next plan predicts from this one's measured steps.
+	op, _ := r.app.Journal.ByRequest(t.Context(), req)
+	if txt := r.answer(r.slash(alice, incident, "restore latest --dry-run")); !strings.Contains(txt, "median of the last 1 in-place restore on this account ("+op.ID+")") {
+		t.Errorf("the second plan does not predict from the first restore: %s", txt)
+	}
 }
 
 // The bot dies in the middle of the swap (the first volume detached, its

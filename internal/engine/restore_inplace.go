@@ -50,13 +50,19 @@ func inPlaceApproval(p ops.RestorePlan) approvals.Plan {
 		"the old volumes, detached and tagged " + ops.TagReplacedBy + "=<this operation>: " + strings.Join(old, ", "),
 		"the restore point's snapshots",
 	}
-	ap.Undo = []string{fmt.Sprintf("the box has the data of %s UTC (%s old): builds and settings since then are not in it (the old volumes still have them)", p.SourceTime.UTC().Format("2006-01-02 15:04"), chat.Age(time.Since(p.SourceTime)))}
+	if p.RTO.Predicted > 0 {
+		ap.Undo = append(ap.Undo, p.RTO.Line("in-place restore"))
+	}
+	ap.Undo = append(ap.Undo, fmt.Sprintf("the box has the data of %s UTC (%s old): builds and settings since then are not in it (the old volumes still have them)", p.SourceTime.UTC().Format("2006-01-02 15:04"), chat.Age(time.Since(p.SourceTime))))
 	return ap
 }
 
 func inPlaceSummary(s Setup, p ops.RestorePlan, r ops.RestoreResult, op Record) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Restored `%s` in place onto `%s` (%s) in %s (approved by <@%s>): %s.", p.Source, p.Old.InstanceID, p.Shape.PrivateIP, op.Took, op.Approver, newVolumes(r))
+	if a := p.RTO.Actual(toApp(op.Op, appStepRestore)); a != "" {
+		b.WriteString(" " + a)
+	}
 	if len(r.KeptVolumes) > 0 {
 		fmt.Fprintf(&b, " Its old volumes %s are detached and kept (tag %s=%s): delete them once you are sure.", strings.Join(r.KeptVolumes, ", "), ops.TagReplacedBy, op.ID)
 	}

@@ -64,6 +64,9 @@ type RestorePlan struct {
 	Method  string       `json:"method,omitempty"`
 	Why     string       `json:"why,omitempty"`
 	InPlace *InPlacePlan `json:"in_place,omitempty"`
+	// RTO is the predicted time to the app starting (not a fact: history
+	// changes it, not what the restore does).
+	RTO RTO `json:"rto,omitzero"`
 }
 
 // IsInPlace says whether the plan restores onto the same instance.
