@@ -41,7 +41,7 @@ func TestPredictRTOFromTheJournalElseTheModel(t *testing.T) {
 	add("op-1", true, 3*time.Minute, journal.Done)
 	add("op-2", true, 5*time.Minute, journal.Done)
 	add("op-3", true, 4*time.Minute, journal.Done)
-	add("op-4", false, 9*time.Minute, journal.Done)   // a rebuild: another path
+	add("op-4", false, 9*time.Minute, journal.Done)    // a rebuild: another path
 	add("op-5", true, 30*time.Minute, journal.Stopped) // not finished: not a measurement
 	got := predictRTO(ctx, j, KindRestoreEBS, appStepRestore, hasStep(swapStep), ops.DefaultInPlaceRTO)
 	if got.Predicted != 4*time.Minute || len(got.From) != 3 {
