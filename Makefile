@@ -3,7 +3,7 @@
 #   make test   everything CI runs: vet, and all tests with the race detector (starts moto itself)
 GO ?= go
 
-.PHONY: demo test build vet cover bench bench-backup bench-failover bench-report fuzz
+.PHONY: demo test build vet cover bench bench-backup bench-failover bench-report bench-rto fuzz
 
 build:
 	$(GO) build -o bin/bot ./cmd/bot
@@ -46,6 +46,12 @@ bench-failover:
 
 bench-report:
 	$(GO) run ./bench/report
+
+# Recovery times on the AWS timing model (motoserver.WithTiming), in
+# predicted real minutes: the runbook by hand, restore by rebuild and in
+# place, failover to a warm standby.
+bench-rto:
+	$(GO) run ./bench/rto
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./internal/slackio/

@@ -241,7 +241,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	passphrase := &ops.Passphrase{EC2: ec2c, SSM: ssmc, SM: secretsmanager.NewFromConfig(awsCfg), SecretID: cfg.Secret.SecretsManagerID, NameTag: cfg.ServicesBox.NameTag}
 	// The one table of operation kinds: adding an operation is one line
 	// here and one kind in internal/engine.
-	setup := engine.Setup{SlashCommand: cfg.Slack.Command, NameTag: cfg.ServicesBox.NameTag, EC2: ec2c, RetryWait: func() time.Duration { return snapshot.Poll }}
+	setup := engine.Setup{SlashCommand: cfg.Slack.Command, NameTag: cfg.ServicesBox.NameTag, EC2: ec2c, RetryWait: func() time.Duration { return snapshot.Poll }, Journal: journal.Store{KV: st.KV()}}
 	kinds := &engine.Registry{}
 	engine.Register(kinds, engine.RestoreEBS(setup, snapshot))
 	engine.Register(kinds, engine.RestoreTarball(setup, tarballKind))

@@ -78,7 +78,7 @@ func TestApprovedRestoreRunsInARoleSessionNamingItsPeople(t *testing.T) {
 	}
 	r.backup = r.lastBackup(ops.StateCompleted)
 
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 	r.proxy.Reset()
 	r.slash(bob, incident, "approve "+req)
 	r.waitText("summary", "Restored `"+r.backup.ID+"`")
@@ -151,7 +151,7 @@ func TestARoleThatCannotBeAssumedStopsTheStepAndChangesNothing(t *testing.T) {
 	ctx := context.Background()
 	r.proxy.SetFaults(faultproxy.Faults{Deny: func(c faultproxy.Call) bool { return c.Service == "sts" && c.Action == "AssumeRole" }})
 
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 	r.proxy.Reset()
 	r.slash(bob, incident, "approve "+req)
 	r.waitText("stop", "cannot assume ops.role_arn "+opsRole+" for op-", "AccessDenied", "Later steps did not run")

@@ -225,7 +225,7 @@ func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
 	// Not parallel: see newRestoreReplicas.
 	ra, a, b := newRestoreReplicas(t)
 
-	req := a.request(alice, "restore latest")
+	req := a.request(alice, "restore latest --rebuild")
 
 	// B's launch waits until the test has seen the box held.
 	release := make(chan struct{})
@@ -300,7 +300,7 @@ func TestReplicasApproveOnTheOtherAndRefuseConcurrentWork(t *testing.T) {
 func TestReplicaKilledMidRestoreIsResumedOnTheOther(t *testing.T) {
 	// Not parallel: see newRestoreReplicas.
 	ra, a, b := newRestoreReplicas(t)
-	req := a.request(alice, "restore latest")
+	req := a.request(alice, "restore latest --rebuild")
 
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()

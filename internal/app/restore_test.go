@@ -232,7 +232,7 @@ func TestRestoreNeedsAnApproverAndKeepsTheIPAndTheOldVolumes(t *testing.T) {
 	r := newRestoreEnv(t, nil)
 
 	// A request that expires cannot be approved.
-	stale := r.request(alice, "restore latest")
+	stale := r.request(alice, "restore latest --rebuild")
 	r.mu.Lock()
 	r.skew = r.app.Config.Approvals.TTL.D() + time.Minute
 	r.mu.Unlock()
@@ -243,7 +243,7 @@ func TestRestoreNeedsAnApproverAndKeepsTheIPAndTheOldVolumes(t *testing.T) {
 	r.skew = 0
 	r.mu.Unlock()
 
-	req := r.request(alice, "restore "+r.backup.Snapshots[1].ID)
+	req := r.request(alice, "restore "+r.backup.Snapshots[1].ID+" --rebuild")
 	plan := r.waitText("plan", req, "Approval needed")
 	for _, want := range []string{r.backup.ID, r.inst.ServicesBox.PrivateIP, r.inst.ServicesBox.ID, "terminate", "DeleteOnTermination"} {
 		if !strings.Contains(plan, want) {
@@ -334,7 +334,7 @@ func (r *restoreEnv) restart() {
 func TestRestoreInterruptedMidStepResumesWithoutASecondInstance(t *testing.T) {
 	t.Parallel()
 	r := newRestoreEnv(t, nil)
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 
 	ctx, stop := context.WithCancel(context.Background())
 	var once sync.Once
@@ -393,7 +393,7 @@ func TestRestoreInterruptedMidStepResumesWithoutASecondInstance(t *testing.T) {
 func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
 	t.Parallel()
 	r := newRestoreEnv(t, nil)
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 	var once sync.Once
 	r.proxy.SetFaults(faultproxy.Faults{Match: func(c faultproxy.Call) bool {
 		if c.Action == "RegisterImage" {
@@ -449,7 +449,7 @@ func TestRestoreCancelStopsBetweenStepsAndGivesUp(t *testing.T) {
 func TestRestoreCompletesOnceUnderAWSFaults(t *testing.T) {
 	t.Parallel()
 	r := newRestoreEnv(t, nil)
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 	r.proxy.SetFaults(faultproxy.Faults{ThrottleRate: 0.1, ServerErrorRate: 0.1, Seed: 7,
 		Match: func(c faultproxy.Call) bool { return c.Service == "ec2" }})
 	r.click(bob, "approve "+req, "faults.1")
@@ -475,7 +475,7 @@ func TestRestoreCompletesOnceUnderAWSFaults(t *testing.T) {
 func TestRestoreSurvivesLostAnswers(t *testing.T) {
 	t.Parallel()
 	r := newRestoreEnv(t, nil)
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 	var mu sync.Mutex
 	seen := map[string]bool{}
 	r.proxy.SetFaults(faultproxy.Faults{LostAnswerRate: 1, Match: func(c faultproxy.Call) bool {
@@ -562,7 +562,7 @@ func TestRestoreFallsBackToAnotherInstanceType(t *testing.T) {
 	if err := r.moto.SetUnavailableTypes(context.Background(), r.backup.Shape.Type); err != nil {
 		t.Fatal(err)
 	}
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 	r.click(bob, "approve "+req, "cap.1")
 	r.waitText("capacity note", "no "+r.backup.Shape.Type+" capacity")
 	r.waitText("summary", "Restored `"+r.backup.ID+"`", "m5a.2xlarge")
@@ -686,7 +686,7 @@ func TestRestoreWithAnImagePendingForLongResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.app.Snapshot.ImageTimeout = 300 * time.Millisecond
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 	r.click(bob, "approve "+req, "slow.1")
 	r.waitText("stopped", "still pending after", "old box was not touched", "resume")
 	r.server.Wait()

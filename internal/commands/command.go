@@ -99,7 +99,7 @@ var specs = []Spec{
 	{Cancel, "cancel <op-id>", "Stop a running operation at the next safe point between steps.", ClassOperate},
 	{Resume, "resume <op-id>", "Continue an operation that stopped part-way, from its first unfinished step.", ClassOperate},
 
-	{Restore, "restore <snapshot-id|latest|s3://bucket/key> [--dry-run]", "Rebuild the Services box from a backup.", ClassDestructive},
+	{Restore, "restore <snapshot-id|latest|s3://bucket/key> [--rebuild] [--dry-run]", "Restore the Services box from a backup: in place when its instance is there, else onto a new one (--rebuild: always a new one).", ClassDestructive},
 	{Failover, "failover [--to <instance-id>] [--force-unknown] [--force-stale] [--dry-run]", "Fence the Services box and promote the replica.", ClassDestructive},
 	{Reboot, "reboot [--dry-run]", "Reboot the Services box and wait until it is healthy.", ClassDestructive},
 	{Resize, "resize <instance-type> [--dry-run]", "Stop the Services box, change its instance type, start it.", ClassDestructive},
@@ -181,6 +181,7 @@ type Command struct {
 	ForceUnknown bool          // failover --force-unknown
 	ForceStale   bool          // failover --force-stale
 	Subnet       string        // replica build --subnet <subnet-id>
+	Rebuild      bool          // restore --rebuild: a new instance even when the box could be restored in place
 	InstanceType string        // resize <instance-type>, lowercased
 	Limit        int           // history [N] (DefaultHistoryLimit when not given)
 	Topic        Name          // help <command> (empty: all)
@@ -209,6 +210,9 @@ func (c Command) Text() string {
 		add(c.ID)
 	case Restore:
 		add(c.Source.String())
+		if c.Rebuild {
+			add("--rebuild")
+		}
 	case Resize:
 		add(c.InstanceType)
 	case Failover:

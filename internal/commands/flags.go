@@ -8,6 +8,7 @@ const (
 	flagForceUnknown = "--force-unknown"
 	flagForceStale   = "--force-stale"
 	flagSubnet       = "--subnet"
+	flagRebuild      = "--rebuild"
 	flagHelp         = "--help"
 )
 
@@ -66,6 +67,9 @@ func flagsOf(s Spec) []string {
 	if s.Name == ReplicaBuild {
 		fs = append(fs, flagSubnet)
 	}
+	if s.Name == Restore {
+		fs = append(fs, flagRebuild)
+	}
 	return fs
 }
 
@@ -86,7 +90,7 @@ func applyFlags(c *Command, flags []flag) *UsageError {
 	seen := make(map[string]bool, len(flags))
 	for _, f := range flags {
 		switch f.name {
-		case flagDryRun, flagTo, flagForceUnknown, flagForceStale, flagSubnet, flagHelp:
+		case flagDryRun, flagTo, flagForceUnknown, flagForceStale, flagSubnet, flagRebuild, flagHelp:
 		default:
 			return problemf(c.Name, "unknown flag %s%s", quote(f.typed), didYouMean(f.name, flagsOf(spec)))
 		}
@@ -103,6 +107,11 @@ func applyFlags(c *Command, flags []flag) *UsageError {
 				return problemf(c.Name, "--dry-run only applies to commands that change things and need a second person's approval (%s)", destructiveNames)
 			}
 			c.DryRun = true
+		case flagRebuild:
+			if c.Name != Restore {
+				return problemf(c.Name, "--rebuild only applies to restore")
+			}
+			c.Rebuild = true
 		case flagForceUnknown:
 			if c.Name != Failover {
 				return problemf(c.Name, "--force-unknown only applies to failover")

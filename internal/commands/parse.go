@@ -45,6 +45,10 @@ func parse(text string) (Command, *UsageError) {
 	if ue := argParsers[name](&c, args); ue != nil {
 		return Command{}, ue
 	}
+	if c.Rebuild && c.Source.Kind == SourceS3 {
+		// A tarball is restored onto the running box: there is nothing to rebuild.
+		return Command{}, problemf(c.Name, "--rebuild applies to restores from EBS snapshots, not to a tarball (%s)", c.Source.String())
+	}
 	return c, nil
 }
 

@@ -490,3 +490,18 @@ func TestEditDistance(t *testing.T) {
 		}
 	}
 }
+
+func TestRestoreRebuildFlag(t *testing.T) {
+	c, err := Parse("restore latest --rebuild")
+	if err != nil || !c.Rebuild || c.Source.Kind != SourceLatest {
+		t.Fatalf("restore latest --rebuild: %+v %v", c, err)
+	}
+	if back, err := Parse(c.Text()); err != nil || back != c {
+		t.Errorf("round trip of %q: %+v %v", c.Text(), back, err)
+	}
+	for _, bad := range []string{"restore s3://b/k.tar --rebuild", "backup now --rebuild", "failover --rebuild"} {
+		if _, err := Parse(bad); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}

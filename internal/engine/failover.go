@@ -21,7 +21,11 @@ func Failover(s Setup, f *ops.Failover) Kind[ops.FailoverPlan, ops.FailoverResul
 	return Kind[ops.FailoverPlan, ops.FailoverResult]{
 		Name: KindFailover, What: "failover", Command: commands.Failover,
 		Plan: func(ctx context.Context, cmd commands.Command) (ops.FailoverPlan, error) {
-			return ops.RetryRead(ctx, s.wait(), func() (ops.FailoverPlan, error) { return f.PlanWith(ctx, cmd.Target, cmd.ForceUnknown, cmd.ForceStale) })
+			p, err := ops.RetryRead(ctx, s.wait(), func() (ops.FailoverPlan, error) { return f.PlanWith(ctx, cmd.Target, cmd.ForceUnknown, cmd.ForceStale) })
+			if err == nil {
+				p.RTO = predictRTO(ctx, s.Journal, KindFailover, appStepFailover, nil, ops.DefaultFailoverRTO)
+			}
+			return p, err
 		},
 		Approval: func(p ops.FailoverPlan) approvals.Plan { return failoverApproval(p, f.StopTimeout) },
 		Title: func(p ops.FailoverPlan) string {
@@ -75,8 +79,8 @@ func Failover(s Setup, f *ops.Failover) Kind[ops.FailoverPlan, ops.FailoverResul
 					old += ", renamed " + p.NameTag + "-fenced"
 				}
 			}
-			return fmt.Sprintf("The Services box is now `%s` (%s, %s), after %s (approved by <@%s>); %s. Steps: %s. Next: %s; webhooks sent during the outage were lost; build a new replica (and take a backup: `%s backup now`).",
-				p.Replica.ID, p.Replica.AZ, serviceAddr(p), op.Took, op.Approver, old, strings.Join(steps, ", "), next, s.SlashCommand)
+			return fmt.Sprintf("The Services box is now `%s` (%s, %s), after %s (approved by <@%s>); %s. Steps: %s. %sNext: %s; webhooks sent during the outage were lost; build a new replica (and take a backup: `%s backup now`).",
+				p.Replica.ID, p.Replica.AZ, serviceAddr(p), op.Took, op.Approver, old, strings.Join(steps, ", "), withSpace(p.RTO.Actual(toApp(op.Op, appStepFailover))), next, s.SlashCommand)
 		},
 		Hold: true, BoxLine: true,
 	}
@@ -151,6 +155,9 @@ func failoverApproval(p ops.FailoverPlan, stop time.Duration) approvals.Plan {
 		fmt.Sprintf("expected downtime: the fence (≤ %s), seconds to move the address, then the app's start (typically 5–15 minutes)", stop),
 		"webhooks sent during the outage are lost; running builds are retried",
 	}
+	if p.RTO.Predicted > 0 {
+		ap.Undo = append(ap.Undo, p.RTO.Line("failover"))
+	}
 	return ap
 }
 
@@ -204,4 +211,11 @@ func Rotate(s Setup, b *ops.Builders) Kind[ops.RotationPlan, ops.NoResult] {
 		},
 		Hold: true,
 	}
+}
+
+func withSpace(s string) string {
+	if s == "" {
+		return ""
+	}
+	return s + " "
 }

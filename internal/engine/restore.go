@@ -38,6 +38,9 @@ type Setup struct {
 	EC2 ops.EC2
 	// RetryWait is the first pause (read when used: tests tune it).
 	RetryWait func() time.Duration
+	// Journal is the operations' history, for predicted recovery times
+	// (zero: the timing model's defaults).
+	Journal journal.Store
 }
 
 func (s Setup) box() string { return BoxLock(s.NameTag) }
@@ -56,19 +59,33 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 		Name: KindRestoreEBS, What: "restore", Command: commands.Restore,
 		Match: func(c commands.Command) bool { return c.Source.Kind != commands.SourceS3 },
 		Plan: func(ctx context.Context, cmd commands.Command) (ops.RestorePlan, error) {
-			return ops.RetryRead(ctx, s.wait(), func() (ops.RestorePlan, error) { return r.Plan(ctx, cmd.Source.SnapshotID) })
+			p, err := ops.RetryRead(ctx, s.wait(), func() (ops.RestorePlan, error) { return r.Plan(ctx, cmd.Source.SnapshotID, cmd.Rebuild) })
+			if err != nil {
+				return p, err
+			}
+			if p.IsInPlace() {
+				p.RTO = predictRTO(ctx, s.Journal, KindRestoreEBS, appStepRestore, hasStep(swapStep), ops.DefaultInPlaceRTO)
+			} else {
+				p.RTO = predictRTO(ctx, s.Journal, KindRestoreEBS, appStepRestore, not(hasStep(swapStep)), ops.DefaultRebuildRTO)
+			}
+			return p, nil
 		},
 		Approval: snapshotApproval,
-		Title:    func(p ops.RestorePlan) string { return "Restore of the Services box from `" + p.Source + "`" },
-		Target:   s.box,
-		Steps:    func(p ops.RestorePlan, _ Env) []journal.Def { return r.Steps(p) },
+		Title: func(p ops.RestorePlan) string {
+			if p.IsInPlace() {
+				return "In-place restore of the Services box from `" + p.Source + "`"
+			}
+			return "Restore of the Services box from `" + p.Source + "`"
+		},
+		Target: s.box,
+		Steps:  func(p ops.RestorePlan, _ Env) []journal.Def { return r.Steps(p) },
 		Recheck: func(ctx context.Context, p ops.RestorePlan, op Record) ([]string, error) {
 			if err := r.Recheck(ctx, p); err != nil {
 				return nil, err
 			}
-			// Until step 4 (stop the old instance) is done, the old box
-			// must be as approved: a box that came back, or went, is a
-			// different decision.
+			// Until step 4 (stop the old instance, in place as in a
+			// rebuild) is done, the old box must be as approved: a box
+			// that came back, or went, is a different decision.
 			if p.Old == nil || op.done(3) {
 				return nil, nil
 			}
@@ -76,17 +93,26 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 			return nonEmpty(c), err
 		},
 		Summary: func(p ops.RestorePlan, r ops.RestoreResult, op Record) string {
+			if p.IsInPlace() {
+				return inPlaceSummary(s, p, r, op)
+			}
 			var b strings.Builder
 			fmt.Fprintf(&b, "Restored `%s` onto `%s` (%s, %s) in %s (approved by <@%s>).", p.Source, r.InstanceID, r.InstanceType, p.Shape.PrivateIP, op.Took, op.Approver)
 			if len(r.KeptVolumes) > 0 && p.Old != nil {
 				fmt.Fprintf(&b, " The old instance %s was terminated; its volumes %s are kept (tag %s=%s): delete them once you are sure.", p.Old.InstanceID, strings.Join(r.KeptVolumes, ", "), ops.TagKeptBy, op.ID)
 			}
+			if a := p.RTO.Actual(toApp(op.Op, appStepRestore)); a != "" {
+				b.WriteString(" " + a)
+			}
 			fmt.Fprintf(&b, " Image `%s` stays registered. Next: `%s builders rotate` so builders reconnect; webhooks sent while the box was down were lost; take a fresh backup with `%s backup now`.",
 				r.ImageID, s.SlashCommand, s.SlashCommand)
 			return b.String()
 		},
-		LeftBehind: func(_ ops.RestorePlan, r ops.RestoreResult, op Record) []string {
+		LeftBehind: func(p ops.RestorePlan, r ops.RestoreResult, op Record) []string {
 			var h []string
+			if p.IsInPlace() {
+				return inPlaceLeftBehind(p, r, op)
+			}
 			if len(r.KeptVolumes) > 0 {
 				h = append(h, "old volumes "+strings.Join(r.KeptVolumes, ",")+" (tag "+ops.TagKeptBy+"="+op.ID+")")
 			}
@@ -103,8 +129,14 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 }
 
 func snapshotApproval(p ops.RestorePlan) approvals.Plan {
+	if p.IsInPlace() {
+		return inPlaceApproval(p)
+	}
 	sh := p.Shape
 	ap := approvals.Plan{Action: "restore", Facts: p.Facts()}
+	if p.Why != "" {
+		ap.Changes = append(ap.Changes, "rebuild: "+p.Why)
+	}
 	if p.Old != nil {
 		ap.Changes = append(ap.Changes,
 			fmt.Sprintf("turn off DeleteOnTermination on every volume of `%s` and tag them, then stop it (forced after `restore.stop_timeout`)", p.Old.InstanceID),
@@ -133,6 +165,9 @@ func snapshotApproval(p ops.RestorePlan) approvals.Plan {
 	ap.Keeps = append(ap.Keeps, "the restore point's snapshots and the new image")
 	if p.Old != nil {
 		ap.Undo = append(ap.Undo, fmt.Sprintf("`%s` is terminated (its volumes stay; a box can be built from them by hand)", p.Old.InstanceID))
+	}
+	if p.RTO.Predicted > 0 {
+		ap.Undo = append(ap.Undo, p.RTO.Line("restore by rebuild"))
 	}
 	ap.Undo = append(ap.Undo, fmt.Sprintf("the new box has the data of %s UTC (%s old): builds and settings since then are not in it", p.SourceTime.UTC().Format("2006-01-02 15:04"), chat.Age(time.Since(p.SourceTime))))
 	return ap

@@ -191,7 +191,7 @@ func (r *DrillRunner) Steps(req DrillRequest) []journal.Def {
 			if err := r.Ready(); err != nil {
 				return "", err
 			}
-			plan, err := r.Restore.Plan(ctx, "")
+			plan, err := r.Restore.Plan(ctx, "", true) // a drill builds a new box in its own subnet
 			if err != nil {
 				return "", err
 			}

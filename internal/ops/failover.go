@@ -106,6 +106,9 @@ func nodeOf(in ec2types.Instance) Node {
 
 // FailoverPlan is everything a failover will touch.
 type FailoverPlan struct {
+	// RTO is the predicted time to the app starting on the replica (not a
+	// fact: history changes it).
+	RTO          RTO           `json:"rto,omitzero"`
 	Region       string        `json:"region"`
 	NameTag      string        `json:"name_tag"`
 	Primary      *Node         `json:"primary,omitempty"` // nil: no Services box left to fence

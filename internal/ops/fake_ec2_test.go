@@ -538,3 +538,10 @@ func wantCalls(t *testing.T, f *fakeEC2, want ...string) {
 		t.Errorf("calls that change something: %q, want %q\nall calls: %q", changes, want, got)
 	}
 }
+
+// StartInstances is in both embedded interfaces (a restore in place starts
+// the box too); the fake has no start of its own, so it panics like any
+// call it does not implement.
+func (f *fakeEC2) StartInstances(ctx context.Context, in *ec2.StartInstancesInput, o ...func(*ec2.Options)) (*ec2.StartInstancesOutput, error) {
+	return f.FailoverEC2.StartInstances(ctx, in, o...)
+}

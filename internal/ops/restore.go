@@ -29,6 +29,11 @@ type RestoreEC2 interface {
 	CreateTags(context.Context, *ec2.CreateTagsInput, ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error)
 	DescribeNetworkInterfaces(context.Context, *ec2.DescribeNetworkInterfacesInput, ...func(*ec2.Options)) (*ec2.DescribeNetworkInterfacesOutput, error)
 	AssignPrivateIpAddresses(context.Context, *ec2.AssignPrivateIpAddressesInput, ...func(*ec2.Options)) (*ec2.AssignPrivateIpAddressesOutput, error)
+	// An in-place restore's (restore_inplace.go).
+	StartInstances(context.Context, *ec2.StartInstancesInput, ...func(*ec2.Options)) (*ec2.StartInstancesOutput, error)
+	CreateVolume(context.Context, *ec2.CreateVolumeInput, ...func(*ec2.Options)) (*ec2.CreateVolumeOutput, error)
+	AttachVolume(context.Context, *ec2.AttachVolumeInput, ...func(*ec2.Options)) (*ec2.AttachVolumeOutput, error)
+	DetachVolume(context.Context, *ec2.DetachVolumeInput, ...func(*ec2.Options)) (*ec2.DetachVolumeOutput, error)
 }
 
 // Tags a restore leaves on what it touches, so that a person (or the bot
@@ -56,6 +61,19 @@ type RestorePlan struct {
 	NameTag    string            `json:"name_tag"`
 	// BootNote says why the boot settings could not be read, if so.
 	BootNote string `json:"boot_note,omitempty"`
+	// Method is MethodInPlace or MethodRebuild ("" in plans journaled
+	// before in-place restores: rebuild), and Why says why it was chosen.
+	Method  string       `json:"method,omitempty"`
+	Why     string       `json:"why,omitempty"`
+	InPlace *InPlacePlan `json:"in_place,omitempty"`
+	// RTO is the predicted time to the app starting (not a fact: history
+	// changes it, not what the restore does).
+	RTO RTO `json:"rto,omitzero"`
+}
+
+// IsInPlace says whether the plan restores onto the same instance.
+func (p RestorePlan) IsInPlace() bool {
+	return p.Method == MethodInPlace && p.InPlace != nil && p.Old != nil
 }
 
 type RestoreSnapshot struct {
@@ -114,6 +132,15 @@ func (p RestorePlan) Facts() map[string]string {
 		f["old_instance"] = p.Old.InstanceID + " (" + p.Old.State + ")"
 		f["old_volumes_kept"] = strings.Join(vols, ",")
 	}
+	if p.IsInPlace() {
+		var vols []string
+		for _, v := range p.InPlace.Volumes {
+			vols = append(vols, fmt.Sprintf("%s=%s:%dGiB:%s:%d:%d:%t", v.Device, v.SnapshotID, v.SizeGiB, v.Type, v.IOPS, v.Throughput, v.Encrypted))
+		}
+		f["method"] = MethodInPlace
+		f["az"] = p.InPlace.AZ
+		f["new_volumes"] = strings.Join(vols, ",")
+	}
 	return f
 }
 
@@ -149,18 +176,43 @@ type SnapshotRestore struct {
 }
 
 // Plan resolves snapshotID ("" = the newest completed EBS restore point)
-// into a full plan, or refuses with a reason.
-func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestorePlan, error) {
+// into a full plan, or refuses with a reason. It restores in place when
+// the Services box's instance is there to keep, unless rebuild is set
+// (`restore … --rebuild`), and says why it chose what it chose.
+func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string, rebuild bool) (RestorePlan, error) {
+	plan, box, err := r.plan(ctx, snapshotID)
+	if err != nil {
+		return plan, err
+	}
+	plan.Method = MethodRebuild
+	why := canInPlace(box)
+	switch {
+	case rebuild:
+		plan.Why = "`--rebuild` asked for a new instance"
+	case why != "":
+		plan.Why = why
+	default:
+		if err := r.planInPlace(ctx, &plan, *box); err != nil {
+			return RestorePlan{}, err
+		}
+		plan.Why = fmt.Sprintf("the Services box `%s` is %s in %s: its volumes are swapped for restored ones, and its instance, interfaces, IPs, security groups, profile and key stay (`--rebuild` builds a new instance instead)", plan.Old.InstanceID, plan.Old.State, plan.InPlace.AZ)
+	}
+	return plan, nil
+}
+
+// plan is what both methods need: the restore point, its snapshots and
+// devices, the launch shape, the old box (nil: none).
+func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string) (RestorePlan, *ec2types.Instance, error) {
 	recs, err := r.Records.Backups(ctx)
 	if err != nil {
-		return RestorePlan{}, err
+		return RestorePlan{}, nil, err
 	}
 	var members []ec2types.Snapshot
 	var rec *Backup
 	if snapshotID == "" {
 		pts, err := RestorePoints(ctx, r.EC2, recs)
 		if err != nil {
-			return RestorePlan{}, err
+			return RestorePlan{}, nil, err
 		}
 		var newest *Point
 		for i := range pts {
@@ -170,16 +222,16 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 			}
 		}
 		if newest == nil {
-			return RestorePlan{}, refusef("there is no completed EBS restore point to restore from (`backup list` shows them).")
+			return RestorePlan{}, nil, refusef("there is no completed EBS restore point to restore from (`backup list` shows them).")
 		}
 		snapshotID = newest.Snapshots[0]
 	}
 	out, err := r.EC2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: []string{snapshotID}})
 	if err = translate(err); errors.Is(err, ErrNotFound) || errors.Is(err, ErrMalformedID) || (err == nil && len(out.Snapshots) == 0) {
-		return RestorePlan{}, refusef("snapshot `%s` does not exist in %s (or this account cannot see it). `backup list` shows the restore points.", snapshotID, r.Region)
+		return RestorePlan{}, nil, refusef("snapshot `%s` does not exist in %s (or this account cannot see it). `backup list` shows the restore points.", snapshotID, r.Region)
 	}
 	if err != nil {
-		return RestorePlan{}, fmt.Errorf("look up snapshot %s: %w", snapshotID, err)
+		return RestorePlan{}, nil, fmt.Errorf("look up snapshot %s: %w", snapshotID, err)
 	}
 	snap := out.Snapshots[0]
 	plan := RestorePlan{Region: r.Region, NameTag: r.NameTag, Fallbacks: r.Fallbacks, AppStart: r.AppStart}
@@ -190,25 +242,25 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 	var amb *AmbiguousError
 	switch {
 	case errors.As(boxErr, &amb):
-		return RestorePlan{}, refusef("%s. A restore would not know which one to replace.", amb.Error())
+		return RestorePlan{}, nil, refusef("%s. A restore would not know which one to replace.", amb.Error())
 	case boxErr != nil && !errors.Is(boxErr, ErrNotFound):
-		return RestorePlan{}, boxErr
+		return RestorePlan{}, nil, boxErr
 	}
 	haveBox := boxErr == nil
 	if id := tag(snap.Tags, TagBackupID); id != "" {
 		plan.Source, plan.MadeByBot = id, true
 		members, err = r.describeSet(ctx, ec2types.Filter{Name: aws.String("tag:" + TagBackupID), Values: []string{id}})
 		if err != nil {
-			return RestorePlan{}, err
+			return RestorePlan{}, nil, err
 		}
 		rec, _ = r.Records.Backup(ctx, id)
 		if err := wholeSet(id, members, rec); err != nil {
-			return RestorePlan{}, err
+			return RestorePlan{}, nil, err
 		}
 	} else if strings.HasPrefix(aws.ToString(snap.Description), BackupDescriptionPrefix) {
 		members, err = r.describeSet(ctx, ec2types.Filter{Name: aws.String("description"), Values: []string{aws.ToString(snap.Description)}})
 		if err != nil {
-			return RestorePlan{}, err
+			return RestorePlan{}, nil, err
 		}
 		slices.SortFunc(members, func(a, b ec2types.Snapshot) int {
 			return strings.Compare(aws.ToString(a.SnapshotId), aws.ToString(b.SnapshotId))
@@ -219,7 +271,7 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 		if owner := r.volumeOwner(ctx, aws.ToString(snap.VolumeId)); owner != "" {
 			what += ", attached to " + owner
 		}
-		return RestorePlan{}, refusef("`%s` is not a Services box restore point: it is %s, described %q. Restore points are made by `backup now` or the runbook (description %q…); `backup list` shows them.",
+		return RestorePlan{}, nil, refusef("`%s` is not a Services box restore point: it is %s, described %q. Restore points are made by `backup now` or the runbook (description %q…); `backup list` shows them.",
 			snapshotID, what, aws.ToString(snap.Description), BackupDescriptionPrefix)
 	}
 	// Every member must be complete: an image of a partial set boots a
@@ -232,7 +284,7 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 			} else if m.State == ec2types.SnapshotStatePending {
 				extra = " Wait for it (`backup status " + aws.ToString(m.SnapshotId) + "`) or pick an older restore point."
 			}
-			return RestorePlan{}, refusef("restore point `%s` is not usable: snapshot `%s` is %s (%s).%s", plan.Source, aws.ToString(m.SnapshotId), m.State, aws.ToString(m.Progress), extra)
+			return RestorePlan{}, nil, refusef("restore point `%s` is not usable: snapshot `%s` is %s (%s).%s", plan.Source, aws.ToString(m.SnapshotId), m.State, aws.ToString(m.Progress), extra)
 		}
 		if t := aws.ToTime(m.StartTime); plan.SourceTime.IsZero() || t.Before(plan.SourceTime) {
 			plan.SourceTime = t
@@ -245,10 +297,10 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 	case haveBox:
 		plan.Shape, plan.ShapeFrom = ShapeOf(box), "the current Services box "+aws.ToString(box.InstanceId)
 	default:
-		return RestorePlan{}, refusef("restore point `%s` has no recorded launch shape (subnet, security groups, IP) and there is no Services box tagged Name=%s to copy it from. Restore it by hand (runbook “Restore from EBS”) or from a backup the bot made.", plan.Source, r.NameTag)
+		return RestorePlan{}, nil, refusef("restore point `%s` has no recorded launch shape (subnet, security groups, IP) and there is no Services box tagged Name=%s to copy it from. Restore it by hand (runbook “Restore from EBS”) or from a backup the bot made.", plan.Source, r.NameTag)
 	}
 	if name := plan.Shape.Tags["Name"]; plan.MadeByBot && name != "" && name != r.NameTag {
-		return RestorePlan{}, refusef("restore point `%s` is a backup of `%s` (Name=%s), not of the Services box (Name=%s).", plan.Source, plan.Shape.InstanceID, name, r.NameTag)
+		return RestorePlan{}, nil, refusef("restore point `%s` is a backup of `%s` (Name=%s), not of the Services box (Name=%s).", plan.Source, plan.Shape.InstanceID, name, r.NameTag)
 	}
 	devices := map[string]string{} // volume -> device on the live box
 	if haveBox {
@@ -264,7 +316,7 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 			dev = devices[aws.ToString(m.VolumeId)]
 		}
 		if dev == "" {
-			return RestorePlan{}, refusef("snapshot `%s` of restore point `%s` was not made by the bot and its volume `%s` is not attached to the Services box, so the device it belongs on is unknown.", aws.ToString(m.SnapshotId), plan.Source, aws.ToString(m.VolumeId))
+			return RestorePlan{}, nil, refusef("snapshot `%s` of restore point `%s` was not made by the bot and its volume `%s` is not attached to the Services box, so the device it belongs on is unknown.", aws.ToString(m.SnapshotId), plan.Source, aws.ToString(m.VolumeId))
 		}
 		spec, ok := VolumeSpecOf(rec, dev)
 		if !ok {
@@ -282,7 +334,7 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 		plan.Shape.RootDevice = "/dev/sda1"
 	}
 	if !slices.ContainsFunc(plan.Snapshots, func(s RestoreSnapshot) bool { return s.Device == plan.Shape.RootDevice }) {
-		return RestorePlan{}, refusef("restore point `%s` has no snapshot of the root device %s, so no instance can boot from it.", plan.Source, plan.Shape.RootDevice)
+		return RestorePlan{}, nil, refusef("restore point `%s` has no snapshot of the root device %s, so no instance can boot from it.", plan.Source, plan.Shape.RootDevice)
 	}
 	if haveBox {
 		old := &OldBox{InstanceID: aws.ToString(box.InstanceId), State: string(box.State.Name)}
@@ -295,11 +347,14 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string) (RestoreP
 	}
 	// The private IP must be free, or held by the box this restore replaces.
 	if holder, err := ipHolderOf(ctx, r.EC2, plan.Shape.PrivateIP, plan.Shape.SubnetID); err != nil {
-		return RestorePlan{}, err
+		return RestorePlan{}, nil, err
 	} else if holder != nil && (plan.Old == nil || holder.instance != plan.Old.InstanceID) {
-		return RestorePlan{}, refusef("the Services box's private IP %s is held by %s. The new box must keep that IP (builders use it): free it first (terminate that instance or delete the interface), then request the restore again.", plan.Shape.PrivateIP, holder)
+		return RestorePlan{}, nil, refusef("the Services box's private IP %s is held by %s. The new box must keep that IP (builders use it): free it first (terminate that instance or delete the interface), then request the restore again.", plan.Shape.PrivateIP, holder)
 	}
-	return plan, nil
+	if haveBox {
+		return plan, &box, nil
+	}
+	return plan, nil, nil
 }
 
 func (r *SnapshotRestore) describeSet(ctx context.Context, f ec2types.Filter) ([]ec2types.Snapshot, error) {
@@ -336,6 +391,9 @@ func (r *SnapshotRestore) volumeOwner(ctx context.Context, volumeID string) stri
 // (the first image of a large set), and the old box keeps serving
 // meanwhile; a failed image leaves production untouched.
 func (r *SnapshotRestore) Steps(plan RestorePlan) []journal.Def {
+	if plan.IsInPlace() {
+		return r.inPlaceSteps(plan)
+	}
 	type w = *Work[RestoreResult]
 	steps := []struct {
 		name string

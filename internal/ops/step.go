@@ -116,11 +116,13 @@ func (l *IDList) UnmarshalJSON(b []byte) error {
 
 // RestoreResult is what a restore from EBS makes, step by step.
 type RestoreResult struct {
-	ImageID      string   `json:"image_id,omitempty"`
-	InstanceID   string   `json:"instance_id,omitempty"`
-	InstanceType string   `json:"instance_type,omitempty"`
-	KeptVolumes  IDList   `json:"kept_volumes,omitempty"` // the old box's volumes, kept on termination
-	Commands     Commands `json:"commands,omitempty"`
+	ImageID      string `json:"image_id,omitempty"`
+	InstanceID   string `json:"instance_id,omitempty"`
+	InstanceType string `json:"instance_type,omitempty"`
+	KeptVolumes  IDList `json:"kept_volumes,omitempty"` // the old box's volumes, kept on termination (or detached, in place)
+	// NewVolumes are an in-place restore's volumes by device.
+	NewVolumes map[string]string `json:"new_volumes,omitempty"`
+	Commands   Commands          `json:"commands,omitempty"`
 }
 
 // TarballRestoreResult is what a tarball restore leaves on the box.

@@ -154,6 +154,7 @@ var knownActions = []string{
 	"ec2:ModifyInstanceAttribute", "ec2:DeleteSnapshot", "ec2:DeleteVolume", "ec2:DeregisterImage",
 	"ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses", "ec2:AttachNetworkInterface", "ec2:DetachNetworkInterface",
 	"ec2:CreateSnapshot", "ec2:CreateSnapshots", "ec2:RegisterImage", "ec2:CreateImage", "ec2:RunInstances",
+	"ec2:CreateVolume", "ec2:AttachVolume", "ec2:DetachVolume",
 	"ec2:DescribeInstances", "ec2:DescribeInstanceStatus", "ec2:DescribeVolumes", "ec2:DescribeSnapshots", "ec2:DescribeImages",
 	"ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets", "ec2:DescribeTags", "ec2:DescribeVpcs", "ec2:DescribeSecurityGroups",
 	"ec2:DescribeAvailabilityZones", "ec2:DescribeInstanceTypes", "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeLaunchTemplateVersions",
@@ -455,6 +456,20 @@ func (d *describer) run(service, op string, params any) {
 		d.created(action, op, []string{"image", "snapshot"}, in.TagSpecifications)
 	case *ec2.RunInstancesInput:
 		d.runInstances(action, op, in)
+	case *ec2.CreateVolumeInput:
+		// From a snapshot, the snapshot is a resource of the call too.
+		if in.SnapshotId != nil {
+			d.existing(action, []string{aws.ToString(in.SnapshotId)}, nil)
+		}
+		d.created(action, op, []string{"volume"}, in.TagSpecifications)
+	case *ec2.AttachVolumeInput:
+		d.existing(action, []string{aws.ToString(in.InstanceId), aws.ToString(in.VolumeId)}, nil)
+	case *ec2.DetachVolumeInput:
+		ids := []string{aws.ToString(in.VolumeId)}
+		if in.InstanceId != nil {
+			ids = append([]string{aws.ToString(in.InstanceId)}, ids...)
+		}
+		d.existing(action, ids, nil)
 	case *ec2.DescribeInstancesInput, *ec2.DescribeInstanceStatusInput, *ec2.DescribeVolumesInput,
 		*ec2.DescribeSnapshotsInput, *ec2.DescribeImagesInput, *ec2.DescribeNetworkInterfacesInput,
 		*ec2.DescribeSubnetsInput, *ec2.DescribeTagsInput, *ec2.DescribeVpcsInput, *ec2.DescribeSecurityGroupsInput,

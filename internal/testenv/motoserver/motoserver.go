@@ -55,8 +55,9 @@ type Server struct {
 
 type options struct {
 	launcher string
-	amis     string // $MOTO_AMIS_PATH for the process, if set
-	s3strict string // WithStrictS3's script, run in front of the rest
+	amis     string   // $MOTO_AMIS_PATH for the process, if set
+	s3strict string   // WithStrictS3's script, run in front of the rest
+	extraEnv []string // further KEY=value for the process (WithTiming)
 }
 
 // Option changes how Start launches moto.
@@ -146,7 +147,7 @@ func freePort() (int, error) {
 
 // env is what the options add to the process's environment.
 func (o options) env() []string {
-	env := o.strictEnv()
+	env := slices.Concat(o.strictEnv(), o.extraEnv)
 	if o.amis != "" {
 		env = append(env, "MOTO_AMIS_PATH="+o.amis)
 	}

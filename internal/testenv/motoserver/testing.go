@@ -112,7 +112,8 @@ func ForTest(t testing.TB, opts ...Option) *Server {
 }
 
 // poolKey tells apart servers ForTest may not give for one another: the
-// command (which a test's $MOTO_SERVER may change) and the AMI catalogue.
+// command (which a test's $MOTO_SERVER may change), the AMI catalogue and
+// the environment (the timing model's scale).
 func poolKey(o options) (string, error) {
 	name, args, err := command(o)
 	if err != nil {

@@ -144,6 +144,7 @@ type Server struct {
 	byID     map[string]*command
 	lag      int
 	register func(instanceID string) bool
+	gate     func(instanceID string) bool
 	calls    map[string]int
 	closed   bool
 	running  sync.WaitGroup
@@ -178,6 +179,33 @@ func (s *Server) RegisterNew(fn func(instanceID string) bool) {
 	s.mu.Lock()
 	s.register = fn
 	s.mu.Unlock()
+}
+
+// SetAgentGate makes SendCommand to an instance fail as to an offline one
+// (InvalidInstanceId) while up(instanceID) says no, whatever SetOnline
+// said: the SSM agent of a box that is stopped, booting or rebooting does
+// not answer. A timing model (motoserver.WithTiming's AgentOnline) is the
+// usual gate; nil removes it. up is called without the server's lock.
+func (s *Server) SetAgentGate(up func(instanceID string) bool) {
+	s.mu.Lock()
+	s.gate = up
+	s.mu.Unlock()
+}
+
+func (s *Server) agentsAway(ids []string) map[string]bool {
+	s.mu.Lock()
+	up := s.gate
+	s.mu.Unlock()
+	if up == nil {
+		return nil
+	}
+	away := map[string]bool{}
+	for _, id := range ids {
+		if !up(id) {
+			away[id] = true
+		}
+	}
+	return away
 }
 
 func (s *Server) registerNew(ids []string) {
@@ -410,13 +438,14 @@ func (s *Server) sendCommand(body []byte) (any, *apiError) {
 		c.timeoutSeconds = *in.TimeoutSeconds
 	}
 	s.registerNew(in.InstanceIds)
+	away := s.agentsAway(in.InstanceIds)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, errf(http.StatusInternalServerError, "InternalServerError", "ssmbox is closed")
 	}
 	s.commands = append(s.commands, c)
-	boxes, e := s.validateSend(&in, c)
+	boxes, e := s.validateSend(&in, c, away)
 	if e != nil {
 		c.rejected = e.code
 		return nil, e
@@ -432,8 +461,9 @@ func (s *Server) sendCommand(body []byte) (any, *apiError) {
 	return map[string]any{"Command": c.wire()}, nil
 }
 
-// validateSend checks a SendCommand as SSM would; s.mu is held.
-func (s *Server) validateSend(in *sendCommandInput, c *command) ([]*Box, *apiError) {
+// validateSend checks a SendCommand as SSM would; s.mu is held. away are
+// the instances whose agent the gate says is not up.
+func (s *Server) validateSend(in *sendCommandInput, c *command, away map[string]bool) ([]*Box, *apiError) {
 	doc := in.DocumentName
 	if i := strings.LastIndex(doc, ":document/"); i >= 0 {
 		doc = doc[i+len(":document/"):]
@@ -488,7 +518,7 @@ func (s *Server) validateSend(in *sendCommandInput, c *command) ([]*Box, *apiErr
 		}
 		seen[id] = true
 		b := s.boxes[id]
-		if b == nil || !b.online {
+		if b == nil || !b.online || away[id] {
 			bad = append(bad, id)
 			continue
 		}

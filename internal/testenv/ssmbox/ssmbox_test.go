@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -743,3 +744,23 @@ func TestBoxAWSCLIReachesMoto(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { motoserver.Main(m) }
+
+// TestAgentGate: while the gate says an instance's agent is not up, a
+// command to it is refused as to an offline box; once it says yes, the
+// same box takes it.
+func TestAgentGate(t *testing.T) {
+	srv, _, c := setup(t)
+	var up atomic.Bool
+	srv.SetAgentGate(func(id string) bool { return id != boxID || up.Load() })
+	_, err := c.SendCommand(ctxT(t), &ssm.SendCommandInput{
+		DocumentName: aws.String("AWS-RunShellScript"),
+		InstanceIds:  []string{boxID},
+		Parameters:   map[string][]string{"commands": {"echo hi"}},
+	})
+	var invalid *types.InvalidInstanceId
+	if !errors.As(err, &invalid) {
+		t.Fatalf("SendCommand while the gate is shut: %v, want InvalidInstanceId", err)
+	}
+	up.Store(true)
+	send(t, c, boxID, nil, "echo hi")
+}
