@@ -3,12 +3,14 @@ package cloudformation_test
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +29,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/transport/http/protocol/awsquery"
 
 	"github.com/circlebot/circlebot/deploy/cloudformation"
@@ -229,10 +232,23 @@ func check(t *testing.T, w world, s stack) []string {
 			} else if err := cfg.ValidateServe(); err != nil {
 				fail("the rendered config is not ready to serve: %v", err)
 			} else {
-				// Warnings (no console.user, no replica) do not fail
-				// check-config.
+				// The warnings a stack's config has by design, and no
+				// other: console.user is a person's identity for `bot
+				// console` (the replicas run `serve`; one shared user
+				// would let every shell act as that person), and
+				// replica.name_tag is unset when ReplicaNameTag is.
+				want := []string{"console.user"}
+				if !strings.Contains(aws.ToString(p.Parameter.Value), "replica:") {
+					want = append(want, "replica.name_tag")
+				}
+				var got []string
 				for _, w := range cfg.Warnings() {
-					t.Logf("%s: check-config warns: %s: %s", s.name, w.Key, w.Why)
+					got = append(got, w.Key)
+				}
+				slices.Sort(got)
+				slices.Sort(want)
+				if !slices.Equal(got, want) {
+					fail("check-config warns about %v, want exactly %v: %+v", got, want, cfg.Warnings())
 				}
 			}
 		}
@@ -269,8 +285,8 @@ func check(t *testing.T, w world, s stack) []string {
 		}
 	}
 
-	// The role: trusted by EC2, its inline policy exactly what `bot
-	// iam-policy` renders for the stack's config and secret.
+	// The role: trusted by EC2, its managed policies together exactly what
+	// `bot iam-policy` renders for the stack's config and secret.
 	im := iam.NewFromConfig(w.aws)
 	role := need("BotRole")
 	if role != "" {
@@ -286,39 +302,7 @@ func check(t *testing.T, w world, s stack) []string {
 				fail("output RoleArn %q, want %q", s.outputs["RoleArn"], aws.ToString(r.Role.Arn))
 			}
 		}
-		got, err := im.GetRolePolicy(ctx, &iam.GetRolePolicyInput{RoleName: aws.String(role), PolicyName: aws.String("circlebot")})
-		if err != nil {
-			fail("the role's policy circlebot: %v", err)
-		} else if cfg.Store.Table != "" {
-			doc, _ := url.QueryUnescape(aws.ToString(got.PolicyDocument))
-			gotP, err := botiam.Parse([]byte(doc))
-			if err != nil {
-				fail("the role's policy does not parse: %v\n%s", err, doc)
-			}
-			v, err := botiam.ValuesFor(cfg, motoAccount)
-			if err != nil {
-				t.Fatal(err)
-			}
-			wantP, _, err := botiam.RenderPolicy(botiam.Template, v)
-			if err != nil {
-				t.Fatal(err)
-			}
-			g, _ := json.MarshalIndent(gotP, "", " ")
-			wnt, _ := json.MarshalIndent(wantP, "", " ")
-			if string(g) != string(wnt) {
-				fail("the role's policy differs from `bot iam-policy` for the stack's config:\n%s", diff(string(wnt), string(g)))
-			}
-			if !strings.Contains(string(g), `"Sid": "SlackTokensFromSecretsManager"`) || !strings.Contains(string(g), `"`+w.secret+`"`) {
-				fail("the role may not read the Slack secret %s", w.secret)
-			}
-			if n := len(compact(doc)); n > 10240 {
-				fail("the role's inline policy is %d characters; IAM allows 10,240 per role", n)
-			}
-		}
-		att, err := im.ListAttachedRolePolicies(ctx, &iam.ListAttachedRolePoliciesInput{RoleName: aws.String(role)})
-		if err != nil || len(att.AttachedPolicies) != 1 {
-			fail("the role's host policy: %v %+v", err, att)
-		}
+		bad = append(bad, checkPolicies(t, w, s, role, cfg)...)
 	}
 
 	// The replicas: two, in the two subnets of two zones, from a launch
@@ -381,6 +365,98 @@ func check(t *testing.T, w world, s stack) []string {
 	}
 	if !strings.Contains(s.outputs["SlackMode"], "Socket Mode") {
 		fail("output SlackMode %q", s.outputs["SlackMode"])
+	}
+	return bad
+}
+
+// checkPolicies reads back every managed policy attached to the bot's
+// role: HostPolicy and BotPolicy1…N, the latter together (their default
+// versions' statements in order) exactly `bot iam-policy` for cfg, each
+// within IAM's size quota and all within the role's attachment quota.
+func checkPolicies(t *testing.T, w world, s stack, role string, cfg config.Config) []string {
+	t.Helper()
+	ctx := t.Context()
+	var bad []string
+	fail := func(f string, a ...any) { bad = append(bad, fmt.Sprintf(f, a...)) }
+	im := iam.NewFromConfig(w.aws)
+	att, err := im.ListAttachedRolePolicies(ctx, &iam.ListAttachedRolePoliciesInput{RoleName: aws.String(role)})
+	if err != nil {
+		return []string{fmt.Sprintf("the role's managed policies: %v", err)}
+	}
+	attached := map[string]bool{}
+	for _, a := range att.AttachedPolicies {
+		attached[aws.ToString(a.PolicyArn)] = true
+	}
+	if n := len(attached); n > cloudformation.ManagedPoliciesQuota {
+		fail("the role has %d managed policies; IAM allows %d by default", n, cloudformation.ManagedPoliciesQuota)
+	}
+	if host := s.resources["HostPolicy"]; host == "" || !attached[host] {
+		fail("the role's host policy is not attached: %v", attached)
+	}
+	var ids []string
+	for id := range s.resources {
+		if strings.HasPrefix(id, "BotPolicy") {
+			ids = append(ids, id)
+		}
+	}
+	// BotPolicy1, BotPolicy2, …, BotPolicy10: by number.
+	num := func(id string) int { n, _ := strconv.Atoi(strings.TrimPrefix(id, "BotPolicy")); return n }
+	slices.SortFunc(ids, func(a, b string) int { return num(a) - num(b) })
+	if len(ids) == 0 {
+		fail("the role has no BotPolicy: the stack carries no policy of the bot")
+		return bad
+	}
+	var gotP botiam.Policy
+	for _, id := range ids {
+		arn := s.resources[id]
+		if !attached[arn] {
+			fail("%s (%s) is not attached to the role", id, arn)
+		}
+		p, err := im.GetPolicy(ctx, &iam.GetPolicyInput{PolicyArn: aws.String(arn)})
+		if err != nil {
+			fail("%s: %v", id, err)
+			continue
+		}
+		v, err := im.GetPolicyVersion(ctx, &iam.GetPolicyVersionInput{PolicyArn: aws.String(arn), VersionId: p.Policy.DefaultVersionId})
+		if err != nil {
+			fail("%s default version: %v", id, err)
+			continue
+		}
+		doc, _ := url.QueryUnescape(aws.ToString(v.PolicyVersion.Document))
+		part, err := botiam.Parse([]byte(doc))
+		if err != nil {
+			fail("%s does not parse: %v\n%s", id, err, doc)
+			continue
+		}
+		if len(part.Statement) == 0 {
+			fail("%s has no statements (IAM refuses that)", id)
+		}
+		n := len(compact(doc))
+		t.Logf("%s: %s is %d characters (IAM allows %d)", s.name, id, n, cloudformation.ManagedPolicySize)
+		if n > cloudformation.ManagedPolicySize {
+			fail("%s is %d characters; IAM allows %d per managed policy", id, n, cloudformation.ManagedPolicySize)
+		}
+		gotP.Version = part.Version
+		gotP.Statement = append(gotP.Statement, part.Statement...)
+	}
+	if cfg.Store.Table == "" {
+		return bad // the config failed, said above
+	}
+	v, err := botiam.ValuesFor(cfg, motoAccount)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantP, _, err := botiam.RenderPolicy(botiam.Template, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _ := json.MarshalIndent(gotP, "", " ")
+	wnt, _ := json.MarshalIndent(wantP, "", " ")
+	if string(g) != string(wnt) {
+		fail("the role's policies differ from `bot iam-policy` for the stack's config:\n%s", diff(string(wnt), string(g)))
+	}
+	if !strings.Contains(string(g), `"Sid": "SlackTokensFromSecretsManager"`) || !strings.Contains(string(g), `"`+w.secret+`"`) {
+		fail("the role may not read the Slack secret %s", w.secret)
 	}
 	return bad
 }
@@ -467,14 +543,14 @@ func TestTheStackInMoto(t *testing.T) {
 	}
 }
 
-// A template that lost the table or the role's policy fails: the stack
+// A template that lost the table or a part of the role's policy fails: the stack
 // does not come up (the table is referenced), or the checks say what is
 // missing.
 func TestTheChecksCatchADroppedTableOrPolicy(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	noTable := regexp.MustCompile(`(?s)\n  StateTable:\n.*?\n\n`).ReplaceAllString(string(cloudformation.Committed), "\n")
-	noPolicy := regexp.MustCompile(`(?s)\n      Policies:\n.*?\n\n`).ReplaceAllString(string(cloudformation.Committed), "\n\n")
+	noPolicy := regexp.MustCompile(`(?s)\n  # deploy/iam/policy.json, part 2 of .*?\n\n`).ReplaceAllString(string(cloudformation.Committed), "\n")
 	for name, body := range map[string]string{"no-table": noTable, "no-policy": noPolicy} {
 		if body == string(cloudformation.Committed) {
 			t.Fatalf("%s: the edit changed nothing", name)
@@ -485,7 +561,7 @@ func TestTheChecksCatchADroppedTableOrPolicy(t *testing.T) {
 			continue
 		}
 		bad := strings.Join(check(t, w, s), "\n")
-		want := map[string]string{"no-table": "StateTable", "no-policy": "the role's policy circlebot"}[name]
+		want := map[string]string{"no-table": "StateTable", "no-policy": "differ from `bot iam-policy`"}[name]
 		if !strings.Contains(bad, want) {
 			t.Errorf("%s: the checks did not notice (want %q):\n%s", name, want, bad)
 		}
@@ -516,4 +592,51 @@ func diff(a, b string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// moto (patched, as AWS) refuses a managed policy over 6,144 characters
+// and an 11th managed policy on a role, so the stack test would see a
+// template IAM refuses.
+func TestIAMsManagedPolicyQuotasHoldInMoto(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	role := "Resources:\n  R:\n    Type: AWS::IAM::Role\n    Properties:\n      AssumeRolePolicyDocument: {Version: \"2012-10-17\", Statement: [{Effect: Allow, Principal: {Service: ec2.amazonaws.com}, Action: \"sts:AssumeRole\"}]}\n"
+	policy := func(name string, actions int) string {
+		var a []string
+		for i := range actions {
+			a = append(a, fmt.Sprintf("\"ec2:Describe%04d\"", i))
+		}
+		return fmt.Sprintf("  %s:\n    Type: AWS::IAM::ManagedPolicy\n    Properties:\n      Roles: [{Ref: R}]\n      PolicyDocument: {Version: \"2012-10-17\", Statement: [{Effect: Allow, Resource: \"*\", Action: [%s]}]}\n", name, strings.Join(a, ", "))
+	}
+	// 340 actions of 19 characters with quotes and comma: about 6,500.
+	tooBig := role + policy("P", 340)
+	tenFine, eleven := role, role
+	for i := range 11 {
+		if i < 10 {
+			tenFine += policy(fmt.Sprintf("P%d", i), 1)
+		}
+		eleven += policy(fmt.Sprintf("P%d", i), 1)
+	}
+	for _, tc := range []struct {
+		name, body string
+		ok         bool
+	}{
+		{"under", role + policy("P", 250), true},
+		{"ten", tenFine, true},
+		{"too-big", tooBig, false},
+		{"eleven", eleven, false},
+	} {
+		_, err := tryCreate(t, w, "quota-"+tc.name, []byte(tc.body), nil)
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case !tc.ok && err == nil:
+			t.Errorf("%s: the stack came up", tc.name)
+		case !tc.ok:
+			var api smithy.APIError
+			if !errors.As(err, &api) || api.ErrorCode() != "LimitExceeded" {
+				t.Errorf("%s: %v, want IAM's LimitExceeded", tc.name, err)
+			}
+		}
+	}
 }

@@ -48,6 +48,10 @@ Patched behaviour:
       stores the Python repr of the document).
     - AWS::DynamoDB::Table's PointInTimeRecoverySpecification is applied.
     - AWS::CloudWatch::Alarm is created (plain moto skips it).
+    - IAM's quotas on managed policies hold once CloudFormation is in use
+      (they are patched in with it): CreatePolicy of a document over 6,144
+      characters (white space not counted) and AttachRolePolicy of an 11th
+      policy answer LimitExceeded.
     - A resource type moto cannot create fails the stack (plain moto
       skips it with a warning and reports the stack complete, so a test
       could never see the resource is missing).
@@ -529,6 +533,39 @@ def _patch_cloudformation(cfn_parsing):
 
 
     cfn_parsing.resource_class_from_type = _resource_class_from_type
+
+    # IAM's quotas on managed policies, which a stack's
+    # AWS::IAM::ManagedPolicy meets (moto 5.2.1 has them in
+    # GetAccountSummary only): a policy document is at most 6,144
+    # characters, white space not counted, and a role has at most 10
+    # managed policies attached (the default quota).
+    from moto.iam.exceptions import LimitExceededException as IamLimitExceeded
+
+    policy_size_quota, policies_per_role_quota = 6144, 10
+
+    _orig_create_policy = iam_models.IAMBackend.create_policy
+
+
+    def _create_policy(self, description, path, policy_document, policy_name, tags):
+        size = len("".join(str(policy_document).split()))
+        if size > policy_size_quota:
+            raise IamLimitExceeded(f"Cannot exceed quota for PolicySize: {policy_size_quota}")
+        return _orig_create_policy(self, description, path, policy_document, policy_name, tags)
+
+
+    iam_models.IAMBackend.create_policy = _create_policy
+
+    _orig_attach_role_policy = iam_models.IAMBackend.attach_role_policy
+
+
+    def _attach_role_policy(self, policy_arn, role_name):
+        role = self.get_role(role_name)
+        if policy_arn not in role.managed_policies and len(role.managed_policies) >= policies_per_role_quota:
+            raise IamLimitExceeded(f"Cannot exceed quota for PoliciesPerRole: {policies_per_role_quota}")
+        return _orig_attach_role_policy(self, policy_arn, role_name)
+
+
+    iam_models.IAMBackend.attach_role_policy = _attach_role_policy
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):

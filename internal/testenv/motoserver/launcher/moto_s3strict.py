@@ -216,6 +216,9 @@ if __name__ == "__main__":
     chain = os.environ.get("CIRCLEBOT_CHAIN_LAUNCHER")
     if chain:
         sys.argv = [chain] + sys.argv[1:]
+        # run_path leaves sys.path[0] this script's directory: the chained
+        # launcher imports its modules (circlebot_volumes) from its own.
+        sys.path.insert(0, os.path.dirname(os.path.abspath(chain)))
         runpy.run_path(chain, run_name="__main__")
     else:
         moto_server_module.main(sys.argv[1:])
