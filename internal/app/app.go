@@ -180,8 +180,9 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Prefix: "circleci-backups/", Version: o.Version,
 		}
 	}
+	quotas := servicequotas.NewFromConfig(awsCfg)
 	snapshot := &ops.SnapshotRestore{
-		EC2: ec2c, SSM: ssmc, Records: records, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region,
+		EC2: ec2c, Types: ec2c, Quotas: quotas, SSM: ssmc, Records: records, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region,
 		Fallbacks: cfg.Restore.FallbackInstanceTypes, AppStart: cfg.ServicesBox.AppStartCommand,
 		ImageTimeout: cfg.Restore.ImageTimeout.D(), StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Restore.HealthTimeout.D(),
 	}
@@ -214,7 +215,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	engine.Register(kinds, engine.RestoreTarball(setup, tarballKind))
 	engine.Register(kinds, engine.Failover(setup, failover))
 	engine.Register(kinds, engine.Reboot(setup, journal.Store{KV: st.KV()}, &ops.Reboot{EC2: ec2c, SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region, AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL, Pace: setup.RetryWait, HealthTimeout: cfg.Failover.HealthTimeout.D()}))
-	engine.Register(kinds, engine.Resize(setup, journal.Store{KV: st.KV()}, &ops.Resize{EC2: ec2c, Quotas: servicequotas.NewFromConfig(awsCfg), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region, AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL, Pace: setup.RetryWait, StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Failover.HealthTimeout.D()}))
+	engine.Register(kinds, engine.Resize(setup, journal.Store{KV: st.KV()}, &ops.Resize{EC2: ec2c, Quotas: quotas, SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region, AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL, Pace: setup.RetryWait, StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Failover.HealthTimeout.D()}))
 	engine.Register(kinds, engine.Rotate(setup, builders))
 	engine.Register(kinds, engine.Prune(setup, engine.Retention{EC2: ec2c, Prune: ec2c, Records: records.Backups, Mark: records.MarkPruning, Policy: retention}))
 	engine.Register(kinds, engine.Secret(setup, passphrase))
@@ -226,7 +227,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	eng := &engine.Engine{
 		Kinds: kinds, Journal: journal.Store{KV: st.KV()}, Store: st, Approvals: &apStore,
 		EC2: ec2c, NameTag: cfg.ServicesBox.NameTag, SlashCommand: cfg.Slack.Command, Log: o.Log,
-		ApprovalTTL: cfg.Approvals.TTL.D(),
+		ApprovalTTL: cfg.Approvals.TTL.D(), RoleSessions: cfg.Ops.RoleARN != "",
 	}
 	backups.Engine = eng
 	reports := &bot.Reports{

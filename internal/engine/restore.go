@@ -58,10 +58,11 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 		Plan: func(ctx context.Context, cmd commands.Command) (ops.RestorePlan, error) {
 			return ops.RetryRead(ctx, s.wait(), func() (ops.RestorePlan, error) { return r.Plan(ctx, cmd.Source.SnapshotID) })
 		},
-		Approval: snapshotApproval,
-		Title:    func(p ops.RestorePlan) string { return "Restore of the Services box from `" + p.Source + "`" },
-		Target:   s.box,
-		Steps:    func(p ops.RestorePlan, _ Env) []journal.Def { return r.Steps(p) },
+		Approval:  snapshotApproval,
+		Title:     func(p ops.RestorePlan) string { return "Restore of the Services box from `" + p.Source + "`" },
+		Target:    s.box,
+		Preflight: r.Preflight,
+		Steps:     func(p ops.RestorePlan, _ Env) []journal.Def { return r.Steps(p) },
 		Recheck: func(ctx context.Context, p ops.RestorePlan, op Record) ([]string, error) {
 			if err := r.Recheck(ctx, p); err != nil {
 				return nil, err

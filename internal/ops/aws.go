@@ -100,6 +100,9 @@ var (
 	// ErrAgentOffline: SSM does not reach the instance (agent offline, no
 	// instance profile, or stopped). The command was not sent.
 	ErrAgentOffline = errors.New("the instance is not reachable through SSM")
+	// ErrDryRunOK: a call made with DryRun would have succeeded (AWS
+	// answers DryRunOperation, an error, and does nothing).
+	ErrDryRunOK = errors.New("the dry run would have succeeded")
 )
 
 // The codes behind each sentinel. An operation name ("Op:Code") narrows
@@ -143,6 +146,7 @@ var errorCodes = map[string]error{
 	"ConcurrentSnapshotLimitExceeded":       ErrSnapshotLimit,
 	"SnapshotCreationPerVolumeRateExceeded": ErrSnapshotLimit,
 	"InvalidInstanceId":                     ErrAgentOffline, // SSM's spelling; EC2's are InvalidInstanceID.*
+	"DryRunOperation":                       ErrDryRunOK,
 
 	"TerminateInstanceInAutoScalingGroup:ValidationError": ErrNotInGroup,
 	"UnassignPrivateIpAddresses:InvalidParameterValue":    ErrNotAssigned,
