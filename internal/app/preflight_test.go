@@ -31,6 +31,17 @@ func changes(calls []faultproxy.Call) []string {
 	return out
 }
 
+// realCount is how many calls of action, not dry runs, reached the proxy.
+func realCount(p *faultproxy.Proxy, action string) int {
+	n := 0
+	for _, c := range p.Calls() {
+		if c.Action == action && c.Params.Get("DryRun") != "true" {
+			n++
+		}
+	}
+	return n
+}
+
 // dryRuns lists the dry-run calls that reached the proxy.
 func dryRuns(calls []faultproxy.Call) []string {
 	var out []string

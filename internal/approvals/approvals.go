@@ -38,6 +38,7 @@ type Check struct {
 	On     string `json:"on,omitempty"`
 	Status string `json:"status"`
 	Reason string `json:"reason,omitempty"`
+	Denied bool   `json:"denied,omitempty"` // refused by IAM
 }
 
 // CheckRefused is the status of a pre-flight row AWS would refuse.

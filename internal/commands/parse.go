@@ -152,6 +152,7 @@ func resolve(words []string) (Name, []string, *UsageError) {
 var argParsers = map[Name]func(c *Command, args []string) *UsageError{
 	Help:           parseHelpArgs,
 	Status:         noArgs,
+	Doctor:         noArgs,
 	BackupNow:      parseBackupNow,
 	BackupList:     noArgs,
 	BackupStatus:   parseBackupStatus,

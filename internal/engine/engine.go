@@ -131,7 +131,7 @@ func (e *Engine) Propose(ctx context.Context, cmd commands.Command) (approvals.P
 func preflightRows(p ops.Preflight) []approvals.Check {
 	out := make([]approvals.Check, 0, len(p.Checks))
 	for _, c := range p.Checks {
-		out = append(out, approvals.Check{Call: c.Call, On: c.On, Status: c.Status, Reason: c.Reason})
+		out = append(out, approvals.Check{Call: c.Call, On: c.On, Status: c.Status, Reason: c.Reason, Denied: c.Denied})
 	}
 	return out
 }
