@@ -86,6 +86,8 @@ type App struct {
 	Builders *ops.Builders // nil: builders.asg_name unset
 	Reports  *bot.Reports
 	Drills   *bot.DrillService
+	// Doctor checks whether a recovery would work now.
+	Doctor *bot.Doctor
 	// Monitor is outage detection; Serve runs it when it has a channel.
 	Monitor *monitor.Monitor
 	// Leader is this replica's bid to run scheduled work, outage
@@ -256,6 +258,11 @@ func New(ctx context.Context, o Options) (*App, error) {
 		}), EC2: ec2c, Store: st, Checks: checks, NameTag: cfg.ServicesBox.NameTag, ASG: cfg.Builders.ASGName,
 		Cooldown: cfg.Monitor.Cooldown.D(), Slash: cfg.Slack.Command, Log: o.Log,
 	}
+	doctor := &bot.Doctor{Status: status, EC2: ec2c, SSM: ssmc, Bucket: cfg.Backup.Bucket, Engine: eng,
+		Rotation: builders != nil, Replicas: replicasCheck(st, elector), SlashCommand: cfg.Slack.Command}
+	if s3c != nil {
+		doctor.S3 = s3c
+	}
 	apr := &bot.Approvals{Store: apStore, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Channel: cfg.Approvals.Channel}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
@@ -277,6 +284,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Reports:      reports,
 			Drills:       drills,
 			Replicas:     replicasLine(st, elector),
+			Doctor:       doctor,
 			Log:          o.Log,
 		}),
 	})
@@ -286,7 +294,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	}
 	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr,
 		Engine: eng, Journal: eng.Journal, Snapshot: snapshot, Tarball: tarball, Failover: failover, Builders: builders,
-		Reports: reports, Drills: drills, Monitor: mon, Leader: elector}, nil
+		Reports: reports, Drills: drills, Monitor: mon, Leader: elector, Doctor: doctor}, nil
 }
 
 // openStore opens the state store the config names: the bbolt file, or
@@ -351,6 +359,43 @@ func replicasLine(st *store.Store, el *leader.Elector) func(context.Context) str
 			line += " :warning: Only one replica is alive: an outage of its zone takes the bot down."
 		}
 		return line
+	}
+}
+
+// replicasCheck is the doctor's line on the bot's replicas: at least two
+// alive (heartbeats) and one holding the lease (nil with one replica).
+func replicasCheck(st *store.Store, el *leader.Elector) func(context.Context) bot.DoctorCheck {
+	if el == nil {
+		return nil
+	}
+	return func(ctx context.Context) bot.DoctorCheck {
+		const name = "Bot replicas"
+		reps, err := st.Replicas(ctx)
+		if err != nil {
+			return bot.DoctorCheck{Name: name, Verdict: bot.VerdictFail, Detail: "cannot read the shared state: " + err.Error(), Fix: "check the DynamoDB table (store.table) and the bot's SharedState permissions"}
+		}
+		holder, _, err := el.Lease.Current(ctx)
+		if err != nil {
+			return bot.DoctorCheck{Name: name, Verdict: bot.VerdictFail, Detail: "cannot read the lease: " + err.Error(), Fix: "check the DynamoDB table (store.table)"}
+		}
+		var alive []string
+		leader := ""
+		for _, r := range reps {
+			if st.Alive(ctx, r.Process) {
+				alive = append(alive, r.Name)
+				if r.Process == holder {
+					leader = r.Name
+				}
+			}
+		}
+		detail := fmt.Sprintf("%d alive (%s)", len(alive), strings.Join(alive, ", "))
+		switch {
+		case leader == "":
+			return bot.DoctorCheck{Name: name, Verdict: bot.VerdictFail, Detail: detail + "; no replica holds the lease, so scheduled backups and outage detection wait", Fix: "check the replicas' logs; a replica takes the lease within store.lease_ttl"}
+		case len(alive) < 2:
+			return bot.DoctorCheck{Name: name, Verdict: bot.VerdictWarn, Detail: detail + ", leader " + leader + "; an outage of its zone takes the bot down", Fix: "run a second replica in another zone"}
+		}
+		return bot.DoctorCheck{Name: name, Verdict: bot.VerdictOK, Detail: detail + ", leader " + leader, Fix: ""}
 	}
 }
 

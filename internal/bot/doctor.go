@@ -181,7 +181,14 @@ func preflightCheck(name string, pf ops.Preflight) DoctorCheck {
 		errors.As(err, &pe)
 		return DoctorCheck{name, VerdictFail, refusedText(pe.Refused), fixFor(pe.Refused)}
 	}
-	return DoctorCheck{name, VerdictOK, fmt.Sprintf("%d calls tried without effect; AWS would accept them", len(pf.Checks)), ""}
+	return DoctorCheck{name, VerdictOK, fmt.Sprintf("%s tried without effect; AWS would accept it", calls(len(pf.Checks))), ""}
+}
+
+func calls(n int) string {
+	if n == 1 {
+		return "1 call"
+	}
+	return fmt.Sprintf("%d calls", n)
 }
 
 func refusedText(rows []ops.Check) string {
@@ -251,7 +258,7 @@ func planCheck(name string, plan approvals.Plan) DoctorCheck {
 			skipped++
 		}
 	}
-	detail := fmt.Sprintf("planned; %d calls tried without effect, AWS would accept them", len(plan.Preflight)-skipped)
+	detail := fmt.Sprintf("planned; %s tried without effect, AWS would accept them", calls(len(plan.Preflight)-skipped))
 	if skipped > 0 {
 		detail += fmt.Sprintf(" (%d checked later)", skipped)
 	}
@@ -308,4 +315,18 @@ func (d Deps) doctor(ctx context.Context, c Call) (Outcome, error) {
 		res = "not ready"
 	}
 	return Outcome{Result: "ok", Detail: res}, c.Reply.Ephemeral(ctx, chat.Text(DoctorText(rep)))
+}
+
+// DoctorTable is the table for a terminal (`bot doctor`): the same
+// lines without Slack's markup.
+func DoctorTable(r DoctorReport) string {
+	var b strings.Builder
+	b.WriteString(r.Verdict() + "\n\n")
+	for _, c := range r.Checks {
+		fmt.Fprintf(&b, "%-5s %-34s %s\n", strings.ToUpper(c.Verdict), strings.ReplaceAll(c.Name, "`", ""), strings.ReplaceAll(c.Detail, "`", ""))
+		if c.Fix != "" {
+			fmt.Fprintf(&b, "%-5s %-34s fix: %s\n", "", "", strings.ReplaceAll(c.Fix, "`", ""))
+		}
+	}
+	return b.String()
 }

@@ -54,7 +54,7 @@ const (
 type Class int
 
 const (
-	ClassRead        Class = iota // viewers and up: help, status, backup list, backup status, builders status, history
+	ClassRead        Class = iota // viewers and up: help, status, backup list, backup status, builders status, history, doctor
 	ClassOperate                  // operators, runs without approval: backup now, report now, drill now, cancel, resume
 	ClassDestructive              // an operator requests, a second person approves: restore, failover, reboot, resize, builders rotate, backup prune, secret
 	ClassDecide                   // approvers: approve, deny
