@@ -109,7 +109,7 @@ func TestUnsetSettingsLeaveTheirStatementsOut(t *testing.T) {
 	for _, o := range omitted {
 		left = append(left, o.Sid)
 	}
-	want := []string{"TarballBackupsGoUnderTheirPrefix", "TarballRestoresReadTheBucket", "BuilderRotation", "FailoverMovesLoadBalancerTargets", "PassphraseFromSecretsManager",
+	want := []string{"TarballBackupsGoUnderTheirPrefix", "TarballRestoresReadTheBucket", "DoctorReadsTheBucketEncryption", "BuilderRotation", "FailoverMovesLoadBalancerTargets", "PassphraseFromSecretsManager",
 		"SharedState", "LaunchWithTheServicesBoxRole", "KmsForEncryptedVolumes", "KmsGrantsForEncryptedVolumes", "KmsForTheTarballBucket", "AssumeTheOperationsRole"}
 	slices.Sort(left)
 	slices.Sort(want)

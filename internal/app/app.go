@@ -263,6 +263,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	if s3c != nil {
 		doctor.S3 = s3c
 	}
+	reports.Doctor, reports.Readiness = doctor, st
 	apr := &bot.Approvals{Store: apStore, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Channel: cfg.Approvals.Channel}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
@@ -425,6 +426,16 @@ func (a *App) NewServer(ctx context.Context) *Server {
 	sec := a.Config.Secrets
 	web := slackio.NewWeb(sec.BotToken.Reveal(), sec.APIURL, a.Log)
 	s := &Server{app: a, web: web}
+	// The report's doctor alerts the monitor channel when a recovery
+	// would no longer work.
+	a.Reports.Alert = func(ctx context.Context, text string) error {
+		ch := a.MonitorChannel()
+		if ch == "" {
+			return nil
+		}
+		_, err := web.For(chat.Request{ChannelID: ch}).Post(ctx, chat.Text(text))
+		return err
+	}
 	s.pool = slackio.NewPool(ctx, 32, func(ctx context.Context, req chat.Request) {
 		a.Bot.Handle(ctx, req, web.For(req))
 	})

@@ -5,10 +5,13 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
+	"github.com/circlebot/circlebot/internal/testenv/slackfake"
 )
 
 // changingCalls are the calls that change something in AWS.
@@ -201,5 +204,51 @@ func TestRestoreStopsBeforeTheOldBoxWhenTheLaunchWouldBeRefused(t *testing.T) {
 	}
 	if n := len(r.restored()); n != 0 {
 		t.Errorf("%d instances launched", n)
+	}
+}
+
+// `doctor` answers a viewer with the table; the daily report carries its
+// verdict line; when a permission goes missing, the report says NOT READY
+// and the monitor channel is alerted once, not at every report.
+func TestDoctorForViewersAndTheReportsVerdict(t *testing.T) {
+	t.Parallel()
+	const monitorCh = "C0MONITOR"
+	f := newFailoverEnv(t, func(c *config.Config) {
+		c.Failover.Discovery = "none" // the seeded replica is in the other zone
+		c.Backup.Bucket = "circleci-backups-sandbox"
+		c.Monitor.Channel = monitorCh
+	})
+	f.ssm.AddBox(f.inst.Replica.ID)
+	doc := f.answer(f.slash(vera, incident, "doctor"))
+	for _, want := range []string{"Recovery readiness: ready", "Services box", "SSM agent on the replica", "Backup (EBS)", "Backup (tarball): bucket", "`restore latest`", "`failover`", "`builders rotate`", "within the RPO"} {
+		if !strings.Contains(doc, want) {
+			t.Errorf("doctor lacks %q:\n%s", want, doc)
+		}
+	}
+	f.server.Wait()
+	if c := changes(f.proxy.Calls()); len(c) > 0 {
+		t.Fatalf("the doctor changed something: %v", c)
+	}
+	f.slash(alice, incident, "report now")
+	f.waitText("green report", "Daily backup report", "Recovery readiness: ready")
+	f.server.Wait()
+	f.proxy.SetFaults(denyDryRun("CreateSnapshots"))
+	for i := range 2 {
+		before := len(f.slack.Messages(incident))
+		f.slash(alice, incident, "report now")
+		f.server.Wait()
+		f.slack.WaitFor(t, 30*time.Second, "report", func(slackfake.Call) bool { return len(f.slack.Messages(incident)) > before })
+		last := f.slack.Messages(incident)[len(f.slack.Messages(incident))-1].AllText()
+		if !strings.Contains(last, "NOT READY") || !strings.Contains(last, "Backup (EBS)") {
+			t.Fatalf("report %d after the permission went: %s", i+1, last)
+		}
+	}
+	alerts := f.slack.Messages(monitorCh)
+	if len(alerts) != 1 || !strings.Contains(alerts[0].AllText(), "ec2:CreateSnapshots") {
+		var all []string
+		for _, m := range alerts {
+			all = append(all, m.AllText())
+		}
+		t.Fatalf("%d alerts in the monitor channel, want 1 naming ec2:CreateSnapshots:\n%s", len(alerts), strings.Join(all, "\n---\n"))
 	}
 }

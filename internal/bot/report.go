@@ -34,6 +34,12 @@ type Reports struct {
 	SlashCommand string
 	Log          *slog.Logger
 	Now          func() time.Time
+	// Doctor adds its verdict line to the report (nil: none); Readiness
+	// keeps the last verdict and Alert tells the monitor channel, once,
+	// when it turns to not ready.
+	Doctor    *Doctor
+	Readiness ReadinessState
+	Alert     func(ctx context.Context, text string) error
 }
 
 func (s *Reports) now() time.Time {
@@ -87,7 +93,7 @@ func (s *Reports) Send(ctx context.Context, p progress.Poster) error {
 	if err != nil {
 		return err
 	}
-	text := ReportText(r, s.SlashCommand)
+	text := ReportText(r, s.SlashCommand) + s.readinessLine(ctx)
 	ref, err := p.Post(ctx, chat.Message{Text: "Daily backup report", Blocks: chat.Section(text)})
 	if err != nil {
 		return fmt.Errorf("post the report: %w", err)
