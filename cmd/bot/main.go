@@ -1,6 +1,6 @@
 // Command bot is the CircleCI Services box disaster-recovery ChatOps bot.
 //
-//	bot [--config FILE] serve|console|check-config|iam-policy|version
+//	bot [--config FILE] serve|console|check-config|iam-policy|doctor|version
 //	bot backup --reason "..." [--wait] [--method ebs|tarball] [--url URL]
 package main
 
@@ -19,6 +19,7 @@ import (
 
 	"github.com/circlebot/circlebot/deploy/iam"
 	"github.com/circlebot/circlebot/internal/app"
+	"github.com/circlebot/circlebot/internal/bot"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/console"
 )
@@ -57,6 +58,9 @@ commands:
                 bbolt or in the sandbox)
   check-config  validate the config file and environment, then exit
   iam-policy    print the IAM policy the bot needs for this config (JSON, on stdout)
+  doctor        will a recovery work right now? read-only checks and dry runs of
+                every operation against the account; exits 1 when anything would
+                block one
   version       print the version
   backup        ask a running bot for a backup through its API (bot backup --help)
 
@@ -108,6 +112,8 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 		return checkConfig(*cfgPath, env, stdout)
 	case "iam-policy":
 		return iamPolicy(*cfgPath, *account, env, stdout, stderr)
+	case "doctor":
+		return doctor(ctx, *cfgPath, env, log, stdout)
 	case "serve":
 		cfg, err := config.Load(*cfgPath, env)
 		if err != nil {
@@ -185,6 +191,30 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 	default:
 		return usageError{fmt.Sprintf("unknown command %q\n%s", rest[0], usage)}
 	}
+}
+
+// errNotReady: the doctor found something that would block a recovery
+// (the table says what); the exit status is non-zero.
+var errNotReady = errors.New("doctor: not ready for a recovery (see the table above)")
+
+// doctor checks, read-only and through dry runs, whether a recovery would
+// work now, prints the table, and fails when anything would block one.
+func doctor(ctx context.Context, path string, env func(string) string, log *slog.Logger, stdout io.Writer) error {
+	cfg, err := config.Load(path, env)
+	if err != nil {
+		return err
+	}
+	a, err := app.New(ctx, app.Options{Config: cfg, Version: Version(), Log: log})
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	rep := a.Doctor.Run(ctx)
+	fmt.Fprint(stdout, bot.DoctorTable(rep))
+	if !rep.Ready() {
+		return errNotReady
+	}
+	return nil
 }
 
 func checkConfig(path string, env func(string) string, out io.Writer) error {

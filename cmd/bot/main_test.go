@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/circlebot/circlebot/deploy/iam"
 	"github.com/circlebot/circlebot/internal/sandbox"
+	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
 	"github.com/circlebot/circlebot/internal/testenv/motoserver"
+	"github.com/circlebot/circlebot/internal/testenv/ssmbox"
 )
 
 func TestMain(m *testing.M) { motoserver.Main(m) }
@@ -362,5 +365,98 @@ builders:
 	os.WriteFile(cfg, []byte("aws:\n  kms_key_arns: [alias/backups]\n"), 0o600)
 	if err := run(context.Background(), []string{"iam-policy", "--config", cfg}, noEnv, nil, &out, &errOut); err == nil || !strings.Contains(err.Error(), "aws.kms_key_arns[0]") {
 		t.Errorf("an alias for a key: %v", err)
+	}
+}
+
+// doctorSandbox is a sandbox as `make demo` seeds it, an SSM stand-in on
+// which the Services box and the replica are online, a fault proxy in
+// front of moto, and a config for it (discovery none: the seeded replica
+// is in the other zone, which a secondary IP cannot reach).
+func doctorSandbox(t *testing.T) (string, *faultproxy.Proxy) {
+	moto := motoserver.ForTest(t)
+	inst, err := sandbox.Seed(context.Background(), motoserver.AWSConfig(moto.URL), sandbox.Options{WithBackups: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := faultproxy.New(moto.URL, faultproxy.Faults{})
+	t.Cleanup(proxy.Close)
+	ssmSrv := ssmbox.New(t)
+	ssmSrv.AddBox(inst.ServicesBox.ID)
+	ssmSrv.AddBox(inst.Replica.ID)
+	awsAtMoto(t, moto)
+	t.Setenv("AWS_ENDPOINT_URL", proxy.URL)
+	t.Setenv("AWS_ENDPOINT_URL_SSM", ssmSrv.URL)
+	cfg := filepath.Join(t.TempDir(), "bot.yaml")
+	os.WriteFile(cfg, []byte(`data_dir: `+filepath.Join(t.TempDir(), "data")+`
+slack:
+  allowed_channels: [C0INCIDENT]
+roles:
+  operators: [U0ALICE]
+  approvers: [U0BOB]
+replica:
+  name_tag: circleci_services_replica
+failover:
+  discovery: none
+backup:
+  bucket: `+inst.Bucket+`
+builders:
+  asg_name: `+inst.BuilderASG+"\n"), 0o600)
+	return cfg, proxy
+}
+
+// `bot doctor` against the sandbox: every check passes, each operation's
+// pre-flight made its dry runs, nothing changed, and the exit is zero.
+func TestDoctorAgainstTheSandboxIsGreen(t *testing.T) {
+	cfg, proxy := doctorSandbox(t)
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"doctor", "--config", cfg}, os.Getenv, nil, &out, &errOut)
+	t.Logf("doctor:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("doctor: %v\n%s", err, errOut.String())
+	}
+	got := out.String()
+	for _, want := range []string{"Recovery readiness: ready", "Services box", "SSM agent on the Services box", "SSM agent on the replica",
+		"Backup (EBS)", "Backup (tarball): bucket", "restore latest", "failover", "builders rotate", "Newest restore point", "within the RPO"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("the table lacks %q", want)
+		}
+	}
+	if strings.Contains(got, "FAIL") {
+		t.Errorf("a check failed against the sandbox")
+	}
+	dry := 0
+	for _, c := range proxy.Calls() {
+		if c.Params.Get("DryRun") == "true" {
+			dry++
+			continue
+		}
+		if !strings.HasPrefix(c.Action, "Describe") && !strings.HasPrefix(c.Action, "Get") && !strings.HasPrefix(c.Action, "List") && c.Service != "dynamodb" {
+			t.Errorf("the doctor sent %s %s, which is not a read", c.Service, c.Action)
+		}
+	}
+	if dry < 5 {
+		t.Errorf("%d dry runs", dry)
+	}
+}
+
+// With the policy missing ec2:CreateSnapshots and ec2:StopInstances (AWS
+// answers UnauthorizedOperation to their dry runs), the doctor names them
+// and how to fix it, and exits non-zero.
+func TestDoctorNamesAMissingPermission(t *testing.T) {
+	cfg, proxy := doctorSandbox(t)
+	proxy.SetFaults(faultproxy.Faults{Deny: func(c faultproxy.Call) bool {
+		return (c.Action == "CreateSnapshots" || c.Action == "StopInstances") && c.Params.Get("DryRun") == "true"
+	}})
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"doctor", "--config", cfg}, os.Getenv, nil, &out, &errOut)
+	got := out.String()
+	if !errors.Is(err, errNotReady) {
+		t.Fatalf("doctor with a missing permission: %v\n%s", err, got)
+	}
+	for _, want := range []string{"NOT READY", "FAIL  Backup (EBS)", "ec2:CreateSnapshots", "UnauthorizedOperation", "fix: allow ec2:CreateSnapshots in the bot's IAM policy",
+		"ec2:StopInstances", "fix: allow ec2:StopInstances"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("the table lacks %q:\n%s", want, got)
+		}
 	}
 }

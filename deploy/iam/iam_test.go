@@ -110,7 +110,7 @@ func TestUnsetSettingsLeaveTheirStatementsOut(t *testing.T) {
 	for _, o := range omitted {
 		left = append(left, o.Sid)
 	}
-	want := []string{"TarballBackupsGoUnderTheirPrefix", "TarballRestoresReadTheBucket", "BuilderRotation", "FailoverMovesLoadBalancerTargets", "PassphraseFromSecretsManager",
+	want := []string{"TarballBackupsGoUnderTheirPrefix", "TarballRestoresReadTheBucket", "DoctorReadsTheBucketEncryption", "BuilderRotation", "FailoverMovesLoadBalancerTargets", "PassphraseFromSecretsManager",
 		"SlackTokensFromSecretsManager", "SharedState", "LaunchWithTheServicesBoxRole", "KmsForEncryptedVolumes", "KmsGrantsForEncryptedVolumes", "KmsForTheTarballBucket", "AssumeTheOperationsRole",
 		"RenameTheRetiredReplica"} // it names the replica: no replica, no statement
 	slices.Sort(left)

@@ -92,6 +92,8 @@ type App struct {
 	Builders *ops.Builders // nil: builders.asg_name unset
 	Reports  *bot.Reports
 	Drills   *bot.DrillService
+	// Doctor checks whether a recovery would work now.
+	Doctor *bot.Doctor
 	// Monitor is outage detection; Serve runs it when it has a channel.
 	Monitor *monitor.Monitor
 	// Leader is this replica's bid to run scheduled work, outage
@@ -206,8 +208,9 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Prefix: "circleci-backups/", Version: o.Version,
 		}
 	}
+	quotas := servicequotas.NewFromConfig(awsCfg)
 	snapshot := &ops.SnapshotRestore{
-		EC2: ec2c, SSM: ssmc, Records: records, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region,
+		EC2: ec2c, Types: ec2c, Quotas: quotas, SSM: ssmc, Records: records, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region,
 		Fallbacks: cfg.Restore.FallbackInstanceTypes, AppStart: cfg.ServicesBox.AppStartCommand,
 		ImageTimeout: cfg.Restore.ImageTimeout.D(), StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Restore.HealthTimeout.D(),
 	}
@@ -247,7 +250,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	engine.Register(kinds, engine.RestoreTarball(setup, tarballKind))
 	engine.Register(kinds, engine.Failover(setup, failover))
 	engine.Register(kinds, engine.Reboot(setup, journal.Store{KV: st.KV()}, &ops.Reboot{EC2: ec2c, SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region, AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL, Pace: setup.RetryWait, HealthTimeout: cfg.Failover.HealthTimeout.D()}))
-	engine.Register(kinds, engine.Resize(setup, journal.Store{KV: st.KV()}, &ops.Resize{EC2: ec2c, Quotas: servicequotas.NewFromConfig(awsCfg), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region, AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL, Pace: setup.RetryWait, StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Failover.HealthTimeout.D()}))
+	engine.Register(kinds, engine.Resize(setup, journal.Store{KV: st.KV()}, &ops.Resize{EC2: ec2c, Quotas: quotas, SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, Region: awsCfg.Region, AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL, Pace: setup.RetryWait, StopTimeout: cfg.Restore.StopTimeout.D(), HealthTimeout: cfg.Failover.HealthTimeout.D()}))
 	replicas := &ops.Replicas{
 		EC2: ec2c, NameTag: cfg.ServicesBox.NameTag, ReplicaTag: cfg.Replica.NameTag, Region: awsCfg.Region,
 		Subnet: cfg.Replica.Subnet, Retire: cfg.Replica.Retire, ImageReboot: cfg.Replica.ImageReboot, Pace: setup.RetryWait,
@@ -275,7 +278,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	eng := &engine.Engine{
 		Kinds: kinds, Journal: journal.Store{KV: st.KV()}, Store: st, Approvals: &apStore,
 		EC2: ec2c, NameTag: cfg.ServicesBox.NameTag, SlashCommand: cfg.Slack.Command, Log: o.Log,
-		ApprovalTTL: cfg.Approvals.TTL.D(),
+		ApprovalTTL: cfg.Approvals.TTL.D(), RoleSessions: cfg.Ops.RoleARN != "",
 	}
 	backups.Engine = eng
 	reports := &bot.Reports{
@@ -298,6 +301,12 @@ func New(ctx context.Context, o Options) (*App, error) {
 		}), EC2: ec2c, Store: st, Checks: checks, NameTag: cfg.ServicesBox.NameTag, ASG: cfg.Builders.ASGName, ASGAPI: autoscaling.NewFromConfig(awsCfg),
 		Cooldown: cfg.Monitor.Cooldown.D(), Slash: cfg.Slack.Command, Log: o.Log,
 	}
+	doctor := &bot.Doctor{Status: status, EC2: ec2c, SSM: ssmc, Bucket: cfg.Backup.Bucket, Engine: eng,
+		Rotation: builders != nil, Replicas: replicasCheck(st, elector), SlashCommand: cfg.Slack.Command}
+	if s3c != nil {
+		doctor.S3 = s3c
+	}
+	reports.Doctor, reports.Readiness = doctor, st
 	apr := &bot.Approvals{Store: apStore, TTL: cfg.Approvals.TTL.D(), Process: st.Process(), Channel: cfg.Approvals.Channel}
 	b, err := bot.New(bot.Options{
 		SlashCommand: cfg.Slack.Command,
@@ -319,6 +328,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 			Reports:      reports,
 			Drills:       drills,
 			Replicas:     replicasLine(st, elector),
+			Doctor:       doctor,
 			Log:          o.Log,
 		}),
 	})
@@ -328,7 +338,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	}
 	return &App{Config: cfg, Version: o.Version, Log: o.Log, Bot: b, Store: st, Metrics: m, Backups: backups, Approvals: apr,
 		Engine: eng, Journal: eng.Journal, Snapshot: snapshot, Tarball: tarball, Failover: failover, Builders: builders,
-		Reports: reports, Drills: drills, Monitor: mon, Leader: elector, SlackKeys: keys, slackSecret: slackSecret}, nil
+		Reports: reports, Drills: drills, Monitor: mon, Leader: elector, SlackKeys: keys, slackSecret: slackSecret, Doctor: doctor}, nil
 }
 
 // ReloadSlack reads the Slack secret again (SIGHUP): after a rotation in
@@ -435,6 +445,43 @@ func describeReplicas(reps []store.Replica, alive func(process string) bool, hol
 	return line
 }
 
+// replicasCheck is the doctor's line on the bot's replicas: at least two
+// alive (heartbeats) and one holding the lease (nil with one replica).
+func replicasCheck(st *store.Store, el *leader.Elector) func(context.Context) bot.DoctorCheck {
+	if el == nil {
+		return nil
+	}
+	return func(ctx context.Context) bot.DoctorCheck {
+		const name = "Bot replicas"
+		reps, err := st.Replicas(ctx)
+		if err != nil {
+			return bot.DoctorCheck{Name: name, Verdict: bot.VerdictFail, Detail: "cannot read the shared state: " + err.Error(), Fix: "check the DynamoDB table (store.table) and the bot's SharedState permissions"}
+		}
+		holder, _, err := el.Lease.Current(ctx)
+		if err != nil {
+			return bot.DoctorCheck{Name: name, Verdict: bot.VerdictFail, Detail: "cannot read the lease: " + err.Error(), Fix: "check the DynamoDB table (store.table)"}
+		}
+		var alive []string
+		leader := ""
+		for _, r := range reps {
+			if st.Alive(ctx, r.Process) {
+				alive = append(alive, r.Name)
+				if r.Process == holder {
+					leader = r.Name
+				}
+			}
+		}
+		detail := fmt.Sprintf("%d alive (%s)", len(alive), strings.Join(alive, ", "))
+		switch {
+		case leader == "":
+			return bot.DoctorCheck{Name: name, Verdict: bot.VerdictFail, Detail: detail + "; no replica holds the lease, so scheduled backups and outage detection wait", Fix: "check the replicas' logs; a replica takes the lease within store.lease_ttl"}
+		case len(alive) < 2:
+			return bot.DoctorCheck{Name: name, Verdict: bot.VerdictWarn, Detail: detail + ", leader " + leader + "; an outage of its zone takes the bot down", Fix: "run a second replica in another zone"}
+		}
+		return bot.DoctorCheck{Name: name, Verdict: bot.VerdictOK, Detail: detail + ", leader " + leader, Fix: ""}
+	}
+}
+
 func (a *App) Close() error { return a.Store.Close() }
 
 // Crash stops this replica's heartbeat and lease renewal without giving
@@ -468,6 +515,16 @@ func (a *App) NewServer(ctx context.Context) *Server {
 		sec = keys.Slack()
 	}
 	s := &Server{app: a, web: web}
+	// The report's doctor alerts the monitor channel when a recovery
+	// would no longer work.
+	a.Reports.Alert = func(ctx context.Context, text string) error {
+		ch := a.MonitorChannel()
+		if ch == "" {
+			return nil
+		}
+		_, err := web.For(chat.Request{ChannelID: ch}).Post(ctx, chat.Text(text))
+		return err
+	}
 	s.pool = slackio.NewPool(ctx, 32, func(ctx context.Context, req chat.Request) {
 		a.Bot.Handle(ctx, req, web.For(req))
 	})

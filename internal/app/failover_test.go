@@ -98,7 +98,7 @@ func (e *env) holdersOf(ip string) []string {
 // name value, or -1.
 func callIndex(calls []faultproxy.Call, action, value string) int {
 	for i, c := range calls {
-		if c.Action != action {
+		if c.Action != action || c.Params.Get("DryRun") == "true" {
 			continue
 		}
 		for _, vs := range c.Params {

@@ -14,10 +14,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/smithy-go/transport/http/protocol/awsquery"
 
+	"github.com/circlebot/circlebot/internal/app"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/journal"
 	"github.com/circlebot/circlebot/internal/monitor"
 	"github.com/circlebot/circlebot/internal/store"
+	"github.com/circlebot/circlebot/internal/testenv/motoserver"
+	"github.com/circlebot/circlebot/internal/testenv/ssmbox"
 )
 
 type monitorRig struct {
@@ -28,7 +31,12 @@ type monitorRig struct {
 }
 
 func newMonitorRig(t *testing.T) *monitorRig {
-	e := newEnv(t, nil)
+	// An SSM stand-in on which the box's agent is online: the requests the
+	// alert buttons open run their pre-flight, which reads it (moto's SSM
+	// cannot answer DescribeInstanceInformation).
+	ssmSrv := ssmbox.New(t)
+	e := newEnvOn(t, motoserver.ForTest(t), nil, func(o *app.Options) { o.SSMEndpoint = ssmSrv.URL })
+	ssmSrv.AddBox(e.inst.ServicesBox.ID)
 	r := &monitorRig{env: e, now: time.Now().UTC().Truncate(time.Minute),
 		cw: cloudwatch.NewFromConfig(e.aws, func(o *cloudwatch.Options) { o.Protocol = awsquery.New(cwschemas.GraniteServiceVersion20100801) })}
 	m := e.app.Monitor

@@ -19,7 +19,7 @@ func TestResumeOfAStaleFailoverAsksASecondPersonAgain(t *testing.T) {
 	f := newFailoverEnv(t, nil)
 	primary := f.inst.ServicesBox.ID
 	req := f.request(alice, "failover --to "+f.standby)
-	f.proxy.SetFaults(faultproxy.Faults{Deny: func(c faultproxy.Call) bool { return c.Action == "StopInstances" }})
+	f.proxy.SetFaults(faultproxy.Faults{Deny: func(c faultproxy.Call) bool { return c.Action == "StopInstances" && c.Params.Get("DryRun") != "true" }})
 	f.click(bob, "approve "+req, "rs.1")
 	f.waitText("the failover stopped at its fence", "Later steps did not run")
 	f.server.Wait()

@@ -25,6 +25,42 @@ type Plan struct {
 	Changes []string `json:"changes"`
 	Keeps   []string `json:"keeps"`
 	Undo    []string `json:"undo"`
+	// Preflight is what AWS answered when the plan's calls were tried
+	// without effect (the engine's pre-flight). It is not hashed: it is
+	// run again before the plan runs. A refused row blocks approval.
+	Preflight []Check `json:"preflight,omitempty"`
+}
+
+// Check is one row of a plan's pre-flight: a call, what it acts on, ok,
+// refused or skipped, and AWS's reason.
+type Check struct {
+	Call   string `json:"call"`
+	On     string `json:"on,omitempty"`
+	Status string `json:"status"`
+	Reason string `json:"reason,omitempty"`
+	Denied bool   `json:"denied,omitempty"` // refused by IAM
+}
+
+// CheckRefused is the status of a pre-flight row AWS would refuse.
+const CheckRefused = "refused"
+
+// Blocked is why the plan cannot be approved ("" when it can): the calls
+// its pre-flight found AWS would refuse.
+func (p Plan) Blocked() string {
+	var parts []string
+	for _, c := range p.Preflight {
+		if c.Status == CheckRefused {
+			s := "`" + c.Call + "`"
+			if c.On != "" {
+				s += " on " + c.On
+			}
+			parts = append(parts, s+" ("+c.Reason+")")
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "AWS would refuse " + strings.Join(parts, "; ")
 }
 
 // Hash is stable across runs: facts are sorted by key. It is the SHA-256
@@ -172,6 +208,11 @@ func CheckDecision(r Request, d Decision, now time.Time) *Refusal {
 	}
 	if !now.Before(r.Expires) {
 		return refuse("request `%s` expired at %s UTC; it cannot be revived. Make a new request.", r.ID, r.Expires.UTC().Format("15:04"))
+	}
+	// A plan AWS would refuse is shown, never approved: the requester may
+	// still withdraw it.
+	if b := r.Plan.Blocked(); approve && b != "" {
+		return refuse("request `%s` cannot be approved: its pre-flight failed: %s. Nothing was changed; fix that, then make a new request.", r.ID, b)
 	}
 	// The requester may withdraw their own request; nobody may approve it.
 	if !approve && user == r.Requester {

@@ -413,3 +413,29 @@ func TestSmallPlanSummaryIsComplete(t *testing.T) {
 		t.Fatalf("complete %v:\n%s", complete, text)
 	}
 }
+
+// A plan whose pre-flight AWS refused is shown, never approved: approve
+// says which call and why, the requester may still withdraw it, and the
+// table does not change the hash (it is run again before the plan runs).
+func TestRefusedPreflightBlocksApprovalOnly(t *testing.T) {
+	now := time.Now()
+	plan := Plan{Action: "restore", Facts: map[string]string{"source": "bk-1"}}
+	hash := plan.Hash()
+	plan.Preflight = []Check{{Call: "ec2:RunInstances", Status: "ok"}, {Call: "ec2:TerminateInstances", On: "i-1", Status: CheckRefused, Reason: "UnauthorizedOperation: no", Denied: true}}
+	if plan.Hash() != hash {
+		t.Fatal("the pre-flight table changed the plan hash")
+	}
+	r := New("restore latest", plan, "U0ALICE", "C1", now, time.Hour)
+	r.State = Pending
+	ref := CheckDecision(r, Decision{User: "U0BOB", Channel: "C1", Approver: true, Approve: true}, now)
+	if ref == nil || !strings.Contains(ref.Reason, "cannot be approved") || !strings.Contains(ref.Reason, "ec2:TerminateInstances") {
+		t.Fatalf("approve of a blocked plan: %v", ref)
+	}
+	if ref := CheckDecision(r, Decision{User: "U0ALICE", Channel: "C1", Approve: false}, now); ref != nil {
+		t.Fatalf("the requester cannot withdraw a blocked request: %v", ref)
+	}
+	plan.Preflight[1].Status = "ok"
+	if plan.Blocked() != "" {
+		t.Fatal("an all-ok pre-flight blocks")
+	}
+}

@@ -63,7 +63,7 @@ func (d Deps) request() Handler {
 			if !complete {
 				summary += "_Long lists are cut here; a request (without `--dry-run`) attaches the full plan in its thread._\n"
 			}
-			text := fmt.Sprintf("*Dry run of* `%s %s` — nothing was changed and no approval was requested.\n%s", d.SlashCommand, c.Cmd.Text(), summary)
+			text := fmt.Sprintf("*Dry run of* `%s %s` — nothing was changed and no approval was requested.\n%s%s", d.SlashCommand, c.Cmd.Text(), summary, preflightText(plan))
 			return Outcome{Result: "ok", Detail: "dry run " + approvals.Short(plan.Hash())}, c.Reply.Ephemeral(ctx, chat.Text(text))
 		}
 		return d.ask(ctx, c, plan)
@@ -207,17 +207,33 @@ func (d Deps) attachPlan(ctx context.Context, out Replier, ref chat.Ref, req app
 func (d Deps) requestMessage(r approvals.Request, status string) chat.Message {
 	pending := status == ""
 	head := fmt.Sprintf(":lock: *Approval needed:* `%s %s`, requested by <@%s> in <#%s>", d.SlashCommand, chat.Truncate(r.Command, 300), r.Requester, r.Channel)
+	if pending && r.Plan.Blocked() != "" {
+		head = fmt.Sprintf(":no_entry: *Pre-flight failed, cannot be approved:* `%s %s`, requested by <@%s> in <#%s>", d.SlashCommand, chat.Truncate(r.Command, 300), r.Requester, r.Channel)
+	}
 	if !pending {
 		head = fmt.Sprintf("*Request* `%s`: `%s %s`, requested by <@%s> in <#%s>", r.ID, d.SlashCommand, chat.Truncate(r.Command, 300), r.Requester, r.Channel)
 	}
 	summary, complete := approvals.Summary(r.Plan, summaryItems, summaryBytes)
 	blocks := chat.Section(head + "\n" + summary)
+	if t := preflightText(r.Plan); t != "" {
+		blocks = append(blocks, chat.Section(t)...)
+	}
 	if !complete {
 		blocks = append(blocks, chat.Context(fmt.Sprintf(":paperclip: Long lists are cut above. The full plan is attached in this message's thread, and the plan hash `%s` covers every item of it, not only what is shown here.", r.PlanHash)))
 	}
 	if !pending {
 		blocks = append(blocks, chat.Context(status))
 		return chat.Message{Text: fmt.Sprintf("Request %s: %s %s", r.ID, d.SlashCommand, r.Command), Blocks: blocks}
+	}
+	deny := slack.NewButtonBlockElement(slackio.ButtonID("deny"), "deny "+r.ID, slack.NewTextBlockObject(slack.PlainTextType, "Deny", false, false)).WithStyle(slack.StyleDanger)
+	if why := r.Plan.Blocked(); why != "" {
+		// Nothing to approve: the request is shown so that the channel
+		// sees what AWS would refuse; Deny withdraws it.
+		blocks = append(blocks, chat.Context(fmt.Sprintf("Request `%s` · plan `%s` · expires %s UTC · :no_entry: *Cannot be approved:* its pre-flight failed: %s. Nothing was changed. Fix that, then make a new request; `%s deny %s` withdraws this one.",
+			r.ID, approvals.Short(r.PlanHash), r.Expires.UTC().Format("15:04"), why, d.SlashCommand, r.ID)),
+			slack.NewActionBlock("approval", deny))
+		text := fmt.Sprintf("Cannot be approved: %s (request %s) — its pre-flight failed", chat.Truncate(r.Command, 300), r.ID)
+		return chat.Message{Text: text, Blocks: blocks}
 	}
 	where := make([]string, 0, 2)
 	for _, ch := range d.decisionChannels(r) {
@@ -231,7 +247,6 @@ func (d Deps) requestMessage(r approvals.Request, status string) chat.Message {
 		slack.NewTextBlockObject(slack.MarkdownType, fmt.Sprintf("`%s` will run as planned (plan `%s`). It is checked against AWS again first.", chat.Truncate(r.Command, 150), approvals.Short(r.PlanHash)), false, false),
 		slack.NewTextBlockObject(slack.PlainTextType, "Approve and run", false, false),
 		slack.NewTextBlockObject(slack.PlainTextType, "Cancel", false, false))
-	deny := slack.NewButtonBlockElement(slackio.ButtonID("deny"), "deny "+r.ID, slack.NewTextBlockObject(slack.PlainTextType, "Deny", false, false)).WithStyle(slack.StyleDanger)
 	blocks = append(blocks, slack.NewActionBlock("approval", approve, deny))
 	text := fmt.Sprintf("Approval needed: %s (request %s) — %s approve %s", chat.Truncate(r.Command, 300), r.ID, d.SlashCommand, r.ID)
 	return chat.Message{Text: text, Blocks: blocks}
@@ -305,7 +320,14 @@ func (d Deps) execute(ctx context.Context, c Call, out Replier, r approvals.Requ
 	}
 	err := d.Engine.Execute(ctx, r, out)
 	var changed *engine.PlanChangedError
+	var refused *ops.PreflightError
 	switch {
+	case errors.As(err, &refused):
+		why := refused.Error()
+		d.finish(ctx, r.ID, approvals.Refused, why)
+		d.updateAll(ctx, c, out, r, fmt.Sprintf(":no_entry: Approved by <@%s>, not run: %s. Nothing was changed.", r.Decider, why))
+		_, perr := out.Post(ctx, chat.Text(fmt.Sprintf(":no_entry: Request `%s` was approved but not run: just before its first step, %s. Nothing was changed. Fix that, then make a new request.", r.ID, why)))
+		return Outcome{Result: "refused", Detail: why}, perr
 	case errors.As(err, &changed):
 		d.finish(ctx, r.ID, approvals.Refused, changed.Error())
 		msg := fmt.Sprintf(":warning: Request `%s` was approved but not run: %s. Nothing was changed. Make a new request to see the current plan.", r.ID, changed.Error())

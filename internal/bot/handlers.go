@@ -30,6 +30,8 @@ type Deps struct {
 	Builders *ops.Builders // nil: builders.asg_name unset
 	Reports  *Reports
 	Drills   *DrillService
+	// Doctor checks whether a recovery would work now (doctor).
+	Doctor *Doctor
 	// Replicas describes the bot's own replicas for status (nil: one).
 	Replicas func(ctx context.Context) string
 	Log      *slog.Logger
@@ -46,6 +48,7 @@ func Handlers(d Deps) map[commands.Name]Handler {
 		commands.Status:         d.status,
 		commands.History:        d.history,
 		commands.BuildersStatus: d.buildersStatus,
+		commands.Doctor:         d.doctor,
 	}
 	if d.Backups != nil {
 		h[commands.BackupNow] = d.backupNow

@@ -37,6 +37,12 @@ type Reports struct {
 	// Replica, when set, gives the report's lines on the replica: its age
 	// and what changed on the box since, its replication lag.
 	Replica func(ctx context.Context) []string
+	// Doctor adds its verdict line to the report (nil: none); Readiness
+	// keeps the last verdict and Alert tells the monitor channel, once,
+	// when it turns to not ready.
+	Doctor    *Doctor
+	Readiness ReadinessState
+	Alert     func(ctx context.Context, text string) error
 }
 
 func (s *Reports) now() time.Time {
@@ -96,6 +102,7 @@ func (s *Reports) Send(ctx context.Context, p progress.Poster) error {
 			text += l + "\n"
 		}
 	}
+	text += s.readinessLine(ctx)
 	ref, err := p.Post(ctx, chat.Message{Text: "Daily backup report", Blocks: chat.Section(text)})
 	if err != nil {
 		return fmt.Errorf("post the report: %w", err)

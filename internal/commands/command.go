@@ -36,6 +36,7 @@ const (
 	ReportNow      Name = "report now"
 	DrillNow       Name = "drill now"
 	Secret         Name = "secret"
+	Doctor         Name = "doctor"
 )
 
 const (
@@ -55,7 +56,7 @@ const (
 type Class int
 
 const (
-	ClassRead        Class = iota // viewers and up: help, status, backup list, backup status, builders status, history
+	ClassRead        Class = iota // viewers and up: help, status, backup list, backup status, builders status, history, doctor
 	ClassOperate                  // operators, runs without approval: backup now, report now, drill now, cancel, resume
 	ClassDestructive              // an operator requests, a second person approves: restore, failover, reboot, resize, replica build/refresh, builders rotate, backup prune, secret
 	ClassDecide                   // approvers: approve, deny
@@ -92,6 +93,7 @@ var specs = []Spec{
 	{BackupStatus, "backup status <backup-id|snapshot-id|s3://bucket/key>", "State and progress of one backup.", ClassRead},
 	{BuildersStatus, "builders status", "The builder fleet: instances, health, and the Services box address they use.", ClassRead},
 	{History, "history [N]", "The last N commands and operations (default 20): who, what, and how it ended.", ClassRead},
+	{Doctor, "doctor", "Would a recovery work right now? Read-only checks and dry runs of every operation.", ClassRead},
 
 	{BackupNow, "backup now [ebs|tarball]", "Back up the Services box now (default: the configured method).", ClassOperate},
 	{ReportNow, "report now", "Post the daily backup report (restore points, RPO, drills, chart) here, now.", ClassOperate},

@@ -33,6 +33,10 @@ var details = map[Name]string{
 		"An EBS snapshot can stay pending for hours, and the first snapshot of a volume is a full copy; a snapshot set is done when its last snapshot is.",
 	BuildersStatus: "Shows the builder fleet: desired and running instances, their health, and the Services box address they were started with. " +
 		"After a restore or failover, builders still pointing at the old address need `{cmd} builders rotate`.",
+	Doctor: "Checks, read-only and through AWS dry runs, that a recovery would work right now: the Services box found exactly once, " +
+		"the SSM agents of the box and the replica, the pre-flight of each operation (EBS and tarball backup, `restore latest`, failover, builder rotation: " +
+		"every call tried without effect, so a missing IAM permission is named), the newest restore point against the RPO, and the bot's replicas. " +
+		"One verdict per line, with a fix for each failure. Changes nothing.",
 	History: "Shows the last N commands and operations (default 20, at most 200): who asked, who approved, what ran, and how it ended.",
 	BackupNow: "Backs up the Services box now. `ebs` snapshots its data volumes; `tarball` runs circleci-backup on the box and uploads the archive to S3. " +
 		"Without a method, the configured one is used. Progress is posted as the backup runs.",

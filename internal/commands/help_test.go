@@ -166,7 +166,7 @@ func TestClassString(t *testing.T) {
 
 func TestClasses(t *testing.T) {
 	want := map[Name]Class{
-		Help: ClassRead, Status: ClassRead, BackupList: ClassRead, BackupStatus: ClassRead, BuildersStatus: ClassRead, History: ClassRead,
+		Help: ClassRead, Status: ClassRead, BackupList: ClassRead, BackupStatus: ClassRead, BuildersStatus: ClassRead, History: ClassRead, Doctor: ClassRead,
 		BackupNow: ClassOperate, ReportNow: ClassOperate, DrillNow: ClassOperate, Cancel: ClassOperate, Resume: ClassOperate,
 		Restore: ClassDestructive, Failover: ClassDestructive, Reboot: ClassDestructive, Resize: ClassDestructive, ReplicaBuild: ClassDestructive, ReplicaRefresh: ClassDestructive, BuildersRotate: ClassDestructive, BackupPrune: ClassDestructive, Secret: ClassDestructive,
 		Approve: ClassDecide, Deny: ClassDecide,

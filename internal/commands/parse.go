@@ -156,6 +156,7 @@ func resolve(words []string) (Name, []string, *UsageError) {
 var argParsers = map[Name]func(c *Command, args []string) *UsageError{
 	Help:           parseHelpArgs,
 	Status:         noArgs,
+	Doctor:         noArgs,
 	BackupNow:      parseBackupNow,
 	BackupList:     noArgs,
 	BackupStatus:   parseBackupStatus,

@@ -33,6 +33,7 @@ var validCases = []struct {
 
 	// status
 	{"status", Command{Name: Status}},
+	{"doctor", Command{Name: Doctor}},
 	{"  Status  ", Command{Name: Status}},
 	{"/circleci status", Command{Name: Status}},
 	{"/ops status", Command{Name: Status}},

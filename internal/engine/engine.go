@@ -95,6 +95,12 @@ type Engine struct {
 	// ApprovalTTL is how long an approval stands: a stopped operation
 	// approved longer ago than that needs a second person again to go on.
 	ApprovalTTL time.Duration
+	// RoleSessions: approved operations run in a role session of their
+	// own (ops.role_arn), which may hold rights the bot's identity lacks.
+	// A plan's pre-flight runs as the bot (nobody has approved it yet), so
+	// what IAM refuses the bot is shown as checked later, as the session,
+	// just before the first step.
+	RoleSessions bool
 	// MinInterval paces progress updates (tests); zero means the default.
 	MinInterval time.Duration
 	// AlsoRecover are records of work that is not an operation, which a
@@ -130,7 +136,27 @@ func (e *Engine) Propose(ctx context.Context, cmd commands.Command) (approvals.P
 	if err := e.checkFree(ctx, d.also); err != nil {
 		return approvals.Plan{}, err
 	}
+	if d.preflight != nil {
+		pf := d.preflight(ctx)
+		if e.RoleSessions {
+			for i, c := range pf.Checks {
+				if c.Status == ops.CheckRefused && c.Denied {
+					pf.Checks[i].Status, pf.Checks[i].Reason = ops.CheckSkipped, "the bot's own identity may not ("+c.Reason+"); tried again as the approved operation's role session (ops.role_arn) just before the first step"
+				}
+			}
+		}
+		d.approval.Preflight = preflightRows(pf)
+	}
 	return d.approval, nil
+}
+
+// preflightRows is a pre-flight as the approval shows it.
+func preflightRows(p ops.Preflight) []approvals.Check {
+	out := make([]approvals.Check, 0, len(p.Checks))
+	for _, c := range p.Checks {
+		out = append(out, approvals.Check{Call: c.Call, On: c.On, Status: c.Status, Reason: c.Reason, Denied: c.Denied})
+	}
+	return out
 }
 
 func (e *Engine) derive(ctx context.Context, k kind, cmd commands.Command) (derived, error) {
@@ -291,6 +317,21 @@ func (e *Engine) start(ctx context.Context, cmd commands.Command, req approvals.
 	if err != nil {
 		release()
 		return err
+	}
+	// The pre-flight again, under the lock and just before the first
+	// step: what AWS would refuse now stops here, with nothing touched
+	// and nothing journaled.
+	if d.preflight != nil {
+		pctx := ctx
+		if approved {
+			// As the steps will run: in the operation's role session.
+			pctx = asItsPeople(ctx, &journal.Op{ID: opID, Requester: req.Requester, Approver: req.Decider})
+		}
+		if err := d.preflight(pctx).Err(); err != nil {
+			releaseAlso()
+			release()
+			return err
+		}
 	}
 	b, err := k.bind(d.plan)
 	if err != nil {

@@ -39,7 +39,8 @@ func Failover(s Setup, f *ops.Failover) Kind[ops.FailoverPlan, ops.FailoverResul
 			}
 			return nil
 		},
-		Steps: func(p ops.FailoverPlan, _ Env) []journal.Def { return f.Steps(p) },
+		Preflight: f.Preflight,
+		Steps:     func(p ops.FailoverPlan, _ Env) []journal.Def { return f.Steps(p) },
 		Recheck: func(ctx context.Context, p ops.FailoverPlan, op Record) ([]string, error) {
 			var changes []string
 			// Until the fence (step 1) is done, the old primary must be as
@@ -204,6 +205,12 @@ func Rotate(s Setup, b *ops.Builders) Kind[ops.RotationPlan, ops.NoResult] {
 				return BuildersLock("")
 			}
 			return BuildersLock(b.Group)
+		},
+		Preflight: func(ctx context.Context, p ops.RotationPlan) ops.Preflight {
+			if b == nil {
+				return ops.Preflight{}
+			}
+			return b.Preflight(ctx, p)
 		},
 		Steps: func(p ops.RotationPlan, _ Env) []journal.Def { return b.Steps(p) },
 		Summary: func(p ops.RotationPlan, _ ops.NoResult, op Record) string {

@@ -46,6 +46,13 @@ type Kind[P, R any] struct {
 	// Empty says, for a plan with nothing in it, why nothing would be done
 	// ("": there is work).
 	Empty func(P) string
+	// Preflight tries every mutating call the plan will make without
+	// effect (EC2 DryRun; a read where an API has none). It runs before
+	// the plan is offered for approval, its table shown with the plan,
+	// and again just before the first step: a refused row means the
+	// request cannot be approved, or stops before anything is touched.
+	// nil: no pre-flight.
+	Preflight func(ctx context.Context, p P) ops.Preflight
 	// Steps are the journaled steps; each must be safe to run again.
 	Steps func(P, Env) []journal.Def
 	// Recheck runs before a stopped operation is resumed: an error means
@@ -168,6 +175,8 @@ type derived struct {
 	title    string
 	also     []string
 	empty    string
+	// preflight runs the kind's pre-flight of this plan (nil: none).
+	preflight func(context.Context) ops.Preflight
 }
 
 // bound is a journaled operation's plan decoded again, with what the
@@ -261,6 +270,9 @@ func (k Kind[P, R]) derive(ctx context.Context, cmd commands.Command) (derived, 
 	}
 	if k.Empty != nil {
 		d.empty = k.Empty(p)
+	}
+	if k.Preflight != nil {
+		d.preflight = func(ctx context.Context) ops.Preflight { return k.Preflight(ctx, p) }
 	}
 	return d, nil
 }

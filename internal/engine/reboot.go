@@ -30,10 +30,11 @@ func Reboot(s Setup, j journal.Store, r *ops.Reboot) Kind[ops.RebootPlan, ops.Re
 			p.Downtime, err = lastTook(ctx, j, KindReboot)
 			return p, err
 		},
-		Approval: rebootApproval,
-		Title:    func(p ops.RebootPlan) string { return fmt.Sprintf("Reboot of the Services box `%s`", p.Box.ID) },
-		Target:   s.box,
-		Steps:    func(p ops.RebootPlan, _ Env) []journal.Def { return r.Steps(p) },
+		Approval:  rebootApproval,
+		Title:     func(p ops.RebootPlan) string { return fmt.Sprintf("Reboot of the Services box `%s`", p.Box.ID) },
+		Target:    s.box,
+		Preflight: r.Preflight,
+		Steps:     func(p ops.RebootPlan, _ Env) []journal.Def { return r.Steps(p) },
 		Summary: func(p ops.RebootPlan, _ ops.RebootResult, op Record) string {
 			return fmt.Sprintf("The Services box `%s` (%s, %s) rebooted and is healthy after %s (approved by <@%s>). Downtime measured: %s — the next reboot's plan expects that. %s. Webhooks sent while it was down were lost; running builds are retried.",
 				p.Box.ID, p.Box.Type, p.Box.PrivateIP, op.Took, op.Approver, op.Took, stepTimes(op))

@@ -34,8 +34,9 @@ func Resize(s Setup, j journal.Store, r *ops.Resize) Kind[ops.ResizePlan, ops.Re
 		Title: func(p ops.ResizePlan) string {
 			return fmt.Sprintf("Resize of the Services box `%s` from %s to %s", p.Box.ID, p.From.Name, p.To.Name)
 		},
-		Target: s.box,
-		Steps:  func(p ops.ResizePlan, _ Env) []journal.Def { return r.Steps(p) },
+		Target:    s.box,
+		Preflight: r.Preflight,
+		Steps:     func(p ops.ResizePlan, _ Env) []journal.Def { return r.Steps(p) },
 		Recheck: func(ctx context.Context, p ops.ResizePlan, op Record) ([]string, error) {
 			// Until the stop (step 1) is done, the box must be as approved:
 			// a box that was stopped and runs now, or the reverse, is a

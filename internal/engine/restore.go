@@ -77,8 +77,9 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 			}
 			return "Restore of the Services box from `" + p.Source + "`"
 		},
-		Target: s.box,
-		Steps:  func(p ops.RestorePlan, _ Env) []journal.Def { return r.Steps(p) },
+		Target:    s.box,
+		Preflight: r.Preflight,
+		Steps:     func(p ops.RestorePlan, _ Env) []journal.Def { return r.Steps(p) },
 		Recheck: func(ctx context.Context, p ops.RestorePlan, op Record) ([]string, error) {
 			if err := r.Recheck(ctx, p); err != nil {
 				return nil, err

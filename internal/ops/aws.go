@@ -100,6 +100,12 @@ var (
 	// ErrAgentOffline: SSM does not reach the instance (agent offline, no
 	// instance profile, or stopped). The command was not sent.
 	ErrAgentOffline = errors.New("the instance is not reachable through SSM")
+	// ErrDryRunOK: a call made with DryRun would have succeeded (AWS
+	// answers DryRunOperation, an error, and does nothing).
+	ErrDryRunOK = errors.New("the dry run would have succeeded")
+	// ErrNoDefaultEncryption: the bucket has no default encryption
+	// configuration of its own.
+	ErrNoDefaultEncryption = errors.New("no default bucket encryption")
 )
 
 // The codes behind each sentinel. An operation name ("Op:Code") narrows
@@ -145,9 +151,11 @@ var errorCodes = map[string]error{
 	"ConcurrentSnapshotLimitExceeded":       ErrSnapshotLimit,
 	"SnapshotCreationPerVolumeRateExceeded": ErrSnapshotLimit,
 	"InvalidInstanceId":                     ErrAgentOffline, // SSM's spelling; EC2's are InvalidInstanceID.*
+	"DryRunOperation":                       ErrDryRunOK,
 
-	"TerminateInstanceInAutoScalingGroup:ValidationError": ErrNotInGroup,
-	"UnassignPrivateIpAddresses:InvalidParameterValue":    ErrNotAssigned,
+	"TerminateInstanceInAutoScalingGroup:ValidationError":                ErrNotInGroup,
+	"UnassignPrivateIpAddresses:InvalidParameterValue":                   ErrNotAssigned,
+	"GetBucketEncryption:ServerSideEncryptionConfigurationNotFoundError": ErrNoDefaultEncryption,
 }
 
 // readLag is how many polls a read-after-write looks before it gives up

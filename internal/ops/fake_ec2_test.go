@@ -235,6 +235,10 @@ func (f *fakeEC2) TerminateInstances(_ context.Context, in *ec2.TerminateInstanc
 func (f *fakeEC2) RunInstances(_ context.Context, in *ec2.RunInstancesInput, _ ...func(*ec2.Options)) (*ec2.RunInstancesOutput, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if aws.ToBool(in.DryRun) {
+		// As AWS: a dry run changes nothing and answers with an error.
+		return nil, apiErr("RunInstances", "DryRunOperation")
+	}
 	f.record("RunInstances %s %s", in.InstanceType, aws.ToString(in.ClientToken))
 	if f.onRun != nil {
 		if err := f.onRun(in); err != nil {

@@ -167,6 +167,10 @@ type SnapshotRestore struct {
 	Region    string
 	Fallbacks []string
 	AppStart  string
+	// Types and Quotas let the pre-flight check the launch's instance
+	// types (architecture, vCPU quota); nil: not checked.
+	Types  InstanceTypes
+	Quotas Quotas
 	// Poll is the wait between state polls (default 2 s); the timeouts
 	// bound each wait.
 	Poll          time.Duration
@@ -616,7 +620,10 @@ func (r *SnapshotRestore) image(ctx context.Context, op *Work[RestoreResult], pl
 	case err != nil:
 		return "", err
 	}
-	return fmt.Sprintf("`%s` available in %s", id, since(start)), nil
+	if err := r.checkLaunch(ctx, plan, op.ID, id); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("`%s` available in %s; the launch from it passed its dry run", id, since(start)), nil
 }
 
 // findImage returns this restore's usable image (pending or available),
@@ -639,10 +646,7 @@ func (r *SnapshotRestore) register(ctx context.Context, op *Work[RestoreResult],
 	if n > 1 {
 		name += fmt.Sprintf("-%d", n)
 	}
-	// The restored box's volumes survive an accidental terminate.
-	in := imageInput(plan, name, fmt.Sprintf("CircleCI Services Box restored from %s by circlebot %s", plan.Source, op.ID), false, []ec2types.Tag{
-		{Key: aws.String(TagRestoreOp), Value: aws.String(op.ID)}, {Key: aws.String("Name"), Value: aws.String(name)},
-	})
+	in := restoreImageInput(plan, name, op.ID)
 	// Never registered twice: the SDK retries only a throttled attempt
 	// (onceEC2), and an answer lost on the way back is found by its tag
 	// (or the name is taken: InvalidAMIName.Duplicate).
@@ -672,6 +676,15 @@ func (r *SnapshotRestore) register(ctx context.Context, op *Work[RestoreResult],
 		return "", fmt.Errorf("an image named %s exists but is not this restore's (no %s=%s tag): rename or deregister it, then resume", name, TagRestoreOp, op.ID)
 	}
 	return "", fmt.Errorf("register the image: %w", err)
+}
+
+// restoreImageInput is the RegisterImage call of a restore: the pre-flight
+// tries exactly this call.
+func restoreImageInput(plan RestorePlan, name, opID string) *ec2.RegisterImageInput {
+	// The restored box's volumes survive an accidental terminate.
+	return imageInput(plan, name, fmt.Sprintf("CircleCI Services Box restored from %s by circlebot %s", plan.Source, opID), false, []ec2types.Tag{
+		{Key: aws.String(TagRestoreOp), Value: aws.String(opID)}, {Key: aws.String("Name"), Value: aws.String(name)},
+	})
 }
 
 // freeIP terminates the old, stopped, protected instance so that its
@@ -791,6 +804,20 @@ func (r *SnapshotRestore) launched(ctx context.Context, opID string) (*ec2types.
 }
 
 func (r *SnapshotRestore) run(ctx context.Context, op *Work[RestoreResult], plan RestorePlan, typ string) (*ec2types.Instance, error) {
+	in := launchInput(plan, op.ID, op.Result.ImageID, typ)
+	out, err := r.EC2.RunInstances(ctx, in)
+	if err != nil {
+		return nil, translate(err)
+	}
+	if len(out.Instances) != 1 {
+		return nil, fmt.Errorf("RunInstances returned %d instances", len(out.Instances))
+	}
+	return &out.Instances[0], nil
+}
+
+// launchInput is the RunInstances call that launches the new box: the
+// pre-flight tries exactly this call.
+func launchInput(plan RestorePlan, opID, imageID, typ string) *ec2.RunInstancesInput {
 	var tags []ec2types.Tag
 	for k, v := range plan.Shape.Tags {
 		if strings.HasPrefix(k, "aws:") || strings.HasPrefix(k, "circlebot:") {
@@ -801,15 +828,15 @@ func (r *SnapshotRestore) run(ctx context.Context, op *Work[RestoreResult], plan
 	if plan.Shape.Tags["Name"] == "" {
 		tags = append(tags, ec2types.Tag{Key: aws.String("Name"), Value: aws.String(plan.NameTag)})
 	}
-	tags = append(tags, ec2types.Tag{Key: aws.String(TagRestoreOp), Value: aws.String(op.ID)},
+	tags = append(tags, ec2types.Tag{Key: aws.String(TagRestoreOp), Value: aws.String(opID)},
 		ec2types.Tag{Key: aws.String("circlebot:restored-from"), Value: aws.String(plan.Source)})
 	slices.SortFunc(tags, func(a, b ec2types.Tag) int { return strings.Compare(*a.Key, *b.Key) })
 	in := &ec2.RunInstancesInput{
-		ImageId:          aws.String(op.Result.ImageID),
+		ImageId:          aws.String(imageID),
 		InstanceType:     ec2types.InstanceType(typ),
 		MinCount:         aws.Int32(1),
 		MaxCount:         aws.Int32(1),
-		ClientToken:      aws.String(clientToken(op.ID, typ)),
+		ClientToken:      aws.String(clientToken(opID, typ)),
 		SubnetId:         aws.String(plan.Shape.SubnetID),
 		PrivateIpAddress: aws.String(plan.Shape.PrivateIP),
 		SecurityGroupIds: plan.Shape.SecurityGroups,
@@ -819,7 +846,7 @@ func (r *SnapshotRestore) run(ctx context.Context, op *Work[RestoreResult], plan
 		MetadataOptions:     metadataOptions(plan.Shape.Boot),
 		TagSpecifications: []ec2types.TagSpecification{
 			{ResourceType: ec2types.ResourceTypeInstance, Tags: tags},
-			{ResourceType: ec2types.ResourceTypeVolume, Tags: []ec2types.Tag{{Key: aws.String(TagRestoreOp), Value: aws.String(op.ID)}}},
+			{ResourceType: ec2types.ResourceTypeVolume, Tags: []ec2types.Tag{{Key: aws.String(TagRestoreOp), Value: aws.String(opID)}}},
 		},
 	}
 	if plan.Shape.KeyName != "" {
@@ -832,14 +859,7 @@ func (r *SnapshotRestore) run(ctx context.Context, op *Work[RestoreResult], plan
 			in.IamInstanceProfile = &ec2types.IamInstanceProfileSpecification{Name: aws.String(p)}
 		}
 	}
-	out, err := r.EC2.RunInstances(ctx, in)
-	if err != nil {
-		return nil, translate(err)
-	}
-	if len(out.Instances) != 1 {
-		return nil, fmt.Errorf("RunInstances returned %d instances", len(out.Instances))
-	}
-	return &out.Instances[0], nil
+	return in
 }
 
 // clientToken is unique per operation and type (AWS refuses a token

@@ -202,6 +202,91 @@ func (r *SnapshotRestore) restoreVolumes(ctx context.Context, opID string) (map[
 	return m, nil
 }
 
+// createVolumeInput is the CreateVolume of one in-place volume (the
+// pre-flight tries exactly this call).
+func createVolumeInput(plan RestorePlan, v InPlaceVolume, opID string) *ec2.CreateVolumeInput {
+	in := &ec2.CreateVolumeInput{
+		AvailabilityZone: aws.String(plan.InPlace.AZ),
+		SnapshotId:       aws.String(v.SnapshotID),
+		Size:             aws.Int32(v.SizeGiB),
+		VolumeType:       ec2types.VolumeType(v.Type),
+		ClientToken:      aws.String(clientToken(opID, v.Device)),
+		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeVolume, Tags: []ec2types.Tag{
+			{Key: aws.String(TagRestoreOp), Value: aws.String(opID)},
+			{Key: aws.String(TagDevice), Value: aws.String(v.Device)},
+			{Key: aws.String("circlebot:restored-from"), Value: aws.String(plan.Source)},
+			{Key: aws.String("Name"), Value: aws.String(plan.NameTag + " " + v.Device)},
+		}}},
+	}
+	// AWS refuses IOPS and throughput for types that do not take them.
+	if v.IOPS > 0 {
+		in.Iops = aws.Int32(v.IOPS)
+	}
+	if v.Throughput > 0 {
+		in.Throughput = aws.Int32(v.Throughput)
+	}
+	// A volume from an encrypted snapshot is encrypted whatever is
+	// asked; the key is kept as it was.
+	if v.Encrypted {
+		in.Encrypted = aws.Bool(true)
+		if v.KMSKeyID != "" {
+			in.KmsKeyId = aws.String(v.KMSKeyID)
+		}
+	}
+	return in
+}
+
+// inPlacePreflight tries the calls of an in-place restore: the volumes
+// created (with their tags, type and key), the old ones protected, the
+// box stopped and started, each old volume detached and a volume attached
+// at its device. The new volumes do not exist yet, so the attach is tried
+// with the old volume at its own device: what IAM decides on is the
+// instance and a volume of the box, as it will be.
+func (r *SnapshotRestore) inPlacePreflight(ctx context.Context, plan RestorePlan) Preflight {
+	var pf Preflight
+	id := plan.Old.InstanceID
+	for _, v := range plan.InPlace.Volumes {
+		in := createVolumeInput(plan, v, preflightOpID)
+		in.DryRun, in.ClientToken = aws.Bool(true), nil
+		_, err := r.EC2.CreateVolume(ctx, in)
+		pf.dryRun("ec2:CreateVolume", v.Device+" from "+v.SnapshotID, err)
+	}
+	var vols []string
+	for _, v := range plan.Old.Volumes {
+		vols = append(vols, v.ID)
+	}
+	if len(vols) > 0 {
+		_, err := r.EC2.CreateTags(ctx, &ec2.CreateTagsInput{DryRun: aws.Bool(true), Resources: vols, Tags: []ec2types.Tag{
+			{Key: aws.String(TagKeptBy), Value: aws.String(preflightOpID)}, {Key: aws.String(TagKeptFrom), Value: aws.String(id)},
+		}})
+		pf.dryRun("ec2:CreateTags", strings.Join(vols, ", ")+" (mark the kept volumes)", err)
+	}
+	if plan.Old.State != string(ec2types.InstanceStateNameStopped) {
+		_, err := r.EC2.StopInstances(ctx, &ec2.StopInstancesInput{DryRun: aws.Bool(true), InstanceIds: []string{id}})
+		pf.dryRun("ec2:StopInstances", id+" (the box)", err)
+	}
+	for _, v := range plan.Old.Volumes {
+		_, err := r.EC2.DetachVolume(ctx, &ec2.DetachVolumeInput{DryRun: aws.Bool(true), VolumeId: aws.String(v.ID), InstanceId: aws.String(id), Device: aws.String(v.Device)})
+		pf.dryRun("ec2:DetachVolume", v.ID+" from "+v.Device, err)
+		_, err = r.EC2.AttachVolume(ctx, &ec2.AttachVolumeInput{DryRun: aws.Bool(true), VolumeId: aws.String(v.ID), InstanceId: aws.String(id), Device: aws.String(v.Device)})
+		if err = translate(err); err != nil && !errors.Is(err, ErrDryRunOK) && !errors.Is(err, ErrUnauthorized) {
+			// Only IAM's answer counts here: the stand-in volume is
+			// attached now, which the real call's volume will not be.
+			pf.skipped("ec2:AttachVolume", "a new volume at "+v.Device, "checked by the swap step itself ("+reasonOf(err)+")")
+			continue
+		}
+		pf.dryRun("ec2:AttachVolume", "a new volume at "+v.Device+" of "+id, err)
+	}
+	_, err := r.EC2.StartInstances(ctx, &ec2.StartInstancesInput{DryRun: aws.Bool(true), InstanceIds: []string{id}})
+	if err = translate(err); err != nil && !errors.Is(err, ErrDryRunOK) && !errors.Is(err, ErrUnauthorized) && plan.Old.State != string(ec2types.InstanceStateNameStopped) {
+		// A running box cannot be started now; IAM's answer is what counts.
+		pf.skipped("ec2:StartInstances", id, "checked when the box is stopped ("+reasonOf(err)+")")
+	} else {
+		pf.dryRun("ec2:StartInstances", id+" (the box, after the swap)", err)
+	}
+	return pf
+}
+
 // createVolumes makes one volume per snapshot, at most once: a volume
 // this restore made before (found by its tags) is used, each CreateVolume
 // carries a client token, and an answer lost on the way back is followed
@@ -217,34 +302,7 @@ func (r *SnapshotRestore) createVolumes(ctx context.Context, op *Work[RestoreRes
 			made[v.Device] = aws.ToString(got.VolumeId)
 			continue
 		}
-		in := &ec2.CreateVolumeInput{
-			AvailabilityZone: aws.String(plan.InPlace.AZ),
-			SnapshotId:       aws.String(v.SnapshotID),
-			Size:             aws.Int32(v.SizeGiB),
-			VolumeType:       ec2types.VolumeType(v.Type),
-			ClientToken:      aws.String(clientToken(op.ID, v.Device)),
-			TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeVolume, Tags: []ec2types.Tag{
-				{Key: aws.String(TagRestoreOp), Value: aws.String(op.ID)},
-				{Key: aws.String(TagDevice), Value: aws.String(v.Device)},
-				{Key: aws.String("circlebot:restored-from"), Value: aws.String(plan.Source)},
-				{Key: aws.String("Name"), Value: aws.String(plan.NameTag + " " + v.Device)},
-			}}},
-		}
-		// AWS refuses IOPS and throughput for types that do not take them.
-		if v.IOPS > 0 {
-			in.Iops = aws.Int32(v.IOPS)
-		}
-		if v.Throughput > 0 {
-			in.Throughput = aws.Int32(v.Throughput)
-		}
-		// A volume from an encrypted snapshot is encrypted whatever is
-		// asked; the key is kept as it was.
-		if v.Encrypted {
-			in.Encrypted = aws.Bool(true)
-			if v.KMSKeyID != "" {
-				in.KmsKeyId = aws.String(v.KMSKeyID)
-			}
-		}
+		in := createVolumeInput(plan, v, op.ID)
 		out, err := r.EC2.CreateVolume(ctx, in, onceEC2)
 		if err == nil {
 			made[v.Device] = aws.ToString(out.VolumeId)

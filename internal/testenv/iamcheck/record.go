@@ -181,6 +181,7 @@ var operationActions = map[string]string{
 	"S3 UploadPart":              "s3:PutObject",
 	"S3 CompleteMultipartUpload": "s3:PutObject",
 	"S3 AbortMultipartUpload":    "s3:AbortMultipartUpload",
+	"S3 GetBucketEncryption":     "s3:GetEncryptionConfiguration",
 }
 
 // impliedActions are what AWS checks on the caller's behalf.
@@ -515,6 +516,8 @@ func (d *describer) run(service, op string, params any) {
 		d.object(action, op, aws.ToString(in.Bucket), aws.ToString(in.Key), "")
 	case *s3.AbortMultipartUploadInput:
 		d.object(action, op, aws.ToString(in.Bucket), aws.ToString(in.Key), "")
+	case *s3.GetBucketEncryptionInput:
+		d.add(Check{Action: action, Type: "bucket", Resource: fmt.Sprintf("arn:%s:s3:::%s", d.partition, aws.ToString(in.Bucket))})
 
 	// DynamoDB
 	case *dynamodb.GetItemInput:

@@ -327,3 +327,55 @@ func TestPatchedInstanceTypeChangesAndCapacity(t *testing.T) {
 		t.Fatalf("after the start the instance is %s", st)
 	}
 }
+
+// A RunInstances dry run answers DryRunOperation only for a launch AWS
+// would accept: a missing key pair, security group or image, an unknown
+// type, a type of another architecture than the image, or more than 50
+// tags are refused as AWS refuses them, and nothing is launched.
+func TestPatchedRunInstancesDryRunValidates(t *testing.T) {
+	_, c := patchedServer(t)
+	ctx := ctxT(t)
+	imgs, err := c.DescribeImages(ctx, &ec2.DescribeImagesInput{Filters: []types.Filter{{Name: aws.String("architecture"), Values: []string{"x86_64"}}}})
+	if err != nil || len(imgs.Images) == 0 {
+		t.Fatalf("DescribeImages: %v", err)
+	}
+	img := imgs.Images[0].ImageId
+	launch := func(edit func(*ec2.RunInstancesInput)) error {
+		in := &ec2.RunInstancesInput{DryRun: aws.Bool(true), ImageId: img, InstanceType: types.InstanceTypeM5Xlarge, MinCount: aws.Int32(1), MaxCount: aws.Int32(1)}
+		if edit != nil {
+			edit(in)
+		}
+		_, err := c.RunInstances(ctx, in)
+		return err
+	}
+	many := make([]types.Tag, 51)
+	for i := range many {
+		many[i] = types.Tag{Key: aws.String(strings.Repeat("k", i+1)), Value: aws.String("v")}
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(*ec2.RunInstancesInput)
+		want string
+	}{
+		{"accepted", nil, "DryRunOperation"},
+		{"missing key pair", func(in *ec2.RunInstancesInput) { in.KeyName = aws.String("gone") }, "InvalidKeyPair.NotFound"},
+		{"missing security group", func(in *ec2.RunInstancesInput) { in.SecurityGroupIds = []string{"sg-12345678"} }, "InvalidGroup.NotFound"},
+		{"missing image", func(in *ec2.RunInstancesInput) { in.ImageId = aws.String("ami-12345678") }, "InvalidAMIID.NotFound"},
+		{"unknown type", func(in *ec2.RunInstancesInput) { in.InstanceType = "zz9.bogus" }, "InvalidParameterValue"},
+		{"arm type for an x86 image", func(in *ec2.RunInstancesInput) { in.InstanceType = types.InstanceTypeM6gXlarge }, "architecture"},
+		{"51 tags", func(in *ec2.RunInstancesInput) {
+			in.TagSpecifications = []types.TagSpecification{{ResourceType: types.ResourceTypeInstance, Tags: many}}
+		}, "TagLimitExceeded"},
+	} {
+		if err := launch(tc.edit); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %s", tc.name, err, tc.want)
+		}
+	}
+	out, err := c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Reservations) != 0 {
+		t.Fatalf("dry runs launched %d reservations", len(out.Reservations))
+	}
+}

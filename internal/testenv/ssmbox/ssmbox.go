@@ -819,6 +819,11 @@ func (s *Server) describeInstanceInformation(body []byte) (any, *apiError) {
 		if len(f.values) == 0 {
 			return nil, errf(http.StatusBadRequest, "InvalidInstanceInformationFilterValue", "Filter %s has no values", f.key)
 		}
+		if f.key == "InstanceIds" {
+			// An agent registers itself once its instance runs, not when
+			// the first command is sent (RegisterNew).
+			s.registerNew(f.values)
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -35,6 +35,12 @@ Patched behaviour:
       InsufficientInstanceCapacity, in RunInstances and in StartInstances
       of a stopped instance of that type.
 
+  * Dry runs (what AWS checks before it answers DryRunOperation):
+    - RunInstances with DryRun validates the image, subnet, security
+      groups, key pair, instance type (known, of the image's
+      architecture) and at most 50 tags per resource first; plain moto
+      answers DryRunOperation to nearly anything.
+
   * Instance types (what AWS refuses and moto 5.2.1 accepts):
     - ModifyInstanceAttribute InstanceType on an instance that is not
       stopped answers IncorrectInstanceState, and a type moto does not
@@ -239,6 +245,61 @@ def _run_instances(self, image_id, count, user_data, security_group_names, **kwa
 
 
 instance_models.InstanceBackend.run_instances = _run_instances
+
+
+# --- dry runs ----------------------------------------------------------------
+# moto 5.2.1 answers a RunInstances dry run with DryRunOperation having
+# looked only at the instance profile. AWS validates the request first:
+# the image, subnet, security groups and key pair must exist, the type
+# must be one AWS knows and of the image's architecture, and a resource
+# takes at most 50 tags. Only then does it answer DryRunOperation.
+
+from moto.ec2.exceptions import (  # noqa: E402
+    InvalidAMIIdError,
+    InvalidKeyPairNameError,
+    InvalidSecurityGroupNotFoundError,
+)
+from moto.ec2.models.instance_types import INSTANCE_TYPES  # noqa: E402
+from moto.ec2.responses import instances as instance_responses  # noqa: E402
+
+_orig_run_instances_response = instance_responses.InstanceResponse.run_instances
+
+
+def _dry_run_instances(self):
+    if not self._get_param("DryRun", False):
+        return _orig_run_instances_response(self)
+    backend = self.ec2_backend
+    image_id = self._get_param("ImageId")
+    images = backend.describe_images(ami_ids=[image_id]) if image_id else []
+    if not images:
+        raise InvalidAMIIdError(image_id or "")
+    subnet = self._get_param("SubnetId")
+    if subnet:
+        backend.get_subnet(subnet)
+    for gid in self._get_param("SecurityGroupIds", []):
+        if backend.get_security_group_from_id(gid) is None:
+            raise InvalidSecurityGroupNotFoundError(gid)
+    key = self._get_param("KeyName")
+    if key and not any(k.key_name == key for k in backend.key_pairs.values()):
+        raise InvalidKeyPairNameError(key)
+    itype = self._get_param("InstanceType", "m1.small")
+    info = INSTANCE_TYPES.get(itype)
+    if info is None:
+        raise EC2ClientError("InvalidParameterValue", f"Invalid value '{itype}' for InstanceType.")
+    arch = getattr(images[0], "architecture", None)
+    archs = info.get("ProcessorInfo", {}).get("SupportedArchitectures", [])
+    if arch and archs and arch not in archs:
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            f"The architecture '{'/'.join(archs)}' of the specified instance type does not match the architecture '{arch}' of the specified AMI. Specify an instance type and an AMI that have matching architectures, and try again.",
+        )
+    for spec in self._get_param("TagSpecifications", []):
+        if len(spec.get("Tags", [])) > 50:
+            raise EC2ClientError("TagLimitExceeded", "The maximum number of tags that can be assigned to a resource is 50.")
+    return _orig_run_instances_response(self)
+
+
+instance_responses.InstanceResponse.run_instances = _dry_run_instances
 
 
 def _no_capacity(itype):

@@ -1,0 +1,139 @@
+package ops
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+)
+
+// preflightOpID stands in for the operation ID in the calls a pre-flight
+// tries: the real one does not exist yet, and the policy's conditions
+// only look at its prefix.
+const preflightOpID = "op-preflight"
+
+// Preflight tries every mutating call of a restore without effect: the
+// image registration, the old box's protection, stop and termination,
+// and the launch with its exact parameters in each instance type it may
+// use; and checks the limits a launch meets only when it is too late (50
+// tags, the image's architecture, the vCPU quota).
+//
+// The launch is tried with this restore's image, which exists only after
+// the restore's second step: before that it is tried with an image an
+// earlier restore registered (the policy lets the bot launch only from
+// those), or left for the image step, which tries it before anything
+// touches the old box.
+func (r *SnapshotRestore) Preflight(ctx context.Context, plan RestorePlan) Preflight {
+	if plan.IsInPlace() {
+		return r.inPlacePreflight(ctx, plan)
+	}
+	var pf Preflight
+	var snaps []string
+	for _, s := range plan.Snapshots {
+		snaps = append(snaps, s.ID)
+	}
+	reg := restoreImageInput(plan, "circleci-restore-"+preflightOpID, preflightOpID)
+	reg.DryRun = aws.Bool(true)
+	_, err := r.EC2.RegisterImage(ctx, reg)
+	pf.dryRun("ec2:RegisterImage", strings.Join(snaps, ", "), err)
+	if old := plan.Old; old != nil {
+		id := old.InstanceID
+		var vols []string
+		dev := ""
+		for _, v := range old.Volumes {
+			vols = append(vols, v.ID)
+			if dev == "" || v.DeleteOnTermination {
+				dev = v.Device
+			}
+		}
+		if dev != "" {
+			_, err = r.EC2.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{DryRun: aws.Bool(true), InstanceId: aws.String(id),
+				BlockDeviceMappings: []ec2types.InstanceBlockDeviceMappingSpecification{{DeviceName: aws.String(dev), Ebs: &ec2types.EbsInstanceBlockDeviceSpecification{DeleteOnTermination: aws.Bool(false)}}}})
+			pf.dryRun("ec2:ModifyInstanceAttribute", id+" (keep "+dev+" on termination)", err)
+		}
+		if len(vols) > 0 {
+			_, err = r.EC2.CreateTags(ctx, &ec2.CreateTagsInput{DryRun: aws.Bool(true), Resources: vols, Tags: []ec2types.Tag{
+				{Key: aws.String(TagKeptBy), Value: aws.String(preflightOpID)}, {Key: aws.String(TagKeptFrom), Value: aws.String(id)},
+			}})
+			pf.dryRun("ec2:CreateTags", strings.Join(vols, ", ")+" (mark the kept volumes)", err)
+		}
+		if old.State != string(ec2types.InstanceStateNameStopped) {
+			_, err = r.EC2.StopInstances(ctx, &ec2.StopInstancesInput{DryRun: aws.Bool(true), InstanceIds: []string{id}})
+			pf.dryRun("ec2:StopInstances", id+" (the old box)", err)
+		}
+		_, err = r.EC2.TerminateInstances(ctx, &ec2.TerminateInstancesInput{DryRun: aws.Bool(true), InstanceIds: []string{id}})
+		pf.dryRun("ec2:TerminateInstances", id+" (the old box)", err)
+	}
+	types := launchTypes(plan)
+	infos := pf.checkArch(ctx, r.Types, plan.Shape.Architecture, types)
+	if infos != nil {
+		pf.checkVCPUQuota(ctx, r.Quotas, infos[plan.Shape.Type], infos[plan.Shape.Type])
+	}
+	in := launchInput(plan, preflightOpID, "", plan.Shape.Type)
+	pf.checkTags("the new box", len(in.TagSpecifications[0].Tags))
+	image, err := r.earlierImage(ctx)
+	switch {
+	case err != nil:
+		pf.refused("ec2:DescribeImages", "an earlier restore image", reasonOf(err))
+	case image == "":
+		pf.skipped("ec2:RunInstances", strings.Join(types, ", "), "tried with this restore's image once it is registered, before the old box is touched")
+	default:
+		r.launchPreflight(ctx, &pf, plan, preflightOpID, image, " (with image "+image+" standing in)")
+	}
+	return pf
+}
+
+// launchPreflight tries the launch in every type the restore may use.
+func (r *SnapshotRestore) launchPreflight(ctx context.Context, pf *Preflight, plan RestorePlan, opID, image, note string) {
+	for _, typ := range launchTypes(plan) {
+		in := launchInput(plan, opID, image, typ)
+		in.DryRun, in.ClientToken = aws.Bool(true), nil
+		_, err := r.EC2.RunInstances(ctx, in)
+		pf.dryRun("ec2:RunInstances", fmt.Sprintf("%s in %s at %s%s", typ, plan.Shape.SubnetID, plan.Shape.PrivateIP, note), err)
+	}
+}
+
+// launchTypes are the instance types a restore tries, in order.
+func launchTypes(plan RestorePlan) []string {
+	types := []string{plan.Shape.Type}
+	for _, f := range plan.Fallbacks {
+		if !slices.Contains(types, f) {
+			types = append(types, f)
+		}
+	}
+	return types
+}
+
+// earlierImage is the newest available image an earlier restore
+// registered ("" when there is none).
+func (r *SnapshotRestore) earlierImage(ctx context.Context) (string, error) {
+	out, err := r.EC2.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"self"}, Filters: []ec2types.Filter{
+		{Name: aws.String("tag-key"), Values: []string{TagRestoreOp}},
+		{Name: aws.String("state"), Values: []string{"available"}},
+	}})
+	if err != nil {
+		return "", fmt.Errorf("look for an earlier restore's image: %w", translate(err))
+	}
+	newest, at := "", ""
+	for _, img := range out.Images {
+		if c := aws.ToString(img.CreationDate); newest == "" || c > at {
+			newest, at = aws.ToString(img.ImageId), c
+		}
+	}
+	return newest, nil
+}
+
+// checkLaunch is the image step's last word: the launch, with this
+// restore's image, tried in every type before the old box is touched.
+func (r *SnapshotRestore) checkLaunch(ctx context.Context, plan RestorePlan, opID, image string) error {
+	var pf Preflight
+	r.launchPreflight(ctx, &pf, plan, opID, image, "")
+	if err := pf.Err(); err != nil {
+		return fmt.Errorf("the new box could not be launched, so the old one was not touched (%w); fix that, then `resume`", err)
+	}
+	return nil
+}
