@@ -51,9 +51,11 @@ func TestRestoreKeepsEachInterfaceWithItsOwnAddresses(t *testing.T) {
 	if _, err := api.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: &eni, InstanceId: aws.String(box.ID), DeviceIndex: aws.Int32(1)}); err != nil {
 		t.Fatal(err)
 	}
+	r.settle()
 	r.slash(alice, incident, "backup now")
 	r.server.Wait()
 	b := r.lastBackup(ops.StateCompleted)
+	r.settle()
 	if b.ID == r.backup.ID {
 		t.Fatal("no new backup")
 	}
@@ -131,9 +133,11 @@ func TestRestoreLaunchesOnAKeptPrimaryInterface(t *testing.T) {
 	}
 	old := aws.ToString(run.Instances[0].InstanceId)
 	r.ssm.AddBox(old)
+	r.settle()
 	r.slash(alice, incident, "backup now")
 	r.server.Wait()
 	b := r.lastBackup(ops.StateCompleted)
+	r.settle()
 	if b.Shape.InstanceID != old {
 		t.Fatalf("backup of %s, want of %s", b.Shape.InstanceID, old)
 	}

@@ -171,6 +171,17 @@ func lagFor(t *testing.T) time.Duration {
 	return 0
 }
 
+// settle waits out the read lag after the bot's last change, so that the
+// bot sees what the test changed behind its back (no lag: at once).
+func (e *env) settle() {
+	e.t.Helper()
+	if e.lag != nil {
+		if err := e.lag.Settle(e.t.Context()); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
 // staleReads is how many reads the lag proxy answered with a state from
 // before a mutation (0 without lag).
 func (e *env) staleReads() int {

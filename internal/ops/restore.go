@@ -681,6 +681,11 @@ func (r *SnapshotRestore) image(ctx context.Context, op *Work[RestoreResult], pl
 	if err != nil {
 		return "", err
 	}
+	if id == "" && op.Result.ImageID != "" {
+		// An earlier attempt registered it; the look-up by tag may lag
+		// that registration, the recorded ID does not.
+		id = op.Result.ImageID
+	}
 	if id != "" {
 		p.Log(fmt.Sprintf("Image `%s` was registered by this restore before; using it.", id))
 	} else {
@@ -785,7 +790,9 @@ func (r *SnapshotRestore) register(ctx context.Context, op *Work[RestoreResult],
 	// Registered, or maybe registered: DescribeImages may lag behind.
 	// Look for a while (a read that lags, not a call tried again).
 	var found string
-	lerr := waitFor(ctx, r.poll(), time.Now().Add(readLag*r.poll()), func() (bool, error) {
+	// (At least lookLag: with a short poll, readLag polls are shorter
+	// than EC2's usual lag.)
+	lerr := waitFor(ctx, r.poll(), time.Now().Add(max(readLag*r.poll(), lookLag)), func() (bool, error) {
 		id, _, err := r.findImage(ctx, op.ID)
 		found = id
 		return id != "", err

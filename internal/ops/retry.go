@@ -226,6 +226,11 @@ func since(t time.Time) string { return time.Since(t).Round(time.Second).String(
 // changed, within its time.
 var ErrNotConverged = errors.New("AWS did not show the change")
 
+// lookLag is the least time a look for what a call may have made (after
+// its answer was lost) keeps looking: EC2's reads lag its writes by
+// seconds.
+const lookLag = 10 * time.Second
+
 // maxReadBackPause caps the pause between the reads of a read-back.
 const maxReadBackPause = 10 * time.Second
 

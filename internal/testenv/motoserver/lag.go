@@ -2,6 +2,7 @@ package motoserver
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"maps"
 	"net/http"
@@ -154,4 +155,26 @@ func signingServiceOf(auth string) string {
 		return ""
 	}
 	return parts[3]
+}
+
+// Settle waits until the lag after the last mutation has passed, so that
+// every read answers moto's state as it is: for a test that changed AWS
+// behind the bot's back (the proxy sees only the bot's calls) and wants
+// the bot to see that change, as an operator would wait for it.
+func (p *LagProxy) Settle(ctx context.Context) error {
+	p.mu.Lock()
+	until := p.mutated.Add(p.Lag)
+	p.mu.Unlock()
+	d := time.Until(until)
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
