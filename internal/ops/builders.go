@@ -207,11 +207,34 @@ func (b *Builders) replace(ctx context.Context, p RotationPlan, batch []string, 
 		}
 	}
 	pr.Log(fmt.Sprintf("%s: %d healthy builders; retiring %s.", p.Group, healthy(g), strings.Join(left, ", ")))
+	var retiring []string
 	for _, id := range left {
 		_, err := b.ASG.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{InstanceId: aws.String(id), ShouldDecrementDesiredCapacity: aws.Bool(true)})
 		if err = translate(err); err != nil && !errors.Is(err, ErrNotInGroup) {
 			return "", fmt.Errorf("retire %s: %w", id, err)
 		}
+		if err == nil {
+			retiring = append(retiring, id)
+		}
+	}
+	// Read back until the group shows them leaving: the next batch plans
+	// its surge from this read, and one that lags would still show the
+	// capacity this batch gave back.
+	err = readBack(ctx, b.poll(), b.ReadBack, strings.Join(retiring, ", ")+" leaving "+p.Group, func() (bool, string, error) {
+		g, err := b.group(ctx)
+		if err != nil {
+			return false, "", err
+		}
+		var still []string
+		for _, i := range g.Instances {
+			if slices.Contains(retiring, aws.ToString(i.InstanceId)) && !strings.HasPrefix(string(i.LifecycleState), "Terminat") {
+				still = append(still, aws.ToString(i.InstanceId)+" "+string(i.LifecycleState))
+			}
+		}
+		return len(still) == 0, strings.Join(still, ", "), nil
+	})
+	if err != nil {
+		return "", err
 	}
 	return fmt.Sprintf("%s replaced in %s; the fleet never had fewer than %d healthy builders", strings.Join(left, ", "), since(start), p.Desired), nil
 }
