@@ -233,7 +233,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		Lag: lag, RequireInSync: cfg.Failover.RequireInSync,
 		EC2: ec2c, ELB: elasticloadbalancingv2.NewFromConfig(awsCfg), SSM: ssmc, NameTag: cfg.ServicesBox.NameTag, ReplicaTag: cfg.Replica.NameTag, Region: awsCfg.Region,
 		Discovery: cfg.Failover.Discovery, ServiceIP: cfg.Failover.ServiceIP, ENI: cfg.Failover.ENI, TargetGroups: cfg.Failover.TargetGroupARNs,
-		AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL,
+		AppStart: cfg.ServicesBox.AppStartCommand, HealthURL: cfg.Failover.HealthURL, OSAddressCommand: cfg.Failover.OSAddressCommand,
 		StopTimeout: cfg.Failover.StopTimeout.D(), HealthTimeout: cfg.Failover.HealthTimeout.D(),
 	}
 	var builders *ops.Builders

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -53,6 +54,7 @@ const (
 type env struct {
 	t       *testing.T
 	moto    *motoserver.Server
+	lag     *motoserver.LagProxy // nil: reads are consistent
 	inst    *sandbox.Install
 	aws     aws.Config // straight to moto, for the test's own setup
 	proxy   *faultproxy.Proxy
@@ -87,7 +89,16 @@ func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config), 
 	if err != nil {
 		t.Fatalf("seed: %v", err)
 	}
-	proxy := faultproxy.New(moto.URL, faultproxy.Faults{})
+	target, lag := moto.URL, lagFor(t)
+	var lagged *motoserver.LagProxy
+	if lag > 0 {
+		// The bot's calls only: the test's own setup and checks read moto
+		// as it is.
+		lagged = motoserver.Lagged(moto.URL, lag)
+		t.Cleanup(lagged.Close)
+		target = lagged.URL
+	}
+	proxy := faultproxy.New(target, faultproxy.Faults{})
 	t.Cleanup(proxy.Close)
 	fake := slackfake.New()
 	fake.SetToken(botToken)
@@ -130,7 +141,60 @@ func newEnvOn(t *testing.T, moto *motoserver.Server, edit func(*config.Config), 
 		a.Close()
 	})
 	proxy.Reset()
-	return &env{t: t, moto: moto, inst: inst, aws: direct, proxy: proxy, slack: fake, app: a, server: srv, http: hs, iamCfg: iamCfg, iamSes: iamSes}
+	return &env{t: t, moto: moto, lag: lagged, inst: inst, aws: direct, proxy: proxy, slack: fake, app: a, server: srv, http: hs, iamCfg: iamCfg, iamSes: iamSes}
+}
+
+// lagEnvVar names the environment variable that runs every end-to-end
+// test with AWS's read lag (motoserver.Lagged): CIRCLEBOT_TEST_LAG=2s
+// go test ./internal/app/.
+const lagEnvVar = "CIRCLEBOT_TEST_LAG"
+
+// forcedLag holds the tests that always run with lag (withLag).
+var forcedLag sync.Map // testing.TB -> time.Duration
+
+// withLag makes the environments t builds serve reads with lag: for lag
+// after each mutation, a read answered before it is answered the same.
+func withLag(t *testing.T, lag time.Duration) {
+	forcedLag.Store(t, lag)
+	t.Cleanup(func() { forcedLag.Delete(t) })
+}
+
+func lagFor(t *testing.T) time.Duration {
+	if v, ok := forcedLag.Load(t); ok {
+		return v.(time.Duration)
+	}
+	if s := os.Getenv(lagEnvVar); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("$%s=%q: %v", lagEnvVar, s, err)
+		}
+		return d
+	}
+	return 0
+}
+
+// settle waits out the read lag after the bot's last change, so that the
+// bot sees what the test changed behind its back (no lag: at once).
+func (e *env) settle() {
+	e.t.Helper()
+	if e.lag != nil {
+		if err := e.lag.Settle(e.t.Context()); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+// staleReads is how many reads the lag proxy answered with a state from
+// before a mutation (0 without lag).
+func (e *env) staleReads() int {
+	if e.lag == nil {
+		return 0
+	}
+	n := 0
+	for _, v := range e.lag.Stale() {
+		n += v
+	}
+	return n
 }
 
 // testSpeed sets an app's polling and progress pacing to test speed;

@@ -74,7 +74,25 @@ func newFailoverEnv(t *testing.T, edit func(*config.Config), opts ...func(*app.O
 		t.Fatal(err)
 	}
 	f.standby = aws.ToString(out.Instances[0].InstanceId)
+	// The standby's OS: Ubuntu with its primary interface as ens5, the
+	// app stopped (as a replica's is).
+	sb := f.ssm.AddBox(f.standby)
+	sb.SetAppState(ssmbox.AppStopped)
+	sb.SetOS("ubuntu", "22.04")
+	nic := out.Instances[0].NetworkInterfaces[0]
+	sb.SetInterface("ens5", aws.ToString(nic.MacAddress), aws.ToString(nic.PrivateIpAddress)+"/24")
 	return f
+}
+
+// osNIC gives the standby's OS a device for interface eni (hot-plugged
+// there by the failover).
+func (f *failoverEnv) osNIC(dev, eni string) {
+	f.t.Helper()
+	out, err := ec2.NewFromConfig(f.aws).DescribeNetworkInterfaces(context.Background(), &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{eni}})
+	if err != nil || len(out.NetworkInterfaces) != 1 {
+		f.t.Fatalf("describe %s: %v", eni, err)
+	}
+	f.ssm.Box(f.standby).SetInterface(dev, aws.ToString(out.NetworkInterfaces[0].MacAddress))
 }
 
 func (e *env) holdersOf(ip string) []string {
@@ -425,6 +443,7 @@ func TestFailoverMovesAnInterfaceOrTheLoadBalancerTargets(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.app.Failover.ENI = eniID
+		f.osNIC("ens6", eniID)
 		req := f.request(alice, "failover --to "+f.standby)
 		f.click(bob, "approve "+req, "eni.1")
 		f.waitText("summary", "The Services box is now `"+f.standby+"`")

@@ -294,7 +294,10 @@ func (r *restoreEnv) resumeFinishes(e *env, opID string) {
 	e.waitText("summary", "Restored `"+r.backup.ID+"`")
 	e.server.Wait()
 	r.checkRestored()
-	if n := realCount(e.proxy, "RunInstances") - before; n != 0 {
+	// With AWS's lag the look-up by tag may miss the instance; the launch
+	// then carries the first attempt's client token, and AWS answers with
+	// that instance (checkRestored: exactly one).
+	if n := realCount(e.proxy, "RunInstances") - before; n != 0 && e.lag == nil {
 		r.t.Errorf("resume called RunInstances %d times; the instance existed", n)
 	}
 }
@@ -661,6 +664,9 @@ func TestRestoreDryRunAndStalePlan(t *testing.T) {
 			t.Fatal("second backup did not complete")
 		}
 	}
+	// (With lag, the bot's list of restore points shows the new backup
+	// only once its reads caught up.)
+	r.settle()
 	r.click(bob, "approve "+req, "stale.1")
 	r.waitText("refusal", req, "not run", "plan changed")
 	r.server.Wait()

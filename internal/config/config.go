@@ -193,10 +193,16 @@ type Failover struct {
 	ENI             string   `yaml:"eni_id"`
 	TargetGroupARNs []string `yaml:"target_group_arns"`
 	// HealthURL is fetched by the bot after the app starts; {ip} is the
-	// replica's private IP, e.g. http://{ip}/.
-	HealthURL     string   `yaml:"health_url"`
-	StopTimeout   Duration `yaml:"stop_timeout"`
-	HealthTimeout Duration `yaml:"health_timeout"`
+	// replica's private IP, {service_ip} the service address builders
+	// use (secondary-ip, eni), e.g. http://{service_ip}/.
+	HealthURL string `yaml:"health_url"`
+	// OSAddressCommand configures the service address in the replica's
+	// OS after a secondary-ip or eni failover moved it (run through SSM
+	// as root; {service_ip}, {prefix}, {mac}, {mode}). Empty: the bot's
+	// default for Ubuntu (netplan) and Amazon Linux; "none": not run.
+	OSAddressCommand string   `yaml:"os_address_command"`
+	StopTimeout      Duration `yaml:"stop_timeout"`
+	HealthTimeout    Duration `yaml:"health_timeout"`
 	// RequireInSync refuses a failover to a replica that
 	// replica.replication_check_command does not find in sync, unless
 	// --force-stale is given.

@@ -389,3 +389,33 @@ func TestValidateServeWithASlackSecret(t *testing.T) {
 		t.Error("the error shows the token")
 	}
 }
+
+// failover.os_address_command takes the bot's placeholders only, and
+// failover.health_url's {service_ip} needs an address that moves.
+func TestFailoverOSAddressAndServiceIPProbe(t *testing.T) {
+	for _, c := range []struct{ yaml, key, want string }{
+		{"failover:\n  os_address_command: none\n", "", ""},
+		{"failover:\n  os_address_command: \"/usr/local/bin/own-ip {service_ip}/{prefix} {mac} {mode}\"\n", "", ""},
+		{"failover:\n  health_url: \"http://{service_ip}/\"\n", "", ""},
+		{"failover:\n  health_url: \"http://{ip}:8800/\"\n  discovery: none\n", "", ""},
+		{"failover:\n  os_address_command: \"own-ip {service_ip} on {interface}\"\n", "failover.os_address_command", "unknown placeholder {interface}"},
+		{"failover:\n  os_address_command: \"netplan apply\"\n", "failover.os_address_command", "must use {service_ip}"},
+		{"failover:\n  health_url: \"http://{service_ip}/\"\n  discovery: load-balancer\n  target_group_arns: [\"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/x/1\"]\n", "failover.health_url", "with discovery load-balancer there is none"},
+	} {
+		cfg, err := Parse([]byte(c.yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = cfg.Validate()
+		if c.want == "" {
+			if err != nil {
+				t.Errorf("%q: %v", c.yaml, err)
+			}
+			continue
+		}
+		p := problems(t, err)
+		if len(p) != 1 || p[0].Key != c.key || !strings.Contains(p[0].Why, c.want) {
+			t.Errorf("%q: %+v", c.yaml, p)
+		}
+	}
+}

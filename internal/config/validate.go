@@ -140,6 +140,24 @@ func (c *Config) Validate() error {
 	}
 	if u := c.Failover.HealthURL; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
 		bad("failover.health_url", "%q is not an http(s) URL", u)
+	} else if u != "" {
+		if _, err := url.Parse(strings.NewReplacer("{service_ip}", "10.0.0.2", "{ip}", "10.0.0.1").Replace(u)); err != nil {
+			bad("failover.health_url", "%q is not a URL: %v", u, err)
+		}
+		if strings.Contains(u, "{service_ip}") && (c.Failover.Discovery == "load-balancer" || c.Failover.Discovery == "none") {
+			bad("failover.health_url", "{service_ip} is the address a secondary-ip or eni failover moves; with discovery %s there is none: use {ip}", c.Failover.Discovery)
+		}
+	}
+	if cmd := c.Failover.OSAddressCommand; cmd != "" && cmd != "none" {
+		rest := cmd
+		for _, p := range []string{"{service_ip}", "{prefix}", "{mac}", "{mode}"} {
+			rest = strings.ReplaceAll(rest, p, "")
+		}
+		if m := regexp.MustCompile(`\{[a-z_]+\}`).FindString(rest); m != "" {
+			bad("failover.os_address_command", "unknown placeholder %s: use {service_ip}, {prefix}, {mac} or {mode}", m)
+		} else if !strings.Contains(cmd, "{service_ip}") {
+			bad("failover.os_address_command", "must use {service_ip}: it configures the service address in the replica's OS (or set it to none)")
+		}
 	}
 	if d := c.Monitor.Interval.D(); d != 0 && d < 30*time.Second {
 		bad("monitor.interval", "%s is too often (CloudWatch data is per minute); 0 turns detection off", d)

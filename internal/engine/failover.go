@@ -133,12 +133,17 @@ func failoverApproval(p ops.FailoverPlan, stop time.Duration) approvals.Plan {
 		}
 	}
 	ap.Changes = append(ap.Changes, fmt.Sprintf("name `%s` %s (the old box becomes %s-fenced)", r.ID, p.NameTag, p.NameTag))
+	if os := p.OSAddress(); os != "" {
+		ap.Changes = append(ap.Changes, "configure "+os)
+	} else if p.Discovery == ops.DiscoverySecondaryIP || p.Discovery == ops.DiscoveryENI {
+		ap.Changes = append(ap.Changes, fmt.Sprintf(":warning: the replica's OS is *not* told to use %s (`failover.os_address_command: none`, or no SSM): it must own that address by itself, or builders cannot reach it", p.ServiceIP))
+	}
 	if p.AppStart != "" {
 		ap.Changes = append(ap.Changes, "start the app on the replica through SSM: `"+p.AppStart+"`")
 	}
 	check := "instance status checks"
 	if p.HealthURL != "" {
-		check += " and " + strings.ReplaceAll(p.HealthURL, "{ip}", r.IP)
+		check += " and " + ops.FillHealthURL(p.HealthURL, r.IP, p.ServiceIP)
 	}
 	ap.Changes = append(ap.Changes, "verify "+check)
 	ap.Keeps = []string{"the old box and its volumes (stopped, renamed, not terminated)", "the replica's data as the replication left it"}

@@ -52,7 +52,7 @@ func rebootApproval(p ops.RebootPlan) approvals.Plan {
 	if p.AppStart != "" {
 		ap.Changes = append(ap.Changes, "start the app on it through SSM: `"+p.AppStart+"`")
 	}
-	ap.Changes = append(ap.Changes, "verify "+checks(p.HealthURL, b.PrivateIP)+", and that it kept its private IP and volumes")
+	ap.Changes = append(ap.Changes, "verify "+checks(p.HealthURL, b.PrivateIP, b.SecondaryIPs)+", and that it kept its private IP and volumes")
 	ap.Keeps = []string{fmt.Sprintf("the instance `%s`, its private IP %s%s and its volumes %s, with their data", b.ID, b.PrivateIP, secondaries(b.SecondaryIPs), b.VolumeList())}
 	ap.Undo = []string{
 		p.Downtime.Expect("reboot", ops.DefaultRebootDowntime),
@@ -62,10 +62,14 @@ func rebootApproval(p ops.RebootPlan) approvals.Plan {
 }
 
 // checks names what the final health check looks at.
-func checks(healthURL, ip string) string {
+func checks(healthURL, ip string, secondary []string) string {
 	c := "the instance status checks"
 	if healthURL != "" {
-		c += " and " + strings.ReplaceAll(healthURL, "{ip}", ip)
+		service := ""
+		if len(secondary) > 0 {
+			service = secondary[0]
+		}
+		c += " and " + ops.FillHealthURL(healthURL, ip, service)
 	}
 	return c
 }

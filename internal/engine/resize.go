@@ -82,7 +82,7 @@ func resizeApproval(p ops.ResizePlan) approvals.Plan {
 		ap.Changes = append(ap.Changes, "start the app on it through SSM: `"+p.AppStart+"`")
 	}
 	ap.Changes = append(ap.Changes,
-		"verify "+checks(p.HealthURL, b.PrivateIP)+fmt.Sprintf(", the same private IP %s and the same volumes", b.PrivateIP),
+		"verify "+checks(p.HealthURL, b.PrivateIP, b.SecondaryIPs)+fmt.Sprintf(", the same private IP %s and the same volumes", b.PrivateIP),
 		"checked before asking: "+strings.Join(p.Checked, "; "),
 		p.Quota)
 	ap.Keeps = []string{fmt.Sprintf("the instance `%s`, its private IP %s%s and its volumes %s, with their data", b.ID, b.PrivateIP, secondaries(b.SecondaryIPs), b.VolumeList())}

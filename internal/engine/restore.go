@@ -153,6 +153,16 @@ func snapshotApproval(p ops.RestorePlan) approvals.Plan {
 	ap.Changes = append(ap.Changes, "boot: "+p.BootLine(),
 		fmt.Sprintf("launch the new Services box: %s in `%s` (%s), private IP %s%s, security groups %s (launch shape %s)",
 			strings.Join(append([]string{sh.Type}, p.Fallbacks...), " or "), sh.SubnetID, sh.AZ, sh.PrivateIP, secondaries(sh.SecondaryIPs), strings.Join(sh.SecurityGroups, ", "), p.ShapeFrom))
+	if kp := p.Old.KeptPrimary(); kp != nil {
+		ap.Changes = append(ap.Changes, fmt.Sprintf("launch it on the old box's primary interface `%s` (%s), which AWS keeps when the old box is terminated (DeleteOnTermination false): the interface, its addresses and security groups move to the new box", kp.ID, strings.Join(kp.IPs, ", ")))
+	}
+	for _, n := range p.Old.Others() {
+		if n.DeleteOnTermination {
+			ap.Undo = append(ap.Undo, fmt.Sprintf("interface `%s` (device %d, %s) of `%s` is deleted with it (DeleteOnTermination): its addresses are not carried to the new box", n.ID, n.DeviceIndex, strings.Join(n.IPs, ", "), p.Old.InstanceID))
+			continue
+		}
+		ap.Changes = append(ap.Changes, fmt.Sprintf("reattach interface `%s` (%s) to the new box at device %d once the old box's termination frees it; if something else took it by then it is left, and the step says so", n.ID, strings.Join(n.IPs, ", "), n.DeviceIndex))
+	}
 	if p.AppStart != "" {
 		ap.Changes = append(ap.Changes, "start the app on it through SSM: `"+p.AppStart+"`")
 	}

@@ -450,6 +450,12 @@ func ShapeOf(in ec2types.Instance) Shape {
 		s.Tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
 	}
 	for _, eni := range in.NetworkInterfaces {
+		if eni.Attachment != nil && aws.ToInt32(eni.Attachment.DeviceIndex) != 0 {
+			// Another interface's addresses stay with that interface: a
+			// restore reattaches it, and AWS refuses to give its
+			// addresses to a second one.
+			continue
+		}
 		for _, ip := range eni.PrivateIpAddresses {
 			if a := aws.ToString(ip.PrivateIpAddress); a != s.PrivateIP {
 				s.SecondaryIPs = append(s.SecondaryIPs, a)

@@ -41,6 +41,9 @@ type Builders struct {
 	Batch   int // builders per batch; 0: a quarter of the fleet, at least 1
 	Poll    time.Duration
 	Timeout time.Duration // per batch, for new builders to be healthy
+	// ReadBack bounds the read-back that the old builders left the group
+	// (default 2 min): Auto Scaling's reads lag its writes.
+	ReadBack time.Duration
 }
 
 // RotationPlan is the fleet as it was when the rotation was planned.
@@ -199,7 +202,10 @@ func (b *Builders) replace(ctx context.Context, p RotationPlan, batch []string, 
 		if err != nil && !transient(err) {
 			return "", err // (a transient failure is a poll that saw nothing, as in waitFor)
 		}
-		if err == nil && healthy(g) >= int(target) {
+		// Builders of earlier batches were retired: a read that lags may
+		// still show them in service, and counting them would retire this
+		// batch before its replacements are healthy.
+		if err == nil && healthyBut(g, retired(p, batch)) >= int(target) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -213,6 +219,7 @@ func (b *Builders) replace(ctx context.Context, p RotationPlan, batch []string, 
 		}
 	}
 	pr.Log(fmt.Sprintf("%s: %d healthy builders; retiring %s.", p.Group, healthy(g), strings.Join(left, ", ")))
+	var retiring []string
 	for _, id := range left {
 		_, err := b.ASG.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{InstanceId: aws.String(id), ShouldDecrementDesiredCapacity: aws.Bool(true)})
 		// ValidationError is Auto Scaling's code for "not in the group"
@@ -222,6 +229,28 @@ func (b *Builders) replace(ctx context.Context, p RotationPlan, batch []string, 
 		if err = translate(err); err != nil && (!errors.Is(err, ErrNotInGroup) || b.stillIn(ctx, id)) {
 			return "", fmt.Errorf("retire %s: %w", id, err)
 		}
+		if err == nil {
+			retiring = append(retiring, id)
+		}
+	}
+	// Read back until the group shows them leaving: the next batch plans
+	// its surge from this read, and one that lags would still show the
+	// capacity this batch gave back.
+	err = readBack(ctx, b.poll(), b.ReadBack, strings.Join(retiring, ", ")+" leaving "+p.Group, func() (bool, string, error) {
+		g, err := b.group(ctx)
+		if err != nil {
+			return false, "", err
+		}
+		var still []string
+		for _, i := range g.Instances {
+			if slices.Contains(retiring, aws.ToString(i.InstanceId)) && !strings.HasPrefix(string(i.LifecycleState), "Terminat") {
+				still = append(still, aws.ToString(i.InstanceId)+" "+string(i.LifecycleState))
+			}
+		}
+		return len(still) == 0, strings.Join(still, ", "), nil
+	})
+	if err != nil {
+		return "", err
 	}
 	return fmt.Sprintf("%s replaced in %s; the fleet never had fewer than %d healthy builders", strings.Join(left, ", "), since(start), p.Desired), nil
 }
@@ -294,19 +323,51 @@ func healthy(g asgtypes.AutoScalingGroup) int {
 	return n
 }
 
-func (b *Builders) verify(ctx context.Context, p RotationPlan) (string, error) {
-	g, err := b.group(ctx)
-	if err != nil {
-		return "", err
+// retired lists the builders of the batches before batch.
+func retired(p RotationPlan, batch []string) []string {
+	var out []string
+	for _, b := range p.Batches() {
+		if len(b) > 0 && len(batch) > 0 && b[0] == batch[0] {
+			break
+		}
+		out = append(out, b...)
 	}
-	var still []string
+	return out
+}
+
+// healthyBut counts the healthy builders other than those named.
+func healthyBut(g asgtypes.AutoScalingGroup, not []string) int {
+	n := 0
 	for _, i := range g.Instances {
-		if slices.Contains(p.Instances, aws.ToString(i.InstanceId)) && !strings.HasPrefix(string(i.LifecycleState), "Terminat") {
-			still = append(still, aws.ToString(i.InstanceId))
+		if i.LifecycleState == asgtypes.LifecycleStateInService && aws.ToString(i.HealthStatus) == "Healthy" && !slices.Contains(not, aws.ToString(i.InstanceId)) {
+			n++
 		}
 	}
-	if len(still) > 0 {
-		return "", fmt.Errorf("old builders still in %s: %s", p.Group, strings.Join(still, ", "))
+	return n
+}
+
+func (b *Builders) verify(ctx context.Context, p RotationPlan) (string, error) {
+	var g asgtypes.AutoScalingGroup
+	var still []string
+	// The retirements show in the group some time after they were made.
+	err := readBack(ctx, b.poll(), b.ReadBack, "the old builders gone from "+p.Group, func() (bool, string, error) {
+		var err error
+		if g, err = b.group(ctx); err != nil {
+			return false, "", err
+		}
+		still = still[:0]
+		for _, i := range g.Instances {
+			if slices.Contains(p.Instances, aws.ToString(i.InstanceId)) && !strings.HasPrefix(string(i.LifecycleState), "Terminat") {
+				still = append(still, aws.ToString(i.InstanceId))
+			}
+		}
+		return len(still) == 0, "old builders " + strings.Join(still, ", "), nil
+	})
+	switch {
+	case errors.Is(err, ErrNotConverged):
+		return "", fmt.Errorf("old builders still in %s: %s: %w", p.Group, strings.Join(still, ", "), err)
+	case err != nil:
+		return "", err
 	}
 	return fmt.Sprintf("%d new builders in service (desired %d); none of the old ones left", healthy(g), aws.ToInt32(g.DesiredCapacity)), nil
 }

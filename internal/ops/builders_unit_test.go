@@ -259,7 +259,7 @@ func (p *quietProgress) Log(s string) {
 const rotationTimeout = 30 * time.Second
 
 func newBuilders(g *fakeGroup, batch int) *Builders {
-	return &Builders{ASG: g, Group: g.name, Batch: batch, Poll: time.Millisecond, Timeout: rotationTimeout}
+	return &Builders{ASG: g, Group: g.name, Batch: batch, Poll: time.Millisecond, Timeout: rotationTimeout, ReadBack: 30 * time.Millisecond}
 }
 
 func runStep(t *testing.T, d journal.Def) error {

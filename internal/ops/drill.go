@@ -423,9 +423,26 @@ func (r *DrillRunner) teardown(ctx context.Context, id string) ([]string, error)
 		}
 		did = append(did, "terminated "+strings.Join(ids, ", "))
 	}
-	vols, err := r.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: filter(TagDrill, id)})
+	// A terminated instance's kept volumes become available some time
+	// after it, and DescribeVolumes lags that too: read until none is
+	// still in use, or the volumes in use are left behind unsaid.
+	var vols *ec2.DescribeVolumesOutput
+	err = readBack(ctx, r.poll(), r.Restore.ReadBack, "the drill's volumes detached", func() (bool, string, error) {
+		var err error
+		vols, err = r.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: filter(TagDrill, id)})
+		if err != nil {
+			return false, "", fmt.Errorf("find the drill's volumes: %w", translate(err))
+		}
+		var busy []string
+		for _, v := range vols.Volumes {
+			if v.State == ec2types.VolumeStateInUse {
+				busy = append(busy, aws.ToString(v.VolumeId)+" in use")
+			}
+		}
+		return len(busy) == 0 || len(ids) == 0, strings.Join(busy, ", "), nil
+	})
 	if err != nil {
-		return did, fmt.Errorf("find the drill's volumes: %w", translate(err))
+		return did, err
 	}
 	for _, v := range vols.Volumes {
 		if v.State != ec2types.VolumeStateAvailable {

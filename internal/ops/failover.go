@@ -65,9 +65,13 @@ type Failover struct {
 	ENI          string
 	TargetGroups []string
 	AppStart     string
-	HealthURL    string // optional; {ip} is the replica's private IP
-	Poll         time.Duration
-	StopTimeout  time.Duration
+	HealthURL    string // optional; {ip} is the replica's private IP, {service_ip} the service address
+	// OSAddressCommand configures the service address in the replica's
+	// OS after it moved (osaddress.go): "" is DefaultOSAddressCommand,
+	// "none" skips it.
+	OSAddressCommand string
+	Poll             time.Duration
+	StopTimeout      time.Duration
 	// HealthTimeout bounds the wait for the replica's status checks, its
 	// SSM agent and the HTTP check.
 	HealthTimeout time.Duration
@@ -77,6 +81,9 @@ type Failover struct {
 	// RequireInSync refuses a replica not in sync without --force-stale.
 	Lag           *LagCheck
 	RequireInSync bool
+	// ReadBack bounds each read-back after a change (default 2 min):
+	// EC2's and ELB's reads lag their writes.
+	ReadBack time.Duration
 }
 
 // Node is one side of a failover as the plan saw it.
@@ -88,6 +95,7 @@ type Node struct {
 	VPC     string `json:"vpc,omitempty"`
 	IP      string `json:"ip"`
 	ENI     string `json:"eni"`
+	MAC     string `json:"mac,omitempty"`     // of the primary interface
 	Unknown string `json:"unknown,omitempty"` // why its state cannot be read
 }
 
@@ -99,6 +107,7 @@ func nodeOf(in ec2types.Instance) Node {
 	for _, n := range in.NetworkInterfaces {
 		if n.Attachment != nil && aws.ToInt32(n.Attachment.DeviceIndex) == 0 {
 			b.ENI = aws.ToString(n.NetworkInterfaceId)
+			b.MAC = aws.ToString(n.MacAddress)
 		}
 	}
 	return b
@@ -128,6 +137,13 @@ type FailoverPlan struct {
 	Lag           *Lag `json:"lag,omitempty"`
 	RequireInSync bool `json:"require_in_sync,omitempty"`
 	ForceStale    bool `json:"force_stale,omitempty"`
+	// The service address in the replica's OS (osaddress.go): the
+	// command ("" the default, "none" off), the subnet's prefix length
+	// and the MAC of the interface that holds the address on the
+	// replica ("" when there is no SSM to run it).
+	OSCommand     string `json:"os_command,omitempty"`
+	ServicePrefix int    `json:"service_prefix,omitempty"`
+	ServiceMAC    string `json:"service_mac,omitempty"`
 }
 
 func (p FailoverPlan) Facts() map[string]string {
@@ -143,6 +159,9 @@ func (p FailoverPlan) Facts() map[string]string {
 		// in sync was accepted; the plan made again before running checks
 		// the replica again.
 		f["require_in_sync"], f["force_stale"] = fmt.Sprint(p.RequireInSync), fmt.Sprint(p.ForceStale)
+	}
+	if os := p.OSAddress(); os != "" {
+		f["os_address"] = os + ": " + cmpStr(p.OSCommand, "default")
 	}
 	if p.BuilderPlan != nil {
 		f["rotate_builders"] = p.BuilderPlan.Group + " batch " + fmt.Sprint(p.BuilderPlan.Batch)
@@ -179,7 +198,7 @@ func (f *Failover) Plan(ctx context.Context, to string, forceUnknown bool) (Fail
 // PlanWith is Plan with --force-stale: a replica the replication check
 // does not find in sync is accepted even with failover.require_in_sync.
 func (f *Failover) PlanWith(ctx context.Context, to string, forceUnknown, forceStale bool) (FailoverPlan, error) {
-	p := FailoverPlan{ForceStale: forceStale, RequireInSync: f.RequireInSync, Region: f.Region, NameTag: f.NameTag, Discovery: f.Discovery, ForceUnknown: forceUnknown, AppStart: f.AppStart, HealthURL: f.HealthURL}
+	p := FailoverPlan{ForceStale: forceStale, RequireInSync: f.RequireInSync, Region: f.Region, NameTag: f.NameTag, Discovery: f.Discovery, ForceUnknown: forceUnknown, AppStart: f.AppStart, HealthURL: f.HealthURL, OSCommand: f.OSAddressCommand}
 	if p.Discovery == "" {
 		p.Discovery = DiscoverySecondaryIP
 	}
@@ -375,6 +394,10 @@ func (f *Failover) planSecondaryIP(ctx context.Context, p *FailoverPlan) error {
 		return refusef("the service address %s lives in %s, the replica `%s` in `%s` (%s, %s): a secondary IP cannot leave its subnet, so this failover cannot keep it. Use `failover.discovery: load-balancer` (an NLB on TCP 80, 443, 4434 in front of the box) or `none` (builders restarted with the replica's IP %s and CIRCLE_SECRET_PASSPHRASE), or keep a replica in the box's subnet.",
 			ip, where, p.Replica.ID, p.Replica.Subnet, aws.ToString(sub.Subnets[0].CidrBlock), p.Replica.AZ, p.Replica.IP)
 	}
+	ones, _ := cidr.Mask.Size()
+	if err := f.planOS(p, ones, p.Replica.MAC, "the replica's primary interface `"+p.Replica.ENI+"`"); err != nil {
+		return err
+	}
 	hs, err := InterfacesHolding(ctx, f.EC2, ip, p.Replica.Subnet, "")
 	if err != nil {
 		return refusef("cannot find the interface holding %s: %s", ip, Explain(err))
@@ -401,6 +424,10 @@ func (f *Failover) planSecondaryIP(ctx context.Context, p *FailoverPlan) error {
 	return nil
 }
 
+// eniDeviceIndex is where an `eni` failover attaches the interface on
+// the replica.
+const eniDeviceIndex = 1
+
 func (f *Failover) planENI(ctx context.Context, p *FailoverPlan) error {
 	if f.ENI == "" {
 		return refusef("`failover.discovery: eni` needs `failover.eni_id`.")
@@ -424,12 +451,54 @@ func (f *Failover) planENI(ctx context.Context, p *FailoverPlan) error {
 			return refusef("interface `%s` is attached to `%s`, which is not the Services box the bot reads by its tag: fix the Name tags (or fence `%s` by hand), then request again.", f.ENI, holder, holder)
 		}
 	}
+	// moveENI attaches it at device index 1 (0 is always the instance's
+	// own primary interface): a replica that has another interface there
+	// would refuse the attach after its box was fenced.
+	if a := n.Attachment; a == nil || aws.ToString(a.InstanceId) != p.Replica.ID {
+		rep, ok, err := f.describe(ctx, p.Replica.ID)
+		if err != nil || !ok {
+			return refusef("cannot read the replica `%s`: %s", p.Replica.ID, Explain(err))
+		}
+		for _, ri := range rep.NetworkInterfaces {
+			if ri.Attachment != nil && aws.ToInt32(ri.Attachment.DeviceIndex) == eniDeviceIndex {
+				return refusef("the replica `%s` already has interface `%s` at device index %d, where `%s` would be attached: detach it from the replica (or use another replica), then request again.", p.Replica.ID, aws.ToString(ri.NetworkInterfaceId), eniDeviceIndex, f.ENI)
+			}
+		}
+	}
 	p.ENI = f.ENI
 	for _, a := range n.PrivateIpAddresses {
 		if aws.ToBool(a.Primary) {
 			p.ServiceIP = aws.ToString(a.PrivateIpAddress)
 		}
 	}
+	if p.OSCommand != OSAddressNone && f.SSM != nil {
+		sub, err := f.EC2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{SubnetIds: []string{aws.ToString(n.SubnetId)}})
+		if err != nil || len(sub.Subnets) == 0 {
+			return refusef("cannot read the subnet `%s` of interface `%s`: %s", aws.ToString(n.SubnetId), f.ENI, Explain(err))
+		}
+		_, cidr, cerr := net.ParseCIDR(aws.ToString(sub.Subnets[0].CidrBlock))
+		if cerr != nil {
+			return refusef("subnet `%s` has no IPv4 CIDR block", aws.ToString(n.SubnetId))
+		}
+		ones, _ := cidr.Mask.Size()
+		if err := f.planOS(p, ones, aws.ToString(n.MacAddress), "interface `"+f.ENI+"`"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// planOS records what the OS step needs: the subnet's prefix length and
+// the MAC by which the replica's OS names the device holding the
+// address. Without SSM, or with the step off, it records nothing.
+func (f *Failover) planOS(p *FailoverPlan, prefix int, mac, what string) error {
+	if p.OSCommand == OSAddressNone || f.SSM == nil {
+		return nil
+	}
+	if mac == "" {
+		return refusef("the MAC address of %s cannot be read, so the replica's OS cannot be told which device gets the service address %s. Set `failover.os_address_command: none` if the replica configures it by itself.", what, p.ServiceIP)
+	}
+	p.ServicePrefix, p.ServiceMAC = prefix, strings.ToLower(mac)
 	return nil
 }
 
@@ -461,6 +530,9 @@ func (f *Failover) Steps(p FailoverPlan) []journal.Def {
 		{"Move the service address", func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
 			return f.move(ctx, p, pr)
 		}},
+		{"Configure the service address in the replica's OS", func(ctx context.Context, op w, pr journal.Progress) (string, error) {
+			return f.configureOS(ctx, op, p, pr)
+		}},
 		{"Hand over the Name tag", func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return f.retag(ctx, op, p)
 		}},
@@ -470,6 +542,15 @@ func (f *Failover) Steps(p FailoverPlan) []journal.Def {
 		{"Verify health", func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
 			return f.verify(ctx, p, pr)
 		}},
+	}
+	if p.osAddressSkipped() != "" {
+		// Only a failover that moves an address has the OS step.
+		steps = slices.DeleteFunc(steps, func(st struct {
+			name string
+			run  fn
+		}) bool {
+			return strings.HasPrefix(st.name, "Configure the service address")
+		})
 	}
 	if p.BuilderPlan != nil {
 		steps = append(steps, struct {
@@ -691,7 +772,7 @@ func (f *Failover) moveENI(ctx context.Context, p FailoverPlan) (string, error) 
 			return "", err
 		}
 	}
-	if _, err := f.EC2.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: aws.String(p.ENI), InstanceId: aws.String(p.Replica.ID), DeviceIndex: aws.Int32(1)}); err != nil {
+	if _, err := f.EC2.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: aws.String(p.ENI), InstanceId: aws.String(p.Replica.ID), DeviceIndex: aws.Int32(eniDeviceIndex)}); err != nil {
 		return "", fmt.Errorf("attach %s to %s: %w", p.ENI, p.Replica.ID, translate(err))
 	}
 	// Read back until AWS shows it on the replica: like the detach, the
@@ -733,14 +814,36 @@ func (f *Failover) moveTargets(ctx context.Context, p FailoverPlan) (string, err
 		if _, err := f.ELB.RegisterTargets(ctx, &elb.RegisterTargetsInput{TargetGroupArn: aws.String(tg), Targets: []elbtypes.TargetDescription{{Id: aws.String(p.Replica.ID)}}}); err != nil {
 			return "", fmt.Errorf("register %s in %s: %w", p.Replica.ID, tg, translate(err))
 		}
-		out, err = f.ELB.DescribeTargetHealth(ctx, &elb.DescribeTargetHealthInput{TargetGroupArn: aws.String(tg)})
-		if err != nil {
-			return "", fmt.Errorf("read %s: %w", tg, translate(err))
-		}
-		for _, d := range out.TargetHealthDescriptions {
-			if id := aws.ToString(d.Target.Id); id != p.Replica.ID && d.TargetHealth != nil && d.TargetHealth.State != elbtypes.TargetHealthStateEnumDraining {
-				return "", fmt.Errorf("target group %s still sends traffic to %s", tg, id)
+		// Read back until the group shows the replica and no other
+		// target that still gets traffic: ELB's reads lag its writes.
+		var still []string
+		err = readBack(ctx, f.poll(), f.ReadBack, "`"+p.Replica.ID+"` as the only target of "+tg, func() (bool, string, error) {
+			out, err := f.ELB.DescribeTargetHealth(ctx, &elb.DescribeTargetHealthInput{TargetGroupArn: aws.String(tg)})
+			if err != nil {
+				return false, "", fmt.Errorf("read %s: %w", tg, translate(err))
 			}
+			still = still[:0]
+			replica := false
+			for _, d := range out.TargetHealthDescriptions {
+				id := aws.ToString(d.Target.Id)
+				switch {
+				case id == p.Replica.ID:
+					replica = true
+				case d.TargetHealth == nil || d.TargetHealth.State != elbtypes.TargetHealthStateEnumDraining:
+					still = append(still, id)
+				}
+			}
+			seen := "targets " + strings.Join(still, ", ")
+			if !replica {
+				seen += " without the replica"
+			}
+			return replica && len(still) == 0, seen, nil
+		})
+		switch {
+		case errors.Is(err, ErrNotConverged) && len(still) > 0:
+			return "", fmt.Errorf("target group %s still sends traffic to %s: %w", tg, strings.Join(still, ", "), err)
+		case err != nil:
+			return "", err
 		}
 	}
 	return fmt.Sprintf("%d target groups now point at `%s` only", len(p.TargetGroups), p.Replica.ID), nil
@@ -766,6 +869,33 @@ func (f *Failover) retag(ctx context.Context, op *Work[FailoverResult], p Failov
 	}}); err != nil {
 		return "", fmt.Errorf("name the replica %s: %w", p.NameTag, translate(err))
 	}
+	// Status, backups and the next failover find the box by this tag:
+	// read back (each box by its ID: a primary whose zone is down cannot
+	// be read by its tag) until AWS shows the replica named so and the
+	// old box, when it could be read, renamed.
+	err := readBack(ctx, f.poll(), f.ReadBack, "Name="+p.NameTag+" on `"+p.Replica.ID+"` only", func() (bool, string, error) {
+		in, ok, err := f.describe(ctx, p.Replica.ID)
+		if err != nil || !ok {
+			return false, "the replica unreadable", err
+		}
+		if n := tag(in.Tags, "Name"); n != p.NameTag {
+			return false, "Name=" + n + " on the replica", nil
+		}
+		if p.Primary == nil || p.Primary.Unknown != "" {
+			return true, "", nil
+		}
+		old, ok, err := f.describe(ctx, p.Primary.ID)
+		if err != nil || !ok {
+			return err == nil, "", err // gone: not named so
+		}
+		if n := tag(old.Tags, "Name"); n == p.NameTag {
+			return false, "Name=" + n + " on the old box `" + p.Primary.ID + "` too", nil
+		}
+		return true, "", nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("hand over the Name tag: %w", err)
+	}
 	old := "none"
 	if p.Primary != nil {
 		old = "`" + p.Primary.ID + "` → " + p.NameTag + "-fenced"
@@ -788,7 +918,9 @@ func (f *Failover) startApp(ctx context.Context, op *Work[FailoverResult], p Fai
 func (f *Failover) verify(ctx context.Context, p FailoverPlan, pr journal.Progress) (string, error) {
 	start := time.Now()
 	timeout := cmpOr(f.HealthTimeout, 10*time.Minute)
-	url := strings.ReplaceAll(p.HealthURL, "{ip}", p.Replica.IP)
+	// {service_ip} is the address builders use: healthy there means the
+	// move and the OS step worked, not only that the replica runs.
+	url := FillHealthURL(p.HealthURL, p.Replica.IP, p.ServiceIP)
 	h := health{EC2: f.EC2, HTTP: f.HTTP, Poll: f.poll(), Deadline: start.Add(timeout), Log: pr.Log}
 	if err := h.wait(ctx, p.Replica.ID, url); err != nil {
 		return "", fmt.Errorf("the replica is not healthy after %s: %w", since(start), err)

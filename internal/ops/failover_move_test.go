@@ -588,6 +588,9 @@ func TestFailoverPlanENI(t *testing.T) {
 		{"another zone", func(f *fakeEC2, _ *Failover) { f.enis["eni-svc"].AvailabilityZone = aws.String("us-east-1b") }, "network interface `eni-svc` is in us-east-1b and the replica `i-rep` in us-east-1a"},
 		{"held by another box", func(f *fakeEC2, _ *Failover) { f.enis["eni-svc"].Attachment.InstanceId = aws.String("i-other") }, "interface `eni-svc` is attached to `i-other`, which is not the Services box"},
 		{"not configured", func(_ *fakeEC2, fo *Failover) { fo.ENI = "" }, "needs `failover.eni_id`"},
+		{"the replica's device index 1 taken", func(f *fakeEC2, _ *Failover) {
+			f.insts["i-rep"].NetworkInterfaces = append(f.insts["i-rep"].NetworkInterfaces, ec2types.InstanceNetworkInterface{NetworkInterfaceId: aws.String("eni-rep2"), Attachment: &ec2types.InstanceNetworkInterfaceAttachment{DeviceIndex: aws.Int32(1)}})
+		}, "the replica `i-rep` already has interface `eni-rep2` at device index 1, where `eni-svc` would be attached"},
 		{"unreadable", func(f *fakeEC2, _ *Failover) {
 			f.describeENIs = func(int) error { return apiErr("DescribeNetworkInterfaces", "UnauthorizedOperation") }
 		}, "network interface `eni-svc` cannot be read"},

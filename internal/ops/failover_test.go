@@ -34,7 +34,7 @@ func failoverEnv() (*fakeEC2, *Failover) {
 	eni := f.enis["eni-prim"]
 	eni.PrivateIpAddresses = append(eni.PrivateIpAddresses, ec2types.NetworkInterfacePrivateIpAddress{PrivateIpAddress: aws.String(serviceIP), Primary: aws.Bool(false)})
 	return f, &Failover{EC2: f, NameTag: "circleci_services", Region: "us-east-1", Discovery: DiscoverySecondaryIP, ServiceIP: serviceIP,
-		Poll: time.Millisecond, StopTimeout: 30 * time.Millisecond}
+		Poll: time.Millisecond, StopTimeout: 30 * time.Millisecond, ReadBack: 30 * time.Millisecond}
 }
 
 func primaryPlan() FailoverPlan {

@@ -192,7 +192,7 @@ func (b boxWork) waitRebooted(ctx context.Context, opID, id string, sent time.Ti
 // instance type wanted.
 func (b boxWork) verify(ctx context.Context, p InPlace, wantType string, pr journal.Progress) (string, error) {
 	start := time.Now()
-	url := strings.ReplaceAll(b.HealthURL, "{ip}", p.PrivateIP)
+	url := FillHealthURL(b.HealthURL, p.PrivateIP, firstOf(p.SecondaryIPs))
 	h := health{EC2: b.EC2, HTTP: b.HTTP, Poll: b.Poll, Deadline: start.Add(b.Timeout), Log: pr.Log}
 	if err := h.wait(ctx, p.ID, url); err != nil {
 		return "", fmt.Errorf("the Services box is not healthy after %s: %w", since(start), err)

@@ -33,6 +33,8 @@ type ResizeEC2 interface {
 // supported) sends the box back to its old type, started.
 type Resize struct {
 	EC2 ResizeEC2
+	// ReadBack bounds the read-back of the new type (default 2 min).
+	ReadBack time.Duration
 	// Quotas reads the vCPU quota for the plan (nil: not checked).
 	Quotas    Quotas
 	SSM       SSM
@@ -313,17 +315,16 @@ func (r *Resize) setType(ctx context.Context, id, typ string) (changed bool, err
 		return false, fmt.Errorf("set the instance type of %s to %s: %w", id, typ, translate(err))
 	}
 	var seen ec2types.InstanceType
-	err = waitFor(ctx, r.poll(), time.Now().Add(readLag*r.poll()), func() (bool, error) {
+	err = readBack(ctx, r.poll(), r.ReadBack, id+" as "+typ, func() (bool, string, error) {
 		in, ok, err := describeInstance(ctx, r.EC2, id)
 		if err != nil || !ok {
-			return false, err
+			return false, "", err
 		}
 		seen = in.InstanceType
-		return string(seen) == typ, nil
+		return string(seen) == typ, string(seen), nil
 	})
-	var to *waitTimeout
-	if errors.As(err, &to) {
-		return false, fmt.Errorf("%s still reads as %s after its type was set to %s", id, seen, typ)
+	if errors.Is(err, ErrNotConverged) {
+		return false, fmt.Errorf("%s still reads as %s after its type was set to %s: %w", id, seen, typ, err)
 	}
 	return err == nil, err
 }

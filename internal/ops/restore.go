@@ -34,6 +34,7 @@ type RestoreEC2 interface {
 	CreateVolume(context.Context, *ec2.CreateVolumeInput, ...func(*ec2.Options)) (*ec2.CreateVolumeOutput, error)
 	AttachVolume(context.Context, *ec2.AttachVolumeInput, ...func(*ec2.Options)) (*ec2.AttachVolumeOutput, error)
 	DetachVolume(context.Context, *ec2.DetachVolumeInput, ...func(*ec2.Options)) (*ec2.DetachVolumeOutput, error)
+	AttachNetworkInterface(context.Context, *ec2.AttachNetworkInterfaceInput, ...func(*ec2.Options)) (*ec2.AttachNetworkInterfaceOutput, error)
 }
 
 // Tags a restore leaves on what it touches, so that a person (or the bot
@@ -90,6 +91,71 @@ type OldBox struct {
 	InstanceID string      `json:"instance_id"`
 	State      string      `json:"state"`
 	Volumes    []VolumeRef `json:"volumes"`
+	// Interfaces are its network interfaces, the primary (device index
+	// 0) first.
+	Interfaces []InterfaceRef `json:"interfaces,omitempty"`
+}
+
+// InterfaceRef is one network interface of the old box. One that AWS
+// keeps when the box is terminated (DeleteOnTermination false: made on
+// its own and attached, as a failover's `eni` is) still holds its
+// addresses afterwards: the primary one is moved to the new box as its
+// primary interface, the others are attached to it at their device
+// index.
+type InterfaceRef struct {
+	ID                  string   `json:"id"`
+	DeviceIndex         int32    `json:"device_index"`
+	IPs                 []string `json:"ips"` // its own primary IP first
+	DeleteOnTermination bool     `json:"delete_on_termination"`
+}
+
+// KeptPrimary is the old box's primary interface when AWS keeps it on
+// termination: the new box is launched on it.
+func (o *OldBox) KeptPrimary() *InterfaceRef {
+	if o == nil {
+		return nil
+	}
+	for i := range o.Interfaces {
+		if n := &o.Interfaces[i]; n.DeviceIndex == 0 && !n.DeleteOnTermination {
+			return n
+		}
+	}
+	return nil
+}
+
+// Others are the old box's interfaces other than the primary.
+func (o *OldBox) Others() []InterfaceRef {
+	if o == nil {
+		return nil
+	}
+	var out []InterfaceRef
+	for _, n := range o.Interfaces {
+		if n.DeviceIndex != 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func interfacesOf(in ec2types.Instance) []InterfaceRef {
+	var out []InterfaceRef
+	for _, n := range in.NetworkInterfaces {
+		ref := InterfaceRef{ID: aws.ToString(n.NetworkInterfaceId)}
+		for _, a := range n.PrivateIpAddresses {
+			if aws.ToBool(a.Primary) {
+				ref.IPs = append([]string{aws.ToString(a.PrivateIpAddress)}, ref.IPs...)
+			} else {
+				ref.IPs = append(ref.IPs, aws.ToString(a.PrivateIpAddress))
+			}
+		}
+		if n.Attachment != nil {
+			ref.DeviceIndex = aws.ToInt32(n.Attachment.DeviceIndex)
+			ref.DeleteOnTermination = aws.ToBool(n.Attachment.DeleteOnTermination)
+		}
+		out = append(out, ref)
+	}
+	slices.SortFunc(out, func(a, b InterfaceRef) int { return int(a.DeviceIndex - b.DeviceIndex) })
+	return out
 }
 
 type VolumeRef struct {
@@ -131,6 +197,13 @@ func (p RestorePlan) Facts() map[string]string {
 		}
 		f["old_instance"] = p.Old.InstanceID + " (" + p.Old.State + ")"
 		f["old_volumes_kept"] = strings.Join(vols, ",")
+		if len(p.Old.Interfaces) > 0 {
+			var nics []string
+			for _, n := range p.Old.Interfaces {
+				nics = append(nics, fmt.Sprintf("%d=%s(%s;delete_on_termination=%t)", n.DeviceIndex, n.ID, strings.Join(n.IPs, "+"), n.DeleteOnTermination))
+			}
+			f["old_interfaces"] = strings.Join(nics, ",")
+		}
 	}
 	if p.IsInPlace() {
 		var vols []string
@@ -177,6 +250,9 @@ type SnapshotRestore struct {
 	ImageTimeout  time.Duration
 	StopTimeout   time.Duration
 	HealthTimeout time.Duration
+	// ReadBack bounds each read-back after a change (default 2 min):
+	// EC2's reads lag its writes.
+	ReadBack time.Duration
 }
 
 // Plan resolves snapshotID ("" = the newest completed EBS restore point)
@@ -347,7 +423,25 @@ func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string) (RestoreP
 				old.Volumes = append(old.Volumes, VolumeRef{ID: aws.ToString(m.Ebs.VolumeId), Device: aws.ToString(m.DeviceName), DeleteOnTermination: aws.ToBool(m.Ebs.DeleteOnTermination)})
 			}
 		}
+		old.Interfaces = interfacesOf(box)
 		plan.Old = old
+		// The new primary interface gets the old primary interface's own
+		// secondary IPs only: another interface's addresses stay with
+		// that interface (reattached after the launch, or deleted with
+		// the box), and AWS refuses an address another interface holds.
+		// (A shape recorded before this listed every interface's.)
+		var own []string
+		for _, n := range old.Interfaces {
+			if n.DeviceIndex == 0 {
+				own = n.IPs
+			}
+		}
+		plan.Shape.SecondaryIPs = slices.DeleteFunc(slices.Clone(plan.Shape.SecondaryIPs), func(ip string) bool {
+			return !slices.Contains(own, ip) && slices.ContainsFunc(old.Others(), func(n InterfaceRef) bool { return slices.Contains(n.IPs, ip) })
+		})
+		if kp := old.KeptPrimary(); kp != nil && (len(kp.IPs) == 0 || kp.IPs[0] != plan.Shape.PrivateIP) {
+			return RestorePlan{}, nil, refusef("the Services box's primary interface `%s` is kept when the box is terminated (DeleteOnTermination false) but holds %s, not the recorded private IP %s: the new box cannot be launched on it with that IP. Restore a newer restore point, or set DeleteOnTermination on the interface's attachment, then request again.", kp.ID, strings.Join(kp.IPs, ", "), plan.Shape.PrivateIP)
+		}
 	}
 	// The private IP must be free, or held by the box this restore replaces.
 	if holder, err := ipHolderOf(ctx, r.EC2, plan.Shape.PrivateIP, plan.Shape.SubnetID); err != nil {
@@ -424,6 +518,9 @@ func (r *SnapshotRestore) Steps(plan RestorePlan) []journal.Def {
 		{"Wait for running and status checks", func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.waitHealthy(ctx, op, p)
 		}},
+		{"Reattach the old box's other interfaces", func(ctx context.Context, op w, p journal.Progress) (string, error) {
+			return r.reattach(ctx, op, plan, p)
+		}},
 		{"Start the app", func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.startApp(ctx, op, plan, p)
 		}},
@@ -431,11 +528,78 @@ func (r *SnapshotRestore) Steps(plan RestorePlan) []journal.Def {
 			return r.verify(ctx, op, plan)
 		}},
 	}
+	if len(plan.Old.Others()) == 0 {
+		// Only a box with more than one interface has this step.
+		steps = slices.DeleteFunc(steps, func(st struct {
+			name string
+			run  StepFunc[RestoreResult]
+		}) bool {
+			return strings.HasPrefix(st.name, "Reattach")
+		})
+	}
 	defs := make([]journal.Def, len(steps))
 	for i, st := range steps {
 		defs[i] = journal.Def{Name: st.name, Run: retrying(typed(st.run), r.poll())}
 	}
 	return defs
+}
+
+// reattach attaches each interface of the old box other than the
+// primary to the new box at its device index, once AWS shows it free
+// (the old box's termination detaches it). An interface that went with
+// the old box, or that something else took meanwhile, is left, and the
+// step says so.
+func (r *SnapshotRestore) reattach(ctx context.Context, op *Work[RestoreResult], plan RestorePlan, p journal.Progress) (string, error) {
+	id := op.Result.InstanceID
+	var said []string
+	for _, n := range plan.Old.Others() {
+		what := fmt.Sprintf("`%s` (device %d, %s)", n.ID, n.DeviceIndex, strings.Join(n.IPs, ", "))
+		var cur ec2types.NetworkInterface
+		err := readBack(ctx, r.poll(), r.ReadBack, what+" detached from the old box", func() (bool, string, error) {
+			var err error
+			cur, err = describeENI(ctx, r.EC2, n.ID)
+			if err != nil {
+				return false, "", err
+			}
+			a := cur.Attachment
+			if a == nil || cur.Status == ec2types.NetworkInterfaceStatusAvailable || aws.ToString(a.InstanceId) != plan.Old.InstanceID {
+				return true, "", nil
+			}
+			return false, "it attached to `" + plan.Old.InstanceID + "`", nil
+		})
+		switch {
+		case errors.Is(err, ErrNotFound):
+			said = append(said, what+" is gone (deleted with the old box): its addresses are not on the new box")
+			continue
+		case err != nil:
+			return "", err
+		}
+		if a := cur.Attachment; a != nil && aws.ToString(a.InstanceId) == id {
+			said = append(said, what+" attached")
+			continue
+		} else if a != nil && aws.ToString(a.InstanceId) != "" && cur.Status != ec2types.NetworkInterfaceStatusAvailable {
+			said = append(said, fmt.Sprintf("%s left: it is attached to `%s` now", what, aws.ToString(a.InstanceId)))
+			continue
+		}
+		if _, err := r.EC2.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: aws.String(n.ID), InstanceId: aws.String(id), DeviceIndex: aws.Int32(n.DeviceIndex)}); err != nil {
+			return "", fmt.Errorf("attach %s to the new box %s: %w", n.ID, id, translate(err))
+		}
+		err = readBack(ctx, r.poll(), r.ReadBack, what+" attached to `"+id+"`", func() (bool, string, error) {
+			cur, err := describeENI(ctx, r.EC2, n.ID)
+			if err != nil {
+				return false, "", err
+			}
+			if a := cur.Attachment; a != nil && aws.ToString(a.InstanceId) == id {
+				return true, "", nil
+			}
+			return false, "it " + string(cur.Status), nil
+		})
+		if err != nil {
+			return "", err
+		}
+		said = append(said, what+" attached")
+	}
+	return strings.Join(said, "; "), nil
 }
 
 func (r *SnapshotRestore) poll() time.Duration { return cmpOr(r.Poll, 2*time.Second) }
@@ -509,7 +673,15 @@ func (r *SnapshotRestore) protect(ctx context.Context, op *Work[RestoreResult], 
 			return "", fmt.Errorf("tag the old volumes: %w", translate(err))
 		}
 	}
-	if err := r.checkProtected(ctx, plan.Old.InstanceID); err != nil {
+	// The change shows in DescribeInstances some time after AWS took it.
+	err = readBack(ctx, r.poll(), r.ReadBack, "every volume of "+plan.Old.InstanceID+" kept on termination", func() (bool, string, error) {
+		still, err := r.unprotected(ctx, plan.Old.InstanceID)
+		return err == nil && still == "", still, err
+	})
+	if errors.Is(err, ErrNotConverged) {
+		return "", fmt.Errorf("%w; not going further", err)
+	}
+	if err != nil {
 		return "", err
 	}
 	op.Result.KeptVolumes = vols
@@ -519,16 +691,29 @@ func (r *SnapshotRestore) protect(ctx context.Context, op *Work[RestoreResult], 
 // checkProtected reads the instance back and fails if any volume would
 // be deleted with it.
 func (r *SnapshotRestore) checkProtected(ctx context.Context, id string) error {
+	still, err := r.unprotected(ctx, id)
+	if err != nil {
+		return err
+	}
+	if still != "" {
+		return fmt.Errorf("%s; not going further", still)
+	}
+	return nil
+}
+
+// unprotected names the first volume of instance id that would be
+// deleted with it ("" when none would).
+func (r *SnapshotRestore) unprotected(ctx context.Context, id string) (string, error) {
 	in, ok, err := r.describeInstance(ctx, id)
 	if err != nil || !ok {
-		return err
+		return "", err
 	}
 	for _, m := range in.BlockDeviceMappings {
 		if m.Ebs != nil && aws.ToBool(m.Ebs.DeleteOnTermination) {
-			return fmt.Errorf("volume %s (%s) of %s is still set to be deleted on termination; not going further", aws.ToString(m.Ebs.VolumeId), aws.ToString(m.DeviceName), id)
+			return fmt.Sprintf("volume %s (%s) of %s is still set to be deleted on termination", aws.ToString(m.Ebs.VolumeId), aws.ToString(m.DeviceName), id), nil
 		}
 	}
-	return nil
+	return "", nil
 }
 
 func volList(vs []VolumeRef) string {
@@ -573,6 +758,11 @@ func (r *SnapshotRestore) image(ctx context.Context, op *Work[RestoreResult], pl
 	id, attempts, err := r.findImage(ctx, op.ID)
 	if err != nil {
 		return "", err
+	}
+	if id == "" && op.Result.ImageID != "" {
+		// An earlier attempt registered it; the look-up by tag may lag
+		// that registration, the recorded ID does not.
+		id = op.Result.ImageID
 	}
 	if id != "" {
 		p.Log(fmt.Sprintf("Image `%s` was registered by this restore before; using it.", id))
@@ -661,7 +851,9 @@ func (r *SnapshotRestore) register(ctx context.Context, op *Work[RestoreResult],
 	// Registered, or maybe registered: DescribeImages may lag behind.
 	// Look for a while (a read that lags, not a call tried again).
 	var found string
-	lerr := waitFor(ctx, r.poll(), time.Now().Add(readLag*r.poll()), func() (bool, error) {
+	// (At least lookLag: with a short poll, readLag polls are shorter
+	// than EC2's usual lag.)
+	lerr := waitFor(ctx, r.poll(), time.Now().Add(max(readLag*r.poll(), lookLag)), func() (bool, error) {
 		id, _, err := r.findImage(ctx, op.ID)
 		found = id
 		return id != "", err
@@ -713,15 +905,23 @@ func (r *SnapshotRestore) freeIP(ctx context.Context, plan RestorePlan, p journa
 			}
 		}
 	}
-	// The interface goes some time after the instance.
+	// The interface goes some time after the instance. A primary
+	// interface AWS keeps (DeleteOnTermination false) does not go: it
+	// is detached, keeps the IP, and the new box is launched on it.
+	kept := plan.Old.KeptPrimary()
 	var h *ipHolder
 	err := waitFor(ctx, r.poll(), time.Now().Add(cmpOr(r.StopTimeout, 5*time.Minute)), func() (bool, error) {
 		var err error
 		h, err = ipHolderOf(ctx, r.EC2, ip, plan.Shape.SubnetID)
+		if kept != nil && h != nil && h.eni == kept.ID && h.instance == "" {
+			return err == nil, err
+		}
 		return err == nil && h == nil, err
 	})
 	var to *waitTimeout
 	switch {
+	case errors.As(err, &to) && kept != nil && h != nil && h.eni == kept.ID:
+		return "", fmt.Errorf("the old primary interface `%s` (kept on termination) is still attached to `%s` after %s; the new box is launched on it once it is detached: resume then", kept.ID, h.instance, cmpOr(r.StopTimeout, 5*time.Minute))
 	case errors.As(err, &to) && h != nil:
 		return "", fmt.Errorf("%s is still held by %s; free it, then resume", ip, h)
 	case errors.As(err, &to):
@@ -731,6 +931,9 @@ func (r *SnapshotRestore) freeIP(ctx context.Context, plan RestorePlan, p journa
 	}
 	if plan.Old == nil {
 		return fmt.Sprintf("%s is free", ip), nil
+	}
+	if kept != nil {
+		return fmt.Sprintf("`%s` terminated (volumes kept); its primary interface `%s` with %s detached after %s, for the new box", plan.Old.InstanceID, kept.ID, ip, since(start)), nil
 	}
 	return fmt.Sprintf("`%s` terminated (volumes kept); %s free after %s", plan.Old.InstanceID, ip, since(start)), nil
 }
@@ -859,6 +1062,14 @@ func launchInput(plan RestorePlan, opID, imageID, typ string) *ec2.RunInstancesI
 			in.IamInstanceProfile = &ec2types.IamInstanceProfileSpecification{Name: aws.String(p)}
 		}
 	}
+	if kept := plan.Old.KeptPrimary(); kept != nil {
+		// The old primary interface, kept on termination, becomes the new
+		// box's: its IP, secondary IPs and security groups come with it.
+		// (AWS takes a subnet, IP and groups either here or on the
+		// instance, not both.)
+		in.SubnetId, in.PrivateIpAddress, in.SecurityGroupIds = nil, nil, nil
+		in.NetworkInterfaces = []ec2types.InstanceNetworkInterfaceSpecification{{DeviceIndex: aws.Int32(0), NetworkInterfaceId: aws.String(kept.ID)}}
+	}
 	return in
 }
 
@@ -894,7 +1105,45 @@ func (r *SnapshotRestore) secondaryIPs(ctx context.Context, in *ec2types.Instanc
 	if err != nil {
 		return fmt.Errorf("give the new box its secondary IPs %s: %w", strings.Join(missing, ", "), translate(err))
 	}
-	return nil
+	// The assignment is asynchronous: read it back.
+	return readBack(ctx, r.poll(), r.ReadBack, strings.Join(missing, ", ")+" on `"+aws.ToString(eni.NetworkInterfaceId)+"`", func() (bool, string, error) {
+		n, err := describeENI(ctx, r.EC2, aws.ToString(eni.NetworkInterfaceId))
+		if err != nil {
+			return false, "", err
+		}
+		held := addressesOf(n)
+		for _, ip := range missing {
+			if !slices.Contains(held, ip) {
+				return false, "only " + strings.Join(held, ", "), nil
+			}
+		}
+		return true, "", nil
+	})
+}
+
+// describeENI reads one network interface.
+func describeENI(ctx context.Context, api interfaceReader, id string) (ec2types.NetworkInterface, error) {
+	out, err := api.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{id}})
+	if err == nil && len(out.NetworkInterfaces) == 0 {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return ec2types.NetworkInterface{}, fmt.Errorf("read %s: %w", id, translate(err))
+	}
+	return out.NetworkInterfaces[0], nil
+}
+
+// addressesOf lists an interface's private IPs, the primary first.
+func addressesOf(n ec2types.NetworkInterface) []string {
+	var out []string
+	for _, a := range n.PrivateIpAddresses {
+		if aws.ToBool(a.Primary) {
+			out = append([]string{aws.ToString(a.PrivateIpAddress)}, out...)
+		} else {
+			out = append(out, aws.ToString(a.PrivateIpAddress))
+		}
+	}
+	return out
 }
 
 // waitHealthy waits until the new box runs and passes both status checks
@@ -946,16 +1195,24 @@ func (r *SnapshotRestore) verify(ctx context.Context, op *Work[RestoreResult], p
 	if got := aws.ToString(in.PrivateIpAddress); got != plan.Shape.PrivateIP {
 		return "", fmt.Errorf("the new box %s has IP %s, not %s", id, got, plan.Shape.PrivateIP)
 	}
-	boxes, err := FindByName(ctx, r.EC2, plan.NameTag)
-	if err != nil {
-		return "", err
-	}
-	if len(boxes) != 1 {
-		var ids []string
+	// The old box's termination and the new one's tags may show late.
+	var ids []string
+	err = readBack(ctx, r.poll(), r.ReadBack, "`"+id+"` as the only instance named "+plan.NameTag, func() (bool, string, error) {
+		boxes, err := FindByName(ctx, r.EC2, plan.NameTag)
+		if err != nil {
+			return false, "", err
+		}
+		ids = ids[:0]
 		for _, b := range boxes {
 			ids = append(ids, aws.ToString(b.InstanceId))
 		}
-		return "", fmt.Errorf("%d instances carry Name=%s (%s); there must be one Services box", len(boxes), plan.NameTag, strings.Join(ids, ", "))
+		return len(ids) == 1 && ids[0] == id, fmt.Sprintf("%d instances named so (%s)", len(ids), strings.Join(ids, ", ")), nil
+	})
+	if errors.Is(err, ErrNotConverged) {
+		return "", fmt.Errorf("%d instances carry Name=%s (%s); there must be one Services box, the new `%s`: %w", len(ids), plan.NameTag, strings.Join(ids, ", "), id, err)
+	}
+	if err != nil {
+		return "", err
 	}
 	return fmt.Sprintf("`%s` running at %s in %s, the only instance named %s", id, plan.Shape.PrivateIP, aws.ToString(in.Placement.AvailabilityZone), plan.NameTag), nil
 }

@@ -136,7 +136,7 @@ func TestRestoreProtectFailsClosed(t *testing.T) {
 				}
 				return nil
 			}
-		}, "describe i-old", ErrUnavailable, []string{modifyData, "CreateTags vol-root,vol-data"}},
+		}, "the last read failed: describe i-old: AWS said InternalError", ErrNotConverged, []string{modifyData, "CreateTags vol-root,vol-data"}},
 		// Terminated by someone else before its volumes were kept: said,
 		// with the volumes to check by hand.
 		{"terminated", func(f *fakeEC2) { f.insts["i-old"].State.Name = ec2types.InstanceStateNameTerminated },

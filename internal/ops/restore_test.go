@@ -20,7 +20,7 @@ import (
 const restoreIP = "10.0.1.10"
 
 func testRestore(f *fakeEC2) *SnapshotRestore {
-	return &SnapshotRestore{EC2: f, NameTag: "circleci_services", Poll: time.Millisecond, StopTimeout: 30 * time.Millisecond}
+	return &SnapshotRestore{EC2: f, NameTag: "circleci_services", Poll: time.Millisecond, StopTimeout: 30 * time.Millisecond, ReadBack: 30 * time.Millisecond}
 }
 
 func restorePlan(old string) RestorePlan {

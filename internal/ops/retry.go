@@ -221,3 +221,81 @@ func cmpOr(d, def time.Duration) time.Duration {
 }
 
 func since(t time.Time) string { return time.Since(t).Round(time.Second).String() }
+
+// ErrNotConverged is a read-back that never showed what a mutation
+// changed, within its time.
+var ErrNotConverged = errors.New("AWS did not show the change")
+
+// lookLag is the least time a look for what a call may have made (after
+// its answer was lost) keeps looking: EC2's reads lag its writes by
+// seconds.
+const lookLag = 10 * time.Second
+
+// maxReadBackPause caps the pause between the reads of a read-back.
+const maxReadBackPause = 10 * time.Second
+
+// defaultReadBack is how long a read-back waits for AWS to show a change
+// unless told otherwise. EC2 documents its API as eventually consistent
+// ("remapping an IP address is an asynchronous operation"); seconds are
+// usual, minutes are not.
+const defaultReadBack = 2 * time.Minute
+
+// notConverged says what a read-back waited for and what AWS still
+// showed. It does not unwrap to the last read's failure: a step that
+// waited its full time is not run again for a transient error.
+type notConverged struct {
+	want, seen string
+	after      time.Duration
+	reads      int
+	last       error
+}
+
+func (e *notConverged) Error() string {
+	s := fmt.Sprintf("AWS did not show %s within %s (%d reads; its reads lag its writes, but not this long)", e.want, e.after.Round(time.Millisecond), e.reads)
+	if e.seen != "" {
+		s += ": it still shows " + e.seen
+	}
+	if e.last != nil {
+		s += "; the last read failed: " + strings.TrimSuffix(Explain(e.last), ".")
+	}
+	return s
+}
+
+func (e *notConverged) Unwrap() error { return ErrNotConverged }
+
+// readBack reads after a mutation until AWS shows it: EC2, Elastic Load
+// Balancing and Auto Scaling answer reads from a state that may not have
+// the change yet. read reports whether the change shows and, if not, what
+// it saw instead. The pause between reads starts at pause and doubles up
+// to maxReadBackPause (bounded backoff); a read that fails transiently
+// saw nothing. After timeout it gives up with a *notConverged that says
+// what was awaited and what AWS still showed.
+func readBack(ctx context.Context, pause, timeout time.Duration, want string, read func() (done bool, seen string, err error)) error {
+	timeout = cmpOr(timeout, defaultReadBack)
+	pause = cmpOr(pause, 500*time.Millisecond)
+	start := time.Now()
+	e := &notConverged{want: want}
+	for {
+		e.reads++
+		done, seen, err := read()
+		switch {
+		case err == nil && done:
+			return nil
+		case err != nil && (ctx.Err() != nil || !transient(err)):
+			return err
+		case err == nil:
+			e.seen, e.last = seen, nil
+		default:
+			e.last = err
+		}
+		left := timeout - time.Since(start)
+		if left <= 0 {
+			e.after = time.Since(start)
+			return e
+		}
+		if err := sleep(ctx, min(pause, left)); err != nil {
+			return err
+		}
+		pause = min(2*pause, max(maxReadBackPause, pause))
+	}
+}

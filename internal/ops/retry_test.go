@@ -102,3 +102,37 @@ func TestWaitFor(t *testing.T) {
 		t.Errorf("ran out: %v", err)
 	}
 }
+
+// readBack reads again, with growing pauses, until AWS shows the change;
+// a transient failure is a read that saw nothing; past its time it says
+// what it waited for and what AWS still showed.
+func TestReadBackConvergesOrSaysWhatItSaw(t *testing.T) {
+	ctx := context.Background()
+	n := 0
+	err := readBack(ctx, time.Millisecond, time.Second, "the change", func() (bool, string, error) {
+		n++
+		switch n {
+		case 1, 2:
+			return false, "the old state", nil
+		case 3:
+			return false, "", translate(apiErr("DescribeInstances", "RequestLimitExceeded"))
+		}
+		return true, "", nil
+	})
+	if err != nil || n != 4 {
+		t.Errorf("%v after %d reads", err, n)
+	}
+	err = readBack(ctx, time.Millisecond, 20*time.Millisecond, "vol-1 kept", func() (bool, string, error) { return false, "vol-1 deleted on termination", nil })
+	if !errors.Is(err, ErrNotConverged) || !strings.Contains(err.Error(), "AWS did not show vol-1 kept within") || !strings.Contains(err.Error(), "it still shows vol-1 deleted on termination") {
+		t.Errorf("not converged: %v", err)
+	}
+	denied := translate(apiErr("DescribeInstances", "UnauthorizedOperation"))
+	if err := readBack(ctx, time.Millisecond, time.Second, "x", func() (bool, string, error) { return false, "", denied }); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("a denial is not waited out: %v", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := readBack(cctx, time.Hour, time.Hour, "x", func() (bool, string, error) { return false, "", nil }); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v", err)
+	}
+}

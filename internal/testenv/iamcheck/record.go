@@ -671,6 +671,17 @@ func (d *describer) runInstances(action, op string, in *ec2.RunInstancesInput) {
 	for _, ni := range in.NetworkInterfaces {
 		if ni.NetworkInterfaceId != nil {
 			d.existing(action, []string{aws.ToString(ni.NetworkInterfaceId)}, nil)
+			// Launched on an existing interface: its subnet and security
+			// groups are the instance's, and are judged as such.
+			sub, groups, err := d.look.iface(d.ctx, aws.ToString(ni.NetworkInterfaceId))
+			if err != nil {
+				d.gap("interface %s of RunInstances unknown: %v", aws.ToString(ni.NetworkInterfaceId), err)
+			} else {
+				if subnet == "" {
+					subnet = sub
+				}
+				sgs = append(sgs, groups...)
+			}
 		}
 		if subnet == "" {
 			subnet = aws.ToString(ni.SubnetId)
@@ -838,6 +849,23 @@ func (l *lookup) instanceVolumes(ctx context.Context, id string, excludeRoot boo
 		}
 	}
 	return vols, nil
+}
+
+// iface: an interface's subnet and security groups.
+func (l *lookup) iface(ctx context.Context, id string) (string, []string, error) {
+	out, err := l.ec2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{id}})
+	if err != nil {
+		return "", nil, err
+	}
+	if len(out.NetworkInterfaces) != 1 {
+		return "", nil, errors.New("no such interface")
+	}
+	ni := out.NetworkInterfaces[0]
+	var groups []string
+	for _, g := range ni.Groups {
+		groups = append(groups, aws.ToString(g.GroupId))
+	}
+	return aws.ToString(ni.SubnetId), groups, nil
 }
 
 func (l *lookup) attachment(ctx context.Context, id string) (string, string, error) {

@@ -81,7 +81,10 @@ func ModelDuration(key string) time.Duration {
 // snapshots complete on their own as the model says.
 func WithTiming(scale float64) Option {
 	return func(o *options) {
-		dir, err := writeAssets("timed", map[string][]byte{"moto_patched.py": patchedLauncher, "moto_timed.py": timedLauncher})
+		// The patched launcher's modules go beside it: it imports them.
+		assets := map[string][]byte{"moto_patched.py": patchedLauncher, "moto_timed.py": timedLauncher}
+		maps.Copy(assets, launcherModules)
+		dir, err := writeAssets("timed", assets)
 		if err != nil {
 			dir = filepath.Join(os.TempDir(), "circlebot-moto-timed-unwritable", fmt.Sprintf("(%v)", err))
 		}

@@ -399,3 +399,62 @@ func pseudoContent(name string, size int) []byte {
 	}
 	return out[:size]
 }
+
+// SetOS writes the box's /etc/os-release, e.g. "ubuntu", "22.04" or
+// "amzn", "2023": what a script reads to tell the distribution.
+func (b *Box) SetOS(id, version string) {
+	b.s.t.Helper()
+	content := fmt.Sprintf("NAME=%q\nID=%s\nVERSION_ID=%q\n", id, id, version)
+	if err := writeIn(filepath.Join(b.root, "etc", "os-release"), content); err != nil {
+		b.s.t.Fatalf("ssmbox: SetOS: %v", err)
+	}
+}
+
+// SetInterface gives the box's OS a network device dev with MAC address
+// mac (its /sys/class/net/<dev>/address) and, if given, addresses (CIDRs)
+// as the stand-in ip reports them.
+func (b *Box) SetInterface(dev, mac string, addrs ...string) {
+	b.s.t.Helper()
+	if dev == "" || strings.ContainsAny(dev, `/\`) {
+		b.s.t.Fatalf("ssmbox: SetInterface: bad device %q", dev)
+	}
+	if err := writeIn(filepath.Join(b.root, "sys", "class", "net", dev, "address"), strings.ToLower(mac)+"\n"); err != nil {
+		b.s.t.Fatalf("ssmbox: SetInterface: %v", err)
+	}
+	if len(addrs) > 0 {
+		if err := writeIn(filepath.Join(b.root, ".ssmbox", "net", dev+".addrs"), strings.Join(addrs, "\n")+"\n"); err != nil {
+			b.s.t.Fatalf("ssmbox: SetInterface: %v", err)
+		}
+	}
+}
+
+// Addresses are the CIDRs the box's OS has on dev, as the stand-in ip
+// (and netplan apply) left them.
+func (b *Box) Addresses(dev string) []string {
+	raw, err := os.ReadFile(filepath.Join(b.root, ".ssmbox", "net", dev+".addrs"))
+	if err != nil {
+		return nil
+	}
+	return strings.Fields(string(raw))
+}
+
+// HasAddress reports whether any device of the box's OS has ip.
+func (b *Box) HasAddress(ip string) bool {
+	devs, _ := os.ReadDir(filepath.Join(b.root, "sys", "class", "net"))
+	for _, d := range devs {
+		for _, c := range b.Addresses(d.Name()) {
+			if strings.SplitN(c, "/", 2)[0] == ip {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// writeIn writes a box file, making its directory first.
+func writeIn(p, content string) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	return writeAtomic(p, content, 0o644)
+}

@@ -15,6 +15,11 @@ Patched behaviour:
   * Restores (what the bot's restore needs and moto 5.2.1 lacks):
     - TerminateInstances deletes the instance's primary network interface,
       as AWS does for one made at launch, so its private IP is free again.
+    - TerminateInstances detaches (as "available") the interfaces it
+      keeps (DeleteOnTermination false).
+    - AssignPrivateIpAddresses of an address another interface holds
+      (without AllowReassignment), and AttachNetworkInterface at a device
+      index in use, answer InvalidParameterValue.
     - RunInstances with a PrivateIpAddress in use answers
       InvalidIPAddress.InUse (plain moto: HTTP 500).
     - RunInstances honours ClientToken: the same token returns the first
@@ -371,6 +376,78 @@ def _terminate(self):
 
 
 instance_models.Instance.terminate = _terminate
+
+# Network interfaces, as AWS keeps them (moto 5.2.1 does not):
+#   - TerminateInstances detaches the interfaces it does not delete
+#     (DeleteOnTermination false: made on their own and attached): they
+#     become "available" with their addresses.
+#   - AssignPrivateIpAddresses of an address another interface holds,
+#     without AllowReassignment, is refused.
+#   - AttachNetworkInterface at a device index the instance already uses
+#     is refused.
+from moto.ec2.models import elastic_network_interfaces as eni_models
+from moto.ec2.responses import elastic_network_interfaces as eni_responses
+
+_orig_terminate_nics = instance_models.Instance.terminate
+
+
+def _terminate_keeps_interfaces(self):
+    kept = []
+    if self._state.name != "terminated":
+        kept = [n for n in self.nics.values() if not n.delete_on_termination]
+    result = _orig_terminate_nics(self)
+    for nic in kept:
+        if nic.instance is not self:
+            continue
+        if nic.device_index == 0:
+            # moto reads the instance's IP and subnet from nics[0]: keep it
+            # there, detached.
+            nic.instance = None
+            nic.attachment_id = None
+            nic.attach_time = None
+            nic.status = "available"
+        else:
+            self.detach_eni(nic)
+    return result
+
+
+instance_models.Instance.terminate = _terminate_keeps_interfaces
+
+_orig_assign_ips = eni_responses.ElasticNetworkInterfaces.assign_private_ip_addresses
+
+
+def _assign_ips(self):
+    if str(self._get_param("AllowReassignment")).lower() != "true":
+        eni_id = self._get_param("NetworkInterfaceId")
+        wanted = set(self._get_param("PrivateIpAddresses", []) or [])
+        for other in self.ec2_backend.enis.values():
+            if other.id == eni_id:
+                continue
+            for a in other.private_ip_addresses:
+                if a.get("PrivateIpAddress") in wanted:
+                    raise EC2ClientError(
+                        "InvalidParameterValue",
+                        f"Address {a.get('PrivateIpAddress')} is in use by {other.id}.",
+                    )
+    return _orig_assign_ips(self)
+
+
+eni_responses.ElasticNetworkInterfaces.assign_private_ip_addresses = _assign_ips
+
+_orig_attach_eni = eni_models.NetworkInterfaceBackend.attach_network_interface
+
+
+def _attach_eni(self, eni_id, instance_id, device_index):
+    inst = self.get_instance(instance_id)
+    if int(device_index) in inst.nics:
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            f"Instance '{instance_id}' already has an interface attached at device index '{device_index}'.",
+        )
+    return _orig_attach_eni(self, eni_id, instance_id, device_index)
+
+
+eni_models.NetworkInterfaceBackend.attach_network_interface = _attach_eni
 
 
 def _register_image(self):
