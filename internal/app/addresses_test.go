@@ -61,7 +61,7 @@ func TestRestoreKeepsEachInterfaceWithItsOwnAddresses(t *testing.T) {
 	}
 	r.backup = b
 
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 	plan := r.waitText("plan", req, "Approval needed")
 	for _, want := range []string{"reattach interface `" + eni + "` (10.0.1.200) to the new box at device 1"} {
 		if !strings.Contains(plan, want) {
@@ -142,7 +142,7 @@ func TestRestoreLaunchesOnAKeptPrimaryInterface(t *testing.T) {
 		t.Fatalf("backup of %s, want of %s", b.Shape.InstanceID, old)
 	}
 
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 	plan := r.waitText("plan", req, "Approval needed")
 	if want := "launch it on the old box's primary interface `" + eni + "`"; !strings.Contains(plan, want) {
 		t.Errorf("the plan does not say %q:\n%s", want, plan)

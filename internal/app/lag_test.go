@@ -17,7 +17,7 @@ func TestRestoreUnderAWSReadLag(t *testing.T) {
 	t.Parallel()
 	withLag(t, testLag)
 	r := newRestoreEnv(t, nil)
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 	r.click(bob, "approve "+req, "lag.1")
 	sum := r.waitText("summary", "Restored `"+r.backup.ID+"`")
 	r.server.Wait()

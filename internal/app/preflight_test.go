@@ -45,6 +45,10 @@ func realCount(p *faultproxy.Proxy, action string) int {
 	return n
 }
 
+// isDryRun: a pre-flight's call (DryRun=true), which changes nothing; a
+// test that faults or counts the real calls skips it.
+func isDryRun(c faultproxy.Call) bool { return c.Params.Get("DryRun") == "true" }
+
 // dryRuns lists the dry-run calls that reached the proxy.
 func dryRuns(calls []faultproxy.Call) []string {
 	var out []string
@@ -89,7 +93,7 @@ func TestRefusedPreflightStopsARestoreBeforeAnythingChanges(t *testing.T) {
 	r := newRestoreEnv(t, nil)
 	r.proxy.Reset()
 	r.proxy.SetFaults(denyDryRun("TerminateInstances"))
-	req, msg := r.blockedRequest(alice, "restore latest")
+	req, msg := r.blockedRequest(alice, "restore latest --rebuild")
 	for _, want := range []string{"Pre-flight", "refused", "`ec2:TerminateInstances` " + r.inst.ServicesBox.ID, "UnauthorizedOperation", "`ec2:RegisterImage`", "`ec2:StopInstances`", "`ec2:ModifyInstanceAttribute`", "`ec2:CreateTags`", "tags", "instance type"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("the request message lacks %q:\n%s", want, msg)
@@ -117,7 +121,7 @@ func TestRefusedPreflightStopsARestoreBeforeAnythingChanges(t *testing.T) {
 	if n := len(r.restored()); n != 0 {
 		t.Errorf("%d instances launched", n)
 	}
-	if ops, _ := r.app.Journal.All(t.Context()); len(ops) != 0 {
+	if ops, _ := destructiveOps(t.Context(), r.app); len(ops) != 0 {
 		t.Errorf("operations journaled: %d", len(ops))
 	}
 }
@@ -158,7 +162,7 @@ func TestRefusedPreflightStopsAFailoverBeforeAnythingChanges(t *testing.T) {
 func TestPreflightRefusedAtApprovalStopsBeforeTheFirstStep(t *testing.T) {
 	t.Parallel()
 	r := newRestoreEnv(t, nil)
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 	plan := r.waitText("the request", req, "Pre-flight")
 	if !strings.Contains(plan, "AWS would accept all") {
 		t.Fatalf("the pre-flight of a healthy sandbox is not all green:\n%s", plan)
@@ -171,7 +175,7 @@ func TestPreflightRefusedAtApprovalStopsBeforeTheFirstStep(t *testing.T) {
 	if c := changes(r.proxy.Calls()); len(c) > 0 {
 		t.Fatalf("a pre-flight refused at approval let these calls through: %v", c)
 	}
-	if ops, _ := r.app.Journal.All(t.Context()); len(ops) != 0 {
+	if ops, _ := destructiveOps(t.Context(), r.app); len(ops) != 0 {
 		t.Errorf("operations journaled: %d", len(ops))
 	}
 	if l, _ := r.app.Store.Locks(t.Context()); len(l) != 0 {
@@ -188,7 +192,7 @@ func TestPreflightRefusedAtApprovalStopsBeforeTheFirstStep(t *testing.T) {
 func TestRestoreStopsBeforeTheOldBoxWhenTheLaunchWouldBeRefused(t *testing.T) {
 	t.Parallel()
 	r := newRestoreEnv(t, nil)
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 	r.proxy.Reset()
 	r.proxy.SetFaults(denyDryRun("RunInstances"))
 	r.click(bob, "approve "+req, "pf.3")

@@ -67,25 +67,28 @@ func createKMSKey(t *testing.T, endpoint string) string {
 // device for device, and the plan named them. Before, RegisterImage took
 // only the snapshot IDs, so every volume came back as AWS's default type
 // without its IOPS or throughput.
-func TestRestoreBringsEveryVolumeBackAsItWas(t *testing.T) {
-	t.Parallel()
+// volumesBox sets the Services box up with a gp3 root at 250 MiB/s, an
+// io2 volume at 4000 IOPS, a volume encrypted under a customer-managed
+// key and IMDSv2, and returns each device's volume as EC2 reads it.
+func volumesBox(t *testing.T) (r *restoreEnv, api *ec2.Client, keyARN string, oldBox ec2types.Instance, before map[string]string) {
+	t.Helper()
 	ctx := context.Background()
 	moto := patchedMoto(t)
 	if err := moto.AutoCompleteSnapshots(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
 	direct := motoserver.AWSConfig(moto.URL)
-	keyARN := createKMSKey(t, moto.URL)
+	keyARN = createKMSKey(t, moto.URL)
 	ssmSrv := ssmbox.New(t)
 	ssmSrv.RegisterNew(func(id string) bool { return strings.HasPrefix(id, "i-") })
 	e := newEnvOn(t, moto, func(c *config.Config) {
 		c.Roles.Approvers = []string{bob}
 		c.AWS.KMSKeyARNs = []string{keyARN}
 	}, func(o *app.Options) { o.SSMEndpoint = ssmSrv.URL })
-	r := &restoreEnv{env: e, ssm: ssmSrv, oldBox: ssmSrv.AddBox(e.inst.ServicesBox.ID)}
+	r = &restoreEnv{env: e, ssm: ssmSrv, oldBox: ssmSrv.AddBox(e.inst.ServicesBox.ID)}
 	r.tune(e.app)
 
-	api := ec2.NewFromConfig(direct)
+	api = ec2.NewFromConfig(direct)
 	box := e.inst.ServicesBox
 	// The seeded box: /dev/sda1 30 GiB, /dev/sdf 100 GiB, /dev/sdg 50 GiB, all gp3.
 	if _, err := api.ModifyVolume(ctx, &ec2.ModifyVolumeInput{VolumeId: aws.String(box.Volumes[0]), VolumeType: ec2types.VolumeTypeGp3, Throughput: aws.Int32(250)}); err != nil {
@@ -108,19 +111,27 @@ func TestRestoreBringsEveryVolumeBackAsItWas(t *testing.T) {
 		HttpTokens: ec2types.HttpTokensStateRequired, HttpPutResponseHopLimit: aws.Int32(2)}); err != nil {
 		t.Fatal(err)
 	}
-	oldBox := e.instance(box.ID)
-	before := volumeSpecs(t, api, box.ID)
+	oldBox = e.instance(box.ID)
+	before = volumeSpecs(t, api, box.ID)
 	for dev, want := range map[string]string{"/dev/sda1": "gp3 30 GiB, 3000 IOPS, 250 MiB/s", "/dev/sdf": "io2 100 GiB, 4000 IOPS", "/dev/sdh": "encrypted true, key \"" + keyARN} {
 		if !strings.Contains(before[dev], want) {
 			t.Fatalf("the box was not set up as the test needs: %s is %s", dev, before[dev])
 		}
 	}
 
+	return r, api, keyARN, oldBox, before
+}
+
+func TestRestoreBringsEveryVolumeBackAsItWas(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r, api, keyARN, oldBox, before := volumesBox(t)
+	e := r.env
 	e.slash(alice, incident, "backup now")
 	r.backup = e.lastBackup(ops.StateCompleted)
 	e.server.Wait()
 
-	req := r.request(alice, "restore latest")
+	req := r.request(alice, "restore latest --rebuild")
 	plan := r.waitText("plan", req, "Approval needed")
 	for _, want := range []string{"/dev/sda1=`", "gp3, 30 GiB, 3000 IOPS, 250 MiB/s", "io2, 100 GiB, 4000 IOPS", "encrypted with " + keyARN} {
 		if !strings.Contains(plan, want) {
@@ -165,5 +176,35 @@ func TestRestoreBringsEveryVolumeBackAsItWas(t *testing.T) {
 	}
 	if f := e.judge(doc); len(f) > 0 {
 		t.Errorf("policy.json refuses calls of the restore: %v", f)
+	}
+}
+
+// Issue 15 with issue 14: an in-place restore gives each device a volume
+// with what the backup recorded, not what the device holds now. The root
+// is changed after the backup (gp2, no throughput); the restore brings it
+// back as gp3 at 250 MiB/s, with the io2 and the encrypted volume as they
+// were, on the same instance.
+func TestRestoreInPlaceBringsEveryVolumeBackAsRecorded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r, api, _, _, before := volumesBox(t)
+	e, box := r.env, r.inst.ServicesBox
+	e.slash(alice, incident, "backup now")
+	r.backup = e.lastBackup(ops.StateCompleted)
+	e.server.Wait()
+	if _, err := api.ModifyVolume(ctx, &ec2.ModifyVolumeInput{VolumeId: aws.String(box.Volumes[0]), VolumeType: ec2types.VolumeTypeGp2}); err != nil {
+		t.Fatal(err)
+	}
+	req := r.request(alice, "restore latest")
+	r.waitText("plan", req, "in place")
+	r.click(bob, "approve "+req, "vol.inplace")
+	r.waitText("summary", "Restored `"+r.backup.ID+"` in place")
+	r.server.Wait()
+	r.checkRestoredInPlace()
+	after := volumeSpecs(t, api, box.ID)
+	for dev, want := range before {
+		if after[dev] != want {
+			t.Errorf("%s came back as %s; it was %s when backed up", dev, after[dev], want)
+		}
 	}
 }
