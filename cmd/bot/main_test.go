@@ -416,7 +416,8 @@ func TestDoctorAgainstTheSandboxIsGreen(t *testing.T) {
 	}
 	got := out.String()
 	for _, want := range []string{"Recovery readiness: ready", "Services box", "SSM agent on the Services box", "SSM agent on the replica",
-		"Backup (EBS)", "Backup (tarball): bucket", "restore latest", "failover", "builders rotate", "Newest restore point", "within the RPO"} {
+		"Backup (EBS)", "Backup (tarball): bucket", "restore latest", "failover", "builders rotate", "Newest restore point", "within the RPO",
+		"Replica age"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("the table lacks %q", want)
 		}

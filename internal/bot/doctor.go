@@ -128,6 +128,23 @@ func (d *Doctor) Run(ctx context.Context) DoctorReport {
 			add(DoctorCheck{"Replica", VerdictOK, fmt.Sprintf("`%s` (%s, %s, %s)", replicaID, replicaState, r.Instances[0].AZ, r.Instances[0].PrivateIP), ""})
 		}
 	}
+	// The replica's age and replication: a failover to a replica older
+	// than the box's last change, or behind, brings back old data.
+	if a := st.ReplicaAge; a != nil && replicaID != "" {
+		line := strings.TrimSuffix(ReplicaAgeLine(a, st.At), ".")
+		if len(a.Warnings) > 0 {
+			add(DoctorCheck{"Replica age", VerdictWarn, line + "; " + strings.Join(a.Warnings, "; "), "`" + d.SlashCommand + " replica refresh` builds a new replica from the box as it is now"})
+		} else {
+			add(DoctorCheck{"Replica age", VerdictOK, line, ""})
+		}
+	}
+	if l := st.Lag; l != nil {
+		if l.State == ops.LagInSync {
+			add(DoctorCheck{"Replication", VerdictOK, "the replica is " + l.String(), ""})
+		} else {
+			add(DoctorCheck{"Replication", VerdictWarn, "the replica is " + l.String(), "check replica.replication_check_command on the replica; a failover now loses what it has not received"})
+		}
+	}
 	if d.SSM != nil {
 		if boxID != "" {
 			add(agentCheck(ctx, d.SSM, "SSM agent on the Services box", boxID, ""))
