@@ -302,7 +302,15 @@ func New(ctx context.Context, o Options) (*App, error) {
 		Cooldown: cfg.Monitor.Cooldown.D(), Slash: cfg.Slack.Command, Log: o.Log,
 	}
 	doctor := &bot.Doctor{Status: status, EC2: ec2c, SSM: ssmc, Bucket: cfg.Backup.Bucket, Engine: eng,
-		Rotation: builders != nil, Replicas: replicasCheck(st, elector), SlashCommand: cfg.Slack.Command}
+		Rotation: builders != nil, Replicas: replicasCheck(st, elector), SlashCommand: cfg.Slack.Command,
+		KMSKeys: cfg.AWS.KMSKeyARNs, Volumes: func(ctx context.Context) ([]ops.VolumeSpec, error) {
+			box, err := ops.FindBox(ctx, ec2c, cfg.ServicesBox.NameTag)
+			if err != nil {
+				return nil, err
+			}
+			specs, _, err := ops.BoxVolumes(ctx, ec2c, box)
+			return specs, err
+		}}
 	if s3c != nil {
 		doctor.S3 = s3c
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,7 +36,13 @@ type Doctor struct {
 	// Rotation: builders.asg_name is set, so builders rotate is checked.
 	Rotation bool
 	// Replicas checks the bot's replicas (nil: one replica).
-	Replicas     func(ctx context.Context) DoctorCheck
+	Replicas func(ctx context.Context) DoctorCheck
+	// Volumes reads the Services box's volumes (nil: not checked) and
+	// KMSKeys are aws.kms_key_arns: every customer-managed key that
+	// encrypts a volume must be among them, or a restore's launch is
+	// refused its grant and the new box goes from pending to terminated.
+	Volumes      func(ctx context.Context) ([]ops.VolumeSpec, error)
+	KMSKeys      []string
 	SlashCommand string
 }
 
@@ -145,6 +152,9 @@ func (d *Doctor) Run(ctx context.Context) DoctorReport {
 			add(DoctorCheck{"Replication", VerdictWarn, "the replica is " + l.String(), "check replica.replication_check_command on the replica; a failover now loses what it has not received"})
 		}
 	}
+	if boxID != "" && d.Volumes != nil {
+		add(d.kmsCheck(ctx))
+	}
 	if d.SSM != nil {
 		if boxID != "" {
 			add(agentCheck(ctx, d.SSM, "SSM agent on the Services box", boxID, ""))
@@ -179,6 +189,34 @@ func (d *Doctor) Run(ctx context.Context) DoctorReport {
 		add(d.Replicas(ctx))
 	}
 	return rep
+}
+
+// kmsCheck: the keys of the box's encrypted volumes are all ones the
+// policy lets EC2 use on the bot's behalf (aws.kms_key_arns).
+func (d *Doctor) kmsCheck(ctx context.Context) DoctorCheck {
+	const name = "KMS keys of the volumes"
+	vols, err := d.Volumes(ctx)
+	if err != nil {
+		return DoctorCheck{name, VerdictFail, "the box's volumes cannot be read: " + ops.Explain(err), "give the bot `ec2:DescribeVolumes` (statement Read)"}
+	}
+	var keys, missing []string
+	for _, v := range vols {
+		if !v.Encrypted || v.KMSKeyID == "" || slices.Contains(keys, v.KMSKeyID) {
+			continue
+		}
+		keys = append(keys, v.KMSKeyID)
+		if !slices.Contains(d.KMSKeys, v.KMSKeyID) {
+			missing = append(missing, "`"+v.KMSKeyID+"` ("+v.Device+")")
+		}
+	}
+	switch {
+	case len(missing) > 0:
+		return DoctorCheck{name, VerdictFail, "not in aws.kms_key_arns: " + strings.Join(missing, ", ") + "; a restore or drill launching from these snapshots would be refused the key and its box terminated",
+			"add the keys to aws.kms_key_arns and deploy the policy `bot iam-policy` prints (statements KmsForEncryptedVolumes, KmsGrantsForEncryptedVolumes)"}
+	case len(keys) == 0:
+		return DoctorCheck{name, VerdictOK, "no volume of the box is encrypted under a customer-managed key", ""}
+	}
+	return DoctorCheck{name, VerdictOK, fmt.Sprintf("%d key(s), each in aws.kms_key_arns", len(keys)), ""}
 }
 
 func agentCheck(ctx context.Context, api ops.AgentInfo, name, id, state string) DoctorCheck {
