@@ -111,7 +111,7 @@ func TestUnsetSettingsLeaveTheirStatementsOut(t *testing.T) {
 		left = append(left, o.Sid)
 	}
 	want := []string{"TarballBackupsGoUnderTheirPrefix", "TarballRestoresReadTheBucket", "DoctorReadsTheBucketEncryption", "BuilderRotation", "FailoverMovesLoadBalancerTargets", "PassphraseFromSecretsManager",
-		"SlackTokensFromSecretsManager", "SharedState", "LaunchWithTheServicesBoxRole", "KmsForEncryptedVolumes", "KmsGrantsForEncryptedVolumes", "KmsForTheTarballBucket", "AssumeTheOperationsRole",
+		"SlackTokensFromSecretsManager", "SharedState", "LaunchWithTheServicesBoxRole", "KmsKeysReadable", "KmsForEncryptedVolumes", "KmsGrantsForEncryptedVolumes", "KmsForTheTarballBucket", "AssumeTheOperationsRole",
 		"RenameTheRetiredReplica"} // it names the replica: no replica, no statement
 	slices.Sort(left)
 	slices.Sort(want)

@@ -26,6 +26,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/servicequotas"
@@ -303,7 +304,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	}
 	doctor := &bot.Doctor{Status: status, EC2: ec2c, SSM: ssmc, Bucket: cfg.Backup.Bucket, Engine: eng,
 		Rotation: builders != nil, Replicas: replicasCheck(st, elector), SlashCommand: cfg.Slack.Command,
-		KMSKeys: cfg.AWS.KMSKeyARNs, Volumes: func(ctx context.Context) ([]ops.VolumeSpec, error) {
+		KMSKeys: cfg.AWS.KMSKeyARNs, KMS: kms.NewFromConfig(awsCfg), Volumes: func(ctx context.Context) ([]ops.VolumeSpec, error) {
 			box, err := ops.FindBox(ctx, ec2c, cfg.ServicesBox.NameTag)
 			if err != nil {
 				return nil, err

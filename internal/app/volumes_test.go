@@ -128,7 +128,7 @@ func TestRestoreBringsEveryVolumeBackAsItWas(t *testing.T) {
 	r, api, keyARN, oldBox, before := volumesBox(t)
 	e := r.env
 	// doctor sees the encrypted volume's key among aws.kms_key_arns.
-	if doc := e.answer(e.slash(alice, incident, "doctor")); !strings.Contains(doc, "KMS keys of the volumes") || !strings.Contains(doc, "1 key(s), each in aws.kms_key_arns") {
+	if doc := e.answer(e.slash(alice, incident, "doctor")); !strings.Contains(doc, "KMS keys of the volumes") || !strings.Contains(doc, "1 key(s), each in aws.kms_key_arns; the 1 key(s) there enabled") {
 		t.Errorf("doctor on the KMS key:\n%s", doc)
 	}
 	e.server.Wait()

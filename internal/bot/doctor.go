@@ -41,8 +41,11 @@ type Doctor struct {
 	// KMSKeys are aws.kms_key_arns: every customer-managed key that
 	// encrypts a volume must be among them, or a restore's launch is
 	// refused its grant and the new box goes from pending to terminated.
-	Volumes      func(ctx context.Context) ([]ops.VolumeSpec, error)
-	KMSKeys      []string
+	Volumes func(ctx context.Context) ([]ops.VolumeSpec, error)
+	KMSKeys []string
+	// KMS reads each key's state (nil: not read): a key disabled or
+	// pending deletion fails every launch from its snapshots.
+	KMS          ops.KeyDescriber
 	SlashCommand string
 }
 
@@ -209,12 +212,26 @@ func (d *Doctor) kmsCheck(ctx context.Context) DoctorCheck {
 			missing = append(missing, "`"+v.KMSKeyID+"` ("+v.Device+")")
 		}
 	}
+	var unusable []string
+	if d.KMS != nil {
+		for _, k := range d.KMSKeys {
+			if err := ops.KeyUsable(ctx, d.KMS, k); err != nil {
+				unusable = append(unusable, ops.Explain(err))
+			}
+		}
+	}
 	switch {
+	case len(unusable) > 0:
+		return DoctorCheck{name, VerdictFail, strings.Join(unusable, "; "),
+			"enable the key (or cancel its deletion) in KMS, or take it out of aws.kms_key_arns if nothing uses it; the bot needs kms:DescribeKey on it (statement KmsKeysReadable)"}
 	case len(missing) > 0:
 		return DoctorCheck{name, VerdictFail, "not in aws.kms_key_arns: " + strings.Join(missing, ", ") + "; a restore or drill launching from these snapshots would be refused the key and its box terminated",
 			"add the keys to aws.kms_key_arns and deploy the policy `bot iam-policy` prints (statements KmsForEncryptedVolumes, KmsGrantsForEncryptedVolumes)"}
-	case len(keys) == 0:
+	case len(keys) == 0 && len(d.KMSKeys) == 0:
 		return DoctorCheck{name, VerdictOK, "no volume of the box is encrypted under a customer-managed key", ""}
+	}
+	if d.KMS != nil && len(d.KMSKeys) > 0 {
+		return DoctorCheck{name, VerdictOK, fmt.Sprintf("%d key(s), each in aws.kms_key_arns; the %d key(s) there enabled", len(keys), len(d.KMSKeys)), ""}
 	}
 	return DoctorCheck{name, VerdictOK, fmt.Sprintf("%d key(s), each in aws.kms_key_arns", len(keys)), ""}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	elb "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
@@ -559,6 +560,10 @@ func (d *describer) run(service, op string, params any) {
 	// CloudWatch: GetMetricData and ListMetrics name no dataset.
 	case *cloudwatch.GetMetricDataInput, *cloudwatch.ListMetricsInput:
 		d.star(action)
+
+	// KMS: the key named.
+	case *kms.DescribeKeyInput:
+		d.add(Check{Action: action, Type: "key", Resource: d.kmsKeyARN(aws.ToString(in.KeyId))})
 
 	// Secrets Manager
 	case *secretsmanager.GetSecretValueInput:
