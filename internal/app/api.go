@@ -246,6 +246,18 @@ func (a *backupAPI) post(w http.ResponseWriter, r *http.Request) {
 		a.log.Info("backup requested through the API", "backup", id, "caller", caller, "reason", req.Reason, "idempotency_key", keyRef != "")
 		apiJSON(w, http.StatusAccepted, BackupState{ID: id, State: "starting", Method: req.Method, Reason: req.Reason})
 	case err := <-done:
+		select {
+		case <-started:
+			// It started, and ended before this answer: the backup exists.
+			a.log.Info("backup requested through the API", "backup", id, "caller", caller, "reason", req.Reason, "idempotency_key", keyRef != "")
+			st, ok := a.state(r.Context(), id)
+			if !ok {
+				st = BackupState{ID: id, State: "starting", Method: req.Method, Reason: req.Reason}
+			}
+			apiJSON(w, http.StatusAccepted, st)
+			return
+		default:
+		}
 		forget()
 		var held *store.HeldError
 		var ue *bot.UserError

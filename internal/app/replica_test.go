@@ -371,7 +371,12 @@ func TestParseLag(t *testing.T) {
 	for out, want := range map[string]string{
 		"in sync\n": "in sync", "0": "in sync", "12.5": "12.5 seconds behind", "300s": "300 seconds behind",
 		"r0 role:Secondary\n  disk:UpToDate\n  peer role:Primary\n    replication:Established peer-disk:UpToDate": "in sync",
-		"r0 role:Secondary\n  disk:Inconsistent\n  peer replication:SyncTarget":                                   "not in sync (DRBD: Inconsistent)",
+		"r0 role:Secondary\n  disk:Inconsistent\n  peer replication:SyncTarget":                                   "not in sync (DRBD: this node's disk is Inconsistent)",
+		// The primary died: its lines say Connecting for good, this disk
+		// is still up to date as of the disconnect.
+		"r0 role:Secondary\n  disk:UpToDate\n  peer connection:Connecting":                "in sync (DRBD: up to date as of the disconnect from the primary)",
+		"r0 role:Secondary\n  disk:Outdated\n  peer connection:Connecting":                "not in sync (DRBD: this node's disk is Outdated)",
+		"r0 role:Secondary\n  disk:UpToDate\n  peer role:Primary\n    peer-disk:DUnknown": "in sync (DRBD: up to date as of the disconnect from the primary)",
 		"":      "unknown (the check printed nothing)",
 		"hello": "unknown (unrecognised output: hello)",
 		"-3":    "unknown (unrecognised output: -3)",

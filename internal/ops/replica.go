@@ -712,6 +712,9 @@ type Lag struct {
 func (l Lag) String() string {
 	switch l.State {
 	case LagInSync:
+		if l.Why != "" {
+			return "in sync (" + l.Why + ")"
+		}
 		return "in sync"
 	case LagBehind:
 		if l.Seconds >= 0 {
@@ -776,14 +779,29 @@ func ParseLag(out string, at time.Time) Lag {
 		return l
 	}
 	if strings.Contains(s, "disk:") {
-		for _, bad := range []string{"Inconsistent", "Outdated", "SyncSource", "SyncTarget", "DUnknown", "Diskless", "StandAlone", "Connecting"} {
-			if strings.Contains(s, bad) {
-				l.State, l.Seconds, l.Why = LagBehind, -1, "DRBD: "+bad
-				return l
+		// drbdadm status: only this node's own disk counts ("disk:…" on
+		// the resource's lines; "peer-disk:" and the peer's connection
+		// are the other side's). After the primary died its peer lines
+		// say Connecting or DUnknown for good, while this disk is still
+		// UpToDate: the data as of the disconnect, which is what a
+		// failover gets. Waiting would not change that.
+		var local []string
+		for _, f := range strings.Fields(s) {
+			if st, ok := strings.CutPrefix(f, "disk:"); ok {
+				local = append(local, st)
 			}
 		}
-		if strings.Contains(s, "UpToDate") {
+		if len(local) > 0 {
+			for _, st := range local {
+				if st != "UpToDate" {
+					l.State, l.Seconds, l.Why = LagBehind, -1, "DRBD: this node's disk is "+st
+					return l
+				}
+			}
 			l.State = LagInSync
+			if strings.Contains(s, "Connecting") || strings.Contains(s, "StandAlone") || strings.Contains(s, "DUnknown") {
+				l.Why = "DRBD: up to date as of the disconnect from the primary"
+			}
 			return l
 		}
 	}

@@ -218,11 +218,12 @@ func createVolumeInput(plan RestorePlan, v InPlaceVolume, opID string) *ec2.Crea
 			{Key: aws.String("Name"), Value: aws.String(plan.NameTag + " " + v.Device)},
 		}}},
 	}
-	// AWS refuses IOPS and throughput for types that do not take them.
-	if v.IOPS > 0 {
+	// AWS refuses IOPS and throughput for types that do not take them
+	// (a gp2 volume reports its baseline IOPS, which CreateVolume refuses).
+	if v.IOPS > 0 && hasIOPS(v.Type) {
 		in.Iops = aws.Int32(v.IOPS)
 	}
-	if v.Throughput > 0 {
+	if v.Throughput > 0 && ec2types.VolumeType(v.Type) == ec2types.VolumeTypeGp3 {
 		in.Throughput = aws.Int32(v.Throughput)
 	}
 	// A volume from an encrypted snapshot is encrypted whatever is
