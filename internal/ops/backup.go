@@ -509,7 +509,7 @@ func (e *EBSBackup) create(ctx context.Context, b *Backup, inst ec2types.Instanc
 	}, func(attempt int) error {
 		tries = attempt
 		if attempt > 1 || rerun {
-			found, err := e.existing(ctx, b.ID)
+			found, err := e.existingSettled(ctx, b.ID)
 			if err != nil {
 				p.Log(fmt.Sprintf("could not check for snapshots of an earlier attempt (%s); not creating blind", failure(err)))
 				return err
@@ -626,6 +626,26 @@ func (e *EBSBackup) tagDevices(ctx context.Context, b *Backup, p Progress) int {
 		n++
 	}
 	return n
+}
+
+// existingSettled looks for the set an earlier attempt may have made,
+// more than once before it answers "none": CreateSnapshots takes no
+// client token, and EC2's reads lag its writes (a set made a second ago
+// may not be listed yet), so one empty answer is not proof enough to ask
+// for a second set.
+func (e *EBSBackup) existingSettled(ctx context.Context, id string) ([]SnapshotRef, error) {
+	pause := cmpOr(e.Retry, time.Second)
+	for look := 1; ; look++ {
+		found, err := e.existing(ctx, id)
+		if err != nil || len(found) > 0 || look == 3 {
+			return found, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(pause):
+		}
+	}
 }
 
 func (e *EBSBackup) existing(ctx context.Context, id string) ([]SnapshotRef, error) {

@@ -260,7 +260,7 @@ type SnapshotRestore struct {
 // the Services box's instance is there to keep, unless rebuild is set
 // (`restore … --rebuild`), and says why it chose what it chose.
 func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string, rebuild bool) (RestorePlan, error) {
-	plan, box, err := r.plan(ctx, snapshotID)
+	plan, box, err := r.plan(ctx, snapshotID, rebuild)
 	if err != nil {
 		return plan, err
 	}
@@ -282,7 +282,7 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string, rebuild b
 
 // plan is what both methods need: the restore point, its snapshots and
 // devices, the launch shape, the old box (nil: none).
-func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string) (RestorePlan, *ec2types.Instance, error) {
+func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string, rebuild bool) (RestorePlan, *ec2types.Instance, error) {
 	recs, err := r.Records.Backups(ctx)
 	if err != nil {
 		return RestorePlan{}, nil, err
@@ -416,6 +416,8 @@ func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string) (RestoreP
 	if !slices.ContainsFunc(plan.Snapshots, func(s RestoreSnapshot) bool { return s.Device == plan.Shape.RootDevice }) {
 		return RestorePlan{}, nil, refusef("restore point `%s` has no snapshot of the root device %s, so no instance can boot from it.", plan.Source, plan.Shape.RootDevice)
 	}
+	// In place: the box's own instance stays (Plan decides the same way).
+	inPlace := haveBox && !rebuild && canInPlace(&box) == ""
 	if haveBox {
 		old := &OldBox{InstanceID: aws.ToString(box.InstanceId), State: string(box.State.Name)}
 		for _, m := range box.BlockDeviceMappings {
@@ -439,12 +441,16 @@ func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string) (RestoreP
 		plan.Shape.SecondaryIPs = slices.DeleteFunc(slices.Clone(plan.Shape.SecondaryIPs), func(ip string) bool {
 			return !slices.Contains(own, ip) && slices.ContainsFunc(old.Others(), func(n InterfaceRef) bool { return slices.Contains(n.IPs, ip) })
 		})
-		if kp := old.KeptPrimary(); kp != nil && (len(kp.IPs) == 0 || kp.IPs[0] != plan.Shape.PrivateIP) {
+		if kp := old.KeptPrimary(); kp != nil && !inPlace && (len(kp.IPs) == 0 || kp.IPs[0] != plan.Shape.PrivateIP) {
 			return RestorePlan{}, nil, refusef("the Services box's primary interface `%s` is kept when the box is terminated (DeleteOnTermination false) but holds %s, not the recorded private IP %s: the new box cannot be launched on it with that IP. Restore a newer restore point, or set DeleteOnTermination on the interface's attachment, then request again.", kp.ID, strings.Join(kp.IPs, ", "), plan.Shape.PrivateIP)
 		}
 	}
-	// The private IP must be free, or held by the box this restore replaces.
-	if holder, err := ipHolderOf(ctx, r.EC2, plan.Shape.PrivateIP, plan.Shape.SubnetID); err != nil {
+	// The private IP must be free, or held by the box this restore
+	// replaces. In place, the box keeps its instance and with it its own
+	// IP (a backup taken before a failover recorded the old box's).
+	if inPlace {
+		plan.Shape.PrivateIP = aws.ToString(box.PrivateIpAddress)
+	} else if holder, err := ipHolderOf(ctx, r.EC2, plan.Shape.PrivateIP, plan.Shape.SubnetID); err != nil {
 		return RestorePlan{}, nil, err
 	} else if holder != nil && (plan.Old == nil || holder.instance != plan.Old.InstanceID) {
 		return RestorePlan{}, nil, refusef("the Services box's private IP %s is held by %s. The new box must keep that IP (builders use it): free it first (terminate that instance or delete the interface), then request the restore again.", plan.Shape.PrivateIP, holder)
