@@ -334,6 +334,7 @@ func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string, rebuild b
 			return RestorePlan{}, nil, err
 		}
 		rec, _ = r.Records.Backup(ctx, id)
+		members = recordedMembers(members, rec)
 		if err := wholeSet(id, members, rec); err != nil {
 			return RestorePlan{}, nil, err
 		}
@@ -1221,6 +1222,21 @@ func (r *SnapshotRestore) verify(ctx context.Context, op *Work[RestoreResult], p
 		return "", err
 	}
 	return fmt.Sprintf("`%s` running at %s in %s, the only instance named %s", id, plan.Shape.PrivateIP, aws.ToString(in.Placement.AvailabilityZone), plan.NameTag), nil
+}
+
+// recordedMembers keeps, of the snapshots tagged with a backup's ID, the
+// ones its record lists, when it lists any: a retried CreateSnapshots
+// whose first answer was lost can leave a second set with the same tag,
+// and a restore must use one set, the recorded one, not both.
+func recordedMembers(members []ec2types.Snapshot, rec *Backup) []ec2types.Snapshot {
+	if rec == nil || len(rec.Snapshots) == 0 {
+		return members
+	}
+	ids := map[string]bool{}
+	for _, s := range rec.Snapshots {
+		ids[s.ID] = true
+	}
+	return slices.DeleteFunc(slices.Clone(members), func(m ec2types.Snapshot) bool { return !ids[aws.ToString(m.SnapshotId)] })
 }
 
 // wholeSet refuses a bot restore point that is not every volume of the

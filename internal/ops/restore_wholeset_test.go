@@ -50,3 +50,21 @@ func TestRestoreRefusesAnIncompleteSet(t *testing.T) {
 		})
 	}
 }
+
+// Two sets carrying one backup's tag (a CreateSnapshots retried after a
+// lost answer): the restore takes the recorded one only.
+func TestRecordedMembersKeepsOnlyTheRecordedSet(t *testing.T) {
+	snap := func(id string) ec2types.Snapshot { return ec2types.Snapshot{SnapshotId: aws.String(id)} }
+	members := []ec2types.Snapshot{snap("snap-a1"), snap("snap-b1"), snap("snap-a2"), snap("snap-b2")}
+	rec := &Backup{ID: "bk-1", Snapshots: []SnapshotRef{{ID: "snap-a1"}, {ID: "snap-a2"}}}
+	got := recordedMembers(members, rec)
+	if len(got) != 2 || aws.ToString(got[0].SnapshotId) != "snap-a1" || aws.ToString(got[1].SnapshotId) != "snap-a2" {
+		t.Errorf("kept %v", got)
+	}
+	if len(members) != 4 {
+		t.Error("the caller's slice was changed")
+	}
+	if got := recordedMembers(members, nil); len(got) != 4 {
+		t.Errorf("without a record: %d kept, want all 4", len(got))
+	}
+}
