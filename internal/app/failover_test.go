@@ -22,6 +22,7 @@ import (
 
 	"github.com/circlebot/circlebot/internal/app"
 	"github.com/circlebot/circlebot/internal/config"
+	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
 	"github.com/circlebot/circlebot/internal/testenv/motoserver"
 	"github.com/circlebot/circlebot/internal/testenv/ssmbox"
@@ -537,5 +538,29 @@ func TestFailoverWithoutDiscoveryRotatesTheBuilders(t *testing.T) {
 	}
 	if l, _ := f.app.Store.Locks(t.Context()); len(l) != 0 {
 		t.Errorf("locks left after the failover: %+v", l)
+	}
+}
+
+// After a failover the Services box is the old replica, and the fenced
+// old box still holds the IP the earlier backups recorded. An in-place
+// restore of such a backup keeps the box's own instance and IP, so that
+// stale IP must not refuse it (the rebuild's IP checks do not apply).
+func TestInPlaceRestoreAfterAFailoverKeepsTheNewBoxsIP(t *testing.T) {
+	t.Parallel()
+	f := newFailoverEnv(t, func(c *config.Config) { c.Failover.Discovery = "none" })
+	f.slash(alice, incident, "backup now")
+	bk := f.lastBackup(ops.StateCompleted)
+	f.server.Wait()
+	req := f.request(alice, "failover")
+	f.waitText("plan", req, "Approval needed")
+	f.click(bob, "approve "+req, "fo.inplace")
+	f.waitText("summary", "The Services box is now `"+f.inst.Replica.ID+"`")
+	f.server.Wait()
+	txt := f.answer(f.slash(alice, incident, "restore "+bk.Snapshots[0].ID+" --dry-run"))
+	if !strings.Contains(txt, "in place") || !strings.Contains(txt, f.inst.Replica.ID) || strings.Contains(txt, "is held by") {
+		t.Errorf("the in-place plan after a failover:\n%s", txt)
+	}
+	if strings.Contains(txt, f.inst.ServicesBox.PrivateIP+"`") && !strings.Contains(txt, f.inst.Replica.PrivateIP) {
+		t.Errorf("the plan keeps the fenced box's IP, not the box's own:\n%s", txt)
 	}
 }
