@@ -227,8 +227,10 @@ func (a *backupAPI) post(w http.ResponseWriter, r *http.Request) {
 		b, err := a.backups.Run(a.work, poster, bot.BackupRequest{
 			ID: id, Method: req.Method, Trigger: "api", Requester: "api: " + caller, Reason: req.Reason, Channel: a.channel,
 			Started: func(string) {
-				a.announce(poster, id, req, caller)
+				// The caller hears 202 at once; the announcement (a Slack
+				// call) comes before the backup's first step.
 				close(started)
+				a.announce(poster, id, req, caller)
 			},
 		})
 		done <- err
