@@ -51,6 +51,25 @@ type instanceReader interface {
 	DescribeInstances(context.Context, *ec2.DescribeInstancesInput, ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error)
 }
 
+// launchedBy finds the instance an operation launched (tagged key=opID),
+// if any, not counting one on its way out: what a launch step run again
+// after a crash or a lost answer adopts instead of launching twice.
+func launchedBy(ctx context.Context, api instanceReader, key, opID, what string) (*ec2types.Instance, error) {
+	out, err := api.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []ec2types.Filter{
+		{Name: aws.String("tag:" + key), Values: []string{opID}},
+		{Name: aws.String("instance-state-name"), Values: []string{"pending", "running", "stopping", "stopped"}},
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("look for %s: %w", what, translate(err))
+	}
+	for _, res := range out.Reservations {
+		for _, in := range res.Instances {
+			return &in, nil
+		}
+	}
+	return nil, nil
+}
+
 // interfaceReader finds who holds an address (InterfacesHolding, ipHolderOf).
 type interfaceReader interface {
 	DescribeNetworkInterfaces(context.Context, *ec2.DescribeNetworkInterfacesInput, ...func(*ec2.Options)) (*ec2.DescribeNetworkInterfacesOutput, error)

@@ -449,19 +449,7 @@ func (r *Replicas) launch(ctx context.Context, op *Work[ReplicaResult], p Replic
 }
 
 func (r *Replicas) launched(ctx context.Context, opID string) (*ec2types.Instance, error) {
-	out, err := r.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []ec2types.Filter{
-		{Name: aws.String("tag:" + TagReplicaOp), Values: []string{opID}},
-		{Name: aws.String("instance-state-name"), Values: []string{"pending", "running", "stopping", "stopped"}},
-	}})
-	if err != nil {
-		return nil, fmt.Errorf("look for this operation's replica: %w", translate(err))
-	}
-	for _, res := range out.Reservations {
-		for _, in := range res.Instances {
-			return &in, nil
-		}
-	}
-	return nil, nil
+	return launchedBy(ctx, r.EC2, TagReplicaOp, opID, "this operation's replica")
 }
 
 func (r *Replicas) run(ctx context.Context, op *Work[ReplicaResult], p ReplicaPlan) (*ec2types.Instance, error) {

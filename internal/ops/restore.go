@@ -998,19 +998,7 @@ func (r *SnapshotRestore) launch(ctx context.Context, op *Work[RestoreResult], p
 
 // launched finds the instance this operation launched, if any.
 func (r *SnapshotRestore) launched(ctx context.Context, opID string) (*ec2types.Instance, error) {
-	out, err := r.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []ec2types.Filter{
-		{Name: aws.String("tag:" + TagRestoreOp), Values: []string{opID}},
-		{Name: aws.String("instance-state-name"), Values: []string{"pending", "running", "stopping", "stopped"}},
-	}})
-	if err != nil {
-		return nil, fmt.Errorf("look for this restore's instance: %w", translate(err))
-	}
-	for _, res := range out.Reservations {
-		for _, in := range res.Instances {
-			return &in, nil
-		}
-	}
-	return nil, nil
+	return launchedBy(ctx, r.EC2, TagRestoreOp, opID, "this restore's instance")
 }
 
 func (r *SnapshotRestore) run(ctx context.Context, op *Work[RestoreResult], plan RestorePlan, typ string) (*ec2types.Instance, error) {
