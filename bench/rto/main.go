@@ -55,7 +55,10 @@ const (
 	scaleDefault = 1.0 / 10         // smaller factors amplify moto's own latency (×1/scale) into the overhead column
 )
 
-var scale float64
+var (
+	scale   float64
+	verbose bool
+)
 
 func sc(d time.Duration) time.Duration { return time.Duration(float64(d) * scale) }
 func real(d time.Duration) time.Duration {
@@ -65,6 +68,7 @@ func m(key string) time.Duration { return motoserver.ModelDuration(key) }
 
 func main() {
 	flag.Float64Var(&scale, "scale", scaleDefault, "model time per AWS time (0.1: an AWS minute in 6 s)")
+	flag.BoolVar(&verbose, "v", false, "print each operation's steps with their predicted real durations")
 	flag.Parse()
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -286,6 +290,12 @@ func (r *rig) approved(ctx context.Context, text string) (*journal.Op, error) {
 	}
 	handle("U0BOB", "approve "+pending)
 	op, err := r.app.Journal.ByRequest(ctx, pending)
+	if verbose && op != nil {
+		fmt.Fprintf(os.Stderr, "%s (%s):\n", text, op.ID)
+		for _, s := range op.Steps {
+			fmt.Fprintf(os.Stderr, "  %-50s %6.1fs .. %6.1fs  (%5.1fs)\n", s.Name, real(s.Started.Sub(op.Steps[0].Started)).Seconds(), real(s.Finished.Sub(op.Steps[0].Started)).Seconds(), real(s.Finished.Sub(s.Started)).Seconds())
+		}
+	}
 	if err != nil || op.State != journal.Done {
 		why := ""
 		if op != nil {
@@ -464,7 +474,14 @@ func failover(ctx context.Context, moto *motoserver.Server) (row, error) {
 	if _, err := r.withBot(ctx, nil); err != nil {
 		return row{}, err
 	}
-	r.ssm.AddBox(standby).SetAppState(ssmbox.AppStopped)
+	// The standby's OS as a replica's: Ubuntu, its primary interface
+	// ens5, the app stopped. The failover configures the service address
+	// there (failover.os_address_command's default).
+	sb := r.ssm.AddBox(standby)
+	sb.SetAppState(ssmbox.AppStopped)
+	sb.SetOS("ubuntu", "22.04")
+	nic := out.Instances[0].NetworkInterfaces[0]
+	sb.SetInterface("ens5", aws.ToString(nic.MacAddress), aws.ToString(nic.PrivateIpAddress)+"/24")
 	op, err := r.approved(ctx, "failover --to "+standby)
 	if err != nil {
 		return row{}, err
