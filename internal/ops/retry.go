@@ -139,6 +139,7 @@ func (e *waitTimeout) Error() string {
 // nothing: the SDK has retried that read already, and the next poll comes
 // at its usual time, not sooner.
 func waitFor(ctx context.Context, every time.Duration, deadline time.Time, check func() (bool, error)) error {
+	start := time.Now()
 	for {
 		done, err := check()
 		switch {
@@ -150,10 +151,26 @@ func waitFor(ctx context.Context, every time.Duration, deadline time.Time, check
 		if time.Now().After(deadline) {
 			return &waitTimeout{last: err}
 		}
-		if err := sleep(ctx, every); err != nil {
+		if err := sleep(ctx, pace(every, time.Since(start))); err != nil {
 			return err
 		}
 	}
+}
+
+// pace is the wait before the next read of a state AWS is changing, when
+// the caller's poll is every and it has waited so far. The time from the
+// change to the read that sees it is downtime in a recovery (half a poll
+// on average, per wait, and a recovery is a chain of waits), so the first
+// reads come at a quarter of the poll; the pace then grows with the time
+// waited (a 60th of it: at most ~2% added to a long wait) back to every,
+// so a wait of many minutes costs no more reads than before. Waits of
+// seconds to a minute — stop, start, attach, the agent registering — are
+// most of a recovery: with the 2 s default they read every 0.5 s (EC2's
+// Describe* and SSM's calls are throttled per account at many per
+// second; one wait adds two). The floor keeps tests' millisecond polls
+// from spinning.
+func pace(every, waited time.Duration) time.Duration {
+	return min(every, max(every/4, 20*time.Millisecond, waited/60))
 }
 
 // onceEC2 and onceSSM are for calls that must not run twice: a second
