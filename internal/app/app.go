@@ -227,7 +227,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 	}
 	var lag *ops.LagCheck
 	if c := cfg.Replica.ReplicationCheckCommand; c != "" {
-		lag = &ops.LagCheck{SSM: ssmc, Command: c}
+		lag = &ops.LagCheck{SSM: ssmc, Command: c, MaxLag: cfg.Replica.MaxLag.D()}
 		status.Lag = lag.Check
 	}
 	failover := &ops.Failover{

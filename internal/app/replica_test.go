@@ -385,4 +385,21 @@ func TestParseLag(t *testing.T) {
 			t.Errorf("ParseLag(%q) = %q, want %q", out, got, want)
 		}
 	}
+	// replica.max_lag: a fraction of a second behind is in sync, saying
+	// so; more is not, nor is a behind without seconds.
+	for _, c := range []struct {
+		out  string
+		max  time.Duration
+		want string
+	}{
+		{"0.4", 0, "0.4 seconds behind"},
+		{"0.4", 2 * time.Second, "in sync (0.4 seconds behind, within replica.max_lag 2s)"},
+		{"2", 2 * time.Second, "in sync (2 seconds behind, within replica.max_lag 2s)"},
+		{"2.5", 2 * time.Second, "2.5 seconds behind"},
+		{"r0 role:Secondary\n  disk:Inconsistent", time.Hour, "not in sync (DRBD: this node's disk is Inconsistent)"},
+	} {
+		if got := ops.ParseLag(c.out, now).Within(c.max).String(); got != c.want {
+			t.Errorf("ParseLag(%q).Within(%s) = %q, want %q", c.out, c.max, got, c.want)
+		}
+	}
 }

@@ -168,6 +168,12 @@ type Replica struct {
 	// failover, in status and in the report: it prints "in sync", or the
 	// seconds the replica is behind (a number), or exits non-zero.
 	ReplicationCheckCommand string `yaml:"replication_check_command"`
+	// MaxLag is how far behind (seconds the check prints) still counts
+	// as in sync: an asynchronous replica under load reads a fraction of
+	// a second behind even when healthy, and with
+	// failover.require_in_sync every failover would need --force-stale.
+	// Zero: only "in sync" or 0 is.
+	MaxLag Duration `yaml:"max_lag"`
 }
 
 type Builders struct {

@@ -395,6 +395,8 @@ func TestValidateServeWithASlackSecret(t *testing.T) {
 func TestFailoverOSAddressAndServiceIPProbe(t *testing.T) {
 	for _, c := range []struct{ yaml, key, want string }{
 		{"failover:\n  os_address_command: none\n", "", ""},
+		{"replica:\n  max_lag: 2s\n", "", ""},
+		{"replica:\n  max_lag: 2h\n", "replica.max_lag", "between 0 and 1h"},
 		{"failover:\n  os_address_command: \"/usr/local/bin/own-ip {service_ip}/{prefix} {mac} {mode}\"\n", "", ""},
 		{"failover:\n  health_url: \"http://{service_ip}/\"\n", "", ""},
 		{"failover:\n  health_url: \"http://{ip}:8800/\"\n  discovery: none\n", "", ""},

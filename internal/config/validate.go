@@ -271,6 +271,9 @@ func (c *Config) Validate() error {
 	if d := c.Replica.ImageTimeout.D(); d < time.Minute || d > 24*time.Hour {
 		bad("replica.image_timeout", "%s is outside 1m..24h", d)
 	}
+	if m := c.Replica.MaxLag.D(); m < 0 || m > time.Hour {
+		bad("replica.max_lag", "must be between 0 and 1h (how many seconds behind still count as in sync), not %s", m)
+	}
 	if c.Failover.RequireInSync && strings.TrimSpace(c.Replica.ReplicationCheckCommand) == "" {
 		bad("failover.require_in_sync", "needs replica.replication_check_command: without it the replica's lag is unknown and every failover would need --force-stale")
 	}

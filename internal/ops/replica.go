@@ -719,6 +719,9 @@ type LagCheck struct {
 	Command string
 	Poll    time.Duration
 	Timeout time.Duration // default 1m
+	// MaxLag: a replica this many seconds behind or less is in sync
+	// (replica.max_lag).
+	MaxLag time.Duration
 }
 
 // Check runs the command on the instance and reads its verdict. It never
@@ -739,7 +742,17 @@ func (c LagCheck) Check(ctx context.Context, instanceID string) Lag {
 		l.Why = strings.TrimSuffix(why, ".")
 		return l
 	}
-	return ParseLag(res.Stdout, l.At)
+	return ParseLag(res.Stdout, l.At).Within(c.MaxLag)
+}
+
+// Within counts a replica at most max behind as in sync, saying by how
+// much it is behind.
+func (l Lag) Within(max time.Duration) Lag {
+	if l.State == LagBehind && l.Seconds >= 0 && max > 0 && l.Seconds <= max.Seconds() {
+		l.Why = fmt.Sprintf("%s seconds behind, within replica.max_lag %s", strconv.FormatFloat(l.Seconds, 'f', -1, 64), max)
+		l.State, l.Seconds = LagInSync, 0
+	}
+	return l
 }
 
 // ParseLag reads a check's output: "in sync" (or 0) is in sync; a number
