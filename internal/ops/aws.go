@@ -99,6 +99,9 @@ var (
 	ErrIncorrectState = errors.New("incorrect instance state")
 	// ErrIPInUse: a launch asked for a private IP that an interface holds.
 	ErrIPInUse = errors.New("private IP in use")
+	// ErrInterfaceInUse: a launch asked for a network interface attached
+	// to another instance.
+	ErrInterfaceInUse = errors.New("network interface in use")
 	// ErrInsufficientCapacity: AWS has no capacity of that type in the zone.
 	ErrInsufficientCapacity = errors.New("insufficient instance capacity")
 	// ErrInstanceLimit: the account's limit of instances (or vCPUs).
@@ -161,6 +164,7 @@ var errorCodes = map[string]error{
 	"IncorrectInstanceState":                ErrIncorrectState,
 	"IncorrectState":                        ErrIncorrectState,
 	"InvalidIPAddress.InUse":                ErrIPInUse,
+	"InvalidNetworkInterface.InUse":         ErrInterfaceInUse,
 	"InsufficientInstanceCapacity":          ErrInsufficientCapacity,
 	"InstanceLimitExceeded":                 ErrInstanceLimit,
 	"VcpuLimitExceeded":                     ErrInstanceLimit,

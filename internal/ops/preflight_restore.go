@@ -2,6 +2,7 @@ package ops
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -93,8 +94,55 @@ func (r *SnapshotRestore) launchPreflight(ctx context.Context, pf *Preflight, pl
 		in := launchInput(plan, opID, image, typ)
 		in.DryRun, in.ClientToken = aws.Bool(true), nil
 		_, err := r.EC2.RunInstances(ctx, in)
-		pf.dryRun("ec2:RunInstances", fmt.Sprintf("%s in %s at %s%s", typ, plan.Shape.SubnetID, plan.Shape.PrivateIP, note), err)
+		on := fmt.Sprintf("%s in %s at %s%s", typ, plan.Shape.SubnetID, plan.Shape.PrivateIP, note)
+		terr := translate(err)
+		ipHeld := errors.Is(terr, ErrIPInUse) && in.PrivateIpAddress != nil && plan.Old.holds(plan.Shape.PrivateIP)
+		eniHeld := errors.Is(terr, ErrInterfaceInUse) && len(in.NetworkInterfaces) > 0 && plan.Old.KeptPrimary() != nil
+		if ipHeld || eniHeld {
+			// Whether AWS checks the address or the interface in a dry
+			// run is not documented; if it does, the old box's own —
+			// which the restore frees before it launches — would refuse
+			// every restore while the old box stands. Everything else is
+			// checked on the same subnet and groups with an address AWS
+			// picks.
+			groups := plan.Shape.SecurityGroups
+			if kept := plan.Old.KeptPrimary(); eniHeld && kept != nil {
+				groups = r.interfaceGroups(ctx, kept.ID, groups) // the launch takes the interface's
+			}
+			in.PrivateIpAddress, in.NetworkInterfaces = nil, nil
+			in.SubnetId, in.SecurityGroupIds = aws.String(plan.Shape.SubnetID), groups
+			_, err = r.EC2.RunInstances(ctx, in)
+			on = fmt.Sprintf("%s in %s%s, with an address AWS picks: the old box `%s` holds %s until the restore frees it", typ, plan.Shape.SubnetID, note, plan.Old.InstanceID, plan.Shape.PrivateIP)
+		}
+		pf.dryRun("ec2:RunInstances", on, err)
 	}
+}
+
+// interfaceGroups are the security groups of interface id (def when it
+// cannot be read: the dry run then says what is wrong).
+func (r *SnapshotRestore) interfaceGroups(ctx context.Context, id string, def []string) []string {
+	out, err := r.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{id}})
+	if err != nil || len(out.NetworkInterfaces) != 1 {
+		return def
+	}
+	var groups []string
+	for _, g := range out.NetworkInterfaces[0].Groups {
+		groups = append(groups, aws.ToString(g.GroupId))
+	}
+	return groups
+}
+
+// holds says whether one of the old box's interfaces has ip.
+func (o *OldBox) holds(ip string) bool {
+	if o == nil || ip == "" {
+		return false
+	}
+	for _, i := range o.Interfaces {
+		if slices.Contains(i.IPs, ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // launchTypes are the instance types a restore tries, in order.
