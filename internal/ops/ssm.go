@@ -83,7 +83,12 @@ func (s *Shell) Run(ctx context.Context, comment, script string, timeout time.Du
 // Follow waits for command id (sent by Run, possibly by an earlier bot
 // process) to end, as Run does.
 func (s *Shell) Follow(ctx context.Context, id, comment string, timeout time.Duration) (Result, error) {
-	poll := cmpOr(s.Poll, 500*time.Millisecond)
+	// The first read comes at a quarter of the poll, as a wait's do
+	// (pace): most commands the bot sends (start the app, read the boot
+	// time) end within a second or two, and on a recovery's path the time
+	// until the bot reads the result is downtime. Long ones (a backup)
+	// are read ever less often as the poll grows.
+	poll := pace(cmpOr(s.Poll, 500*time.Millisecond), 0)
 	deadline := time.Now().Add(timeout + time.Minute)
 	for {
 		inv, err := s.SSM.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: aws.String(id), InstanceId: aws.String(s.Instance)})
