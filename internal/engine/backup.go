@@ -238,13 +238,13 @@ func Drill(s Setup, r *ops.DrillRunner, drills ops.Drills) Kind[DrillPlan, ops.D
 		Steps: func(_ DrillPlan, env Env) []journal.Def {
 			return r.Steps(ops.DrillRequest{Trigger: trigger(env), Requester: env.Requester, Channel: env.Channel})
 		},
-		Summary: func(_ DrillPlan, w ops.DrillWork, op Record) string {
+		Summary: func(_ DrillPlan, w ops.DrillWork, _ Record) string {
 			d := w.Drill
 			cleanup := "removed: " + strings.Join(d.Cleanup, "; ")
 			if len(d.Cleanup) == 0 {
 				cleanup = "nothing was left to remove"
 			}
-			return fmt.Sprintf("Restore point `%s` restores: healthy in *%s* (the measured restore time). Steps: %s. Everything the drill made is gone (%s).", d.Source, d.RestoreTime.Round(time.Second), drillStepTimes(op, w), cleanup)
+			return fmt.Sprintf("Restore point `%s` restores: healthy in *%s* (the measured restore time). Everything the drill made is gone (%s).", d.Source, d.RestoreTime.Round(time.Second), cleanup)
 		},
 		Failed: func(_ DrillPlan, w ops.DrillWork, op Record) string {
 			if w.Drill.Error == "" {
@@ -287,25 +287,4 @@ func sourceName(s string) string {
 		return "the newest restore point"
 	}
 	return s
-}
-
-// drillStepTimes are a drill's steps with their measured times (what
-// calibrates a rebuild's predicted RTO, rto.go), the status checks' share
-// of "Wait until healthy" beside it.
-func drillStepTimes(op Record, w ops.DrillWork) string {
-	if op.Op == nil {
-		return "not recorded"
-	}
-	var steps []string
-	for _, st := range op.Steps {
-		if st.State != journal.StepDone || st.Started.IsZero() {
-			continue
-		}
-		s := fmt.Sprintf("%s %s", lowerFirst(st.Name), st.Finished.Sub(st.Started).Round(time.Second))
-		if st.Name == ops.DrillSteps[3] && w.Checks > 0 {
-			s += fmt.Sprintf(" (status checks %s)", w.Checks.Round(time.Second))
-		}
-		steps = append(steps, s)
-	}
-	return strings.Join(steps, ", ")
 }

@@ -260,11 +260,14 @@ func (r *DrillRunner) Steps(req DrillRequest) []journal.Def {
 			if err := r.Records.Save(ctx, d); err != nil {
 				return "", err
 			}
-			what := fmt.Sprintf("status checks after %s, then %s", w.Checks.Round(time.Second), r.HealthURL)
+			// The status checks' share is said apart: it is what a
+			// rebuild's "Wait for running and status checks" is
+			// predicted from.
+			what := fmt.Sprintf("status checks passed after %s, then %s answered", w.Checks.Round(time.Second), r.HealthURL)
 			if r.HealthURL == "" {
-				what = fmt.Sprintf("EC2 status checks only, after %s (no drill.health_url: the app itself was not probed)", w.Checks.Round(time.Second))
+				what = fmt.Sprintf("EC2 status checks passed after %s (no drill.health_url: the app itself was not probed)", w.Checks.Round(time.Second))
 			}
-			return "healthy (" + what + "); restore time " + d.RestoreTime.Round(time.Second).String(), nil
+			return "healthy: " + what + "; restore time " + d.RestoreTime.Round(time.Second).String(), nil
 		}),
 		// A bot that is shutting down still removes what the drill made:
 		// the teardown runs on its own clock.
