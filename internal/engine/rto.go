@@ -144,6 +144,11 @@ func predictRTO(ctx context.Context, j journal.Store, path rtoPath, steps []stri
 	}
 	var r ops.RTO
 	for _, name := range steps {
+		def, known := defaults[name]
+		if def.PlanTimed {
+			r.Parts = append(r.Parts, ops.RTOPart{Steps: []string{name}, Label: def.Label, Default: true})
+			continue
+		}
 		var ss []rtoSample
 		for _, op := range past {
 			if i := slices.IndexFunc(op.Steps, func(s journal.Step) bool { return s.Name == name }); i >= 0 {
@@ -159,7 +164,6 @@ func predictRTO(ctx context.Context, j journal.Store, path rtoPath, steps []stri
 				}
 			}
 		}
-		def, known := defaults[name]
 		part := ops.RTOPart{Steps: []string{name}, Label: cmp.Or(def.Label, lowerFirst(name))}
 		if len(ss) > 0 {
 			slices.SortFunc(ss, func(a, b rtoSample) int { return b.at.Compare(a.at) }) // newest first

@@ -147,24 +147,37 @@ func TestPredictRTOPerStepMedians(t *testing.T) {
 
 // The steps come from the plan's own list: a step the path's history and
 // the model know nothing of adds nothing (and is named), and the order
-// is the plan's.
+// is the plan's. The wait for a restore point still completing is the
+// plan's own to predict: history adds nothing for it.
 func TestPredictRTOTakesThePlansSteps(t *testing.T) {
 	j := rtoJournal(t)
-	steps := append([]string{"Wait for the restore point"}, ops.RestoreStepNames(ops.MethodInPlace)...)
+	steps := append([]string{"Wait for the restore point", "Warm the volumes"}, ops.RestoreStepNames(ops.MethodInPlace)...)
 	r := predictRTO(t.Context(), j, pathInPlace, steps, stepDefaults(pathInPlace, false))
-	if r.Predicted != 140*time.Second || len(r.Parts) != 8 || r.Parts[0].Took != 0 {
+	if r.Predicted != 140*time.Second || len(r.Parts) != 9 || r.Parts[0].Took != 0 || r.Parts[1].Took != 0 {
 		t.Fatalf("%+v", r)
 	}
-	// Once an operation measured it, it counts.
-	addOp(t, j, "op-1", KindRestoreEBS, rtoT0, journal.Done, nil, append([]timed{{"Wait for the restore point", 5 * time.Minute}}, inPlaceRun(time.Minute, 0, 0, 0)...)...)
+	// Once an operation measured it, a new step counts; the restore
+	// point's wait does not.
+	addOp(t, j, "op-1", KindRestoreEBS, rtoT0, journal.Done, nil, append([]timed{{"Wait for the restore point", time.Hour}, {"Warm the volumes", 5 * time.Minute}}, inPlaceRun(time.Minute, 0, 0, 0)...)...)
 	r = predictRTO(t.Context(), j, pathInPlace, steps, stepDefaults(pathInPlace, false))
-	if r.Parts[0].Took != 5*time.Minute || len(r.Parts[0].Ops) != 1 {
-		t.Errorf("%+v", r.Parts[0])
+	if r.Parts[0].Took != 0 || len(r.Parts[0].Ops) != 0 {
+		t.Errorf("the restore point's wait from history: %+v", r.Parts[0])
+	}
+	if r.Parts[1].Took != 5*time.Minute+time.Second || len(r.Parts[1].Ops) != 1 {
+		t.Errorf("%+v", r.Parts[1])
+	}
+	if l := r.Line(pathInPlace.what); l != "predicted time to the app starting: about 6–7 min: warm the volumes and stop measured over the last in-place restore (op-1)" {
+		t.Errorf("%q", l)
 	}
 	// A step neither measured nor modelled is said.
-	r = predictRTO(t.Context(), rtoJournal(t), pathInPlace, []string{"Stop the Services box", "Start the app"}, nil)
-	if r.Predicted != 0 || !strings.Contains(r.Line("in-place restore"), "timing model's default") {
+	r = predictRTO(t.Context(), rtoJournal(t), pathInPlace, []string{"Warm the volumes", "Stop the Services box", "Start the app"}, ops.StepTimes[ops.PathInPlace])
+	if r.Predicted != 105*time.Second || !strings.Contains(r.Line("in-place restore"), "timing model's default") {
 		t.Errorf("%+v %q", r, r.Line("in-place restore"))
+	}
+	addOp(t, j, "op-2", KindRestoreEBS, rtoT0.Add(time.Hour), journal.Done, nil, inPlaceRun(time.Minute, 0, 0, 0)...)
+	r = predictRTO(t.Context(), j, pathInPlace, []string{"Check the restore point", "Thaw", "Stop the Services box"}, ops.StepTimes[ops.PathInPlace])
+	if l := r.Line(pathInPlace.what); !strings.HasSuffix(l, "; nothing for thaw (neither measured nor modelled)") {
+		t.Errorf("%q", l)
 	}
 }
 

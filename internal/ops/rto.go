@@ -54,7 +54,19 @@ type StepTime struct {
 	// API calls only and waits for no AWS change on the critical path).
 	// TestStepTimesMatchTheModel fails when the two drift apart.
 	Model string
+	// PlanTimed: the plan predicts this step itself from what it found
+	// (how much of its restore point is still to complete), so history
+	// and the default add nothing for it (they would count it twice).
+	PlanTimed bool
 }
+
+func st(label string, d time.Duration, model string) StepTime {
+	return StepTime{Label: label, Default: d, Model: model}
+}
+
+// waitForPoint is the step a restore whose restore point is still
+// completing begins with; its plan adds the remaining time itself.
+var waitForPoint = StepTime{Label: "restore point", PlanTimed: true}
 
 // StepTimes are each path's steps' defaults, copied from the AWS timing
 // model (internal/testenv/motoserver.Model; ops must not import the test
@@ -66,45 +78,47 @@ type StepTime struct {
 // version's) has no default and adds nothing until measured.
 var StepTimes = map[string]map[string]StepTime{
 	PathRebuild: {
-		"Check the restore point":            {"check", 0, ""},
-		"Make an image of the restore point": {"image", 30 * time.Second, "image"},
-		"Protect the old volumes":            {"protect", 0, ""},
-		"Stop the old instance":              {"stop", 60 * time.Second, "stop"},
-		"Free the private IP":                {"free the IP", 60 * time.Second, "terminate+ip_release"},
+		"Wait for the restore point":         waitForPoint,
+		"Check the restore point":            st("check", 0, ""),
+		"Make an image of the restore point": st("image", 30*time.Second, "image"),
+		"Protect the old volumes":            st("protect", 0, ""),
+		"Stop the old instance":              st("stop", 60*time.Second, "stop"),
+		"Free the private IP":                st("free the IP", 60*time.Second, "terminate+ip_release"),
 		// RunInstances returns at once; the next step waits for running.
-		"Launch the new Services box":             {"launch", 0, ""},
-		"Wait for running and status checks":      {"status checks", 140 * time.Second, "launch+status_checks"},
-		"Reattach the old box's other interfaces": {"reattach", 0, ""},
+		"Launch the new Services box":             st("launch", 0, ""),
+		"Wait for running and status checks":      st("status checks", 140*time.Second, "launch+status_checks"),
+		"Reattach the old box's other interfaces": st("reattach", 0, ""),
 		// The agent (45 s after running) answers before the checks pass.
-		"Start the app": {"app start", 0, ""},
+		"Start the app": st("app start", 0, ""),
 	},
 	PathInPlace: {
-		"Check the restore point": {"check", 0, ""},
+		"Wait for the restore point": waitForPoint,
+		"Check the restore point":    st("check", 0, ""),
 		// CreateVolume only: the volumes become available while the box
 		// stops (volume_create < stop), and the swap waits for them.
-		"Create the new volumes":  {"volumes", 0, ""},
-		"Protect the old volumes": {"protect", 0, ""},
-		"Stop the Services box":   {"stop", 60 * time.Second, "stop"},
-		"Swap the volumes":        {"swap", 15 * time.Second, "volume_detach+volume_attach"},
-		"Start the Services box":  {"start", 20 * time.Second, "start"},
-		"Start the app":           {"app start", 45 * time.Second, "agent"},
+		"Create the new volumes":  st("volumes", 0, ""),
+		"Protect the old volumes": st("protect", 0, ""),
+		"Stop the Services box":   st("stop", 60*time.Second, "stop"),
+		"Swap the volumes":        st("swap", 15*time.Second, "volume_detach+volume_attach"),
+		"Start the Services box":  st("start", 20*time.Second, "start"),
+		"Start the app":           st("app start", 45*time.Second, "agent"),
 	},
 	PathFailover: {
-		"Fence the old primary": {"fence", 60 * time.Second, "stop"},
+		"Fence the old primary": st("fence", 60*time.Second, "stop"),
 		// A warm standby is running, its agent online (a stopped one:
 		// ColdStandby).
-		"Start the replica instance":                        {"standby start", 0, ""},
-		"Move the service address":                          {"address move", 0, ""},
-		"Configure the service address in the replica's OS": {"OS address", 0, ""},
-		"Hand over the Name tag":                            {"Name tag", 0, ""},
-		"Start the app on the replica":                      {"app start", 0, ""},
+		"Start the replica instance":                        st("standby start", 0, ""),
+		"Move the service address":                          st("address move", 0, ""),
+		"Configure the service address in the replica's OS": st("OS address", 0, ""),
+		"Hand over the Name tag":                            st("Name tag", 0, ""),
+		"Start the app on the replica":                      st("app start", 0, ""),
 	},
 }
 
 // ColdStandby is the failover's "Start the replica instance" when the
 // standby is stopped: it starts, and the SSM agent must come online
 // before the next steps' commands.
-var ColdStandby = StepTime{"standby start", 65 * time.Second, "start+agent"}
+var ColdStandby = st("standby start", 65*time.Second, "start+agent")
 
 // StepNames are the names of a step list, in order.
 func StepNames(defs []journal.Def) []string {
