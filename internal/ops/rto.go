@@ -228,11 +228,8 @@ func (r RTO) Sources(what string) string {
 		}
 		phrases = append(phrases, and(g.labels)+" "+from)
 	}
-	switch {
-	case len(rest) > 0 && len(phrases) > 0:
+	if len(rest) > 0 {
 		phrases = append(phrases, "the rest the timing model's defaults")
-	case len(rest) > 0:
-		phrases = append(phrases, "the timing model's defaults (the measured steps take seconds)")
 	}
 	if len(unknown) > 0 {
 		phrases = append(phrases, "nothing for "+and(unknown)+" (neither measured nor modelled)")
