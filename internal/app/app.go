@@ -286,6 +286,7 @@ func New(ctx context.Context, o Options) (*App, error) {
 		EC2: ec2c, Prune: ec2c, Records: records, Drills: ops.Drills{Store: st}, Policy: backups.Policy,
 		Schedule: cfg.Backup.Schedule, RPO: cfg.Backup.RPO.D(), SlashCommand: cfg.Slack.Command, Log: o.Log,
 		Replica: func(ctx context.Context) []string { return bot.ReplicaReportLines(ctx, status) },
+		RTO:     func(ctx context.Context) []string { return engine.RTOReportLines(ctx, eng.Journal) },
 	}
 	drills := &bot.DrillService{Runner: drillRunner, Engine: eng}
 	checks := cfg.Monitor.Checks

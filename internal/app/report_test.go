@@ -37,7 +37,8 @@ func TestReportNowPostsTheReportAndTheChart(t *testing.T) {
 	e.slash(alice, incident, "report now")
 	txt := e.waitText("report", "Daily backup report", b.ID)
 	// The seeded runbook set and the bot's backup: two sets of 180 GiB.
-	for _, want := range []string{"Totals:* 2 completed restore points, 360 GiB", "No successful restore drill", "RPO 24h)", "2 restore point(s)"} {
+	for _, want := range []string{"Totals:* 2 completed restore points, 360 GiB", "No successful restore drill", "RPO 24h)", "2 restore point(s)",
+		"in-place restores: none measured yet; the prediction is the timing model's default, about 2–3 min", "drills, to healthy: none measured yet"} {
 		if !strings.Contains(txt, want) {
 			t.Errorf("report lacks %q:\n%s", want, txt)
 		}
@@ -123,7 +124,9 @@ func TestDrillMeasuresAndLeavesNothingBehind(t *testing.T) {
 	t.Parallel()
 	d := newDrillEnv(t)
 	d.slash(alice, incident, "drill now")
-	d.waitText("drill result", "restores: healthy in")
+	// The progress message has each step's time; the health step says
+	// the status checks' share apart.
+	d.waitText("drill result", "restores: healthy in", "Make an image — ", "Wait until healthy — ", "EC2 status checks passed after ")
 	d.server.Wait()
 	if left := d.leftovers(); len(left) != 0 {
 		t.Fatalf("the drill left %v", left)
@@ -140,7 +143,9 @@ func TestDrillMeasuresAndLeavesNothingBehind(t *testing.T) {
 		t.Errorf("the box is %s after a drill", st)
 	}
 	d.slash(alice, incident, "report now")
-	d.waitText("report with drill", "Last successful restore drill:* `"+drills[0].ID+"`")
+	// It measured the rebuild's image, launch and status checks: the
+	// report's rebuild prediction rests on it.
+	d.waitText("report with drill", "Last successful restore drill:* `"+drills[0].ID+"`", "drills, to healthy: ", "from 1 drill ("+drills[0].ID+")")
 }
 
 // A drill whose bot dies mid-way (it hangs here, as a dead process would)

@@ -95,18 +95,18 @@ func TestRestoreInPlaceKeepsTheInstanceAndItsIP(t *testing.T) {
 	req := r.request(alice, "restore latest")
 	plan := r.waitText("the plan", req, "in place: the Services box `"+r.inst.ServicesBox.ID+"` is running")
 	for _, want := range []string{"create volumes in", "root included", ops.TagReplacedBy, "`--rebuild`",
-		"predicted time to the app starting: about 4m — the AWS timing model's default"} {
+		"predicted time to the app starting: about 2–3 min — the AWS timing model's default"} {
 		if !strings.Contains(plan, want) {
 			t.Errorf("plan lacks %q:\n%s", want, plan)
 		}
 	}
 	r.click(bob, "approve "+req, "inplace.1")
-	r.waitText("summary", "Restored `"+r.backup.ID+"` in place onto `"+r.inst.ServicesBox.ID+"`", "The app started", "(predicted 4m)")
+	r.waitText("summary", "Restored `"+r.backup.ID+"` in place onto `"+r.inst.ServicesBox.ID+"`", "The app started", "(predicted 2m20s)")
 	r.server.Wait()
 	r.checkRestoredInPlace()
 	// The next plan predicts from this one's measured steps.
 	op, _ := r.app.Journal.ByRequest(t.Context(), req)
-	if txt := r.answer(r.slash(alice, incident, "restore latest --dry-run")); !strings.Contains(txt, "median of the last 1 in-place restore on this account ("+op.ID+")") {
+	if txt := r.answer(r.slash(alice, incident, "restore latest --dry-run")); !strings.Contains(txt, "measured over the last in-place restore ("+op.ID+")") {
 		t.Errorf("the second plan does not predict from the first restore: %s", txt)
 	}
 }

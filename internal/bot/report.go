@@ -37,6 +37,9 @@ type Reports struct {
 	// Replica, when set, gives the report's lines on the replica: its age
 	// and what changed on the box since, its replication lag.
 	Replica func(ctx context.Context) []string
+	// RTO, when set, gives the report's lines on recovery times: the
+	// measured ones per path, their trend and the current predictions.
+	RTO func(ctx context.Context) []string
 	// Doctor adds its verdict line to the report (nil: none); Readiness
 	// keeps the last verdict and Alert tells the monitor channel, once,
 	// when it turns to not ready.
@@ -99,6 +102,11 @@ func (s *Reports) Send(ctx context.Context, p progress.Poster) error {
 	text := ReportText(r, s.SlashCommand)
 	if s.Replica != nil {
 		for _, l := range s.Replica(ctx) {
+			text += l + "\n"
+		}
+	}
+	if s.RTO != nil {
+		for _, l := range s.RTO(ctx) {
 			text += l + "\n"
 		}
 	}

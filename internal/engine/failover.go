@@ -23,7 +23,7 @@ func Failover(s Setup, f *ops.Failover) Kind[ops.FailoverPlan, ops.FailoverResul
 		Plan: func(ctx context.Context, cmd commands.Command) (ops.FailoverPlan, error) {
 			p, err := ops.RetryRead(ctx, s.wait(), func() (ops.FailoverPlan, error) { return f.PlanWith(ctx, cmd.Target, cmd.ForceUnknown, cmd.ForceStale) })
 			if err == nil {
-				p.RTO = predictRTO(ctx, s.Journal, KindFailover, appStepFailover, nil, ops.DefaultFailoverRTO)
+				p.RTO = predictRTO(ctx, s.Journal, pathFailover, ops.StepNames(f.Steps(p)), stepDefaults(pathFailover, p.Replica.State == "stopped"))
 			}
 			return p, err
 		},
@@ -162,7 +162,7 @@ func failoverApproval(p ops.FailoverPlan, stop time.Duration) approvals.Plan {
 		"webhooks sent during the outage are lost; running builds are retried",
 	}
 	if p.RTO.Predicted > 0 {
-		ap.Undo = append(ap.Undo, p.RTO.Line("failover"))
+		ap.Undo = append(ap.Undo, p.RTO.Line(pathFailover.what))
 	}
 	return ap
 }

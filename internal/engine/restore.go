@@ -63,11 +63,12 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 			if err != nil {
 				return p, err
 			}
+			// The plan's own steps: their order and set follow the plan.
+			path := pathRebuild
 			if p.IsInPlace() {
-				p.RTO = predictRTO(ctx, s.Journal, KindRestoreEBS, appStepRestore, hasStep(swapStep), ops.DefaultInPlaceRTO)
-			} else {
-				p.RTO = predictRTO(ctx, s.Journal, KindRestoreEBS, appStepRestore, not(hasStep(swapStep)), ops.DefaultRebuildRTO)
+				path = pathInPlace
 			}
+			p.RTO = predictRTO(ctx, s.Journal, path, ops.StepNames(r.Steps(p)), stepDefaults(path, false))
 			return p, nil
 		},
 		Approval: snapshotApproval,
@@ -178,7 +179,7 @@ func snapshotApproval(p ops.RestorePlan) approvals.Plan {
 		ap.Undo = append(ap.Undo, fmt.Sprintf("`%s` is terminated (its volumes stay; a box can be built from them by hand)", p.Old.InstanceID))
 	}
 	if p.RTO.Predicted > 0 {
-		ap.Undo = append(ap.Undo, p.RTO.Line("restore by rebuild"))
+		ap.Undo = append(ap.Undo, p.RTO.Line(pathRebuild.what))
 	}
 	ap.Undo = append(ap.Undo, fmt.Sprintf("the new box has the data of %s UTC (%s old): builds and settings since then are not in it", p.SourceTime.UTC().Format("2006-01-02 15:04"), chat.Age(time.Since(p.SourceTime))))
 	return ap

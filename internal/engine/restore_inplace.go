@@ -51,7 +51,7 @@ func inPlaceApproval(p ops.RestorePlan) approvals.Plan {
 		"the restore point's snapshots",
 	}
 	if p.RTO.Predicted > 0 {
-		ap.Undo = append(ap.Undo, p.RTO.Line("in-place restore"))
+		ap.Undo = append(ap.Undo, p.RTO.Line(pathInPlace.what))
 	}
 	ap.Undo = append(ap.Undo, fmt.Sprintf("the box has the data of %s UTC (%s old): builds and settings since then are not in it (the old volumes still have them)", p.SourceTime.UTC().Format("2006-01-02 15:04"), chat.Age(time.Since(p.SourceTime))))
 	return ap

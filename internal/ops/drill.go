@@ -151,6 +151,11 @@ type DrillWork struct {
 	Drill Drill        `json:"drill"`
 	Plan  *RestorePlan `json:"plan,omitempty"`
 	IP    string       `json:"ip,omitempty"`
+	// Checks is how long "Wait until healthy" waited for running and both
+	// status checks, before any health URL: the same AWS wait as a
+	// rebuild's "Wait for running and status checks", which predictions
+	// calibrate from it (engine/rto.go).
+	Checks time.Duration `json:"checks,omitempty"`
 }
 
 // DrillRequest says who asked for a drill and where it reports.
@@ -240,18 +245,29 @@ func (r *DrillRunner) Steps(req DrillRequest) []journal.Def {
 		}),
 		step(DrillSteps[3], func(ctx context.Context, w *DrillWork, p journal.Progress) (string, error) {
 			d := &w.Drill
-			if err := r.healthy(ctx, d.InstanceID, w.IP, r.deadline(d)); err != nil {
-				return "", err
+			start := time.Now()
+			h := health{EC2: r.EC2, HTTP: r.HTTP, Poll: r.poll(), Deadline: r.deadline(d)}
+			if err := h.statusChecks(ctx, d.InstanceID); err != nil {
+				return "", fmt.Errorf("the drill instance did not become healthy in time: %w", err)
+			}
+			w.Checks = time.Since(start)
+			if r.HealthURL != "" {
+				if err := h.probe(ctx, strings.ReplaceAll(r.HealthURL, "{ip}", w.IP)); err != nil {
+					return "", fmt.Errorf("the drill instance did not become healthy in time: %w", err)
+				}
 			}
 			d.RestoreTime = time.Since(d.Started)
 			if err := r.Records.Save(ctx, d); err != nil {
 				return "", err
 			}
-			what := "status checks and " + r.HealthURL
+			// The status checks' share is said apart: it is what a
+			// rebuild's "Wait for running and status checks" is
+			// predicted from.
+			what := fmt.Sprintf("status checks passed after %s, then %s answered", w.Checks.Round(time.Second), r.HealthURL)
 			if r.HealthURL == "" {
-				what = "EC2 status checks only (no drill.health_url: the app itself was not probed)"
+				what = fmt.Sprintf("EC2 status checks passed after %s (no drill.health_url: the app itself was not probed)", w.Checks.Round(time.Second))
 			}
-			return "healthy (" + what + "); restore time " + d.RestoreTime.Round(time.Second).String(), nil
+			return "healthy: " + what + "; restore time " + d.RestoreTime.Round(time.Second).String(), nil
 		}),
 		// A bot that is shutting down still removes what the drill made:
 		// the teardown runs on its own clock.
@@ -374,16 +390,6 @@ func (r *DrillRunner) launch(ctx context.Context, d *Drill, plan RestorePlan) (s
 	in := out.Instances[0]
 	d.InstanceID = aws.ToString(in.InstanceId)
 	return aws.ToString(in.PrivateIpAddress), nil
-}
-
-// healthy waits for the drill instance's status checks and, when
-// configured, its health URL (health.go).
-func (r *DrillRunner) healthy(ctx context.Context, id, ip string, deadline time.Time) error {
-	h := health{EC2: r.EC2, HTTP: r.HTTP, Poll: r.poll(), Deadline: deadline}
-	if err := h.wait(ctx, id, strings.ReplaceAll(r.HealthURL, "{ip}", ip)); err != nil {
-		return fmt.Errorf("the drill instance did not become healthy in time: %w", err)
-	}
-	return nil
 }
 
 // teardown removes everything drill id made: its instance (its volumes go
