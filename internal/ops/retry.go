@@ -162,15 +162,15 @@ func waitFor(ctx context.Context, every time.Duration, deadline time.Time, check
 // change to the read that sees it is downtime in a recovery (half a poll
 // on average, per wait, and a recovery is a chain of waits), so the first
 // reads come at a quarter of the poll; the pace then grows with the time
-// waited (a 60th of it: at most ~2% added to a long wait) back to every,
+// waited (a 120th of it: at most ~1% added to a long wait) back to every,
 // so a wait of many minutes costs no more reads than before. Waits of
 // seconds to a minute — stop, start, attach, the agent registering — are
 // most of a recovery: with the 2 s default they read every 0.5 s (EC2's
 // Describe* and SSM's calls are throttled per account at many per
-// second; one wait adds two). The floor keeps tests' millisecond polls
+// second; one wait adds two a second). The floor keeps tests' millisecond polls
 // from spinning.
 func pace(every, waited time.Duration) time.Duration {
-	return min(every, max(every/4, 20*time.Millisecond, waited/60))
+	return min(every, max(every/4, 20*time.Millisecond, waited/120))
 }
 
 // onceEC2 and onceSSM are for calls that must not run twice: a second
