@@ -167,8 +167,8 @@ func waitFor(ctx context.Context, every time.Duration, deadline time.Time, check
 // seconds to a minute — stop, start, attach, the agent registering — are
 // most of a recovery: with the 2 s default they read every 0.5 s (EC2's
 // Describe* and SSM's calls are throttled per account at many per
-// second; one wait adds two a second). The floor keeps tests' millisecond polls
-// from spinning.
+// second; one wait adds two a second). The floor keeps tests'
+// millisecond polls from spinning.
 func pace(every, waited time.Duration) time.Duration {
 	return min(every, max(every/4, 20*time.Millisecond, waited/120))
 }
