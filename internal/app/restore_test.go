@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -597,6 +598,14 @@ func TestTarballRestoreMovesTheDataAsideAndRestartsTheApp(t *testing.T) {
 	}
 	uri := "s3://" + b.Bucket + "/" + b.Key
 	req := e.request(alice, "restore "+uri)
+	// The request shows its pre-flight: the object readable, the agent
+	// online, room on the box (read with df through SSM).
+	msg := e.waitText("the request's pre-flight", req)
+	for _, want := range []string{"Pre-flight", "`s3:GetObject`", "`ssm:DescribeInstanceInformation`", "agent online", "disk space", "MiB in /data"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the request lacks %q:\n%s", want, msg)
+		}
+	}
 	e.click(bob, "approve "+req, "tar.1")
 	sum := e.waitText("summary", "Restored `"+uri+"`")
 	e.server.Wait()
@@ -714,5 +723,42 @@ func TestRestoreWithAnImagePendingForLongResumes(t *testing.T) {
 	nb := r.checkRestored()
 	if aws.ToString(nb.ImageId) != image {
 		t.Errorf("the new box came from %s, not the image the first attempt made (%s)", aws.ToString(nb.ImageId), image)
+	}
+}
+
+// A tarball restore sends its commands through SSM: with the box's agent
+// offline its request shows the refused row and cannot be approved, and
+// no command reaches the box.
+func TestTarballRestoreWithTheAgentOfflineCannotBeApproved(t *testing.T) {
+	t.Parallel()
+	e, box, ssmSrv := tarballEnvSSM(t)
+	e.slash(alice, incident, "backup now tarball")
+	b := e.lastBackup(ops.StateCompleted)
+	e.server.Wait()
+	sent := len(ssmSrv.Commands())
+	before, err := box.DataTree()
+	if err != nil {
+		t.Fatal(err)
+	}
+	box.SetOnline(false)
+	req, msg := e.blockedRequest(alice, "restore s3://"+b.Bucket+"/"+b.Key)
+	for _, want := range []string{"refused", "`ssm:DescribeInstanceInformation` " + e.inst.ServicesBox.ID, "skipped", "disk space"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the request lacks %q:\n%s", want, msg)
+		}
+	}
+	if ans := e.answer(e.slash(bob, incident, "approve "+req)); !strings.Contains(ans, "cannot be approved") {
+		t.Fatalf("approve of a blocked request: %s", ans)
+	}
+	e.server.Wait()
+	if n := len(ssmSrv.Commands()); n != sent {
+		t.Errorf("%d commands reached the box after the blocked request", n-sent)
+	}
+	after, err := box.DataTree()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(before, after) {
+		t.Error("the box's data changed")
 	}
 }

@@ -197,6 +197,7 @@ type TarballRestorer interface {
 	Plan(ctx context.Context, bucket, key string) (ops.TarballRestorePlan, error)
 	Steps(plan ops.TarballRestorePlan) []journal.Def
 	Recheck(ctx context.Context, plan ops.TarballRestorePlan) error
+	Preflight(ctx context.Context, plan ops.TarballRestorePlan) ops.Preflight
 }
 
 // RestoreTarball is `restore s3://bucket/key`: circleci-restore on the
@@ -214,7 +215,8 @@ func RestoreTarball(s Setup, t TarballRestorer) Kind[ops.TarballRestorePlan, ops
 		Plan: func(ctx context.Context, cmd commands.Command) (ops.TarballRestorePlan, error) {
 			return ops.RetryRead(ctx, s.wait(), func() (ops.TarballRestorePlan, error) { return t.Plan(ctx, cmd.Source.Bucket, cmd.Source.Key) })
 		},
-		Approval: tarballApproval,
+		Approval:  tarballApproval,
+		Preflight: func(ctx context.Context, p ops.TarballRestorePlan) ops.Preflight { return t.Preflight(ctx, p) },
 		Title: func(p ops.TarballRestorePlan) string {
 			return "Restore of the Services box from `s3://" + p.Bucket + "/" + p.Key + "`"
 		},

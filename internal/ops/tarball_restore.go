@@ -231,17 +231,65 @@ echo "%saside=$(cd "${BOX_ROOT:-}/data" && ls -d circleci-restore-* 2>/dev/null 
 	if ferr != nil || derr != nil {
 		return "", fmt.Errorf("the Services box did not report its disk space (SSM command %s printed %q)", r.CommandID, trimTo(r.Stdout, 200))
 	}
-	sizeKiB := plan.Size >> 10
-	// bzip2 archives of datastores expand several times; ask for 3x the
-	// tarball next to /data (the old data is moved, not copied).
-	if free < sizeKiB+1 {
-		return "", fmt.Errorf("not enough space for the download: %d MiB free in /tmp, the tarball is %d MiB", free>>10, sizeKiB>>10)
-	}
-	if dataFree < 3*sizeKiB {
-		return "", fmt.Errorf("not enough space in /data: %d MiB free, and the %d MiB tarball may expand to about %d MiB; free space or grow the volume first", dataFree>>10, sizeKiB>>10, 3*sizeKiB>>10)
+	if err := roomFor(plan.Size, free, dataFree); err != nil {
+		return "", err
 	}
 	op.Result.AsideBefore = strings.TrimSpace(field(r.Stdout, resultPrefix+"aside"))
 	return fmt.Sprintf("`%s` reachable; %d MiB free in /tmp, %d MiB in /data", plan.InstanceID, free>>10, dataFree>>10), nil
+}
+
+// roomFor says whether a tarball of size bytes fits: the download in the
+// scratch directory's free KiB, the extracted data in /data's.
+func roomFor(size, freeKiB, dataFreeKiB int64) error {
+	sizeKiB := size >> 10
+	// bzip2 archives of datastores expand several times; ask for 3x the
+	// tarball next to /data (the old data is moved, not copied).
+	if freeKiB < sizeKiB+1 {
+		return fmt.Errorf("not enough space for the download: %d MiB free in /tmp, the tarball is %d MiB", freeKiB>>10, sizeKiB>>10)
+	}
+	if dataFreeKiB < 3*sizeKiB {
+		return fmt.Errorf("not enough space in /data: %d MiB free, and the %d MiB tarball may expand to about %d MiB; free space or grow the volume first", dataFreeKiB>>10, sizeKiB>>10, 3*sizeKiB>>10)
+	}
+	return nil
+}
+
+// Preflight checks what a tarball restore needs before it is approved:
+// it changes nothing in AWS (no call to dry-run) but sends commands, so
+// the box's SSM agent must be online; S3 must let the bot read the
+// object (the plan's HeadObject is the same permission, s3:GetObject,
+// as the presigned download); and the box must have room for the
+// download and the extracted data — what the runbook leaves to the
+// reader ("assumes that you have enough disk space"), read with df
+// through SSM, as the restore's own check does again before it
+// downloads.
+func (t *TarballRestore) Preflight(ctx context.Context, plan TarballRestorePlan) Preflight {
+	var pf Preflight
+	pf.ok("s3:GetObject", fmt.Sprintf("s3://%s/%s (HeadObject answered: %d MiB)", plan.Bucket, plan.Key, plan.Size>>20))
+	pf.checkAgent(ctx, t.SSM, plan.InstanceID, "the Services box")
+	if pf.Err() != nil {
+		pf.skipped("ssm:SendCommand", plan.InstanceID+" (disk space)", "its agent is not online")
+		return pf
+	}
+	r, err := t.shell(plan.InstanceID).Run(ctx, "circlebot: pre-flight of a tarball restore: disk space", fmt.Sprintf(`echo "%sfree_kib=$(df -Pk /tmp | awk 'NR==2{print $4}')"
+echo "%sdata_free_kib=$(df -Pk "${BOX_ROOT:-}/data" | awk 'NR==2{print $4}')"`, resultPrefix, resultPrefix), time.Minute)
+	on := plan.InstanceID + " (disk space, df)"
+	if err != nil {
+		pf.refused("ssm:SendCommand", on, Explain(err))
+		return pf
+	}
+	free, ferr := strconv.ParseInt(field(r.Stdout, resultPrefix+"free_kib"), 10, 64)
+	dataFree, derr := strconv.ParseInt(field(r.Stdout, resultPrefix+"data_free_kib"), 10, 64)
+	switch {
+	case ferr != nil || derr != nil:
+		pf.refused("ssm:SendCommand", on, fmt.Sprintf("the box did not report its disk space (it printed %q)", trimTo(r.Stdout, 200)))
+	default:
+		if err := roomFor(plan.Size, free, dataFree); err != nil {
+			pf.refused("ssm:SendCommand", on, err.Error())
+			return pf
+		}
+		pf.add(Check{Call: "ssm:SendCommand", On: on, Status: CheckOK, Reason: fmt.Sprintf("%d MiB free in /tmp, %d MiB in /data", free>>10, dataFree>>10)})
+	}
+	return pf
 }
 
 // download fetches the object onto the box through a presigned URL and
