@@ -125,7 +125,7 @@ func TestPruneNeedsASecondPersonAndRunsOnce(t *testing.T) {
 	if n := len(e.snapshotsOf(newer.ID)); n != 3 {
 		t.Errorf("the newest restore point lost snapshots: %d left", n)
 	}
-	if n := e.proxy.Count("DeleteSnapshot"); n != 3 {
+	if n := realCount(e.proxy, "DeleteSnapshot"); n != 3 {
 		t.Errorf("DeleteSnapshot called %d times, want 3 (one execution)", n)
 	}
 	e.slack.WaitFor(t, 30*time.Second, "second click refused", func(c slackfake.Call) bool {
@@ -178,7 +178,7 @@ func TestApprovalIsRefusedWhenThePlanChangedOrExpired(t *testing.T) {
 		t.Errorf("deny after expiry: %s", s)
 	}
 	e.server.Wait()
-	if n := e.proxy.Count("DeleteSnapshot"); n != 0 {
+	if n := realCount(e.proxy, "DeleteSnapshot"); n != 0 {
 		t.Errorf("%d snapshots deleted by refused requests", n)
 	}
 }

@@ -71,7 +71,7 @@ func TestApprovalFromAnotherChannelIsRefusedAndChangesNothing(t *testing.T) {
 	if st := e.requestState(id); st != approvals.Pending {
 		t.Fatalf("a refused decision moved the request to %s", st)
 	}
-	if n := e.proxy.Count("DeleteSnapshot"); n != 0 {
+	if n := realCount(e.proxy, "DeleteSnapshot"); n != 0 {
 		t.Fatalf("%d snapshots deleted by decisions from another channel", n)
 	}
 	for _, c := range e.slack.Calls() {
@@ -169,7 +169,7 @@ func TestUnpostedRequestLeavesNothingApprovable(t *testing.T) {
 		t.Errorf("approval of an unposted request: %s", s)
 	}
 	e.server.Wait()
-	if n := e.proxy.Count("DeleteSnapshot"); n != 0 || e.requestState(r.ID) != approvals.Unposted {
+	if n := realCount(e.proxy, "DeleteSnapshot"); n != 0 || e.requestState(r.ID) != approvals.Unposted {
 		t.Fatalf("%d snapshots deleted; request %s", n, e.requestState(r.ID))
 	}
 }

@@ -256,3 +256,31 @@ func TestDoctorForViewersAndTheReportsVerdict(t *testing.T) {
 		t.Fatalf("%d alerts in the monitor channel, want 1 naming ec2:CreateSnapshots:\n%s", len(alerts), strings.Join(all, "\n---\n"))
 	}
 }
+
+// A prune whose deletions the policy would refuse is shown with the
+// refused rows and cannot be approved: no set is marked, no snapshot
+// deleted (before, it was approved, marked the first set and stopped at
+// its first deletion).
+func TestRefusedPreflightStopsAPruneBeforeAnythingIsMarked(t *testing.T) {
+	t.Parallel()
+	e, _, made := pruneEnv(t)
+	older := made[0]
+	e.proxy.Reset()
+	e.proxy.SetFaults(denyDryRun("DeleteSnapshot"))
+	req, msg := e.blockedRequest(alice, "backup prune")
+	for _, want := range []string{"Pre-flight", "refused", "`ec2:DeleteSnapshot`", older.ID, "UnauthorizedOperation", "`ec2:CreateTags`"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the request message lacks %q:\n%s", want, msg)
+		}
+	}
+	if ans := e.answer(e.slash(bob, incident, "approve "+req)); !strings.Contains(ans, "cannot be approved") {
+		t.Fatalf("approve of a blocked request: %s", ans)
+	}
+	e.server.Wait()
+	if c := changes(e.proxy.Calls()); len(c) > 0 {
+		t.Fatalf("a refused pre-flight let these calls through: %v", c)
+	}
+	if n := len(e.snapshotsOf(older.ID)); n != 3 {
+		t.Errorf("%d snapshots of %s left, want 3", n, older.ID)
+	}
+}

@@ -92,8 +92,11 @@ func Prune(s Setup, r Retention) Kind[PrunePlan, PruneResult] {
 			return ""
 		},
 		Approval: pruneApproval,
-		Title:    func(PrunePlan) string { return "Prune restore points past `backup.retention`" },
-		Target:   s.box,
+		Preflight: func(ctx context.Context, p PrunePlan) ops.Preflight {
+			return ops.PrunePreflight(ctx, r.Prune, p.Verdicts)
+		},
+		Title:  func(PrunePlan) string { return "Prune restore points past `backup.retention`" },
+		Target: s.box,
 		Steps: func(p PrunePlan, _ Env) []journal.Def {
 			return []journal.Def{ops.Def("Delete snapshots", func(ctx context.Context, w *ops.Work[PruneResult], pr journal.Progress) (string, error) {
 				deleted, err := ops.Pruner{EC2: r.Prune, Op: w.ID, Mark: r.Mark}.Prune(ctx, p.Verdicts, logOnly{pr})

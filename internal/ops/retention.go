@@ -237,3 +237,35 @@ func (pr Pruner) tag(ctx context.Context, pt Point) error {
 	}
 	return nil
 }
+
+// Preflight tries a prune's calls without effect before it is approved:
+// the mark (CreateTags) on every set it begins, and DeleteSnapshot on
+// every snapshot it deletes. A policy that allows the tagging but not the
+// deletion (or only on some snapshots, by their tags) would otherwise
+// stop a prune part-way, leaving marked, partly pruned sets.
+func PrunePreflight(ctx context.Context, api PrunerEC2, verdicts []Verdict) Preflight {
+	var pf Preflight
+	dry := aws.Bool(true)
+	pr := Pruner{EC2: api}
+	for _, v := range verdicts {
+		if v.Keep {
+			continue
+		}
+		if !v.Finish {
+			tags := []ec2types.Tag{{Key: aws.String(TagPruning), Value: aws.String(preflightOpID)}, {Key: aws.String(TagSetSize), Value: aws.String(strconv.Itoa(len(v.Point.Snapshots)))}}
+			for part := range slices.Chunk(v.Point.Snapshots, maxTagResources) {
+				_, err := pr.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: part, Tags: tags, DryRun: dry})
+				pf.dryRun("ec2:CreateTags", v.Point.ID+" (mark it as being pruned)", err)
+			}
+		}
+		for _, s := range v.Point.Snapshots {
+			_, err := pr.EC2.DeleteSnapshot(ctx, &ec2.DeleteSnapshotInput{SnapshotId: aws.String(s), DryRun: dry})
+			if errors.Is(translate(err), ErrNotFound) {
+				pf.skipped("ec2:DeleteSnapshot", s+" of "+v.Point.ID, "gone already")
+				continue
+			}
+			pf.dryRun("ec2:DeleteSnapshot", s+" of "+v.Point.ID, err)
+		}
+	}
+	return pf
+}
