@@ -40,6 +40,17 @@ const (
 	tableAPIBackups  = "api-backups"
 )
 
+// How long the API's records are kept. An Idempotency-Key guards a
+// caller's retries of one request, which come within minutes; a day is
+// what payment APIs keep theirs (Stripe: 24 hours), after which the key
+// names a new request. An API backup's own record is needed only until
+// the backup's record exists (GET falls back to it; "lost" after 10
+// minutes without one).
+const (
+	idempotencyTTL = 24 * time.Hour
+	apiBackupTTL   = 24 * time.Hour
+)
+
 // maxAPIBody bounds a request body: the JSON is a reason and a method.
 const maxAPIBody = 16 << 10
 
@@ -191,6 +202,14 @@ func (a *backupAPI) post(w http.ResponseWriter, r *http.Request) {
 		// others answer with its backup.
 		val, _ := json.Marshal(idempotent{ID: id, Request: reqHash, Created: time.Now().UTC()})
 		v, err := a.kv.Put(ctx, tableIdempotency, keyRef, val, 0)
+		if errors.Is(err, kv.ErrConflict) {
+			// A key past idempotencyTTL names a new request: it is taken
+			// over, conditionally, so that racing replicas still give one
+			// winner.
+			if old, gerr := a.kv.Get(ctx, tableIdempotency, keyRef); gerr == nil && expired(old.Value, idempotencyTTL, time.Now()) {
+				v, err = a.kv.Put(ctx, tableIdempotency, keyRef, val, old.Version)
+			}
+		}
 		switch {
 		case errors.Is(err, kv.ErrConflict):
 			a.replay(w, r, keyRef, reqHash)
@@ -359,6 +378,41 @@ func (a *backupAPI) state(ctx context.Context, id string) (BackupState, bool) {
 		st.State, st.Error = "lost", "the bot stopped before this backup began; request a new one"
 	}
 	return st, true
+}
+
+// expired says whether a stored API record (its JSON has "created") is
+// older than ttl; one that cannot be read is not (it is left alone).
+func expired(raw []byte, ttl time.Duration, now time.Time) bool {
+	var r struct {
+		Created time.Time `json:"created"`
+	}
+	return json.Unmarshal(raw, &r) == nil && !r.Created.IsZero() && now.Sub(r.Created) > ttl
+}
+
+// SweepAPIRecords deletes the API's records past their time
+// (idempotencyTTL, apiBackupTTL), each conditionally on the version read,
+// so that a key claimed again meanwhile stays. It returns how many went.
+func SweepAPIRecords(ctx context.Context, s kv.Store, now time.Time) (int, error) {
+	n := 0
+	for table, ttl := range map[string]time.Duration{tableIdempotency: idempotencyTTL, tableAPIBackups: apiBackupTTL} {
+		items, err := s.List(ctx, table)
+		if err != nil {
+			return n, fmt.Errorf("list %s: %w", table, err)
+		}
+		for _, it := range items {
+			if !expired(it.Value, ttl, now) {
+				continue
+			}
+			switch err := s.Delete(ctx, table, it.Key, it.Version); {
+			case err == nil:
+				n++
+			case errors.Is(err, kv.ErrConflict), errors.Is(err, kv.ErrNotFound):
+			default:
+				return n, fmt.Errorf("delete %s/%s: %w", table, it.Key, err)
+			}
+		}
+	}
+	return n, nil
 }
 
 // discard is where a backup's progress goes without a report channel.

@@ -1,6 +1,8 @@
 package app_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -8,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/circlebot/circlebot/internal/app"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/engine"
 	"github.com/circlebot/circlebot/internal/store"
@@ -195,5 +198,48 @@ func TestBackupAPIOffWithoutAToken(t *testing.T) {
 	e := newEnv(t, nil)
 	if code, _ := e.api("POST", "/api/v1/backups", "", "", `{"reason": "x"}`); code != http.StatusNotFound {
 		t.Errorf("POST without a configured token: HTTP %d, want 404", code)
+	}
+}
+
+// An Idempotency-Key is kept for a day: after that it names a new
+// request (a new backup, not a 422 for "another request"), and the
+// leader's sweep deletes the API's records past their day — none sooner.
+func TestBackupAPIRecordsExpireAfterADay(t *testing.T) {
+	t.Parallel()
+	e := newAPIEnv(t)
+	ctx := t.Context()
+	kvs := e.app.Store.KV()
+	ref := sha256.Sum256([]byte("deploy-old"))
+	stale, _ := json.Marshal(map[string]any{"id": "bk-20250101-000000-abcd", "request": "another request", "created": time.Now().Add(-25 * time.Hour)})
+	if _, err := kvs.Put(ctx, "api-idempotency", hex.EncodeToString(ref[:]), stale, 0); err != nil {
+		t.Fatal(err)
+	}
+	code, out := e.api("POST", "/api/v1/backups", apiToken, "deploy-old", `{"reason": "nightly"}`)
+	id, _ := out["id"].(string)
+	if code != http.StatusAccepted || id == "" || id == "bk-20250101-000000-abcd" || out["replayed"] == true {
+		t.Fatalf("a day-old key: HTTP %d %v, want 202 with a new backup", code, out)
+	}
+	if st := e.waitBackupState(id); st["state"] != "completed" {
+		t.Errorf("state: %v", st)
+	}
+	e.server.Wait()
+	if n, err := app.SweepAPIRecords(ctx, kvs, time.Now()); err != nil || n != 0 {
+		t.Fatalf("a sweep now deleted %d records (%v), want none", n, err)
+	}
+	if code, again := e.api("POST", "/api/v1/backups", apiToken, "deploy-old", `{"reason": "nightly"}`); code != http.StatusAccepted || again["id"] != id || again["replayed"] != true {
+		t.Errorf("replay within the day: HTTP %d %v", code, again)
+	}
+	n, err := app.SweepAPIRecords(ctx, kvs, time.Now().Add(25*time.Hour))
+	if err != nil || n != 2 {
+		t.Fatalf("a sweep a day later deleted %d records (%v), want 2 (the key and the API's backup record)", n, err)
+	}
+	for _, table := range []string{"api-idempotency", "api-backups"} {
+		if items, err := kvs.List(ctx, table); err != nil || len(items) != 0 {
+			t.Errorf("%s after the sweep: %d items (%v)", table, len(items), err)
+		}
+	}
+	// The backup itself is still there to GET, from its own record.
+	if code, st := e.api("GET", "/api/v1/backups/"+id, apiToken, "", ""); code != http.StatusOK || st["state"] != "completed" {
+		t.Errorf("GET after the sweep: HTTP %d %v", code, st)
 	}
 }

@@ -828,6 +828,11 @@ func (a *App) lead(ctx, work context.Context, sched *schedule.Scheduler, postTo 
 			} else if n > 0 {
 				a.Log.Debug("swept old delivery claims", "n", n)
 			}
+			if n, err := SweepAPIRecords(work, a.Store.KV(), time.Now()); err != nil {
+				a.Log.Warn("sweep old backup API records", "err", err)
+			} else if n > 0 {
+				a.Log.Debug("swept old backup API records", "n", n)
+			}
 		}
 	}
 }
