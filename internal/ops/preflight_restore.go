@@ -36,10 +36,17 @@ func (r *SnapshotRestore) Preflight(ctx context.Context, plan RestorePlan) Prefl
 	for _, s := range plan.Snapshots {
 		snaps = append(snaps, s.ID)
 	}
-	reg := restoreImageInput(plan, "circleci-restore-"+preflightOpID, preflightOpID)
-	reg.DryRun = aws.Bool(true)
-	_, err := r.EC2.RegisterImage(ctx, reg)
-	pf.dryRun("ec2:RegisterImage", strings.Join(snaps, ", "), err)
+	var err error
+	if plan.Completing != nil {
+		// As CreateVolume: AWS registers images of completed snapshots
+		// only.
+		pf.skipped("ec2:RegisterImage", strings.Join(snaps, ", "), "checked when the snapshots complete (AWS registers images of completed snapshots only)")
+	} else {
+		reg := restoreImageInput(plan, "circleci-restore-"+preflightOpID, preflightOpID)
+		reg.DryRun = aws.Bool(true)
+		_, err = r.EC2.RegisterImage(ctx, reg)
+		pf.dryRun("ec2:RegisterImage", strings.Join(snaps, ", "), err)
+	}
 	if old := plan.Old; old != nil {
 		id := old.InstanceID
 		var vols []string
@@ -133,6 +140,9 @@ func (r *SnapshotRestore) checkLaunch(ctx context.Context, plan RestorePlan, opI
 	var pf Preflight
 	r.launchPreflight(ctx, &pf, plan, opID, image, "")
 	if err := pf.Err(); err != nil {
+		if plan.Completing != nil {
+			return fmt.Errorf("the new box could not be launched (%w); %s: fix that, then `resume`", err, oldBoxNow(plan))
+		}
 		return fmt.Errorf("the new box could not be launched, so the old one was not touched (%w); fix that, then `resume`", err)
 	}
 	return nil
