@@ -92,7 +92,7 @@ func run() error {
 	}
 	defer moto.Close()
 	var rows []row
-	for _, f := range []func(context.Context, *motoserver.Server) (row, error){manual, rebuild, inPlace, failover} {
+	for _, f := range []func(context.Context, *motoserver.Server) (row, error){manual, rebuild, inPlace, failover, pendingInPlace} {
 		r, err := f(ctx, moto)
 		if err != nil {
 			return fmt.Errorf("%s", err)
@@ -497,4 +497,85 @@ func failover(ctx context.Context, moto *motoserver.Server) (row, error) {
 		return row{}, err
 	}
 	return row{name: "bot: failover to a warm standby", appStart: real(d), awsWaits: m("stop"), overheadP: true, note: "fence (stop), move the IP, start the app"}, nil
+}
+
+// pendingInPlace is `backup now` on a box that must be restored (the
+// bot's EBS backup: one CreateSnapshots of every volume, tagged with its
+// ID) and the in-place restore of that backup requested at once, while
+// its snapshots are still pending: the restore follows their progress
+// and stops the box for their tail. Timed from the snapshots' request to
+// the app's start; compared with waiting for them to complete and then
+// restoring the completed set (the same restore again, on this rig).
+func pendingInPlace(ctx context.Context, moto *motoserver.Server) (row, error) {
+	r, err := seed(ctx, moto)
+	if err != nil {
+		return row{}, err
+	}
+	defer r.close()
+	if _, err := r.withBot(ctx, nil); err != nil {
+		return row{}, err
+	}
+	// The stop the bot assumes before it has measured one, scaled.
+	r.app.Snapshot.StopLead = sc(ops.DefaultStopLead)
+	start := time.Now()
+	bk := ops.NewBackupID(start)
+	snaps, err := r.ec2.CreateSnapshots(ctx, &ec2.CreateSnapshotsInput{
+		InstanceSpecification: &ec2types.InstanceSpecification{InstanceId: aws.String(r.inst.ServicesBox.ID)},
+		Description:           aws.String(ops.BackupDescription(start)),
+		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeSnapshot, Tags: []ec2types.Tag{
+			{Key: aws.String(ops.TagBackupID), Value: aws.String(bk)}}}},
+	})
+	if err != nil {
+		return row{}, err
+	}
+	var ids []string
+	var largest int32
+	for _, s := range snaps.Snapshots {
+		ids = append(ids, aws.ToString(s.SnapshotId))
+		largest = max(largest, aws.ToInt32(s.VolumeSize))
+	}
+	// When they complete, watched on the side.
+	completed := make(chan time.Time, 1)
+	go func() {
+		_ = poll(ctx, sc(time.Second), func() (bool, error) {
+			out, err := r.ec2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: ids})
+			if err != nil {
+				return false, err
+			}
+			for _, s := range out.Snapshots {
+				if s.State != ec2types.SnapshotStateCompleted {
+					return false, nil
+				}
+			}
+			return true, nil
+		})
+		completed <- time.Now()
+	}()
+	op, err := r.approved(ctx, "restore "+bk)
+	if err != nil {
+		return row{}, err
+	}
+	app, err := toStep(op, "Start the app")
+	if err != nil {
+		return row{}, err
+	}
+	overlapped := op.Steps[0].Started.Sub(start) + app
+	snapTook := (<-completed).Sub(start)
+	// Waiting instead: the snapshots' time, then the restore of the
+	// completed set.
+	again, err := r.approved(ctx, "restore "+bk)
+	if err != nil {
+		return row{}, err
+	}
+	after, err := toStep(again, "Start the app")
+	if err != nil {
+		return row{}, err
+	}
+	waited := snapTook + after
+	snap := m("snapshot_base") + time.Duration(float64(largest)*m("snapshot_changed").Seconds()/100*float64(m("snapshot_per_gib")))
+	// The stop overlaps the snapshots' tail; after they complete: the
+	// volumes, the swap, the start and the agent.
+	waits := snap + m("volume_create") + m("volume_detach") + m("volume_attach") + m("start") + m("agent")
+	return row{name: "bot: restore in place from a backup still completing", appStart: real(overlapped), awsWaits: waits, overheadP: true,
+		note: fmt.Sprintf("from `backup now`; waiting for it, then restoring: %s (the overlap saved %.1f min)", mins(real(waited)), real(waited-overlapped).Minutes())}, nil
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -69,7 +70,7 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 			} else {
 				p.RTO = predictRTO(ctx, s.Journal, KindRestoreEBS, appStepRestore, not(hasStep(swapStep)), ops.DefaultRebuildRTO)
 			}
-			completing(ctx, s.Journal, &p)
+			completing(ctx, s.Journal, &p, r.StopLead)
 			return p, nil
 		},
 		Approval: snapshotApproval,
@@ -288,18 +289,18 @@ func nonEmpty(s ...string) []string {
 // app starts that much later) and the stop time the restore overlaps with
 // their tail: the median of the stops this account's restores measured,
 // else the timing model's.
-func completing(ctx context.Context, j journal.Store, p *ops.RestorePlan) {
+func completing(ctx context.Context, j journal.Store, p *ops.RestorePlan, def time.Duration) {
 	if p.Completing == nil {
 		return
 	}
 	p.RTO.Predicted += p.SourceETA
-	p.StopLead = measuredStop(ctx, j)
+	p.StopLead = measuredStop(ctx, j, cmp.Or(def, ops.DefaultStopLead))
 }
 
 // The names a restore's stop step has had.
 var stopSteps = []string{"Stop the Services box", "Stop the old instance"}
 
-func measuredStop(ctx context.Context, j journal.Store) time.Duration {
+func measuredStop(ctx context.Context, j journal.Store, def time.Duration) time.Duration {
 	var took []time.Duration
 	if j.KV != nil {
 		if all, err := j.All(ctx); err == nil {
@@ -317,7 +318,7 @@ func measuredStop(ctx context.Context, j journal.Store) time.Duration {
 		}
 	}
 	if len(took) == 0 {
-		return ops.DefaultStopLead
+		return def
 	}
 	slices.Sort(took)
 	return took[len(took)/2].Round(time.Second)

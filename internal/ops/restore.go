@@ -265,6 +265,11 @@ type SnapshotRestore struct {
 	// ReadBack bounds each read-back after a change (default 2 min):
 	// EC2's reads lag its writes.
 	ReadBack time.Duration
+	// StopLead is the stop time assumed until this account's restores
+	// have measured their own (0: DefaultStopLead); a restore from a
+	// source still completing stops the box once the snapshots need no
+	// more than this (restore_pending.go).
+	StopLead time.Duration
 }
 
 // Plan resolves snapshotID ("" = the newest completed EBS restore point)

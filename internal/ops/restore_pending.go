@@ -166,7 +166,8 @@ func (r *SnapshotRestore) follow(ctx context.Context, plan RestorePlan, p journa
 			return fmt.Sprintf("`%s` at %d%%, about %s to go (no more than a stop takes, %s): stopping the box now overlaps the rest", plan.Source, least, Span(max(remaining, time.Second)), Span(lead)), nil
 		}
 		if least != last {
-			p.Log(fmt.Sprintf("Restore point `%s`: %d%%, complete in %s; the box keeps serving until the snapshots need no more than %s.", plan.Source, least, etaText(remaining, ok), Span(lead)))
+			line := fmt.Sprintf("Restore point `%s`: %d%%, complete in %s; the box keeps serving until the snapshots need no more than %s.", plan.Source, least, etaText(remaining, ok), Span(lead))
+			report(p, 0, least, last, line)
 			last = least
 		}
 		select {
@@ -200,7 +201,7 @@ func (r *SnapshotRestore) waitSource(ctx context.Context, plan RestorePlan, p jo
 			return nil
 		}
 		if least != last {
-			p.Log(fmt.Sprintf("Restore point `%s`: %d%%, complete in %s.", plan.Source, least, etaText(remaining, ok)))
+			report(p, 3, least, last, fmt.Sprintf("Restore point `%s`: %d%%, complete in %s.", plan.Source, least, etaText(remaining, ok)))
 			last = least
 		}
 		select {
@@ -219,6 +220,18 @@ func oldBoxNow(plan RestorePlan) string {
 		return "the old box was not touched"
 	}
 	return "the old box `" + plan.Old.InstanceID + "` is stopped but intact (its volumes kept on termination, nothing terminated)"
+}
+
+// report shows the snapshots' progress on step i's status line at each
+// change, and as a line of its own in the thread at the first report and
+// at each quarter passed (a line per percent would flood the thread).
+func report(p journal.Progress, i, pct, last int, line string) {
+	if pp, ok := p.(interface{ Progress(int, float64, string) }); ok {
+		pp.Progress(i, float64(pct), line)
+	}
+	if last < 0 || pct/25 != last/25 {
+		p.Log(line)
+	}
 }
 
 func boxID(plan RestorePlan) string {
