@@ -271,11 +271,15 @@ func (r *rig) close() {
 	os.RemoveAll(r.dir)
 }
 
+var handled int
+
 // approved runs a destructive command through the bot: requested by
 // Alice, approved by Bob; it returns the finished operation.
 func (r *rig) approved(ctx context.Context, text string) (*journal.Op, error) {
 	handle := func(user, text string) {
-		r.app.Bot.Handle(ctx, chat.Request{ID: "bench", UserID: user, ChannelID: "C0INCIDENT", Text: text, Source: "bench"}, r.web.For(chat.Request{ChannelID: "C0INCIDENT", UserID: user}))
+		// Each its own ID: the bot answers a request ID once.
+		handled++
+		r.app.Bot.Handle(ctx, chat.Request{ID: fmt.Sprintf("bench-%d", handled), UserID: user, ChannelID: "C0INCIDENT", Text: text, Source: "bench"}, r.web.For(chat.Request{ChannelID: "C0INCIDENT", UserID: user}))
 	}
 	handle("U0ALICE", text)
 	reqs, err := r.app.Approvals.Store.All(ctx)
@@ -528,11 +532,24 @@ func pendingInPlace(ctx context.Context, moto *motoserver.Server) (row, error) {
 	if err != nil {
 		return row{}, err
 	}
+	box, err := r.state(ctx, r.inst.ServicesBox.ID)
+	if err != nil {
+		return row{}, err
+	}
+	devices := map[string]string{}
+	for _, bm := range box.BlockDeviceMappings {
+		devices[aws.ToString(bm.Ebs.VolumeId)] = aws.ToString(bm.DeviceName)
+	}
 	var ids []string
 	var largest int32
 	for _, s := range snaps.Snapshots {
 		ids = append(ids, aws.ToString(s.SnapshotId))
 		largest = max(largest, aws.ToInt32(s.VolumeSize))
+		// As the backup's next step does: each snapshot's device.
+		if _, err := r.ec2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{aws.ToString(s.SnapshotId)}, Tags: []ec2types.Tag{
+			{Key: aws.String(ops.TagDevice), Value: aws.String(devices[aws.ToString(s.VolumeId)])}}}); err != nil {
+			return row{}, err
+		}
 	}
 	// When they complete, watched on the side.
 	completed := make(chan time.Time, 1)
@@ -562,10 +579,13 @@ func pendingInPlace(ctx context.Context, moto *motoserver.Server) (row, error) {
 	overlapped := op.Steps[0].Started.Sub(start) + app
 	snapTook := (<-completed).Sub(start)
 	// Waiting instead: the snapshots' time, then the restore of the
-	// completed set.
-	again, err := r.approved(ctx, "restore "+bk)
+	// completed set (now the newest).
+	again, err := r.approved(ctx, "restore latest")
 	if err != nil {
 		return row{}, err
+	}
+	if !strings.Contains(again.Plan, `"source":"`+bk+`"`) {
+		return row{}, fmt.Errorf("restore latest after %s completed did not restore it", bk)
 	}
 	after, err := toStep(again, "Start the app")
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/journal"
 	"github.com/circlebot/circlebot/internal/ops"
 	"github.com/circlebot/circlebot/internal/testenv/motoserver"
@@ -17,7 +18,8 @@ import (
 
 // pendingPoint makes a restore point of the Services box as the bot's
 // EBS backup makes it (one CreateSnapshots of every volume, tagged with
-// the backup's ID and described as the bot describes it) and leaves its
+// the backup's ID and described as the bot describes it, then each
+// snapshot tagged with its device) and leaves its
 // snapshots pending, as `backup now` does until AWS has copied them. It
 // returns the backup's ID and makes it r.backup, for the end checks.
 func (r *restoreEnv) pendingPoint() (string, []string) {
@@ -50,7 +52,13 @@ func (r *restoreEnv) pendingPoint() (string, []string) {
 			t.Fatalf("snapshot %s is %s, want pending", aws.ToString(s.SnapshotId), s.State)
 		}
 		ids = append(ids, aws.ToString(s.SnapshotId))
-		b.Snapshots = append(b.Snapshots, ops.SnapshotRef{ID: aws.ToString(s.SnapshotId), Device: devices[aws.ToString(s.VolumeId)]})
+		dev := devices[aws.ToString(s.VolumeId)]
+		b.Snapshots = append(b.Snapshots, ops.SnapshotRef{ID: aws.ToString(s.SnapshotId), Device: dev})
+		// As the backup's next step does: each snapshot's device.
+		if _, err := api.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{aws.ToString(s.SnapshotId)}, Tags: []ec2types.Tag{
+			{Key: aws.String(ops.TagDevice), Value: aws.String(dev)}}}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	r.backup = b
 	return id, ids
@@ -223,5 +231,63 @@ func TestRestoreLatestMentionsANewerBackupStillCompleting(t *testing.T) {
 	r.checkRestoredInPlace()
 	if !r.snapshotsPending(ids) {
 		t.Error("the newer restore point's snapshots are no longer pending")
+	}
+}
+
+// The bot dies while following a restore point still completing; a new
+// process announces it, and the resume follows again, stops the box for
+// the snapshots' tail and ends restored with one volume set.
+func TestRestoreFromABackupStillCompletingResumesTheFollowAfterACrash(t *testing.T) {
+	t.Parallel()
+	r := newRestoreEnv(t, nil)
+	bk, ids := r.pendingPoint()
+	r.progress(ids, "10%", 10*time.Minute)
+	req := r.request(alice, "restore "+bk)
+	ctx, stop := context.WithCancel(context.Background())
+	web := r.web()
+	handled := make(chan struct{})
+	go func() {
+		defer close(handled)
+		r.app.Bot.Handle(ctx, chat.Request{ID: "t1", UserID: bob, ChannelID: incident, Text: "approve " + req, Source: "test"},
+			web.For(chat.Request{ChannelID: incident, UserID: bob}))
+	}()
+	r.waitText("progress", "Restore point `"+bk+"`: 10%")
+	stop()
+	<-handled
+	op, err := r.app.Journal.ByRequest(t.Context(), req)
+	if err != nil || op.State != journal.Stopped || op.Next() != 0 {
+		t.Fatalf("after the stop: %v, state %s, next step %d (%s)", err, op.State, op.Next()+1, op.Why)
+	}
+	if st := r.instance(r.inst.ServicesBox.ID).State.Name; st != ec2types.InstanceStateNameRunning {
+		t.Fatalf("the box is %s after a cut-off follow", st)
+	}
+	if _, err := r.app.Journal.Update(t.Context(), op.ID, func(o *journal.Op) error {
+		o.State, o.Process, o.Why = journal.Running, "dead-process", ""
+		o.Steps[0].State = journal.StepRunning
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r.restart()
+	r.waitText("announcement", op.ID, "was interrupted during step 1 (Follow the restore point's snapshots)", "resume "+op.ID)
+	r.progress(ids, "99%", 10*time.Minute)
+	r.slash(alice, incident, "resume "+op.ID)
+	deadline := time.Now().Add(60 * time.Second)
+	for r.instance(r.inst.ServicesBox.ID).State.Name != ec2types.InstanceStateNameStopped {
+		if time.Now().After(deadline) {
+			t.Fatalf("the resumed restore did not stop the box")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, id := range ids {
+		if err := r.moto.SetSnapshotState(t.Context(), id, motoserver.SnapshotCompleted, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.waitText("summary", "Restored `"+bk+"` in place")
+	r.server.Wait()
+	r.checkRestoredInPlace()
+	if n := realCount(r.proxy, "CreateVolume"); n != len(ids) {
+		t.Errorf("%d volumes created, want one set of %d", n, len(ids))
 	}
 }
