@@ -166,10 +166,13 @@ def _register_image(self):
             )
         if ebs:
             _check_performance(device, ebs.get("VolumeType"), _int(ebs.get("Iops")), _int(ebs.get("Throughput")))
+    for m in mappings:
+        ebs = m.get("Ebs") or {}
         if ebs.get("SnapshotId") and not self._get_param("DryRun"):
+            # The parameters first, then the state: AWS registers images of
+            # completed snapshots only.
             snapshot = self.ec2_backend.get_snapshot(ebs["SnapshotId"])
             if getattr(snapshot, "status", "completed") != "completed":
-                # AWS registers images of completed snapshots only.
                 raise EC2ClientError(
                     "IncorrectState",
                     f"Snapshot '{ebs['SnapshotId']}' is not in a valid state for this operation: {snapshot.status}",
