@@ -146,7 +146,7 @@ type SourceKind int
 
 const (
 	SourceNone     SourceKind = iota
-	SourceSnapshot            // restore snap-…
+	SourceSnapshot            // restore snap-… or bk-… (an EBS restore point)
 	SourceLatest              // restore latest
 	SourceS3                  // restore s3://bucket/key
 )
@@ -154,7 +154,7 @@ const (
 // RestoreSource is what a restore restores from.
 type RestoreSource struct {
 	Kind       SourceKind
-	SnapshotID string // SourceSnapshot
+	SnapshotID string // SourceSnapshot: snap-…, or the bot's restore point ID bk-…
 	Bucket     string // SourceS3
 	Key        string // SourceS3
 }

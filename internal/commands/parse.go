@@ -266,9 +266,15 @@ func parseRestore(c *Command, args []string) *UsageError {
 		}
 		c.Source = RestoreSource{Kind: SourceS3, Bucket: bucket, Key: key}
 	default:
+		if id, ok := BackupID(tok); ok {
+			// The bot's restore point by its own ID: the plan finds its
+			// snapshots by their tag.
+			c.Source = RestoreSource{Kind: SourceSnapshot, SnapshotID: id}
+			return nil
+		}
 		id, ok := awsID(tok, "snap-")
 		if !ok {
-			return problemf(c.Name, "%s", snapshotProblem(tok, "restore", ", latest, or s3://bucket/key"))
+			return problemf(c.Name, "%s", snapshotProblem(tok, "restore", ", a backup ID (bk-…), latest, or s3://bucket/key"))
 		}
 		c.Source = RestoreSource{Kind: SourceSnapshot, SnapshotID: id}
 	}

@@ -1,8 +1,10 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -69,6 +71,7 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 				path = pathInPlace
 			}
 			p.RTO = predictRTO(ctx, s.Journal, path, ops.StepNames(r.Steps(p)), stepDefaults(path, false))
+			completing(ctx, s.Journal, &p, r.StopLead)
 			return p, nil
 		},
 		Approval: snapshotApproval,
@@ -85,10 +88,10 @@ func RestoreEBS(s Setup, r *ops.SnapshotRestore) Kind[ops.RestorePlan, ops.Resto
 			if err := r.Recheck(ctx, p); err != nil {
 				return nil, err
 			}
-			// Until step 4 (stop the old instance, in place as in a
-			// rebuild) is done, the old box must be as approved: a box
+			// Until the step that stops the old instance (step 4, or 3
+			// when the source was still completing) is done, the old box must be as approved: a box
 			// that came back, or went, is a different decision.
-			if p.Old == nil || op.done(3) {
+			if p.Old == nil || op.done(p.StopStep()) {
 				return nil, nil
 			}
 			c, err := ops.Changed(ctx, s.EC2, "the old Services box", p.Old.InstanceID, p.Old.State)
@@ -139,6 +142,9 @@ func snapshotApproval(p ops.RestorePlan) approvals.Plan {
 	if p.Why != "" {
 		ap.Changes = append(ap.Changes, "rebuild: "+p.Why)
 	}
+	if l := p.CompletingLine(); l != "" {
+		ap.Changes = append(ap.Changes, l+"; the image is registered once they complete, after the stop")
+	}
 	if p.Old != nil {
 		ap.Changes = append(ap.Changes,
 			fmt.Sprintf("turn off DeleteOnTermination on every volume of `%s` and tag them, then stop it (forced after `restore.stop_timeout`)", p.Old.InstanceID),
@@ -182,6 +188,9 @@ func snapshotApproval(p ops.RestorePlan) approvals.Plan {
 		ap.Undo = append(ap.Undo, p.RTO.Line(pathRebuild.what))
 	}
 	ap.Undo = append(ap.Undo, fmt.Sprintf("the new box has the data of %s UTC (%s old): builds and settings since then are not in it", p.SourceTime.UTC().Format("2006-01-02 15:04"), chat.Age(time.Since(p.SourceTime))))
+	if p.Newer != "" {
+		ap.Undo = append(ap.Undo, p.Newer)
+	}
 	return ap
 }
 
@@ -276,4 +285,52 @@ func nonEmpty(s ...string) []string {
 		}
 	}
 	return out
+}
+
+// completing adds to a plan whose restore point is still completing the
+// time its snapshots still need (the box keeps serving meanwhile, but the
+// app starts that much later) and the stop time the restore overlaps with
+// their tail: the median of the stops this account's restores measured,
+// else the timing model's.
+func completing(ctx context.Context, j journal.Store, p *ops.RestorePlan, def time.Duration) {
+	if p.Completing == nil {
+		return
+	}
+	p.StopLead = measuredStop(ctx, j, cmp.Or(def, ops.DefaultStopLead))
+	// The stop begins StopLead before the snapshots complete and is
+	// already in the path's own prediction: only the wait before it adds.
+	wait := max(0, p.SourceETA-p.StopLead)
+	p.RTO.Predicted += wait
+	for i := range p.RTO.Parts {
+		if d, ok := ops.StepTimes[ops.PathInPlace][p.RTO.Parts[i].Steps[0]]; ok && d.PlanTimed {
+			p.RTO.Parts[i].Took, p.RTO.Parts[i].Plan, p.RTO.Parts[i].Default = wait, true, false
+		}
+	}
+}
+
+// The names a restore's stop step has had.
+var stopSteps = []string{"Stop the Services box", "Stop the old instance"}
+
+func measuredStop(ctx context.Context, j journal.Store, def time.Duration) time.Duration {
+	var took []time.Duration
+	if j.KV != nil {
+		if all, err := j.All(ctx); err == nil {
+			for i := len(all) - 1; i >= 0 && len(took) < rtoSamples; i-- {
+				op := all[i]
+				if op.Kind != KindRestoreEBS || op.State != journal.Done {
+					continue
+				}
+				for _, st := range op.Steps {
+					if slices.Contains(stopSteps, st.Name) && st.State == journal.StepDone && !st.Started.IsZero() && st.Finished.After(st.Started) {
+						took = append(took, st.Finished.Sub(st.Started))
+					}
+				}
+			}
+		}
+	}
+	if len(took) == 0 {
+		return def
+	}
+	slices.Sort(took)
+	return took[len(took)/2].Round(time.Second)
 }

@@ -35,13 +35,16 @@ func inPlaceApproval(p ops.RestorePlan) approvals.Plan {
 		}
 	}
 	id := p.Old.InstanceID
-	ap.Changes = []string{
-		"in place: " + p.Why,
+	ap.Changes = []string{"in place: " + p.Why}
+	if l := p.CompletingLine(); l != "" {
+		ap.Changes = append(ap.Changes, l)
+	}
+	ap.Changes = append(ap.Changes,
 		fmt.Sprintf("create volumes in %s from restore point `%s` (%s UTC): %s", p.InPlace.AZ, p.Source, p.SourceTime.UTC().Format("2006-01-02 15:04"), strings.Join(vols, ", ")),
 		fmt.Sprintf("turn off DeleteOnTermination on every volume of `%s` and tag them, then stop it (forced after `restore.stop_timeout`)", id),
 		fmt.Sprintf("detach its volumes %s and attach the new ones at the same devices, root included", strings.Join(old, ", ")),
 		fmt.Sprintf("start `%s` (now %s) on them", id, p.Old.State),
-	}
+	)
 	if p.AppStart != "" {
 		ap.Changes = append(ap.Changes, "start the app through SSM as soon as its agent answers: `"+p.AppStart+"`")
 	}
@@ -54,6 +57,9 @@ func inPlaceApproval(p ops.RestorePlan) approvals.Plan {
 		ap.Undo = append(ap.Undo, p.RTO.Line(pathInPlace.what))
 	}
 	ap.Undo = append(ap.Undo, fmt.Sprintf("the box has the data of %s UTC (%s old): builds and settings since then are not in it (the old volumes still have them)", p.SourceTime.UTC().Format("2006-01-02 15:04"), chat.Age(time.Since(p.SourceTime))))
+	if p.Newer != "" {
+		ap.Undo = append(ap.Undo, p.Newer)
+	}
 	return ap
 }
 

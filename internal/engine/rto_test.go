@@ -151,14 +151,14 @@ func TestPredictRTOPerStepMedians(t *testing.T) {
 // plan's own to predict: history adds nothing for it.
 func TestPredictRTOTakesThePlansSteps(t *testing.T) {
 	j := rtoJournal(t)
-	steps := append([]string{"Wait for the restore point", "Warm the volumes"}, ops.RestoreStepNames(ops.MethodInPlace)...)
+	steps := append([]string{"Follow the restore point's snapshots", "Warm the volumes"}, ops.RestoreStepNames(ops.MethodInPlace)...)
 	r := predictRTO(t.Context(), j, pathInPlace, steps, stepDefaults(pathInPlace, false))
 	if r.Predicted != 140*time.Second || len(r.Parts) != 9 || r.Parts[0].Took != 0 || r.Parts[1].Took != 0 {
 		t.Fatalf("%+v", r)
 	}
 	// Once an operation measured it, a new step counts; the restore
 	// point's wait does not.
-	addOp(t, j, "op-1", KindRestoreEBS, rtoT0, journal.Done, nil, append([]timed{{"Wait for the restore point", time.Hour}, {"Warm the volumes", 5 * time.Minute}}, inPlaceRun(time.Minute, 0, 0, 0)...)...)
+	addOp(t, j, "op-1", KindRestoreEBS, rtoT0, journal.Done, nil, append([]timed{{"Follow the restore point's snapshots", time.Hour}, {"Warm the volumes", 5 * time.Minute}}, inPlaceRun(time.Minute, 0, 0, 0)...)...)
 	r = predictRTO(t.Context(), j, pathInPlace, steps, stepDefaults(pathInPlace, false))
 	if r.Parts[0].Took != 0 || len(r.Parts[0].Ops) != 0 {
 		t.Errorf("the restore point's wait from history: %+v", r.Parts[0])

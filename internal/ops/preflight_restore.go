@@ -37,10 +37,17 @@ func (r *SnapshotRestore) Preflight(ctx context.Context, plan RestorePlan) Prefl
 	for _, s := range plan.Snapshots {
 		snaps = append(snaps, s.ID)
 	}
-	reg := restoreImageInput(plan, "circleci-restore-"+preflightOpID, preflightOpID)
-	reg.DryRun = aws.Bool(true)
-	_, err := r.EC2.RegisterImage(ctx, reg)
-	pf.dryRun("ec2:RegisterImage", strings.Join(snaps, ", "), err)
+	var err error
+	if plan.Completing != nil {
+		// As CreateVolume: AWS registers images of completed snapshots
+		// only.
+		pf.skipped("ec2:RegisterImage", strings.Join(snaps, ", "), "checked when the snapshots complete (AWS registers images of completed snapshots only)")
+	} else {
+		reg := restoreImageInput(plan, "circleci-restore-"+preflightOpID, preflightOpID)
+		reg.DryRun = aws.Bool(true)
+		_, err = r.EC2.RegisterImage(ctx, reg)
+		pf.dryRun("ec2:RegisterImage", strings.Join(snaps, ", "), err)
+	}
 	if old := plan.Old; old != nil {
 		id := old.InstanceID
 		var vols []string
@@ -80,6 +87,10 @@ func (r *SnapshotRestore) Preflight(ctx context.Context, plan RestorePlan) Prefl
 	switch {
 	case err != nil:
 		pf.refused("ec2:DescribeImages", "an earlier restore image", reasonOf(err))
+	case image == "" && plan.Completing != nil:
+		// The image needs the completed snapshots, which come after the
+		// stop here (it overlaps their tail).
+		pf.skipped("ec2:RunInstances", strings.Join(types, ", "), "tried with this restore's image once it is registered, after the snapshots complete (the old box is stopped by then, not yet terminated)")
 	case image == "":
 		pf.skipped("ec2:RunInstances", strings.Join(types, ", "), "tried with this restore's image once it is registered, before the old box is touched")
 	default:
@@ -181,6 +192,9 @@ func (r *SnapshotRestore) checkLaunch(ctx context.Context, plan RestorePlan, opI
 	var pf Preflight
 	r.launchPreflight(ctx, &pf, plan, opID, image, "")
 	if err := pf.Err(); err != nil {
+		if plan.Completing != nil {
+			return fmt.Errorf("the new box could not be launched (%w); %s: fix that, then `resume`", err, oldBoxNow(plan))
+		}
 		return fmt.Errorf("the new box could not be launched, so the old one was not touched (%w); fix that, then `resume`", err)
 	}
 	return nil

@@ -70,6 +70,18 @@ type RestorePlan struct {
 	// RTO is the predicted time to the app starting (not a fact: history
 	// changes it, not what the restore does).
 	RTO RTO `json:"rto,omitzero"`
+	// Completing is set when the restore point's snapshots are still
+	// pending (restore_pending.go); SourceETA is the time they still need
+	// as estimated from their progress (0: unknown), which the engine adds
+	// to the predicted RTO; StopLead is how long a stop is expected to
+	// take (0: DefaultStopLead). None is a fact: they change by the
+	// minute, not what the restore does.
+	Completing *Completing   `json:"completing,omitempty"`
+	SourceETA  time.Duration `json:"source_eta,omitempty"`
+	StopLead   time.Duration `json:"stop_lead,omitempty"`
+	// Newer names a newer restore point still completing, when `restore
+	// latest` picked an older completed one ("" if none).
+	Newer string `json:"newer,omitempty"`
 }
 
 // IsInPlace says whether the plan restores onto the same instance.
@@ -253,6 +265,11 @@ type SnapshotRestore struct {
 	// ReadBack bounds each read-back after a change (default 2 min):
 	// EC2's reads lag its writes.
 	ReadBack time.Duration
+	// StopLead is the stop time assumed until this account's restores
+	// have measured their own (0: DefaultStopLead); a restore from a
+	// source still completing stops the box once the snapshots need no
+	// more than this (restore_pending.go).
+	StopLead time.Duration
 }
 
 // Plan resolves snapshotID ("" = the newest completed EBS restore point)
@@ -289,6 +306,8 @@ func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string, rebuild b
 	}
 	var members []ec2types.Snapshot
 	var rec *Backup
+	named := snapshotID != ""
+	newer := ""
 	if snapshotID == "" {
 		pts, err := RestorePoints(ctx, r.EC2, recs)
 		if err != nil {
@@ -304,7 +323,26 @@ func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string, rebuild b
 		if newest == nil {
 			return RestorePlan{}, nil, refusef("there is no completed EBS restore point to restore from (`backup list` shows them).")
 		}
+		for _, p := range pts {
+			// A newer one still completing: `latest` does not wait for
+			// it, and the plan says how to name it. (AWS keeps start
+			// times to the second, the bot's records finer: one begun in
+			// the same second is not older.)
+			if p.Method == MethodEBS && p.MadeByBot && p.State == StateRunning && p.PrunedBy == "" && p.ID != newest.ID && !p.Started.Before(newest.Started.Truncate(time.Second)) {
+				newer = fmt.Sprintf("a newer restore point, `%s` (%s UTC), is still completing (%.0f%%): `restore %s` restores from it instead, with less data lost; the box keeps serving until it is nearly complete", p.ID, p.Started.UTC().Format("2006-01-02 15:04"), p.Pct, p.ID)
+				break
+			}
+		}
 		snapshotID = newest.Snapshots[0]
+	}
+	if strings.HasPrefix(snapshotID, "bk-") {
+		// The bot's restore point by its ID: one of its snapshots stands
+		// for it (the set is found by its tag below).
+		first, err := r.firstOf(ctx, snapshotID)
+		if err != nil {
+			return RestorePlan{}, nil, err
+		}
+		snapshotID = first
 	}
 	out, err := r.EC2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: []string{snapshotID}})
 	if err = translate(err); errors.Is(err, ErrNotFound) || errors.Is(err, ErrMalformedID) || (err == nil && len(out.Snapshots) == 0) {
@@ -314,7 +352,7 @@ func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string, rebuild b
 		return RestorePlan{}, nil, fmt.Errorf("look up snapshot %s: %w", snapshotID, err)
 	}
 	snap := out.Snapshots[0]
-	plan := RestorePlan{Region: r.Region, NameTag: r.NameTag, Fallbacks: r.Fallbacks, AppStart: r.AppStart}
+	plan := RestorePlan{Region: r.Region, NameTag: r.NameTag, Fallbacks: r.Fallbacks, AppStart: r.AppStart, Newer: newer}
 	if r.SSM == nil {
 		plan.AppStart = ""
 	}
@@ -356,12 +394,19 @@ func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string, rebuild b
 			snapshotID, what, aws.ToString(snap.Description), BackupDescriptionPrefix)
 	}
 	// Every member must be complete: an image of a partial set boots a
-	// box with missing datastores.
+	// box with missing datastores. A restore point the bot made that is
+	// still completing may be named: the restore follows it and makes
+	// the volumes or the image once it completes (restore_pending.go).
+	var pending []ec2types.Snapshot
 	for _, m := range members {
-		if m.State != ec2types.SnapshotStateCompleted {
+		if m.State == ec2types.SnapshotStatePending && plan.MadeByBot && named {
+			pending = append(pending, m)
+		} else if m.State != ec2types.SnapshotStateCompleted {
 			extra := ""
 			if m.State == ec2types.SnapshotStateError {
 				extra = " It cannot be restored; pick another restore point."
+			} else if m.State == ec2types.SnapshotStatePending && plan.MadeByBot {
+				extra = " `restore latest` takes only completed restore points: name it (`restore " + plan.Source + "`) to restore from it as it completes, or pick an older one."
 			} else if m.State == ec2types.SnapshotStatePending {
 				extra = " Wait for it (`backup status " + aws.ToString(m.SnapshotId) + "`) or pick an older restore point."
 			}
@@ -369,6 +414,13 @@ func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string, rebuild b
 		}
 		if t := aws.ToTime(m.StartTime); plan.SourceTime.IsZero() || t.Before(plan.SourceTime) {
 			plan.SourceTime = t
+		}
+	}
+	if len(pending) > 0 {
+		least, eta, ok, ids, _ := sourceProgress(members, time.Now())
+		plan.Completing = &Completing{Progress: least, Pending: ids}
+		if ok {
+			plan.SourceETA = max(eta, time.Second)
 		}
 	}
 	// The launch shape: as recorded with the backup, else the live box's.
@@ -478,6 +530,23 @@ func (r *SnapshotRestore) describeSet(ctx context.Context, f ec2types.Filter) ([
 	return out, nil
 }
 
+// firstOf is the first snapshot (by ID) of the bot's restore point id.
+func (r *SnapshotRestore) firstOf(ctx context.Context, id string) (string, error) {
+	out, err := r.EC2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{OwnerIds: []string{"self"}, Filters: []ec2types.Filter{{Name: aws.String("tag:" + TagBackupID), Values: []string{id}}}})
+	if err != nil {
+		return "", fmt.Errorf("look up restore point %s: %w", id, translate(err))
+	}
+	var ids []string
+	for _, s := range out.Snapshots {
+		ids = append(ids, aws.ToString(s.SnapshotId))
+	}
+	if len(ids) == 0 {
+		return "", refusef("restore point `%s` has no snapshots in %s (it is a tarball backup, or its snapshots were deleted). `backup list` shows the restore points.", id, r.Region)
+	}
+	slices.Sort(ids)
+	return ids[0], nil
+}
+
 func (r *SnapshotRestore) volumeOwner(ctx context.Context, volumeID string) string {
 	out, err := r.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{volumeID}})
 	if err != nil || len(out.Volumes) == 0 || len(out.Volumes[0].Attachments) == 0 {
@@ -496,6 +565,14 @@ func (r *SnapshotRestore) volumeOwner(ctx context.Context, volumeID string) stri
 // (the first image of a large set), and the old box keeps serving
 // meanwhile; a failed image leaves production untouched.
 func (r *SnapshotRestore) Steps(plan RestorePlan) []journal.Def {
+	if plan.Completing != nil {
+		return r.pendingSteps(plan, r.completedSteps(plan))
+	}
+	return r.completedSteps(plan)
+}
+
+// completedSteps are the steps of a restore whose source is completed.
+func (r *SnapshotRestore) completedSteps(plan RestorePlan) []journal.Def {
 	if plan.IsInPlace() {
 		return r.inPlaceSteps(plan)
 	}
@@ -631,6 +708,9 @@ func (r *SnapshotRestore) checkSource(ctx context.Context, plan RestorePlan) (st
 		return "", fmt.Errorf("%d of the %d snapshots of %s are gone", len(ids)-len(out.Snapshots), len(ids), plan.Source)
 	}
 	for _, s := range out.Snapshots {
+		if s.State == ec2types.SnapshotStatePending && plan.Completing != nil {
+			continue // followed, then waited for
+		}
 		if s.State != ec2types.SnapshotStateCompleted {
 			return "", fmt.Errorf("snapshot %s is %s", aws.ToString(s.SnapshotId), s.State)
 		}
@@ -761,6 +841,9 @@ func (r *SnapshotRestore) fencing(p journal.Progress) fence {
 // set and waits until it is available. A failed image is left as it is
 // (named, tagged) and a new one is registered on the next run.
 func (r *SnapshotRestore) image(ctx context.Context, op *Work[RestoreResult], plan RestorePlan, p journal.Progress) (string, error) {
+	if err := r.waitSource(ctx, plan, p); err != nil {
+		return "", err
+	}
 	start := time.Now()
 	id, attempts, err := r.findImage(ctx, op.ID)
 	if err != nil {
@@ -801,7 +884,7 @@ func (r *SnapshotRestore) image(ctx context.Context, op *Work[RestoreResult], pl
 					why = ": " + aws.ToString(img.StateReason.Message)
 				}
 				op.Result.ImageID = "" // a resume registers a new one
-				return false, fmt.Errorf("image %s is %s%s; the old box was not touched, and `resume` registers a new image", id, img.State, why)
+				return false, fmt.Errorf("image %s is %s%s; %s, and `resume` registers a new image", id, img.State, why, oldBoxNow(plan))
 			}
 		}
 		if time.Now().After(nextNote) {
@@ -813,7 +896,7 @@ func (r *SnapshotRestore) image(ctx context.Context, op *Work[RestoreResult], pl
 	var to *waitTimeout
 	switch {
 	case errors.As(err, &to):
-		return "", fmt.Errorf("image %s is still pending after %s (restore.image_timeout); the old box was not touched, the image is kept, and `resume` waits for it again", id, timeout)
+		return "", fmt.Errorf("image %s is still pending after %s (restore.image_timeout); %s, the image is kept, and `resume` waits for it again", id, timeout, oldBoxNow(plan))
 	case err != nil:
 		return "", err
 	}

@@ -244,6 +244,13 @@ func (r *SnapshotRestore) inPlacePreflight(ctx context.Context, plan RestorePlan
 	var pf Preflight
 	id := plan.Old.InstanceID
 	for _, v := range plan.InPlace.Volumes {
+		if plan.Completing != nil {
+			// AWS makes volumes only from completed snapshots: a dry run
+			// now would be refused for the snapshot's state, not for
+			// anything the restore could change.
+			pf.skipped("ec2:CreateVolume", v.Device+" from "+v.SnapshotID, "checked when the snapshots complete (AWS makes volumes from completed snapshots only)")
+			continue
+		}
 		in := createVolumeInput(plan, v, preflightOpID)
 		in.DryRun, in.ClientToken = aws.Bool(true), nil
 		_, err := r.EC2.CreateVolume(ctx, in)
@@ -287,6 +294,9 @@ func (r *SnapshotRestore) inPlacePreflight(ctx context.Context, plan RestorePlan
 // carries a client token, and an answer lost on the way back is followed
 // by a look for the volume before anything is created again.
 func (r *SnapshotRestore) createVolumes(ctx context.Context, op *Work[RestoreResult], plan RestorePlan, p journal.Progress) (string, error) {
+	if err := r.waitSource(ctx, plan, p); err != nil {
+		return "", err
+	}
 	have, err := r.restoreVolumes(ctx, op.ID)
 	if err != nil {
 		return "", err

@@ -33,6 +33,9 @@ type RTOPart struct {
 	Ops     []string      `json:"ops,omitempty"`
 	Drills  []string      `json:"drills,omitempty"`
 	Default bool          `json:"default,omitempty"`
+	// Plan: the plan's own estimate (a restore point still completing:
+	// its snapshots' time left, from their progress so far).
+	Plan bool `json:"plan,omitempty"`
 }
 
 func (p RTOPart) measured() bool { return len(p.Ops)+len(p.Drills) > 0 }
@@ -78,12 +81,12 @@ var waitForPoint = StepTime{Label: "restore point", PlanTimed: true}
 // version's) has no default and adds nothing until measured.
 var StepTimes = map[string]map[string]StepTime{
 	PathRebuild: {
-		"Wait for the restore point":         waitForPoint,
-		"Check the restore point":            st("check", 0, ""),
-		"Make an image of the restore point": st("image", 30*time.Second, "image"),
-		"Protect the old volumes":            st("protect", 0, ""),
-		"Stop the old instance":              st("stop", 60*time.Second, "stop"),
-		"Free the private IP":                st("free the IP", 60*time.Second, "terminate+ip_release"),
+		"Follow the restore point's snapshots": waitForPoint,
+		"Check the restore point":              st("check", 0, ""),
+		"Make an image of the restore point":   st("image", 30*time.Second, "image"),
+		"Protect the old volumes":              st("protect", 0, ""),
+		"Stop the old instance":                st("stop", 60*time.Second, "stop"),
+		"Free the private IP":                  st("free the IP", 60*time.Second, "terminate+ip_release"),
 		// RunInstances returns at once; the next step waits for running.
 		"Launch the new Services box":             st("launch", 0, ""),
 		"Wait for running and status checks":      st("status checks", 140*time.Second, "launch+status_checks"),
@@ -92,8 +95,8 @@ var StepTimes = map[string]map[string]StepTime{
 		"Start the app": st("app start", 0, ""),
 	},
 	PathInPlace: {
-		"Wait for the restore point": waitForPoint,
-		"Check the restore point":    st("check", 0, ""),
+		"Follow the restore point's snapshots": waitForPoint,
+		"Check the restore point":              st("check", 0, ""),
 		// CreateVolume only: the volumes become available while the box
 		// stops (volume_create < stop), and the swap waits for them.
 		"Create the new volumes":  st("volumes", 0, ""),
@@ -179,8 +182,12 @@ func (r RTO) Sources(what string) string {
 	if len(r.Parts) == 0 && len(r.From) > 0 { // a plan journaled before per-step predictions
 		return fmt.Sprintf("about %s, the median of the last %d %s on this account (%s)", Span(r.Predicted), len(r.From), plural(len(r.From), what), strings.Join(r.From, ", "))
 	}
+	wait := ""
+	if i := slices.IndexFunc(r.Parts, func(p RTOPart) bool { return p.Plan && p.Took > 0 }); i >= 0 {
+		wait = fmt.Sprintf(" (of which about %s waiting for the %s to complete, from its progress so far)", Span(r.Parts[i].Took), r.Parts[i].Label)
+	}
 	if !r.Measured() {
-		return fmt.Sprintf("%s — the AWS timing model's default (bench/rto), as no %s has been measured on this account yet", About(r.Predicted), what)
+		return fmt.Sprintf("%s%s — the AWS timing model's default (bench/rto) for the rest, as no %s has been measured on this account yet", About(r.Predicted), wait, what)
 	}
 	// One phrase per set of sources, in the order the steps come.
 	type group struct {
@@ -191,6 +198,8 @@ func (r RTO) Sources(what string) string {
 	var rest, unknown []string
 	for _, p := range r.Parts {
 		switch {
+		case p.Plan:
+			// Said apart (wait).
 		case p.Took < quickStep && p.Default:
 			// API calls only: naming them would bury the waits.
 		case p.measured():
@@ -234,7 +243,7 @@ func (r RTO) Sources(what string) string {
 	if len(unknown) > 0 {
 		phrases = append(phrases, "nothing for "+and(unknown)+" (neither measured nor modelled)")
 	}
-	return About(r.Predicted) + ": " + strings.Join(phrases, "; ")
+	return About(r.Predicted) + wait + ": " + strings.Join(phrases, "; ")
 }
 
 // count is "3 in-place restores", or "in-place restore" for one (after

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // patchedLauncher is moto_server with EBS snapshots that stay pending and a
@@ -238,4 +239,13 @@ func (s *Server) control(ctx context.Context, method, path string, in, out any) 
 		}
 	}
 	return nil
+}
+
+// SetSnapshotProgress holds an EBS snapshot pending at progress (such as
+// "40%") with its StartTime startedAgo in the past: a rate of progress a
+// caller estimates the time still needed from, without the test waiting
+// for that time. It needs a server started WithPatchedSnapshots.
+func (s *Server) SetSnapshotProgress(ctx context.Context, snapshotID, progress string, startedAgo time.Duration) error {
+	body := map[string]any{"snapshot_id": snapshotID, "state": SnapshotPending, "progress": progress, "started_ago": startedAgo.Seconds()}
+	return s.control(ctx, http.MethodPost, "/_circlebot/snapshots", body, nil)
 }

@@ -379,3 +379,24 @@ func TestPatchedRunInstancesDryRunValidates(t *testing.T) {
 		t.Fatalf("dry runs launched %d reservations", len(out.Reservations))
 	}
 }
+
+// SetSnapshotProgress holds a snapshot pending at a progress with its
+// StartTime in the past: a rate to estimate the time still needed from.
+func TestPatchedSnapshotProgressWithAStartInThePast(t *testing.T) {
+	t.Parallel()
+	s, c := patchedServer(t)
+	ctx := ctxT(t)
+	created, err := c.CreateSnapshot(ctx, &ec2.CreateSnapshotInput{VolumeId: aws.String(createVolume(t, c))})
+	if err != nil {
+		t.Fatalf("CreateSnapshot: %v", err)
+	}
+	id := aws.ToString(created.SnapshotId)
+	if err := s.SetSnapshotProgress(ctx, id, "40%", 10*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	got := describeSnapshot(t, c, id)
+	wantSnapshot(t, got, types.SnapshotStatePending, "40%")
+	if ago := time.Since(aws.ToTime(got.StartTime)); ago < 9*time.Minute || ago > 11*time.Minute {
+		t.Errorf("StartTime %s ago, want about 10m", ago)
+	}
+}

@@ -24,7 +24,7 @@ func codeOf(err error) string {
 // only the snapshot and makes every volume gp2 without IOPS or throughput).
 func TestLauncherKeepsBlockDeviceSettings(t *testing.T) {
 	t.Parallel()
-	_, c := patchedServer(t)
+	srv, c := patchedServer(t)
 	ctx := ctxT(t)
 	const key = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555"
 	amis, err := c.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"amazon"}})
@@ -92,6 +92,18 @@ func TestLauncherKeepsBlockDeviceSettings(t *testing.T) {
 			return "", err
 		}
 		return aws.ToString(out.ImageId), nil
+	}
+	// AWS makes images and volumes of completed snapshots only.
+	if _, err := register("pending-image", nil); codeOf(err) != "IncorrectState" {
+		t.Errorf("an image of pending snapshots: %v, want IncorrectState", err)
+	}
+	if _, err := c.CreateVolume(ctx, &ec2.CreateVolumeInput{AvailabilityZone: run.Instances[0].Placement.AvailabilityZone, SnapshotId: aws.String(snapOf["/dev/sda1"])}); codeOf(err) != "IncorrectState" {
+		t.Errorf("a volume of a pending snapshot: %v, want IncorrectState", err)
+	}
+	for _, s := range snaps.Snapshots {
+		if err := srv.SetSnapshotState(ctx, aws.ToString(s.SnapshotId), SnapshotCompleted, ""); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, tc := range []struct {
 		name, code string

@@ -108,6 +108,12 @@ def _create_volume(self, size, zone_name, snapshot_id=None, encrypted=False, kms
         )
     if snapshot_id:
         snapshot = self.get_snapshot(snapshot_id)
+        if getattr(snapshot, "status", "completed") != "completed":
+            # AWS makes volumes from completed snapshots only.
+            raise EC2ClientError(
+                "IncorrectState",
+                f"Snapshot '{snapshot_id}' is not in a valid state for this operation: {snapshot.status}",
+            )
         if snapshot.encrypted:
             # A volume from an encrypted snapshot stays encrypted, under the
             # snapshot's key unless the call names another.
@@ -160,6 +166,17 @@ def _register_image(self):
             )
         if ebs:
             _check_performance(device, ebs.get("VolumeType"), _int(ebs.get("Iops")), _int(ebs.get("Throughput")))
+    for m in mappings:
+        ebs = m.get("Ebs") or {}
+        if ebs.get("SnapshotId") and not self._get_param("DryRun"):
+            # The parameters first, then the state: AWS registers images of
+            # completed snapshots only.
+            snapshot = self.ec2_backend.get_snapshot(ebs["SnapshotId"])
+            if getattr(snapshot, "status", "completed") != "completed":
+                raise EC2ClientError(
+                    "IncorrectState",
+                    f"Snapshot '{ebs['SnapshotId']}' is not in a valid state for this operation: {snapshot.status}",
+                )
     boot_mode = self._get_param("BootMode")
     tpm = self._get_param("TpmSupport")
     if tpm and boot_mode != "uefi":

@@ -74,6 +74,9 @@ Control API on the same HTTP server (paths moto does not use):
        {"snapshot_id": "snap-...", "state": "completed|pending|error",
         "progress": "45%"}              progress optional: completed -> 100%,
                                          otherwise the current value is kept
+        "started_ago": 120}             optional: StartTime that many seconds
+                                         ago (a rate of progress to estimate
+                                         from without waiting for it)
   POST /_circlebot/snapshots/auto
        {"complete_after_describes": N}  every pending snapshot becomes
                                          completed/100% once N DescribeSnapshots
@@ -99,6 +102,7 @@ Every /_circlebot/ answer carries the header X-Circlebot-Launcher:
 moto_patched so a client can tell it is not talking to plain moto.
 """
 
+import datetime
 import json
 import sys
 import threading
@@ -106,6 +110,7 @@ import threading
 from werkzeug.wrappers import Request, Response
 
 import moto.server as moto_server_module
+from moto.core.utils import utcnow as _utcnow
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import amis as ami_models
 from moto.ec2.models import instances as instance_models
@@ -814,12 +819,17 @@ def _control(request):
             raise _BadRequest(f"state must be one of {', '.join(STATES)}, got {state!r}")
         if progress is not None and not isinstance(progress, str):
             raise _BadRequest("progress must be a string such as '45%'")
+        ago = body.get("started_ago")
+        if ago is not None and (not isinstance(ago, (int, float)) or ago < 0):
+            raise _BadRequest("started_ago must be a number of seconds >= 0")
         with _lock:
             found = [s for _, _, s in _all_snapshots() if s.id == snapshot_id]
             if not found:
                 return _json(404, {"error": f"snapshot {snapshot_id} not found"})
             for s in found:
                 _set_state(s, state, progress)
+                if ago is not None:
+                    s.start_time = _utcnow() - datetime.timedelta(seconds=ago)
             return _json(
                 200,
                 {"snapshot_id": snapshot_id, "state": found[0].status, "progress": found[0].progress},
