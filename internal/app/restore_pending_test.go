@@ -294,3 +294,77 @@ func TestRestoreFromABackupStillCompletingResumesTheFollowAfterACrash(t *testing
 		t.Errorf("%d volumes created, want one set of %d", n, len(ids))
 	}
 }
+
+// `backup now`, then a restore of that very backup while it still
+// follows its snapshots: the backup has freed the Services box once its
+// snapshots were requested and tagged, so the restore is offered, not
+// refused as busy; a second backup is still refused while the first
+// runs (one backup at a time). Both end: the backup a restore point, the
+// restore done in place from it.
+func TestRestoreOfABackupNowStillRunning(t *testing.T) {
+	t.Parallel()
+	r := newRestoreEnv(t, nil)
+	ctx := t.Context()
+	if err := r.moto.AutoCompleteSnapshots(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	// A failing test still ends: the backup's handler finishes once its
+	// snapshots complete (cleanups run last first: before the server's).
+	t.Cleanup(func() { _ = r.moto.AutoCompleteSnapshots(context.Background(), 1) })
+	r.slash(alice, incident, "backup now")
+	var bk string
+	deadline := time.Now().Add(60 * time.Second)
+	for bk == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("the backup did not reach its wait for the snapshots")
+		}
+		all, err := r.app.Journal.All(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range all {
+			if op.Kind == "backup-ebs" && op.ID != r.backup.ID && stepState(op, ops.EBSSteps[3]) == journal.StepRunning {
+				bk = op.ID
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if ans := r.answer(r.slash(alice, incident, "backup now")); !strings.Contains(ans, bk) {
+		t.Errorf("a second backup while %s runs: %s", bk, ans)
+	}
+	// (Not r.request: it waits for every handler, and the backup's is
+	// still following its snapshots.)
+	r.slash(alice, incident, "restore "+bk)
+	c := r.waitPost(incident, "the restore's request", func(s string) bool {
+		return strings.Contains(s, "Approval needed") && strings.Contains(s, "restore point `"+bk+"` is still completing")
+	})
+	req := reqIDRE.FindStringSubmatch(r.slack.Text(c))[1]
+	r.click(bob, "approve "+req, "bknow.1")
+	r.waitText("the follow", "Restore point `"+bk+"`")
+	op, err := r.app.Journal.ByRequest(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stop the box for the tail, then let the snapshots complete.
+	var ids []string
+	for _, s := range r.snapshotsOf(bk) {
+		ids = append(ids, aws.ToString(s.SnapshotId))
+	}
+	r.progress(ids, "99%", 10*time.Minute)
+	for _, id := range ids {
+		if err := r.moto.SetSnapshotState(ctx, id, motoserver.SnapshotCompleted, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.waitText("summary", "Restored `"+bk+"` in place onto `"+r.inst.ServicesBox.ID+"`")
+	r.waitText("the backup's summary", bk, "restore point")
+	r.server.Wait()
+	done, err := r.app.Journal.Get(ctx, op.ID)
+	if err != nil || done.State != journal.Done {
+		t.Fatalf("restore %s: %v %v", op.ID, done, err)
+	}
+	rec, err := r.app.Backups.Records.Backup(ctx, bk)
+	if err != nil || rec.State != ops.StateCompleted {
+		t.Fatalf("backup %s: %+v %v", bk, rec, err)
+	}
+}

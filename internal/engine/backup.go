@@ -124,7 +124,12 @@ func BackupEBS(s Setup, b Backups) Kind[BackupPlan, ops.BackupWork] {
 		Approval: backupApproval,
 		Title:    func(BackupPlan) string { return title + " (`" + s.NameTag + "`)" },
 		Target:   s.box,
-		NewID:    ops.NewBackupID,
+		Also:     func(BackupPlan) []string { return []string{BackupsLock(s.NameTag)} },
+		// Once every snapshot is requested and tagged, the backup only
+		// follows them: the box is free for a restore (of this very
+		// backup, which follows them too) or a failover.
+		FreeAfter: ops.EBSSteps[2],
+		NewID:     ops.NewBackupID,
 		Steps: func(_ BackupPlan, env Env) []journal.Def {
 			return b.EBS.Steps(ops.BackupRequest{Trigger: trigger(env), Requester: env.Requester, Channel: env.Channel, Reason: env.Reason})
 		},
@@ -178,6 +183,7 @@ func BackupTarball(s Setup, b Backups) Kind[BackupPlan, ops.BackupWork] {
 		Approval: backupApproval,
 		Title:    func(BackupPlan) string { return title + " (`" + s.NameTag + "`)" },
 		Target:   s.box,
+		Also:     func(BackupPlan) []string { return []string{BackupsLock(s.NameTag)} },
 		NewID:    ops.NewBackupID,
 		Steps: func(_ BackupPlan, env Env) []journal.Def {
 			return b.Tarball.Steps(ops.BackupRequest{Trigger: trigger(env), Requester: env.Requester, Channel: env.Channel, Reason: env.Reason})

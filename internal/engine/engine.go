@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -437,6 +438,21 @@ func (e *Engine) run(ctx context.Context, id string, out Out, note string) error
 		return err
 	}
 	defs := b.steps(e.env(op, out))
+	if i := slices.IndexFunc(defs, func(d journal.Def) bool { return d.Name == k.freeAfter() }); i >= 0 && i+1 < len(defs) {
+		// Freed as the next step begins, once the journal holds the
+		// free step done: whoever takes the operation up later sees it
+		// past the step (pastFree) and does not take the targets again,
+		// and a lock a dead process left is freed here.
+		run := defs[i+1].Run
+		defs[i+1].Run = func(ctx context.Context, o *journal.Op, p journal.Progress) (string, error) {
+			uctx, cancel := settled(ctx)
+			defer cancel()
+			if err := e.Store.Unlock(uctx, o.Target, o.ID); err != nil {
+				e.Log.Error("free the target of an operation past its need", "op", o.ID, "lock", o.Target, "err", err)
+			}
+			return run(ctx, o, p)
+		}
+	}
 	st := progress.Start(ctx, out, progress.Options{OpID: op.ID, Title: op.Title, Requester: op.Requester, Steps: stepNames(op), Log: e.Log, MinInterval: e.MinInterval})
 	if note != "" {
 		st.Log(note)
@@ -564,6 +580,19 @@ func (e *Engine) stopUnrunnable(ctx context.Context, op *journal.Op, cause error
 	}); err != nil {
 		e.Log.Error("stop an operation this version cannot run", "op", op.ID, "err", err)
 	}
+}
+
+// pastFree says whether op has done its step named name.
+func pastFree(op *journal.Op, name string) bool {
+	if name == "" {
+		return false
+	}
+	for _, st := range op.Steps {
+		if st.Name == name {
+			return st.State == journal.StepDone
+		}
+	}
+	return false
 }
 
 // unlock frees every target of a finished or given-up operation.
@@ -796,9 +825,14 @@ func (e *Engine) resume(ctx context.Context, op *journal.Op, out Out, by string)
 	return "resumed " + op.ID, nil
 }
 
-// adopt makes this process the holder of the operation's targets.
+// adopt makes this process the holder of the operation's targets (only
+// the further ones once it is past its kind's FreeAfter step).
 func (e *Engine) adopt(ctx context.Context, op *journal.Op) error {
-	for _, k := range op.Targets() {
+	keys := op.Targets()
+	if kd, ok := e.Kinds.kinds[op.Kind]; ok && pastFree(op, kd.freeAfter()) {
+		keys = op.Also
+	}
+	for _, k := range keys {
 		what := op.Kind
 		if kd, ok := e.Kinds.kinds[op.Kind]; ok {
 			what = kd.what() // as a refusal names it ("EBS backup")

@@ -66,6 +66,13 @@ type Kind[P, R any] struct {
 	// LeftBehind names what a given-up operation made, for a person to
 	// keep or remove (nil: nothing).
 	LeftBehind func(p P, r R, op Record) []string
+	// FreeAfter names the step after which the operation no longer needs
+	// its Target: it is freed as the next step begins, and a resume or a
+	// recovery past it does not take it again; the Also keys stay held to
+	// the end ("": all held to the end). An EBS backup whose snapshots are
+	// requested only follows them: a restore of that very backup, which
+	// follows it too, may run then.
+	FreeAfter string
 	// Hold keeps the target locked while the operation is stopped part-way
 	// (a half-done restore must not race a backup); without it, a stop
 	// closes the operation: nothing it left needs a resume.
@@ -164,6 +171,7 @@ type kind interface {
 	boxLine() bool
 	validate() error
 	recovery() Recovery
+	freeAfter() string
 	newID(time.Time) string
 	legacy(ctx context.Context) ([]*journal.Op, error)
 }
@@ -206,6 +214,8 @@ func (k Kind[P, R]) ready() error {
 func (k Kind[P, R]) boxLine() bool { return k.BoxLine }
 
 func (k Kind[P, R]) recovery() Recovery { return k.Recover }
+
+func (k Kind[P, R]) freeAfter() string { return k.FreeAfter }
 
 func (k Kind[P, R]) newID(t time.Time) string {
 	if k.NewID == nil {

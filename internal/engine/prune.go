@@ -97,6 +97,7 @@ func Prune(s Setup, r Retention) Kind[PrunePlan, PruneResult] {
 		},
 		Title:  func(PrunePlan) string { return "Prune restore points past `backup.retention`" },
 		Target: s.box,
+		Also:   func(PrunePlan) []string { return []string{BackupsLock(s.NameTag)} },
 		Steps: func(p PrunePlan, _ Env) []journal.Def {
 			return []journal.Def{ops.Def("Delete snapshots", func(ctx context.Context, w *ops.Work[PruneResult], pr journal.Progress) (string, error) {
 				deleted, err := ops.Pruner{EC2: r.Prune, Op: w.ID, Mark: r.Mark}.Prune(ctx, p.Verdicts, logOnly{pr})

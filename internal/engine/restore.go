@@ -47,6 +47,12 @@ type Setup struct {
 
 func (s Setup) box() string { return BoxLock(s.NameTag) }
 
+// BackupsLock is held by backups and pruning from start to end: one at a
+// time, also while an EBS backup only follows its snapshots and has freed
+// the box (a second set would race the first to AWS's limit of pending
+// snapshots per volume, and a prune would judge a set still completing).
+func BackupsLock(nameTag string) string { return "backups/" + nameTag }
+
 func (s Setup) wait() time.Duration {
 	if s.RetryWait != nil && s.RetryWait() > 0 {
 		return s.RetryWait()
