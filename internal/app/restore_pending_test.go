@@ -10,6 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/chat"
 	"github.com/circlebot/circlebot/internal/journal"
 	"github.com/circlebot/circlebot/internal/ops"
@@ -339,6 +340,14 @@ func TestRestoreOfABackupNowStillRunning(t *testing.T) {
 		return strings.Contains(s, "Approval needed") && strings.Contains(s, "restore point `"+bk+"` is still completing")
 	})
 	req := reqIDRE.FindStringSubmatch(r.slack.Text(c))[1]
+	// Clicked once the request is recorded as posted (its full plan goes
+	// to the thread first), as a person's click comes.
+	for r.requestState(req) != approvals.Pending {
+		if time.Now().After(deadline.Add(time.Minute)) {
+			t.Fatalf("request %s is %s", req, r.requestState(req))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	r.click(bob, "approve "+req, "bknow.1")
 	r.waitText("the follow", "Restore point `"+bk+"`")
 	op, err := r.app.Journal.ByRequest(ctx, req)
