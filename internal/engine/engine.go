@@ -445,10 +445,12 @@ func (e *Engine) run(ctx context.Context, id string, out Out, note string) error
 		// and a lock a dead process left is freed here.
 		run := defs[i+1].Run
 		defs[i+1].Run = func(ctx context.Context, o *journal.Op, p journal.Progress) (string, error) {
-			uctx, cancel := settled(ctx)
-			defer cancel()
-			if err := e.Store.Unlock(uctx, o.Target, o.ID); err != nil {
-				e.Log.Error("free the target of an operation past its need", "op", o.ID, "lock", o.Target, "err", err)
+			if frees(o) {
+				uctx, cancel := settled(ctx)
+				defer cancel()
+				if err := e.Store.Unlock(uctx, o.Target, o.ID); err != nil {
+					e.Log.Error("free the target of an operation past its need", "op", o.ID, "lock", o.Target, "err", err)
+				}
 			}
 			return run(ctx, o, p)
 		}
@@ -581,6 +583,12 @@ func (e *Engine) stopUnrunnable(ctx context.Context, op *journal.Op, cause error
 		e.Log.Error("stop an operation this version cannot run", "op", op.ID, "err", err)
 	}
 }
+
+// frees says whether op may give its target up past its FreeAfter step:
+// only while it holds further keys that keep its own kind out (an
+// operation journaled by a version without them holds its target to the
+// end, as then).
+func frees(op *journal.Op) bool { return len(op.Also) > 0 }
 
 // pastFree says whether op has done its step named name.
 func pastFree(op *journal.Op, name string) bool {
@@ -829,7 +837,7 @@ func (e *Engine) resume(ctx context.Context, op *journal.Op, out Out, by string)
 // the further ones once it is past its kind's FreeAfter step).
 func (e *Engine) adopt(ctx context.Context, op *journal.Op) error {
 	keys := op.Targets()
-	if kd, ok := e.Kinds.kinds[op.Kind]; ok && pastFree(op, kd.freeAfter()) {
+	if kd, ok := e.Kinds.kinds[op.Kind]; ok && pastFree(op, kd.freeAfter()) && frees(op) {
 		keys = op.Also
 	}
 	for _, k := range keys {

@@ -245,7 +245,11 @@ func (k Kind[P, R]) legacy(ctx context.Context) ([]*journal.Op, error) {
 			return nil, fmt.Errorf("encode what %s made: %w", l.ID, err)
 		}
 		now := time.Now()
-		op := &journal.Op{ID: l.ID, Kind: k.Name, Title: l.Title, Target: k.target(), Command: string(k.Command), Channel: l.Channel,
+		var also []string
+		if k.Also != nil {
+			also = k.Also(l.Plan)
+		}
+		op := &journal.Op{ID: l.ID, Kind: k.Name, Title: l.Title, Target: k.target(), Also: also, Command: string(k.Command), Channel: l.Channel,
 			Requester: l.Requester, Plan: string(plan), Result: res, State: journal.Stopped, Unannounced: true,
 			Why: "interrupted: the bot stopped (it was started by an earlier version of the bot)", Created: cmp.Or(l.Created, now), Updated: now}
 		for i, d := range k.Steps(l.Plan, Env{}) {

@@ -307,8 +307,10 @@ func completing(ctx context.Context, j journal.Store, p *ops.RestorePlan, def ti
 	// already in the path's own prediction: only the wait before it adds.
 	wait := max(0, p.SourceETA-p.StopLead)
 	p.RTO.Predicted += wait
+	// Said in the sentence: how much of it is the wait, or (no progress
+	// yet, SourceETA 0) that it is not in the number.
 	for i := range p.RTO.Parts {
-		if d, ok := ops.StepTimes[ops.PathInPlace][p.RTO.Parts[i].Steps[0]]; ok && d.PlanTimed {
+		if d, ok := ops.StepTimes[ops.PathInPlace][p.RTO.Parts[i].Steps[0]]; ok && d.PlanTimed && (wait > 0 || p.SourceETA == 0) {
 			p.RTO.Parts[i].Took, p.RTO.Parts[i].Plan, p.RTO.Parts[i].Default = wait, true, false
 		}
 	}

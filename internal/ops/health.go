@@ -150,7 +150,7 @@ func (h health) get(ctx context.Context, url string) (int, error) {
 // a send that failed otherwise, which may have run) ends the wait, as
 // does the deadline.
 func (h health) online(ctx context.Context, id string, send func() (Result, error)) (Result, error) {
-	noted, start := false, time.Now()
+	noted := false
 	for {
 		res, err := send()
 		if err == nil || res.CommandID != "" || !errors.Is(err, ErrAgentOffline) || time.Now().After(h.Deadline) {
@@ -160,7 +160,9 @@ func (h health) online(ctx context.Context, id string, send func() (Result, erro
 			h.log(fmt.Sprintf("Waiting for the SSM agent of `%s` to register.", id))
 			noted = true
 		}
-		if err := sleep(ctx, pace(h.poll(), time.Since(start))); err != nil {
+		// Each try is a SendCommand (throttled far sooner than a
+		// Describe): the poll's pace, not a wait's.
+		if err := sleep(ctx, h.poll()); err != nil {
 			return res, err
 		}
 	}

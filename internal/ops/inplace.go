@@ -159,7 +159,7 @@ fi`, after.Add(-bootSkew).Unix(), rebootedExit)
 func (b boxWork) waitRebooted(ctx context.Context, opID, id string, sent time.Time, pr journal.Progress) (time.Time, error) {
 	h := health{Poll: b.Poll, Deadline: time.Now().Add(b.Timeout), Log: pr.Log}
 	sh := &Shell{SSM: b.SSM, Instance: id, Poll: b.Poll}
-	noted, start := false, time.Now()
+	noted := false
 	for {
 		res, err := h.online(ctx, id, func() (Result, error) {
 			return sh.Run(ctx, "circlebot "+opID+": has the box rebooted?", bootScript(sent), 2*time.Minute)
@@ -181,7 +181,8 @@ func (b boxWork) waitRebooted(ctx context.Context, opID, id string, sent time.Ti
 			pr.Log(fmt.Sprintf("`%s` has not gone down yet (%s); waiting.", id, lastLine(res.Stderr)))
 			noted = true
 		}
-		if err := sleep(ctx, pace(h.poll(), time.Since(start))); err != nil {
+		// Each check is a new SSM command: the poll's pace.
+		if err := sleep(ctx, h.poll()); err != nil {
 			return time.Time{}, err
 		}
 	}

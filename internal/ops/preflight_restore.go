@@ -124,6 +124,12 @@ func (r *SnapshotRestore) launchPreflight(ctx context.Context, pf *Preflight, pl
 			in.SubnetId, in.SecurityGroupIds = aws.String(plan.Shape.SubnetID), groups
 			_, err = r.EC2.RunInstances(ctx, in)
 			on = fmt.Sprintf("%s in %s%s, with an address AWS picks: the old box `%s` holds %s until the restore frees it", typ, plan.Shape.SubnetID, note, plan.Old.InstanceID, plan.Shape.PrivateIP)
+			if eniHeld && errors.Is(translate(err), ErrDryRunOK) {
+				// A launch on a new interface is not a launch on the kept
+				// one (the policy may treat them apart): said, not claimed.
+				pf.skipped("ec2:RunInstances", on, "the rest of the launch answered DryRunOperation; the use of the kept interface itself cannot be tried while the old box holds it")
+				continue
+			}
 		}
 		pf.dryRun("ec2:RunInstances", on, err)
 	}

@@ -258,13 +258,24 @@ func PrunePreflight(ctx context.Context, api PrunerEC2, verdicts []Verdict) Pref
 				pf.dryRun("ec2:CreateTags", v.Point.ID+" (mark it as being pruned)", err)
 			}
 		}
+		// One snapshot per set: a set's snapshots carry the same tags,
+		// which is what the policy's conditions read, and a first prune
+		// may delete hundreds (each dry run a mutating call, twice).
 		for _, s := range v.Point.Snapshots {
-			_, err := pr.EC2.DeleteSnapshot(ctx, &ec2.DeleteSnapshotInput{SnapshotId: aws.String(s), DryRun: dry})
-			if errors.Is(translate(err), ErrNotFound) {
-				pf.skipped("ec2:DeleteSnapshot", s+" of "+v.Point.ID, "gone already")
-				continue
+			on := s + " of " + v.Point.ID
+			if n := len(v.Point.Snapshots) - 1; n > 0 {
+				on += fmt.Sprintf(" (and its %d others, tagged alike)", n)
 			}
-			pf.dryRun("ec2:DeleteSnapshot", s+" of "+v.Point.ID, err)
+			_, err := pr.EC2.DeleteSnapshot(ctx, &ec2.DeleteSnapshotInput{SnapshotId: aws.String(s), DryRun: dry})
+			switch terr := translate(err); {
+			case errors.Is(terr, ErrNotFound):
+				continue // gone already: try the next of the set
+			case transient(terr):
+				pf.skipped("ec2:DeleteSnapshot", on, "AWS did not answer ("+reasonOf(terr)+"); the prune tries it")
+			default:
+				pf.dryRun("ec2:DeleteSnapshot", on, err)
+			}
+			break
 		}
 	}
 	return pf

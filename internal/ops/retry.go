@@ -151,7 +151,11 @@ func waitFor(ctx context.Context, every time.Duration, deadline time.Time, check
 		if time.Now().After(deadline) {
 			return &waitTimeout{last: err}
 		}
-		if err := sleep(ctx, pace(every, time.Since(start))); err != nil {
+		wait := pace(every, time.Since(start))
+		if err != nil {
+			wait = every // a read that failed (throttled, 5xx) is not hurried
+		}
+		if err := sleep(ctx, wait); err != nil {
 			return err
 		}
 	}

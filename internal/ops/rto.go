@@ -183,8 +183,11 @@ func (r RTO) Sources(what string) string {
 		return fmt.Sprintf("about %s, the median of the last %d %s on this account (%s)", Span(r.Predicted), len(r.From), plural(len(r.From), what), strings.Join(r.From, ", "))
 	}
 	wait := ""
-	if i := slices.IndexFunc(r.Parts, func(p RTOPart) bool { return p.Plan && p.Took > 0 }); i >= 0 {
+	if i := slices.IndexFunc(r.Parts, func(p RTOPart) bool { return p.Plan }); i >= 0 {
 		wait = fmt.Sprintf(" (of which about %s waiting for the %s to complete, from its progress so far)", Span(r.Parts[i].Took), r.Parts[i].Label)
+		if r.Parts[i].Took == 0 {
+			wait = fmt.Sprintf(" plus the %s completing, which its progress cannot tell yet", r.Parts[i].Label)
+		}
 	}
 	if !r.Measured() {
 		return fmt.Sprintf("%s%s — the AWS timing model's default (bench/rto) for the rest, as no %s has been measured on this account yet", About(r.Predicted), wait, what)

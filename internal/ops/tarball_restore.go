@@ -270,8 +270,11 @@ func (t *TarballRestore) Preflight(ctx context.Context, plan TarballRestorePlan)
 		pf.skipped("ssm:SendCommand", plan.InstanceID+" (disk space)", "its agent is not online")
 		return pf
 	}
-	r, err := t.shell(plan.InstanceID).Run(ctx, "circlebot: pre-flight of a tarball restore: disk space", fmt.Sprintf(`echo "%sfree_kib=$(df -Pk /tmp | awk 'NR==2{print $4}')"
-echo "%sdata_free_kib=$(df -Pk "${BOX_ROOT:-}/data" | awk 'NR==2{print $4}')"`, resultPrefix, resultPrefix), time.Minute)
+	// The step's own directories (its scratch directory is made in
+	// ${BOX_ROOT}/tmp), read where they exist: nothing is made here.
+	r, err := t.shell(plan.InstanceID).Run(ctx, "circlebot: pre-flight of a tarball restore: disk space", fmt.Sprintf(`at() { d="$1"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -Pk "$d" | awk 'NR==2{print $4}'; }
+echo "%sfree_kib=$(at "${BOX_ROOT:-}/tmp")"
+echo "%sdata_free_kib=$(at "${BOX_ROOT:-}/data")"`, resultPrefix, resultPrefix), time.Minute)
 	on := plan.InstanceID + " (disk space, df)"
 	if err != nil {
 		pf.refused("ssm:SendCommand", on, Explain(err))
