@@ -42,11 +42,11 @@ Patched behaviour:
 
   * Dry runs (what AWS checks before it answers DryRunOperation):
     - RunInstances with DryRun refuses a private IP or an interface in
-      use (AWS does not
-      document whether it checks; the stricter reading), and validates
-      the image, subnet, security groups, key pair, instance type (known,
-      of the image's architecture) and at most 50 tags per resource
-      first; plain moto answers DryRunOperation to nearly anything.
+      use (AWS does not document whether it checks; the stricter
+      reading), and validates the image, subnet, security groups, key
+      pair, instance type (known, of the image's architecture) and at
+      most 50 tags per resource first; plain moto answers
+      DryRunOperation to nearly anything.
 
   * Instance types (what AWS refuses and moto 5.2.1 accepts):
     - ModifyInstanceAttribute InstanceType on an instance that is not
