@@ -483,41 +483,39 @@ func manual(ctx context.Context, moto *motoserver.Server) (row, error) {
 	return row{name: "runbook by hand (register image, relaunch)", appStart: took, awsWaits: waits, note: "7 actions of a person, console refreshed every 30 s"}, nil
 }
 
-func rebuild(ctx context.Context, moto *motoserver.Server) (row, error) {
+// botToApp runs command (made for the seeded rig) through the bot, after
+// one backup, on a freshly seeded install, and returns the predicted real
+// time from its first step to the end of "Start the app".
+func botToApp(ctx context.Context, moto *motoserver.Server, command func(*rig) string) (time.Duration, error) {
 	r, err := seed(ctx, moto)
 	if err != nil {
-		return row{}, err
+		return 0, err
 	}
 	defer r.close()
 	if _, err := r.withBot(ctx, nil); err != nil {
-		return row{}, err
+		return 0, err
 	}
-	op, err := r.approved(ctx, "restore latest --rebuild")
+	op, err := r.approved(ctx, command(r))
 	if err != nil {
-		return row{}, err
+		return 0, err
 	}
 	d, err := toStep(op, "Start the app")
+	return real(d), err
+}
+
+func text(s string) func(*rig) string { return func(*rig) string { return s } }
+
+func rebuild(ctx context.Context, moto *motoserver.Server) (row, error) {
+	d, err := botToApp(ctx, moto, text("restore latest --rebuild"))
 	if err != nil {
 		return row{}, err
 	}
 	waits := m("image") + m("stop") + m("terminate") + m("ip_release") + m("launch") + m("status_checks")
-	return row{name: "bot: restore --rebuild (image, new instance)", appStart: real(d), awsWaits: waits, overheadP: true, note: "app started after both status checks"}, nil
+	return row{name: "bot: restore --rebuild (image, new instance)", appStart: d, awsWaits: waits, overheadP: true, note: "app started after both status checks"}, nil
 }
 
 func inPlace(ctx context.Context, moto *motoserver.Server) (row, error) {
-	r, err := seed(ctx, moto)
-	if err != nil {
-		return row{}, err
-	}
-	defer r.close()
-	if _, err := r.withBot(ctx, nil); err != nil {
-		return row{}, err
-	}
-	op, err := r.approved(ctx, "restore latest")
-	if err != nil {
-		return row{}, err
-	}
-	d, err := toStep(op, "Start the app")
+	d, err := botToApp(ctx, moto, text("restore latest"))
 	if err != nil {
 		return row{}, err
 	}
@@ -525,7 +523,7 @@ func inPlace(ctx context.Context, moto *motoserver.Server) (row, error) {
 	// volume_create is off the critical path; the app starts when the
 	// agent answers (overlap 2), before the status checks.
 	waits := m("stop") + m("volume_detach") + m("volume_attach") + m("start") + m("agent") // detaches, then attaches, at once
-	return row{name: "bot: restore in place (swap the volumes)", appStart: real(d), awsWaits: waits, overheadP: true, note: "volumes made while it stops; app at agent online"}, nil
+	return row{name: "bot: restore in place (swap the volumes)", appStart: d, awsWaits: waits, overheadP: true, note: "volumes made while it stops; app at agent online"}, nil
 }
 
 // failover to a warm standby in the box's subnet (already running, its
@@ -577,49 +575,27 @@ func failover(ctx context.Context, moto *motoserver.Server) (row, error) {
 // reboot is `reboot`: RebootInstances, the box back (its agent answers
 // with a boot after the call), the app started.
 func reboot(ctx context.Context, moto *motoserver.Server) (row, error) {
-	r, err := seed(ctx, moto)
+	d, err := botToApp(ctx, moto, text("reboot"))
 	if err != nil {
 		return row{}, err
 	}
-	defer r.close()
-	if _, err := r.withBot(ctx, nil); err != nil {
-		return row{}, err
-	}
-	op, err := r.approved(ctx, "reboot")
-	if err != nil {
-		return row{}, err
-	}
-	d, err := toStep(op, "Start the app")
-	if err != nil {
-		return row{}, err
-	}
-	return row{name: "bot: reboot", appStart: real(d), awsWaits: m("reboot_agent"), overheadP: true, note: "app started when the rebooted agent answers"}, nil
+	return row{name: "bot: reboot", appStart: d, awsWaits: m("reboot_agent"), overheadP: true, note: "app started when the rebooted agent answers"}, nil
 }
 
 // resize is `resize`: stop, change the type, start, the app at agent
 // online.
 func resize(ctx context.Context, moto *motoserver.Server) (row, error) {
-	r, err := seed(ctx, moto)
-	if err != nil {
-		return row{}, err
-	}
-	defer r.close()
-	if _, err := r.withBot(ctx, nil); err != nil {
-		return row{}, err
-	}
 	to := "m5.4xlarge"
-	if r.inst.ServicesBox.Type == to {
-		to = "m5.2xlarge"
-	}
-	op, err := r.approved(ctx, "resize "+to)
+	d, err := botToApp(ctx, moto, func(r *rig) string {
+		if r.inst.ServicesBox.Type == to {
+			to = "m5.2xlarge"
+		}
+		return "resize " + to
+	})
 	if err != nil {
 		return row{}, err
 	}
-	d, err := toStep(op, "Start the app")
-	if err != nil {
-		return row{}, err
-	}
-	return row{name: "bot: resize (stop, set the type, start)", appStart: real(d), awsWaits: m("stop") + m("start") + m("agent"), overheadP: true, note: "to " + to + "; app started when the agent answers"}, nil
+	return row{name: "bot: resize (stop, set the type, start)", appStart: d, awsWaits: m("stop") + m("start") + m("agent"), overheadP: true, note: "to " + to + "; app started when the agent answers"}, nil
 }
 
 // pendingInPlace is `backup now` on a box that must be restored (the
