@@ -50,10 +50,10 @@ package sandbox
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"github.com/aws/smithy-go"
 	"slices"
 	"sort"
 	"strings"
@@ -171,7 +171,13 @@ type seeder struct {
 	s3  *s3.Client
 	opt Options
 	in  *Install
+	// seed tells what this Seed made from what another left (seedTagKey).
+	seed string
 }
+
+// seedTagKey's value is one Seed's own, on the resources it must find
+// again by tag after a lost answer.
+const seedTagKey = "circlebot:sandbox-seed"
 
 // Seed creates the install in a fresh account (moto after a reset). It is
 // not idempotent. An error names the step that failed.
@@ -187,8 +193,9 @@ func Seed(ctx context.Context, cfg aws.Config, opt Options) (*Install, error) {
 		ec2: ec2.NewFromConfig(cfg),
 		asg: autoscaling.NewFromConfig(cfg),
 		// moto on 127.0.0.1 cannot serve virtual-hosted bucket names.
-		s3:  s3.NewFromConfig(cfg, func(o *s3.Options) { o.UsePathStyle = true }),
-		opt: opt,
+		s3:   s3.NewFromConfig(cfg, func(o *s3.Options) { o.UsePathStyle = true }),
+		opt:  opt,
+		seed: rand.Text(),
 		in: &Install{
 			Region:     cfg.Region,
 			AZs:        [2]string{cfg.Region + "a", cfg.Region + "b"},
@@ -280,75 +287,115 @@ func (s *seeder) findImage(ctx context.Context) error {
 }
 
 func (s *seeder) createVPC(ctx context.Context) error {
-	out, err := s.ec2.CreateVpc(ctx, &ec2.CreateVpcInput{
-		CidrBlock:         aws.String(VPCCIDR),
-		TagSpecifications: []types.TagSpecification{s.tagSpec(types.ResourceTypeVpc, "circleci")},
+	// A tag of this seed's own tells its VPC from any other with the CIDR.
+	spec := s.tagSpec(types.ResourceTypeVpc, "circleci")
+	spec.Tags = append(spec.Tags, types.Tag{Key: aws.String(seedTagKey), Value: aws.String(s.seed)})
+	err := createOnce(ctx, func(ctx context.Context) error {
+		out, err := s.ec2.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: aws.String(VPCCIDR), TagSpecifications: []types.TagSpecification{spec}}, noRetry)
+		if err == nil {
+			s.in.VPCID = aws.ToString(out.Vpc.VpcId)
+		}
+		return err
+	}, func(ctx context.Context) (bool, error) {
+		out, err := s.ec2.DescribeVpcs(ctx, &ec2.DescribeVpcsInput{Filters: []types.Filter{
+			{Name: aws.String("tag:" + seedTagKey), Values: []string{s.seed}}}})
+		if err != nil || len(out.Vpcs) != 1 {
+			return false, err
+		}
+		s.in.VPCID = aws.ToString(out.Vpcs[0].VpcId)
+		return true, nil
 	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", VPCCIDR, err)
 	}
-	s.in.VPCID = aws.ToString(out.Vpc.VpcId)
 	return nil
 }
 
 func (s *seeder) createSubnets(ctx context.Context) error {
 	for i := range 2 {
-		out, err := s.ec2.CreateSubnet(ctx, &ec2.CreateSubnetInput{
-			VpcId:             aws.String(s.in.VPCID),
-			CidrBlock:         aws.String(subnetCIDRs[i]),
-			AvailabilityZone:  aws.String(s.in.AZs[i]),
-			TagSpecifications: []types.TagSpecification{s.tagSpec(types.ResourceTypeSubnet, "circleci-"+s.in.AZs[i])},
-		})
-		var ae smithy.APIError
-		if errors.As(err, &ae) && ae.ErrorCode() == "InvalidSubnet.Conflict" {
-			// The SDK retried a CreateSubnet that had gone through (its
-			// answer was lost on a busy machine): the subnet exists.
-			found, derr := s.ec2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{Filters: []types.Filter{
-				{Name: aws.String("vpc-id"), Values: []string{s.in.VPCID}}, {Name: aws.String("cidr-block"), Values: []string{subnetCIDRs[i]}}}})
-			if derr == nil && len(found.Subnets) == 1 {
-				s.in.Subnets[i] = aws.ToString(found.Subnets[0].SubnetId)
-				continue
-			}
-		}
+		id, err := s.subnet(ctx, subnetCIDRs[i], s.in.AZs[i], "circleci-"+s.in.AZs[i])
 		if err != nil {
 			return fmt.Errorf("%s in %s: %w", subnetCIDRs[i], s.in.AZs[i], err)
 		}
-		s.in.Subnets[i] = aws.ToString(out.Subnet.SubnetId)
+		s.in.Subnets[i] = id
 	}
 	return nil
 }
 
-func (s *seeder) createDrillNetwork(ctx context.Context) error {
-	sub, err := s.ec2.CreateSubnet(ctx, &ec2.CreateSubnetInput{
-		VpcId: aws.String(s.in.VPCID), CidrBlock: aws.String("10.0.9.0/24"), AvailabilityZone: aws.String(s.in.AZs[0]),
-		TagSpecifications: []types.TagSpecification{s.tagSpec(types.ResourceTypeSubnet, "circleci-drills")},
+// subnet creates a subnet of the seed's VPC, or finds the one a try whose
+// answer was lost made.
+func (s *seeder) subnet(ctx context.Context, cidr, az, name string) (string, error) {
+	var id string
+	err := createOnce(ctx, func(ctx context.Context) error {
+		out, err := s.ec2.CreateSubnet(ctx, &ec2.CreateSubnetInput{
+			VpcId:             aws.String(s.in.VPCID),
+			CidrBlock:         aws.String(cidr),
+			AvailabilityZone:  aws.String(az),
+			TagSpecifications: []types.TagSpecification{s.tagSpec(types.ResourceTypeSubnet, name)},
+		}, noRetry)
+		if err == nil {
+			id = aws.ToString(out.Subnet.SubnetId)
+		}
+		return err
+	}, func(ctx context.Context) (bool, error) {
+		out, err := s.ec2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{Filters: []types.Filter{
+			{Name: aws.String("vpc-id"), Values: []string{s.in.VPCID}}, {Name: aws.String("cidr-block"), Values: []string{cidr}}}})
+		if err != nil || len(out.Subnets) != 1 {
+			return false, err
+		}
+		id = aws.ToString(out.Subnets[0].SubnetId)
+		return true, nil
 	})
+	return id, err
+}
+
+// securityGroup creates a security group in the seed's VPC, or finds the
+// one a try whose answer was lost made.
+func (s *seeder) securityGroup(ctx context.Context, name, description string) (string, error) {
+	var id string
+	err := createOnce(ctx, func(ctx context.Context) error {
+		out, err := s.ec2.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
+			GroupName:         aws.String(name),
+			Description:       aws.String(description),
+			VpcId:             aws.String(s.in.VPCID),
+			TagSpecifications: []types.TagSpecification{s.tagSpec(types.ResourceTypeSecurityGroup, name)},
+		}, noRetry)
+		if err == nil {
+			id = aws.ToString(out.GroupId)
+		}
+		return err
+	}, func(ctx context.Context) (bool, error) {
+		out, err := s.ec2.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{
+			{Name: aws.String("vpc-id"), Values: []string{s.in.VPCID}}, {Name: aws.String("group-name"), Values: []string{name}}}})
+		if err != nil || len(out.SecurityGroups) != 1 {
+			return false, err
+		}
+		id = aws.ToString(out.SecurityGroups[0].GroupId)
+		return true, nil
+	})
+	return id, err
+}
+
+func (s *seeder) createDrillNetwork(ctx context.Context) error {
+	sub, err := s.subnet(ctx, "10.0.9.0/24", s.in.AZs[0], "circleci-drills")
 	if err != nil {
 		return fmt.Errorf("subnet: %w", err)
 	}
-	s.in.DrillSubnet = aws.ToString(sub.Subnet.SubnetId)
-	sg, err := s.ec2.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
-		GroupName: aws.String("circleci-drills"), Description: aws.String("Restore drills: no ingress"), VpcId: aws.String(s.in.VPCID),
-		TagSpecifications: []types.TagSpecification{s.tagSpec(types.ResourceTypeSecurityGroup, "circleci-drills")},
-	})
+	s.in.DrillSubnet = sub
+	sg, err := s.securityGroup(ctx, "circleci-drills", "Restore drills: no ingress")
 	if err != nil {
 		return fmt.Errorf("security group: %w", err)
 	}
-	s.in.DrillSecurityGroup = aws.ToString(sg.GroupId)
+	s.in.DrillSecurityGroup = sg
 	return nil
 }
 
 func (s *seeder) createSecurityGroup(ctx context.Context) error {
-	out, err := s.ec2.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
-		GroupName:         aws.String("circleci-services"),
-		Description:       aws.String("CircleCI Services box: builders and users from the VPC"),
-		VpcId:             aws.String(s.in.VPCID),
-		TagSpecifications: []types.TagSpecification{s.tagSpec(types.ResourceTypeSecurityGroup, "circleci-services")},
-	})
+	id, err := s.securityGroup(ctx, "circleci-services", "CircleCI Services box: builders and users from the VPC")
 	if err != nil {
 		return fmt.Errorf("create: %w", err)
 	}
-	s.in.SecurityGroupID = aws.ToString(out.GroupId)
+	s.in.SecurityGroupID = id
 	perms := make([]types.IpPermission, 0, len(servicePorts))
 	for _, p := range servicePorts {
 		perms = append(perms, types.IpPermission{
@@ -361,7 +408,7 @@ func (s *seeder) createSecurityGroup(ctx context.Context) error {
 	if _, err := s.ec2.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{
 		GroupId:       aws.String(s.in.SecurityGroupID),
 		IpPermissions: perms,
-	}); err != nil {
+	}); err != nil && errorCode(err) != "InvalidPermission.Duplicate" { // a retry of a lost answer
 		return fmt.Errorf("authorize ingress on %s: %w", s.in.SecurityGroupID, err)
 	}
 	return nil
@@ -490,7 +537,7 @@ func (s *seeder) createBucket(ctx context.Context) error {
 			LocationConstraint: s3types.BucketLocationConstraint(s.in.Region),
 		}
 	}
-	if _, err := s.s3.CreateBucket(ctx, in); err != nil {
+	if _, err := s.s3.CreateBucket(ctx, in); err != nil && errorCode(err) != "BucketAlreadyOwnedByYou" { // a retry of a lost answer
 		return fmt.Errorf("%s: %w", s.opt.Bucket, err)
 	}
 	if _, err := s.s3.PutBucketTagging(ctx, &s3.PutBucketTaggingInput{
@@ -525,6 +572,13 @@ func (s *seeder) createLaunchTemplate(ctx context.Context) error {
 		},
 		TagSpecifications: []types.TagSpecification{s.tagSpec(types.ResourceTypeLaunchTemplate, name)},
 	})
+	if errorCode(err) == "InvalidLaunchTemplateName.AlreadyExistsException" { // a retry of a lost answer
+		found, derr := s.ec2.DescribeLaunchTemplates(ctx, &ec2.DescribeLaunchTemplatesInput{LaunchTemplateNames: []string{name}})
+		if derr == nil && len(found.LaunchTemplates) == 1 {
+			s.in.LaunchTemplateID = aws.ToString(found.LaunchTemplates[0].LaunchTemplateId)
+			return nil
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
@@ -550,7 +604,7 @@ func (s *seeder) createBuilderASG(ctx context.Context) error {
 			{Key: aws.String("Name"), Value: aws.String(name), PropagateAtLaunch: aws.Bool(true)},
 			{Key: aws.String(SandboxTagKey), Value: aws.String("true"), PropagateAtLaunch: aws.Bool(true)},
 		},
-	}); err != nil {
+	}); err != nil && errorCode(err) != "AlreadyExists" { // a retry of a lost answer
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return poll(ctx, fmt.Sprintf("%d builders InService in %s", want, name), func(ctx context.Context) (bool, error) {
@@ -580,22 +634,42 @@ func (s *seeder) createBuilderASG(ctx context.Context) error {
 
 func (s *seeder) takeBackup(ctx context.Context) error {
 	box := s.in.ServicesBox
-	out, err := s.ec2.CreateSnapshots(ctx, &ec2.CreateSnapshotsInput{
-		InstanceSpecification: &types.InstanceSpecification{InstanceId: aws.String(box.ID)},
-		Description:           aws.String(BackupDescription(time.Now())),
-		TagSpecifications:     []types.TagSpecification{s.tagSpec(types.ResourceTypeSnapshot, s.opt.NameTag)},
+	desc := BackupDescription(time.Now())
+	var snaps []types.SnapshotInfo
+	err := createOnce(ctx, func(ctx context.Context) error {
+		out, err := s.ec2.CreateSnapshots(ctx, &ec2.CreateSnapshotsInput{
+			InstanceSpecification: &types.InstanceSpecification{InstanceId: aws.String(box.ID)},
+			Description:           aws.String(desc),
+			TagSpecifications:     []types.TagSpecification{s.tagSpec(types.ResourceTypeSnapshot, s.opt.NameTag)},
+		}, noRetry)
+		if err == nil {
+			snaps = out.Snapshots
+		}
+		return err
+	}, func(ctx context.Context) (bool, error) {
+		out, err := s.ec2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{Filters: []types.Filter{
+			{Name: aws.String("description"), Values: []string{desc}},
+			{Name: aws.String("volume-id"), Values: box.Volumes}}})
+		if err != nil || len(out.Snapshots) != len(box.Volumes) {
+			return false, err
+		}
+		snaps = snaps[:0]
+		for _, sn := range out.Snapshots {
+			snaps = append(snaps, types.SnapshotInfo{SnapshotId: sn.SnapshotId, VolumeId: sn.VolumeId})
+		}
+		return true, nil
 	})
 	if err != nil {
 		return fmt.Errorf("of %s: %w", box.ID, err)
 	}
-	byVolume := make(map[string]string, len(out.Snapshots))
-	for _, sn := range out.Snapshots {
+	byVolume := make(map[string]string, len(snaps))
+	for _, sn := range snaps {
 		byVolume[aws.ToString(sn.VolumeId)] = aws.ToString(sn.SnapshotId)
 	}
 	for _, v := range box.Volumes {
 		id, ok := byVolume[v]
 		if !ok {
-			return fmt.Errorf("of %s: no snapshot of volume %s in %d returned", box.ID, v, len(out.Snapshots))
+			return fmt.Errorf("of %s: no snapshot of volume %s in %d returned", box.ID, v, len(snaps))
 		}
 		s.in.Snapshots = append(s.in.Snapshots, id)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -288,5 +289,86 @@ func TestSeedNamesTheFailedStep(t *testing.T) {
 	}
 	if _, err := Seed(ctxT(t), cfg, Options{Builders: -1}); err == nil || !strings.Contains(err.Error(), "Builders") {
 		t.Errorf("Seed with -1 builders: err = %v", err)
+	}
+}
+
+// Every create's first answer is lost on the way back (it took effect; the
+// SDK sees a 500). CI once saw a seed fail with InvalidGroup.Duplicate in
+// the VPC it had just made: the SDK had retried a CreateSecurityGroup whose
+// answer was lost.
+func TestSeedSurvivesLostAnswers(t *testing.T) {
+	t.Parallel()
+	moto := motoserver.ForTest(t)
+	var (
+		mu   sync.Mutex
+		seen = map[string]bool{}
+	)
+	p := faultproxy.New(moto.URL, faultproxy.Faults{
+		LostAnswerRate: 1,
+		Match: func(c faultproxy.Call) bool {
+			if !strings.HasPrefix(c.Action, "Create") && !strings.HasPrefix(c.Action, "Authorize") {
+				return false
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			first := !seen[c.Action]
+			seen[c.Action] = true
+			return first
+		},
+	})
+	defer p.Close()
+	in, err := Seed(ctxT(t), motoserver.AWSConfig(p.URL), Options{WithBackups: true})
+	if err != nil {
+		t.Fatalf("Seed with lost answers: %v", err)
+	}
+	var lost []string
+	for _, c := range p.Calls() {
+		if c.Fault == faultproxy.FaultLostAnswer {
+			lost = append(lost, c.Action)
+		}
+	}
+	for _, want := range []string{"CreateVpc", "CreateSubnet", "CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "CreateSnapshots", "CreateLaunchTemplate", "CreateAutoScalingGroup", "CreateBucket"} {
+		if !slices.Contains(lost, want) {
+			t.Errorf("no lost answer for %s (lost: %v): the test does not cover it", want, lost)
+		}
+	}
+
+	// One of each, and the install names the ones that exist.
+	c := ec2.NewFromConfig(motoserver.AWSConfig(moto.URL))
+	vpcs, err := c.DescribeVpcs(ctxT(t), &ec2.DescribeVpcsInput{Filters: []types.Filter{{Name: aws.String("cidr-block"), Values: []string{VPCCIDR}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vpcs.Vpcs) != 1 || aws.ToString(vpcs.Vpcs[0].VpcId) != in.VPCID {
+		t.Errorf("VPCs with %s: %d, want 1 (%s)", VPCCIDR, len(vpcs.Vpcs), in.VPCID)
+	}
+	subnets, err := c.DescribeSubnets(ctxT(t), &ec2.DescribeSubnetsInput{Filters: []types.Filter{{Name: aws.String("vpc-id"), Values: []string{in.VPCID}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(subnets.Subnets) != 3 {
+		t.Errorf("subnets in the VPC: %d, want 3 (two AZs and the drills')", len(subnets.Subnets))
+	}
+	groups, err := c.DescribeSecurityGroups(ctxT(t), &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{{Name: aws.String("vpc-id"), Values: []string{in.VPCID}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, g := range groups.SecurityGroups {
+		names = append(names, aws.ToString(g.GroupName))
+		if aws.ToString(g.GroupName) == "circleci-services" && aws.ToString(g.GroupId) != in.SecurityGroupID {
+			t.Errorf("install names group %s, the VPC's is %s", in.SecurityGroupID, aws.ToString(g.GroupId))
+		}
+	}
+	slices.Sort(names)
+	if want := []string{"circleci-drills", "circleci-services", "default"}; !slices.Equal(names, want) {
+		t.Errorf("security groups = %v, want %v", names, want)
+	}
+	snaps, err := c.DescribeSnapshots(ctxT(t), &ec2.DescribeSnapshotsInput{Filters: []types.Filter{{Name: aws.String("volume-id"), Values: in.ServicesBox.Volumes}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snaps.Snapshots) != len(in.ServicesBox.Volumes) || len(in.Snapshots) != len(in.ServicesBox.Volumes) {
+		t.Errorf("snapshots of the box: %d, install names %d, want one per volume (%d)", len(snaps.Snapshots), len(in.Snapshots), len(in.ServicesBox.Volumes))
 	}
 }
