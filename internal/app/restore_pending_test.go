@@ -377,3 +377,66 @@ func TestRestoreOfABackupNowStillRunning(t *testing.T) {
 		t.Fatalf("backup %s: %+v %v", bk, rec, err)
 	}
 }
+
+// `--rebuild` from a backup still completing: the same follow keeps the
+// box serving and stops it before the snapshots complete; the image is
+// registered only once they have, and the restore ends on a new box with
+// the recorded addresses.
+func TestRebuildFromABackupStillCompletingRegistersTheImageOnceItCompletes(t *testing.T) {
+	t.Parallel()
+	r := newRestoreEnv(t, nil)
+	bk, ids := r.pendingPoint()
+	r.progress(ids, "10%", 10*time.Minute)
+	req := r.request(alice, "restore "+bk+" --rebuild")
+	plan := r.waitText("the plan", req, "restore point `"+bk+"` is still completing: 10%")
+	for _, want := range []string{"ec2:RegisterImage", "checked when the snapshots complete"} {
+		if !strings.Contains(plan, want) {
+			t.Errorf("plan lacks %q:\n%s", want, plan)
+		}
+	}
+	if strings.Contains(plan, "in place: the Services box") {
+		t.Errorf("--rebuild planned in place:\n%s", plan)
+	}
+	r.click(bob, "approve "+req, "pending.rebuild")
+	r.waitText("progress", "Restore point `"+bk+"`: 10%")
+	if st := r.instance(r.inst.ServicesBox.ID).State.Name; st != ec2types.InstanceStateNameRunning {
+		t.Fatalf("the box is %s while the snapshots need about 1h30m more", st)
+	}
+	r.progress(ids, "99%", 10*time.Minute)
+	deadline := time.Now().Add(60 * time.Second)
+	for r.instance(r.inst.ServicesBox.ID).State.Name != ec2types.InstanceStateNameStopped {
+		if time.Now().After(deadline) {
+			t.Fatalf("the box was not stopped once the snapshots neared completion")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !r.snapshotsPending(ids) {
+		t.Fatal("the snapshots completed before the stop: the test shows nothing")
+	}
+	if n := realCount(r.proxy, "RegisterImage"); n != 0 {
+		t.Errorf("%d RegisterImage calls on pending snapshots", n)
+	}
+	if n := len(r.restored()); n != 0 {
+		t.Errorf("%d instances launched before the snapshots completed", n)
+	}
+	for _, id := range ids {
+		if err := r.moto.SetSnapshotState(t.Context(), id, motoserver.SnapshotCompleted, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.waitText("summary", "Restored `"+bk+"` onto `")
+	r.server.Wait()
+	r.checkRestored()
+	op, err := r.app.Journal.ByRequest(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range op.Steps {
+		names = append(names, s.Name)
+	}
+	want := "Follow the restore point's snapshots,Protect the old volumes,Stop the old instance,Make an image of the restore point,Free the private IP,Launch the new Services box"
+	if !strings.HasPrefix(strings.Join(names, ","), want) {
+		t.Errorf("steps %v, want them to begin %s", names, want)
+	}
+}
