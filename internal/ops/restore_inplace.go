@@ -290,9 +290,12 @@ func (r *SnapshotRestore) inPlacePreflight(ctx context.Context, plan RestorePlan
 }
 
 // createVolumes makes one volume per snapshot, at most once: a volume
-// this restore made before (found by its tags) is used, each CreateVolume
-// carries a client token, and an answer lost on the way back is followed
-// by a look for the volume before anything is created again.
+// this restore made before (found by its tags) is used, and each
+// CreateVolume carries a client token (the operation and the device), so
+// the SDK may retry it: AWS answers a repeated token with the first
+// call's volume ("Ensure idempotency", EC2 API reference), and the test
+// launcher holds moto to that. An answer still lost after the SDK's
+// retries is followed by a look for the volume before the step fails.
 func (r *SnapshotRestore) createVolumes(ctx context.Context, op *Work[RestoreResult], plan RestorePlan, p journal.Progress) (string, error) {
 	if err := r.waitSource(ctx, plan, p); err != nil {
 		return "", err
@@ -308,7 +311,7 @@ func (r *SnapshotRestore) createVolumes(ctx context.Context, op *Work[RestoreRes
 			continue
 		}
 		in := createVolumeInput(plan, v, op.ID)
-		out, err := r.EC2.CreateVolume(ctx, in, onceEC2)
+		out, err := r.EC2.CreateVolume(ctx, in)
 		if err == nil {
 			made[v.Device] = aws.ToString(out.VolumeId)
 			continue

@@ -151,3 +151,48 @@ func TestLauncherKeepsBlockDeviceSettings(t *testing.T) {
 		t.Errorf("io2's IOPS on a gp2 override: %v, want InvalidParameterCombination", err)
 	}
 }
+
+// CreateVolume with a client token makes one volume, however often it is
+// called (AWS: "Ensure idempotency"); moto alone makes one per call. A
+// reset forgets the tokens with the volumes.
+func TestLauncherCreateVolumeHonoursTheClientToken(t *testing.T) {
+	t.Parallel()
+	srv, c := patchedServer(t)
+	ctx := ctxT(t)
+	in := func(token string) *ec2.CreateVolumeInput {
+		return &ec2.CreateVolumeInput{AvailabilityZone: aws.String(Region + "a"), Size: aws.Int32(8), VolumeType: types.VolumeTypeGp3, ClientToken: aws.String(token)}
+	}
+	first, err := c.CreateVolume(ctx, in("restore-op-1-sdf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.CreateVolume(ctx, in("restore-op-1-sdf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := c.CreateVolume(ctx, in("restore-op-1-sdg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if aws.ToString(again.VolumeId) != aws.ToString(first.VolumeId) || aws.ToString(other.VolumeId) == aws.ToString(first.VolumeId) {
+		t.Errorf("volumes %s, %s (same token), %s (another): want the first two equal, the third new",
+			aws.ToString(first.VolumeId), aws.ToString(again.VolumeId), aws.ToString(other.VolumeId))
+	}
+	all, err := c.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all.Volumes) != 2 {
+		t.Errorf("%d volumes after three calls with two tokens, want 2", len(all.Volumes))
+	}
+	if err := srv.Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, err := c.CreateVolume(ctx, in("restore-op-1-sdf"))
+	if err != nil {
+		t.Fatalf("the token after a reset: %v", err)
+	}
+	if aws.ToString(after.VolumeId) == aws.ToString(first.VolumeId) {
+		t.Error("a reset kept the token's volume")
+	}
+}

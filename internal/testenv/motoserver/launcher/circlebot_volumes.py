@@ -30,14 +30,19 @@ combinations AWS refuses. This module patches moto in-process so that:
   * gp3 volumes made without Throughput have AWS's baseline 125 MiB/s,
     and ModifyVolume to another type drops throughput (and IOPS where the
     new type has none).
+  * CreateVolume honours ClientToken (moto 5.2.1 ignores it): the same
+    token returns the volume the first call made, as AWS documents
+    ("Ensure idempotency"), so a retried call makes no second volume.
 """
 
 import threading
 
+from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import elastic_block_store as ebs_models
 from moto.ec2.models import instances as instance_models
 from moto.ec2.responses import amis as ami_responses
+from moto.ec2.responses import elastic_block_store as ebs_responses
 from moto.ec2.responses import instances as instance_responses
 
 IOPS_TYPES = ("io1", "io2", "gp3")
@@ -130,6 +135,33 @@ def _create_volume(self, size, zone_name, snapshot_id=None, encrypted=False, kms
 
 
 ebs_models.EBSBackend.create_volume = _create_volume
+
+_prev_create_volume_response = ebs_responses.ElasticBlockStore.create_volume
+_tokens_lock = threading.Lock()
+
+
+def _create_volume_response(self):
+    token = self._get_param("ClientToken")
+    if not token or self._get_param("DryRun"):
+        return _prev_create_volume_response(self)
+    backend = self.ec2_backend
+    # On the backend: a reset replaces it, and the tokens go with it.
+    with _tokens_lock:
+        tokens = backend.__dict__.setdefault("_circlebot_volume_tokens", {})
+        vid = tokens.get(token)
+    if vid is not None and vid in backend.volumes:
+        # AWS answers the first call's volume, in its state now.
+        return ActionResult(backend.volumes[vid])
+    result = _prev_create_volume_response(self)
+    volume = getattr(result, "result", None)
+    vid = getattr(volume, "id", None)
+    if vid:
+        with _tokens_lock:
+            tokens[token] = vid
+    return result
+
+
+ebs_responses.ElasticBlockStore.create_volume = _create_volume_response
 
 
 _prev_volume_modify = ebs_models.Volume.modify
