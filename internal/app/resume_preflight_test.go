@@ -3,9 +3,11 @@ package app_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/circlebot/circlebot/internal/approvals"
 	"github.com/circlebot/circlebot/internal/config"
 	"github.com/circlebot/circlebot/internal/journal"
 	"github.com/circlebot/circlebot/internal/testenv/faultproxy"
@@ -143,5 +145,53 @@ func TestResumeIsNotHeldByTheRowsOfDoneSteps(t *testing.T) {
 	}
 	if c := changes(r.proxy.Calls()); len(c) > 0 {
 		t.Errorf("the resume repeated calls of done steps: %v", c)
+	}
+}
+
+// A resume that needs a second person (its approval is past
+// approvals.ttl) runs the pre-flight too once approved: the request is
+// closed as refused, saying why, and the restore stays stopped.
+func TestAnApprovedResumeIsRefusedByItsPreflight(t *testing.T) {
+	t.Parallel()
+	r := newRestoreEnv(t, func(c *config.Config) { c.Ops.RoleARN = opsRole })
+	box := r.inst.ServicesBox.ID
+	req := r.request(alice, "restore latest --rebuild")
+	r.proxy.SetFaults(faultproxy.Faults{Deny: func(c faultproxy.Call) bool { return c.Action == "StopInstances" && !isDryRun(c) }})
+	r.click(bob, "approve "+req, "rpf.3")
+	r.waitText("the restore stopped at its stop step", "Later steps did not run")
+	r.server.Wait()
+	op, err := r.app.Journal.ByRequest(t.Context(), req)
+	if err != nil || op.State != journal.Stopped {
+		t.Fatalf("after the refused stop: %+v, %v", op, err)
+	}
+	// Two days pass: the approval is older than approvals.ttl.
+	if _, err := r.app.Journal.Update(t.Context(), op.ID, func(o *journal.Op) error {
+		o.Created = o.Created.Add(-48 * time.Hour)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r.proxy.SetFaults(roleDenies("TerminateInstances"))
+	again := r.request(alice, "resume "+op.ID)
+	r.proxy.Reset()
+	r.click(bob, "approve "+again, "rpf.4")
+	msg := r.waitText("the refused approved resume", "Request `"+again+"` was approved", "was not resumed")
+	for _, want := range []string{"ec2:TerminateInstances on " + box, "UnauthorizedOperation", "resume " + op.ID + "` again", "cancel " + op.ID} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the refusal lacks %q:\n%s", want, msg)
+		}
+	}
+	r.server.Wait()
+	if c := changes(r.proxy.Calls()); len(c) > 0 {
+		t.Fatalf("a refused resume let these calls through: %v", c)
+	}
+	if st := r.requestState(again); st != approvals.Refused {
+		t.Errorf("the resume request is %s, want refused", st)
+	}
+	if got, _ := r.app.Journal.Get(t.Context(), op.ID); got.State != journal.Stopped {
+		t.Errorf("after the refused resume: %s", got.State)
+	}
+	if st := r.instance(box).State.Name; st != ec2types.InstanceStateNameRunning {
+		t.Errorf("the box is %s after a refused resume", st)
 	}
 }
