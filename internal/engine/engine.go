@@ -891,7 +891,7 @@ func (e *Engine) preflightRest(ctx context.Context, op *journal.Op, out Out) err
 		return nil
 	}
 	names := ops.StepNames(b.steps(e.env(op, out)))
-	if len(names) != len(op.Steps) {
+	if len(names) != len(op.Steps) || op.Next() >= len(op.Steps) {
 		return nil
 	}
 	pf := b.preflight(asItsPeople(ctx, op))
