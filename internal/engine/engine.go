@@ -915,8 +915,8 @@ func (e *Engine) preflightRest(ctx context.Context, op *journal.Op, out Out) err
 	if kd, ok := e.Kinds.kinds[op.Kind]; ok && kd.hold() {
 		keeps = " and keeps " + targetName(op.Target)
 	}
-	msg := fmt.Sprintf("`%s` (%s) was not resumed: just before step %d (%s), %s. Nothing was run: it stays stopped where it was%s (done so far: %s). %s, then `%s resume %s` again; or `%s cancel %s` gives it up.",
-		op.ID, op.Title, i+1, op.Steps[i].Name, strings.TrimSuffix(pe.Error(), "."), keeps, e.leftBehind(op), fix, e.SlashCommand, op.ID, e.SlashCommand, op.ID)
+	msg := fmt.Sprintf("`%s` (%s) was not resumed: just before step %d (%s), %s. Nothing was run: it stays stopped at step %d%s. %s, then `%s resume %s` again; or `%s cancel %s` gives it up.",
+		op.ID, op.Title, i+1, op.Steps[i].Name, strings.TrimSuffix(pe.Error(), "."), i+1, keeps, fix, e.SlashCommand, op.ID, e.SlashCommand, op.ID)
 	e.Log.Warn("a resume was refused by its pre-flight", "op", op.ID, "step", i+1, "refused", pe.Error())
 	return &ResumeRefusedError{Op: op.ID, Refused: rows, Msg: msg, Why: fmt.Sprintf("its resume was refused just before step %d: %s", i+1, pe.Error())}
 }
