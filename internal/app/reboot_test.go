@@ -372,7 +372,9 @@ func TestResizeStoppedPartWayHoldsTheBoxAndResumes(t *testing.T) {
 	b.waitText("summary", "is now m5.4xlarge")
 	b.server.Wait()
 	for _, c := range b.proxy.Calls() {
-		if c.Action == "StopInstances" || c.Action == "ModifyInstanceAttribute" {
+		// The resume's pre-flight tries every call as a dry run, the done
+		// steps' too (their rows do not count): only a real one is a repeat.
+		if (c.Action == "StopInstances" || c.Action == "ModifyInstanceAttribute") && !isDryRun(c) {
 			t.Errorf("the resume called %s again", c.Action)
 		}
 	}

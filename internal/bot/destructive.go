@@ -321,7 +321,15 @@ func (d Deps) execute(ctx context.Context, c Call, out Replier, r approvals.Requ
 	err := d.Engine.Execute(ctx, r, out)
 	var changed *engine.PlanChangedError
 	var refused *ops.PreflightError
+	var resumeRefused *engine.ResumeRefusedError
 	switch {
+	case errors.As(err, &resumeRefused):
+		// An approved resume that its pre-flight stopped: the operation
+		// stays stopped, to be resumed again once fixed (or given up).
+		d.finish(ctx, r.ID, approvals.Refused, resumeRefused.Why)
+		d.updateAll(ctx, c, out, r, fmt.Sprintf(":no_entry: Approved by <@%s>, not run: %s", r.Decider, resumeRefused.Why))
+		_, perr := out.Post(ctx, chat.Text(fmt.Sprintf(":no_entry: Request `%s` was approved, but %s", r.ID, resumeRefused.Msg)))
+		return Outcome{Result: "refused", Detail: resumeRefused.Why}, perr
 	case errors.As(err, &refused):
 		why := refused.Error()
 		d.finish(ctx, r.ID, approvals.Refused, why)

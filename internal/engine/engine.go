@@ -809,20 +809,25 @@ func planHash(op *journal.Op) string {
 }
 
 // resume claims a stopped operation and runs it from its first unfinished
-// step.
+// step, once its pre-flight allows what is left.
 func (e *Engine) resume(ctx context.Context, op *journal.Op, out Out, by string) (string, error) {
 	op, err := e.Journal.Claim(ctx, op.ID, e.Store.Process())
 	if err != nil {
 		return "", &Refusal{Msg: err.Error() + "."}
 	}
 	if err := e.adopt(ctx, op); err != nil {
-		// Given back even if ctx ended: claimed and not run, it must not
-		// stay "running" under a live process.
-		gctx, cancel := settled(ctx)
-		defer cancel()
-		if _, uerr := e.Journal.Update(gctx, op.ID, func(o *journal.Op) error { o.State = journal.Stopped; return nil }); uerr != nil {
-			e.Log.Error("give a claimed operation back", "op", op.ID, "err", uerr)
+		e.giveBack(ctx, op.ID, "")
+		return "", err
+	}
+	// Under the claim and the locks, as at the first start: what AWS would
+	// refuse the steps still to run stops the resume before any of them.
+	if err := e.preflightRest(ctx, op, out); err != nil {
+		why := ""
+		var rr *ResumeRefusedError
+		if errors.As(err, &rr) {
+			why = rr.Why
 		}
+		e.giveBack(ctx, op.ID, why)
 		return "", err
 	}
 	i := op.Next()
@@ -831,6 +836,169 @@ func (e *Engine) resume(ctx context.Context, op *journal.Op, out Out, by string)
 		return "", err
 	}
 	return "resumed " + op.ID, nil
+}
+
+// giveBack returns a claimed operation that was not run to Stopped, with
+// why ("" leaves it unsaid); its locks stay as adopted, held for a later
+// resume or a cancel. Given back even if ctx ended: claimed and not run,
+// it must not stay "running" under a live process.
+func (e *Engine) giveBack(ctx context.Context, id, why string) {
+	gctx, cancel := settled(ctx)
+	defer cancel()
+	if _, err := e.Journal.Update(gctx, id, func(o *journal.Op) error {
+		o.State = journal.Stopped
+		if why != "" {
+			o.Why = why
+		}
+		return nil
+	}); err != nil {
+		e.Log.Error("give a claimed operation back", "op", id, "err", err)
+	}
+}
+
+// ResumeRefusedError is a resume that its pre-flight stopped: AWS would
+// refuse a call of a step still to run. Nothing ran; the operation is
+// stopped where it was and keeps what it holds. It reads as a Refusal
+// (Msg names each refused call, what it acts on, AWS's reason and what to
+// do) and unwraps to the *ops.PreflightError of the rows that count.
+type ResumeRefusedError struct {
+	Op      string
+	Refused []ops.Check
+	// Msg is the whole message for the channel; Why is the line the
+	// journal keeps as the operation's reason for being stopped.
+	Msg, Why string
+}
+
+func (e *ResumeRefusedError) Error() string { return e.Msg }
+func (e *ResumeRefusedError) Unwrap() error { return &ops.PreflightError{Refused: e.Refused} }
+func (e *ResumeRefusedError) As(target any) bool {
+	if r, ok := target.(**Refusal); ok {
+		*r = &Refusal{Msg: e.Msg}
+		return true
+	}
+	return false
+}
+
+// preflightRest runs the kind's pre-flight of the journaled plan again
+// before a resume, in the operation's role session as its steps run (see
+// asItsPeople), and refuses the resume when a row that counts for the
+// steps still to run is refused (blocking). A kind without a pre-flight,
+// or an operation this version cannot line up with its steps (run says
+// why), resumes as before.
+func (e *Engine) preflightRest(ctx context.Context, op *journal.Op, out Out) error {
+	_, b, err := e.bind(op)
+	if err != nil || b.preflight == nil {
+		return nil
+	}
+	names := ops.StepNames(b.steps(e.env(op, out)))
+	if len(names) != len(op.Steps) || op.Next() >= len(op.Steps) {
+		return nil
+	}
+	pf := b.preflight(asItsPeople(ctx, op))
+	if err := ctx.Err(); err != nil {
+		return err // its answers are the cancellation's, not AWS's
+	}
+	rows := blocking(pf, op, names)
+	if len(rows) == 0 {
+		return nil
+	}
+	i := op.Next()
+	for j := range rows {
+		rows[j].On = strings.TrimSpace(rows[j].On + " " + stepsLeft(rows[j], op, names))
+	}
+	pe := &ops.PreflightError{Refused: rows}
+	fix := "Fix what AWS refuses"
+	if slices.ContainsFunc(rows, func(c ops.Check) bool { return c.Denied }) {
+		fix = "Fix the permission (the bot's IAM policy, deploy/iam/policy.json, or the role in `ops.role_arn`)"
+	}
+	keeps := ""
+	if kd, ok := e.Kinds.kinds[op.Kind]; ok && kd.hold() {
+		keeps = " and keeps " + targetName(op.Target)
+	}
+	msg := fmt.Sprintf("`%s` (%s) was not resumed: just before step %d (%s), %s. Nothing was run: it stays stopped at step %d%s. %s, then `%s resume %s` again; or `%s cancel %s` gives it up.",
+		op.ID, op.Title, i+1, op.Steps[i].Name, strings.TrimSuffix(pe.Error(), "."), i+1, keeps, fix, e.SlashCommand, op.ID, e.SlashCommand, op.ID)
+	e.Log.Warn("a resume was refused by its pre-flight", "op", op.ID, "step", i+1, "refused", pe.Error())
+	return &ResumeRefusedError{Op: op.ID, Refused: rows, Msg: msg, Why: fmt.Sprintf("its resume was refused just before step %d: %s", i+1, pe.Error())}
+}
+
+// blocking are the refused rows of a resume's pre-flight that count for
+// the steps still to run. The pre-flight is the first start's, run on the
+// journaled plan; each row names the steps it stands for (ops.Check.Steps,
+// set by the kind's builder from the same names as its step list), and
+// the journal says which of those are done. Weighing rows by that, rather
+// than teaching every builder about done steps, keeps the builders as
+// they are at the first start and the one judgement here:
+//
+//   - a row of steps that are all done does not count: those calls are
+//     not made again, and AWS may refuse them for what they did (a stop
+//     of a box the operation stopped, a launch at an address its own new
+//     box holds);
+//   - a row of the step that stopped part-way (begun, not done) counts
+//     only when IAM refuses it: the step is safe to run again and finds
+//     its own work (the instance it launched, the capacity it raised), so
+//     AWS's answer about state may be that work; and if it is not, the
+//     step meets it again where the operation is now, before any step
+//     after it;
+//   - a row of a step not yet begun counts whatever AWS says;
+//   - a row that names no step, or a step this plan does not have, counts
+//     (nothing says it is done with).
+func blocking(pf ops.Preflight, op *journal.Op, names []string) []ops.Check {
+	at := map[string][]int{}
+	for i, n := range names {
+		at[n] = append(at[n], i)
+	}
+	next := op.Next()
+	begun := next < len(op.Steps) && op.Steps[next].State != journal.StepPending
+	counts := func(c ops.Check) bool {
+		if len(c.Steps) == 0 {
+			return true
+		}
+		for _, s := range c.Steps {
+			idx, ok := at[s]
+			if !ok {
+				return true
+			}
+			for _, i := range idx {
+				switch {
+				case op.Steps[i].State == journal.StepDone:
+				case i == next && begun && !c.Denied:
+				default:
+					return true
+				}
+			}
+		}
+		return false
+	}
+	var out []ops.Check
+	for _, c := range pf.Refused() {
+		if counts(c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// stepsLeft says which steps still to run a row stands for: "(for step 6,
+// Launch the new Services box)".
+func stepsLeft(c ops.Check, op *journal.Op, names []string) string {
+	var rest []string
+	for i, n := range names {
+		if op.Steps[i].State != journal.StepDone && slices.Contains(c.Steps, n) {
+			rest = append(rest, fmt.Sprintf("%d, %s", i+1, n))
+		}
+	}
+	if len(rest) == 0 {
+		return ""
+	}
+	return "(for step " + strings.Join(rest, "; step ") + ")"
+}
+
+// targetName is a lock key as a person knows it.
+func targetName(key string) string {
+	if strings.HasPrefix(key, "box/") {
+		return "the Services box"
+	}
+	return "`" + key + "`"
 }
 
 // adopt makes this process the holder of the operation's targets (only

@@ -51,7 +51,9 @@ type Kind[P, R any] struct {
 	// the plan is offered for approval, its table shown with the plan,
 	// and again just before the first step: a refused row means the
 	// request cannot be approved, or stops before anything is touched.
-	// nil: no pre-flight.
+	// A resume runs it again on the journaled plan, before the first
+	// unfinished step; there a row counts only while a step it stands
+	// for (ops.Check.Steps) is still to run. nil: no pre-flight.
 	Preflight func(ctx context.Context, p P) ops.Preflight
 	// Steps are the journaled steps; each must be safe to run again.
 	Steps func(P, Env) []journal.Def
@@ -197,6 +199,9 @@ type bound struct {
 	// cleanup is the kind's Cleanup (nil: none); failed its Failed.
 	cleanup func(ctx context.Context, rec Record, cut bool) []string
 	failed  func(Record) string
+	// preflight is the kind's pre-flight of the journaled plan (nil:
+	// none), run again before a resume.
+	preflight func(context.Context) ops.Preflight
 }
 
 func (k Kind[P, R]) name() string           { return k.Name }
@@ -310,6 +315,9 @@ func (k Kind[P, R]) bind(data string) (bound, error) {
 	}
 	if k.Recheck != nil {
 		b.recheck = func(ctx context.Context, r Record) ([]string, error) { return k.Recheck(ctx, p, r) }
+	}
+	if k.Preflight != nil {
+		b.preflight = func(ctx context.Context) ops.Preflight { return k.Preflight(ctx, p) }
 	}
 	if k.Cleanup != nil {
 		b.cleanup = func(ctx context.Context, rec Record, cut bool) []string {

@@ -521,22 +521,22 @@ func (f *Failover) Steps(p FailoverPlan) []journal.Def {
 		name string
 		run  fn
 	}{
-		{"Fence the old primary", func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
+		{stepFence, func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
 			return f.fence(ctx, p, pr)
 		}},
-		{"Start the replica instance", func(ctx context.Context, _ w, _ journal.Progress) (string, error) {
+		{stepStartRep, func(ctx context.Context, _ w, _ journal.Progress) (string, error) {
 			return f.startReplica(ctx, p)
 		}},
-		{"Move the service address", func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
+		{stepMoveAddress, func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
 			return f.move(ctx, p, pr)
 		}},
-		{"Configure the service address in the replica's OS", func(ctx context.Context, op w, pr journal.Progress) (string, error) {
+		{stepOSAddress, func(ctx context.Context, op w, pr journal.Progress) (string, error) {
 			return f.configureOS(ctx, op, p, pr)
 		}},
-		{"Hand over the Name tag", func(ctx context.Context, op w, _ journal.Progress) (string, error) {
+		{stepNameTag, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return f.retag(ctx, op, p)
 		}},
-		{"Start the app on the replica", func(ctx context.Context, op w, pr journal.Progress) (string, error) {
+		{stepAppReplica, func(ctx context.Context, op w, pr journal.Progress) (string, error) {
 			return f.startApp(ctx, op, p, pr)
 		}},
 		{"Verify health", func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
@@ -556,7 +556,7 @@ func (f *Failover) Steps(p FailoverPlan) []journal.Def {
 		steps = append(steps, struct {
 			name string
 			run  fn
-		}{"Rotate the builders", func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
+		}{stepRotate, func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
 			return f.Builders.ReplaceAll(ctx, *p.BuilderPlan, pr)
 		}})
 	}

@@ -32,6 +32,12 @@ type Check struct {
 	// Denied: refused by IAM (UnauthorizedOperation, AccessDenied), as
 	// opposed to a parameter or state AWS would refuse.
 	Denied bool `json:"denied,omitempty"`
+	// Steps are the journal names of the steps this row stands for: whose
+	// calls it tries, or whose start it is a condition of. A resume runs
+	// the pre-flight again and weighs a row only while one of its steps
+	// is still to run (engine.blocking); none: every step (the row always
+	// counts).
+	Steps []string `json:"steps,omitempty"`
 }
 
 // The statuses of a Check.
@@ -66,6 +72,15 @@ func (p Preflight) Err() error {
 }
 
 func (p *Preflight) add(c Check) { p.Checks = append(p.Checks, c) }
+
+// forSteps says that the rows added since row from stand for steps (by
+// their journal names: the builders take them from the same constants as
+// the kinds' step lists, so a renamed step cannot drift from its rows).
+func (p *Preflight) forSteps(from int, steps ...string) {
+	for i := from; i < len(p.Checks); i++ {
+		p.Checks[i].Steps = steps
+	}
+}
 
 // ok, refused and skipped add one row each.
 func (p *Preflight) ok(call, on string) { p.add(Check{Call: call, On: on, Status: CheckOK}) }

@@ -63,10 +63,14 @@ func (f *Failover) Preflight(ctx context.Context, p FailoverPlan) Preflight {
 		_, err := f.EC2.StopInstances(ctx, &ec2.StopInstancesInput{DryRun: dry, InstanceIds: []string{p.Primary.ID}})
 		pf.dryRun("ec2:StopInstances", p.Primary.ID+" (fence the Services box)", err)
 	}
+	pf.forSteps(0, stepFence)
+	n := len(pf.Checks)
 	if p.Replica.State == string(ec2types.InstanceStateNameStopped) {
 		_, err := f.EC2.StartInstances(ctx, &ec2.StartInstancesInput{DryRun: dry, InstanceIds: []string{p.Replica.ID}})
 		pf.dryRun("ec2:StartInstances", p.Replica.ID+" (the replica)", err)
 	}
+	pf.forSteps(n, stepStartRep)
+	n = len(pf.Checks)
 	switch p.Discovery {
 	case DiscoverySecondaryIP:
 		// Assign/UnassignPrivateIpAddresses take no DryRun: the read
@@ -104,8 +108,14 @@ func (f *Failover) Preflight(ctx context.Context, p FailoverPlan) Preflight {
 	case DiscoveryNone:
 		if p.BuilderPlan != nil && f.Builders != nil {
 			pf.Checks = append(pf.Checks, f.Builders.Preflight(ctx, *p.BuilderPlan).Checks...)
+			// One step here rotates every batch.
+			pf.forSteps(n, stepRotate)
 		}
 	}
+	if p.Discovery != DiscoveryNone {
+		pf.forSteps(n, stepMoveAddress)
+	}
+	n = len(pf.Checks)
 	if known {
 		_, err := f.EC2.CreateTags(ctx, &ec2.CreateTagsInput{DryRun: dry, Resources: []string{p.Primary.ID}, Tags: []ec2types.Tag{
 			{Key: aws.String("Name"), Value: aws.String(p.NameTag + "-fenced")}, {Key: aws.String("circlebot:fenced-by"), Value: aws.String(preflightOpID)},
@@ -116,11 +126,19 @@ func (f *Failover) Preflight(ctx context.Context, p FailoverPlan) Preflight {
 		{Key: aws.String("Name"), Value: aws.String(p.NameTag)}, {Key: aws.String("circlebot:promoted-by"), Value: aws.String(preflightOpID)},
 	}})
 	pf.dryRun("ec2:CreateTags", p.Replica.ID+" (Name="+p.NameTag+")", err)
+	pf.forSteps(n, stepNameTag)
+	n = len(pf.Checks)
 	if p.AppStart != "" && f.SSM != nil {
 		if p.Replica.State == string(ec2types.InstanceStateNameRunning) {
 			pf.checkAgent(ctx, f.SSM, p.Replica.ID, "the replica")
 		} else {
 			pf.skipped("ssm:DescribeInstanceInformation", p.Replica.ID+" (the replica)", "it is stopped; its agent is waited for after it starts")
+		}
+		// The steps that send it commands.
+		if p.osAddressSkipped() == "" {
+			pf.forSteps(n, stepOSAddress, stepAppReplica)
+		} else {
+			pf.forSteps(n, stepAppReplica)
 		}
 	}
 	return pf
@@ -134,13 +152,21 @@ func (b *Builders) Preflight(ctx context.Context, p RotationPlan) Preflight {
 	g, err := b.group(ctx)
 	if err != nil {
 		pf.refused("autoscaling:DescribeAutoScalingGroups", p.Group, reasonOf(err))
+		names := RotationSteps(p)
+		pf.forSteps(0, names[:len(names)-1]...)
 		return pf
 	}
-	desired, max := aws.ToInt32(g.DesiredCapacity), aws.ToInt32(g.MaxSize)
+	// Each batch raises the desired capacity to the plan's plus the
+	// batch (replace), not the group's now: a rotation stopped mid-batch
+	// has raised it already, and that is no reason to refuse its resume.
+	desired, max := p.Desired, aws.ToInt32(g.MaxSize)
 	if need := desired + int32(p.Batch); need > max {
 		pf.refused("autoscaling:SetDesiredCapacity", p.Group, fmt.Sprintf("a batch of %d needs %d builders at once and the group's maximum is %d: raise its MaxSize to %d, or set builders.rotate_batch to %d", p.Batch, need, max, need, max-desired))
-		return pf
+	} else {
+		pf.add(Check{Call: "autoscaling:SetDesiredCapacity", On: p.Group, Status: CheckOK, Reason: fmt.Sprintf("room for %d above %d (max %d); no dry run in the API, the group was read", p.Batch, desired, max)})
 	}
-	pf.add(Check{Call: "autoscaling:SetDesiredCapacity", On: p.Group, Status: CheckOK, Reason: fmt.Sprintf("room for %d above %d (max %d); no dry run in the API, the group was read", p.Batch, desired, max)})
+	// Every batch's step raises it ("Verify the fleet" only reads).
+	names := RotationSteps(p)
+	pf.forSteps(0, names[:len(names)-1]...)
 	return pf
 }

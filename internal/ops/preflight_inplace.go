@@ -18,6 +18,11 @@ func (r *Reboot) Preflight(ctx context.Context, p RebootPlan) Preflight {
 	if r.SSM != nil {
 		pf.checkAgent(ctx, r.SSM, p.Box.ID, "the Services box")
 	}
+	// The agent is a condition of the reboot itself (the reboot is proven
+	// through it): once the box was rebooted, the wait for the agent is
+	// the later steps' own, and a box still booting is no reason to
+	// refuse their resume.
+	pf.forSteps(0, stepRebootBox)
 	return pf
 }
 
@@ -29,13 +34,22 @@ func (r *Resize) Preflight(ctx context.Context, p ResizePlan) Preflight {
 	id := p.Box.ID
 	_, err := r.EC2.StopInstances(ctx, &ec2.StopInstancesInput{DryRun: dry, InstanceIds: []string{id}})
 	pf.dryRun("ec2:StopInstances", id, err)
+	pf.forSteps(0, stepStopBox)
+	n := len(pf.Checks)
 	_, err = r.EC2.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{DryRun: dry, InstanceId: aws.String(id), InstanceType: &ec2types.AttributeValue{Value: aws.String(p.To.Name)}})
 	pf.dryRunStopped("ec2:ModifyInstanceAttribute", id+" (type "+p.To.Name+")", err)
+	pf.forSteps(n, resizeTypeStep(p.To.Name))
+	n = len(pf.Checks)
 	_, err = r.EC2.StartInstances(ctx, &ec2.StartInstancesInput{DryRun: dry, InstanceIds: []string{id}})
 	pf.dryRunStopped("ec2:StartInstances", id, err)
+	pf.forSteps(n, stepStartBox)
+	n = len(pf.Checks)
 	if r.SSM != nil && p.AppStart != "" {
 		pf.checkAgent(ctx, r.SSM, id, "the Services box")
 	}
+	// As for a reboot: the agent is a condition of stopping the box at
+	// all; once it was stopped, the app's step waits for it on its own.
+	pf.forSteps(n, stepStopBox)
 	return pf
 }
 

@@ -48,6 +48,7 @@ func (r *SnapshotRestore) Preflight(ctx context.Context, plan RestorePlan) Prefl
 		_, err = r.EC2.RegisterImage(ctx, reg)
 		pf.dryRun("ec2:RegisterImage", strings.Join(snaps, ", "), err)
 	}
+	pf.forSteps(0, stepImage)
 	if old := plan.Old; old != nil {
 		id := old.InstanceID
 		var vols []string
@@ -58,6 +59,7 @@ func (r *SnapshotRestore) Preflight(ctx context.Context, plan RestorePlan) Prefl
 				dev = v.Device
 			}
 		}
+		n := len(pf.Checks)
 		if dev != "" {
 			_, err = r.EC2.ModifyInstanceAttribute(ctx, &ec2.ModifyInstanceAttributeInput{DryRun: aws.Bool(true), InstanceId: aws.String(id),
 				BlockDeviceMappings: []ec2types.InstanceBlockDeviceMappingSpecification{{DeviceName: aws.String(dev), Ebs: &ec2types.EbsInstanceBlockDeviceSpecification{DeleteOnTermination: aws.Bool(false)}}}})
@@ -69,13 +71,19 @@ func (r *SnapshotRestore) Preflight(ctx context.Context, plan RestorePlan) Prefl
 			}})
 			pf.dryRun("ec2:CreateTags", strings.Join(vols, ", ")+" (mark the kept volumes)", err)
 		}
+		pf.forSteps(n, stepProtect)
+		n = len(pf.Checks)
 		if old.State != string(ec2types.InstanceStateNameStopped) {
 			_, err = r.EC2.StopInstances(ctx, &ec2.StopInstancesInput{DryRun: aws.Bool(true), InstanceIds: []string{id}})
 			pf.dryRun("ec2:StopInstances", id+" (the old box)", err)
 		}
+		pf.forSteps(n, stepStopOld)
+		n = len(pf.Checks)
 		_, err = r.EC2.TerminateInstances(ctx, &ec2.TerminateInstancesInput{DryRun: aws.Bool(true), InstanceIds: []string{id}})
 		pf.dryRun("ec2:TerminateInstances", id+" (the old box)", err)
+		pf.forSteps(n, stepFreeIP)
 	}
+	launch := len(pf.Checks)
 	types := launchTypes(plan)
 	infos := pf.checkArch(ctx, r.Types, plan.Shape.Architecture, types)
 	if infos != nil {
@@ -96,6 +104,8 @@ func (r *SnapshotRestore) Preflight(ctx context.Context, plan RestorePlan) Prefl
 	default:
 		r.launchPreflight(ctx, &pf, plan, preflightOpID, image, " (with image "+image+" standing in)")
 	}
+	// The type, quota, tag and image rows are the launch's conditions.
+	pf.forSteps(launch, stepLaunch)
 	return pf
 }
 

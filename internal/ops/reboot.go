@@ -99,10 +99,10 @@ func (r *Reboot) Steps(p RebootPlan) []journal.Def {
 		name string
 		run  StepFunc[RebootResult]
 	}{
-		{"Reboot the Services box", func(ctx context.Context, op w, _ journal.Progress) (string, error) {
+		{stepRebootBox, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return r.reboot(ctx, op, p)
 		}},
-		{"Wait until it has rebooted", func(ctx context.Context, op w, pr journal.Progress) (string, error) {
+		{stepWaitRebooted, func(ctx context.Context, op w, pr journal.Progress) (string, error) {
 			booted, err := r.work().waitRebooted(ctx, op.ID, p.Box.ID, op.Result.Sent, pr)
 			if err != nil {
 				return "", err
@@ -110,7 +110,7 @@ func (r *Reboot) Steps(p RebootPlan) []journal.Def {
 			op.Result.Booted = booted
 			return fmt.Sprintf("`%s` booted at %s UTC; its SSM agent answers", p.Box.ID, booted.UTC().Format("15:04:05")), nil
 		}},
-		{"Start the app", func(ctx context.Context, op w, pr journal.Progress) (string, error) {
+		{stepStartApp, func(ctx context.Context, op w, pr journal.Progress) (string, error) {
 			if p.AppStart == "" || r.SSM == nil {
 				return "skipped: no `services_box.app_start_command`", nil
 			}

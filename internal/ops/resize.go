@@ -239,10 +239,10 @@ func (r *Resize) Steps(p ResizePlan) []journal.Def {
 		name string
 		run  StepFunc[ResizeResult]
 	}{
-		{"Stop the Services box", func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
+		{stepStopBox, func(ctx context.Context, _ w, pr journal.Progress) (string, error) {
 			return r.stop(ctx, p, pr)
 		}},
-		{"Set the instance type to " + p.To.Name, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
+		{resizeTypeStep(p.To.Name), func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			if op.Result.RolledBack {
 				return fmt.Sprintf("set back to %s (%s could not start)", p.From.Name, p.To.Name), nil
 			}
@@ -255,10 +255,10 @@ func (r *Resize) Steps(p ResizePlan) []journal.Def {
 			}
 			return fmt.Sprintf("`%s`: %s → %s", p.Box.ID, p.From.Name, p.To.Name), nil
 		}},
-		{"Start the Services box", func(ctx context.Context, op w, pr journal.Progress) (string, error) {
+		{stepStartBox, func(ctx context.Context, op w, pr journal.Progress) (string, error) {
 			return r.start(ctx, op, p, pr)
 		}},
-		{"Start the app", func(ctx context.Context, op w, pr journal.Progress) (string, error) {
+		{stepStartApp, func(ctx context.Context, op w, pr journal.Progress) (string, error) {
 			if p.AppStart == "" || r.SSM == nil {
 				return "skipped: no `services_box.app_start_command`", nil
 			}

@@ -584,19 +584,19 @@ func (r *SnapshotRestore) completedSteps(plan RestorePlan) []journal.Def {
 		{"Check the restore point", func(ctx context.Context, _ w, _ journal.Progress) (string, error) {
 			return r.checkSource(ctx, plan)
 		}},
-		{"Make an image of the restore point", func(ctx context.Context, op w, p journal.Progress) (string, error) {
+		{stepImage, func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.image(ctx, op, plan, p)
 		}},
-		{"Protect the old volumes", func(ctx context.Context, op w, _ journal.Progress) (string, error) {
+		{stepProtect, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return r.protect(ctx, op, plan)
 		}},
-		{"Stop the old instance", func(ctx context.Context, _ w, p journal.Progress) (string, error) {
+		{stepStopOld, func(ctx context.Context, _ w, p journal.Progress) (string, error) {
 			return r.stopOld(ctx, plan, p)
 		}},
-		{"Free the private IP", func(ctx context.Context, _ w, p journal.Progress) (string, error) {
+		{stepFreeIP, func(ctx context.Context, _ w, p journal.Progress) (string, error) {
 			return r.freeIP(ctx, plan, p)
 		}},
-		{"Launch the new Services box", func(ctx context.Context, op w, p journal.Progress) (string, error) {
+		{stepLaunch, func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.launch(ctx, op, plan, p)
 		}},
 		{"Wait for running and status checks", func(ctx context.Context, op w, p journal.Progress) (string, error) {
@@ -605,7 +605,7 @@ func (r *SnapshotRestore) completedSteps(plan RestorePlan) []journal.Def {
 		{"Reattach the old box's other interfaces", func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.reattach(ctx, op, plan, p)
 		}},
-		{"Start the app", func(ctx context.Context, op w, p journal.Progress) (string, error) {
+		{stepStartApp, func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.startApp(ctx, op, plan, p)
 		}},
 		{"Verify the new Services box", func(ctx context.Context, op w, _ journal.Progress) (string, error) {

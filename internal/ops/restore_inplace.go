@@ -154,22 +154,22 @@ func (r *SnapshotRestore) inPlaceSteps(plan RestorePlan) []journal.Def {
 		{"Check the restore point", func(ctx context.Context, _ w, _ journal.Progress) (string, error) {
 			return r.checkSource(ctx, plan)
 		}},
-		{"Create the new volumes", func(ctx context.Context, op w, p journal.Progress) (string, error) {
+		{stepCreateVols, func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.createVolumes(ctx, op, plan, p)
 		}},
-		{"Protect the old volumes", func(ctx context.Context, op w, _ journal.Progress) (string, error) {
+		{stepProtect, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return r.protect(ctx, op, plan)
 		}},
-		{"Stop the Services box", func(ctx context.Context, _ w, p journal.Progress) (string, error) {
+		{stepStopBox, func(ctx context.Context, _ w, p journal.Progress) (string, error) {
 			return r.stopOld(ctx, plan, p)
 		}},
-		{"Swap the volumes", func(ctx context.Context, op w, p journal.Progress) (string, error) {
+		{stepSwap, func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.swapVolumes(ctx, op, plan, p)
 		}},
-		{"Start the Services box", func(ctx context.Context, op w, p journal.Progress) (string, error) {
+		{stepStartBox, func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.startInPlace(ctx, op, plan, p)
 		}},
-		{"Start the app", func(ctx context.Context, op w, p journal.Progress) (string, error) {
+		{stepStartApp, func(ctx context.Context, op w, p journal.Progress) (string, error) {
 			return r.startApp(ctx, op, plan, p)
 		}},
 		{"Verify the Services box", func(ctx context.Context, op w, p journal.Progress) (string, error) {
@@ -256,6 +256,8 @@ func (r *SnapshotRestore) inPlacePreflight(ctx context.Context, plan RestorePlan
 		_, err := r.EC2.CreateVolume(ctx, in)
 		pf.dryRun("ec2:CreateVolume", v.Device+" from "+v.SnapshotID, err)
 	}
+	pf.forSteps(0, stepCreateVols)
+	n := len(pf.Checks)
 	var vols []string
 	for _, v := range plan.Old.Volumes {
 		vols = append(vols, v.ID)
@@ -266,10 +268,14 @@ func (r *SnapshotRestore) inPlacePreflight(ctx context.Context, plan RestorePlan
 		}})
 		pf.dryRun("ec2:CreateTags", strings.Join(vols, ", ")+" (mark the kept volumes)", err)
 	}
+	pf.forSteps(n, stepProtect)
+	n = len(pf.Checks)
 	if plan.Old.State != string(ec2types.InstanceStateNameStopped) {
 		_, err := r.EC2.StopInstances(ctx, &ec2.StopInstancesInput{DryRun: aws.Bool(true), InstanceIds: []string{id}})
 		pf.dryRun("ec2:StopInstances", id+" (the box)", err)
 	}
+	pf.forSteps(n, stepStopBox)
+	n = len(pf.Checks)
 	// The swap's calls cannot be tried yet: the policy lets the bot detach
 	// only volumes its protect step has marked kept, and attach only the
 	// volumes this restore created (tags that do not exist before the
@@ -279,6 +285,8 @@ func (r *SnapshotRestore) inPlacePreflight(ctx context.Context, plan RestorePlan
 		pf.skipped("ec2:DetachVolume", v.ID+" from "+v.Device, "allowed once the restore has marked it kept; tried by the swap step")
 		pf.skipped("ec2:AttachVolume", "the new volume at "+v.Device, "allowed once the restore has created it; tried by the swap step")
 	}
+	pf.forSteps(n, stepSwap)
+	n = len(pf.Checks)
 	_, err := r.EC2.StartInstances(ctx, &ec2.StartInstancesInput{DryRun: aws.Bool(true), InstanceIds: []string{id}})
 	if err = translate(err); err != nil && !errors.Is(err, ErrDryRunOK) && !errors.Is(err, ErrUnauthorized) && plan.Old.State != string(ec2types.InstanceStateNameStopped) {
 		// A running box cannot be started now; IAM's answer is what counts.
@@ -286,6 +294,7 @@ func (r *SnapshotRestore) inPlacePreflight(ctx context.Context, plan RestorePlan
 	} else {
 		pf.dryRun("ec2:StartInstances", id+" (the box, after the swap)", err)
 	}
+	pf.forSteps(n, stepStartBox)
 	return pf
 }
 

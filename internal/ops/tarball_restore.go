@@ -155,22 +155,22 @@ func (t *TarballRestore) Steps(plan TarballRestorePlan) []journal.Def {
 		{"Check the tarball", true, func(ctx context.Context, _ w, _ journal.Progress) (string, error) {
 			return t.checkObject(ctx, plan)
 		}},
-		{"Check the Services box", true, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
+		{stepCheckBox, true, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return t.checkBox(ctx, op, plan)
 		}},
-		{"Download the tarball onto the box", false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
+		{stepDownload, false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return t.download(ctx, op, plan)
 		}},
-		{"Stop the app", false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
+		{stepStopApp, false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return t.app(ctx, op, plan, plan.AppStop, "stop the app")
 		}},
-		{"Run circleci-restore", false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
+		{stepRunRestore, false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return t.restore(ctx, op, plan)
 		}},
-		{"Start the app", false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
+		{stepStartApp, false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return t.app(ctx, op, plan, plan.AppStart, "start the app")
 		}},
-		{"Remove the downloaded tarball", false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
+		{stepRmTarball, false, func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 			return t.cleanup(ctx, op, plan)
 		}},
 	}
@@ -265,11 +265,26 @@ func roomFor(size, freeKiB, dataFreeKiB int64) error {
 func (t *TarballRestore) Preflight(ctx context.Context, plan TarballRestorePlan) Preflight {
 	var pf Preflight
 	pf.ok("s3:GetObject", fmt.Sprintf("s3://%s/%s (HeadObject answered: %d MiB)", plan.Bucket, plan.Key, plan.Size>>20))
+	pf.forSteps(0, stepDownload)
+	n := len(pf.Checks)
 	pf.checkAgent(ctx, t.SSM, plan.InstanceID, "the Services box")
+	// Every step from the box's check on sends it commands.
+	pf.forSteps(n, stepCheckBox, stepDownload, stepStopApp, stepRunRestore, stepStartApp, stepRmTarball)
+	n = len(pf.Checks)
 	if pf.Err() != nil {
 		pf.skipped("ssm:SendCommand", plan.InstanceID+" (disk space)", "its agent is not online")
-		return pf
+	} else {
+		t.diskPreflight(ctx, &pf, plan)
 	}
+	// The disk space is the download's: once it is done, the tarball
+	// itself takes that room.
+	pf.forSteps(n, stepDownload)
+	return pf
+}
+
+// diskPreflight reads the room on the box for the download and the
+// extracted data.
+func (t *TarballRestore) diskPreflight(ctx context.Context, pf *Preflight, plan TarballRestorePlan) {
 	// The step's own directories (its scratch directory is made in
 	// ${BOX_ROOT}/tmp), read where they exist: nothing is made here.
 	r, err := t.shell(plan.InstanceID).Run(ctx, "circlebot: pre-flight of a tarball restore: disk space", fmt.Sprintf(`at() { d="$1"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -Pk "$d" | awk 'NR==2{print $4}'; }
@@ -278,7 +293,7 @@ echo "%sdata_free_kib=$(at "${BOX_ROOT:-}/data")"`, resultPrefix, resultPrefix),
 	on := plan.InstanceID + " (disk space, df)"
 	if err != nil {
 		pf.refused("ssm:SendCommand", on, Explain(err))
-		return pf
+		return
 	}
 	free, ferr := strconv.ParseInt(field(r.Stdout, resultPrefix+"free_kib"), 10, 64)
 	dataFree, derr := strconv.ParseInt(field(r.Stdout, resultPrefix+"data_free_kib"), 10, 64)
@@ -288,11 +303,10 @@ echo "%sdata_free_kib=$(at "${BOX_ROOT:-}/data")"`, resultPrefix, resultPrefix),
 	default:
 		if err := roomFor(plan.Size, free, dataFree); err != nil {
 			pf.refused("ssm:SendCommand", on, err.Error())
-			return pf
+			return
 		}
 		pf.add(Check{Call: "ssm:SendCommand", On: on, Status: CheckOK, Reason: fmt.Sprintf("%d MiB free in /tmp, %d MiB in /data", free>>10, dataFree>>10)})
 	}
-	return pf
 }
 
 // download fetches the object onto the box through a presigned URL and
