@@ -297,6 +297,25 @@ func (r *SnapshotRestore) Plan(ctx context.Context, snapshotID string, rebuild b
 	return plan, nil
 }
 
+// noCompletedPoint is why `restore latest` has nothing to restore: at
+// 3 a.m. right after a `backup now`, the one restore point may still be
+// completing, and `restore bk-…` can follow it (pts: newest first).
+func noCompletedPoint(pts []Point) string {
+	for _, p := range pts {
+		if p.Method != MethodEBS || p.State != StateRunning || p.PrunedBy != "" {
+			continue
+		}
+		if p.MadeByBot {
+			return fmt.Sprintf("there is no completed EBS restore point yet, but `%s` (begun %s UTC) is still completing (%.0f%%): `restore %s` restores from it, keeping the box serving until it is nearly complete.",
+				p.ID, p.Started.UTC().Format("2006-01-02 15:04"), p.Pct, p.ID)
+		}
+		// Not the bot's: its set is not known, so it cannot be followed.
+		return fmt.Sprintf("there is no completed EBS restore point yet; `%s` (begun %s UTC) is still completing (%.0f%%): `restore latest` takes it once it has completed (`backup list` shows its progress).",
+			p.ID, p.Started.UTC().Format("2006-01-02 15:04"), p.Pct)
+	}
+	return "there is no completed EBS restore point to restore from (`backup list` shows them)."
+}
+
 // plan is what both methods need: the restore point, its snapshots and
 // devices, the launch shape, the old box (nil: none).
 func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string, rebuild bool) (RestorePlan, *ec2types.Instance, error) {
@@ -321,7 +340,7 @@ func (r *SnapshotRestore) plan(ctx context.Context, snapshotID string, rebuild b
 			}
 		}
 		if newest == nil {
-			return RestorePlan{}, nil, refusef("there is no completed EBS restore point to restore from (`backup list` shows them).")
+			return RestorePlan{}, nil, refusef("%s", noCompletedPoint(pts))
 		}
 		for _, p := range pts {
 			// A newer one still completing: `latest` does not wait for

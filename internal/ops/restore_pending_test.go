@@ -72,3 +72,31 @@ func TestPendingSourceOrdersTheStopBeforeTheVolumes(t *testing.T) {
 		t.Errorf("pending rebuild: %v", got)
 	}
 }
+
+// `restore latest` with no completed restore point names the newest one
+// still completing: the bot's can be followed (`restore bk-…`), another's
+// only waited for; failed, pruned and tarball points are not offered.
+func TestNoCompletedPointNamesOneStillCompleting(t *testing.T) {
+	at := time.Date(2026, 11, 30, 3, 4, 0, 0, time.UTC)
+	none := "there is no completed EBS restore point to restore from (`backup list` shows them)."
+	for _, c := range []struct {
+		name string
+		pts  []Point
+		want string
+	}{
+		{"nothing", nil, none},
+		{"one completing", []Point{{ID: "bk-1", Method: MethodEBS, MadeByBot: true, State: StateRunning, Started: at, Pct: 40}},
+			"there is no completed EBS restore point yet, but `bk-1` (begun 2026-11-30 03:04 UTC) is still completing (40%): `restore bk-1` restores from it, keeping the box serving until it is nearly complete."},
+		{"failed, pruned, not the bot's, tarball", []Point{
+			{ID: "bk-2", Method: MethodEBS, MadeByBot: true, State: StateFailed},
+			{ID: "bk-3", Method: MethodEBS, MadeByBot: true, State: StateRunning, PrunedBy: "op-1"},
+			{ID: "bk-5", Method: MethodTarball, MadeByBot: true, State: StateRunning},
+		}, none},
+		{"not the bot's", []Point{{ID: "snap-4", Method: MethodEBS, State: StateRunning, Started: at, Pct: 0}},
+			"there is no completed EBS restore point yet; `snap-4` (begun 2026-11-30 03:04 UTC) is still completing (0%): `restore latest` takes it once it has completed (`backup list` shows its progress)."},
+	} {
+		if got := noCompletedPoint(c.pts); got != c.want {
+			t.Errorf("%s:\n got %s\nwant %s", c.name, got, c.want)
+		}
+	}
+}
