@@ -177,6 +177,14 @@ func TestReplicaRefreshCutBetweenTheRenamesResumesWithoutRepeats(t *testing.T) {
 		t.Fatalf("old replica: Name=%s, %s", nameOf(o), o.State.Name)
 	}
 
+	// Cut (not killed), the step gave the box back: a failover finds no
+	// replica, and is told the new one is not verified, whose it is and
+	// how to finish it.
+	if txt := e.answer(e.slash(alice, incident, "failover --dry-run")); !strings.Contains(txt, "there is no replica tagged Name="+replicaTag) ||
+		!strings.Contains(txt, "`"+nu+"`") || !strings.Contains(txt, "the replica refresh `"+op.ID+"`") || !strings.Contains(txt, "`resume`") {
+		t.Errorf("a failover between the renames: %s", txt)
+	}
+
 	// A kill -9 inside the step: running under a dead process, the box
 	// it took back held under it.
 	if _, err := e.app.Journal.Update(t.Context(), op.ID, func(o *journal.Op) error {
@@ -318,6 +326,16 @@ func TestFailoverDuringAReplicaRefreshGoesToTheOldReplica(t *testing.T) {
 		t.Fatal("the refresh never launched its new replica")
 	}
 	opR := e.refreshOp().ID
+
+	// Status and doctor find the replica by its Name: the old one, and
+	// the new one said to be built, not the replica.
+	e.slash(alice, incident, "status")
+	if st := e.waitText("status", "Being built, not the replica"); !strings.Contains(st, "`"+cand+"`") || !strings.Contains(st, "`"+opR+"`") || strings.Contains(st, "instances are tagged") {
+		t.Errorf("status during the refresh:\n%s", st)
+	}
+	if d := e.answer(e.slash(alice, incident, "doctor")); !strings.Contains(d, "Replica being built") || !strings.Contains(d, "`"+cand+"`") || !strings.Contains(d, "`"+old+"`") {
+		t.Errorf("doctor during the refresh:\n%s", d)
+	}
 
 	// Not e.request: it waits for the server's work, the held refresh too.
 	e.slash(alice, incident, "failover")
