@@ -289,9 +289,12 @@ func newRefreshFailoverEnv(t *testing.T) *env {
 // An incident while a refresh builds the new replica: the failover is not
 // refused (the refresh gave the Services box back once its image was
 // made); its plan says a new replica is being built and is not the
-// replica, and it promotes the old, in-sync one. The refresh then stops
-// at its last step without retiring the promoted replica, the new one
-// stays a candidate, and giving the refresh up says what is where.
+// replica, and it promotes the old, in-sync one. While the failover runs
+// (held at its fence) the refresh reaches its last step, cannot take the
+// box back, and stops having done nothing, naming the failover. Resumed
+// after the failover, it stops again without retiring the promoted
+// replica; the new one stays a candidate, and giving the refresh up says
+// what is where.
 func TestFailoverDuringAReplicaRefreshGoesToTheOldReplica(t *testing.T) {
 	e := newRefreshFailoverEnv(t)
 	old := e.inst.Replica.ID
@@ -302,8 +305,20 @@ func TestFailoverDuringAReplicaRefreshGoesToTheOldReplica(t *testing.T) {
 	var first atomic.Bool
 	var released sync.Once
 	t.Cleanup(func() { released.Do(func() { close(release) }) })
+	// The failover is held at its fence, holding the Services box.
+	releaseF, fencing := make(chan struct{}), make(chan struct{}, 1)
+	var firstF atomic.Bool
+	var releasedF sync.Once
+	t.Cleanup(func() { releasedF.Do(func() { close(releaseF) }) })
 	e.proxy.SetFaults(faultproxy.Faults{Match: func(c faultproxy.Call) bool {
 		id := c.Params.Get("InstanceId.1")
+		if c.Action == "StopInstances" && id == e.inst.ServicesBox.ID && c.Params.Get("DryRun") != "true" {
+			if firstF.CompareAndSwap(false, true) {
+				fencing <- struct{}{}
+				<-releaseF
+			}
+			return false
+		}
 		if c.Action != "DescribeInstances" || id == "" || id == old || id == e.inst.ServicesBox.ID {
 			return false
 		}
@@ -352,9 +367,26 @@ func TestFailoverDuringAReplicaRefreshGoesToTheOldReplica(t *testing.T) {
 	e.proxy.Reset()
 	e.waitPosted(reqF)
 	e.click(bob, "approve "+reqF, "fo.1")
-	e.waitText("failover summary", "The Services box is now `"+old+"`")
+	select {
+	case <-fencing:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the failover never fenced the box")
+	}
 	released.Do(func() { close(release) })
+	held := e.waitText("refresh at the held box", opR, "this step needs it and did nothing")
+	if !strings.Contains(held, "(failover, requested by") || !strings.Contains(held, "resume "+opR) || !strings.Contains(held, "cancel "+opR) {
+		t.Errorf("the refresh's stop at the box a failover holds: %s", held)
+	}
+	if h, _ := e.replicaHolders(); !slices.Equal(h, []string{old}) {
+		t.Errorf("with the failover under way Name=%s is on %v, want the old replica alone", replicaTag, h)
+	}
+	if o := e.instance(old); o.State.Name != ec2types.InstanceStateNameRunning {
+		t.Errorf("the refresh touched the old replica: %s", o.State.Name)
+	}
+	releasedF.Do(func() { close(releaseF) })
+	e.waitText("failover summary", "The Services box is now `"+old+"`")
 
+	e.slash(alice, incident, "resume "+opR)
 	stopped := e.waitText("refresh stop", opR, "was it promoted?")
 	e.server.Wait()
 	if !strings.Contains(stopped, "stays Name="+replicaTag+"-candidate") {
