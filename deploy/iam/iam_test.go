@@ -112,7 +112,7 @@ func TestUnsetSettingsLeaveTheirStatementsOut(t *testing.T) {
 	}
 	want := []string{"TarballBackupsGoUnderTheirPrefix", "TarballRestoresReadTheBucket", "DoctorReadsTheBucketEncryption", "BuilderRotation", "FailoverMovesLoadBalancerTargets", "PassphraseFromSecretsManager",
 		"SlackTokensFromSecretsManager", "SharedState", "LaunchWithTheServicesBoxRole", "KmsKeysReadable", "KmsForEncryptedVolumes", "KmsGrantsForEncryptedVolumes", "KmsForTheTarballBucket", "AssumeTheOperationsRole",
-		"RenameTheRetiredReplica"} // it names the replica: no replica, no statement
+		"RenameTheRetiredReplica", "NameTheVerifiedReplica", "NeverNameAnotherInstanceAsTheReplica"} // they name the replica: no replica, no statement
 	slices.Sort(left)
 	slices.Sort(want)
 	if !slices.Equal(left, want) {

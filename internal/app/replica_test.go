@@ -275,8 +275,10 @@ func TestReplicaRefreshRetiresTheOldOneAndNeverMakesTwo(t *testing.T) {
 
 // With replica.retire: terminate the old replica is terminated, and the
 // plan says that cannot be undone. A refresh that stops part-way (AWS
-// fails every RunInstances) holds the box: a reboot is refused meanwhile;
-// the resume launches once and finishes.
+// fails every RunInstances) keeps backups and other replica work out, but
+// not a failover (past its image it no longer holds the Services box: the
+// old replica is still the only one); the resume launches once and
+// finishes.
 func TestReplicaRefreshTerminatesAndResumes(t *testing.T) {
 	e := newReplicaEnv(t, func(c *config.Config) { c.Replica.Retire = "terminate" })
 	old := e.inst.Replica.ID
@@ -289,13 +291,28 @@ func TestReplicaRefreshTerminatesAndResumes(t *testing.T) {
 	e.click(bob, "approve "+req, "ref.t")
 	stopped := e.waitText("stop", "Later steps did not run")
 	e.server.Wait()
-	if l, _ := e.app.Store.Locks(t.Context()); len(l) != 1 {
-		t.Errorf("locks while the refresh is stopped: %+v; want the box held", l)
-	}
-	if txt := e.answer(e.slash(alice, incident, "reboot")); !strings.Contains(txt, "another operation on the Services box") {
-		t.Errorf("a reboot while the refresh holds the box: %s", txt)
-	}
 	op := opIDRE.FindString(stopped)
+	var keys []string
+	l, _ := e.app.Store.Locks(t.Context())
+	for _, k := range l {
+		keys = append(keys, k.Key)
+	}
+	slices.Sort(keys)
+	if want := []string{"backups/circleci_services", "replica/" + replicaTag}; !slices.Equal(keys, want) {
+		t.Errorf("locks while the refresh is stopped: %v; want %v", keys, want)
+	}
+	if txt := e.answer(e.slash(alice, incident, "backup now")); !strings.Contains(txt, op) {
+		t.Errorf("a backup while the refresh is stopped: %s", txt)
+	}
+	if txt := e.answer(e.slash(alice, incident, "replica refresh")); !strings.Contains(txt, op) || !strings.Contains(txt, "cancel "+op) {
+		t.Errorf("a second refresh while the first is stopped: %s", txt)
+	}
+	// Planned for the old replica, not refused by the refresh (this
+	// sandbox's replica is in another subnet: the plan says what that
+	// means for a secondary IP).
+	if txt := e.answer(e.slash(alice, incident, "failover --dry-run")); strings.Contains(txt, "another operation") || !strings.Contains(txt, old) {
+		t.Errorf("a failover while the refresh is stopped: %s", txt)
+	}
 	e.proxy.SetFaults(faultproxy.Faults{})
 	e.proxy.Reset()
 	e.slash(alice, incident, "resume "+op)

@@ -137,6 +137,11 @@ func (d *Doctor) Run(ctx context.Context) DoctorReport {
 			replicaID, replicaState = r.Instances[0].ID, r.Instances[0].State
 			add(DoctorCheck{"Replica", VerdictOK, fmt.Sprintf("`%s` (%s, %s, %s)", replicaID, replicaState, r.Instances[0].AZ, r.Instances[0].PrivateIP), ""})
 		}
+		if len(st.Building) > 0 {
+			// A refresh in progress, or what a given-up one left: either
+			// way not the replica, and it keeps the next refresh out.
+			add(DoctorCheck{"Replica being built", VerdictWarn, BuildingLine(st.Building, st.Replica.Tag), "let its refresh finish (`" + d.SlashCommand + " resume <op>` if it stopped); if it was given up, terminate it or rename it by hand"})
+		}
 	}
 	// The replica's age and replication: a failover to a replica older
 	// than the box's last change, or behind, brings back old data.

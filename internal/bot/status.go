@@ -63,6 +63,9 @@ func RenderStatus(r *ops.StatusReport) chat.Message {
 		if l := r.Lag; l != nil && l.State != ops.LagInSync {
 			warn = append(warn, ":warning: Replication: the replica is "+l.String()+".")
 		}
+		if len(r.Building) > 0 && len(r.Replica.Instances) == 0 {
+			warn = append(warn, ":warning: "+BuildingLine(r.Building, r.Replica.Tag))
+		}
 	}
 	if r.FleetErr != nil {
 		warn = append(warn, ":warning: Builders: "+ops.Explain(r.FleetErr))
@@ -92,6 +95,9 @@ func RenderStatus(r *ops.StatusReport) chat.Message {
 		}
 		if l := r.Lag; l != nil {
 			blocks = append(blocks, chat.Context(LagLine(*l)))
+		}
+		if len(r.Building) > 0 && len(r.Replica.Instances) > 0 {
+			blocks = append(blocks, chat.Context(BuildingLine(r.Building, r.Replica.Tag)))
 		}
 	}
 	blocks = append(blocks, chat.Divider())
@@ -233,6 +239,12 @@ func ReplicaReportLines(ctx context.Context, st *ops.Status) []string {
 		lines = append(lines, mark+" *"+LagLine(*l)+"*")
 	}
 	return lines
+}
+
+// BuildingLine says which new replicas are being built and that they are
+// not the replica (a failover never picks them).
+func BuildingLine(cs []ops.Candidate, replicaTag string) string {
+	return fmt.Sprintf("Being built, not the replica (a failover does not use it until its refresh names it `Name=%s`): %s.", replicaTag, ops.CandidateLines(cs, replicaTag))
 }
 
 // LagLine is the replication verdict in one line.

@@ -63,6 +63,23 @@ type BusyError struct {
 }
 
 func (e *BusyError) Error() string { return e.Msg }
+
+// RetakeError: a step that needs its operation's target back (Kind.Retake)
+// found another operation holding it, and did nothing.
+type RetakeError struct {
+	Held  store.Lock
+	Op    string // the operation whose step waits
+	Slash string
+}
+
+func (e *RetakeError) Error() string {
+	target := "the Services box"
+	if !strings.HasPrefix(e.Held.Key, "box/") {
+		target = "`" + e.Held.Key + "`"
+	}
+	return fmt.Sprintf("%s is held by `%s` (%s, requested by %s): this step needs it and did nothing. Once that operation is over, `%s resume %s` checks again and goes on; `%s cancel %s` gives this one up",
+		target, e.Held.OpID, e.Held.What, chat.Who(e.Held.Requester), e.Slash, e.Op, e.Slash, e.Op)
+}
 func (e *BusyError) Unwrap() error { return e.Held }
 func (e *BusyError) As(target any) bool {
 	if r, ok := target.(**Refusal); ok {
@@ -452,6 +469,29 @@ func (e *Engine) run(ctx context.Context, id string, out Out, note string) error
 					e.Log.Error("free the target of an operation past its need", "op", o.ID, "lock", o.Target, "err", err)
 				}
 			}
+			return run(ctx, o, p)
+		}
+	}
+	if j := slices.IndexFunc(defs, func(d journal.Def) bool { return d.Name == k.retake() }); j >= 0 && frees(op) {
+		run := defs[j].Run
+		defs[j].Run = func(ctx context.Context, o *journal.Op, p journal.Progress) (string, error) {
+			// Adopt, not TryLock: a crash inside this step left the
+			// target held under this very operation.
+			err := e.Store.Adopt(ctx, store.Lock{Key: o.Target, OpID: o.ID, What: k.what(), Requester: o.Requester, Process: e.Store.Process()})
+			var held *store.HeldError
+			if errors.As(err, &held) {
+				return "", &RetakeError{Held: held.Holder, Op: o.ID, Slash: e.SlashCommand}
+			}
+			if err != nil {
+				return "", err
+			}
+			defer func() {
+				uctx, cancel := settled(ctx)
+				defer cancel()
+				if err := e.Store.Unlock(uctx, o.Target, o.ID); err != nil {
+					e.Log.Error("free the target an operation took back for one step", "op", o.ID, "lock", o.Target, "err", err)
+				}
+			}()
 			return run(ctx, o, p)
 		}
 	}

@@ -27,7 +27,7 @@ func Failover(s Setup, f *ops.Failover) Kind[ops.FailoverPlan, ops.FailoverResul
 			}
 			return p, err
 		},
-		Approval: func(p ops.FailoverPlan) approvals.Plan { return failoverApproval(p, f.StopTimeout) },
+		Approval: func(p ops.FailoverPlan) approvals.Plan { return failoverApproval(p, f.StopTimeout, s.SlashCommand) },
 		Title: func(p ops.FailoverPlan) string {
 			return fmt.Sprintf("Failover of the Services box to `%s`", p.Replica.ID)
 		},
@@ -101,9 +101,14 @@ func primaryChanged(ctx context.Context, s Setup, p ops.FailoverPlan) ([]string,
 	return []string{fmt.Sprintf("the Services box could not be read when this was approved (%s); now `%s` is %s", strings.TrimSuffix(p.Primary.Unknown, "."), aws.ToString(box.InstanceId), box.State.Name)}, nil
 }
 
-func failoverApproval(p ops.FailoverPlan, stop time.Duration) approvals.Plan {
+func failoverApproval(p ops.FailoverPlan, stop time.Duration, slash string) approvals.Plan {
 	ap := approvals.Plan{Action: "failover", Facts: p.Facts()}
 	r := p.Replica
+	for _, c := range p.Building {
+		if c.ID == r.ID {
+			ap.Changes = append(ap.Changes, fmt.Sprintf(":warning: `%s` is not the replica: it carries Name=%s, a new replica a refresh has not verified and named yet (%s). Promoted only because `--to` named it.", c.ID, ops.CandidateName(p.ReplicaTag), cmpOrOp(c.Op)))
+		}
+	}
 	switch {
 	case p.Primary == nil:
 		ap.Changes = append(ap.Changes, "no Services box is tagged Name="+p.NameTag+": nothing to fence")
@@ -147,6 +152,15 @@ func failoverApproval(p ops.FailoverPlan, stop time.Duration) approvals.Plan {
 	}
 	ap.Changes = append(ap.Changes, "verify "+check)
 	ap.Keeps = []string{"the old box and its volumes (stopped, renamed, not terminated)", "the replica's data as the replication left it"}
+	for _, c := range p.Building {
+		if c.ID == r.ID {
+			continue
+		}
+		ap.Keeps = append(ap.Keeps, ops.CandidateLines([]ops.Candidate{c}, p.ReplicaTag)+": not the replica, not touched")
+		if c.Op != "" {
+			ap.Keeps = append(ap.Keeps, fmt.Sprintf("`%s` never retires a promoted replica (it stops first): after this failover `%s cancel %s`, then build a replica of the new box", c.Op, slash, c.Op))
+		}
+	}
 	if l := p.Lag; l != nil {
 		switch {
 		case l.State == ops.LagInSync:
@@ -165,6 +179,13 @@ func failoverApproval(p ops.FailoverPlan, stop time.Duration) approvals.Plan {
 		ap.Undo = append(ap.Undo, p.RTO.Line(pathFailover.what))
 	}
 	return ap
+}
+
+func cmpOrOp(op string) string {
+	if op == "" {
+		return "not launched by the bot"
+	}
+	return "launched by the replica refresh `" + op + "`"
 }
 
 func serviceAddr(p ops.FailoverPlan) string {

@@ -75,6 +75,15 @@ type Kind[P, R any] struct {
 	// requested only follows them: a restore of that very backup, which
 	// follows it too, may run then.
 	FreeAfter string
+	// Retake names a step past FreeAfter that needs the Target again, for
+	// its run only: it takes the target as it begins (refused while
+	// another operation holds it: the step fails, changing nothing) and
+	// frees it as it ends. A replica refresh frees the Services box once
+	// its image is made, so that a failover may run meanwhile, and takes
+	// it back to retire the old replica: the two never act on the old
+	// replica at once. A crash inside the step leaves the target held
+	// under the operation until it is resumed or given up.
+	Retake string
 	// Hold keeps the target locked while the operation is stopped part-way
 	// (a half-done restore must not race a backup); without it, a stop
 	// closes the operation: nothing it left needs a resume.
@@ -174,6 +183,7 @@ type kind interface {
 	validate() error
 	recovery() Recovery
 	freeAfter() string
+	retake() string
 	newID(time.Time) string
 	legacy(ctx context.Context) ([]*journal.Op, error)
 }
@@ -221,6 +231,7 @@ func (k Kind[P, R]) boxLine() bool { return k.BoxLine }
 func (k Kind[P, R]) recovery() Recovery { return k.Recover }
 
 func (k Kind[P, R]) freeAfter() string { return k.FreeAfter }
+func (k Kind[P, R]) retake() string    { return k.Retake }
 
 func (k Kind[P, R]) newID(t time.Time) string {
 	if k.NewID == nil {
@@ -369,6 +380,8 @@ func (k Kind[P, R]) validate() error {
 		// Held for a person's resume, or taken up (or given up) on its
 		// own: not both.
 		return fmt.Errorf("engine: kind %q holds its target for a resume and recovers on its own", k.Name)
+	case k.Retake != "" && k.FreeAfter == "":
+		return fmt.Errorf("engine: kind %q retakes a target it never frees", k.Name)
 	case k.Recover == Abandon && k.Cleanup == nil:
 		return fmt.Errorf("engine: kind %q is abandoned at recovery but has no Cleanup", k.Name)
 	}

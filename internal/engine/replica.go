@@ -29,18 +29,43 @@ func ReplicaRefresh(s Setup, r *ops.Replicas) Kind[ops.ReplicaPlan, ops.ReplicaR
 	return replicaKind(s, r, true)
 }
 
-// replicaKind holds the Services box while it runs, and while stopped
-// part-way: its image is of the box (a backup's snapshots of the same
-// volumes alongside would compete), and a failover while two instances
-// carry the replica's tag, or while the old one is being retired, must
-// wait for it to finish or be given up.
+// ReplicaLock is held by a replica build or refresh from start to end:
+// one new replica at a time.
+func ReplicaLock(replicaTag string) string { return "replica/" + replicaTag }
+
+// replicaKind: a build holds the Services box to its end, and while
+// stopped part-way: its image is of the box, and until it is verified
+// there is no replica to fail over to anyway.
+//
+// A refresh holds the box only while the image is requested, then frees
+// it (FreeAfter), so that a failover may run on the old replica while the
+// new one is built: an SRE in an incident gets the failover at once,
+// rather than after a refresh (an image of every volume of the box can
+// take most of an hour) or a cancel that waits for the step in progress.
+// That is safe because, until the last step, the old replica alone
+// carries the replica's Name (the new one is a candidate: see
+// ops.CandidateName) and the refresh does not touch it; its last step
+// takes the box back (Retake) before it retires the old replica, and
+// refuses (changing nothing) while a failover holds it, or once the old
+// replica was promoted. Backups and pruning stay out to the end
+// (BackupsLock: the image's snapshots of the box's volumes are pending
+// meanwhile), and a second build or refresh too (ReplicaLock).
 func replicaKind(s Setup, r *ops.Replicas, refresh bool) Kind[ops.ReplicaPlan, ops.ReplicaResult] {
 	name, cmd, what := KindReplicaBuild, commands.ReplicaBuild, "replica build"
+	freeAfter, retake := "", ""
 	if refresh {
 		name, cmd, what = KindReplicaRefresh, commands.ReplicaRefresh, "replica refresh"
+		freeAfter, retake = ops.ReplicaImageStep, ops.ReplicaCommitStep
 	}
 	return Kind[ops.ReplicaPlan, ops.ReplicaResult]{
 		Name: name, What: what, Command: cmd,
+		FreeAfter: freeAfter, Retake: retake,
+		Also: func(p ops.ReplicaPlan) []string {
+			if !p.Refresh {
+				return nil
+			}
+			return []string{BackupsLock(s.NameTag), ReplicaLock(p.ReplicaTag)}
+		},
 		Plan: func(ctx context.Context, c commands.Command) (ops.ReplicaPlan, error) {
 			return ops.RetryRead(ctx, s.wait(), func() (ops.ReplicaPlan, error) { return r.Plan(ctx, refresh, c.Subnet) })
 		},
@@ -63,8 +88,10 @@ func replicaKind(s Setup, r *ops.Replicas, refresh bool) Kind[ops.ReplicaPlan, o
 				}
 				changes = append(changes, nonEmpty(c)...)
 			}
-			// Until the old replica is retired, it must be as approved.
-			if p.Old != nil && !op.done(4) {
+			// Until the last step (which retires it) has begun, the old
+			// replica must be as approved; after, it was stopped by that
+			// step itself, and the step looks at its Name again anyway.
+			if last := len(op.Steps) - 1; p.Old != nil && last >= 0 && op.Steps[last].Attempts == 0 {
 				c, err := ops.Changed(ctx, s.EC2, "the old replica", p.Old.ID, p.Old.State)
 				if err != nil {
 					return nil, err
@@ -90,13 +117,43 @@ func replicaKind(s Setup, r *ops.Replicas, refresh bool) Kind[ops.ReplicaPlan, o
 			if res.ImageID != "" {
 				left = append(left, fmt.Sprintf("the image `%s` and its snapshots (tagged %s=%s)", res.ImageID, ops.TagReplicaOp, op.ID))
 			}
-			if res.InstanceID != "" {
-				left = append(left, fmt.Sprintf("the new replica `%s` (Name=%s): check it, or terminate it", res.InstanceID, p.ReplicaTag))
+			if p.Old == nil {
+				if res.InstanceID != "" {
+					left = append(left, fmt.Sprintf("the new replica `%s` (Name=%s): check it, or terminate it", res.InstanceID, p.ReplicaTag))
+				}
+				return left
+			}
+			// What is where, as the journal last recorded it: an SRE
+			// needs to know which instance a failover would pick now.
+			switch res.Retired {
+			case "":
+				left = append(left, fmt.Sprintf("the old replica `%s`, not retired: it is still the replica (Name=%s), unless a failover promoted it", p.Old.ID, p.ReplicaTag))
+			case "stopped":
+				left = append(left, fmt.Sprintf("the old replica `%s`, stopped and renamed Name=%s", p.Old.ID, ops.RetiredName(p.ReplicaTag)))
+			default:
+				left = append(left, fmt.Sprintf("the old replica `%s` is %s", p.Old.ID, res.Retired))
+			}
+			switch {
+			case res.InstanceID == "":
+			case res.Named:
+				left = append(left, fmt.Sprintf("the new replica `%s`, named Name=%s: it is the replica", res.InstanceID, p.ReplicaTag))
+			default:
+				left = append(left, fmt.Sprintf("the new replica `%s`, still Name=%s: not the replica (no failover picks it); terminate it, or check it and rename it Name=%s by hand", res.InstanceID, ops.CandidateName(p.ReplicaTag), p.ReplicaTag))
+			}
+			if res.Retired != "" && !res.Named {
+				left = append(left, fmt.Sprintf(":warning: no instance carries Name=%s now: rename one of them by hand (`aws ec2 create-tags --resources <instance-id> --tags Key=Name,Value=%s`), or `%s replica build`", p.ReplicaTag, p.ReplicaTag, s.SlashCommand))
 			}
 			return left
 		},
 		Hold: true,
 	}
+}
+
+func launchName(p ops.ReplicaPlan) string {
+	if p.Refresh {
+		return ops.CandidateName(p.ReplicaTag) + " until the last step (not the replica: no failover picks it)"
+	}
+	return p.ReplicaTag
 }
 
 func replicaApproval(p ops.ReplicaPlan) approvals.Plan {
@@ -113,22 +170,24 @@ func replicaApproval(p ops.ReplicaPlan) approvals.Plan {
 	}
 	ap.Changes = append(ap.Changes,
 		fmt.Sprintf("wait until the image is available (up to %s): every volume of the box is copied: %s", ops.Span(p.ImageTimeout), b.VolumeList()),
-		fmt.Sprintf("launch the replica from it: %s like the box, the same volumes (devices and sizes), security groups %v, in subnet `%s` (%s, from %s), tagged Name=%s", b.Type, p.Shape.SecurityGroups, p.Subnet, p.SubnetAZ, p.SubnetFrom, p.ReplicaTag),
+		fmt.Sprintf("launch the replica from it: %s like the box, the same volumes (devices and sizes), security groups %v, in subnet `%s` (%s, from %s), tagged Name=%s", b.Type, p.Shape.SecurityGroups, p.Subnet, p.SubnetAZ, p.SubnetFrom, launchName(p)),
 		fmt.Sprintf("wait until it runs (up to %s)", ops.Span(p.Timeout)))
-	if p.Old != nil {
+	if p.Old == nil {
+		ap.Changes = append(ap.Changes, "verify the replica: the box's type and volumes, and the only instance tagged Name="+p.ReplicaTag)
+	} else {
+		ap.Changes = append(ap.Changes, "verify the new replica: the box's type and volumes")
 		if p.Retire == ops.RetireTerminate {
-			ap.Changes = append(ap.Changes, fmt.Sprintf("retire the old replica `%s` (%s, %s): *terminate* it (replica.retire: terminate)", p.Old.ID, p.Old.State, p.Old.AZ))
+			ap.Changes = append(ap.Changes, fmt.Sprintf("retire the old replica `%s` (%s, %s): *terminate* it (replica.retire: terminate); then rename the new one Name=%s, the only instance so tagged", p.Old.ID, p.Old.State, p.Old.AZ, p.ReplicaTag))
 		} else {
-			ap.Changes = append(ap.Changes, fmt.Sprintf("retire the old replica `%s` (%s, %s): stop it and rename it %s (replica.retire: stop); it and its volumes are kept", p.Old.ID, p.Old.State, p.Old.AZ, ops.RetiredName(p.ReplicaTag)))
+			ap.Changes = append(ap.Changes, fmt.Sprintf("retire the old replica `%s` (%s, %s): stop it and rename it %s (replica.retire: stop); it and its volumes are kept; then rename the new one Name=%s, the only instance so tagged", p.Old.ID, p.Old.State, p.Old.AZ, ops.RetiredName(p.ReplicaTag), p.ReplicaTag))
 		}
 	}
-	ap.Changes = append(ap.Changes, "verify the replica: the box's type and volumes, and the only instance tagged Name="+p.ReplicaTag)
 	ap.Keeps = []string{fmt.Sprintf("the Services box `%s`, its IP %s and its volumes, with their data", b.ID, b.PrivateIP), "the image and its snapshots, for another replica or a restore"}
 	if p.SubnetAZ == b.AZ {
 		ap.Undo = append(ap.Undo, fmt.Sprintf(":warning: the replica goes to %s, the box's own zone: an outage of that zone takes both (the runbook puts it in another zone)", b.AZ))
 	}
 	if p.Old != nil {
-		ap.Undo = append(ap.Undo, "while the new replica runs and the old one is not yet retired, two instances carry the replica's tag: a failover waits for this operation (it holds the Services box)")
+		ap.Undo = append(ap.Undo, fmt.Sprintf("until the last step the old replica `%s` stays the replica (the only Name=%s): a failover meanwhile goes to it, and this refresh then stops without retiring it. The last step holds the Services box for its run (a failover waits for it)", p.Old.ID, p.ReplicaTag))
 		if p.Retire == ops.RetireTerminate {
 			ap.Undo = append(ap.Undo, fmt.Sprintf("the old replica `%s` and its volumes are terminated: that cannot be undone", p.Old.ID))
 		}
@@ -138,6 +197,6 @@ func replicaApproval(p ops.ReplicaPlan) approvals.Plan {
 	} else {
 		ap.Undo = append(ap.Undo, "EC2 shuts the box down and reboots it to make a file-system-consistent image: builds running on it are interrupted, webhooks sent meanwhile are lost (`replica.image_reboot: false` avoids the reboot; the image is then crash-consistent)")
 	}
-	ap.Undo = append(ap.Undo, "backups of the box wait until this is done; the replica costs as much as the box while it runs")
+	ap.Undo = append(ap.Undo, "backups of the box wait until this is done (and until it is given up, if it stops part-way); the replica costs as much as the box while it runs")
 	return ap
 }

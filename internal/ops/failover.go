@@ -117,11 +117,15 @@ func nodeOf(in ec2types.Instance) Node {
 type FailoverPlan struct {
 	// RTO is the predicted time to the app starting on the replica (not a
 	// fact: history changes it).
-	RTO          RTO           `json:"rto,omitzero"`
-	Region       string        `json:"region"`
-	NameTag      string        `json:"name_tag"`
-	Primary      *Node         `json:"primary,omitempty"` // nil: no Services box left to fence
-	Replica      Node          `json:"replica"`
+	RTO     RTO    `json:"rto,omitzero"`
+	Region  string `json:"region"`
+	NameTag string `json:"name_tag"`
+	Primary *Node  `json:"primary,omitempty"` // nil: no Services box left to fence
+	Replica Node   `json:"replica"`
+	// Building are new replicas a replica refresh is building
+	// (Name=<replica tag>-candidate): not the replica.
+	Building     []Candidate   `json:"building,omitempty"`
+	ReplicaTag   string        `json:"replica_tag,omitempty"`
 	Discovery    string        `json:"discovery"`
 	ServiceIP    string        `json:"service_ip,omitempty"`
 	IPHolderENI  string        `json:"ip_holder_eni,omitempty"`
@@ -227,11 +231,20 @@ func (f *Failover) PlanWith(ctx context.Context, to string, forceUnknown, forceS
 		b := nodeOf(prim)
 		p.Primary = &b
 	}
+	p.ReplicaTag = f.ReplicaTag
+	if f.ReplicaTag != "" {
+		// Informational: a read that fails here leaves it out, it does
+		// not stop a failover.
+		p.Building, _ = Candidates(ctx, f.EC2, f.ReplicaTag)
+	}
 	if to == "" {
 		if f.ReplicaTag == "" {
 			return p, refusef("no replica is configured (`replica.name_tag`) and no `--to <instance-id>` was given.")
 		}
 		rep, err := FindBox(ctx, f.EC2, f.ReplicaTag)
+		if errors.Is(err, ErrNotFound) && len(p.Building) > 0 {
+			return p, refusef("there is no replica tagged Name=%s. %s: not verified and not named the replica yet, so not used. If that refresh stopped part-way, `resume` it to finish it; or, if you must, give it with `failover --to <instance-id>`.", f.ReplicaTag, CandidateLines(p.Building, f.ReplicaTag))
+		}
 		if errors.Is(err, ErrNotFound) {
 			return p, refusef("there is no replica tagged Name=%s. Give one with `failover --to <instance-id>`.", f.ReplicaTag)
 		}

@@ -123,6 +123,9 @@ type ReplicaResult struct {
 	PrivateIP  string    `json:"private_ip,omitempty"`
 	// Retired is what became of the old replica (stopped, terminated).
 	Retired string `json:"retired,omitempty"`
+	// Named: a refresh's new replica carries the replica's Name (until
+	// then it is a candidate, which no failover picks).
+	Named bool `json:"named,omitempty"`
 }
 
 func (r *Replicas) poll() time.Duration {
@@ -138,6 +141,19 @@ func (r *Replicas) timeout() time.Duration      { return cmpOr(r.Timeout, 10*tim
 // RetiredName is the Name a stopped-and-kept old replica gets, so that
 // the replica's tag names one instance again.
 func RetiredName(replicaTag string) string { return replicaTag + "-retired" }
+
+// CandidateName is the Name a refresh launches the new replica under.
+// Until the refresh's last step retires the old replica and renames the
+// new one, the replica's tag names the old one alone: a failover, status
+// and doctor, which find the replica by its tag, never see two, and never
+// a replica that is still being built and verified.
+//
+// Why a second Name rather than a marker tag on an instance that already
+// carries the replica's Name: every reader of the replica (failover,
+// status, doctor, the IAM policy's conditions, people in the console)
+// goes by Name; a marker would have to be known to all of them, and one
+// that forgot it would pick the half-built replica.
+func CandidateName(replicaTag string) string { return replicaTag + "-candidate" }
 
 // Plan reads the box, the replica(s) and the subnet. A build is refused
 // when a replica exists (never two replicas: refresh replaces one), a
@@ -183,6 +199,13 @@ func (r *Replicas) Plan(ctx context.Context, refresh bool, subnetFlag string) (R
 		return ReplicaPlan{}, refusef("%d instances are tagged Name=%s (%s): retag or remove the extra one first, so that it is clear which one a refresh retires. Nothing was requested.", len(existing), r.ReplicaTag, instanceList(existing))
 	}
 	if refresh {
+		cands, err := FindByName(ctx, r.EC2, CandidateName(r.ReplicaTag))
+		if err != nil {
+			return ReplicaPlan{}, err
+		}
+		if len(cands) > 0 {
+			return ReplicaPlan{}, refusef("%s already carries Name=%s: %s. Finish or give that up first, and terminate (or rename) what it left, so that one new replica is built at a time. Nothing was requested.", instanceList(cands), CandidateName(r.ReplicaTag), candidateWhose(cands))
+		}
 		old := nodeOf(existing[0])
 		p.Old = &old
 		p.Retire = cmpOrStr(r.Retire, RetireStop)
@@ -216,6 +239,57 @@ func (r *Replicas) Plan(ctx context.Context, refresh bool, subnetFlag string) (R
 	return p, nil
 }
 
+// Candidate is a new replica a refresh is building: launched under
+// CandidateName, it is not the replica until the refresh names it.
+type Candidate struct {
+	ID    string `json:"id"`
+	State string `json:"state"`
+	Op    string `json:"op,omitempty"` // the refresh that launched it ("": not the bot)
+}
+
+// Candidates lists the new replicas being built (any refresh's).
+func Candidates(ctx context.Context, api EC2, replicaTag string) ([]Candidate, error) {
+	insts, err := FindByName(ctx, api, CandidateName(replicaTag))
+	if err != nil {
+		return nil, err
+	}
+	var out []Candidate
+	for _, in := range insts {
+		c := Candidate{ID: aws.ToString(in.InstanceId), Op: tagValue(in.Tags, TagReplicaOp)}
+		if in.State != nil {
+			c.State = string(in.State.Name)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// CandidateLines says, in a sentence per candidate, what it is.
+func CandidateLines(cs []Candidate, replicaTag string) string {
+	var s []string
+	for _, c := range cs {
+		by := "an instance the bot did not launch"
+		if c.Op != "" {
+			by = "the new replica the replica refresh `" + c.Op + "` is building"
+		}
+		s = append(s, fmt.Sprintf("`%s` (%s, Name=%s) is %s", c.ID, c.State, CandidateName(replicaTag), by))
+	}
+	return strings.Join(s, "; ")
+}
+
+// candidateWhose names the refreshes that launched candidates.
+func candidateWhose(insts []ec2types.Instance) string {
+	var s []string
+	for _, in := range insts {
+		if op := tagValue(in.Tags, TagReplicaOp); op != "" {
+			s = append(s, fmt.Sprintf("`%s` was launched by the replica refresh `%s`", aws.ToString(in.InstanceId), op))
+		} else {
+			s = append(s, fmt.Sprintf("`%s` was not launched by the bot", aws.ToString(in.InstanceId)))
+		}
+	}
+	return strings.Join(s, "; ")
+}
+
 func instanceList(insts []ec2types.Instance) string {
 	var s []string
 	for _, in := range insts {
@@ -239,13 +313,13 @@ func (r *Replicas) Steps(p ReplicaPlan) []journal.Def {
 		name string
 		run  StepFunc[ReplicaResult]
 	}{
-		{"Make an image of the Services box", func(ctx context.Context, op w, pr journal.Progress) (string, error) {
+		{ReplicaImageStep, func(ctx context.Context, op w, pr journal.Progress) (string, error) {
 			return r.image(ctx, op, p, pr)
 		}},
 		{"Wait until the image is available", func(ctx context.Context, op w, pr journal.Progress) (string, error) {
 			return r.waitImage(ctx, op, p, pr)
 		}},
-		{"Launch the replica", func(ctx context.Context, op w, pr journal.Progress) (string, error) {
+		{launchStep(p), func(ctx context.Context, op w, pr journal.Progress) (string, error) {
 			return r.launch(ctx, op, p, pr)
 		}},
 		{"Wait until the replica runs", func(ctx context.Context, op w, _ journal.Progress) (string, error) {
@@ -256,25 +330,52 @@ func (r *Replicas) Steps(p ReplicaPlan) []journal.Def {
 			return fmt.Sprintf("`%s` running after %s", op.Result.InstanceID, since(start)), nil
 		}},
 	}
-	if p.Refresh {
-		steps = append(steps, struct {
-			name string
-			run  StepFunc[ReplicaResult]
-		}{"Retire the old replica", func(ctx context.Context, op w, pr journal.Progress) (string, error) {
-			return r.retire(ctx, op, p, pr)
-		}})
-	}
 	steps = append(steps, struct {
 		name string
 		run  StepFunc[ReplicaResult]
-	}{"Verify the replica", func(ctx context.Context, op w, _ journal.Progress) (string, error) {
+	}{verifyStep(p), func(ctx context.Context, op w, _ journal.Progress) (string, error) {
 		return r.verify(ctx, op, p)
 	}})
+	if p.Refresh {
+		// Last, and one step: the old replica is retired and the new one
+		// named only once it is verified, so that at every step boundary
+		// (and so at every crash or cancel) one instance at most carries
+		// the replica's Name.
+		steps = append(steps, struct {
+			name string
+			run  StepFunc[ReplicaResult]
+		}{ReplicaCommitStep, func(ctx context.Context, op w, pr journal.Progress) (string, error) {
+			return r.commit(ctx, op, p, pr)
+		}})
+	}
 	defs := make([]journal.Def, len(steps))
 	for i, st := range steps {
 		defs[i] = journal.Def{Name: st.name, Run: retrying(typed(st.run), r.poll())}
 	}
 	return defs
+}
+
+// ReplicaImageStep is a replica build's first step: past it the box is
+// no longer needed (the image is of the box as it was then).
+// ReplicaCommitStep is a refresh's last: the only one that acts on the
+// old replica.
+const (
+	ReplicaImageStep  = "Make an image of the Services box"
+	ReplicaCommitStep = "Retire the old replica and name the new one the replica"
+)
+
+func launchStep(p ReplicaPlan) string {
+	if p.Refresh {
+		return "Launch the new replica as Name=" + CandidateName(p.ReplicaTag)
+	}
+	return "Launch the replica"
+}
+
+func verifyStep(p ReplicaPlan) string {
+	if p.Refresh {
+		return "Verify the new replica"
+	}
+	return "Verify the replica"
 }
 
 func (r *Replicas) opTags(opID string) []ec2types.Tag {
@@ -436,6 +537,18 @@ func (r *Replicas) launch(ctx context.Context, op *Work[ReplicaResult], p Replic
 		if len(existing) > 0 {
 			return "", fmt.Errorf("another replica appeared since this was approved (%s): not launching a second one; remove it or give this operation up", instanceList(existing))
 		}
+		if p.Refresh {
+			if err := r.oldStillReplica(ctx, p); err != nil {
+				return "", fmt.Errorf("%w; nothing was launched", err)
+			}
+			cands, err := FindByName(ctx, r.EC2, CandidateName(p.ReplicaTag))
+			if err != nil {
+				return "", err
+			}
+			if len(cands) > 0 {
+				return "", fmt.Errorf("%s carries Name=%s already (%s): not launching a second new replica; terminate or rename it, then resume", instanceList(cands), CandidateName(p.ReplicaTag), candidateWhose(cands))
+			}
+		}
 		if in, err = r.run(ctx, op, p); err != nil {
 			switch {
 			case errors.Is(err, ErrInsufficientCapacity), errors.Is(err, ErrInstanceLimit), errors.Is(err, ErrUnsupported):
@@ -464,8 +577,12 @@ func (r *Replicas) run(ctx context.Context, op *Work[ReplicaResult], p ReplicaPl
 	if imaged.IsZero() {
 		imaged = time.Now()
 	}
+	name := p.ReplicaTag
+	if p.Refresh {
+		name = CandidateName(p.ReplicaTag)
+	}
 	tags = append(tags,
-		ec2types.Tag{Key: aws.String("Name"), Value: aws.String(p.ReplicaTag)},
+		ec2types.Tag{Key: aws.String("Name"), Value: aws.String(name)},
 		ec2types.Tag{Key: aws.String(TagReplicaOp), Value: aws.String(op.ID)},
 		ec2types.Tag{Key: aws.String(TagReplicaOf), Value: aws.String(p.Box.ID)},
 		ec2types.Tag{Key: aws.String(TagBoxImage), Value: aws.String(p.Box.ImageID)},
@@ -505,9 +622,83 @@ func (r *Replicas) run(ctx context.Context, op *Work[ReplicaResult], p ReplicaPl
 	return &out.Instances[0], nil
 }
 
-// retire stops (and renames) or terminates the old replica, once the new
-// one runs. It acts only on an instance that is still the replica: one a
-// failover promoted meanwhile carries the box's Name and is left alone.
+// oldStillReplica checks, before a new replica is launched, that the old
+// one still carries the replica's Name: one a failover promoted meanwhile
+// carries the box's, and a replica of the box that was is of no use.
+func (r *Replicas) oldStillReplica(ctx context.Context, p ReplicaPlan) error {
+	in, ok, err := describeInstance(ctx, r.EC2, p.Old.ID)
+	if err != nil || !ok || in.State.Name == ec2types.InstanceStateNameTerminated {
+		return err // gone: there is no replica to keep; the new one replaces none
+	}
+	if name := tagValue(in.Tags, "Name"); name != p.ReplicaTag {
+		return fmt.Errorf("the old replica %s is now tagged Name=%s, not %s (was it promoted by a failover?): a replica made from the image of the box before is of no use; give this refresh up, then `replica build` one of the Services box as it is now", p.Old.ID, name, p.ReplicaTag)
+	}
+	return nil
+}
+
+// commit retires the old replica, then names the new one the replica: it
+// is the only step that acts on the old replica, and the engine takes the
+// Services box back for it (Kind.Retake), so no failover runs meanwhile;
+// one that runs or stopped part-way holds the box and this step does
+// nothing. Each change is looked for before it is made, so a run again
+// after a crash anywhere in it goes on where it stopped (stopped, renamed
+// -retired or terminated, new one named) and repeats nothing. Between the
+// two renames no instance carries the replica's Name, never two.
+func (r *Replicas) commit(ctx context.Context, op *Work[ReplicaResult], p ReplicaPlan, pr journal.Progress) (string, error) {
+	newID, candidate := op.Result.InstanceID, CandidateName(p.ReplicaTag)
+	nin, ok, err := describeInstance(ctx, r.EC2, newID)
+	switch {
+	case err != nil:
+		return "", err
+	case !ok || nin.State.Name == ec2types.InstanceStateNameTerminated || nin.State.Name == ec2types.InstanceStateNameShuttingDown:
+		return "", fmt.Errorf("the new replica %s is gone: the old one %s is not retired and stays the replica; give this operation up", newID, p.Old.ID)
+	}
+	newName := tagValue(nin.Tags, "Name")
+	if newName != candidate && newName != p.ReplicaTag {
+		return "", fmt.Errorf("the new replica %s is now tagged Name=%s, not %s: it is not named the replica and the old one %s is not retired; check it, then give this operation up", newID, newName, candidate, p.Old.ID)
+	}
+	all, err := FindByName(ctx, r.EC2, p.ReplicaTag)
+	if err != nil {
+		return "", err
+	}
+	if others := slices.DeleteFunc(all, func(in ec2types.Instance) bool {
+		id := aws.ToString(in.InstanceId)
+		return id == p.Old.ID || id == newID
+	}); len(others) > 0 {
+		return "", fmt.Errorf("%s carries Name=%s too: nothing was retired or renamed; retag or remove it, then resume", instanceList(others), p.ReplicaTag)
+	}
+	retired, err := r.retire(ctx, op, p, pr)
+	if err != nil {
+		return "", err
+	}
+	if newName != p.ReplicaTag {
+		_, err := r.EC2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{newID}, Tags: []ec2types.Tag{{Key: aws.String("Name"), Value: aws.String(p.ReplicaTag)}}})
+		if err != nil {
+			return "", fmt.Errorf("name the new replica %s %s (the old one is retired: until this is done no instance is the replica; resume tries again): %w", newID, p.ReplicaTag, translate(err))
+		}
+	}
+	op.Result.Named = true
+	_ = op.Save()
+	// EC2's reads lag its writes: the new Name is looked for until seen.
+	var got []ec2types.Instance
+	lerr := waitFor(ctx, r.poll(), time.Now().Add(readLag*r.poll()), func() (bool, error) {
+		var err error
+		got, err = FindByName(ctx, r.EC2, p.ReplicaTag)
+		return len(got) == 1 && aws.ToString(got[0].InstanceId) == newID, err
+	})
+	var to *waitTimeout
+	switch {
+	case errors.As(lerr, &to):
+		return "", fmt.Errorf("Name=%s is on %s, not on the new replica alone", p.ReplicaTag, instanceList(got))
+	case lerr != nil:
+		return "", lerr
+	}
+	return fmt.Sprintf("%s; `%s` is now Name=%s, the replica", retired, newID, p.ReplicaTag), nil
+}
+
+// retire stops (and renames) or terminates the old replica. It acts only
+// on an instance that is still the replica: one a failover promoted
+// meanwhile carries the box's Name and is left alone.
 func (r *Replicas) retire(ctx context.Context, op *Work[ReplicaResult], p ReplicaPlan, pr journal.Progress) (string, error) {
 	id := p.Old.ID
 	in, ok, err := describeInstance(ctx, r.EC2, id)
@@ -516,11 +707,12 @@ func (r *Replicas) retire(ctx context.Context, op *Work[ReplicaResult], p Replic
 	}
 	if !ok || in.State.Name == ec2types.InstanceStateNameTerminated {
 		op.Result.Retired = "terminated"
-		return fmt.Sprintf("`%s` is gone already", id), nil
+		_ = op.Save()
+		return fmt.Sprintf("the old replica `%s` is gone", id), nil
 	}
 	name := tagValue(in.Tags, "Name")
 	if name != p.ReplicaTag && name != RetiredName(p.ReplicaTag) {
-		return "", fmt.Errorf("the old replica %s is now tagged Name=%s, not %s: it is not retired (was it promoted?); check it, then give this operation up", id, name, p.ReplicaTag)
+		return "", fmt.Errorf("the old replica %s is now tagged Name=%s, not %s: it is not retired (was it promoted?), and the new one %s stays Name=%s; check it, then give this operation up", id, name, p.ReplicaTag, op.Result.InstanceID, CandidateName(p.ReplicaTag))
 	}
 	start := time.Now()
 	if p.Retire == RetireTerminate {
@@ -533,7 +725,8 @@ func (r *Replicas) retire(ctx context.Context, op *Work[ReplicaResult], p Replic
 			return "", err
 		}
 		op.Result.Retired = "terminated"
-		return fmt.Sprintf("`%s` terminated after %s", id, since(start)), nil
+		_ = op.Save()
+		return fmt.Sprintf("the old replica `%s` terminated after %s", id, since(start)), nil
 	}
 	switch in.State.Name {
 	case ec2types.InstanceStateNameStopped:
@@ -559,7 +752,8 @@ func (r *Replicas) retire(ctx context.Context, op *Work[ReplicaResult], p Replic
 		}
 	}
 	op.Result.Retired = "stopped"
-	return fmt.Sprintf("`%s` stopped and kept as Name=%s (volumes kept)", id, RetiredName(p.ReplicaTag)), nil
+	_ = op.Save()
+	return fmt.Sprintf("the old replica `%s` stopped and kept as Name=%s (volumes kept)", id, RetiredName(p.ReplicaTag)), nil
 }
 
 // verify checks the replica as launched: the box's type, one volume per
@@ -599,7 +793,18 @@ func (r *Replicas) verify(ctx context.Context, op *Work[ReplicaResult], p Replic
 	if err != nil {
 		return "", err
 	}
-	if len(all) != 1 || aws.ToString(all[0].InstanceId) != id {
+	if p.Refresh {
+		// Named the replica only by the next step (or, journaled by a
+		// version before candidates, already at its launch).
+		if name := tagValue(in.Tags, "Name"); name != CandidateName(p.ReplicaTag) && name != p.ReplicaTag {
+			return "", fmt.Errorf("the new replica %s is tagged Name=%s, not %s: check it, then give this operation up", id, name, CandidateName(p.ReplicaTag))
+		}
+		if others := slices.DeleteFunc(all, func(in ec2types.Instance) bool {
+			return aws.ToString(in.InstanceId) == id || aws.ToString(in.InstanceId) == p.Old.ID
+		}); len(others) > 0 {
+			return "", fmt.Errorf("Name=%s is on %s too, besides the old replica %s", p.ReplicaTag, instanceList(others), p.Old.ID)
+		}
+	} else if len(all) != 1 || aws.ToString(all[0].InstanceId) != id {
 		return "", fmt.Errorf("Name=%s is on %s, not on the new replica alone", p.ReplicaTag, instanceList(all))
 	}
 	var devs []string

@@ -64,6 +64,11 @@ type StatusReport struct {
 	At      time.Time
 	Box     Box
 	Replica *Box // nil: not configured
+	// Building are new replicas a replica refresh is building (Name=
+	// <replica tag>-candidate): not the replica; BuildingErr why they
+	// could not be read.
+	Building    []Candidate
+	BuildingErr error
 	// ReplicaAge is the replica's against the box's (nil: not one of each).
 	ReplicaAge *ReplicaAge
 	// Lag is the replica's replication (nil: not checked).
@@ -105,6 +110,7 @@ func (s *Status) Run(ctx context.Context) *StatusReport {
 	wg.Go(func() { r.Box = s.box(ctx, s.Target.NameTag) })
 	if s.Target.ReplicaTag != "" {
 		wg.Go(func() { b := s.box(ctx, s.Target.ReplicaTag); r.Replica = &b })
+		wg.Go(func() { r.Building, r.BuildingErr = Candidates(ctx, s.EC2, s.Target.ReplicaTag) })
 	}
 	wg.Go(func() { r.Newest, r.Points, r.Pending, r.PointErr = s.restorePoints(ctx) })
 	if s.Target.BuilderASG != "" && s.ASG != nil {
