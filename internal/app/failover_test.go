@@ -377,6 +377,29 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// With the box's SSM agent offline, a `secret` request shows the refused
+// agent check and cannot be approved: the read would fail only after a
+// second person had approved it. No command reaches the box.
+func TestSecretWithTheAgentOfflineCannotBeApproved(t *testing.T) {
+	t.Parallel()
+	f := newFailoverEnv(t, nil)
+	f.ssm.Box(f.inst.ServicesBox.ID).SetOnline(false)
+	sent := len(f.ssm.Commands())
+	req, msg := f.blockedRequest(alice, "secret")
+	for _, want := range []string{"refused", "`ssm:DescribeInstanceInformation` " + f.inst.ServicesBox.ID, "`ssm:SendCommand`", "skipped"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the request lacks %q:\n%s", want, msg)
+		}
+	}
+	if ans := f.answer(f.slash(bob, incident, "approve "+req)); !strings.Contains(ans, "cannot be approved") {
+		t.Fatalf("approve of a blocked request: %s", ans)
+	}
+	f.server.Wait()
+	if n := len(f.ssm.Commands()); n != sent {
+		t.Errorf("%d commands reached the box after the blocked request", n-sent)
+	}
+}
+
 // The passphrase reaches the requester only, after a second person's
 // approval, and appears in no log line, channel message or audit record.
 func TestSecretReachesOnlyTheRequester(t *testing.T) {

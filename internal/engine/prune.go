@@ -197,6 +197,8 @@ func (logOnly) Progress(int, float64, string) {}
 type Passphrase interface {
 	Source(ctx context.Context) (string, error)
 	Read(ctx context.Context, source string) (string, error)
+	// Preflight checks what the read needs without reading.
+	Preflight(ctx context.Context, source string) ops.Preflight
 }
 
 // SecretPlan says where the passphrase is read from.
@@ -220,8 +222,9 @@ func Secret(s Setup, pp Passphrase) Kind[SecretPlan, ops.NoResult] {
 				Undo:    []string{"whoever sees it can join builders to this installation: rotate it if it leaks"},
 			}
 		},
-		Title:  func(SecretPlan) string { return "CIRCLE_SECRET_PASSPHRASE for the requester" },
-		Target: func() string { return "secret/" + s.NameTag },
+		Preflight: func(ctx context.Context, p SecretPlan) ops.Preflight { return pp.Preflight(ctx, p.Source) },
+		Title:     func(SecretPlan) string { return "CIRCLE_SECRET_PASSPHRASE for the requester" },
+		Target:    func() string { return "secret/" + s.NameTag },
 		Steps: func(p SecretPlan, env Env) []journal.Def {
 			return []journal.Def{{Name: "Show the passphrase to the requester", Run: func(ctx context.Context, op *journal.Op, _ journal.Progress) (string, error) {
 				v, err := pp.Read(ctx, p.Source)

@@ -92,3 +92,21 @@ func (p *Passphrase) Read(ctx context.Context, source string) (string, error) {
 	}
 	return "", fmt.Errorf("unknown passphrase source %q", source)
 }
+
+// Preflight checks what reading the passphrase from source needs and can
+// be checked without reading it: through SSM, that the box's agent is
+// online (an offline agent would fail the read only after a second person
+// approved it). Secrets Manager has no dry run, and GetSecretValue is the
+// reveal itself: it is shown as checked by the step.
+func (p *Passphrase) Preflight(ctx context.Context, source string) Preflight {
+	var pf Preflight
+	kind, id, _ := strings.Cut(source, ":")
+	switch kind {
+	case "ssm":
+		pf.checkAgent(ctx, p.SSM, id, "the Services box")
+		pf.skipped("ssm:SendCommand", id+" (replicated admin get-secret-token)", "no dry run; the command is the read itself")
+	case "secretsmanager":
+		pf.skipped("secretsmanager:GetSecretValue", id, "no dry run; the read is the reveal itself, made by the step")
+	}
+	return pf
+}
