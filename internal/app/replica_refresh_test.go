@@ -184,6 +184,12 @@ func TestReplicaRefreshCutBetweenTheRenamesResumesWithoutRepeats(t *testing.T) {
 		!strings.Contains(txt, "`"+nu+"`") || !strings.Contains(txt, "the replica refresh `"+op.ID+"`") || !strings.Contains(txt, "`resume`") {
 		t.Errorf("a failover between the renames: %s", txt)
 	}
+	// Named with --to, the candidate is refused too: the policy lets the
+	// bot name only the replica the box, and it is not verified.
+	if txt := e.answer(e.slash(alice, incident, "failover --to "+nu+" --dry-run")); !strings.Contains(txt, "`"+nu+"` is the new replica the replica refresh `"+op.ID+"` is building") ||
+		!strings.Contains(txt, "`resume`") {
+		t.Errorf("a failover --to the candidate: %s", txt)
+	}
 
 	// A kill -9 inside the step: running under a dead process, the box
 	// it took back held under it.

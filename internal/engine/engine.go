@@ -488,7 +488,10 @@ func (e *Engine) run(ctx context.Context, id string, out Out, note string) error
 			defer func() {
 				uctx, cancel := settled(ctx)
 				defer cancel()
-				if err := e.Store.Unlock(uctx, o.Target, o.ID); err != nil {
+				// Own only: once another process took the operation over
+				// (a lost heartbeat), the lock is its, and freeing it late
+				// would let a failover at the old replica mid-retire.
+				if err := e.Store.UnlockOwn(uctx, o.Target, o.ID); err != nil {
 					e.Log.Error("free the target an operation took back for one step", "op", o.ID, "lock", o.Target, "err", err)
 				}
 			}()

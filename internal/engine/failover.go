@@ -104,11 +104,6 @@ func primaryChanged(ctx context.Context, s Setup, p ops.FailoverPlan) ([]string,
 func failoverApproval(p ops.FailoverPlan, stop time.Duration, slash string) approvals.Plan {
 	ap := approvals.Plan{Action: "failover", Facts: p.Facts()}
 	r := p.Replica
-	for _, c := range p.Building {
-		if c.ID == r.ID {
-			ap.Changes = append(ap.Changes, fmt.Sprintf(":warning: `%s` is not the replica: it carries Name=%s, a new replica a refresh has not verified and named yet (%s). Promoted only because `--to` named it.", c.ID, ops.CandidateName(p.ReplicaTag), cmpOrOp(c.Op)))
-		}
-	}
 	switch {
 	case p.Primary == nil:
 		ap.Changes = append(ap.Changes, "no Services box is tagged Name="+p.NameTag+": nothing to fence")
@@ -179,13 +174,6 @@ func failoverApproval(p ops.FailoverPlan, stop time.Duration, slash string) appr
 		ap.Undo = append(ap.Undo, p.RTO.Line(pathFailover.what))
 	}
 	return ap
-}
-
-func cmpOrOp(op string) string {
-	if op == "" {
-		return "not launched by the bot"
-	}
-	return "launched by the replica refresh `" + op + "`"
 }
 
 func serviceAddr(p ops.FailoverPlan) string {

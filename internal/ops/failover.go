@@ -243,7 +243,7 @@ func (f *Failover) PlanWith(ctx context.Context, to string, forceUnknown, forceS
 		}
 		rep, err := FindBox(ctx, f.EC2, f.ReplicaTag)
 		if errors.Is(err, ErrNotFound) && len(p.Building) > 0 {
-			return p, refusef("there is no replica tagged Name=%s. %s: not verified and not named the replica yet, so not used. If that refresh stopped part-way, `resume` it to finish it; or, if you must, give it with `failover --to <instance-id>`.", f.ReplicaTag, CandidateLines(p.Building, f.ReplicaTag))
+			return p, refusef("there is no replica tagged Name=%s. %s: not verified and not named the replica yet, so not used. `resume` that refresh to finish it (it names the new replica), then request the failover again.", f.ReplicaTag, CandidateLines(p.Building, f.ReplicaTag))
 		}
 		if errors.Is(err, ErrNotFound) {
 			return p, refusef("there is no replica tagged Name=%s. Give one with `failover --to <instance-id>`.", f.ReplicaTag)
@@ -261,6 +261,17 @@ func (f *Failover) PlanWith(ctx context.Context, to string, forceUnknown, forceS
 			return p, refusef("cannot read `%s`: %s", to, Explain(err))
 		}
 		p.Replica = nodeOf(out.Reservations[0].Instances[0])
+		// A refresh's candidate is refused rather than promoted: it is not
+		// verified, and the policy (NeverNameAnotherInstanceAsABox) lets
+		// the bot name only the replica the box, so the approval would
+		// end in a pre-flight that asks to loosen IAM mid-incident.
+		if f.ReplicaTag != "" && tagValue(out.Reservations[0].Instances[0].Tags, "Name") == CandidateName(f.ReplicaTag) {
+			by := "a refresh"
+			if op := tagValue(out.Reservations[0].Instances[0].Tags, TagReplicaOp); op != "" {
+				by = "the replica refresh `" + op + "`"
+			}
+			return p, refusef("`%s` is the new replica %s is building (Name=%s): not verified and not the replica, so a failover does not promote it. `resume` that refresh to finish it (it names the new replica), then request the failover again.", to, by, CandidateName(f.ReplicaTag))
+		}
 	}
 	switch p.Replica.State {
 	case "running", "stopped":
