@@ -153,8 +153,9 @@ func TestLauncherKeepsBlockDeviceSettings(t *testing.T) {
 }
 
 // CreateVolume with a client token makes one volume, however often it is
-// called (AWS: "Ensure idempotency"); moto alone makes one per call. A
-// reset forgets the tokens with the volumes.
+// called (AWS: "Ensure idempotency"), and refuses the token with other
+// arguments; moto alone makes one per call. A reset forgets the tokens
+// with the volumes.
 func TestLauncherCreateVolumeHonoursTheClientToken(t *testing.T) {
 	t.Parallel()
 	srv, c := patchedServer(t)
@@ -177,6 +178,11 @@ func TestLauncherCreateVolumeHonoursTheClientToken(t *testing.T) {
 	if aws.ToString(again.VolumeId) != aws.ToString(first.VolumeId) || aws.ToString(other.VolumeId) == aws.ToString(first.VolumeId) {
 		t.Errorf("volumes %s, %s (same token), %s (another): want the first two equal, the third new",
 			aws.ToString(first.VolumeId), aws.ToString(again.VolumeId), aws.ToString(other.VolumeId))
+	}
+	bigger := in("restore-op-1-sdf")
+	bigger.Size = aws.Int32(9)
+	if _, err := c.CreateVolume(ctx, bigger); codeOf(err) != "IdempotentParameterMismatch" {
+		t.Errorf("the token with another size: %v, want IdempotentParameterMismatch", err)
 	}
 	all, err := c.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{})
 	if err != nil {

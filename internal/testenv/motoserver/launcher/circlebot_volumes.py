@@ -32,7 +32,8 @@ combinations AWS refuses. This module patches moto in-process so that:
     new type has none).
   * CreateVolume honours ClientToken (moto 5.2.1 ignores it): the same
     token returns the volume the first call made, as AWS documents
-    ("Ensure idempotency"), so a retried call makes no second volume.
+    ("Ensure idempotency"), so a retried call makes no second volume; with
+    other arguments it answers IdempotentParameterMismatch.
 """
 
 import threading
@@ -145,19 +146,31 @@ def _create_volume_response(self):
     if not token or self._get_param("DryRun"):
         return _prev_create_volume_response(self)
     backend = self.ec2_backend
+    # The call's own arguments: the same token with others is refused.
+    args = tuple(sorted(
+        (k, tuple(v)) for k, v in self.querystring.items()
+        if k not in ("Action", "Version", "ClientToken", "DryRun")
+    ))
     # On the backend: a reset replaces it, and the tokens go with it.
     with _tokens_lock:
         tokens = backend.__dict__.setdefault("_circlebot_volume_tokens", {})
-        vid = tokens.get(token)
-    if vid is not None and vid in backend.volumes:
-        # AWS answers the first call's volume, in its state now.
-        return ActionResult(backend.volumes[vid])
+        first = tokens.get(token)
+    if first is not None:
+        vid, first_args = first
+        if first_args != args:
+            raise EC2ClientError(
+                "IdempotentParameterMismatch",
+                "Arguments on this idempotent request are inconsistent with arguments used in previous request(s).",
+            )
+        if vid in backend.volumes:
+            # AWS answers the first call's volume, in its state now.
+            return ActionResult(backend.volumes[vid])
     result = _prev_create_volume_response(self)
     volume = getattr(result, "result", None)
     vid = getattr(volume, "id", None)
     if vid:
         with _tokens_lock:
-            tokens[token] = vid
+            tokens[token] = (vid, args)
     return result
 
 
