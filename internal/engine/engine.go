@@ -633,6 +633,18 @@ func (e *Engine) stopUnrunnable(ctx context.Context, op *journal.Op, cause error
 // end, as then).
 func frees(op *journal.Op) bool { return len(op.Also) > 0 }
 
+// inStep says whether op was cut inside its step named name: running
+// or interrupted there. A step that failed ended, and gave back what it
+// took (Retake frees the target however the step returns).
+func inStep(op *journal.Op, name string) bool {
+	for _, s := range op.Steps {
+		if name != "" && s.Name == name {
+			return s.State == journal.StepRunning || s.State == journal.StepInterrupted
+		}
+	}
+	return false
+}
+
 // pastFree says whether op has done its step named name.
 func pastFree(op *journal.Op, name string) bool {
 	if name == "" {
@@ -1045,11 +1057,23 @@ func targetName(key string) string {
 }
 
 // adopt makes this process the holder of the operation's targets (only
-// the further ones once it is past its kind's FreeAfter step).
+// the further ones once it is past its kind's FreeAfter step, and the
+// target again while it is inside its Retake step).
 func (e *Engine) adopt(ctx context.Context, op *journal.Op) error {
 	keys := op.Targets()
 	if kd, ok := e.Kinds.kinds[op.Kind]; ok && pastFree(op, kd.freeAfter()) && frees(op) {
 		keys = op.Also
+		if inStep(op, kd.retake()) {
+			// Stopped inside the step that took the target back (a
+			// refresh half-way through retiring the old replica): it
+			// keeps it until resumed or given up, as a held kind does.
+			keys = op.Targets()
+		} else if err := e.Store.Unlock(ctx, op.Target, op.ID); err != nil {
+			// A process that died between the free step and the next
+			// left the target locked under the operation, which no longer
+			// needs it: a failover would be refused for nothing.
+			e.Log.Error("free the target of an operation past its need", "op", op.ID, "lock", op.Target, "err", err)
+		}
 	}
 	for _, k := range keys {
 		what := op.Kind

@@ -605,3 +605,60 @@ func TestRecoverClosesAStoppedOperationThatHoldsNothing(t *testing.T) {
 		t.Errorf("locks left: %v", l)
 	}
 }
+
+// A kind that frees its target after step one and takes it back for
+// step three (a replica refresh): a dead process that left the target
+// locked past step one does not keep a failover out after recovery, and
+// one cut inside step three keeps it for its resume.
+func TestRecoverFreesATargetPastItsNeedAndKeepsOneTakenBack(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		steps []journal.Step
+		keep  bool
+	}{
+		{"cut before step two began", []journal.Step{{Name: "one", State: journal.StepDone}, {Name: "two", State: journal.StepPending}, {Name: "three", State: journal.StepPending}}, false},
+		{"cut in step two", []journal.Step{{Name: "one", State: journal.StepDone}, {Name: "two", State: journal.StepRunning}, {Name: "three", State: journal.StepPending}}, false},
+		{"cut in step three, which took it back", []journal.Step{{Name: "one", State: journal.StepDone}, {Name: "two", State: journal.StepDone}, {Name: "three", State: journal.StepRunning}}, true},
+		{"step three failed (it gave it back)", []journal.Step{{Name: "one", State: journal.StepDone}, {Name: "two", State: journal.StepDone}, {Name: "three", State: journal.StepFailed}}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := &world{version: 1}
+			e, st := newEngine(t, w)
+			k := fakeKind(w, "fake-refresh", commands.ReplicaRefresh, true)
+			k.FreeAfter, k.Retake = "one", "three"
+			k.Also = func(fakePlan) []string { return []string{"replica/test"} }
+			e.Kinds.kinds["fake-refresh"] = k
+			now := time.Now()
+			op := &journal.Op{ID: "op-r", Kind: "fake-refresh", Plan: `{"version":1}`, Target: "box/test", Also: []string{"replica/test"}, Channel: "C1",
+				Requester: "U0ALICE", Approver: "U0BOB", Title: "Fake refresh", State: journal.Running, Process: "dead-process", Created: now, Updated: now, Steps: c.steps}
+			if op.Steps[2].State == journal.StepFailed {
+				op.State = journal.Stopped
+			}
+			if err := e.Journal.Create(context.Background(), op); err != nil {
+				t.Fatal(err)
+			}
+			for _, key := range []string{"box/test", "replica/test"} {
+				if _, err := st.TryLock(context.Background(), store.Lock{Key: key, OpID: op.ID, Process: "dead-process"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			o := &out{}
+			e.Recover(context.Background(), func(string) Out { return o })
+			held := map[string]string{}
+			ls, _ := st.Locks(context.Background())
+			for _, l := range ls {
+				held[l.Key] = l.OpID + "@" + l.Process
+			}
+			if held["replica/test"] != "op-r@"+st.Process() {
+				t.Errorf("replica/test: %q, want op-r's, adopted by this process", held["replica/test"])
+			}
+			box, kept := held["box/test"]
+			switch {
+			case c.keep && box != "op-r@"+st.Process():
+				t.Errorf("box/test: %q, want kept for the resume (adopted)", box)
+			case !c.keep && kept:
+				t.Errorf("box/test still held (%q): the operation no longer needs it", box)
+			}
+		})
+	}
+}
