@@ -390,7 +390,9 @@ func TestFailoverDuringAReplicaRefreshGoesToTheOldReplica(t *testing.T) {
 		t.Errorf("the refresh touched the old replica: %s", o.State.Name)
 	}
 	releasedF.Do(func() { close(releaseF) })
-	e.waitText("failover summary", "The Services box is now `"+old+"`")
+	// The summary advises a backup, which the refresh holds up: it says
+	// which to cancel.
+	e.waitText("failover summary", "The Services box is now `"+old+"`", "cancel "+opR+"` (the replica refresh of the old box")
 
 	e.slash(alice, incident, "resume "+opR)
 	stopped := e.waitText("refresh stop", opR, "was it promoted?")

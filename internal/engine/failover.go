@@ -80,8 +80,17 @@ func Failover(s Setup, f *ops.Failover) Kind[ops.FailoverPlan, ops.FailoverResul
 					old += ", renamed " + p.NameTag + "-fenced"
 				}
 			}
-			return fmt.Sprintf("The Services box is now `%s` (%s, %s), after %s (approved by <@%s>); %s. Steps: %s. %sNext: %s; webhooks sent during the outage were lost; build a new replica (and take a backup: `%s backup now`).",
-				p.Replica.ID, p.Replica.AZ, serviceAddr(p), op.Took, op.Approver, old, strings.Join(steps, ", "), withSpace(p.RTO.Actual(toApp(op.Op, appStepFailover))), next, s.SlashCommand)
+			// A refresh building a replica of the old box holds the
+			// backups until it ends: the backup advised here waits for
+			// its cancel.
+			refreshes := ""
+			for _, c := range p.Building {
+				if c.Op != "" && c.ID != p.Replica.ID {
+					refreshes += fmt.Sprintf("`%s cancel %s` (the replica refresh of the old box: it holds the backups until it ends), ", s.SlashCommand, c.Op)
+				}
+			}
+			return fmt.Sprintf("The Services box is now `%s` (%s, %s), after %s (approved by <@%s>); %s. Steps: %s. %sNext: %s; webhooks sent during the outage were lost; %sbuild a new replica (and take a backup: `%s backup now`).",
+				p.Replica.ID, p.Replica.AZ, serviceAddr(p), op.Took, op.Approver, old, strings.Join(steps, ", "), withSpace(p.RTO.Actual(toApp(op.Op, appStepFailover))), next, refreshes, s.SlashCommand)
 		},
 		Hold: true, BoxLine: true,
 	}
