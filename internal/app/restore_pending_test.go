@@ -88,6 +88,30 @@ func (r *restoreEnv) snapshotsPending(ids []string) bool {
 	return len(out.Snapshots) == len(ids)
 }
 
+// waitStopped waits for the Services box to be stopped (when says by
+// what, for the failure).
+func (r *restoreEnv) waitStopped(when string) {
+	r.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for r.instance(r.inst.ServicesBox.ID).State.Name != ec2types.InstanceStateNameStopped {
+		if time.Now().After(deadline) {
+			r.t.Fatalf("the box was not stopped %s", when)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// complete makes the snapshots completed, as AWS does once it has copied
+// them.
+func (r *restoreEnv) complete(ids []string) {
+	r.t.Helper()
+	for _, id := range ids {
+		if err := r.moto.SetSnapshotState(r.t.Context(), id, motoserver.SnapshotCompleted, ""); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+}
+
 // stepState is the state of the operation's step named so.
 func stepState(op *journal.Op, name string) journal.StepState {
 	for _, s := range op.Steps {
@@ -136,13 +160,7 @@ func TestRestoreFromABackupStillCompletingOverlapsTheStopWithItsTail(t *testing.
 	}
 	// 99% in 10 minutes: about 6 s to go, less than a stop (60 s).
 	r.progress(ids, "99%", 10*time.Minute)
-	deadline := time.Now().Add(60 * time.Second)
-	for r.instance(r.inst.ServicesBox.ID).State.Name != ec2types.InstanceStateNameStopped {
-		if time.Now().After(deadline) {
-			t.Fatalf("the box was not stopped once the snapshots neared completion")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	r.waitStopped("once the snapshots neared completion")
 	// Stopped while the snapshots are still pending: no volume yet.
 	if !r.snapshotsPending(ids) {
 		t.Fatal("the snapshots completed before the stop: the test shows nothing")
@@ -150,11 +168,7 @@ func TestRestoreFromABackupStillCompletingOverlapsTheStopWithItsTail(t *testing.
 	if n := len(r.restoreVolumes()); n != 0 {
 		t.Errorf("%d volumes made from pending snapshots", n)
 	}
-	for _, id := range ids {
-		if err := r.moto.SetSnapshotState(t.Context(), id, motoserver.SnapshotCompleted, ""); err != nil {
-			t.Fatal(err)
-		}
-	}
+	r.complete(ids)
 	r.waitText("summary", "Restored `"+bk+"` in place onto `"+r.inst.ServicesBox.ID+"`")
 	r.server.Wait()
 	r.checkRestoredInPlace()
@@ -276,18 +290,8 @@ func TestRestoreFromABackupStillCompletingResumesTheFollowAfterACrash(t *testing
 	r.waitText("announcement", op.ID, "was interrupted during step 1 (Follow the restore point's snapshots)", "resume "+op.ID)
 	r.progress(ids, "99%", 10*time.Minute)
 	r.slash(alice, incident, "resume "+op.ID)
-	deadline := time.Now().Add(60 * time.Second)
-	for r.instance(r.inst.ServicesBox.ID).State.Name != ec2types.InstanceStateNameStopped {
-		if time.Now().After(deadline) {
-			t.Fatalf("the resumed restore did not stop the box")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	for _, id := range ids {
-		if err := r.moto.SetSnapshotState(t.Context(), id, motoserver.SnapshotCompleted, ""); err != nil {
-			t.Fatal(err)
-		}
-	}
+	r.waitStopped("by the resumed restore")
+	r.complete(ids)
 	r.waitText("summary", "Restored `"+bk+"` in place")
 	r.server.Wait()
 	r.checkRestoredInPlace()
@@ -403,13 +407,7 @@ func TestRebuildFromABackupStillCompletingRegistersTheImageOnceItCompletes(t *te
 		t.Fatalf("the box is %s while the snapshots need about 1h30m more", st)
 	}
 	r.progress(ids, "99%", 10*time.Minute)
-	deadline := time.Now().Add(60 * time.Second)
-	for r.instance(r.inst.ServicesBox.ID).State.Name != ec2types.InstanceStateNameStopped {
-		if time.Now().After(deadline) {
-			t.Fatalf("the box was not stopped once the snapshots neared completion")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	r.waitStopped("once the snapshots neared completion")
 	if !r.snapshotsPending(ids) {
 		t.Fatal("the snapshots completed before the stop: the test shows nothing")
 	}
@@ -419,11 +417,7 @@ func TestRebuildFromABackupStillCompletingRegistersTheImageOnceItCompletes(t *te
 	if n := len(r.restored()); n != 0 {
 		t.Errorf("%d instances launched before the snapshots completed", n)
 	}
-	for _, id := range ids {
-		if err := r.moto.SetSnapshotState(t.Context(), id, motoserver.SnapshotCompleted, ""); err != nil {
-			t.Fatal(err)
-		}
-	}
+	r.complete(ids)
 	r.waitText("summary", "Restored `"+bk+"` onto `")
 	r.server.Wait()
 	r.checkRestored()
