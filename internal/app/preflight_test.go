@@ -164,7 +164,7 @@ func TestPreflightRefusedAtApprovalStopsBeforeTheFirstStep(t *testing.T) {
 	r := newRestoreEnv(t, nil)
 	req := r.request(alice, "restore latest --rebuild")
 	plan := r.waitText("the request", req, "Pre-flight")
-	if !strings.Contains(plan, "AWS would accept all") {
+	if !strings.Contains(plan, ":white_check_mark: AWS would accept") {
 		t.Fatalf("the pre-flight of a healthy sandbox is not all green:\n%s", plan)
 	}
 	r.proxy.Reset()

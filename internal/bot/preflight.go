@@ -19,17 +19,27 @@ func preflightText(p approvals.Plan) string {
 	if len(p.Preflight) == 0 {
 		return ""
 	}
-	refused := 0
+	refused, skipped := 0, 0
 	for _, c := range p.Preflight {
-		if c.Status == approvals.CheckRefused {
+		switch c.Status {
+		case approvals.CheckRefused:
 			refused++
+		case "skipped": // ops.CheckSkipped; approvals keeps the status as text
+			skipped++
 		}
 	}
 	var b strings.Builder
-	if refused > 0 {
+	switch {
+	case refused > 0:
 		fmt.Fprintf(&b, "*Pre-flight* (every call tried without effect): :x: %d of %d refused\n", refused, len(p.Preflight))
-	} else {
+	case skipped == 0:
 		fmt.Fprintf(&b, "*Pre-flight* (every call tried without effect): :white_check_mark: AWS would accept all %d\n", len(p.Preflight))
+	case skipped == len(p.Preflight):
+		// Nothing was tried: saying "would accept" would claim a check
+		// that was not made.
+		fmt.Fprintf(&b, "*Pre-flight* (every call tried without effect): :white_circle: none of the %d could be tried now; each is checked when its step runs\n", skipped)
+	default:
+		fmt.Fprintf(&b, "*Pre-flight* (every call tried without effect): :white_check_mark: AWS would accept the %d tried; %d checked later\n", len(p.Preflight)-skipped, skipped)
 	}
 	// Refused rows first: they are what the reader must act on.
 	rows := make([]approvals.Check, 0, len(p.Preflight))

@@ -223,6 +223,13 @@ func kindOf(err error) error {
 		if errors.As(err, &send) || errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return ErrNoAnswer
 		}
+		// A 5xx whose body is no AWS error (an HTML page from a proxy or
+		// load balancer in between: "deserialization failed") is still
+		// the service failing the call.
+		var re *smithyhttp.ResponseError
+		if errors.As(err, &re) && re.HTTPStatusCode() >= 500 {
+			return ErrUnavailable
+		}
 		return nil
 	}
 	code := ae.ErrorCode()

@@ -67,6 +67,11 @@ func TestTranslate(t *testing.T) {
 	if err := translate(resp); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("5xx: %v", err)
 	}
+	// A 5xx whose body is not an AWS error (an HTML page in between).
+	html := &smithyhttp.ResponseError{Response: &smithyhttp.Response{Response: &httpResponse503}, Err: &smithy.DeserializationError{Err: errors.New("invalid character '<'")}}
+	if err := translate(&smithy.OperationError{ServiceID: "SSM", OperationName: "DescribeInstanceInformation", Err: html}); !errors.Is(err, ErrUnavailable) || !transient(err) {
+		t.Errorf("5xx with an HTML body: %v", err)
+	}
 	// No answer at all.
 	for _, err := range []error{context.DeadlineExceeded, &net.OpError{Op: "dial", Err: errors.New("connection refused")}, &smithyhttp.RequestSendError{Err: errors.New("EOF")}} {
 		if got := translate(&smithy.OperationError{ServiceID: "EC2", OperationName: "DescribeInstances", Err: err}); !errors.Is(got, ErrNoAnswer) || !transient(got) {

@@ -45,6 +45,13 @@ func (p *Preflight) checkAgent(ctx context.Context, api SSM, id, what string) {
 		return
 	}
 	if err := AgentOnline(ctx, info, id); err != nil {
+		if transient(err) {
+			// SSM failing to answer says nothing of the agent: blocking
+			// a failover at 3 a.m. on an SSM hiccup would be worse than
+			// the step's own wait for the agent.
+			p.skipped("ssm:DescribeInstanceInformation", id+" ("+what+")", "SSM did not answer the read (throttled, a server error or no answer, after the SDK's retries); the step waits for the agent itself")
+			return
+		}
 		p.refused("ssm:DescribeInstanceInformation", id+" ("+what+")", reasonOf(err))
 		return
 	}

@@ -3,11 +3,17 @@ package ops
 import (
 	"context"
 	"errors"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
+	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 )
 
 // launchEC2 answers RunInstances as the test says and records the calls.
@@ -75,5 +81,45 @@ func TestPreflightCountsTags(t *testing.T) {
 	pf.checkTags("the new box", 51)
 	if r := pf.Refused(); len(r) != 1 || !strings.Contains(r[0].Reason, "51 tags") {
 		t.Fatalf("refused: %+v", r)
+	}
+}
+
+// agentSSM is an SSM client whose DescribeInstanceInformation answers err
+// or, without one, the agent with ping.
+type agentSSM struct {
+	SSM
+	err  error
+	ping ssmtypes.PingStatus
+}
+
+func (a agentSSM) DescribeInstanceInformation(_ context.Context, in *ssm.DescribeInstanceInformationInput, _ ...func(*ssm.Options)) (*ssm.DescribeInstanceInformationOutput, error) {
+	if a.err != nil {
+		return nil, a.err
+	}
+	id := in.Filters[0].Values[0]
+	return &ssm.DescribeInstanceInformationOutput{InstanceInformationList: []ssmtypes.InstanceInformation{{InstanceId: aws.String(id), PingStatus: a.ping, LastPingDateTime: aws.Time(time.Unix(0, 0))}}}, nil
+}
+
+// The agent row: online is ok, offline refused; SSM failing to answer
+// (a 5xx, throttling) says nothing of the agent and is skipped, not a
+// refusal that would block a failover on an SSM hiccup.
+func TestCheckAgentSkipsWhenSSMDoesNotAnswer(t *testing.T) {
+	html := &smithy.OperationError{ServiceID: "SSM", OperationName: "DescribeInstanceInformation",
+		Err: &smithyhttp.ResponseError{Response: &smithyhttp.Response{Response: &http.Response{StatusCode: 503}}, Err: &smithy.DeserializationError{Err: errors.New("invalid character '<'")}}}
+	for _, c := range []struct {
+		name string
+		api  agentSSM
+		want string
+	}{
+		{"online", agentSSM{ping: ssmtypes.PingStatusOnline}, CheckOK},
+		{"offline", agentSSM{ping: ssmtypes.PingStatusConnectionLost}, CheckRefused},
+		{"SSM answers 503", agentSSM{err: html}, CheckSkipped},
+		{"SSM throttles", agentSSM{err: &smithy.OperationError{ServiceID: "SSM", OperationName: "DescribeInstanceInformation", Err: &smithy.GenericAPIError{Code: "ThrottlingException"}}}, CheckSkipped},
+	} {
+		var pf Preflight
+		pf.checkAgent(context.Background(), c.api, "i-0123456789abcdef0", "the box")
+		if len(pf.Checks) != 1 || pf.Checks[0].Status != c.want {
+			t.Errorf("%s: %+v, want one row %s", c.name, pf.Checks, c.want)
+		}
 	}
 }
