@@ -113,6 +113,10 @@ func primaryChanged(ctx context.Context, s Setup, p ops.FailoverPlan) ([]string,
 func failoverApproval(p ops.FailoverPlan, stop time.Duration, slash string) approvals.Plan {
 	ap := approvals.Plan{Action: "failover", Facts: p.Facts()}
 	r := p.Replica
+	if p.ReplicaTag != "" && r.Name == ops.RetiredName(p.ReplicaTag) {
+		// Named with --to: a person chose it, so it is said, not refused.
+		ap.Changes = append(ap.Changes, fmt.Sprintf(":warning: `%s` is a replica a refresh retired (Name=%s): its data is as old as that refresh, older than the replica's now. Promoted only because `--to` named it.", r.ID, r.Name))
+	}
 	switch {
 	case p.Primary == nil:
 		ap.Changes = append(ap.Changes, "no Services box is tagged Name="+p.NameTag+": nothing to fence")

@@ -97,10 +97,14 @@ type Node struct {
 	ENI     string `json:"eni"`
 	MAC     string `json:"mac,omitempty"`     // of the primary interface
 	Unknown string `json:"unknown,omitempty"` // why its state cannot be read
+	// Name is its Name tag when read: bound in a failover's plan, so a
+	// replica a refresh retired (renamed -retired) between the approval
+	// and the run is a changed plan, not a promotion of stale data.
+	Name string `json:"name,omitempty"`
 }
 
 func nodeOf(in ec2types.Instance) Node {
-	b := Node{ID: aws.ToString(in.InstanceId), State: string(in.State.Name), Subnet: aws.ToString(in.SubnetId), VPC: aws.ToString(in.VpcId), IP: aws.ToString(in.PrivateIpAddress)}
+	b := Node{ID: aws.ToString(in.InstanceId), State: string(in.State.Name), Subnet: aws.ToString(in.SubnetId), VPC: aws.ToString(in.VpcId), IP: aws.ToString(in.PrivateIpAddress), Name: tagValue(in.Tags, "Name")}
 	if in.Placement != nil {
 		b.AZ = aws.ToString(in.Placement.AvailabilityZone)
 	}
@@ -150,9 +154,16 @@ type FailoverPlan struct {
 	ServiceMAC    string `json:"service_mac,omitempty"`
 }
 
+func withName(name string) string {
+	if name == "" {
+		return ""
+	}
+	return ", Name=" + name
+}
+
 func (p FailoverPlan) Facts() map[string]string {
 	f := map[string]string{
-		"region": p.Region, "replica": p.Replica.ID + " (" + p.Replica.State + ", " + p.Replica.AZ + ")",
+		"region": p.Region, "replica": p.Replica.ID + " (" + p.Replica.State + ", " + p.Replica.AZ + withName(p.Replica.Name) + ")",
 		"discovery": p.Discovery, "service_ip": p.ServiceIP, "eni": p.ENI, "target_groups": strings.Join(p.TargetGroups, ","),
 		"force_unknown": fmt.Sprint(p.ForceUnknown), "app_start": p.AppStart, "health_url": p.HealthURL,
 		"primary": "none", "rotate_builders": "",

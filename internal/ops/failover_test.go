@@ -244,3 +244,14 @@ func TestFailoverMoveIPRefusals(t *testing.T) {
 	}
 	wantCalls(t, f)
 }
+
+// The replica's Name is bound in a failover's plan: a replica a refresh
+// renamed -retired between the approval and the run changes the plan.
+func TestFailoverFactsBindTheReplicasName(t *testing.T) {
+	p := FailoverPlan{Replica: Node{ID: "i-1", State: "stopped", AZ: "us-east-1b", Name: "circleci_services_replica"}}
+	before := p.Facts()["replica"]
+	p.Replica.Name = RetiredName("circleci_services_replica")
+	if after := p.Facts()["replica"]; after == before || !strings.Contains(after, "Name=circleci_services_replica-retired") {
+		t.Errorf("replica fact %q then %q: the rename is not bound", before, after)
+	}
+}
