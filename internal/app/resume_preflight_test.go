@@ -43,6 +43,24 @@ func deniedDryRuns(calls []faultproxy.Call) map[string]int {
 	return out
 }
 
+// stoppedAtTheStop requests a rebuild restore, approves it (click is the
+// button's trigger) and lets AWS refuse its StopInstances: the restore is
+// stopped at "Stop the old instance", the box untouched.
+func (r *restoreEnv) stoppedAtTheStop(click string) *journal.Op {
+	t := r.t
+	t.Helper()
+	req := r.request(alice, "restore latest --rebuild")
+	r.proxy.SetFaults(faultproxy.Faults{Deny: func(c faultproxy.Call) bool { return c.Action == "StopInstances" && !isDryRun(c) }})
+	r.click(bob, "approve "+req, click)
+	r.waitText("the restore stopped at its stop step", "Later steps did not run")
+	r.server.Wait()
+	op, err := r.app.Journal.ByRequest(t.Context(), req)
+	if err != nil || op.State != journal.Stopped || op.Steps[op.Next()].Name != "Stop the old instance" {
+		t.Fatalf("after the refused stop: %+v, %v", op, err)
+	}
+	return op
+}
+
 // A restore stops at its stop step (the stop was refused). Before anyone
 // resumes it, the operation's role loses ec2:TerminateInstances, which a
 // step still to run needs, and ec2:ModifyInstanceAttribute, which only
@@ -58,15 +76,7 @@ func TestResumeIsRefusedWhenAStepLeftLostItsPermission(t *testing.T) {
 	t.Parallel()
 	r := newRestoreEnv(t, func(c *config.Config) { c.Ops.RoleARN = opsRole })
 	box := r.inst.ServicesBox.ID
-	req := r.request(alice, "restore latest --rebuild")
-	r.proxy.SetFaults(faultproxy.Faults{Deny: func(c faultproxy.Call) bool { return c.Action == "StopInstances" && !isDryRun(c) }})
-	r.click(bob, "approve "+req, "rpf.1")
-	r.waitText("the restore stopped at its stop step", "Later steps did not run")
-	r.server.Wait()
-	op, err := r.app.Journal.ByRequest(t.Context(), req)
-	if err != nil || op.State != journal.Stopped || op.Steps[op.Next()].Name != "Stop the old instance" {
-		t.Fatalf("after the refused stop: %+v, %v", op, err)
-	}
+	op := r.stoppedAtTheStop("rpf.1")
 	stoppedAt := op.Next()
 
 	r.proxy.Reset()
@@ -155,15 +165,7 @@ func TestAnApprovedResumeIsRefusedByItsPreflight(t *testing.T) {
 	t.Parallel()
 	r := newRestoreEnv(t, func(c *config.Config) { c.Ops.RoleARN = opsRole })
 	box := r.inst.ServicesBox.ID
-	req := r.request(alice, "restore latest --rebuild")
-	r.proxy.SetFaults(faultproxy.Faults{Deny: func(c faultproxy.Call) bool { return c.Action == "StopInstances" && !isDryRun(c) }})
-	r.click(bob, "approve "+req, "rpf.3")
-	r.waitText("the restore stopped at its stop step", "Later steps did not run")
-	r.server.Wait()
-	op, err := r.app.Journal.ByRequest(t.Context(), req)
-	if err != nil || op.State != journal.Stopped {
-		t.Fatalf("after the refused stop: %+v, %v", op, err)
-	}
+	op := r.stoppedAtTheStop("rpf.3")
 	// Two days pass: the approval is older than approvals.ttl.
 	if _, err := r.app.Journal.Update(t.Context(), op.ID, func(o *journal.Op) error {
 		o.Created = o.Created.Add(-48 * time.Hour)
